@@ -1,0 +1,3 @@
+module clew.dev/bench/loadgen
+
+go 1.22

@@ -1,0 +1,200 @@
+"""The ``clew`` command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from clew.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="Clew, an open-source customer data platform.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Access tokens for SQL and the Admin/Profile APIs.", no_args_is_help=True)
+app.add_typer(sources_app, name="sources")
+app.add_typer(tokens_app, name="tokens")
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where Clew keeps its data [default: ./.clew]", show_default=False),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="A TOML settings file.", show_default=False)
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (ConfigError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run the collector, every stage and the APIs in one process."""
+    from clew.server import Clew, serve as run_server
+
+    settings = _settings(config, host=host, port=port, data_dir=data_dir)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def ready(clew: Clew) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        console.print(f"[bold green]Clew is running[/bold green] on {base} (data in {settings.data_dir})")
+        console.print(f"  write key of source '{clew.default_source.name}': [bold]{clew.default_source.write_key}[/bold]")
+        console.print(f"  Tracking API:  {base}/v1/batch  (Segment / RudderStack SDK host: {base})")
+        console.print(f"  SQL:           clew sql \"SELECT count(*) FROM events\" --data-dir {settings.data_dir}")
+        console.print(f"                 POST {base}/v1/sql with a token from `clew tokens create NAME`")
+        console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
+        console.print("Press Ctrl+C to stop.")
+
+    run_server(settings, on_ready=ready)
+
+
+@sources_app.command("create")
+def sources_create(
+    name: str,
+    write_key: Annotated[str | None, typer.Option("--write-key", help="Use this key instead of a random one.")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Create a source and print its write key."""
+    from clew.sources import Catalog, CatalogError
+
+    settings = _settings(config, data_dir=data_dir)
+    catalog = Catalog(settings.meta_path)
+    try:
+        src = catalog.create_source(name, write_key)
+    except CatalogError as e:
+        raise _fail(str(e)) from None
+    finally:
+        catalog.close()
+    print(src.write_key)
+
+
+@sources_app.command("list")
+def sources_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """List sources with their write keys."""
+    from clew.sources import Catalog
+
+    settings = _settings(config, data_dir=data_dir)
+    catalog = Catalog(settings.meta_path)
+    try:
+        table = Table("name", "id", "write key")
+        for s in catalog.sources():
+            table.add_row(s.name, s.id, s.write_key)
+        console.print(table)
+    finally:
+        catalog.close()
+
+
+@tokens_app.command("create")
+def tokens_create(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Create an access token and print it (it is shown only once)."""
+    from clew.sources import Catalog, CatalogError
+
+    settings = _settings(config, data_dir=data_dir)
+    catalog = Catalog(settings.meta_path)
+    try:
+        print(catalog.create_token(name))
+    except CatalogError as e:
+        raise _fail(str(e)) from None
+    finally:
+        catalog.close()
+
+
+@tokens_app.command("list")
+def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """List token names (tokens themselves are not stored)."""
+    from clew.sources import Catalog
+
+    settings = _settings(config, data_dir=data_dir)
+    catalog = Catalog(settings.meta_path)
+    try:
+        for n in catalog.token_names():
+            print(n)
+    finally:
+        catalog.close()
+
+
+@app.command()
+def sql(
+    query: str,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run a read-only SQL query over the lake (works while `clew serve` is writing)."""
+    from clew.api.app import _jsonable
+    from clew.lake.query import Lake, QueryError
+
+    if format not in ("table", "json", "csv"):
+        raise _fail("--format must be table, json or csv", 2)
+    settings = _settings(config, data_dir=data_dir)
+    try:
+        result = Lake(settings.lake_path).sql(query)
+    except QueryError as e:
+        raise _fail(str(e)) from None
+    if format == "json":
+        rows = [dict(zip(result.columns, map(_jsonable, r), strict=True)) for r in result.rows]
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
+    elif format == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(result.columns)
+        writer.writerows([[_jsonable(v) for v in r] for r in result.rows])
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(*result.columns)
+        for r in result.rows:
+            table.add_row(*("NULL" if v is None else str(_jsonable(v)) for v in r))
+        console.print(table)
+
+
+@app.command()
+def demo(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    users: Annotated[int, typer.Option(help="Simulated visitors.")] = 300,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same traffic).")] = 7,
+) -> None:
+    """Simulate a small e-commerce site through the HTTP API, then answer the README's
+    example questions in SQL."""
+    from clew.demo import run_demo
+
+    settings = _settings(config, data_dir=data_dir)
+    run_demo(settings, console, users=users, seed=seed)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The Tracking API: a raw ASGI app that checks a request, appends it to the ``raw`` topic as
+received, and answers 200 only once that append is durable.
+
+Per-event work (splitting a batch, normalising, deduplicating) happens in the validate stage,
+so the collector's cost per request is one JSON scan and one (group-committed) log append.
+Error responses are listed in docs/tracking-api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from clew.config import Limits
+from clew.events import PATH_TYPES
+from clew.log.base import Log, LogError, Message
+from clew.sources import Catalog
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+RAW_TOPIC = "raw"
+
+_SUCCESS = b'{"success":true}'
+# curl sends form-urlencoded unless told otherwise; its body is still read as JSON.
+_JSON_TYPES = (b"application/json", b"text/plain", b"", b"application/x-www-form-urlencoded")
+_ALLOWED_HEADERS = b"Content-Type, Authorization, Content-Encoding, Anonymousid"
+
+
+class _Batch(msgspec.Struct):
+    batch: list[msgspec.Raw] | None = None
+    writeKey: str | None = None  # noqa: N815 - Segment's field name
+
+
+class _Single(msgspec.Struct):
+    writeKey: str | None = None  # noqa: N815 - Segment's field name
+
+
+_batch_decoder = msgspec.json.Decoder(_Batch)
+_single_decoder = msgspec.json.Decoder(_Single)
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Collector:
+    """ASGI app for ``/v1/{track,identify,page,screen,group,alias,batch,import}`` and the
+    analytics.js short paths. ``counters`` counts requests, events and refusals by code."""
+
+    def __init__(self, log: Log, catalog: Catalog, limits: Limits) -> None:
+        self._log = log
+        self._catalog = catalog
+        self._limits = limits
+        self._pending = 0
+        self.counters: Counter[str] = Counter()
+        self.accepting = True
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path.startswith("/v1/") and path[4:].rstrip("/") in PATH_TYPES
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        try:
+            if scope["method"] == "OPTIONS":
+                await self._preflight(headers, send)
+                return
+            if scope["method"] != "POST":
+                raise _Refusal(405, "method_not_allowed", "send events with POST")
+            path_type = PATH_TYPES[scope["path"][4:].rstrip("/")]
+            n_events = await self._handle(path_type, headers, receive)
+            self.counters["requests_accepted"] += 1
+            self.counters["events_accepted"] += n_events
+            await _respond(send, 200, _SUCCESS, origin)
+        except _Refusal as r:
+            self.counters[f"refused_{r.code}"] += 1
+            body = msgspec.json.encode({"code": r.code, "message": r.message})
+            await _respond(send, r.status, body, origin, r.retry_after)
+
+    async def _preflight(self, headers: dict[bytes, bytes], send: Send) -> None:
+        requested = headers.get(b"access-control-request-headers", _ALLOWED_HEADERS)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [
+                    (b"access-control-allow-origin", headers.get(b"origin", b"*")),
+                    (b"access-control-allow-methods", b"POST, OPTIONS"),
+                    (b"access-control-allow-headers", requested),
+                    (b"access-control-allow-credentials", b"true"),
+                    (b"access-control-max-age", b"86400"),
+                    (b"vary", b"Origin"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _handle(self, path_type: str, headers: dict[bytes, bytes], receive: Receive) -> int:
+        limits = self._limits
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype not in _JSON_TYPES:
+            raise _Refusal(
+                415,
+                "unsupported_media_type",
+                f"send application/json or text/plain, not {ctype.decode(errors='replace')}",
+            )
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"gzip", b"identity", b""):
+            raise _Refusal(
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip",
+            )
+        header_key = _basic_auth_user(headers.get(b"authorization"))
+        source = None
+        if header_key is not None:
+            source = self._catalog.source_for_key(header_key)
+            if source is None:
+                raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+
+        body = await _read_body(receive, limits.max_request_bytes)
+        if encoding == b"gzip":
+            body = _gunzip(body, limits.max_request_bytes)
+
+        if path_type == "batch":
+            try:
+                parsed: _Batch | _Single = _batch_decoder.decode(body)
+            except msgspec.ValidationError as e:
+                raise _decode_refusal(e) from None
+            except msgspec.DecodeError as e:
+                raise _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+        else:
+            try:
+                parsed = _single_decoder.decode(body)
+            except msgspec.ValidationError as e:
+                raise _decode_refusal(e) from None
+            except msgspec.DecodeError as e:
+                raise _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+
+        if source is None:
+            if not parsed.writeKey:
+                raise _Refusal(
+                    401,
+                    "missing_write_key",
+                    "send the write key as HTTP Basic user name or as writeKey in the body",
+                )
+            source = self._catalog.source_for_key(parsed.writeKey)
+            if source is None:
+                raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+
+        if isinstance(parsed, _Batch):
+            if parsed.batch is None:
+                raise _Refusal(400, "invalid_batch", "a batch request needs a list in `batch`")
+            n_events = len(parsed.batch)
+            if n_events > limits.max_batch_events:
+                raise _Refusal(
+                    400,
+                    "batch_too_large",
+                    f"a batch may hold at most {limits.max_batch_events} events, not {n_events}",
+                )
+            for i, raw in enumerate(parsed.batch):
+                if len(raw) > limits.max_event_bytes:
+                    raise _Refusal(
+                        400,
+                        "event_too_large",
+                        f"event {i} of the batch is {len(raw)} bytes; the limit is "
+                        f"{limits.max_event_bytes}",
+                    )
+            if n_events == 0:
+                return 0
+        else:
+            n_events = 1
+            if len(body) > limits.max_event_bytes:
+                raise _Refusal(
+                    400,
+                    "event_too_large",
+                    f"the event is {len(body)} bytes; the limit is {limits.max_event_bytes}",
+                )
+
+        await self._append(body, source.id, path_type)
+        return n_events
+
+    async def _append(self, body: bytes, source_id: str, path_type: str) -> None:
+        if not self.accepting:
+            raise _Refusal(503, "unavailable", "the server is shutting down", retry_after=5)
+        if self._pending >= self._limits.max_pending_appends:
+            raise _Refusal(
+                503, "overloaded", "too many requests are waiting to be stored", retry_after=1
+            )
+        message = Message(
+            value=body,
+            headers=(
+                ("source", source_id.encode()),
+                ("received_at", str(time.time_ns() // 1000).encode()),
+                ("type", path_type.encode()),
+                ("request_id", uuid.uuid4().hex.encode()),
+            ),
+        )
+        self._pending += 1
+        try:
+            await asyncio.wrap_future(self._log.append(RAW_TOPIC, [message]))
+        except LogError as e:
+            raise _Refusal(503, "unavailable", f"the log cannot be written: {e}", 5) from None
+        finally:
+            self._pending -= 1
+
+
+def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:
+    text = str(e)
+    if "$.batch" in text:
+        return _Refusal(400, "invalid_batch", f"`batch` must be a list of events: {text}")
+    if "$.writeKey" in text:
+        return _Refusal(401, "invalid_write_key", "writeKey must be a string")
+    return _Refusal(400, "invalid_json", f"the body must be a JSON object: {text}")
+
+
+def _basic_auth_user(value: bytes | None) -> str | None:
+    if not value or not value[:6].lower() == b"basic ":
+        return None
+    try:
+        decoded = base64.b64decode(value[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise _Refusal(401, "invalid_write_key", "the Basic auth header is not valid") from None
+    user = decoded.split(":", 1)[0]
+    return user or None
+
+
+async def _read_body(receive: Receive, cap: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refusal(400, "invalid_json", "the client disconnected before sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:
+            raise _Refusal(
+                400, "request_too_large", f"the request body is larger than {cap} bytes"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+def _gunzip(data: bytes, cap: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, cap + 1)
+    except zlib.error as e:
+        raise _Refusal(400, "invalid_gzip", f"the body is not valid gzip: {e}") from None
+    if len(out) > cap or inflater.unconsumed_tail:
+        raise _Refusal(
+            400,
+            "request_too_large",
+            f"the request body inflates to more than {cap} bytes",
+        )
+    if not inflater.eof:
+        raise _Refusal(400, "invalid_gzip", "the gzip body is truncated")
+    return out
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, origin: bytes | None, retry_after: int | None = None
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if origin is not None:
+        headers.append((b"access-control-allow-origin", origin))
+        headers.append((b"access-control-allow-credentials", b"true"))
+        headers.append((b"vary", b"Origin"))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,113 @@
+"""One settings object, built once (from an optional TOML file plus ``CLEW_*`` environment
+variables) and passed down to every component.
+
+Nothing here reads the environment at import time; call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class Limits(BaseModel):
+    """Tracking API limits. Defaults match Segment's HTTP API."""
+
+    max_event_bytes: int = 32 * 1024
+    max_request_bytes: int = 500 * 1024
+    max_batch_events: int = 2500
+    # Requests waiting for a durable append; beyond this the collector answers 503.
+    max_pending_appends: int = 2000
+
+
+class LogSettings(BaseModel):
+    backend: str = "embedded"
+    partitions: int = 4
+    # Retention of each topic; ``None`` keeps records forever.
+    retention_hours: float | None = 7 * 24
+    retention_bytes: int | None = None
+
+
+class LakeSettings(BaseModel):
+    # A micro-batch is written when it holds this many rows or is this old.
+    flush_rows: int = 20_000
+    flush_interval_ms: int = 500
+    # Small files are compacted after this many appends; old versions vacuumed after.
+    compact_every_commits: int = 100
+    vacuum_retention_hours: float = 1.0
+
+
+class StageSettings(BaseModel):
+    dedup_window_hours: float = 24.0
+    poll_max_records: int = 500
+
+
+class Settings(BaseSettings):
+    """Clew configuration. Environment: ``CLEW_DATA_DIR``, ``CLEW_PORT``, and nested values as
+    ``CLEW_LIMITS__MAX_BATCH_EVENTS`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="CLEW_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path(".clew")
+    host: str = "127.0.0.1"
+    port: int = 8088
+    limits: Limits = Field(default_factory=Limits)
+    log: LogSettings = Field(default_factory=LogSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    stages: StageSettings = Field(default_factory=StageSettings)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "log.db"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.data_dir / "meta.db"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def lake_path(self) -> Path:
+        return self.data_dir / "lake"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: defaults < TOML file < environment < explicit ``overrides``.
+
+    ``overrides`` whose value is ``None`` are ignored, so CLI options can be passed straight in.
+    """
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is None:
+        return Settings(**explicit)
+    if not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    file_values = tomllib.loads(config_file.read_text())
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    return Settings.model_validate(_FromFile(**explicit).model_dump())
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which value to fix."""

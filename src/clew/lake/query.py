@@ -1,0 +1,88 @@
+"""Read-only SQL over the lake with DuckDB, in process.
+
+Each query sees one consistent Delta snapshot per table (the latest when the connection is
+made), even while the lake stage appends or compacts. Only SELECT-like statements run, and
+DuckDB's access to files and settings is locked before the user's SQL does, so a query can
+read the lake tables and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from deltalake import DeltaTable
+
+from clew.lake.tables import TABLES_BY_TOPIC
+
+_READ_ONLY = {
+    duckdb.StatementType.SELECT,
+    duckdb.StatementType.EXPLAIN,
+}
+
+
+class QueryError(ValueError):
+    """The query cannot run; the message is DuckDB's or says what is not allowed."""
+
+
+@dataclass(slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+class Lake:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def tables(self) -> list[str]:
+        return [
+            t.name
+            for t in TABLES_BY_TOPIC.values()
+            if DeltaTable.is_deltatable(str(self.root / t.name))
+        ]
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per lake table, locked down to reading them.
+
+        A table that does not exist yet is an empty view of its schema, so queries written
+        against a fresh install run and return nothing instead of failing."""
+        conn = duckdb.connect(":memory:")
+        for table in TABLES_BY_TOPIC.values():
+            path = self.root / table.name
+            if DeltaTable.is_deltatable(str(path)):
+                conn.register(table.name, DeltaTable(str(path)).to_pyarrow_dataset())
+            else:
+                conn.register(table.name, table.schema.empty_table())
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET enable_external_access = false")
+        conn.execute("SET lock_configuration = true")
+        return conn
+
+    def sql(self, query: str, max_rows: int | None = None) -> QueryResult:
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+        if not statements:
+            raise QueryError("the query is empty")
+        for st in statements:
+            if st.type not in _READ_ONLY:
+                raise QueryError(
+                    f"only read-only queries (SELECT, WITH, EXPLAIN) are allowed, not {st.type.name}"
+                )
+        conn = self.connect()
+        try:
+            result = None
+            for st in statements:
+                result = conn.execute(st)
+            assert result is not None
+            columns = [d[0] for d in result.description or []]
+            rows = result.fetchmany(max_rows) if max_rows is not None else result.fetchall()
+            return QueryResult(columns, rows)
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+        finally:
+            conn.close()

@@ -1,0 +1,127 @@
+"""Lake table definitions: Arrow schemas and the conversion of log records into rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class TableDef:
+    name: str
+    schema: pa.Schema
+    partition_by: str
+    # Builds the table's columns from the JSON values of log records.
+    to_columns: Callable[[Sequence[bytes]], dict[str, pa.Array]]
+
+
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("message_id", pa.string()),
+        ("type", pa.string()),
+        ("event", pa.string()),
+        ("name", pa.string()),
+        ("category", pa.string()),
+        ("user_id", pa.string()),
+        ("anonymous_id", pa.string()),
+        ("group_id", pa.string()),
+        ("previous_id", pa.string()),
+        ("timestamp", _TS),
+        ("original_timestamp", _TS),
+        ("sent_at", _TS),
+        ("received_at", _TS),
+        ("source_id", pa.string()),
+        ("context", pa.string()),
+        ("properties", pa.string()),
+        ("traits", pa.string()),
+        ("integrations", pa.string()),
+        ("event_date", pa.date32()),
+    ]
+)
+
+_EVENT_STRINGS = {
+    "message_id": "messageId",
+    "type": "type",
+    "event": "event",
+    "name": "name",
+    "category": "category",
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "group_id": "groupId",
+    "previous_id": "previousId",
+    "source_id": "sourceId",
+}
+_EVENT_TIMES = {
+    "timestamp": "timestamp",
+    "original_timestamp": "originalTimestamp",
+    "sent_at": "sentAt",
+    "received_at": "receivedAt",
+}
+_EVENT_JSON = ("context", "properties", "traits", "integrations")
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value if value is not None else {}).decode()
+
+
+def _event_columns(values: Sequence[bytes]) -> dict[str, pa.Array]:
+    docs = [orjson.loads(v) for v in values]
+    cols: dict[str, pa.Array] = {}
+    for col, key in _EVENT_STRINGS.items():
+        cols[col] = pa.array([d.get(key) for d in docs], pa.string())
+    for col, key in _EVENT_TIMES.items():
+        cols[col] = pa.array([d.get(key) for d in docs], pa.string()).cast(_TS)
+    for col in _EVENT_JSON:
+        cols[col] = pa.array([_json_text(d.get(col)) for d in docs], pa.string())
+    cols["event_date"] = cols["timestamp"].cast(pa.date32())
+    return cols
+
+
+DLQ_SCHEMA = pa.schema(
+    [
+        ("received_at", _TS),
+        ("source_id", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+        ("message_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_name", pa.string()),
+        ("payload", pa.string()),
+        ("raw_partition", pa.int32()),
+        ("raw_offset", pa.int64()),
+        ("index", pa.int32()),
+        ("received_date", pa.date32()),
+    ]
+)
+
+
+def _dlq_columns(values: Sequence[bytes]) -> dict[str, pa.Array]:
+    docs = [orjson.loads(v) for v in values]
+    cols: dict[str, pa.Array] = {}
+    for field in DLQ_SCHEMA:
+        if field.name == "received_date":
+            continue
+        raw = [d.get(field.name) for d in docs]
+        if field.type == _TS:
+            cols[field.name] = pa.array(raw, pa.string()).cast(_TS)
+        else:
+            cols[field.name] = pa.array(raw, field.type)
+    cols["received_date"] = cols["received_at"].cast(pa.date32())
+    return cols
+
+
+EVENTS = TableDef("events", EVENTS_SCHEMA, "event_date", _event_columns)
+DLQ = TableDef("dlq", DLQ_SCHEMA, "received_date", _dlq_columns)
+
+# Log topic -> lake table it lands in.
+TABLES_BY_TOPIC = {"events": EVENTS, "dlq": DLQ}
+
+
+def to_arrow(table: TableDef, values: Sequence[bytes]) -> pa.Table:
+    return pa.table(table.to_columns(values), schema=table.schema)

@@ -1,0 +1,235 @@
+"""Assembles the embedded deployment: the log, the catalog, every stage and the HTTP apps, in
+one process (``clew serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from clew.api.app import build_api
+from clew.collector.app import RAW_TOPIC, Collector, Receive, Scope, Send
+from clew.config import Settings
+from clew.lake.query import Lake
+from clew.log.base import Log, TopicSpec
+from clew.log.embedded import EmbeddedLog
+from clew.sources import DEFAULT_SOURCE, Catalog, Source
+from clew.stages._dedup import DedupIndex
+from clew.stages.lake_sink import LakeSinkStage
+from clew.stages.runner import StageRunner
+from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
+
+logger = logging.getLogger(__name__)
+
+TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC)
+_RETENTION_EVERY_S = 600
+
+
+def open_log(settings: Settings) -> Log:
+    if settings.log.backend != "embedded":
+        raise ValueError(
+            f"log backend {settings.log.backend!r} is not available; the embedded log is"
+        )
+    log = EmbeddedLog(settings.log_path)
+    retention_ms = (
+        int(settings.log.retention_hours * 3600_000) if settings.log.retention_hours else None
+    )
+    for name in TOPICS:
+        log.create_topic(
+            TopicSpec(name, settings.log.partitions, retention_ms, settings.log.retention_bytes)
+        )
+    return log
+
+
+class Clew:
+    """The whole embedded CDP. ``start`` runs the stages; ``app`` is the ASGI entry point;
+    ``stop`` drains the stages (flushing the lake) and closes the log."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open_log(settings)
+        self.catalog = Catalog(settings.meta_path)
+        self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
+        self.lake = Lake(settings.lake_path)
+        self._dedup = DedupIndex(settings.state_path)
+        self.validate = ValidateStage(self._dedup, settings.stages.dedup_window_hours)
+        self.lake_sink = LakeSinkStage(settings.lake_path, settings.lake)
+        self.runners = [
+            StageRunner(self.log, self.validate, settings.stages.poll_max_records),
+            StageRunner(self.log, self.lake_sink, settings.stages.poll_max_records),
+        ]
+        self.collector = Collector(self.log, self.catalog, settings.limits)
+        self._api = build_api(self.catalog, self.lake, self.metrics_text, self.health)
+        self._stop = threading.Event()
+        self._scheduler = threading.Thread(target=self._schedule, name="clew-scheduler", daemon=True)
+        self.started_at = time.time()
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and Collector.handles(scope["path"]):
+            await self.collector(scope, receive, send)
+        else:
+            await self._api(scope, receive, send)
+
+    def start(self) -> None:
+        for r in self.runners:
+            r.start()
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        self.collector.accepting = False
+        self._stop.set()
+        for r in self.runners:
+            r.stop()
+        self.log.close()
+        self._dedup.close()
+        self.catalog.close()
+
+    def _schedule(self) -> None:
+        while not self._stop.wait(_RETENTION_EVERY_S):
+            try:
+                removed = self.log.enforce_retention(time.time_ns() // 1_000_000)
+                if removed:
+                    logger.info("log retention removed %d records", removed)
+            except Exception:
+                logger.exception("log retention failed; will retry")
+
+    def health(self) -> dict[str, Any]:
+        stages = {r.stage.group: {"alive": r.alive, "errors": r.errors} for r in self.runners}
+        return {"ok": all(s["alive"] for s in stages.values()), "stages": stages}
+
+    def metrics_text(self) -> str:
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+
+        c = self.collector.counters
+        metric(
+            "clew_collector_requests_total",
+            "counter",
+            "Tracking API requests accepted",
+            [("", c["requests_accepted"])],
+        )
+        metric(
+            "clew_collector_events_total",
+            "counter",
+            "Events accepted by the Tracking API",
+            [("", c["events_accepted"])],
+        )
+        metric(
+            "clew_collector_refused_total",
+            "counter",
+            "Tracking API requests refused, by error code",
+            [
+                (f'{{code="{k.removeprefix("refused_")}"}}', v)
+                for k, v in sorted(c.items())
+                if k.startswith("refused_")
+            ],
+        )
+        v = self.validate.counters
+        metric(
+            "clew_validate_events_total",
+            "counter",
+            "Events routed by the validate stage, by outcome",
+            [(f'{{outcome="{k}"}}', n) for k, n in sorted(v.items())],
+        )
+        lag: list[tuple[str, float]] = []
+        for r in self.runners:
+            for topic in r.stage.topics:
+                info = self.log.lag(r.stage.group, topic)
+                for p, end in sorted(info.end.items()):
+                    behind = max(0, end - info.committed.get(p, 0))
+                    lag.append((f'{{group="{r.stage.group}",topic="{topic}",partition="{p}"}}', behind))
+        metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
+        return "\n".join(lines) + "\n"
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        clew.app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        interface="asgi3",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(settings: Settings, on_ready: Any = None) -> None:
+    """Run Clew in the foreground until SIGINT/SIGTERM; stages drain before exit."""
+    clew = Clew(settings)
+    # uvicorn re-raises the signal that stopped it; turn SIGTERM into SystemExit so the
+    # stages still drain below instead of the process dying on the spot.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    clew.start()
+    server = uvicorn.Server(uvicorn_config(clew, settings.host, settings.port))
+    try:
+        if on_ready is not None:
+
+            async def run() -> None:
+                task = asyncio.create_task(server.serve())
+                while not server.started and not task.done():
+                    await asyncio.sleep(0.02)
+                if server.started:
+                    on_ready(clew)
+                await task
+
+            asyncio.run(run())
+        else:
+            server.run()
+    finally:
+        clew.stop()
+
+
+class BackgroundServer:
+    """Clew serving on a free loopback port in a background thread (demo, tests)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings.model_copy(update={"port": settings.port or free_port()})
+        self.clew = Clew(self.settings)
+        self._server = uvicorn.Server(uvicorn_config(self.clew, self.settings.host, self.settings.port))
+        self._thread = threading.Thread(target=self._server.run, name="clew-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.clew.start()
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"Clew did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+        self.clew.stop()
+
+

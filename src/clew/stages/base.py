@@ -1,0 +1,39 @@
+"""The stage contract: a consumer group that reads topics and commits what it finished."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from clew.log.base import Consumer, Record, TopicPartition
+
+
+class Stage(ABC):
+    """One processing stage. The runner calls the hooks from a single thread:
+
+    - ``on_assign`` after joining the group and whenever the assignment changes; a stage that
+      keeps its own progress (the lake sink keeps it in Delta commits) seeks here;
+    - ``handle`` with each polled batch; it must commit (through ``consumer.commit``) what it
+      has durably finished, possibly later, from ``tick``;
+    - ``tick`` at least every poll timeout, with or without new records (timers, flushes);
+    - ``close`` on shutdown: finish or drop in-flight work; uncommitted records are
+      re-delivered to the next member, so dropping is safe.
+
+    An exception from a hook is logged by the runner, which then rebuilds the consumer and
+    resumes from the last commit.
+    """
+
+    group: str
+    topics: tuple[str, ...]
+
+    def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
+        return None
+
+    @abstractmethod
+    def handle(self, records: list[Record], consumer: Consumer) -> None: ...
+
+    def tick(self, consumer: Consumer) -> None:
+        return None
+
+    def close(self, consumer: Consumer) -> None:
+        return None

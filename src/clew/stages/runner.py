@@ -1,0 +1,77 @@
+"""Runs stages, each in its own thread with its own consumer of the stage's group."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from clew.log.base import Consumer, Log
+from clew.stages.base import Stage
+
+logger = logging.getLogger(__name__)
+
+_POLL_TIMEOUT_S = 0.05
+_RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 5.0)
+
+
+class StageRunner:
+    """Drives one stage: poll, handle, tick; on an error, logs it, rebuilds the consumer and
+    resumes from the last commit (at-least-once; stages are idempotent)."""
+
+    def __init__(self, log: Log, stage: Stage, max_records: int = 500) -> None:
+        self._log = log
+        self.stage = stage
+        self._max_records = max_records
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"clew-stage-{stage.group}", daemon=True
+        )
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            consumer = self._log.consumer(self.stage.group, list(self.stage.topics))
+            try:
+                self._loop(consumer)
+                failures = 0
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = repr(exc)
+                logger.exception("stage %s failed; resuming from its last commit", self.stage.group)
+                delay = _RETRY_BACKOFF_S[min(failures, len(_RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                self._stop.wait(delay)
+            finally:
+                consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        stage = self.stage
+        assignment = consumer.assignment()
+        stage.on_assign(consumer, assignment)
+        try:
+            while not self._stop.is_set():
+                current = consumer.assignment()
+                if current != assignment:
+                    assignment = current
+                    stage.on_assign(consumer, assignment)
+                records = consumer.poll(self._max_records, _POLL_TIMEOUT_S)
+                if records:
+                    stage.handle(records, consumer)
+                stage.tick(consumer)
+        finally:
+            if self._stop.is_set():
+                stage.close(consumer)
+
