@@ -6,6 +6,7 @@ Shared by ``ingest.py`` and ``latency.py``. Each server is a subprocess on a fre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import psutil
+from rich.console import Console
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -113,21 +115,17 @@ class Server:
         """Resident memory of the server and all its child processes, in bytes."""
         total = 0
         for p in self._tree():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server and its live children."""
         total = 0.0
         for p in self._tree():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 t = p.cpu_times()
                 total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def settle(self, quiet_cpu: float = 0.05, window: float = 1.0, timeout: float = 120.0) -> float:
@@ -192,6 +190,19 @@ def clew_server(data_dir: Path, log_dir: Path) -> Server:
     return Server("clew", argv, port, log_dir)
 
 
+def create_token(data_dir: Path, name: str = "bench") -> str:
+    """An access token for the SQL API; ``clew tokens create`` prints it last."""
+    out = clew("tokens", "create", name, "--data-dir", data_dir).split()
+    if not out:
+        raise BenchError("`clew tokens create` printed no token")
+    return out[-1]
+
+
+def console() -> Console:
+    """Rich console; wide enough for the result tables when output is not a terminal."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def build_loadgen(out_dir: Path) -> Path:
     """Compile bench/loadgen (standard library only) into ``out_dir``."""
     go = shutil.which("go") or next((p for p in _GO_HOMES if Path(p).exists()), None)
@@ -232,6 +243,7 @@ def run_loadgen(
     used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # Cores the client itself used: near the core count means the client was the limit.
     result["client_cores"] = used / (seconds + warmup)
+    result["warmup_s"] = warmup
     return result
 
 

@@ -26,10 +26,11 @@ _BAD = b'{"code":"invalid_json","message":"the body is not valid JSON"}'
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            pass
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        while True:
+            kind = (await receive())["type"]
+            await send({"type": kind + ".complete"})
+            if kind == "lifespan.shutdown":
+                return
     if scope["type"] != "http":
         return
     if scope["method"] == "GET":

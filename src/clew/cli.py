@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Access tokens for SQL and the Admin/Profile APIs.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Access tokens for SQL and the Admin/Profile APIs.", no_args_is_help=True
+)
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 
@@ -31,7 +33,9 @@ err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where Clew keeps its data [default: ./.clew]", show_default=False),
+    typer.Option(
+        "--data-dir", help="Where Clew keeps its data [default: ./.clew]", show_default=False
+    ),
 ]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="A TOML settings file.", show_default=False)
@@ -53,24 +57,35 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Run the collector, every stage and the APIs in one process."""
-    from clew.server import Clew, serve as run_server
+    from clew.server import Clew
+    from clew.server import serve as run_server
 
     settings = _settings(config, host=host, port=port, data_dir=data_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     def ready(clew: Clew) -> None:
         base = f"http://{settings.host}:{settings.port}"
-        console.print(f"[bold green]Clew is running[/bold green] on {base} (data in {settings.data_dir})")
-        console.print(f"  write key of source '{clew.default_source.name}': [bold]{clew.default_source.write_key}[/bold]")
+        console.print(
+            f"[bold green]Clew is running[/bold green] on {base} (data in {settings.data_dir})"
+        )
+        src = clew.default_source
+        console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")
         console.print(f"  Tracking API:  {base}/v1/batch  (Segment / RudderStack SDK host: {base})")
-        console.print(f"  SQL:           clew sql \"SELECT count(*) FROM events\" --data-dir {settings.data_dir}")
-        console.print(f"                 POST {base}/v1/sql with a token from `clew tokens create NAME`")
+        sql_cmd = f'clew sql "SELECT count(*) FROM events" --data-dir {settings.data_dir}'
+        console.print(f"  SQL:           {sql_cmd}")
+        console.print(
+            f"                 POST {base}/v1/sql with a token from `clew tokens create NAME`"
+        )
         console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
         console.print("Press Ctrl+C to stop.")
 
@@ -80,7 +95,9 @@ def serve(
 @sources_app.command("create")
 def sources_create(
     name: str,
-    write_key: Annotated[str | None, typer.Option("--write-key", help="Use this key instead of a random one.")] = None,
+    write_key: Annotated[
+        str | None, typer.Option("--write-key", help="Use this key instead of a random one.")
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:

@@ -81,7 +81,8 @@ class Rejection(msgspec.Struct, omit_defaults=True):
 
 def format_time(dt: datetime) -> str:
     """ISO-8601 in UTC with milliseconds and ``Z``, as Segment writes it."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat pads years before 1000 to four digits; strftime("%Y") does not on Linux.
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def parse_time(value: str) -> datetime:
@@ -102,9 +103,11 @@ def _opt_time(obj: dict[str, Any], key: str) -> tuple[datetime | None, str | Non
     if not isinstance(value, str):
         return None, f"{key} must be an ISO-8601 string, got {type(value).__name__}"
     try:
-        return parse_time(value), None
+        return parse_time(value).astimezone(UTC), None
     except ValueError:
         return None, f"{key} is not an ISO-8601 timestamp: {value[:64]!r}"
+    except OverflowError:
+        return None, f"{key} is outside the years 1 to 9999 in UTC: {value[:64]!r}"
 
 
 def normalise(
@@ -216,7 +219,10 @@ def normalise(
     elif sent_at is None:
         corrected = original
     else:
-        corrected = received_at - (sent_at - original)
+        try:
+            corrected = received_at - (sent_at - original)
+        except OverflowError:
+            corrected = received_at
     # A corrupt device clock can push the correction outside any sane range.
     if not (_EPOCH <= corrected <= received_at + _MAX_FUTURE):
         corrected = received_at

@@ -68,7 +68,9 @@ class Clew:
         self.collector = Collector(self.log, self.catalog, settings.limits)
         self._api = build_api(self.catalog, self.lake, self.metrics_text, self.health)
         self._stop = threading.Event()
-        self._scheduler = threading.Thread(target=self._schedule, name="clew-scheduler", daemon=True)
+        self._scheduler = threading.Thread(
+            target=self._schedule, name="clew-scheduler", daemon=True
+        )
         self.started_at = time.time()
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,7 +150,9 @@ class Clew:
                 info = self.log.lag(r.stage.group, topic)
                 for p, end in sorted(info.end.items()):
                     behind = max(0, end - info.committed.get(p, 0))
-                    lag.append((f'{{group="{r.stage.group}",topic="{topic}",partition="{p}"}}', behind))
+                    lag.append(
+                        (f'{{group="{r.stage.group}",topic="{topic}",partition="{p}"}}', behind)
+                    )
         metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
         return "\n".join(lines) + "\n"
 
@@ -210,7 +214,9 @@ class BackgroundServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.model_copy(update={"port": settings.port or free_port()})
         self.clew = Clew(self.settings)
-        self._server = uvicorn.Server(uvicorn_config(self.clew, self.settings.host, self.settings.port))
+        self._server = uvicorn.Server(
+            uvicorn_config(self.clew, self.settings.host, self.settings.port)
+        )
         self._thread = threading.Thread(target=self._server.run, name="clew-http", daemon=True)
 
     @property
@@ -231,5 +237,3 @@ class BackgroundServer:
         self._server.should_exit = True
         self._thread.join(15)
         self.clew.stop()
-
-

@@ -53,10 +53,12 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._by_key: dict[str, Source] = {}
 
     def close(self) -> None:
@@ -68,7 +70,9 @@ class Catalog:
         key = write_key or secrets.token_urlsafe(24)
         if len(key) < 8 or ":" in key:
             raise CatalogError("a write key must be at least 8 characters and contain no ':'")
-        src = Source(id=f"src_{secrets.token_hex(8)}", name=name, write_key=key, created_at=time.time())
+        src = Source(
+            id=f"src_{secrets.token_hex(8)}", name=name, write_key=key, created_at=time.time()
+        )
         with self._lock:
             try:
                 self._conn.execute(

@@ -4,7 +4,8 @@ A backend is a factory that opens a :class:`Log` on one storage location; callin
 opens another handle on the same storage (that is how the durability tests "restart"). To add
 a backend (Kafka), add its name to ``BACKENDS`` and a branch in ``open_log`` that yields
 handles connected to the broker. Every test creates its own topics and groups with unique
-names, so a shared broker works too.
+names, so a shared broker works too. Handles and consumers are closed at teardown even when a
+test closed them already, so ``close`` must be safe to call twice.
 """
 
 from __future__ import annotations

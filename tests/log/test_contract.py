@@ -285,7 +285,9 @@ def test_group_members_split_partitions_and_take_over_on_close(
     assert leaving.assignment() and staying.assignment()
 
     sent = log.append_sync(topic, values(20, "a"))
-    got_leaving = drain(leaving, sum(1 for p in sent if (topic, p.partition) in leaving.assignment()))
+    got_leaving = drain(
+        leaving, sum(1 for p in sent if (topic, p.partition) in leaving.assignment())
+    )
     got_staying = drain(staying, 20 - len(got_leaving))
     assert {(topic, r.partition) for r in got_leaving} <= set(leaving.assignment())
     assert {(topic, r.partition) for r in got_staying} <= set(staying.assignment())
@@ -298,7 +300,8 @@ def test_group_members_split_partitions_and_take_over_on_close(
 
     later = log.append_sync(topic, values(20, "b"))
     # Read but not committed: after the handover these must be delivered again.
-    drain(leaving, sum(1 for p in later if (topic, p.partition) in leaving.assignment()))
+    mine = sum(1 for p in later if (topic, p.partition) in leaving.assignment())
+    assert len(drain(leaving, mine)) == mine
     leaving.close()
 
     records = drain(staying, 20)
@@ -456,7 +459,8 @@ def test_delete_where_removes_matching_records_only(
 ) -> None:
     topic = new_topic(partitions=3)
     messages = [
-        Message(b"%s-%d" % (who, i), key=who + b"%d" % (i % 3)) for i in range(12)
+        Message(b"%s-%d" % (who, i), key=who + b"%d" % (i % 3))
+        for i in range(12)
         for who in (b"alice", b"bob")
     ]
     log.append_sync(topic, messages)
@@ -502,36 +506,47 @@ def test_concurrent_appends_get_distinct_contiguous_offsets(log: Log, new_topic:
     assert {(r.partition, r.offset): r.value for r in read_all(log, topic)} == sent
 
 
-def test_creating_topics_does_not_disturb_appends(log: Log, new_topic: NewTopic) -> None:
-    topic = new_topic(partitions=4)
+def test_creating_topics_does_not_disturb_appends_or_retention(
+    log: Log, new_topic: NewTopic
+) -> None:
+    topic = new_topic(partitions=4, retention_ms=3_600_000)
     stop = threading.Event()
     errors: list[BaseException] = []
     appended = 0
 
     def append() -> None:
         nonlocal appended
+        log.append_sync(topic, values(1))
+        appended += 1
+
+    def keep_doing(work: Callable[[], object]) -> None:
         while not stop.is_set():
             try:
-                log.append_sync(topic, values(1))
-                appended += 1
+                work()
             except BaseException as exc:
                 errors.append(exc)
                 return
 
-    worker = threading.Thread(target=append)
-    worker.start()
+    workers = [
+        threading.Thread(target=keep_doing, args=(append,)),
+        threading.Thread(
+            target=keep_doing, args=(lambda: log.enforce_retention(int(time.time() * 1000)),)
+        ),
+    ]
+    for w in workers:
+        w.start()
     try:
-        for _ in range(30):
+        for _ in range(100):
             new_topic(partitions=4)
     finally:
         stop.set()
-        worker.join()
+        for w in workers:
+            w.join()
 
     assert errors == []
-    assert sorted(r.offset for r in read_all(log, topic)) == sorted(
-        o for n in log.end_offsets(topic).values() for o in range(n)
-    )
-    assert sum(log.end_offsets(topic).values()) == appended
+    ends = log.end_offsets(topic)
+    assert sum(ends.values()) == appended
+    assert positions(read_all(log, topic)) == {(p, o) for p, n in ends.items() for o in range(n)}
 
 
 def test_close_finishes_or_refuses_every_pending_append(

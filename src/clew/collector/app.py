@@ -39,11 +39,11 @@ _ALLOWED_HEADERS = b"Content-Type, Authorization, Content-Encoding, Anonymousid"
 
 class _Batch(msgspec.Struct):
     batch: list[msgspec.Raw] | None = None
-    writeKey: str | None = None  # noqa: N815 - Segment's field name
+    writeKey: str | None = None
 
 
 class _Single(msgspec.Struct):
-    writeKey: str | None = None  # noqa: N815 - Segment's field name
+    writeKey: str | None = None
 
 
 _batch_decoder = msgspec.json.Decoder(_Batch)
@@ -232,7 +232,7 @@ def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:
 
 
 def _basic_auth_user(value: bytes | None) -> str | None:
-    if not value or not value[:6].lower() == b"basic ":
+    if not value or value[:6].lower() != b"basic ":
         return None
     try:
         decoded = base64.b64decode(value[6:].strip(), validate=True).decode()
@@ -252,9 +252,7 @@ async def _read_body(receive: Receive, cap: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
-            raise _Refusal(
-                400, "request_too_large", f"the request body is larger than {cap} bytes"
-            )
+            raise _Refusal(400, "request_too_large", f"the request body is larger than {cap} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]

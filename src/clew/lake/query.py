@@ -71,7 +71,8 @@ class Lake:
         for st in statements:
             if st.type not in _READ_ONLY:
                 raise QueryError(
-                    f"only read-only queries (SELECT, WITH, EXPLAIN) are allowed, not {st.type.name}"
+                    "only read-only queries (SELECT, WITH, EXPLAIN) are allowed, "
+                    f"not {st.type.name}"
                 )
         conn = self.connect()
         try:

@@ -115,11 +115,17 @@ class EmbeddedLog(Log):
         self._parts: dict[TopicPartition, _Partition] = {}
         self._round_robin: dict[str, itertools.cycle[int]] = {}
         self._load_metadata()
+        # Changes when another connection (another process or handle) commits; offsets cached
+        # in memory are then stale and must be reloaded before appending.
+        self._data_version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
         self._appended = threading.Condition()
         self._groups: dict[str, _Group] = {}
         self._ops: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()
         self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="clew-log-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="clew-log-writer", daemon=True
+        )
         self._writer.start()
 
     # -- metadata -------------------------------------------------------------------------
@@ -135,7 +141,7 @@ class EmbeddedLog(Log):
         if spec.partitions < 1:
             raise LogError(f"topic {spec.name!r} needs at least one partition")
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
             row = conn.execute(
                 "SELECT partitions FROM topics WHERE name = ?", (spec.name,)
             ).fetchone()
@@ -154,12 +160,18 @@ class EmbeddedLog(Log):
                     "INSERT OR IGNORE INTO partitions (topic, partition) VALUES (?, ?)",
                     (spec.name, p),
                 )
+            return conn.execute(
+                "SELECT tp, partition, next_offset FROM partitions WHERE topic = ?", (spec.name,)
+            ).fetchall()
 
-        self._submit(op).result()
+        rows = self._submit(op).result()
+        # Add to the metadata in place: the writer thread reads it without the lock, and the
+        # existing partitions carry offsets that may be ahead of what was read above.
         with self._lock:
-            self._topics.clear()
-            self._parts.clear()
-            self._load_metadata()
+            for tp, p, next_offset in rows:
+                self._parts.setdefault((spec.name, p), _Partition(tp, spec.name, p, next_offset))
+            self._round_robin.setdefault(spec.name, itertools.cycle(range(spec.partitions)))
+            self._topics[spec.name] = spec
 
     def topics(self) -> dict[str, TopicSpec]:
         with self._lock:
@@ -175,10 +187,12 @@ class EmbeddedLog(Log):
 
     def _submit(self, op: _Op) -> Future[Any]:
         fut: Future[Any] = Future()
-        if self._closed:
-            fut.set_exception(LogClosedError("the log is closed"))
-            return fut
-        self._ops.put((op, fut))
+        # Under the lock so no op can be queued behind the writer's stop marker and hang.
+        with self._closing:
+            if self._closed:
+                fut.set_exception(LogClosedError("the log is closed"))
+                return fut
+            self._ops.put((op, fut))
         return fut
 
     def _write_loop(self) -> None:
@@ -208,7 +222,13 @@ class EmbeddedLog(Log):
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:
+                self._data_version = version
+                self._reload_offsets(conn)
             for op, fut in batch:
+                if not fut.set_running_or_notify_cancel():
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((fut, True, op(conn)))
@@ -225,7 +245,7 @@ class EmbeddedLog(Log):
             # In-memory offsets advanced by the rolled-back ops must be reloaded.
             self._reload_offsets(conn)
             for _, fut in batch:
-                if not fut.done():
+                if fut.running() or fut.set_running_or_notify_cancel():
                     fut.set_exception(LogError(f"log write failed: {exc}"))
             return
         for fut, ok, value in results:
@@ -237,10 +257,10 @@ class EmbeddedLog(Log):
             self._appended.notify_all()
 
     def _reload_offsets(self, conn: sqlite3.Connection) -> None:
+        by_tp = {part.tp: part for part in list(self._parts.values())}
         for tp, next_offset in conn.execute("SELECT tp, next_offset FROM partitions"):
-            for part in self._parts.values():
-                if part.tp == tp:
-                    part.next_offset = next_offset
+            if tp in by_tp:
+                by_tp[tp].next_offset = next_offset
 
     def _append_op(self, topic: str, messages: Sequence[Message]) -> _Op:
         def op(conn: sqlite3.Connection) -> list[Position]:
@@ -393,7 +413,8 @@ class EmbeddedLog(Log):
     def enforce_retention(self, now_ms: int) -> int:
         def op(conn: sqlite3.Connection) -> int:
             removed = 0
-            for spec in self._topics.values():
+            # A snapshot: create_topic may add a topic while this runs on the writer thread.
+            for spec in list(self._topics.values()):
                 tps = [self._parts[(spec.name, p)].tp for p in range(spec.partitions)]
                 for tp in tps:
                     if spec.retention_ms is not None:
@@ -433,24 +454,32 @@ class EmbeddedLog(Log):
             return len(doomed)
 
         n: int = self._submit(op).result()
-        if n:
-            self._checkpoint()
+        # Even when nothing matched: a retry after a failed checkpoint must finish the job.
+        if not self._checkpoint():
+            raise LogError(
+                f"deleted {n} records of {topic!r}, but another connection kept reading "
+                f"{self._path} so their bytes may remain in its write-ahead log; call "
+                "delete_where again once long-running readers have finished"
+            )
         return n
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it, so deleted bytes leave the WAL."""
+    def _checkpoint(self) -> bool:
+        """Copy the WAL into the database and truncate it, so deleted bytes leave the WAL.
+        False when a reader kept it from completing."""
         self._submit(lambda c: None).result()
         conn = self._reader()
         try:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return bool(busy == 0)
         finally:
             conn.close()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._ops.put(None)
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            self._ops.put(None)
         self._writer.join()
         self._conn.close()
 
@@ -498,7 +527,9 @@ class _Group:
                 self.members.remove(member)
                 self.generation += 1
 
-    def assignment_of(self, member: _EmbeddedConsumer, log: EmbeddedLog) -> tuple[int, list[TopicPartition]]:
+    def assignment_of(
+        self, member: _EmbeddedConsumer, log: EmbeddedLog
+    ) -> tuple[int, list[TopicPartition]]:
         with self.lock:
             out: list[TopicPartition] = []
             for topic in member.topics:
@@ -547,7 +578,9 @@ class _EmbeddedConsumer(Consumer):
                 tp = self._assigned[(self._next_start + i) % n]
                 if len(out) >= max_records:
                     break
-                recs = self._log._read(self._conn, tp[0], tp[1], self._positions[tp], max_records - len(out))
+                recs = self._log._read(
+                    self._conn, tp[0], tp[1], self._positions[tp], max_records - len(out)
+                )
                 if recs:
                     self._positions[tp] = recs[-1].offset + 1
                     out.extend(recs)

@@ -28,7 +28,9 @@ _CHUNK = 400
 class DedupIndex:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL survives a process crash; after a power loss the last claims may be lost,
         # which only means a duplicate arriving in that instant is let through once.

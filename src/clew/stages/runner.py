@@ -74,4 +74,3 @@ class StageRunner:
         finally:
             if self._stop.is_set():
                 stage.close(consumer)
-

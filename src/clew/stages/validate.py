@@ -84,9 +84,7 @@ class ValidateStage(Stage):
             self._last_prune = time.monotonic()
             self._dedup.prune(time.time_ns() // 1_000_000 - self._window_ms)
 
-    def _split(
-        self, rec: Record, events: list[tuple[Event, str]], dead: list[DeadLetter]
-    ) -> None:
+    def _split(self, rec: Record, events: list[tuple[Event, str]], dead: list[DeadLetter]) -> None:
         source_id = (rec.header("source") or b"").decode()
         path_type = (rec.header("type") or b"batch").decode()
         request_id = (rec.header("request_id") or f"{rec.partition}-{rec.offset}".encode()).decode()
@@ -114,13 +112,21 @@ class ValidateStage(Stage):
         try:
             body = orjson.loads(rec.value)
         except orjson.JSONDecodeError as e:
-            to_dlq(-1, Rejection("invalid_json", f"the request is not valid JSON: {e}"), _text(rec.value))
+            to_dlq(
+                -1,
+                Rejection("invalid_json", f"the request is not valid JSON: {e}"),
+                _text(rec.value),
+            )
             return
         items: list[Any]
         batch_ctx = batch_int = batch_sent = None
         if path_type == "batch":
             if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
-                to_dlq(-1, Rejection("protocol_violation", "a batch needs a list in `batch`"), _text(rec.value))
+                to_dlq(
+                    -1,
+                    Rejection("protocol_violation", "a batch needs a list in `batch`"),
+                    _text(rec.value),
+                )
                 return
             items = body["batch"]
             batch_ctx = body.get("context") if isinstance(body.get("context"), dict) else None

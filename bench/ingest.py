@@ -1,0 +1,250 @@
+"""Ingest throughput of ``clew serve`` over HTTP, as a ratio of a bare ASGI endpoint.
+
+Both servers run side by side on this machine: the bare endpoint (``bare_asgi.py``: read the
+body, orjson-parse it, answer 200 - the ceiling of a Python HTTP server here) and ``clew
+serve``. Each load from the Go load generator - 100-event batches to ``/v1/batch`` and single
+events to ``/v1/track``, at a few concurrencies - is run against the bare endpoint and then
+against Clew, back to back, so that other work on the machine skews both alike. Clew answers
+200 only once a request is durable in its log, so its figures are durable acknowledgements;
+503s are counted apart, never as success. Between loads Clew is left to drain its stages.
+
+Also measured: ``clew serve`` RSS (with children) idle after start and peak under load, and
+whether every acknowledged event reached the ``events`` lake table.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 16,64] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from rich.table import Table
+
+from _serve import (
+    BenchError,
+    RssSampler,
+    Server,
+    bare_server,
+    build_loadgen,
+    clew_server,
+    console,
+    create_token,
+    fail,
+    run_loadgen,
+)
+
+BATCH = 100
+TARGET_RATIO = 0.50
+TARGET_IDLE_RSS_MB = 300
+LAKE_TIMEOUT_S = 120.0
+MB = 1024 * 1024
+
+
+def _busy_cores_since(before: Any, seconds: float) -> float:
+    after = psutil.cpu_times()
+    idle = (after.idle - before.idle) + (after.iowait - before.iowait)
+    total = sum(after) - sum(before)
+    return (total - idle) / seconds
+
+
+def measure(
+    server: Server, loadgen: Path, events: int, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """One load against one server, with the CPU it, the client and the rest of the machine
+    used while it ran, and the server's peak RSS."""
+    cpu_before, sys_before, t_before = server.cpu_seconds(), psutil.cpu_times(), time.monotonic()
+    with RssSampler(server) as rss:
+        r = run_loadgen(
+            loadgen, server.url, concurrency=concurrency, seconds=seconds, events=events
+        )
+    elapsed = time.monotonic() - t_before
+    r["server_cores"] = (server.cpu_seconds() - cpu_before) / elapsed
+    r["other_cores"] = max(
+        0.0, _busy_cores_since(sys_before, elapsed) - r["server_cores"] - r["client_cores"]
+    )
+    r["peak_rss"] = rss.peak
+    console().print(
+        f"  {server.name:5} {_load_name(events, concurrency):24} "
+        f"{r['events_per_s']:>9,.0f} events/s  p99 {r['p99_ms']:7.1f} ms  "
+        f"non-200 {r['non_ok']}  errors {r['errors']}"
+    )
+    return r
+
+
+def lake_count(server: Server, token: str, expected: int) -> tuple[int, float]:
+    """Poll ``SELECT count(*) FROM events`` once a second until it reaches ``expected`` or
+    LAKE_TIMEOUT_S passes; returns the last count and the seconds waited."""
+    headers = {"Authorization": f"Bearer {token}"}
+    began = time.monotonic()
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+        while True:
+            resp = http.post("/v1/sql", json={"query": "SELECT count(*) FROM events"})
+            if resp.status_code != 200:
+                raise BenchError(f"POST /v1/sql answered {resp.status_code}: {resp.text}")
+            count = int(resp.json()["rows"][0][0])
+            waited = time.monotonic() - began
+            if count >= expected or waited > LAKE_TIMEOUT_S:
+                return count, waited
+            time.sleep(1.0)
+
+
+def _lake_lag(r: dict[str, Any], clew: Server, token: str, acked: int, seconds: float) -> None:
+    """Record how long after the load the lake held every event acknowledged so far."""
+    try:
+        rows, waited = lake_count(clew, token, acked)
+    except BenchError as error:
+        console().print(f"[red]lake count failed[/red]: {error}")
+        rows, waited = -1, 0.0
+    caught_up = rows >= acked
+    r["lake_lag_s"] = waited if caught_up else None
+    r["lake_events_per_s"] = r["acked_events"] / (r["warmup_s"] + r["duration_s"] + waited)
+
+
+def _load_name(events: int, concurrency: int) -> str:
+    kind = f"{events}-event batches" if events > 1 else "single events"
+    return f"{kind}, {concurrency} conn"
+
+
+def report(runs: list[tuple[dict[str, Any], dict[str, Any]]], memory: dict[str, Any]) -> None:
+    out = console()
+    table = Table(title="Ingest over HTTP: Clew (durable ack) vs bare ASGI + orjson ceiling")
+    table.add_column("load")
+    for col in (
+        "bare events/s",
+        "clew events/s",
+        "clew/bare",
+        "clew req/s",
+        "bare p50/p99 ms",
+        "clew p50/p99 ms",
+        "clew non-200",
+        "bare cores",
+        "clew cores",
+        "lake caught up",
+        "to lake events/s",
+    ):
+        table.add_column(col, justify="right")
+    for b, c in runs:
+        statuses = ", ".join(f"{k}: {v}" for k, v in c["statuses"].items() if k != "200")
+        table.add_row(
+            _load_name(c["events_per_request"], c["concurrency"]),
+            f"{b['events_per_s']:,.0f}",
+            f"{c['events_per_s']:,.0f}",
+            f"{c['events_per_s'] / b['events_per_s']:.0%}" if b["events_per_s"] else "-",
+            f"{c['requests_per_s']:,.0f}",
+            f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f}",
+            f"{c['p50_ms']:.1f} / {c['p99_ms']:.1f}",
+            (statuses or "0") + (f", {c['errors']} errors" if c["errors"] else ""),
+            _cores(b),
+            _cores(c),
+            f"{c['lake_lag_s']:.0f} s" if c["lake_lag_s"] is not None else "no",
+            f"{c['lake_events_per_s']:,.0f}" if c["lake_lag_s"] is not None else "-",
+        )
+    out.print(table)
+    out.print(
+        "cores: CPU used while the load ran, as server (with children) / load generator / "
+        "every other process on the machine.\n"
+        "lake caught up: seconds after the load until every acknowledged event was counted in "
+        "the `events` table; to lake events/s: the load's acknowledged events over the load's "
+        "time plus that."
+    )
+
+    batch_runs = [(b, c) for b, c in runs if c["events_per_request"] > 1]
+    best_bare = max(b["events_per_s"] for b, _ in batch_runs)
+    best_clew = max(c["events_per_s"] for _, c in batch_runs)
+    ratio = best_clew / best_bare if best_bare else 0.0
+    idle_mb = memory["idle_rss"] / MB
+    targets = Table(title="Targets")
+    for col in ("figure", "measured", "target", ""):
+        targets.add_column(col)
+    targets.add_row(
+        "durable ingest, 100-event batches (best clew / best bare)",
+        f"{best_clew:,.0f} / {best_bare:,.0f} events/s = {ratio:.0%}",
+        f">= {TARGET_RATIO:.0%}",
+        _verdict(ratio >= TARGET_RATIO),
+    )
+    targets.add_row(
+        "`clew serve` idle RSS (with children)",
+        f"{idle_mb:.0f} MB",
+        f"< {TARGET_IDLE_RSS_MB} MB",
+        _verdict(idle_mb < TARGET_IDLE_RSS_MB),
+    )
+    for label, key in (("peak RSS under load", "peak_rss"), ("RSS after the loads", "after_rss")):
+        targets.add_row(f"`clew serve` {label}", f"{memory[key] / MB:.0f} MB", "", "")
+    lake = memory["lake"]
+    if "error" in lake:
+        targets.add_row("acknowledged events in the lake", lake["error"], "all", "")
+    else:
+        targets.add_row(
+            "acknowledged events in the lake",
+            f"{lake['rows']:,} of {lake['acked']:,} ({lake['waited_s']:.1f} s after the last load)",
+            "all",
+            _verdict(lake["rows"] == lake["acked"]),
+        )
+    out.print(targets)
+
+
+def _cores(r: dict[str, Any]) -> str:
+    return f"{r['server_cores']:.2f}/{r['client_cores']:.2f}/{r['other_cores']:.2f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "[green]met[/green]" if ok else "[red]MISSED[/red]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load")
+    parser.add_argument("--concurrency", default="16,64", help="comma-separated connection counts")
+    parser.add_argument("--json", type=Path, help="also write all figures to this file")
+    args = parser.parse_args()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    loads = [(events, c) for events in (BATCH, 1) for c in concurrencies]
+
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    memory: dict[str, Any] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="clew-bench-") as tmp:
+            work = Path(tmp)
+            loadgen = build_loadgen(work)
+            data_dir = work / "data"
+            clew = clew_server(data_dir, work)
+            token = create_token(data_dir)
+            with bare_server(work) as bare, clew:
+                time.sleep(2.0)
+                clew.settle()
+                memory["idle_rss"] = clew.rss()
+                memory["peak_rss"] = memory["idle_rss"]
+                console().print(f"{args.seconds:.0f} s per load, bare endpoint then clew serve")
+                acked = 0
+                for events, concurrency in loads:
+                    b = measure(bare, loadgen, events, concurrency, args.seconds)
+                    c = measure(clew, loadgen, events, concurrency, args.seconds)
+                    acked += c["acked_events"]
+                    _lake_lag(c, clew, token, acked, args.seconds)
+                    clew.settle()
+                    memory["peak_rss"] = max(memory["peak_rss"], c["peak_rss"])
+                    runs.append((b, c))
+                memory["after_rss"] = clew.rss()
+                try:
+                    rows, waited = lake_count(clew, token, acked)
+                    memory["lake"] = {"rows": rows, "acked": acked, "waited_s": waited}
+                except BenchError as error:
+                    memory["lake"] = {"acked": acked, "error": str(error)}
+    except BenchError as error:
+        fail(error)
+
+    report(runs, memory)
+    if args.json:
+        figures = {"runs": [{"bare": b, "clew": c} for b, c in runs], "memory": memory}
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

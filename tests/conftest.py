@@ -1,0 +1,136 @@
+"""Shared fixtures: Clew in-process on a free port, and `clew serve` as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clew.config import Settings
+from clew.lake.query import Lake
+from clew.server import BackgroundServer, free_port
+
+WRITE_KEY = "test-write-key"
+
+
+def make_settings(data_dir: Path, **updates: object) -> Settings:
+    """Settings for tests: a fresh data dir and a short lake flush interval."""
+    s = Settings(data_dir=data_dir, port=free_port())
+    s.lake.flush_interval_ms = 100
+    return s.model_copy(update=updates)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[BackgroundServer]:
+    """Clew serving on a free loopback port, with a source whose write key is WRITE_KEY."""
+    with BackgroundServer(settings) as srv:
+        srv.clew.catalog.create_source("tests", WRITE_KEY)
+        yield srv
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout_s: float = 20.0, interval_s: float = 0.05
+) -> None:
+    """Wait until ``predicate()`` is truthy; fail the test with a clear message otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    assert predicate(), f"condition not met within {timeout_s}s"
+
+
+def lake_count(data_dir: Path, table: str = "events", where: str = "true") -> int:
+    return int(
+        Lake(data_dir / "lake").sql(f"SELECT count(*) FROM {table} WHERE {where}").rows[0][0]
+    )
+
+
+def clew_bin() -> str:
+    exe = Path(sys.executable).parent / "clew"
+    return str(exe) if exe.exists() else shutil.which("clew") or "clew"
+
+
+class ServeProcess:
+    """`clew serve` as a child process (for crash tests and real-SDK tests)."""
+
+    def __init__(self, data_dir: Path, port: int) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"serve-{port}.log"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        env = {**os.environ, "CLEW_LAKE__FLUSH_INTERVAL_MS": "100"}
+        self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/kill
+        self.proc = subprocess.Popen(
+            [clew_bin(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"clew serve exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"clew serve did not start: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log_file.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.log_file.close()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
+    """A `clew serve` child process on a free port with a source keyed WRITE_KEY; started."""
+    data_dir = tmp_path / "data"
+    subprocess.run(
+        [
+            clew_bin(),
+            "sources",
+            "create",
+            "tests",
+            "--write-key",
+            WRITE_KEY,
+            "--data-dir",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = ServeProcess(data_dir, free_port())
+    proc.start()
+    yield proc
+    proc.stop()

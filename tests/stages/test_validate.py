@@ -1,0 +1,296 @@
+"""The validate stage over a real embedded log and dedup index: every event of a raw request
+reaches the ``events`` topic exactly once, even when the stage dies before its commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
+from clew.log.embedded import EmbeddedLog
+from clew.stages._dedup import DedupIndex
+from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
+
+RAW = "raw"
+RECEIVED_US = 1_700_000_000_123_456  # 2023-11-14T22:13:20.123456Z
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[EmbeddedLog]:
+    log = EmbeddedLog(tmp_path / "log.db")
+    for topic in (RAW, EVENTS_TOPIC, DLQ_TOPIC):
+        log.create_topic(TopicSpec(topic, 2))
+    yield log
+    log.close()
+
+
+@pytest.fixture
+def state_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def dedup(state_path: Path) -> Iterator[DedupIndex]:
+    index = DedupIndex(state_path)
+    yield index
+    index.close()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _DiesBeforeCommit(Consumer):
+    """A consumer whose process dies when the stage commits: nothing is produced or committed."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self._inner = inner
+
+    def commit(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        produce: Mapping[str, Sequence[Message]] | None = None,
+    ) -> None:
+        raise _Crash
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        return self._inner.poll(max_records, timeout_s)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._inner.seek(topic, partition, offset)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self._inner.assignment()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def append_request(
+    log: EmbeddedLog,
+    body: dict[str, Any] | bytes,
+    *,
+    path_type: str = "batch",
+    source: str = "src_1",
+    request_id: str | None = None,
+) -> None:
+    """Append a request to ``raw`` the way the collector does."""
+    value = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = (
+        ("source", source.encode()),
+        ("received_at", str(RECEIVED_US).encode()),
+        ("type", path_type.encode()),
+        ("request_id", (request_id or uuid.uuid4().hex).encode()),
+    )
+    log.append_sync(RAW, [Message(value=value, headers=headers)])
+
+
+def poll_all(consumer: Consumer) -> list[Record]:
+    out: list[Record] = []
+    while batch := consumer.poll(max_records=1000, timeout_s=0.2):
+        out.extend(batch)
+    return out
+
+
+def run_once(log: EmbeddedLog, stage: ValidateStage) -> int:
+    """One stage member's life: poll everything, handle it, leave. Returns records handled."""
+    consumer = log.consumer(stage.group, list(stage.topics))
+    try:
+        records = poll_all(consumer)
+        if records:
+            stage.handle(records, consumer)
+        return len(records)
+    finally:
+        consumer.close()
+
+
+def topic_docs(log: EmbeddedLog, topic: str) -> list[dict[str, Any]]:
+    docs = []
+    for partition in log.end_offsets(topic):
+        docs.extend(orjson.loads(r.value) for r in log.read(topic, partition, 0, 100_000))
+    return docs
+
+
+def message_ids(log: EmbeddedLog) -> list[str]:
+    return sorted(d["messageId"] for d in topic_docs(log, EVENTS_TOPIC))
+
+
+def events(n: int, prefix: str = "m", with_ids: bool = True) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        ev = {"type": "track", "event": "Viewed", "userId": f"u-{i % 3}"}
+        if with_ids:
+            ev["messageId"] = f"{prefix}-{i}"
+        out.append(ev)
+    return out
+
+
+def test_replaying_a_record_after_a_crash_before_the_commit_yields_each_event_once(
+    log: EmbeddedLog, dedup: DedupIndex, state_path: Path
+) -> None:
+    append_request(log, {"batch": events(5)})
+    append_request(log, {"batch": events(3, with_ids=False)})
+    append_request(log, {"userId": "u-1", "event": "Signed Up"}, path_type="track")
+
+    # The first member claims the ids in the dedup index, then dies before its commit.
+    consumer = log.consumer("validate", [RAW])
+    records = poll_all(consumer)
+    assert len(records) == 3
+    with pytest.raises(_Crash):
+        ValidateStage(dedup).handle(records, _DiesBeforeCommit(consumer))
+    consumer.close()
+    dedup.close()
+    assert topic_docs(log, EVENTS_TOPIC) == []
+
+    # A restarted process re-reads the uncommitted records and lets its own claims through.
+    restarted = DedupIndex(state_path)
+    try:
+        stage = ValidateStage(restarted)
+        assert run_once(log, stage) == 3
+        ids = message_ids(log)
+        assert len(ids) == len(set(ids)) == 9
+        assert {f"m-{i}" for i in range(5)} <= set(ids)
+        assert stage.counters["duplicates"] == 0
+        assert stage.counters["events"] == 9
+
+        # Committed: another member reads nothing more.
+        assert run_once(log, ValidateStage(restarted)) == 0
+        assert len(message_ids(log)) == 9
+    finally:
+        restarted.close()
+
+
+def test_generated_message_ids_are_the_same_when_a_record_is_replayed(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    append_request(log, {"batch": events(4, with_ids=False)}, request_id="req-fixed")
+    consumer = log.consumer("validate", [RAW])
+    records = poll_all(consumer)
+    stage = ValidateStage(dedup)
+    seen: list[list[str]] = []
+
+    class Capture(_DiesBeforeCommit):
+        def commit(
+            self,
+            offsets: Mapping[TopicPartition, int] | None = None,
+            produce: Mapping[str, Sequence[Message]] | None = None,
+        ) -> None:
+            assert produce is not None
+            seen.append(sorted(orjson.loads(m.value)["messageId"] for m in produce[EVENTS_TOPIC]))
+            raise _Crash
+
+    for _ in range(2):
+        with pytest.raises(_Crash):
+            stage.handle(records, Capture(consumer))
+    consumer.close()
+    assert len(seen[0]) == 4
+    assert seen[0] == seen[1]
+    for mid in seen[0]:
+        assert str(uuid.UUID(mid)) == mid
+
+
+def test_duplicates_across_records_are_dropped_and_counted(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    first = {"type": "track", "event": "Paid", "userId": "u", "messageId": "dup-1"}
+    again = {**first, "properties": {"retry": True}}
+    append_request(log, {"batch": [first, {**first, "messageId": "other-1"}]})
+    append_request(log, {"batch": [again, {**first, "messageId": "other-2"}]})
+    append_request(log, again, path_type="track")
+    stage = ValidateStage(dedup)
+
+    run_once(log, stage)
+
+    assert message_ids(log) == ["dup-1", "other-1", "other-2"]
+    [kept] = [d for d in topic_docs(log, EVENTS_TOPIC) if d["messageId"] == "dup-1"]
+    assert kept.get("properties", {}) == {}, "the first copy is kept"
+    assert stage.counters["duplicates"] == 2
+    assert stage.counters["events"] == 3
+    # A duplicate is not a dead letter.
+    assert topic_docs(log, DLQ_TOPIC) == []
+
+
+def test_a_duplicate_within_one_batch_is_dropped(log: EmbeddedLog, dedup: DedupIndex) -> None:
+    ev = {"type": "track", "event": "Paid", "userId": "u", "messageId": "twice"}
+    append_request(log, {"batch": [ev, ev]})
+    stage = ValidateStage(dedup)
+    run_once(log, stage)
+    assert message_ids(log) == ["twice"]
+    assert stage.counters["duplicates"] == 1
+
+
+def test_duplicates_are_dropped_in_a_later_poll_and_after_a_restart(
+    log: EmbeddedLog, dedup: DedupIndex, state_path: Path
+) -> None:
+    ev = {"type": "track", "event": "Paid", "userId": "u", "messageId": "late"}
+    append_request(log, {"batch": [ev]})
+    run_once(log, ValidateStage(dedup))
+    dedup.close()
+
+    reopened = DedupIndex(state_path)
+    try:
+        append_request(log, {"batch": [ev]})
+        stage = ValidateStage(reopened)
+        assert run_once(log, stage) == 1
+        assert message_ids(log) == ["late"]
+        assert stage.counters["duplicates"] == 1
+    finally:
+        reopened.close()
+
+
+def test_the_same_message_id_from_another_source_is_not_a_duplicate(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    ev = {"type": "track", "event": "Paid", "userId": "u", "messageId": "shared"}
+    append_request(log, {"batch": [ev]}, source="src_a")
+    append_request(log, {"batch": [ev]}, source="src_b")
+    stage = ValidateStage(dedup)
+    run_once(log, stage)
+    docs = topic_docs(log, EVENTS_TOPIC)
+    assert sorted(d["sourceId"] for d in docs) == ["src_a", "src_b"]
+    assert stage.counters["duplicates"] == 0
+
+
+def test_events_are_stamped_from_the_records_headers(log: EmbeddedLog, dedup: DedupIndex) -> None:
+    append_request(
+        log,
+        {"batch": [{"type": "page", "anonymousId": "a", "name": "Home"}]},
+        source="src_web",
+    )
+    run_once(log, ValidateStage(dedup))
+    [doc] = topic_docs(log, EVENTS_TOPIC)
+    assert doc["receivedAt"] == "2023-11-14T22:13:20.123Z"
+    assert doc["timestamp"] == doc["receivedAt"]
+    assert doc["sourceId"] == "src_web"
+    assert doc["type"] == "page"
+
+
+def test_bad_events_go_to_the_dlq_with_their_original_bytes_and_good_ones_go_on(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    good = b'{"type":"track","event":"Ok","userId":"u","messageId":"good"}'
+    nobody = b'{ "type" : "track", "event": "Zo\xc3\xab",  "messageId": "nobody" }'
+    array = b'[1, "two"]'
+    body = b'{"batch": [' + good + b",\n" + nobody + b" , " + array + b'], "sentAt": null}'
+    append_request(log, body)
+    stage = ValidateStage(dedup)
+
+    run_once(log, stage)
+
+    assert message_ids(log) == ["good"]
+    dead = sorted(topic_docs(log, DLQ_TOPIC), key=lambda d: d["index"])
+    assert [(d["index"], d["reason"]) for d in dead] == [
+        (1, "no_identity"),
+        (2, "protocol_violation"),
+    ]
+    assert dead[0]["payload"].encode() == nobody
+    assert dead[1]["payload"].encode() == array
+    assert dead[0]["message_id"] == "nobody"
+    assert dead[0]["event_name"] == "Zoë"
+    assert all(d["source_id"] == "src_1" for d in dead)
+    assert stage.counters["dlq_no_identity"] == stage.counters["dlq_protocol_violation"] == 1
