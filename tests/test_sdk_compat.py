@@ -33,9 +33,8 @@ USERS = 40
 PAST_SHARE = 0.4
 RESEND_SHARE = 0.1
 
-# Clew computes the correction from microsecond inputs and then stores every column cut to
-# milliseconds, so over the stored columns the identity can be off by one millisecond.
-CORRECTION_SLACK_MS = 1
+# The identity must hold exactly over the stored (millisecond) columns.
+CORRECTION_SLACK_MS = 0
 
 SDKS: dict[str, Callable[..., Any]] = {"segment": SegmentClient, "rudderstack": RudderClient}
 

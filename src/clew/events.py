@@ -214,6 +214,11 @@ def normalise(
         sent_at, err = _opt_time({"sentAt": batch_sent_at}, "sentAt")
         if err:
             return reject("protocol_violation", err)
+    # Work in whole milliseconds, the precision every time is stored with, so the stored
+    # values satisfy timestamp = receivedAt - (sentAt - originalTimestamp) exactly.
+    received_at = _to_ms(received_at)
+    original = _to_ms(original) if original is not None else None
+    sent_at = _to_ms(sent_at) if sent_at is not None else None
     if original is None:
         corrected = received_at
     elif sent_at is None:
@@ -251,6 +256,10 @@ def normalise(
 
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MAX_FUTURE = timedelta(days=1)
+
+
+def _to_ms(dt: datetime) -> datetime:
+    return dt.replace(microsecond=dt.microsecond - dt.microsecond % 1000)
 
 
 def _kind(value: Any) -> str:

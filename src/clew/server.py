@@ -84,9 +84,25 @@ class Clew:
             r.start()
         self._scheduler.start()
 
-    def stop(self) -> None:
+    def drained(self) -> bool:
+        """True when every stage has committed everything in its topics."""
+        return all(
+            self.log.lag(r.stage.group, topic).total == 0
+            for r in self.runners
+            for topic in r.stage.topics
+        )
+
+    def stop(self, drain_timeout_s: float = 20.0) -> None:
+        """Refuse new events, let the stages catch up (up to ``drain_timeout_s``, so the lake
+        holds everything acknowledged), then stop them and close the stores. Whatever is not
+        drained in time stays in the log and is processed on the next start."""
         self.collector.accepting = False
         self._stop.set()
+        deadline = time.monotonic() + drain_timeout_s
+        while time.monotonic() < deadline and all(r.alive for r in self.runners):
+            if self.drained():
+                break
+            time.sleep(0.05)
         for r in self.runners:
             r.stop()
         self.log.close()
