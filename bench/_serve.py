@@ -34,7 +34,6 @@ PYTHON = VENV_BIN / "python"
 
 WRITE_KEY = "BENCHKEY"
 SOURCE = "bench"
-_GO_HOMES = ("/usr/local/go/bin/go", str(Path.home() / "go" / "bin" / "go"))
 
 
 class BenchError(RuntimeError):
@@ -59,6 +58,10 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}-{port}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        # Set by stop(): how the process ended and how long it took after SIGTERM.
+        self.exit_code: int | None = None
+        self.stop_seconds: float | None = None
+        self.killed = False
 
     def __enter__(self) -> Server:
         self.start()
@@ -94,14 +97,21 @@ class Server:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
+        if proc.poll() is not None:
+            self.exit_code, self.stop_seconds = proc.returncode, 0.0
+            return
+        began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
+            self.killed = True
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        self.exit_code = proc.returncode
+        self.stop_seconds = time.monotonic() - began
 
     def log(self, tail: int = 40) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -205,7 +215,8 @@ def console() -> Console:
 
 def build_loadgen(out_dir: Path) -> Path:
     """Compile bench/loadgen (standard library only) into ``out_dir``."""
-    go = shutil.which("go") or next((p for p in _GO_HOMES if Path(p).exists()), None)
+    homes = (Path("/usr/local/go/bin/go"), Path.home() / "go" / "bin" / "go")
+    go = shutil.which("go") or next((str(p) for p in homes if p.exists()), None)
     if go is None:
         raise BenchError("the load generator needs Go (https://go.dev/dl/); `go` is not on PATH")
     binary = out_dir / "loadgen"

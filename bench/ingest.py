@@ -241,6 +241,8 @@ def main() -> None:
         fail(error)
 
     report(runs, memory)
+    stopped = "was killed" if clew.killed else f"exited with {clew.exit_code}"
+    console().print(f"clew serve {stopped} {clew.stop_seconds:.1f} s after SIGTERM")
     if args.json:
         figures = {"runs": [{"bare": b, "clew": c} for b, c in runs], "memory": memory}
         args.json.write_text(json.dumps(figures, indent=2))

@@ -184,7 +184,9 @@ def report(f: dict[str, Any], args: argparse.Namespace) -> None:
     )
     table.add_row("latency max", f"{f['latency_max_s']:.3f} s")
     table.add_row("events acknowledged / seen in SQL", f"{f['events_acked']} / {f['events_seen']}")
-    table.add_row("never seen (within 30 s of the last send)", str(f["events_never_seen"]))
+    table.add_row(
+        f"never seen (within {DRAIN_TIMEOUT_S:.0f} s of the last send)", str(f["events_never_seen"])
+    )
     rejected = ", ".join(f"{k}: {v}" for k, v in f["requests_rejected"].items()) or "0"
     table.add_row(
         "requests refused (status: count) / failed", f"{rejected} / {f['request_errors']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,13 @@ def lake_count(data_dir: Path, table: str = "events", where: str = "true") -> in
     return int(
         Lake(data_dir / "lake").sql(f"SELECT count(*) FROM {table} WHERE {where}").rows[0][0]
     )
+
+
+def drained(url: str) -> bool:
+    """Every stage of the server at ``url`` has committed everything in its topics."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    lags = re.findall(r"^clew_consumer_lag\{.*\} (\d+(?:\.\d+)?)$", text, re.MULTILINE)
+    return bool(lags) and all(float(v) == 0 for v in lags)
 
 
 def clew_bin() -> str:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 from typer.testing import CliRunner
 
 from clew.cli import app
 from clew.sources import Catalog
+from conftest import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 
 runner = CliRunner()
 

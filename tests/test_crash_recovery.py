@@ -4,7 +4,6 @@ re-sends what was not acknowledged (as SDKs do) creates no duplicates."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -20,7 +19,7 @@ import pytest
 from deltalake import DeltaTable
 
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, ServeProcess, lake_count, wait_for
+from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -157,17 +156,10 @@ def _delta_version(proc: ServeProcess) -> int:
     return DeltaTable(str(path)).version() if DeltaTable.is_deltatable(str(path)) else -1
 
 
-def _drained(url: str) -> bool:
-    """Every stage has committed everything in its topics (lag 0 on every partition)."""
-    text = httpx.get(url + "/metrics", timeout=5).text
-    lags = re.findall(r"^clew_consumer_lag\{.*\} (\d+(?:\.\d+)?)$", text, re.MULTILINE)
-    return bool(lags) and all(float(v) == 0 for v in lags)
-
-
 def _assert_lake_holds(proc: ServeProcess, acked: set[str], sent: set[str]) -> None:
     """Once every stage has caught up: each ``acked`` id is in the lake exactly once, and
     nothing outside ``sent`` is."""
-    wait_for(lambda: _drained(proc.url), timeout_s=30)
+    wait_for(lambda: drained(proc.url), timeout_s=30)
     lake = Lake(proc.data_dir / "lake")
     total, distinct = lake.sql("SELECT count(*), count(DISTINCT message_id) FROM events").rows[0]
     in_lake = {r[0] for r in lake.sql("SELECT DISTINCT message_id FROM events").rows}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, ServeProcess, lake_count, wait_for
+from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -119,17 +118,10 @@ def _metric(url: str, sample: str) -> float:
     raise AssertionError(f"{sample} is not in /metrics:\n{text}")
 
 
-def _drained(url: str) -> bool:
-    """Every stage has committed everything in its topics (lag 0 on every partition)."""
-    text = httpx.get(url + "/metrics", timeout=5).text
-    lags = re.findall(r"^clew_consumer_lag\{.*\} (\d+(?:\.\d+)?)$", text, re.MULTILINE)
-    return bool(lags) and all(float(v) == 0 for v in lags)
-
-
 def _settle(proc: ServeProcess, expected: int) -> None:
     """Wait until nothing is left in flight, then check the lake holds ``expected`` events
     and still does several flush intervals later."""
-    wait_for(lambda: _drained(proc.url), timeout_s=30)
+    wait_for(lambda: drained(proc.url), timeout_s=30)
     assert lake_count(proc.data_dir) == expected
     time.sleep(0.6)
     assert lake_count(proc.data_dir) == expected

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
-from conftest import WRITE_KEY, lake_count, wait_for
 
 from clew.server import BackgroundServer
+from conftest import WRITE_KEY, lake_count, wait_for
 
 
 def _send(server: BackgroundServer, n: int) -> None:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-import orjson
 
 from clew.collector.app import RAW_TOPIC
 from clew.events import Event, Rejection, normalise
@@ -40,11 +39,15 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     event_name: str | None = None
 
 
-class _RawBatch(msgspec.Struct):
-    batch: list[msgspec.Raw] = []
+class _BatchEnvelope(msgspec.Struct):
+    batch: list[msgspec.Raw]
+    context: Any = None
+    integrations: Any = None
+    sentAt: Any = None
 
 
-_raw_batch_decoder = msgspec.json.Decoder(_RawBatch)
+_batch_decoder = msgspec.json.Decoder(_BatchEnvelope)
+_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
@@ -109,34 +112,39 @@ class ValidateStage(Stage):
                 )
             )
 
-        try:
-            body = orjson.loads(rec.value)
-        except orjson.JSONDecodeError as e:
-            to_dlq(
-                -1,
-                Rejection("invalid_json", f"the request is not valid JSON: {e}"),
-                _text(rec.value),
-            )
-            return
-        items: list[Any]
+        # Each event is decoded on its own, so one the collector's scan let through but that
+        # cannot become Python values (invalid UTF-8 in a string, a number out of range) is
+        # dead-lettered alone with its exact bytes, not with the whole request.
+        raws: list[msgspec.Raw]
         batch_ctx = batch_int = batch_sent = None
         if path_type == "batch":
-            if not isinstance(body, dict) or not isinstance(body.get("batch"), list):
+            try:
+                envelope = _batch_decoder.decode(rec.value)
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+                reason = (
+                    "protocol_violation"
+                    if isinstance(e, msgspec.ValidationError)
+                    else "invalid_json"
+                )
                 to_dlq(
                     -1,
-                    Rejection("protocol_violation", "a batch needs a list in `batch`"),
+                    Rejection(reason, f"the batch request cannot be read: {e}"),
                     _text(rec.value),
                 )
                 return
-            items = body["batch"]
-            batch_ctx = body.get("context") if isinstance(body.get("context"), dict) else None
-            batch_int = (
-                body.get("integrations") if isinstance(body.get("integrations"), dict) else None
-            )
-            batch_sent = body.get("sentAt") if isinstance(body.get("sentAt"), str) else None
+            raws = envelope.batch
+            batch_ctx = envelope.context if isinstance(envelope.context, dict) else None
+            batch_int = envelope.integrations if isinstance(envelope.integrations, dict) else None
+            batch_sent = envelope.sentAt if isinstance(envelope.sentAt, str) else None
         else:
-            items = [body]
-        for i, item in enumerate(items):
+            raws = [msgspec.Raw(rec.value)]
+        for i, raw in enumerate(raws):
+            try:
+                item = _decoder.decode(raw)
+            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+                rej = Rejection("invalid_json", f"the event cannot be read: {e}")
+                to_dlq(i, rej, _text(bytes(raw)))
+                continue
             result = normalise(
                 item,
                 path_type=path_type,
@@ -151,18 +159,8 @@ class ValidateStage(Stage):
             if isinstance(result, Event):
                 events.append((result, f"{rec.partition}:{rec.offset}:{i}"))
             else:
-                to_dlq(i, result, _original_event(rec.value, path_type, i))
+                to_dlq(i, result, _text(bytes(raw)))
 
 
 def _text(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
-
-
-def _original_event(body: bytes, path_type: str, index: int) -> str:
-    """The bytes of one event exactly as the client sent them."""
-    if path_type != "batch":
-        return _text(body)
-    try:
-        return _text(bytes(_raw_batch_decoder.decode(body).batch[index]))
-    except (msgspec.DecodeError, IndexError):
-        return _text(body)
