@@ -175,7 +175,8 @@ def test_sdk_events_land_once_with_corrected_timestamps(
     expected = {c.kwargs["message_id"]: c.expected for c in calls}
     _settle(serve_process, len(expected))
 
-    assert _metric(serve_process.url, 'clew_validate_events_total{outcome="duplicates"}') == resent
+    duplicates = 'clew_validate_events_total{outcome="duplicates"}'
+    wait_for(lambda: _metric(serve_process.url, duplicates) == resent, timeout_s=5)
     lake = Lake(serve_process.data_dir / "lake")
     dupes = lake.sql("SELECT count(*) - count(DISTINCT message_id) FROM events").rows[0][0]
     assert dupes == 0

@@ -92,6 +92,29 @@ def serve(
     run_server(settings, on_ready=ready)
 
 
+@app.command()
+def worker(
+    stage: Annotated[str, typer.Option("--stage", help="validate or lake")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    settings_json: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run one stage in the foreground (`clew serve` starts one worker per stage itself)."""
+    from clew.stages.workers import UnknownStageError, run_worker
+
+    if settings_json is not None:
+        settings = Settings.model_validate_json(settings_json)
+    else:
+        settings = _settings(config, data_dir=data_dir)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s [{stage}] %(name)s: %(message)s"
+    )
+    try:
+        run_worker(settings, stage)
+    except UnknownStageError as e:
+        raise _fail(str(e), 2) from None
+
+
 @sources_app.command("create")
 def sources_create(
     name: str,

@@ -9,69 +9,72 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from clew.api.app import build_api
-from clew.collector.app import RAW_TOPIC, Collector, Receive, Scope, Send
+from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.lake.query import Lake
-from clew.log.base import Log, TopicSpec
-from clew.log.embedded import EmbeddedLog
+from clew.log.factory import open_log
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
-from clew.stages._dedup import DedupIndex
-from clew.stages.lake_sink import LakeSinkStage
+from clew.stages._counters import CounterStore
 from clew.stages.runner import StageRunner
-from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
+from clew.stages.workers import STAGE_NAMES, WorkerProcess, build_stage
 
 logger = logging.getLogger(__name__)
 
-TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC)
 _RETENTION_EVERY_S = 600
+_SUPERVISE_EVERY_S = 0.5
 
-
-def open_log(settings: Settings) -> Log:
-    if settings.log.backend != "embedded":
-        raise ValueError(
-            f"log backend {settings.log.backend!r} is not available; the embedded log is"
-        )
-    log = EmbeddedLog(settings.log_path)
-    retention_ms = (
-        int(settings.log.retention_hours * 3600_000) if settings.log.retention_hours else None
-    )
-    for name in TOPICS:
-        log.create_topic(
-            TopicSpec(name, settings.log.partitions, retention_ms, settings.log.retention_bytes)
-        )
-    return log
+# The topics each stage consumes, for lag and drain checks.
+_STAGE_TOPICS = {"validate": ("raw",), "lake": ("events", "dlq")}
 
 
 class Clew:
     """The whole embedded CDP. ``start`` runs the stages; ``app`` is the ASGI entry point;
-    ``stop`` drains the stages (flushing the lake) and closes the log."""
+    ``stop`` drains the stages (flushing the lake) and closes the log.
 
-    def __init__(self, settings: Settings) -> None:
+    ``stage_mode="process"`` (what `clew serve` uses) runs each stage in a supervised worker
+    process; ``"thread"`` runs them in threads of this process (tests, the demo)."""
+
+    def __init__(self, settings: Settings, stage_mode: str = "thread") -> None:
+        if stage_mode not in ("thread", "process"):
+            raise ValueError("stage_mode must be 'thread' or 'process'")
         self.settings = settings
+        self.stage_mode = stage_mode
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open_log(settings)
         self.catalog = Catalog(settings.meta_path)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
         self.lake = Lake(settings.lake_path)
-        self._dedup = DedupIndex(settings.state_path)
-        self.validate = ValidateStage(self._dedup, settings.stages.dedup_window_hours)
-        self.lake_sink = LakeSinkStage(settings.lake_path, settings.lake)
-        self.runners = [
-            StageRunner(self.log, self.validate, settings.stages.poll_max_records),
-            StageRunner(self.log, self.lake_sink, settings.stages.poll_max_records),
-        ]
+        self._counters = CounterStore(settings.state_path)
+        self.runners: list[StageRunner] = []
+        self.workers: list[WorkerProcess] = []
+        self._closers: list[Callable[[], None]] = []
+        if stage_mode == "thread":
+            for name in STAGE_NAMES:
+                stage, closers = build_stage(name, settings)
+                self.runners.append(StageRunner(self.log, stage, settings.stages.poll_max_records))
+                self._closers.extend(closers)
+        else:
+            self.workers = [WorkerProcess(name, settings) for name in STAGE_NAMES]
         self.collector = Collector(self.log, self.catalog, settings.limits)
         self._api = build_api(self.catalog, self.lake, self.metrics_text, self.health)
         self._stop = threading.Event()
+        self._stopping = False
         self._scheduler = threading.Thread(
             target=self._schedule, name="clew-scheduler", daemon=True
         )
         self.started_at = time.time()
+
+    def stage_alive(self) -> dict[str, bool]:
+        if self.stage_mode == "thread":
+            return {r.stage.group: r.alive for r in self.runners}
+        return {w.stage: w.alive for w in self.workers}
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and Collector.handles(scope["path"]):
@@ -82,14 +85,16 @@ class Clew:
     def start(self) -> None:
         for r in self.runners:
             r.start()
+        for w in self.workers:
+            w.start()
         self._scheduler.start()
 
     def drained(self) -> bool:
         """True when every stage has committed everything in its topics."""
         return all(
-            self.log.lag(r.stage.group, topic).total == 0
-            for r in self.runners
-            for topic in r.stage.topics
+            self.log.lag(group, topic).total == 0
+            for group, topics in _STAGE_TOPICS.items()
+            for topic in topics
         )
 
     def stop(self, drain_timeout_s: float = 20.0) -> None:
@@ -97,20 +102,32 @@ class Clew:
         holds everything acknowledged), then stop them and close the stores. Whatever is not
         drained in time stays in the log and is processed on the next start."""
         self.collector.accepting = False
-        self._stop.set()
+        self._stopping = True
         deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline and all(r.alive for r in self.runners):
+        while time.monotonic() < deadline and all(self.stage_alive().values()):
             if self.drained():
                 break
             time.sleep(0.05)
+        self._stop.set()
         for r in self.runners:
             r.stop()
+        for w in self.workers:
+            w.stop()
+        for close in self._closers:
+            close()
         self.log.close()
-        self._dedup.close()
+        self._counters.close()
         self.catalog.close()
 
     def _schedule(self) -> None:
-        while not self._stop.wait(_RETENTION_EVERY_S):
+        last_retention = time.monotonic()
+        while not self._stop.wait(_SUPERVISE_EVERY_S):
+            for w in self.workers:
+                if not self._stopping:
+                    w.restart_if_dead()
+            if time.monotonic() - last_retention < _RETENTION_EVERY_S:
+                continue
+            last_retention = time.monotonic()
             try:
                 removed = self.log.enforce_retention(time.time_ns() // 1_000_000)
                 if removed:
@@ -119,7 +136,7 @@ class Clew:
                 logger.exception("log retention failed; will retry")
 
     def health(self) -> dict[str, Any]:
-        stages = {r.stage.group: {"alive": r.alive, "errors": r.errors} for r in self.runners}
+        stages = {name: {"alive": alive} for name, alive in self.stage_alive().items()}
         return {"ok": all(s["alive"] for s in stages.values()), "stages": stages}
 
     def metrics_text(self) -> str:
@@ -153,7 +170,7 @@ class Clew:
                 if k.startswith("refused_")
             ],
         )
-        v = self.validate.counters
+        v = self._counters.read("validate")
         metric(
             "clew_validate_events_total",
             "counter",
@@ -161,14 +178,12 @@ class Clew:
             [(f'{{outcome="{k}"}}', n) for k, n in sorted(v.items())],
         )
         lag: list[tuple[str, float]] = []
-        for r in self.runners:
-            for topic in r.stage.topics:
-                info = self.log.lag(r.stage.group, topic)
+        for group, topics in _STAGE_TOPICS.items():
+            for topic in topics:
+                info = self.log.lag(group, topic)
                 for p, end in sorted(info.end.items()):
                     behind = max(0, end - info.committed.get(p, 0))
-                    lag.append(
-                        (f'{{group="{r.stage.group}",topic="{topic}",partition="{p}"}}', behind)
-                    )
+                    lag.append((f'{{group="{group}",topic="{topic}",partition="{p}"}}', behind))
         metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
         return "\n".join(lines) + "\n"
 
@@ -200,7 +215,7 @@ def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
 
 def serve(settings: Settings, on_ready: Any = None) -> None:
     """Run Clew in the foreground until SIGINT/SIGTERM; stages drain before exit."""
-    clew = Clew(settings)
+    clew = Clew(settings, stage_mode="process")
     # uvicorn re-raises the signal that stopped it; turn SIGTERM into SystemExit so the
     # stages still drain below instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -217,7 +232,8 @@ def serve(settings: Settings, on_ready: Any = None) -> None:
                     on_ready(clew)
                 await task
 
-            asyncio.run(run())
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(run())
         else:
             server.run()
     finally:

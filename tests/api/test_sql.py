@@ -88,4 +88,9 @@ def test_health_and_metrics(server: BackgroundServer) -> None:
     assert health["ok"] is True and set(health["stages"]) == {"validate", "lake"}
     metrics = httpx.get(server.url + "/metrics").text
     assert "clew_collector_events_total 5" in metrics
-    assert 'clew_validate_events_total{outcome="events"} 5' in metrics
+    # Stage counters reach /metrics within about a second (stages may run in other processes).
+    wait_for(
+        lambda: 'clew_validate_events_total{outcome="events"} 5'
+        in httpx.get(server.url + "/metrics").text,
+        timeout_s=5,
+    )

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-from deltalake import DeltaTable
+if TYPE_CHECKING:
+    import duckdb
 
-from clew.lake.tables import TABLES_BY_TOPIC
-
-_READ_ONLY = {
-    duckdb.StatementType.SELECT,
-    duckdb.StatementType.EXPLAIN,
-}
+# duckdb, deltalake and pyarrow are imported on first use: together they are most of an idle
+# process's memory, and processes that never query (stage workers) should not pay for them.
 
 
 class QueryError(ValueError):
@@ -38,6 +34,10 @@ class Lake:
         self.root = root
 
     def tables(self) -> list[str]:
+        from deltalake import DeltaTable
+
+        from clew.lake.tables import TABLES_BY_TOPIC
+
         return [
             t.name
             for t in TABLES_BY_TOPIC.values()
@@ -49,6 +49,11 @@ class Lake:
 
         A table that does not exist yet is an empty view of its schema, so queries written
         against a fresh install run and return nothing instead of failing."""
+        import duckdb
+        from deltalake import DeltaTable
+
+        from clew.lake.tables import TABLES_BY_TOPIC
+
         conn = duckdb.connect(":memory:")
         for table in TABLES_BY_TOPIC.values():
             path = self.root / table.name
@@ -62,6 +67,9 @@ class Lake:
         return conn
 
     def sql(self, query: str, max_rows: int | None = None) -> QueryResult:
+        import duckdb
+
+        read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as e:
@@ -69,7 +77,7 @@ class Lake:
         if not statements:
             raise QueryError("the query is empty")
         for st in statements:
-            if st.type not in _READ_ONLY:
+            if st.type not in read_only:
                 raise QueryError(
                     "only read-only queries (SELECT, WITH, EXPLAIN) are allowed, "
                     f"not {st.type.name}"

@@ -16,8 +16,11 @@ import msgspec
 from clew.collector.app import RAW_TOPIC
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
+from clew.stages._counters import CounterStore
 from clew.stages._dedup import DedupIndex
 from clew.stages.base import Stage
+
+_COUNTER_FLUSH_S = 0.25
 
 EVENTS_TOPIC = "events"
 DLQ_TOPIC = "dlq"
@@ -55,10 +58,19 @@ class ValidateStage(Stage):
     group = "validate"
     topics = (RAW_TOPIC,)
 
-    def __init__(self, dedup: DedupIndex, dedup_window_hours: float = 24.0) -> None:
+    def __init__(
+        self,
+        dedup: DedupIndex,
+        dedup_window_hours: float = 24.0,
+        counter_store: CounterStore | None = None,
+    ) -> None:
         self._dedup = dedup
         self._window_ms = int(dedup_window_hours * 3600_000)
         self._last_prune = 0.0
+        self._counter_store = counter_store
+        self._unflushed: Counter[str] = Counter()
+        self._last_flush = 0.0
+        # Since this stage object was created; the counter store holds the lifetime totals.
         self.counters: Counter[str] = Counter()
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
@@ -77,12 +89,26 @@ class ValidateStage(Stage):
         ]
         out_dead = [Message(value=_encoder.encode(d), key=d.source_id.encode()) for d in dead]
         consumer.commit(produce={EVENTS_TOPIC: out_events, DLQ_TOPIC: out_dead})
-        self.counters["events"] += len(out_events)
-        self.counters["duplicates"] += len(dupes)
-        for d in dead:
-            self.counters[f"dlq_{d.reason}"] += 1
+        counts: Counter[str] = Counter(
+            dlq_reason for dlq_reason in (f"dlq_{d.reason}" for d in dead)
+        )
+        counts["events"] += len(out_events)
+        counts["duplicates"] += len(dupes)
+        self.counters.update(counts)
+        self._unflushed.update(counts)
+
+    def _flush_counters(self) -> None:
+        if self._counter_store is not None and self._unflushed:
+            self._counter_store.add(self.group, self._unflushed)
+        self._unflushed = Counter()
+        self._last_flush = time.monotonic()
+
+    def close(self, consumer: Consumer) -> None:
+        self._flush_counters()
 
     def tick(self, consumer: Consumer) -> None:
+        if time.monotonic() - self._last_flush > _COUNTER_FLUSH_S:
+            self._flush_counters()
         if time.monotonic() - self._last_prune > 600:
             self._last_prune = time.monotonic()
             self._dedup.prune(time.time_ns() // 1_000_000 - self._window_ms)

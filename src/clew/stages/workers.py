@@ -1,0 +1,176 @@
+"""Stage workers: each stage can run in its own process (`clew worker --stage NAME`), and
+`clew serve` starts and supervises one worker process per stage.
+
+Python runs one thread at a time per process, so stages in worker processes leave the
+collector's process free to answer HTTP; see the README's performance section.
+
+A worker holds an exclusive lock file for its stage while it runs, so two processes never
+consume the same stage of one data directory at once (the embedded log coordinates consumer
+groups only inside one process). A worker started by `clew serve` dies with its parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from clew.config import Settings
+from clew.log.factory import open_log
+from clew.stages.base import Stage
+from clew.stages.runner import StageRunner
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("validate", "lake")
+
+
+class UnknownStageError(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown stage {name!r}; choose one of {', '.join(STAGE_NAMES)}")
+
+
+def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[], None]]]:
+    """The stage called ``name`` and the functions that release what it opened."""
+    # Imported here so a worker loads only its own stage's libraries (the lake's pyarrow and
+    # deltalake are large).
+    if name == "validate":
+        from clew.stages._counters import CounterStore
+        from clew.stages._dedup import DedupIndex
+        from clew.stages.validate import ValidateStage
+
+        dedup = DedupIndex(settings.state_path)
+        counters = CounterStore(settings.state_path)
+        stage = ValidateStage(dedup, settings.stages.dedup_window_hours, counters)
+        return stage, [dedup.close, counters.close]
+    if name == "lake":
+        from clew.stages.lake_sink import LakeSinkStage
+
+        return LakeSinkStage(settings.lake_path, settings.lake), []
+    raise UnknownStageError(name)
+
+
+def _lock_path(settings: Settings, stage: str) -> Path:
+    return settings.data_dir / "locks" / f"stage-{stage}.lock"
+
+
+def _acquire_stage_lock(settings: Settings, stage: str, stop: threading.Event) -> IO[bytes] | None:
+    path = _lock_path(settings, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("ab")
+    warned = False
+    while not stop.is_set():
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if not warned:
+                logger.warning("stage %s is running in another process; waiting for it", stage)
+                warned = True
+            stop.wait(0.1)
+    handle.close()
+    return None
+
+
+def run_worker(settings: Settings, stage_name: str) -> None:
+    """Run one stage in the foreground until SIGTERM or SIGINT, then finish its current
+    batch (the lake flushes what it holds) and exit."""
+    if stage_name not in STAGE_NAMES:
+        raise UnknownStageError(stage_name)
+    stop = threading.Event()
+    parent = os.getppid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    lock = _acquire_stage_lock(settings, stage_name, stop)
+    if lock is None:
+        return
+    log = open_log(settings)
+    stage, closers = build_stage(stage_name, settings)
+    runner = StageRunner(log, stage, settings.stages.poll_max_records)
+    runner.start()
+    try:
+        while not stop.wait(0.5):
+            if os.environ.get("CLEW_WORKER_OF_SERVE") and os.getppid() != parent:
+                logger.warning("clew serve is gone; stopping stage %s", stage_name)
+                break
+    finally:
+        runner.stop()
+        for close in closers:
+            close()
+        log.close()
+        lock.close()
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to the worker if `clew serve` dies, even by
+    # SIGKILL, so an orphaned worker never keeps consuming.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)
+
+
+class WorkerProcess:
+    """One stage worker child of `clew serve`; restarted (with backoff) if it dies."""
+
+    def __init__(self, stage: str, settings: Settings) -> None:
+        self.stage = stage
+        self._settings = settings
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._started_at = 0.0
+
+    def start(self) -> None:
+        env = {**os.environ, "CLEW_WORKER_OF_SERVE": "1"}
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clew.cli",
+                "worker",
+                "--stage",
+                self.stage,
+                "--settings-json",
+                self._settings.model_dump_json(),
+            ],
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        self._started_at = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def restart_if_dead(self) -> None:
+        if self._proc is None or self.alive:
+            return
+        # Back off when a worker keeps dying right after it starts.
+        if time.monotonic() - self._started_at < min(30.0, 0.5 * 2**self.restarts):
+            return
+        logger.error(
+            "stage worker %s exited with %s; restarting it", self.stage, self._proc.returncode
+        )
+        self.restarts += 1
+        self.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
