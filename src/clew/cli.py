@@ -73,6 +73,8 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    from clew._datadir import DataDirInUseError
+
     def ready(clew: Clew) -> None:
         base = f"http://{settings.host}:{settings.port}"
         console.print(
@@ -89,7 +91,10 @@ def serve(
         console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
         console.print("Press Ctrl+C to stop.")
 
-    run_server(settings, on_ready=ready)
+    try:
+        run_server(settings, on_ready=ready)
+    except DataDirInUseError as e:
+        raise _fail(str(e)) from None
 
 
 @app.command()
@@ -226,10 +231,14 @@ def demo(
 ) -> None:
     """Simulate a small e-commerce site through the HTTP API, then answer the README's
     example questions in SQL."""
-    from clew.demo import run_demo
+    from clew._datadir import DataDirInUseError
+    from clew.demo import DemoError, run_demo
 
     settings = _settings(config, data_dir=data_dir)
-    run_demo(settings, console, users=users, seed=seed)
+    try:
+        run_demo(settings, console, users=users, seed=seed)
+    except (DemoError, DataDirInUseError) as e:
+        raise _fail(str(e)) from None
 
 
 def main() -> None:

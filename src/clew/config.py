@@ -49,6 +49,10 @@ class LakeSettings(BaseModel):
 class StageSettings(BaseModel):
     dedup_window_hours: float = 24.0
     poll_max_records: int = 500
+    # Stage worker processes of `clew serve` run at this lower CPU priority (Unix nice), so
+    # that on a saturated machine acknowledging requests wins over processing them; the log
+    # absorbs the burst and the stages catch up when the load drops.
+    worker_nice: int = 10
 
 
 class Settings(BaseSettings):

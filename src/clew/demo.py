@@ -25,6 +25,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from rich.syntax import Syntax
 from rich.table import Table
 
+from clew._datadir import serving_url
 from clew.config import Settings
 from clew.events import format_time
 from clew.lake.query import Lake, QueryResult
@@ -397,7 +398,7 @@ def run_demo(settings: Settings, console: Console, users: int = 300, seed: int =
     within a minute."""
     if users < 1:
         raise DemoError("the demo needs at least one visitor: pass --users 1 or more")
-    url = f"http://{settings.host}:{settings.port}"
+    url = serving_url(settings.data_dir) or f"http://{settings.host}:{settings.port}"
     if _healthy(url):
         catalog = Catalog(settings.meta_path)
         try:

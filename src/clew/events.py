@@ -254,7 +254,8 @@ def normalise(
     )
 
 
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# An unset device clock reads 1970-01-01.
+_EPOCH = datetime(1971, 1, 1, tzinfo=UTC)
 _MAX_FUTURE = timedelta(days=1)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from clew._datadir import lock_data_dir
 from clew.api.app import build_api
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
@@ -47,6 +48,9 @@ class Clew:
         self.settings = settings
         self.stage_mode = stage_mode
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._data_dir_lock = lock_data_dir(
+            settings.data_dir, f"http://{settings.host}:{settings.port}"
+        )
         self.log = open_log(settings)
         self.catalog = Catalog(settings.meta_path)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
@@ -118,6 +122,7 @@ class Clew:
         self.log.close()
         self._counters.close()
         self.catalog.close()
+        self._data_dir_lock.close()
 
     def _schedule(self) -> None:
         last_retention = time.monotonic()

@@ -51,12 +51,20 @@ _single_decoder = msgspec.json.Decoder(_Single)
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        allow: bool = False,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.allow = allow
 
 
 class Collector:
@@ -83,7 +91,7 @@ class Collector:
                 await self._preflight(headers, send)
                 return
             if scope["method"] != "POST":
-                raise _Refusal(405, "method_not_allowed", "send events with POST")
+                raise _Refusal(405, "method_not_allowed", "send events with POST", allow=True)
             path_type = PATH_TYPES[scope["path"][4:].rstrip("/")]
             n_events = await self._handle(path_type, headers, receive)
             self.counters["requests_accepted"] += 1
@@ -92,7 +100,7 @@ class Collector:
         except _Refusal as r:
             self.counters[f"refused_{r.code}"] += 1
             body = msgspec.json.encode({"code": r.code, "message": r.message})
-            await _respond(send, r.status, body, origin, r.retry_after)
+            await _respond(send, r.status, body, origin, r.retry_after, r.allow)
 
     async def _preflight(self, headers: dict[bytes, bytes], send: Send) -> None:
         requested = headers.get(b"access-control-request-headers", _ALLOWED_HEADERS)
@@ -276,7 +284,12 @@ def _gunzip(data: bytes, cap: int) -> bytes:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes, origin: bytes | None, retry_after: int | None = None
+    send: Send,
+    status: int,
+    body: bytes,
+    origin: bytes | None,
+    retry_after: int | None = None,
+    allow: bool = False,
 ) -> None:
     headers = [
         (b"content-type", b"application/json"),
@@ -288,5 +301,7 @@ async def _respond(
         headers.append((b"vary", b"Origin"))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if allow:
+        headers.append((b"allow", b"POST, OPTIONS"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -29,6 +29,10 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 class Lake:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -57,11 +61,21 @@ class Lake:
         conn = duckdb.connect(":memory:")
         for table in TABLES_BY_TOPIC.values():
             path = self.root / table.name
-            if DeltaTable.is_deltatable(str(path)):
-                conn.register(table.name, DeltaTable(str(path)).to_pyarrow_dataset())
-            else:
+            files = DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
+            if not files:
                 conn.register(table.name, table.schema.empty_table())
+                continue
+            # DuckDB's own Parquet reader over the files of one Delta snapshot (the partition
+            # column comes from the hive-style path). Clew's tables use no deletion vectors
+            # or column mapping, so these files are exactly the snapshot's rows.
+            listed = ", ".join(_sql_string(f) for f in files)
+            conn.execute(
+                f"CREATE VIEW {table.name} AS SELECT * FROM read_parquet([{listed}], "
+                f"hive_partitioning = true, hive_types = {{'{table.partition_by}': DATE}}, "
+                "union_by_name = true)"
+            )
         conn.execute("SET TimeZone = 'UTC'")
+        conn.execute(f"SET allowed_directories = [{_sql_string(str(self.root.resolve()))}]")
         conn.execute("SET enable_external_access = false")
         conn.execute("SET lock_configuration = true")
         return conn

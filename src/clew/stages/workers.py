@@ -94,6 +94,8 @@ def run_worker(settings: Settings, stage_name: str) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if os.environ.get("CLEW_WORKER_OF_SERVE") and settings.stages.worker_nice:
+        os.nice(settings.stages.worker_nice)
     lock = _acquire_stage_lock(settings, stage_name, stop)
     if lock is None:
         return
