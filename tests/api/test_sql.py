@@ -90,7 +90,9 @@ def test_health_and_metrics(server: BackgroundServer) -> None:
     assert "clew_collector_events_total 5" in metrics
     # Stage counters reach /metrics within about a second (stages may run in other processes).
     wait_for(
-        lambda: 'clew_validate_events_total{outcome="events"} 5'
-        in httpx.get(server.url + "/metrics").text,
+        lambda: (
+            'clew_validate_events_total{outcome="events"} 5'
+            in httpx.get(server.url + "/metrics").text
+        ),
         timeout_s=5,
     )
