@@ -7,14 +7,14 @@ import io
 import json
 import logging
 import sys
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from clew.config import ConfigError, Settings, load_settings
+from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_schema import plan_app, schema_app
+from clew.config import Settings
 
 app = typer.Typer(
     help="Clew, an open-source customer data platform.",
@@ -27,32 +27,11 @@ tokens_app = typer.Typer(
 )
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(plan_app, name="plan")
+app.add_typer(schema_app, name="schema")
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where Clew keeps its data [default: ./.clew]", show_default=False
-    ),
-]
-ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="A TOML settings file.", show_default=False)
-]
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except (ConfigError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
+_settings = settings_from
+_fail = fail
 
 
 @app.command()

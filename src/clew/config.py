@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         return self.data_dir / "state.db"
 
     @property
+    def registry_path(self) -> Path:
+        return self.data_dir / "registry.db"
+
+    @property
     def lake_path(self) -> Path:
         return self.data_dir / "lake"
 

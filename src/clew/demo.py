@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -425,11 +426,44 @@ def _healthy(url: str) -> bool:
     return True
 
 
+def example_plan_dir() -> Path | None:
+    """The shipped e-commerce tracking plan: inside the installed package, or in the
+    repository checkout for an editable install."""
+    packaged = Path(__file__).parent / "examples" / "tracking-plan"
+    checkout = Path(__file__).parents[2] / "examples" / "tracking-plan"
+    return next((p for p in (packaged, checkout) if (p / "plan.yaml").is_file()), None)
+
+
+def _push_example_plan(settings: Settings, console: Console) -> None:
+    """Enforce the example plan on the demo's source (a no-op when it is already pushed)."""
+    from clew.schema import IncompatibleSchemaError, SchemaRegistry, load_plan, push
+
+    directory = example_plan_dir()
+    if directory is None:
+        console.print("[yellow]The example tracking plan is not installed; not enforcing one.")
+        return
+    plan = load_plan(directory)
+    with SchemaRegistry(settings.registry_path) as registry:
+        try:
+            result = push(registry, plan)
+        except IncompatibleSchemaError:
+            console.print(
+                f"[yellow]Source {plan.source!r} already has an incompatible plan; keeping it."
+            )
+            return
+    if result.changed:
+        console.print(
+            f"Pushed the example tracking plan ({len(plan.subjects)} subjects, "
+            f"mode {plan.enforcement.value}) for source {plan.source!r}."
+        )
+
+
 def _run(
     settings: Settings, console: Console, users: int, seed: int, url: str, write_key: str
 ) -> DemoResult:
     lake = Lake(settings.lake_path)
     before = _count(lake, "true")
+    _push_example_plan(settings, console)
     run_id = secrets.token_hex(4)
     traffic = simulate(users, seed, datetime.now(UTC), run_id)
     sent = len(traffic.events)

@@ -96,9 +96,17 @@ DLQ_SCHEMA = pa.schema(
         ("raw_partition", pa.int32()),
         ("raw_offset", pa.int64()),
         ("index", pa.int32()),
+        ("dlq_id", pa.string()),
+        ("replay_of", pa.string()),
+        ("violations", pa.string()),
+        ("schema_versions", pa.string()),
+        ("normalized", pa.string()),
         ("received_date", pa.date32()),
     ]
 )
+
+
+_DLQ_JSON = ("violations", "schema_versions")
 
 
 def _dlq_columns(values: Sequence[bytes]) -> dict[str, pa.Array]:
@@ -108,7 +116,9 @@ def _dlq_columns(values: Sequence[bytes]) -> dict[str, pa.Array]:
         if field.name == "received_date":
             continue
         raw = [d.get(field.name) for d in docs]
-        if field.type == _TS:
+        if field.name in _DLQ_JSON:
+            cols[field.name] = pa.array([_json_text(v) if v else None for v in raw], pa.string())
+        elif field.type == _TS:
             cols[field.name] = pa.array(raw, pa.string()).cast(_TS)
         else:
             cols[field.name] = pa.array(raw, field.type)

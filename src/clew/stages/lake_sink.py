@@ -99,6 +99,7 @@ class LakeSinkStage(Stage):
             mode="append",
             partition_by=[table.partition_by],
             commit_properties=CommitProperties(app_transactions=txns),
+            schema_mode="merge",
         )
         consumer.commit({(topic, p): off + 1 for p, off in buf.last_offsets.items()})
         self.rows_written[topic] += len(buf.values)

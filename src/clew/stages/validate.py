@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -18,7 +18,11 @@ from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import DedupIndex
+from clew.stages._plans import PlanCache
 from clew.stages.base import Stage
+
+if TYPE_CHECKING:
+    from clew.schema import CompiledPlan
 
 _COUNTER_FLUSH_S = 0.25
 
@@ -40,6 +44,13 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     message_id: str | None = None
     event_type: str | None = None
     event_name: str | None = None
+    # Set when the envelope was valid but the tracking plan blocked the event.
+    violations: list[dict[str, str]] = []
+    schema_versions: dict[str, str] = {}
+    normalized: str | None = None
+    # Unique per row: "partition:offset:index" of the raw record; replays add "~replay id".
+    dlq_id: str = ""
+    replay_of: str | None = None
 
 
 class _BatchEnvelope(msgspec.Struct):
@@ -63,8 +74,10 @@ class ValidateStage(Stage):
         dedup: DedupIndex,
         dedup_window_hours: float = 24.0,
         counter_store: CounterStore | None = None,
+        plans: PlanCache | None = None,
     ) -> None:
         self._dedup = dedup
+        self._plans = plans
         self._window_ms = int(dedup_window_hours * 3600_000)
         self._last_prune = 0.0
         self._counter_store = counter_store
@@ -74,10 +87,12 @@ class ValidateStage(Stage):
         self.counters: Counter[str] = Counter()
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
+        started = time.perf_counter_ns()
         events: list[tuple[Event, str]] = []
         dead: list[DeadLetter] = []
+        counts: Counter[str] = Counter()
         for rec in records:
-            self._split(rec, events, dead)
+            self._split(rec, events, dead, counts)
         now_ms = time.time_ns() // 1_000_000
         dupes = self._dedup.claim(
             [(f"{ev.source_id}/{ev.message_id}", origin) for ev, origin in events], now_ms
@@ -89,10 +104,10 @@ class ValidateStage(Stage):
         ]
         out_dead = [Message(value=_encoder.encode(d), key=d.source_id.encode()) for d in dead]
         consumer.commit(produce={EVENTS_TOPIC: out_events, DLQ_TOPIC: out_dead})
-        counts: Counter[str] = Counter(
-            dlq_reason for dlq_reason in (f"dlq_{d.reason}" for d in dead)
-        )
+        counts.update(f"dlq_{d.reason}" for d in dead)
         counts["events"] += len(out_events)
+        counts["validate_batches"] += 1
+        counts["validate_us"] += (time.perf_counter_ns() - started) // 1000
         counts["duplicates"] += len(dupes)
         self.counters.update(counts)
         self._unflushed.update(counts)
@@ -113,7 +128,13 @@ class ValidateStage(Stage):
             self._last_prune = time.monotonic()
             self._dedup.prune(time.time_ns() // 1_000_000 - self._window_ms)
 
-    def _split(self, rec: Record, events: list[tuple[Event, str]], dead: list[DeadLetter]) -> None:
+    def _split(
+        self,
+        rec: Record,
+        events: list[tuple[Event, str]],
+        dead: list[DeadLetter],
+        counts: Counter[str],
+    ) -> None:
         source_id = (rec.header("source") or b"").decode()
         path_type = (rec.header("type") or b"batch").decode()
         request_id = (rec.header("request_id") or f"{rec.partition}-{rec.offset}".encode()).decode()
@@ -121,9 +142,12 @@ class ValidateStage(Stage):
         received_at = datetime.fromtimestamp(received_us / 1e6, tz=UTC)
         received_iso = received_at.isoformat()
 
-        def to_dlq(index: int, rej: Rejection, payload: str) -> None:
+        plan = self._plans.plan_for(source_id) if self._plans is not None else None
+
+        def to_dlq(index: int, rej: Rejection, payload: str, **extra: Any) -> None:
             dead.append(
                 DeadLetter(
+                    dlq_id=f"{rec.partition}:{rec.offset}:{index}",
                     reason=rej.reason,
                     message=rej.message,
                     payload=payload,
@@ -135,6 +159,7 @@ class ValidateStage(Stage):
                     message_id=rej.message_id,
                     event_type=rej.event_type,
                     event_name=rej.event_name,
+                    **extra,
                 )
             )
 
@@ -171,7 +196,7 @@ class ValidateStage(Stage):
                 rej = Rejection("invalid_json", f"the event cannot be read: {e}")
                 to_dlq(i, rej, _text(bytes(raw)))
                 continue
-            result = normalise(
+            result: Event | Rejection | Blocked = normalise(
                 item,
                 path_type=path_type,
                 index=i,
@@ -182,10 +207,80 @@ class ValidateStage(Stage):
                 batch_integrations=batch_int,
                 batch_sent_at=batch_sent,
             )
+            if isinstance(result, Event) and plan is not None:
+                result = apply_plan(plan, result, counts)
             if isinstance(result, Event):
                 events.append((result, f"{rec.partition}:{rec.offset}:{i}"))
+            elif isinstance(result, Blocked):
+                to_dlq(
+                    i,
+                    result.rejection,
+                    _text(bytes(raw)),
+                    violations=result.violations,
+                    schema_versions=result.schema_versions,
+                    normalized=result.normalized,
+                )
             else:
                 to_dlq(i, result, _text(bytes(raw)))
+
+
+class Blocked(msgspec.Struct):
+    """An event the tracking plan blocked: why, and the normalised event for a replay."""
+
+    rejection: Rejection
+    violations: list[dict[str, str]]
+    schema_versions: dict[str, str]
+    normalized: str
+
+
+def apply_plan(plan: CompiledPlan, ev: Event, counts: Counter[str]) -> Event | Blocked:
+    """Enforce ``plan`` on one normalised event: the event to emit (possibly with unplanned
+    properties omitted, or violations recorded in ``context.violations``), or why it is
+    blocked. Counts violations and omissions in ``counts``."""
+    verdict = plan.enforce(
+        {
+            "type": ev.type,
+            "event": ev.event,
+            "properties": ev.properties,
+            "traits": ev.traits,
+            "context": ev.context,
+        }
+    )
+    if verdict.violations:
+        counts["violations"] += len(verdict.violations)
+    if verdict.omitted:
+        counts["omitted_properties"] += len(verdict.omitted)
+    if verdict.accepted:
+        out = verdict.event
+        if out is not None and (
+            out.get("properties") is not ev.properties
+            or out.get("traits") is not ev.traits
+            or out.get("context") is not ev.context
+        ):
+            return msgspec.structs.replace(
+                ev,
+                properties=out.get("properties") or {},
+                traits=out.get("traits") or {},
+                context=out.get("context") or {},
+            )
+        return ev
+    violations = [msgspec.to_builtins(v) for v in verdict.violations]
+    first = verdict.violations[0] if verdict.violations else None
+    detail = f"{first.path}: {first.message}" if first is not None else "blocked by the plan"
+    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
+    reason = verdict.reason or "schema_violation"
+    return Blocked(
+        rejection=Rejection(
+            reason,
+            f"{detail}{more}",
+            message_id=ev.message_id,
+            event_type=ev.type,
+            event_name=ev.event,
+        ),
+        violations=violations,
+        schema_versions=dict(verdict.schema_versions),
+        normalized=_encoder.encode(ev).decode(),
+    )
 
 
 def _text(data: bytes) -> str:

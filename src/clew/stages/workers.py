@@ -46,12 +46,14 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "validate":
         from clew.stages._counters import CounterStore
         from clew.stages._dedup import DedupIndex
+        from clew.stages._plans import PlanCache
         from clew.stages.validate import ValidateStage
 
         dedup = DedupIndex(settings.state_path)
         counters = CounterStore(settings.state_path)
-        stage = ValidateStage(dedup, settings.stages.dedup_window_hours, counters)
-        return stage, [dedup.close, counters.close]
+        plans = PlanCache(settings.registry_path, settings.meta_path)
+        stage = ValidateStage(dedup, settings.stages.dedup_window_hours, counters, plans)
+        return stage, [dedup.close, counters.close, plans.close]
     if name == "lake":
         from clew.stages.lake_sink import LakeSinkStage
 

@@ -1,0 +1,143 @@
+"""`clew plan …` and `clew schema …`: tracking plans and the schema registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+
+plan_app = typer.Typer(
+    help="Tracking plans kept as files in your repository.", no_args_is_help=True
+)
+schema_app = typer.Typer(help="The schema registry.", no_args_is_help=True)
+
+SourceOpt = Annotated[str, typer.Option("--source", help="The source whose plan to read.")]
+
+
+def _registry(data_dir: Path | None, config: Path | None):  # type: ignore[no-untyped-def]
+    from clew.schema import SchemaRegistry
+
+    settings = settings_from(config, data_dir=data_dir)
+    return SchemaRegistry(settings.registry_path)
+
+
+@plan_app.command("push")
+def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Publish a tracking plan: a new version of every changed subject, refused as a whole
+    (exit 1) if any change breaks its subject's compatibility mode."""
+    from clew.schema import IncompatibleSchemaError, PlanError, load_plan, push
+    from clew.schema.report import render_check, render_push
+
+    try:
+        plan = load_plan(directory)
+    except PlanError as e:
+        raise fail(str(e), 2) from None
+    with _registry(data_dir, config) as registry:
+        try:
+            result = push(registry, plan)
+        except IncompatibleSchemaError as e:
+            console.print(render_check(e.changes, source=e.source, modes=e.modes), markup=False)
+            raise typer.Exit(1) from None
+    console.print(render_push(result), markup=False)
+
+
+@schema_app.command("check")
+def schema_check(
+    directory: Path,
+    against: Annotated[
+        Path | None,
+        typer.Option(help="Compare with this checkout of the plan instead of the registry."),
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Exit 1 with an explanation of every breaking change the plan in DIRECTORY would make
+    (a CI gate); exit 0 when it is compatible."""
+    from clew.schema import PlanError, load_plan
+    from clew.schema.plan import check, compare
+    from clew.schema.report import render_check
+
+    try:
+        plan = load_plan(directory)
+        old = load_plan(against) if against is not None else None
+    except PlanError as e:
+        raise fail(str(e), 2) from None
+    if old is not None:
+        problems = compare(old, plan)
+    else:
+        with _registry(data_dir, config) as registry:
+            problems = check(registry, plan)
+    console.print(render_check(problems, source=plan.source, modes=plan.modes()), markup=False)
+    if problems:
+        raise typer.Exit(1)
+
+
+@schema_app.command("list")
+def schema_list(
+    source: SourceOpt = "default",
+    all_subjects: Annotated[bool, typer.Option("--all", help="Include retired subjects.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Subjects of a source's plan with their latest version."""
+    with _registry(data_dir, config) as registry:
+        settings = registry.settings(source)
+        table = Table("subject", "version", "schemaver", "compatibility", "active")
+        for info in registry.subjects(source, include_retired=all_subjects):
+            table.add_row(
+                info.subject,
+                str(info.latest.version),
+                str(info.latest.schemaver),
+                str(info.compatibility.value),
+                "yes" if info.active else "retired",
+            )
+    console.print(f"source {source}: enforcement {settings.enforcement.value}")
+    console.print(table)
+
+
+@schema_app.command("show")
+def schema_show(
+    subject: str,
+    version: Annotated[
+        str, typer.Option(help="A version number, a SchemaVer or latest.")
+    ] = "latest",
+    source: SourceOpt = "default",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Print one version of a subject's JSON Schema."""
+    from clew.schema import SchemaError
+
+    with _registry(data_dir, config) as registry:
+        try:
+            v = registry.get(source, subject, int(version) if version.isdigit() else version)
+        except SchemaError as e:
+            raise fail(str(e)) from None
+    print(json.dumps(v.schema, indent=2, sort_keys=True))
+
+
+@schema_app.command("diff")
+def schema_diff(
+    subject: str,
+    old: str,
+    new: Annotated[str, typer.Argument()] = "latest",
+    source: SourceOpt = "default",
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Show what changed between two versions of a subject, and whether it breaks data."""
+    from clew.schema import SchemaError
+    from clew.schema.report import render_diff
+
+    with _registry(data_dir, config) as registry:
+        try:
+            a = registry.get(source, subject, int(old) if old.isdigit() else old)
+            b = registry.get(source, subject, int(new) if new.isdigit() else new)
+        except SchemaError as e:
+            raise fail(str(e)) from None
+    console.print(render_diff(a, b), markup=False)
