@@ -67,7 +67,9 @@ class Clew:
         else:
             self.workers = [WorkerProcess(name, settings) for name in STAGE_NAMES]
         self.collector = Collector(self.log, self.catalog, settings.limits)
-        self._api = build_api(self.catalog, self.lake, self.metrics_text, self.health)
+        self._api = build_api(
+            self.catalog, self.lake, self.metrics_text, self.health, settings.registry_path
+        )
         self._stop = threading.Event()
         self._stopping = False
         self._scheduler = threading.Thread(
@@ -150,6 +152,7 @@ class Clew:
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
+            # A sample's "labels" may also be a suffix such as "_sum" (summaries).
             lines.extend(f"{name}{labels} {value}" for labels, value in samples)
 
         c = self.collector.counters
@@ -176,11 +179,37 @@ class Clew:
             ],
         )
         v = self._counters.read("validate")
+        outcomes = ("events", "duplicates", "violations", "omitted_properties")
         metric(
             "clew_validate_events_total",
             "counter",
             "Events routed by the validate stage, by outcome",
-            [(f'{{outcome="{k}"}}', n) for k, n in sorted(v.items())],
+            [(f'{{outcome="{k}"}}', v[k]) for k in outcomes if k in v]
+            + [(f'{{outcome="{k}"}}', n) for k, n in sorted(v.items()) if k.startswith("dlq_")],
+        )
+        metric(
+            "clew_rejected_events_total",
+            "counter",
+            "Events sent to the dead-letter queue, by reason",
+            [
+                (f'{{reason="{k.removeprefix("dlq_")}"}}', n)
+                for k, n in sorted(v.items())
+                if k.startswith("dlq_")
+            ],
+        )
+        metric(
+            "clew_validate_batch_seconds",
+            "summary",
+            "Time the validate stage spends per polled batch",
+            [("_sum", v["validate_us"] / 1e6), ("_count", v["validate_batches"])],
+        )
+        dlq_end = self.log.end_offsets("dlq")
+        dlq_start = self.log.start_offsets("dlq")
+        metric(
+            "clew_dlq_records",
+            "gauge",
+            "Records in the dead-letter topic (within log retention)",
+            [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
         )
         lag: list[tuple[str, float]] = []
         for group, topics in _STAGE_TOPICS.items():

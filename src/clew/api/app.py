@@ -7,6 +7,7 @@ import decimal
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from clew.api._auth import check_token, error
+from clew.api.admin import admin_routes
 from clew.lake.query import Lake, QueryError
 from clew.sources import Catalog
 
@@ -45,6 +47,7 @@ def build_api(
     lake: Lake,
     metrics: Callable[[], str],
     health: Callable[[], dict[str, Any]],
+    registry_path: Path,
 ) -> Starlette:
     async def health_endpoint(request: Request) -> Response:
         status = health()
@@ -88,6 +91,7 @@ def build_api(
             Route("/health", health_endpoint, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/v1/sql", sql_endpoint, methods=["POST"]),
+            *admin_routes(catalog, registry_path),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
     )
