@@ -9,7 +9,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -149,7 +149,9 @@ class Clew:
     def metrics_text(self) -> str:
         lines: list[str] = []
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        def metric(
+            name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]
+        ) -> None:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
             # A sample's "labels" may also be a suffix such as "_sum" (summaries).
