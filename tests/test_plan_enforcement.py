@@ -9,12 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import WRITE_KEY, lake_count, wait_for
 from typer.testing import CliRunner
 
 from clew.cli import app
 from clew.lake.query import Lake
 from clew.server import BackgroundServer
+from conftest import WRITE_KEY, lake_count, wait_for
 
 PLAN = Path(__file__).parents[1] / "examples" / "tracking-plan"
 runner = CliRunner()

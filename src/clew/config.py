@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+if TYPE_CHECKING:
+    from clew.monitor.volume import MonitorPolicy
+
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -55,6 +59,50 @@ class StageSettings(BaseModel):
     worker_nice: int = 10
 
 
+class MonitorSettings(BaseModel):
+    """Volume monitors; see docs/monitoring.md for what each value does."""
+
+    threshold_pct: float = 15.0
+    min_expected: float = 20.0
+    noise_z: float = 3.0
+    seasonal_days: int = 7
+    weekly_weeks: int = 4
+    min_weekly_weeks: int = 2
+    trailing_hours: int = 24
+    min_trailing_hours: int = 3
+    grace_minutes: float = 5.0
+    catch_up_hours: int = 24
+    webhook_url: str | None = None
+    webhook_timeout_s: float = 5.0
+    webhook_retries: int = 2
+
+    @model_validator(mode="after")
+    def _usable(self) -> MonitorSettings:
+        try:
+            self.policy()
+        except ValueError as exc:
+            raise ValueError(f"monitor: {exc}") from None
+        return self
+
+    def policy(self) -> MonitorPolicy:
+        from datetime import timedelta
+
+        from clew.monitor.volume import MonitorPolicy
+
+        return MonitorPolicy(
+            threshold_pct=self.threshold_pct,
+            min_expected=self.min_expected,
+            noise_z=self.noise_z,
+            seasonal_days=self.seasonal_days,
+            weekly_weeks=self.weekly_weeks,
+            min_weekly_weeks=self.min_weekly_weeks,
+            trailing_hours=self.trailing_hours,
+            min_trailing_hours=self.min_trailing_hours,
+            grace=timedelta(minutes=self.grace_minutes),
+            catch_up_hours=self.catch_up_hours,
+        )
+
+
 class Settings(BaseSettings):
     """Clew configuration. Environment: ``CLEW_DATA_DIR``, ``CLEW_PORT``, and nested values as
     ``CLEW_LIMITS__MAX_BATCH_EVENTS`` and so on."""
@@ -68,6 +116,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     stages: StageSettings = Field(default_factory=StageSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @property
     def log_path(self) -> Path:
@@ -80,6 +129,10 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> Path:
         return self.data_dir / "state.db"
+
+    @property
+    def monitor_path(self) -> Path:
+        return self.data_dir / "monitor.db"
 
     @property
     def registry_path(self) -> Path:

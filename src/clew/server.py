@@ -21,6 +21,7 @@ from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.lake.query import Lake
 from clew.log.factory import open_log
+from clew.monitor import read_status
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import StageRunner
@@ -32,7 +33,7 @@ _RETENTION_EVERY_S = 600
 _SUPERVISE_EVERY_S = 0.5
 
 # The topics each stage consumes, for lag and drain checks.
-_STAGE_TOPICS = {"validate": ("raw",), "lake": ("events", "dlq")}
+_STAGE_TOPICS = {"validate": ("raw",), "lake": ("events", "dlq"), "monitor": ("events", "dlq")}
 
 
 class Clew:
@@ -221,6 +222,9 @@ class Clew:
                     behind = max(0, end - info.committed.get(p, 0))
                     lag.append((f'{{group="{group}",topic="{topic}",partition="{p}"}}', behind))
         metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
+        families = read_status(self.settings.monitor_path).metric_families()
+        for name, kind, help_text, samples in families:
+            metric(name, kind, help_text, samples)
         return "\n".join(lines) + "\n"
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import httpx
-from conftest import WRITE_KEY
 
 from clew.server import BackgroundServer
+from conftest import WRITE_KEY
 
 ORDER_V1 = {
     "type": "object",

@@ -9,7 +9,8 @@ from clew.log.embedded import EmbeddedLog
 RAW_TOPIC = "raw"
 EVENTS_TOPIC = "events"
 DLQ_TOPIC = "dlq"
-TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC)
+CHANGES_TOPIC = "changes"
+TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
 
 
 def open_log(settings: Settings) -> Log:

@@ -31,7 +31,7 @@ from clew.stages.runner import StageRunner
 
 logger = logging.getLogger(__name__)
 
-STAGE_NAMES = ("validate", "lake")
+STAGE_NAMES = ("validate", "lake", "monitor")
 
 
 class UnknownStageError(ValueError):
@@ -58,6 +58,18 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         from clew.stages.lake_sink import LakeSinkStage
 
         return LakeSinkStage(settings.lake_path, settings.lake), []
+    if name == "monitor":
+        from clew.monitor import MonitorStage
+
+        m = settings.monitor
+        monitor = MonitorStage(
+            settings.monitor_path,
+            m.policy(),
+            webhook_url=m.webhook_url,
+            webhook_timeout_s=m.webhook_timeout_s,
+            webhook_retries=m.webhook_retries,
+        )
+        return monitor, [monitor.shutdown]
     raise UnknownStageError(name)
 
 

@@ -1,0 +1,54 @@
+"""Volume monitors: per event name, source and app version, hourly counts of accepted and
+dead-lettered events compared with a seasonal baseline; alerts on the ``changes`` topic."""
+
+from clew.monitor.alerts import (
+    ALERT_KIND,
+    VolumeAlert,
+    WebhookSender,
+    WebhookUrlError,
+    decode_alert,
+)
+from clew.monitor.stage import (
+    CHANGES_TOPIC,
+    Clock,
+    MonitorStage,
+    MonitorStatus,
+    SeriesState,
+    read_status,
+    system_clock,
+)
+from clew.monitor.volume import (
+    ALL_VERSIONS,
+    Assessment,
+    HourCount,
+    MonitorPolicy,
+    MonitorPolicyError,
+    SeriesHistory,
+    SeriesKey,
+    assess,
+    assess_group,
+)
+
+__all__ = [
+    "ALERT_KIND",
+    "ALL_VERSIONS",
+    "CHANGES_TOPIC",
+    "Assessment",
+    "Clock",
+    "HourCount",
+    "MonitorPolicy",
+    "MonitorPolicyError",
+    "MonitorStage",
+    "MonitorStatus",
+    "SeriesHistory",
+    "SeriesKey",
+    "SeriesState",
+    "VolumeAlert",
+    "WebhookSender",
+    "WebhookUrlError",
+    "assess",
+    "assess_group",
+    "decode_alert",
+    "read_status",
+    "system_clock",
+]
