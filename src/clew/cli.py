@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_dlq import dlq_app
 from clew.cli_schema import plan_app, schema_app
 from clew.config import Settings
 
@@ -29,6 +30,7 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(plan_app, name="plan")
 app.add_typer(schema_app, name="schema")
+app.add_typer(dlq_app, name="dlq")
 
 _settings = settings_from
 _fail = fail
