@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 RAW_TOPIC = "raw"
+DLQ_TOPIC = "dlq"
 
 _SUCCESS = b'{"success":true}'
 # curl sends form-urlencoded unless told otherwise; its body is still read as JSON.
@@ -48,6 +50,26 @@ class _Single(msgspec.Struct):
 
 _batch_decoder = msgspec.json.Decoder(_Batch)
 _single_decoder = msgspec.json.Decoder(_Single)
+
+
+# Refusals kept in the dead-letter queue when the source is known, with their DLQ reason.
+_DEAD_LETTERED = {
+    "invalid_json": "invalid_json",
+    "event_too_large": "size_violation",
+    "request_too_large": "size_violation",
+    "batch_too_large": "size_violation",
+}
+_DEAD_LETTER_PAYLOAD = 8 * 1024
+
+
+class _Seen:
+    """What the collector learned about a request before refusing it."""
+
+    __slots__ = ("body", "source_id")
+
+    def __init__(self) -> None:
+        self.source_id: str | None = None
+        self.body = b""
 
 
 class _Refusal(Exception):
@@ -93,12 +115,15 @@ class Collector:
             if scope["method"] != "POST":
                 raise _Refusal(405, "method_not_allowed", "send events with POST", allow=True)
             path_type = PATH_TYPES[scope["path"][4:].rstrip("/")]
-            n_events = await self._handle(path_type, headers, receive)
+            seen = _Seen()
+            n_events = await self._handle(path_type, headers, receive, seen)
             self.counters["requests_accepted"] += 1
             self.counters["events_accepted"] += n_events
             await _respond(send, 200, _SUCCESS, origin)
         except _Refusal as r:
             self.counters[f"refused_{r.code}"] += 1
+            if r.code in _DEAD_LETTERED and seen.source_id is not None:
+                self._dead_letter(r, seen)
             body = msgspec.json.encode({"code": r.code, "message": r.message})
             await _respond(send, r.status, body, origin, r.retry_after, r.allow)
 
@@ -120,7 +145,29 @@ class Collector:
         )
         await send({"type": "http.response.body", "body": b""})
 
-    async def _handle(self, path_type: str, headers: dict[bytes, bytes], receive: Receive) -> int:
+    def _dead_letter(self, refusal: _Refusal, seen: _Seen) -> None:
+        """Keep a refused request of a known source in the dead-letter queue (typed
+        ``invalid_json`` or ``size_violation``, payload cut to 8 KB) so the team can see what
+        their SDK sent. Best effort: the client was already told with a 400."""
+        assert seen.source_id is not None
+        record = {
+            "reason": _DEAD_LETTERED[refusal.code],
+            "message": f"refused with {refusal.status} {refusal.code}: {refusal.message}",
+            "payload": seen.body[:_DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"),
+            "source_id": seen.source_id,
+            "received_at": datetime.now(UTC).isoformat(),
+            "raw_partition": -1,
+            "raw_offset": -1,
+            "index": -1,
+            "dlq_id": f"collector:{uuid.uuid4().hex}",
+        }
+        self._log.append(
+            DLQ_TOPIC, [Message(value=msgspec.json.encode(record), key=seen.source_id.encode())]
+        )
+
+    async def _handle(
+        self, path_type: str, headers: dict[bytes, bytes], receive: Receive, seen: _Seen
+    ) -> int:
         limits = self._limits
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype not in _JSON_TYPES:
@@ -142,10 +189,12 @@ class Collector:
             source = self._catalog.source_for_key(header_key)
             if source is None:
                 raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+            seen.source_id = source.id
 
-        body = await _read_body(receive, limits.max_request_bytes)
+        body = await _read_body(receive, limits.max_request_bytes, seen)
         if encoding == b"gzip":
             body = _gunzip(body, limits.max_request_bytes)
+        seen.body = body
 
         if path_type == "batch":
             try:
@@ -172,6 +221,7 @@ class Collector:
             source = self._catalog.source_for_key(parsed.writeKey)
             if source is None:
                 raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+            seen.source_id = source.id
 
         if isinstance(parsed, _Batch):
             if parsed.batch is None:
@@ -250,8 +300,8 @@ def _basic_auth_user(value: bytes | None) -> str | None:
     return user or None
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes:
-    chunks = []
+async def _read_body(receive: Receive, cap: int, seen: _Seen) -> bytes:
+    chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
@@ -260,6 +310,7 @@ async def _read_body(receive: Receive, cap: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
+            seen.body = b"".join(chunks)[:_DEAD_LETTER_PAYLOAD]
             raise _Refusal(400, "request_too_large", f"the request body is larger than {cap} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
