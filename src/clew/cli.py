@@ -80,7 +80,9 @@ def serve(
 
 @app.command()
 def worker(
-    stage: Annotated[str, typer.Option("--stage", help="validate or lake")],
+    stage: Annotated[
+        list[str], typer.Option("--stage", help="validate, lake or monitor (repeatable)")
+    ],
     data_dir: DataDir = None,
     config: ConfigFile = None,
     settings_json: Annotated[str | None, typer.Option(hidden=True)] = None,
@@ -93,7 +95,8 @@ def worker(
     else:
         settings = _settings(config, data_dir=data_dir)
     logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s [{stage}] %(name)s: %(message)s"
+        level=logging.INFO,
+        format=f"%(asctime)s %(levelname)s [{'+'.join(stage)}] %(name)s: %(message)s",
     )
     try:
         run_worker(settings, stage)

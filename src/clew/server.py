@@ -25,7 +25,7 @@ from clew.monitor import read_status
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import StageRunner
-from clew.stages.workers import STAGE_NAMES, WorkerProcess, build_stage
+from clew.stages.workers import SERVE_WORKERS, STAGE_NAMES, WorkerProcess, build_stage
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Clew:
                 self.runners.append(StageRunner(self.log, stage, settings.stages.poll_max_records))
                 self._closers.extend(closers)
         else:
-            self.workers = [WorkerProcess(name, settings) for name in STAGE_NAMES]
+            self.workers = [WorkerProcess(group, settings) for group in SERVE_WORKERS]
         self.collector = Collector(self.log, self.catalog, settings.limits)
         self._api = build_api(
             self.catalog, self.lake, self.metrics_text, self.health, settings.registry_path
@@ -81,7 +81,7 @@ class Clew:
     def stage_alive(self) -> dict[str, bool]:
         if self.stage_mode == "thread":
             return {r.stage.group: r.alive for r in self.runners}
-        return {w.stage: w.alive for w in self.workers}
+        return {name: w.alive for w in self.workers for name in w.stages}
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and Collector.handles(scope["path"]):

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -95,11 +95,12 @@ def _acquire_stage_lock(settings: Settings, stage: str, stop: threading.Event) -
     return None
 
 
-def run_worker(settings: Settings, stage_name: str) -> None:
-    """Run one stage in the foreground until SIGTERM or SIGINT, then finish its current
-    batch (the lake flushes what it holds) and exit."""
-    if stage_name not in STAGE_NAMES:
-        raise UnknownStageError(stage_name)
+def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
+    """Run the named stages (one thread each) in the foreground until SIGTERM or SIGINT,
+    then finish their current batches (the lake flushes what it holds) and exit."""
+    for name in stage_names:
+        if name not in STAGE_NAMES:
+            raise UnknownStageError(name)
     stop = threading.Event()
     parent = os.getppid()
 
@@ -110,24 +111,36 @@ def run_worker(settings: Settings, stage_name: str) -> None:
     signal.signal(signal.SIGINT, on_signal)
     if os.environ.get("CLEW_WORKER_OF_SERVE") and settings.stages.worker_nice:
         os.nice(settings.stages.worker_nice)
-    lock = _acquire_stage_lock(settings, stage_name, stop)
-    if lock is None:
-        return
+    locks: list[IO[bytes]] = []
+    for name in stage_names:
+        lock = _acquire_stage_lock(settings, name, stop)
+        if lock is None:
+            for held in locks:
+                held.close()
+            return
+        locks.append(lock)
     log = open_log(settings)
-    stage, closers = build_stage(stage_name, settings)
-    runner = StageRunner(log, stage, settings.stages.poll_max_records)
-    runner.start()
+    runners: list[StageRunner] = []
+    closers: list[Callable[[], None]] = []
+    for name in stage_names:
+        stage, stage_closers = build_stage(name, settings)
+        runners.append(StageRunner(log, stage, settings.stages.poll_max_records))
+        closers.extend(stage_closers)
+    for runner in runners:
+        runner.start()
     try:
         while not stop.wait(0.5):
             if os.environ.get("CLEW_WORKER_OF_SERVE") and os.getppid() != parent:
-                logger.warning("clew serve is gone; stopping stage %s", stage_name)
+                logger.warning("clew serve is gone; stopping %s", ", ".join(stage_names))
                 break
     finally:
-        runner.stop()
+        for runner in runners:
+            runner.stop()
         for close in closers:
             close()
         log.close()
-        lock.close()
+        for held in locks:
+            held.close()
 
 
 def _die_with_parent() -> None:
@@ -137,11 +150,18 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)
 
 
-class WorkerProcess:
-    """One stage worker child of `clew serve`; restarted (with backoff) if it dies."""
+# How `clew serve` groups stages into worker processes: the monitor is light and reads the
+# same topics as the lake, so it shares the lake's process (one interpreter fewer in memory).
+SERVE_WORKERS: tuple[tuple[str, ...], ...] = (("validate",), ("lake", "monitor"))
 
-    def __init__(self, stage: str, settings: Settings) -> None:
-        self.stage = stage
+
+class WorkerProcess:
+    """One worker child of `clew serve` running ``stages``; restarted (with backoff) if it
+    dies."""
+
+    def __init__(self, stages: Sequence[str], settings: Settings) -> None:
+        self.stages = tuple(stages)
+        self.stage = "+".join(self.stages)
         self._settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
@@ -155,8 +175,7 @@ class WorkerProcess:
                 "-m",
                 "clew.cli",
                 "worker",
-                "--stage",
-                self.stage,
+                *(arg for name in self.stages for arg in ("--stage", name)),
                 "--settings-json",
                 self._settings.model_dump_json(),
             ],
