@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clew._sqlite import open_sqlite
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
     id TEXT PRIMARY KEY,
@@ -52,12 +54,8 @@ class Catalog:
     """Thread-safe; several processes may open the same ``meta.db``."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(_SCHEMA)
+        # FULL: a source or token created must not vanish in a power loss.
+        self._conn = open_sqlite(path, _SCHEMA, synchronous="FULL")
         self._lock = threading.RLock()
         self._by_key: dict[str, Source] = {}
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from clew._sqlite import open_sqlite
 from clew.events import format_time
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.monitor.alerts import (
@@ -170,13 +171,7 @@ class MonitorStage(Stage):
         self.policy = policy or MonitorPolicy()
         self._path = state_path
         self._clock = clock
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            state_path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_sqlite(state_path, _SCHEMA, synchronous="FULL")
         self._ids: dict[SeriesKey, int] = {}
         self._reader = RecordReader()
         self._handled = False

@@ -3,10 +3,11 @@ stages running in worker processes."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
+
+from clew._sqlite import open_sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stage_counters (
@@ -20,13 +21,7 @@ CREATE TABLE IF NOT EXISTS stage_counters (
 
 class CounterStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_sqlite(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def add(self, group: str, deltas: Counter[str]) -> None:

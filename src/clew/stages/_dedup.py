@@ -8,10 +8,11 @@ crash between the two re-delivers the record and the claim lets it through again
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+from clew._sqlite import open_sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
@@ -27,15 +28,9 @@ _CHUNK = 400
 
 class DedupIndex:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL survives a process crash; after a power loss the last claims may be lost,
-        # which only means a duplicate arriving in that instant is let through once.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        # After a power loss the last claims may be lost, which only means a duplicate
+        # arriving in that instant is let through once.
+        self._conn = open_sqlite(path, _SCHEMA, synchronous="NORMAL")
         self._lock = threading.Lock()
 
     def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]:
