@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +101,9 @@ class Collector:
         self._pending = 0
         self.counters: Counter[str] = Counter()
         self.accepting = True
+        # Requests of one event-loop turn are appended together: one log write and one
+        # wake-up of the loop for all of them, instead of one each.
+        self._queued: list[tuple[Message, asyncio.Future[None]]] = []
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -271,13 +275,36 @@ class Collector:
                 ("request_id", uuid.uuid4().hex.encode()),
             ),
         )
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush, loop)
+        self._queued.append((message, done))
         self._pending += 1
         try:
-            await asyncio.wrap_future(self._log.append(RAW_TOPIC, [message]))
+            await done
         except LogError as e:
             raise _Refusal(503, "unavailable", f"the log cannot be written: {e}", 5) from None
         finally:
             self._pending -= 1
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        queued, self._queued = self._queued, []
+        written = self._log.append(RAW_TOPIC, [m for m, _ in queued])
+
+        def settle(result: Future[Any]) -> None:
+            error = result.exception()
+            for _, done in queued:
+                if done.done():
+                    continue
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(
+                        error if isinstance(error, LogError) else LogError(str(error))
+                    )
+
+        written.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, f))
 
 
 def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:
