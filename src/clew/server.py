@@ -63,7 +63,9 @@ class Clew:
         if stage_mode == "thread":
             for name in STAGE_NAMES:
                 stage, closers = build_stage(name, settings)
-                self.runners.append(StageRunner(self.log, stage, settings.stages.poll_max_records))
+                self.runners.append(
+                    StageRunner(self.log, stage, settings.stages.poll_max_records, self._counters)
+                )
                 self._closers.extend(closers)
         else:
             self.workers = [WorkerProcess(group, settings) for group in SERVE_WORKERS]
@@ -144,7 +146,12 @@ class Clew:
                 logger.exception("log retention failed; will retry")
 
     def health(self) -> dict[str, Any]:
-        stages = {name: {"alive": alive} for name, alive in self.stage_alive().items()}
+        """``ok`` when every stage is running; ``errors`` counts the failures each stage
+        recovered from (by resuming from its last commit) since the data dir was created."""
+        stages = {
+            name: {"alive": alive, "errors": self._counters.read(name)["stage_errors"]}
+            for name, alive in self.stage_alive().items()
+        }
         return {"ok": all(s["alive"] for s in stages.values()), "stages": stages}
 
     def metrics_text(self) -> str:
@@ -213,6 +220,12 @@ class Clew:
             "gauge",
             "Records in the dead-letter topic (within log retention)",
             [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
+        )
+        metric(
+            "clew_stage_errors_total",
+            "counter",
+            "Failures a stage recovered from by resuming at its last commit",
+            [(f'{{stage="{g}"}}', self._counters.read(g)["stage_errors"]) for g in STAGE_NAMES],
         )
         lag: list[tuple[str, float]] = []
         for group, topics in _STAGE_TOPICS.items():

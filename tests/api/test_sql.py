@@ -96,3 +96,23 @@ def test_health_and_metrics(server: BackgroundServer) -> None:
         ),
         timeout_s=5,
     )
+
+
+def test_health_reports_stage_errors(server: BackgroundServer) -> None:
+    validate = next(r for r in server.clew.runners if r.stage.group == "validate")
+    real_handle = validate.stage.handle
+    calls = 0
+
+    def flaky(records, consumer):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("simulated failure")
+        return real_handle(records, consumer)
+
+    validate.stage.handle = flaky  # type: ignore[method-assign]
+    _send(server, 3)  # lands despite the failure: the stage resumes from its last commit
+    health = httpx.get(server.url + "/health").json()
+    assert health["ok"] is True
+    assert health["stages"]["validate"]["errors"] == 1
+    assert 'clew_stage_errors_total{stage="validate"} 1' in httpx.get(server.url + "/metrics").text

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 
 from clew.log.base import Consumer, Log
+from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 
 logger = logging.getLogger(__name__)
@@ -18,8 +20,15 @@ class StageRunner:
     """Drives one stage: poll, handle, tick; on an error, logs it, rebuilds the consumer and
     resumes from the last commit (at-least-once; stages are idempotent)."""
 
-    def __init__(self, log: Log, stage: Stage, max_records: int = 500) -> None:
+    def __init__(
+        self,
+        log: Log,
+        stage: Stage,
+        max_records: int = 500,
+        counters: CounterStore | None = None,
+    ) -> None:
         self._log = log
+        self._counters = counters
         self.stage = stage
         self._max_records = max_records
         self._stop = threading.Event()
@@ -50,6 +59,10 @@ class StageRunner:
             except Exception as exc:
                 self.errors += 1
                 self.last_error = repr(exc)
+                if self._counters is not None:
+                    # Counted where `clew serve` can see it (/health, /metrics), even when
+                    # this stage runs in a worker process.
+                    self._counters.add(self.stage.group, Counter(stage_errors=1))
                 logger.exception("stage %s failed; resuming from its last commit", self.stage.group)
                 delay = _RETRY_BACKOFF_S[min(failures, len(_RETRY_BACKOFF_S) - 1)]
                 failures += 1

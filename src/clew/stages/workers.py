@@ -120,11 +120,14 @@ def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
             return
         locks.append(lock)
     log = open_log(settings)
+    from clew.stages._counters import CounterStore
+
+    counters = CounterStore(settings.state_path)
     runners: list[StageRunner] = []
-    closers: list[Callable[[], None]] = []
+    closers: list[Callable[[], None]] = [counters.close]
     for name in stage_names:
         stage, stage_closers = build_stage(name, settings)
-        runners.append(StageRunner(log, stage, settings.stages.poll_max_records))
+        runners.append(StageRunner(log, stage, settings.stages.poll_max_records, counters))
         closers.extend(stage_closers)
     for runner in runners:
         runner.start()
