@@ -1,0 +1,45 @@
+"""Fixtures for the serving-store contract suite, parametrized by backend.
+
+A backend is a factory that opens a :class:`ProfileStore` on one storage location; calling it
+again opens another handle on the same storage (that is how the durability tests "restart").
+To add a backend (Redis), add its name to ``BACKENDS`` and a branch in ``open_store`` that
+yields handles on the server. Every test uses unique profile ids and identity values, so a
+shared server works too. Handles are closed at teardown even when a test closed them
+already, so ``close`` must be safe to call twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from clew.store import ProfileStore, SQLiteProfileStore
+
+BACKENDS = ["sqlite"]
+
+OpenStore = Callable[[], ProfileStore]
+
+
+@pytest.fixture(params=BACKENDS)
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens a handle on this test's store; every handle is closed after the test."""
+    handles: list[ProfileStore] = []
+
+    def open_() -> ProfileStore:
+        if request.param == "sqlite":
+            handle: ProfileStore = SQLiteProfileStore(tmp_path / "store.db")
+        else:
+            raise AssertionError(f"unknown store backend {request.param!r}")
+        handles.append(handle)
+        return handle
+
+    yield open_
+    for handle in reversed(handles):
+        handle.close()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> ProfileStore:
+    return open_store()
