@@ -25,6 +25,9 @@ class Stage(ABC):
 
     group: str
     topics: tuple[str, ...]
+    # Records per poll when the stage says nothing else; a raw record holds a whole request
+    # (up to 2,500 events), so the validate stage asks for fewer.
+    max_poll_records: int | None = None
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         return None

@@ -30,7 +30,7 @@ class StageRunner:
         self._log = log
         self._counters = counters
         self.stage = stage
-        self._max_records = max_records
+        self._max_records = stage.max_poll_records or max_records
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"clew-stage-{stage.group}", daemon=True

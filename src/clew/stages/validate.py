@@ -68,6 +68,7 @@ _encoder = msgspec.json.Encoder()
 class ValidateStage(Stage):
     group = "validate"
     topics = (RAW_TOPIC,)
+    max_poll_records = 50
 
     def __init__(
         self,

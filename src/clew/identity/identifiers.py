@@ -1,0 +1,156 @@
+"""Identifiers of an event: which ``(id_type, value)`` pairs it carries, normalised, with
+placeholders and unusable values dropped and the reason recorded.
+
+Extraction is a pure function of the event and the rules, so replays and batch rebuilds see
+the same identifiers as the speed layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from clew.events import Event
+from clew.identity.rules import IdentityRules
+
+USER_ID = "user_id"
+ANONYMOUS_ID = "anonymous_id"
+EMAIL = "email"
+PHONE = "phone"
+
+
+@dataclass(slots=True, frozen=True)
+class Identifier:
+    id_type: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.id_type}:{self.value}"
+
+
+@dataclass(slots=True, frozen=True)
+class Dropped:
+    """An identifier the event carried that was not used, and why."""
+
+    id_type: str
+    value: str
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class Extraction:
+    """The usable identifiers of an event (no duplicates, in the order found) and the
+    dropped ones."""
+
+    identifiers: tuple[Identifier, ...]
+    dropped: tuple[Dropped, ...]
+
+
+class PhoneSupportMissingError(ImportError):
+    def __init__(self) -> None:
+        super().__init__(
+            "normalising phone identifiers needs the phonenumbers package: "
+            "pip install 'phonenumbers==9.0.43'"
+        )
+
+
+def normalise_email(value: str) -> str:
+    """Trim and lowercase.
+
+    Provider-specific rules (Gmail ignoring dots and ``+tag``) are deliberately not applied:
+    they hold for some domains only, a customer may use ``+tag`` addresses to keep accounts
+    apart on purpose, and a wrong merge is as harmful as a missed one.
+
+    >>> normalise_email("  Ada.Lovelace+news@Example.ORG ")
+    'ada.lovelace+news@example.org'
+    """
+    return value.strip().lower()
+
+
+def normalise_phone(value: str, region: str | None) -> str:
+    """The number in E.164 form; raises ``ValueError`` with the reason if it is not a valid
+    number (a number without ``+`` needs ``region``, an ISO country code such as ``GB``).
+
+    >>> normalise_phone("+44 20 7946 0958", None)
+    '+442079460958'
+    """
+    try:
+        import phonenumbers
+    except ImportError as exc:
+        raise PhoneSupportMissingError() from exc
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(f"not a phone number ({exc})") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number for its country")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_ID) -> Extraction:
+    """Every identifier of ``event``: ``userId``, ``anonymousId``, ``previousId`` (as
+    ``previous_id_type``, alias only), ``traits.email`` or ``context.traits.email``,
+    ``traits.phone`` or ``context.traits.phone``, ``context.externalIds`` and the rules'
+    custom id types. Blocked and unparseable values are dropped with a reason."""
+    found: list[Identifier] = []
+    dropped: list[Dropped] = []
+
+    def add(id_type: str, raw: object) -> None:
+        if raw is None or isinstance(raw, bool | dict | list):
+            if raw is not None:
+                dropped.append(Dropped(id_type, str(raw), "not a string or number"))
+            return
+        value = str(raw).strip()
+        if not value:
+            return
+        if id_type == EMAIL:
+            value = normalise_email(value)
+            if "@" not in value:
+                dropped.append(Dropped(id_type, value, "not an email address (no @)"))
+                return
+        elif id_type == PHONE:
+            try:
+                value = normalise_phone(value, rules.phone_region)
+            except ValueError as exc:
+                dropped.append(Dropped(id_type, value, str(exc)))
+                return
+        if rules.is_blocked(id_type, value):
+            dropped.append(Dropped(id_type, value, "blocked value (placeholder, not an id)"))
+            return
+        ident = Identifier(id_type, value)
+        if ident not in found:
+            found.append(ident)
+
+    add(USER_ID, event.user_id)
+    if event.type == "alias" and event.previous_id is not None:
+        add(previous_id_type, event.previous_id)
+    add(ANONYMOUS_ID, event.anonymous_id)
+    ctx_traits = event.context.get("traits")
+    ctx_traits = ctx_traits if isinstance(ctx_traits, dict) else {}
+    for key, id_type in (("email", EMAIL), ("phone", PHONE)):
+        raw = event.traits.get(key)
+        add(id_type, raw if raw is not None else ctx_traits.get(key))
+    external = event.context.get("externalIds")
+    if isinstance(external, list):
+        for entry in external:
+            if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"]:
+                add(entry["type"], entry.get("id"))
+    for custom in rules.custom_ids:
+        for path in custom.paths:
+            raw = _at_path(event, path)
+            if raw is not None and raw != "":
+                add(custom.id_type, raw)
+                break
+    return Extraction(tuple(found), tuple(dropped))
+
+
+def _at_path(event: Event, path: str) -> Any:
+    root, *keys = path.split(".")
+    node: Any = {"traits": event.traits, "properties": event.properties, "context": event.context}[
+        root
+    ]
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node

@@ -1,0 +1,270 @@
+"""Deterministic identity resolution: which profile an event belongs to, creating, extending
+or merging profiles in the serving store under the identity rules.
+
+The algorithm, per event:
+
+1. Extract the event's identifiers (blocked and unparseable values are dropped).
+2. Take them most trusted first (rule priority, then the order found) and accept each one
+   unless accepting it would break a rule for the profile the accepted set would form: a
+   per-type limit (counted within its window of event time), the identifier cap, or the
+   merge cap. An identifier owned by another profile brings that whole profile along, so a
+   conflicting one is dropped rather than merged; since the most trusted identifiers are
+   accepted first, the identifier dropped is always the least trusted one in the conflict.
+3. No accepted identifier is known: a new profile, with an id derived from the event, so a
+   replay creates the same profile. Otherwise the accepted profiles merge into the one with
+   the most trusted identifier (then the oldest, then the smallest id), and the unknown
+   identifiers are attached to it. Every attach and merge records the event's provenance.
+
+Limits use event time, never the wall clock, so a replay or a batch rebuild over the same
+events gives the same profiles. Rules are checked against a snapshot of the store; the log
+keys a person's events to one partition, so one worker resolves them in order. If another
+writer claims an identifier between the check and the write, resolution starts over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from clew.events import Event, format_time, parse_time
+from clew.identity.identifiers import (
+    ANONYMOUS_ID,
+    USER_ID,
+    Dropped,
+    Identifier,
+    extract,
+)
+from clew.identity.rules import IdentityRules
+from clew.store.base import Profile, ProfileStore, Provenance, UnknownProfileError
+
+_PROFILE_NAMESPACE = uuid.UUID("0c6e4b1e-54f4-4bd6-9f0e-2b8f2d1f7a3d")
+_ATTEMPTS = 5
+_NO_PRIORITY = 1 << 30
+
+
+class ResolutionConflictError(RuntimeError):
+    """Other writers kept changing the identities of this event's profiles; retry the event
+    (the log redelivers it if the stage does not commit its offset)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Resolution:
+    """What resolving one event did. ``profile_id`` is ``None`` only when the event had no
+    usable identifier (all dropped)."""
+
+    profile_id: str | None
+    attached: tuple[Identifier, ...] = ()
+    merged_from: tuple[str, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Explanation:
+    """One reason a profile looks the way it does: an identifier attached by an event, or a
+    profile merged in by an event."""
+
+    kind: Literal["identity", "merge"]
+    provenance: Provenance
+    text: str
+    identifier: Identifier | None = None
+    merged_profile: str | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    profiles: dict[str, Profile]
+    new: list[Identifier]
+    dropped: list[Dropped]
+
+
+class IdentityResolver:
+    """Resolves events to profiles in ``store`` under ``rules`` (defaults if omitted)."""
+
+    def __init__(self, store: ProfileStore, rules: IdentityRules | None = None) -> None:
+        self._store = store
+        self._rules = rules if rules is not None else IdentityRules()
+
+    def resolve(self, event: Event) -> Resolution:
+        """Attach the event's identifiers to its profile, merging profiles where the rules
+        allow; returns what changed and what was dropped, with reasons.
+
+        Idempotent: resolving the same event again changes nothing further. Raises
+        :class:`ResolutionConflictError` if concurrent writers keep invalidating the plan."""
+        time_ms = int(parse_time(event.timestamp).timestamp() * 1000)
+        provenance = Provenance(event.message_id, event.source_id, time_ms)
+        extraction = extract(event, self._rules, previous_id_type=self._previous_id_type(event))
+        candidates = sorted(extraction.identifiers, key=lambda i: self._rules.priority(i.id_type))
+        merged_from: list[str] = []
+        for _ in range(_ATTEMPTS):
+            plan = self._plan(candidates, time_ms)
+            dropped = (*extraction.dropped, *plan.dropped)
+            if not plan.profiles and not plan.new:
+                return Resolution(None, dropped=dropped)
+            try:
+                done = self._apply(plan, event, provenance, merged_from)
+            except UnknownProfileError:
+                continue
+            if done is not None:
+                profile_id, attached = done
+                return Resolution(profile_id, attached, tuple(merged_from), dropped)
+        raise ResolutionConflictError(
+            f"event {event.message_id!r}: its identifiers kept moving between profiles "
+            f"during {_ATTEMPTS} attempts; redeliver the event"
+        )
+
+    def explain(self, profile_id: str) -> list[Explanation]:
+        """Why the profile ``profile_id`` resolves to holds each identifier, and which
+        profiles were merged into it by which events; oldest first. Raises
+        :class:`UnknownProfileError` if the id does not resolve."""
+        profile = self._store.get(profile_id)
+        if profile is None:
+            raise UnknownProfileError(profile_id)
+        lines: list[Explanation] = []
+        for edge in profile.identities:
+            ident = Identifier(edge.id_type, edge.value)
+            lines.append(
+                Explanation(
+                    "identity",
+                    edge.provenance,
+                    f"{ident} attached by {_describe(edge.provenance)}",
+                    identifier=ident,
+                )
+            )
+        for redirect in profile.merged:
+            lines.append(
+                Explanation(
+                    "merge",
+                    redirect.provenance,
+                    f"profile {redirect.from_id} merged into {redirect.into_id} by "
+                    f"{_describe(redirect.provenance)}",
+                    merged_profile=redirect.from_id,
+                )
+            )
+        lines.sort(key=lambda e: (e.provenance.time_ms, e.kind != "identity", e.text))
+        return lines
+
+    def _previous_id_type(self, event: Event) -> str:
+        if self._rules.previous_id_type is not None:
+            return self._rules.previous_id_type
+        if event.type != "alias" or event.previous_id is None:
+            return USER_ID
+        known = self._store.lookup(USER_ID, event.previous_id.strip()) is not None
+        return USER_ID if known else ANONYMOUS_ID
+
+    def _plan(self, candidates: Iterable[Identifier], time_ms: int) -> _Plan:
+        plan = _Plan({}, [], [])
+        for ident in candidates:
+            owner = self._store.lookup(ident.id_type, ident.value)
+            if owner is not None and owner in plan.profiles:
+                continue
+            joining = self._store.get(owner) if owner is not None else None
+            reason = self._violation(plan, ident, joining, time_ms)
+            if reason is not None:
+                plan.dropped.append(Dropped(ident.id_type, ident.value, reason))
+            elif joining is not None:
+                plan.profiles[joining.profile_id] = joining
+            else:
+                plan.new.append(ident)
+        return plan
+
+    def _violation(
+        self, plan: _Plan, ident: Identifier, joining: Profile | None, time_ms: int
+    ) -> str | None:
+        """Why accepting ``ident`` (and the profile ``joining`` that owns it) would break a
+        rule, or ``None``. Only what the addition increases is checked, so a profile that
+        already exceeds a lowered limit keeps working."""
+        before = self._counts(plan.profiles.values(), plan.new, time_ms)
+        if joining is None:
+            added = self._counts((), [ident], time_ms)
+            what = f"adding {ident}"
+        else:
+            added = self._counts((joining,), [], time_ms)
+            what = f"{ident} belongs to profile {joining.profile_id}; merging it"
+        for id_type, extra in sorted(added.items()):
+            rule = self._rules.rule(id_type)
+            after = before[id_type] + extra
+            if rule.limit is not None and after > rule.limit:
+                window = f" per {_duration(rule.window_s)}" if rule.window_s else ""
+                return (
+                    f"{what} would give one profile {after} {id_type} identifiers "
+                    f"(limit {rule.limit}{window})"
+                )
+        total_before = sum(len(p.identities) for p in plan.profiles.values()) + len(plan.new)
+        total_after = total_before + (len(joining.identities) if joining else 1)
+        if total_after > self._rules.max_identifiers_per_profile:
+            return (
+                f"{what} would give one profile {total_after} identifiers "
+                f"(max_identifiers_per_profile {self._rules.max_identifiers_per_profile})"
+            )
+        if joining is not None and plan.profiles:
+            merges = sum(len(p.merged) for p in (*plan.profiles.values(), joining))
+            merges += len(plan.profiles)
+            if merges > self._rules.max_merges_per_profile:
+                return (
+                    f"{what} would make {merges} merges into one profile "
+                    f"(max_merges_per_profile {self._rules.max_merges_per_profile})"
+                )
+        return None
+
+    def _counts(
+        self, profiles: Iterable[Profile], new: list[Identifier], time_ms: int
+    ) -> Counter[str]:
+        counts: Counter[str] = Counter(i.id_type for i in new)
+        for profile in profiles:
+            for edge in profile.identities:
+                window_s = self._rules.rule(edge.id_type).window_s
+                if window_s is None or edge.provenance.time_ms > time_ms - window_s * 1000:
+                    counts[edge.id_type] += 1
+        return counts
+
+    def _survivor_key(self, profile: Profile) -> tuple[int, int, str]:
+        best = min(
+            (self._rules.priority(e.id_type) for e in profile.identities), default=_NO_PRIORITY
+        )
+        return best, profile.first_seen_ms, profile.profile_id
+
+    def _apply(
+        self, plan: _Plan, event: Event, provenance: Provenance, merged_from: list[str]
+    ) -> tuple[str, tuple[Identifier, ...]] | None:
+        """Carry out the plan; ``None`` if another writer got in the way (plan again)."""
+        store = self._store
+        ranked = sorted(plan.profiles.values(), key=self._survivor_key)
+        if ranked:
+            survivor = ranked[0].profile_id
+        else:
+            first = plan.new[0]
+            survivor = str(uuid.uuid5(_PROFILE_NAMESPACE, f"{event.message_id}/{first}"))
+        for other in ranked[1:]:
+            survivor = store.merge(survivor, other.profile_id, provenance)
+            merged_from.append(other.profile_id)
+        attached: list[Identifier] = []
+        for ident in plan.new:
+            owner = store.attach(survivor, ident.id_type, ident.value, provenance)
+            if owner != survivor and store.resolve(survivor) != owner:
+                return None
+            survivor = owner
+            attached.append(ident)
+        if not plan.new:
+            survivor = store.touch(survivor, provenance.time_ms)
+        return survivor, tuple(attached)
+
+
+def _describe(provenance: Provenance) -> str:
+    when = format_time(_from_ms(provenance.time_ms))
+    return f"event {provenance.message_id} from source {provenance.source_id} at {when}"
+
+
+def _from_ms(time_ms: int) -> datetime:
+    return datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+    return f"{seconds} s"

@@ -1,0 +1,149 @@
+"""Identity-resolution rules: how much each identifier type is trusted, how many of each a
+profile may hold, which values are never identifiers, and where custom ids are found.
+
+Built once (from settings or code) and passed to :func:`~clew.identity.extract` and
+:class:`~clew.identity.IdentityResolver`. Every default here can be overridden per id type.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
+
+# Values that mean "no id" in every tool we have seen, matched after trimming, whole value,
+# case-insensitive. "0", "-1" and all-zero UUIDs are what SDKs and databases send for unset ids.
+DEFAULT_BLOCKED_VALUES: tuple[str, ...] = (
+    r"\s*",
+    r"null|nil|none|undefined|nan|unknown|anonymous|n/?a|\[object object\]",
+    r"[0-]+",
+    r"-1",
+)
+
+# Placeholder emails typed into forms to get past a required field. example.com/.org/.net
+# are reserved by RFC 2606 and can never reach a person.
+DEFAULT_BLOCKED_EMAILS: tuple[str, ...] = (
+    r"[^@]*@example\.(com|org|net)",
+    r"test@test\.com",
+    r"(no-?e?-?mail|no_email|null|none|nobody|undefined|no-?reply|do-?not-?reply)@.*",
+    r"[^@]*@(mailinator|noemail|nomail)\.[a-z.]+",
+)
+
+
+class IdTypeRule(BaseModel):
+    """The rule for one identifier type.
+
+    ``priority``: lower is more trusted; it decides which identifier an event loses when a
+    merge would break a limit, and which profile survives a merge. ``limit``: the most
+    identifiers of this type one profile may hold (``None``: unlimited), counted over the last
+    ``window_s`` seconds of event time (``None``: ever). ``blocked``: extra regexes (whole
+    value, case-insensitive) that are never identifiers of this type.
+    """
+
+    priority: int = 4
+    limit: int | None = Field(default=None, ge=1)
+    window_s: int | None = Field(default=None, ge=1)
+    blocked: list[str] = []
+
+    @field_validator("blocked")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        return _check_regexes(value)
+
+
+class CustomIdType(BaseModel):
+    """An identifier type read from event fields, first non-empty path wins.
+
+    Paths are dotted, starting at ``traits``, ``properties`` or ``context``, e.g.
+    ``traits.loyalty_id``."""
+
+    id_type: str
+    paths: list[str]
+
+    @field_validator("paths")
+    @classmethod
+    def _paths_have_known_root(cls, value: list[str]) -> list[str]:
+        for path in value:
+            root = path.split(".", 1)[0]
+            if root not in ("traits", "properties", "context") or "." not in path:
+                raise ValueError(
+                    f"custom id path {path!r} must start with traits., properties. or context."
+                )
+        return value
+
+
+def _default_id_types() -> dict[str, IdTypeRule]:
+    week = 7 * 24 * 3600
+    return {
+        "user_id": IdTypeRule(priority=1, limit=1),
+        "email": IdTypeRule(
+            priority=2, limit=5, window_s=week, blocked=list(DEFAULT_BLOCKED_EMAILS)
+        ),
+        "phone": IdTypeRule(priority=3, limit=5, window_s=week),
+        "loyalty_id": IdTypeRule(priority=4, limit=1),
+        "anonymous_id": IdTypeRule(priority=9),
+    }
+
+
+def _default_custom_ids() -> list[CustomIdType]:
+    return [
+        CustomIdType(id_type="loyalty_id", paths=["traits.loyalty_id", "properties.loyalty_id"])
+    ]
+
+
+class IdentityRules(BaseModel):
+    """All identity-resolution rules. Types not listed in ``id_types`` (e.g. from
+    ``context.externalIds``) use ``default_rule``.
+
+    ``previous_id_type`` fixes the id type of an alias's ``previousId``; ``None`` (default)
+    means: ``user_id`` if that value is already known as a user id, else ``anonymous_id``.
+    ``phone_region`` is the ISO country code assumed for phone numbers without ``+``;
+    ``None`` drops such numbers.
+    """
+
+    id_types: dict[str, IdTypeRule] = Field(default_factory=_default_id_types)
+    default_rule: IdTypeRule = IdTypeRule(priority=4)
+    blocked_values: list[str] = list(DEFAULT_BLOCKED_VALUES)
+    custom_ids: list[CustomIdType] = Field(default_factory=_default_custom_ids)
+    phone_region: str | None = None
+    previous_id_type: str | None = None
+    max_merges_per_profile: int = Field(default=100, ge=0)
+    max_identifiers_per_profile: int = Field(default=1000, ge=1)
+
+    _blocked: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("blocked_values")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        return _check_regexes(value)
+
+    def model_post_init(self, context: object, /) -> None:
+        common = list(self.blocked_values)
+        self._blocked = {
+            id_type: _compile(common + rule.blocked) for id_type, rule in self.id_types.items()
+        }
+        self._blocked[""] = _compile(common + self.default_rule.blocked)
+
+    def rule(self, id_type: str) -> IdTypeRule:
+        return self.id_types.get(id_type, self.default_rule)
+
+    def priority(self, id_type: str) -> int:
+        return self.rule(id_type).priority
+
+    def is_blocked(self, id_type: str, value: str) -> bool:
+        """Whether ``value`` (already normalised) is a placeholder, never an identifier."""
+        pattern = self._blocked.get(id_type, self._blocked[""])
+        return pattern.fullmatch(value.strip()) is not None
+
+
+def _compile(patterns: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns) or r"(?!)", re.IGNORECASE)
+
+
+def _check_regexes(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"blocked value regex {pattern!r} does not compile: {exc}") from exc
+    return patterns
