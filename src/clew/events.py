@@ -8,6 +8,7 @@ same events with the same generated ``messageId``s.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -79,8 +80,12 @@ class Rejection(msgspec.Struct, omit_defaults=True):
     event_name: str | None = None
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(dt: datetime) -> str:
-    """ISO-8601 in UTC with milliseconds and ``Z``, as Segment writes it."""
+    """ISO-8601 in UTC with milliseconds and ``Z``, as Segment writes it.
+
+    Cached: the events of one request share their ``receivedAt`` and usually their
+    ``sentAt``, so most calls repeat a recent value."""
     # isoformat pads years before 1000 to four digits; strftime("%Y") does not on Linux.
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
