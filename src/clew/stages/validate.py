@@ -68,7 +68,7 @@ _encoder = msgspec.json.Encoder()
 class ValidateStage(Stage):
     group = "validate"
     topics = (RAW_TOPIC,)
-    max_poll_records = 50
+    max_poll_records = 200
 
     def __init__(
         self,
