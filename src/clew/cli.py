@@ -32,9 +32,6 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(schema_app, name="schema")
 app.add_typer(dlq_app, name="dlq")
 
-_settings = settings_from
-_fail = fail
-
 
 @app.command()
 def serve(
@@ -49,7 +46,7 @@ def serve(
     from clew.server import Clew
     from clew.server import serve as run_server
 
-    settings = _settings(config, host=host, port=port, data_dir=data_dir)
+    settings = settings_from(config, host=host, port=port, data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -75,7 +72,7 @@ def serve(
     try:
         run_server(settings, on_ready=ready)
     except DataDirInUseError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 @app.command()
@@ -93,7 +90,7 @@ def worker(
     if settings_json is not None:
         settings = Settings.model_validate_json(settings_json)
     else:
-        settings = _settings(config, data_dir=data_dir)
+        settings = settings_from(config, data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s [{'+'.join(stage)}] %(name)s: %(message)s",
@@ -101,7 +98,7 @@ def worker(
     try:
         run_worker(settings, stage)
     except UnknownStageError as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
 
 
 @sources_app.command("create")
@@ -116,12 +113,12 @@ def sources_create(
     """Create a source and print its write key."""
     from clew.sources import Catalog, CatalogError
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_from(config, data_dir=data_dir)
     catalog = Catalog(settings.meta_path)
     try:
         src = catalog.create_source(name, write_key)
     except CatalogError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     finally:
         catalog.close()
     print(src.write_key)
@@ -132,7 +129,7 @@ def sources_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List sources with their write keys."""
     from clew.sources import Catalog
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_from(config, data_dir=data_dir)
     catalog = Catalog(settings.meta_path)
     try:
         table = Table("name", "id", "write key")
@@ -148,12 +145,12 @@ def tokens_create(name: str, data_dir: DataDir = None, config: ConfigFile = None
     """Create an access token and print it (it is shown only once)."""
     from clew.sources import Catalog, CatalogError
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_from(config, data_dir=data_dir)
     catalog = Catalog(settings.meta_path)
     try:
         print(catalog.create_token(name))
     except CatalogError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     finally:
         catalog.close()
 
@@ -163,7 +160,7 @@ def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """List token names (tokens themselves are not stored)."""
     from clew.sources import Catalog
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_from(config, data_dir=data_dir)
     catalog = Catalog(settings.meta_path)
     try:
         for n in catalog.token_names():
@@ -184,12 +181,12 @@ def sql(
     from clew.lake.query import Lake, QueryError
 
     if format not in ("table", "json", "csv"):
-        raise _fail("--format must be table, json or csv", 2)
-    settings = _settings(config, data_dir=data_dir)
+        raise fail("--format must be table, json or csv", 2)
+    settings = settings_from(config, data_dir=data_dir)
     try:
         result = Lake(settings.lake_path).sql(query)
     except QueryError as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
     if format == "json":
         rows = [dict(zip(result.columns, map(_jsonable, r), strict=True)) for r in result.rows]
         sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
@@ -218,11 +215,11 @@ def demo(
     from clew._datadir import DataDirInUseError
     from clew.demo import DemoError, run_demo
 
-    settings = _settings(config, data_dir=data_dir)
+    settings = settings_from(config, data_dir=data_dir)
     try:
         run_demo(settings, console, users=users, seed=seed)
     except (DemoError, DataDirInUseError) as e:
-        raise _fail(str(e)) from None
+        raise fail(str(e)) from None
 
 
 def main() -> None:

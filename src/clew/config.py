@@ -89,18 +89,10 @@ class MonitorSettings(BaseModel):
 
         from clew.monitor.volume import MonitorPolicy
 
-        return MonitorPolicy(
-            threshold_pct=self.threshold_pct,
-            min_expected=self.min_expected,
-            noise_z=self.noise_z,
-            seasonal_days=self.seasonal_days,
-            weekly_weeks=self.weekly_weeks,
-            min_weekly_weeks=self.min_weekly_weeks,
-            trailing_hours=self.trailing_hours,
-            min_trailing_hours=self.min_trailing_hours,
-            grace=timedelta(minutes=self.grace_minutes),
-            catch_up_hours=self.catch_up_hours,
+        fields = self.model_dump(
+            exclude={"grace_minutes", "webhook_url", "webhook_timeout_s", "webhook_retries"}
         )
+        return MonitorPolicy(**fields, grace=timedelta(minutes=self.grace_minutes))
 
 
 class Settings(BaseSettings):

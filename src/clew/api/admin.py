@@ -104,7 +104,8 @@ def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
         except SchemaError as e:
             return error(404, "schema_not_found", str(e))
 
-    async def _parse_plan(request: Request) -> tuple[Any, dict[str, Any]] | Response:
+    async def _parse_plan(request: Request) -> tuple[str, Any, dict[str, Any]] | Response:
+        """The source, subject updates and plan options of a plan request, or the 400."""
         from clew.schema import Compatibility, Enforcement, SubjectUpdate
 
         try:
@@ -124,7 +125,7 @@ def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
                 options["compatibility"] = Compatibility.parse(body["compatibility"])
         except (ValueError, KeyError, TypeError) as e:
             return error(400, "invalid_plan", f"the plan body is not valid: {e}")
-        return updates, options
+        return request.path_params["source"], updates, options
 
     async def publish(request: Request) -> Response:
         from clew.schema import IncompatibleSchemaError, SchemaError
@@ -132,8 +133,7 @@ def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
         parsed = await _parse_plan(request)
         if isinstance(parsed, Response):
             return parsed
-        updates, options = parsed
-        source = request.path_params["source"]
+        source, updates, options = parsed
 
         def run() -> Any:
             with registry() as reg:
@@ -168,8 +168,7 @@ def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
         parsed = await _parse_plan(request)
         if isinstance(parsed, Response):
             return parsed
-        updates, options = parsed
-        source = request.path_params["source"]
+        source, updates, options = parsed
 
         def run() -> Any:
             with registry() as reg:

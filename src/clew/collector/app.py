@@ -25,14 +25,13 @@ import msgspec
 from clew.config import Limits
 from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
+from clew.log.factory import DLQ_TOPIC, RAW_TOPIC
 from clew.sources import Catalog
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-RAW_TOPIC = "raw"
-DLQ_TOPIC = "dlq"
 
 _SUCCESS = b'{"success":true}'
 # curl sends form-urlencoded unless told otherwise; its body is still read as JSON.

@@ -12,13 +12,14 @@ processes may append to the same database; only one process should consume a giv
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ class EmbeddedLog(Log):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._conn = _connect(path)
+        self._inspect: sqlite3.Connection | None = None
+        self._inspect_lock = threading.Lock()
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._topics: dict[str, TopicSpec] = {}
@@ -327,6 +330,15 @@ class EmbeddedLog(Log):
     def _reader(self) -> sqlite3.Connection:
         return _connect(self._path)
 
+    @contextlib.contextmanager
+    def _inspecting(self) -> Iterator[sqlite3.Connection]:
+        """The one connection for short inspection queries (offsets, lag, `read`), so a
+        metrics scrape does not open a connection per query."""
+        with self._inspect_lock:
+            if self._inspect is None:
+                self._inspect = self._reader()
+            yield self._inspect
+
     def _read(
         self, conn: sqlite3.Connection, topic: str, partition: int, offset: int, limit: int
     ) -> list[Record]:
@@ -353,22 +365,16 @@ class EmbeddedLog(Log):
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 500) -> list[Record]:
         self._spec(topic)
-        conn = self._reader()
-        try:
+        with self._inspecting() as conn:
             return self._read(conn, topic, partition, offset, max_records)
-        finally:
-            conn.close()
 
     def _query_offsets(self, sql: str, topic: str, *args: Any) -> dict[int, int]:
         spec = self._spec(topic)
-        conn = self._reader()
-        try:
+        with self._inspecting() as conn:
             out = {p: 0 for p in range(spec.partitions)}
             for p, off in conn.execute(sql, (*args, topic)):
                 out[p] = off
             return out
-        finally:
-            conn.close()
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         return self._query_offsets(
@@ -377,8 +383,7 @@ class EmbeddedLog(Log):
 
     def start_offsets(self, topic: str) -> dict[int, int]:
         ends = self.end_offsets(topic)
-        conn = self._reader()
-        try:
+        with self._inspecting() as conn:
             out = {}
             for p, end in ends.items():
                 (first,) = conn.execute(
@@ -386,8 +391,6 @@ class EmbeddedLog(Log):
                 ).fetchone()
                 out[p] = end if first is None else first
             return out
-        finally:
-            conn.close()
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         return self._query_offsets(
@@ -482,6 +485,10 @@ class EmbeddedLog(Log):
             self._ops.put(None)
         self._writer.join()
         self._conn.close()
+        with self._inspect_lock:
+            if self._inspect is not None:
+                self._inspect.close()
+                self._inspect = None
 
     # For consumers -----------------------------------------------------------------------
 

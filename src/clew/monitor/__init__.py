@@ -1,6 +1,7 @@
 """Volume monitors: per event name, source and app version, hourly counts of accepted and
 dead-lettered events compared with a seasonal baseline; alerts on the ``changes`` topic."""
 
+from clew.log.factory import CHANGES_TOPIC
 from clew.monitor.alerts import (
     ALERT_KIND,
     VolumeAlert,
@@ -9,7 +10,6 @@ from clew.monitor.alerts import (
     decode_alert,
 )
 from clew.monitor.stage import (
-    CHANGES_TOPIC,
     Clock,
     MonitorStage,
     MonitorStatus,

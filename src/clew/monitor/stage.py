@@ -26,6 +26,7 @@ from pathlib import Path
 from clew._sqlite import open_sqlite
 from clew.events import format_time
 from clew.log.base import Consumer, Message, Record, TopicPartition
+from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.monitor.alerts import (
     ALERT_KIND,
     VolumeAlert,
@@ -54,10 +55,6 @@ from clew.stages.base import Stage
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-
-EVENTS_TOPIC = "events"
-DLQ_TOPIC = "dlq"
-CHANGES_TOPIC = "changes"
 
 
 def system_clock() -> datetime:

@@ -45,8 +45,9 @@ import orjson
 from clew.config import Settings
 from clew.events import EVENT_TYPES, Event, Rejection, normalise
 from clew.log.base import Log, Message, Position
+from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC
 from clew.stages._dedup import DedupIndex
-from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, Blocked, DeadLetter, apply_plan
+from clew.stages.validate import Blocked, DeadLetter, apply_plan
 
 if TYPE_CHECKING:
     import duckdb

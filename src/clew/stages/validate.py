@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from clew.collector.app import RAW_TOPIC
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
+from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import DedupIndex
 from clew.stages._plans import PlanCache
@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from clew.schema import CompiledPlan
 
 _COUNTER_FLUSH_S = 0.25
-
-EVENTS_TOPIC = "events"
-DLQ_TOPIC = "dlq"
 
 
 class DeadLetter(msgspec.Struct, omit_defaults=True):
