@@ -111,3 +111,13 @@ def test_sql_runs_while_serve_is_writing(serve_process: ServeProcess) -> None:
         writer.join()
     assert counts == sorted(counts) and counts[-1] > 0
     wait_for(lambda: lake_count(serve_process.data_dir) == sent)
+
+
+def test_wrong_arguments_get_clear_errors(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    worker = runner.invoke(app, ["worker", "--stage", "bogus", "--data-dir", d])
+    assert worker.exit_code == 2 and "unknown stage 'bogus'" in worker.stderr
+    push = runner.invoke(app, ["plan", "push", str(tmp_path / "missing"), "--data-dir", d])
+    assert push.exit_code == 2 and "tracking plan" in push.stderr
+    show = runner.invoke(app, ["schema", "show", "track:Nope", "--data-dir", d])
+    assert show.exit_code == 1 and "no subject 'track:Nope'" in show.stderr
