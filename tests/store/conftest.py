@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from clew.store import ProfileStore, SQLiteProfileStore
+from clew.store import MemoryProfileStore, ProfileStore, SQLiteProfileStore
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "memory"]
 
 OpenStore = Callable[[], ProfileStore]
 
@@ -26,10 +26,15 @@ OpenStore = Callable[[], ProfileStore]
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     """Opens a handle on this test's store; every handle is closed after the test."""
     handles: list[ProfileStore] = []
+    keeper = MemoryProfileStore()
 
     def open_() -> ProfileStore:
         if request.param == "sqlite":
             handle: ProfileStore = SQLiteProfileStore(tmp_path / "store.db")
+        elif request.param == "memory":
+            # One in-memory state per test, kept by a handle the test never sees; "reopening"
+            # opens another handle on it.
+            handle = MemoryProfileStore(share=keeper)
         else:
             raise AssertionError(f"unknown store backend {request.param!r}")
         handles.append(handle)

@@ -1,4 +1,5 @@
-"""The serving store: identity graph and profiles (contract in ``base``, SQLite backend)."""
+"""The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
+backends)."""
 
 from clew.store.base import (
     IdentityEdge,
@@ -6,7 +7,9 @@ from clew.store.base import (
     ProfileStore,
     Provenance,
     Redirect,
+    Separation,
     StoreClosedError,
+    StoredEvent,
     StoreError,
     Traits,
     TraitsMerge,
@@ -14,17 +17,21 @@ from clew.store.base import (
     UnknownProfileError,
     keep_existing,
 )
+from clew.store.memory import MemoryProfileStore
 from clew.store.sqlite import SQLiteProfileStore
 
 __all__ = [
     "IdentityEdge",
+    "MemoryProfileStore",
     "Profile",
     "ProfileStore",
     "Provenance",
     "Redirect",
     "SQLiteProfileStore",
+    "Separation",
     "StoreClosedError",
     "StoreError",
+    "StoredEvent",
     "Traits",
     "TraitsMerge",
     "TraitsUpdate",

@@ -26,7 +26,8 @@ Lua script per slot applied in an order whose intermediate states still resolve 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +55,15 @@ class StoreClosedError(StoreError):
 
 @dataclass(slots=True, frozen=True)
 class Provenance:
-    """The event that caused a change: its ``messageId``, source, and event time (ms)."""
+    """The event that caused a change: its ``messageId``, source, and event time (ms).
+
+    ``match_weight`` is set when the change came from a probabilistic match (an imported
+    record matched to a profile): the Splink match weight that justified it."""
 
     message_id: str
     source_id: str
     time_ms: int
+    match_weight: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,7 +89,9 @@ class Profile:
     """A snapshot of one surviving profile.
 
     ``identities`` is sorted by (id_type, value); ``merged`` lists every redirect that leads
-    (directly or through a chain) to this profile, oldest first."""
+    (directly or through a chain) to this profile, oldest first. ``traits`` are what the
+    person's events said (identify traits); ``computed`` are values Clew derived from their
+    events (lifetime value, orders count, computed traits)."""
 
     profile_id: str
     first_seen_ms: int
@@ -92,6 +99,28 @@ class Profile:
     identities: tuple[IdentityEdge, ...] = ()
     traits: Traits = field(default_factory=dict)
     merged: tuple[Redirect, ...] = ()
+    computed: Traits = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class StoredEvent:
+    """One event in a profile's recent history: ``seq`` orders a profile's history (higher is
+    newer in arrival order) and is the pagination cursor; ``body`` is the event's JSON."""
+
+    seq: int
+    message_id: str
+    time_ms: int
+    body: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class Separation:
+    """Two identifiers an operator split apart: no profile may hold both (see
+    ``clew identity split``)."""
+
+    a: tuple[str, str]
+    b: tuple[str, str]
+    provenance: Provenance
 
 
 def keep_existing(into: Traits, from_: Traits) -> Traits:
@@ -100,7 +129,29 @@ def keep_existing(into: Traits, from_: Traits) -> Traits:
 
 
 class ProfileStore(ABC):
-    """Profiles, their identities and the identity index. Safe to use from several threads."""
+    """Profiles, their identities and the identity index. Safe to use from several threads.
+
+    ``history`` is the most events :meth:`add_event` keeps per profile (the oldest go first).
+    """
+
+    history: int = 100
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """A block in which every call of this thread on this handle forms one atomic unit:
+        either all of its writes happen or, if the block raises, none. Other handles see the
+        block's writes only when it ends. Blocks nest (the outermost decides). A stage wraps
+        each polled batch, together with :meth:`save_offsets`, in one block."""
+
+    @abstractmethod
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        """The ``(topic, partition) -> last applied offset`` that :meth:`save_offsets` stored
+        for the consumer group; empty if none."""
+
+    @abstractmethod
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record the last offset applied per partition (in the same transaction as the
+        effects, this makes a stage exactly-once)."""
 
     @abstractmethod
     def touch(self, profile_id: str, time_ms: int) -> str:
@@ -144,18 +195,55 @@ class ProfileStore(ABC):
         :class:`UnknownProfileError` if ``profile_id`` does not resolve."""
 
     @abstractmethod
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        """Like :meth:`update_traits`, for the profile's computed values."""
+
+    @abstractmethod
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        """Append the event (its ``seq`` is ignored and assigned by the store) to the
+        history of the profile ``profile_id`` resolves to, dropping the oldest beyond
+        :attr:`history`. Raises :class:`UnknownProfileError` if the id does not resolve."""
+
+    @abstractmethod
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        """Up to ``limit`` events of the profile's history, newest first, with ``seq`` below
+        ``before`` when given; empty for an unknown id."""
+
+    @abstractmethod
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        """Up to ``limit`` surviving profiles with ids greater than ``after``, in id order:
+        page through every profile by passing the last id seen."""
+
+    @abstractmethod
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        """Write a whole profile as given (identities with provenance, traits, computed,
+        seen times, redirects in ``profile.merged``, and history), replacing any profile of
+        that id. The identities must not belong to another profile (raises
+        :class:`StoreError`). Used to re-derive profiles (``clew identity split``)."""
+
+    @abstractmethod
+    def add_separation(self, separation: Separation) -> None:
+        """Record that the two identifiers must never share a profile (idempotent)."""
+
+    @abstractmethod
+    def separations(self) -> list[Separation]:
+        """Every recorded separation, oldest first."""
+
+    @abstractmethod
     def merge(
         self,
         into: str,
         from_: str,
         provenance: Provenance,
         traits: TraitsMerge = keep_existing,
+        computed: TraitsMerge = keep_existing,
     ) -> str:
         """Merge the profile ``from_`` resolves to into the one ``into`` resolves to, in one
-        atomic step: identities (with their provenance) and index entries move, traits become
-        ``traits(into_traits, from_traits)`` (same rules as ``update_traits``' function), seen
-        times widen, and a redirect from the merged-away id to the survivor records
-        ``provenance``. Afterwards
+        atomic step: identities (with their provenance), index entries and history move,
+        traits become ``traits(into_traits, from_traits)`` and computed values
+        ``computed(into_computed, from_computed)`` (same rules as ``update_traits``'
+        function), seen times widen, and a redirect from the merged-away id to the survivor
+        records ``provenance``. Afterwards
         ``from_`` and every id that resolved to it resolve to the survivor. Returns the
         surviving id; merging a profile with itself changes nothing. Raises
         :class:`UnknownProfileError` if either id does not resolve."""
@@ -163,8 +251,9 @@ class ProfileStore(ABC):
     @abstractmethod
     def delete_profile(self, profile_id: str) -> bool:
         """Remove every trace of the profile ``profile_id`` resolves to: identities, index
-        entries, traits, seen times and every redirect leading to it, so that no old id
-        resolves any more. Returns whether there was anything to delete."""
+        entries, traits, computed values, history, seen times and every redirect leading to
+        it, so that no old id resolves any more. Returns whether there was anything to
+        delete."""
 
     @abstractmethod
     def close(self) -> None:

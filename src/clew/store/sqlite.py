@@ -2,15 +2,17 @@
 
 Every operation is one SQLite transaction; writes take the write lock up front
 (``BEGIN IMMEDIATE``), so read-modify-write steps cannot interleave across threads or
-processes. Within a process, calls are serialised on one connection. The identity table is
-also the identity index (its primary key is ``(id_type, value)``).
+processes. Within a process, calls are serialised on one connection. Inside
+:meth:`~SQLiteProfileStore.transaction` the operations share one transaction (one fsync for a
+whole batch) and each write runs in a savepoint, so a failed operation undoes only itself.
+The identity table is also the identity index (its primary key is ``(id_type, value)``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from clew.store.base import (
     ProfileStore,
     Provenance,
     Redirect,
+    Separation,
     StoreClosedError,
+    StoredEvent,
     StoreError,
     Traits,
     TraitsMerge,
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     profile_id TEXT PRIMARY KEY,
     first_seen_ms INTEGER NOT NULL,
     last_seen_ms INTEGER NOT NULL,
-    traits BLOB NOT NULL DEFAULT '{}'
+    traits BLOB NOT NULL DEFAULT '{}',
+    computed BLOB NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS identities (
     id_type TEXT NOT NULL,
@@ -47,6 +52,7 @@ CREATE TABLE IF NOT EXISTS identities (
     message_id TEXT NOT NULL,
     source_id TEXT NOT NULL,
     time_ms INTEGER NOT NULL,
+    match_weight REAL,
     PRIMARY KEY (id_type, value)
 );
 CREATE INDEX IF NOT EXISTS identities_profile ON identities (profile_id);
@@ -55,9 +61,35 @@ CREATE TABLE IF NOT EXISTS redirects (
     into_id TEXT NOT NULL,
     message_id TEXT NOT NULL,
     source_id TEXT NOT NULL,
-    time_ms INTEGER NOT NULL
+    time_ms INTEGER NOT NULL,
+    match_weight REAL
 );
 CREATE INDEX IF NOT EXISTS redirects_into ON redirects (into_id);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    profile_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_profile ON history (profile_id, seq);
+CREATE TABLE IF NOT EXISTS offsets (
+    group_name TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (group_name, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS separations (
+    a_type TEXT NOT NULL,
+    a_value TEXT NOT NULL,
+    b_type TEXT NOT NULL,
+    b_value TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    source_id TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (a_type, a_value, b_type, b_value)
+);
 """
 
 # Every redirect whose chain ends at the given profile id.
@@ -78,10 +110,21 @@ def _encode_traits(traits: Traits) -> bytes:
     return msgspec.json.encode(traits)
 
 
+def _prov(row: Sequence[Any]) -> Provenance:
+    return Provenance(row[0], row[1], row[2], row[3])
+
+
 class SQLiteProfileStore(ProfileStore):
-    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: Path, synchronous: str = "NORMAL", history: int = 100) -> None:
         self._conn: sqlite3.Connection | None = open_sqlite(path, _SCHEMA, synchronous)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
+        self.history = history
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._tx(write=True):
+            yield
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -89,7 +132,11 @@ class SQLiteProfileStore(ProfileStore):
             conn = self._conn
             if conn is None:
                 raise StoreClosedError("the profile store is closed")
+            if self._depth:
+                yield from self._savepoint(conn, write)
+                return
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._depth = 1
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -98,6 +145,24 @@ class SQLiteProfileStore(ProfileStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
+
+    def _savepoint(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Connection]:
+        if not write:
+            yield conn
+            return
+        self._depth += 1
+        name = f"s{self._depth}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute(f"ROLLBACK TO {name}")
+            raise
+        finally:
+            conn.execute(f"RELEASE {name}")
+            self._depth -= 1
 
     @staticmethod
     def _resolve(conn: sqlite3.Connection, profile_id: str) -> str | None:
@@ -130,11 +195,33 @@ class SQLiteProfileStore(ProfileStore):
         )
 
     @staticmethod
-    def _traits(conn: sqlite3.Connection, profile_id: str) -> Traits:
+    def _column(conn: sqlite3.Connection, column: str, profile_id: str) -> Traits:
         (raw,) = conn.execute(
-            "SELECT traits FROM profiles WHERE profile_id = ?", (profile_id,)
+            f"SELECT {column} FROM profiles WHERE profile_id = ?", (profile_id,)
         ).fetchone()
         return _traits_decoder.decode(raw)
+
+    def _trim(self, conn: sqlite3.Connection, profile_id: str) -> None:
+        conn.execute(
+            "DELETE FROM history WHERE profile_id = ? AND seq <= (SELECT seq FROM history "
+            "WHERE profile_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (profile_id, profile_id, self.history),
+        )
+
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT topic, partition, offset FROM offsets WHERE group_name = ?", (group,)
+            ).fetchall()
+        return {(t, p): o for t, p, o in rows}
+
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        with self._tx(write=True) as conn:
+            conn.executemany(
+                "INSERT INTO offsets VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "offset = excluded.offset",
+                [(group, t, p, o) for (t, p), o in offsets.items()],
+            )
 
     def touch(self, profile_id: str, time_ms: int) -> str:
         with self._tx(write=True) as conn:
@@ -154,15 +241,8 @@ class SQLiteProfileStore(ProfileStore):
             self._widen(conn, live, provenance.time_ms, provenance.time_ms)
             if row is None:
                 conn.execute(
-                    "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        id_type,
-                        value,
-                        live,
-                        provenance.message_id,
-                        provenance.source_id,
-                        provenance.time_ms,
-                    ),
+                    "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (id_type, value, live, *_prov_values(provenance)),
                 )
             return live
 
@@ -192,39 +272,144 @@ class SQLiteProfileStore(ProfileStore):
     def get(self, profile_id: str) -> Profile | None:
         with self._tx() as conn:
             live = self._resolve(conn, profile_id)
-            if live is None:
-                return None
-            first, last, raw = conn.execute(
-                "SELECT first_seen_ms, last_seen_ms, traits FROM profiles WHERE profile_id = ?",
+            return None if live is None else self._snapshot(conn, live)
+
+    @staticmethod
+    def _snapshot(conn: sqlite3.Connection, live: str) -> Profile:
+        first, last, raw, raw_computed = conn.execute(
+            "SELECT first_seen_ms, last_seen_ms, traits, computed FROM profiles "
+            "WHERE profile_id = ?",
+            (live,),
+        ).fetchone()
+        identities = tuple(
+            IdentityEdge(row[0], row[1], _prov(row[2:]))
+            for row in conn.execute(
+                "SELECT id_type, value, message_id, source_id, time_ms, match_weight "
+                "FROM identities WHERE profile_id = ? ORDER BY id_type, value",
                 (live,),
-            ).fetchone()
-            identities = tuple(
-                IdentityEdge(t, v, Provenance(m, s, ms))
-                for t, v, m, s, ms in conn.execute(
-                    "SELECT id_type, value, message_id, source_id, time_ms FROM identities "
-                    "WHERE profile_id = ? ORDER BY id_type, value",
-                    (live,),
-                )
             )
-            merged = tuple(
-                Redirect(f, i, Provenance(m, s, ms))
-                for f, i, m, s, ms in conn.execute(
-                    _CHAIN + "SELECT r.from_id, r.into_id, r.message_id, r.source_id, r.time_ms "
-                    "FROM redirects r JOIN chain c ON r.from_id = c.from_id ORDER BY r.rowid",
-                    (live,),
-                )
+        )
+        merged = tuple(
+            Redirect(row[0], row[1], _prov(row[2:]))
+            for row in conn.execute(
+                _CHAIN + "SELECT r.from_id, r.into_id, r.message_id, r.source_id, r.time_ms, "
+                "r.match_weight FROM redirects r JOIN chain c ON r.from_id = c.from_id "
+                "ORDER BY r.rowid",
+                (live,),
             )
-            return Profile(live, first, last, identities, _traits_decoder.decode(raw), merged)
+        )
+        return Profile(
+            live,
+            first,
+            last,
+            identities,
+            _traits_decoder.decode(raw),
+            merged,
+            _traits_decoder.decode(raw_computed),
+        )
 
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        return self._update("traits", profile_id, update)
+
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        return self._update("computed", profile_id, update)
+
+    def _update(self, column: str, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._tx(write=True) as conn:
             live = self._live(conn, profile_id)
-            traits = update(self._traits(conn, live))
+            values = update(self._column(conn, column, live))
             conn.execute(
-                "UPDATE profiles SET traits = ? WHERE profile_id = ?",
-                (_encode_traits(traits), live),
+                f"UPDATE profiles SET {column} = ? WHERE profile_id = ?",
+                (_encode_traits(values), live),
             )
-            return traits
+            return values
+
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        with self._tx(write=True) as conn:
+            live = self._live(conn, profile_id)
+            conn.execute(
+                "INSERT INTO history (profile_id, message_id, time_ms, body) VALUES (?, ?, ?, ?)",
+                (live, event.message_id, event.time_ms, event.body),
+            )
+            self._trim(conn, live)
+
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        with self._tx() as conn:
+            live = self._resolve(conn, profile_id)
+            if live is None:
+                return []
+            rows = conn.execute(
+                "SELECT seq, message_id, time_ms, body FROM history WHERE profile_id = ? "
+                "AND seq < ? ORDER BY seq DESC LIMIT ?",
+                (live, before if before is not None else 1 << 62, limit),
+            ).fetchall()
+        return [StoredEvent(*row) for row in rows]
+
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        with self._tx() as conn:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT profile_id FROM profiles WHERE profile_id > ? "
+                    "ORDER BY profile_id LIMIT ?",
+                    (after or "", limit),
+                )
+            ]
+            return [self._snapshot(conn, pid) for pid in ids]
+
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        pid = profile.profile_id
+        with self._tx(write=True) as conn:
+            for edge in profile.identities:
+                row = conn.execute(
+                    "SELECT profile_id FROM identities WHERE id_type = ? AND value = ?",
+                    (edge.id_type, edge.value),
+                ).fetchone()
+                if row is not None and row[0] != pid:
+                    raise StoreError(
+                        f"{edge.id_type}:{edge.value} belongs to profile {row[0]}; delete or "
+                        f"detach it before writing profile {pid}"
+                    )
+            self._erase(conn, pid)
+            conn.execute(
+                "INSERT INTO profiles VALUES (?, ?, ?, ?, ?)",
+                (
+                    pid,
+                    profile.first_seen_ms,
+                    profile.last_seen_ms,
+                    _encode_traits(profile.traits),
+                    _encode_traits(profile.computed),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.id_type, e.value, pid, *_prov_values(e.provenance))
+                    for e in profile.identities
+                ],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO redirects VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.from_id, r.into_id, *_prov_values(r.provenance)) for r in profile.merged],
+            )
+            conn.executemany(
+                "INSERT INTO history (profile_id, message_id, time_ms, body) VALUES (?, ?, ?, ?)",
+                [(pid, e.message_id, e.time_ms, e.body) for e in history],
+            )
+            self._trim(conn, pid)
+
+    def add_separation(self, separation: Separation) -> None:
+        p = separation.provenance
+        with self._tx(write=True) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO separations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*separation.a, *separation.b, p.message_id, p.source_id, p.time_ms),
+            )
+
+    def separations(self) -> list[Separation]:
+        with self._tx() as conn:
+            rows = conn.execute("SELECT * FROM separations ORDER BY rowid").fetchall()
+        return [Separation((r[0], r[1]), (r[2], r[3]), Provenance(r[4], r[5], r[6])) for r in rows]
 
     def merge(
         self,
@@ -232,42 +417,56 @@ class SQLiteProfileStore(ProfileStore):
         from_: str,
         provenance: Provenance,
         traits: TraitsMerge = keep_existing,
+        computed: TraitsMerge = keep_existing,
     ) -> str:
         with self._tx(write=True) as conn:
             survivor = self._live(conn, into)
             gone = self._live(conn, from_)
             if survivor == gone:
                 return survivor
-            merged = traits(self._traits(conn, survivor), self._traits(conn, gone))
+            merged = traits(
+                self._column(conn, "traits", survivor), self._column(conn, "traits", gone)
+            )
+            merged_computed = computed(
+                self._column(conn, "computed", survivor), self._column(conn, "computed", gone)
+            )
             first, last = conn.execute(
                 "SELECT first_seen_ms, last_seen_ms FROM profiles WHERE profile_id = ?", (gone,)
             ).fetchone()
             self._widen(conn, survivor, first, last)
             conn.execute(
-                "UPDATE profiles SET traits = ? WHERE profile_id = ?",
-                (_encode_traits(merged), survivor),
+                "UPDATE profiles SET traits = ?, computed = ? WHERE profile_id = ?",
+                (_encode_traits(merged), _encode_traits(merged_computed), survivor),
             )
             conn.execute(
                 "UPDATE identities SET profile_id = ? WHERE profile_id = ?", (survivor, gone)
             )
+            conn.execute("UPDATE history SET profile_id = ? WHERE profile_id = ?", (survivor, gone))
+            self._trim(conn, survivor)
             conn.execute("DELETE FROM profiles WHERE profile_id = ?", (gone,))
             conn.execute(
-                "INSERT INTO redirects VALUES (?, ?, ?, ?, ?)",
-                (gone, survivor, provenance.message_id, provenance.source_id, provenance.time_ms),
+                "INSERT INTO redirects VALUES (?, ?, ?, ?, ?, ?)",
+                (gone, survivor, *_prov_values(provenance)),
             )
             return survivor
+
+    @staticmethod
+    def _erase(conn: sqlite3.Connection, live: str) -> None:
+        conn.execute(
+            _CHAIN + "DELETE FROM redirects WHERE from_id IN (SELECT from_id FROM chain)",
+            (live,),
+        )
+        conn.execute("DELETE FROM redirects WHERE from_id = ?", (live,))
+        conn.execute("DELETE FROM identities WHERE profile_id = ?", (live,))
+        conn.execute("DELETE FROM history WHERE profile_id = ?", (live,))
+        conn.execute("DELETE FROM profiles WHERE profile_id = ?", (live,))
 
     def delete_profile(self, profile_id: str) -> bool:
         with self._tx(write=True) as conn:
             live = self._resolve(conn, profile_id)
             if live is None:
                 return False
-            conn.execute(
-                _CHAIN + "DELETE FROM redirects WHERE from_id IN (SELECT from_id FROM chain)",
-                (live,),
-            )
-            conn.execute("DELETE FROM identities WHERE profile_id = ?", (live,))
-            conn.execute("DELETE FROM profiles WHERE profile_id = ?", (live,))
+            self._erase(conn, live)
             return True
 
     def close(self) -> None:
@@ -275,3 +474,7 @@ class SQLiteProfileStore(ProfileStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _prov_values(p: Provenance) -> tuple[str, str, int, float | None]:
+    return (p.message_id, p.source_id, p.time_ms, p.match_weight)

@@ -1,0 +1,336 @@
+"""An in-memory serving store: the batch layer (``clew rebuild``, ``clew identity split``)
+re-derives profiles in it, and tests use it. Nothing survives the process.
+
+A :meth:`~MemoryProfileStore.transaction` copies the whole state on entry so that it can be
+restored if the block raises: cheap for the small stores of a split, not meant for a rebuild's
+millions of events (which does not need one).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from clew.store.base import (
+    IdentityEdge,
+    Profile,
+    ProfileStore,
+    Provenance,
+    Redirect,
+    Separation,
+    StoreClosedError,
+    StoredEvent,
+    StoreError,
+    Traits,
+    TraitsMerge,
+    TraitsUpdate,
+    UnknownProfileError,
+    keep_existing,
+)
+
+_Key = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _Profile:
+    first_ms: int
+    last_ms: int
+    traits: Traits = field(default_factory=dict)
+    computed: Traits = field(default_factory=dict)
+    ids: set[_Key] = field(default_factory=set)
+    history: deque[StoredEvent] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _State:
+    profiles: dict[str, _Profile] = field(default_factory=dict)
+    identities: dict[_Key, tuple[str, Provenance]] = field(default_factory=dict)
+    redirects: dict[str, tuple[str, Provenance]] = field(default_factory=dict)
+    redirects_into: dict[str, list[str]] = field(default_factory=dict)
+    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    separations: dict[tuple[_Key, _Key], Separation] = field(default_factory=dict)
+    seq: int = 0
+
+
+class MemoryProfileStore(ProfileStore):
+    def __init__(self, history: int = 100, *, share: MemoryProfileStore | None = None) -> None:
+        """A new empty store, or (``share``) another handle on the state of an open one."""
+        if share is not None:
+            self._s: _State | None = share._state
+            self._lock: threading.RLock = share._lock
+        else:
+            self._s = _State()
+            self._lock = threading.RLock()
+        self._depth = 0
+        self.history = history
+
+    @property
+    def _state(self) -> _State:
+        if self._s is None:
+            raise StoreClosedError("the profile store is closed")
+        return self._s
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            saved = copy.deepcopy(self._state) if self._depth == 0 else None
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if saved is not None:
+                    self._restore(saved)
+                raise
+            finally:
+                self._depth -= 1
+
+    def _restore(self, saved: _State) -> None:
+        # In place, so that other handles sharing the state see the rollback too.
+        state = self._state
+        for name in _State.__dataclass_fields__:
+            setattr(state, name, getattr(saved, name))
+
+    def _resolve(self, profile_id: str) -> str | None:
+        s = self._state
+        current = profile_id
+        while current not in s.profiles:
+            hop = s.redirects.get(current)
+            if hop is None:
+                return None
+            current = hop[0]
+        return current
+
+    def _live(self, profile_id: str) -> str:
+        live = self._resolve(profile_id)
+        if live is None:
+            raise UnknownProfileError(profile_id)
+        return live
+
+    def _widen(self, profile_id: str, first_ms: int, last_ms: int) -> _Profile:
+        rec = self._state.profiles.get(profile_id)
+        if rec is None:
+            rec = self._state.profiles[profile_id] = _Profile(first_ms, last_ms)
+        else:
+            rec.first_ms = min(rec.first_ms, first_ms)
+            rec.last_ms = max(rec.last_ms, last_ms)
+        return rec
+
+    def _chain(self, live: str) -> list[str]:
+        s, out, todo = self._state, [], [live]
+        while todo:
+            for from_id in s.redirects_into.get(todo.pop(), ()):
+                out.append(from_id)
+                todo.append(from_id)
+        return out
+
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        with self._lock:
+            return {(t, p): o for (g, t, p), o in self._state.offsets.items() if g == group}
+
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        with self._lock:
+            for (t, p), o in offsets.items():
+                self._state.offsets[(group, t, p)] = o
+
+    def touch(self, profile_id: str, time_ms: int) -> str:
+        with self._lock:
+            live = self._resolve(profile_id) or profile_id
+            self._widen(live, time_ms, time_ms)
+            return live
+
+    def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
+        with self._lock:
+            s = self._state
+            live = self._resolve(profile_id) or profile_id
+            owner = s.identities.get((id_type, value))
+            if owner is not None and owner[0] != live:
+                return owner[0]
+            rec = self._widen(live, provenance.time_ms, provenance.time_ms)
+            if owner is None:
+                s.identities[(id_type, value)] = (live, provenance)
+                rec.ids.add((id_type, value))
+            return live
+
+    def detach(self, id_type: str, value: str) -> str | None:
+        with self._lock:
+            owner = self._state.identities.pop((id_type, value), None)
+            if owner is None:
+                return None
+            self._state.profiles[owner[0]].ids.discard((id_type, value))
+            return owner[0]
+
+    def lookup(self, id_type: str, value: str) -> str | None:
+        with self._lock:
+            owner = self._state.identities.get((id_type, value))
+            return None if owner is None else owner[0]
+
+    def resolve(self, profile_id: str) -> str | None:
+        with self._lock:
+            return self._resolve(profile_id)
+
+    def get(self, profile_id: str) -> Profile | None:
+        with self._lock:
+            live = self._resolve(profile_id)
+            return None if live is None else self._snapshot(live)
+
+    def _snapshot(self, live: str) -> Profile:
+        s = self._state
+        rec = s.profiles[live]
+        identities = tuple(IdentityEdge(t, v, s.identities[(t, v)][1]) for t, v in sorted(rec.ids))
+        merged = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
+        merged.sort(key=lambda r: (r.provenance.time_ms, r.from_id))
+        return Profile(
+            live,
+            rec.first_ms,
+            rec.last_ms,
+            identities,
+            copy.deepcopy(rec.traits),
+            tuple(merged),
+            copy.deepcopy(rec.computed),
+        )
+
+    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        with self._lock:
+            rec = self._state.profiles[self._live(profile_id)]
+            rec.traits = _checked(update(copy.deepcopy(rec.traits)))
+            return copy.deepcopy(rec.traits)
+
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        with self._lock:
+            rec = self._state.profiles[self._live(profile_id)]
+            rec.computed = _checked(update(copy.deepcopy(rec.computed)))
+            return copy.deepcopy(rec.computed)
+
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        with self._lock:
+            rec = self._state.profiles[self._live(profile_id)]
+            self._append(rec, [event])
+
+    def _append(self, rec: _Profile, events: Sequence[StoredEvent]) -> None:
+        for event in events:
+            self._state.seq += 1
+            rec.history.append(
+                StoredEvent(self._state.seq, event.message_id, event.time_ms, event.body)
+            )
+        while len(rec.history) > self.history:
+            rec.history.popleft()
+
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        with self._lock:
+            live = self._resolve(profile_id)
+            if live is None:
+                return []
+            newest_first = reversed(self._state.profiles[live].history)
+            picked = [e for e in newest_first if before is None or e.seq < before]
+            return picked[:limit]
+
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        with self._lock:
+            ids = sorted(pid for pid in self._state.profiles if after is None or pid > after)
+            return [self._snapshot(pid) for pid in ids[:limit]]
+
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        pid = profile.profile_id
+        with self._lock:
+            s = self._state
+            for edge in profile.identities:
+                owner = s.identities.get((edge.id_type, edge.value))
+                if owner is not None and owner[0] != pid:
+                    raise StoreError(
+                        f"{edge.id_type}:{edge.value} belongs to profile {owner[0]}; delete or "
+                        f"detach it before writing profile {pid}"
+                    )
+            if pid in s.profiles:
+                self._erase(pid)
+            rec = s.profiles[pid] = _Profile(
+                profile.first_seen_ms,
+                profile.last_seen_ms,
+                copy.deepcopy(profile.traits),
+                copy.deepcopy(profile.computed),
+            )
+            for edge in profile.identities:
+                key = (edge.id_type, edge.value)
+                s.identities[key] = (pid, edge.provenance)
+                rec.ids.add(key)
+            for r in profile.merged:
+                self._redirect(r.from_id, r.into_id, r.provenance)
+            self._append(rec, history)
+
+    def _redirect(self, from_id: str, into_id: str, provenance: Provenance) -> None:
+        s = self._state
+        old = s.redirects.get(from_id)
+        if old is not None:
+            s.redirects_into[old[0]].remove(from_id)
+        s.redirects[from_id] = (into_id, provenance)
+        s.redirects_into.setdefault(into_id, []).append(from_id)
+
+    def add_separation(self, separation: Separation) -> None:
+        with self._lock:
+            self._state.separations.setdefault((separation.a, separation.b), separation)
+
+    def separations(self) -> list[Separation]:
+        with self._lock:
+            return list(self._state.separations.values())
+
+    def merge(
+        self,
+        into: str,
+        from_: str,
+        provenance: Provenance,
+        traits: TraitsMerge = keep_existing,
+        computed: TraitsMerge = keep_existing,
+    ) -> str:
+        with self._lock:
+            s = self._state
+            survivor, gone = self._live(into), self._live(from_)
+            if survivor == gone:
+                return survivor
+            keep, lose = s.profiles[survivor], s.profiles[gone]
+            new_traits = _checked(traits(copy.deepcopy(keep.traits), copy.deepcopy(lose.traits)))
+            new_computed = _checked(
+                computed(copy.deepcopy(keep.computed), copy.deepcopy(lose.computed))
+            )
+            keep.traits, keep.computed = new_traits, new_computed
+            keep.first_ms = min(keep.first_ms, lose.first_ms)
+            keep.last_ms = max(keep.last_ms, lose.last_ms)
+            for key in lose.ids:
+                s.identities[key] = (survivor, s.identities[key][1])
+            keep.ids |= lose.ids
+            moved = sorted([*keep.history, *lose.history], key=lambda e: e.seq)
+            keep.history = deque(moved[-self.history :] if self.history else [])
+            del s.profiles[gone]
+            self._redirect(gone, survivor, provenance)
+            return survivor
+
+    def _erase(self, live: str) -> None:
+        s = self._state
+        # Every redirect of the chain points at the profile or at another id of the chain.
+        for from_id in self._chain(live):
+            s.redirects.pop(from_id, None)
+            s.redirects_into.pop(from_id, None)
+        s.redirects_into.pop(live, None)
+        rec = s.profiles.pop(live)
+        for key in rec.ids:
+            del s.identities[key]
+
+    def delete_profile(self, profile_id: str) -> bool:
+        with self._lock:
+            live = self._resolve(profile_id)
+            if live is None:
+                return False
+            self._erase(live)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._s = None
+
+
+def _checked(traits: Traits) -> Traits:
+    if not isinstance(traits, dict):
+        raise StoreError(f"traits must be a dict, got {type(traits).__name__}")
+    return traits
