@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from clew.identity.rules import IdentityRules
+from clew.identity.traits import TraitPolicy
+
 if TYPE_CHECKING:
     from clew.monitor.volume import MonitorPolicy
 
@@ -57,6 +60,15 @@ class StageSettings(BaseModel):
     # that on a saturated machine acknowledging requests wins over processing them; the log
     # absorbs the burst and the stages catch up when the load drops.
     worker_nice: int = 10
+
+
+class IdentitySettings(BaseModel):
+    """Identity resolution and profiles; see docs/identity.md."""
+
+    rules: IdentityRules = Field(default_factory=IdentityRules)
+    traits: TraitPolicy = Field(default_factory=TraitPolicy)
+    # Recent events kept per profile in the serving store (the Profile API's /events).
+    history: int = Field(default=100, ge=0)
 
 
 class MonitorSettings(BaseModel):
@@ -109,6 +121,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = Field(default_factory=LakeSettings)
     stages: StageSettings = Field(default_factory=StageSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
 
     @property
     def log_path(self) -> Path:
@@ -129,6 +142,10 @@ class Settings(BaseSettings):
     @property
     def registry_path(self) -> Path:
         return self.data_dir / "registry.db"
+
+    @property
+    def profiles_path(self) -> Path:
+        return self.data_dir / "profiles.db"
 
     @property
     def lake_path(self) -> Path:

@@ -25,15 +25,18 @@ from clew.monitor import read_status
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import StageRunner
-from clew.stages.workers import SERVE_WORKERS, STAGE_NAMES, WorkerProcess, build_stage
+from clew.stages.workers import (
+    SERVE_WORKERS,
+    STAGE_NAMES,
+    STAGE_TOPICS,
+    WorkerProcess,
+    build_stage,
+)
 
 logger = logging.getLogger(__name__)
 
 _RETENTION_EVERY_S = 600
 _SUPERVISE_EVERY_S = 0.5
-
-# The topics each stage consumes, for lag and drain checks.
-_STAGE_TOPICS = {"validate": ("raw",), "lake": ("events", "dlq"), "monitor": ("events", "dlq")}
 
 
 class Clew:
@@ -102,7 +105,7 @@ class Clew:
         """True when every stage has committed everything in its topics."""
         return all(
             self.log.lag(group, topic).total == 0
-            for group, topics in _STAGE_TOPICS.items()
+            for group, topics in STAGE_TOPICS.items()
             for topic in topics
         )
 
@@ -228,7 +231,7 @@ class Clew:
             [(f'{{stage="{g}"}}', self._counters.read(g)["stage_errors"]) for g in STAGE_NAMES],
         )
         lag: list[tuple[str, float]] = []
-        for group, topics in _STAGE_TOPICS.items():
+        for group, topics in STAGE_TOPICS.items():
             for topic in topics:
                 info = self.log.lag(group, topic)
                 for p, end in sorted(info.end.items()):

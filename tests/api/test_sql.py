@@ -85,7 +85,8 @@ def test_empty_lake_tables_are_queryable(server: BackgroundServer) -> None:
 def test_health_and_metrics(server: BackgroundServer) -> None:
     _send(server, 5)
     health = httpx.get(server.url + "/health").json()
-    assert health["ok"] is True and set(health["stages"]) == {"validate", "lake", "monitor"}
+    assert health["ok"] is True
+    assert set(health["stages"]) == {"validate", "lake", "monitor", "profiles"}
     metrics = httpx.get(server.url + "/metrics").text
     assert "clew_collector_events_total 5" in metrics
     # Stage counters reach /metrics within about a second (stages may run in other processes).

@@ -44,6 +44,10 @@ class Extraction:
 
     identifiers: tuple[Identifier, ...]
     dropped: tuple[Dropped, ...]
+    # A probabilistic match (an imported record, see docs/identity.md): an identifier of the
+    # matched profile, used only to find that profile (never attached), and the match weight.
+    link: Identifier | None = None
+    match_weight: float | None = None
 
 
 class PhoneSupportMissingError(ImportError):
@@ -141,7 +145,22 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
             if raw is not None and raw != "":
                 add(custom.id_type, raw)
                 break
-    return Extraction(tuple(found), tuple(dropped))
+    link, weight = _match(event.context.get("clew"))
+    return Extraction(tuple(found), tuple(dropped), link, weight)
+
+
+def _match(clew: object) -> tuple[Identifier | None, float | None]:
+    """``context.clew.match`` = ``{"id_type", "value", "match_weight"}``, written by
+    ``clew import profiles`` for a record matched to an existing profile."""
+    match = clew.get("match") if isinstance(clew, dict) else None
+    if not isinstance(match, dict):
+        return None, None
+    id_type, value, weight = match.get("id_type"), match.get("value"), match.get("match_weight")
+    if not isinstance(id_type, str) or not isinstance(value, str) or not id_type or not value:
+        return None, None
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        return Identifier(id_type, value), None
+    return Identifier(id_type, value), float(weight)
 
 
 def _at_path(event: Event, path: str) -> Any:

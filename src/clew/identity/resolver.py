@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -39,7 +39,15 @@ from clew.identity.identifiers import (
     extract,
 )
 from clew.identity.rules import IdentityRules
-from clew.store.base import Profile, ProfileStore, Provenance, UnknownProfileError
+from clew.store.base import (
+    Profile,
+    ProfileStore,
+    Provenance,
+    Separation,
+    TraitsMerge,
+    UnknownProfileError,
+    keep_existing,
+)
 
 _PROFILE_NAMESPACE = uuid.UUID("0c6e4b1e-54f4-4bd6-9f0e-2b8f2d1f7a3d")
 _ATTEMPTS = 5
@@ -74,6 +82,18 @@ class Explanation:
     merged_profile: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class MergeFunctions:
+    """How two profiles' traits and computed values combine (see ``ProfileStore.merge``)."""
+
+    traits: TraitsMerge = keep_existing
+    computed: TraitsMerge = keep_existing
+
+
+MergePolicy = Callable[[Profile, Profile], MergeFunctions]
+"""Given the surviving and the merged-away profile, the functions that combine them."""
+
+
 @dataclass(slots=True)
 class _Plan:
     profiles: dict[str, Profile]
@@ -84,9 +104,26 @@ class _Plan:
 class IdentityResolver:
     """Resolves events to profiles in ``store`` under ``rules`` (defaults if omitted)."""
 
-    def __init__(self, store: ProfileStore, rules: IdentityRules | None = None) -> None:
+    def __init__(
+        self,
+        store: ProfileStore,
+        rules: IdentityRules | None = None,
+        merge: MergePolicy | None = None,
+    ) -> None:
         self._store = store
         self._rules = rules if rules is not None else IdentityRules()
+        self._merge = merge
+        self._apart: dict[Identifier, set[Identifier]] = {}
+
+    def set_separations(self, separations: Sequence[Separation]) -> None:
+        """Identifier pairs that must never share a profile (an operator split them): an
+        event that would join them loses its least trusted conflicting identifier."""
+        apart: dict[Identifier, set[Identifier]] = {}
+        for sep in separations:
+            a, b = Identifier(*sep.a), Identifier(*sep.b)
+            apart.setdefault(a, set()).add(b)
+            apart.setdefault(b, set()).add(a)
+        self._apart = apart
 
     def resolve(self, event: Event) -> Resolution:
         """Attach the event's identifiers to its profile, merging profiles where the rules
@@ -95,12 +132,16 @@ class IdentityResolver:
         Idempotent: resolving the same event again changes nothing further. Raises
         :class:`ResolutionConflictError` if concurrent writers keep invalidating the plan."""
         time_ms = int(parse_time(event.timestamp).timestamp() * 1000)
-        provenance = Provenance(event.message_id, event.source_id, time_ms)
         extraction = extract(event, self._rules, previous_id_type=self._previous_id_type(event))
-        candidates = sorted(extraction.identifiers, key=lambda i: self._rules.priority(i.id_type))
+        provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
+        found = list(extraction.identifiers)
+        link = extraction.link
+        if link is not None and link not in found:
+            found.append(link)
+        candidates = sorted(found, key=lambda i: self._rules.priority(i.id_type))
         merged_from: list[str] = []
         for _ in range(_ATTEMPTS):
-            plan = self._plan(candidates, time_ms)
+            plan = self._plan(candidates, time_ms, link)
             dropped = (*extraction.dropped, *plan.dropped)
             if not plan.profiles and not plan.new:
                 return Resolution(None, dropped=dropped)
@@ -155,11 +196,16 @@ class IdentityResolver:
         known = self._store.lookup(USER_ID, event.previous_id.strip()) is not None
         return USER_ID if known else ANONYMOUS_ID
 
-    def _plan(self, candidates: Iterable[Identifier], time_ms: int) -> _Plan:
+    def _plan(
+        self, candidates: Iterable[Identifier], time_ms: int, link: Identifier | None = None
+    ) -> _Plan:
         plan = _Plan({}, [], [])
         for ident in candidates:
             owner = self._store.lookup(ident.id_type, ident.value)
             if owner is not None and owner in plan.profiles:
+                continue
+            if owner is None and ident == link:
+                # The matched profile is gone (deleted or split): the record stands alone.
                 continue
             joining = self._store.get(owner) if owner is not None else None
             reason = self._violation(plan, ident, joining, time_ms)
@@ -177,6 +223,10 @@ class IdentityResolver:
         """Why accepting ``ident`` (and the profile ``joining`` that owns it) would break a
         rule, or ``None``. Only what the addition increases is checked, so a profile that
         already exceeds a lowered limit keeps working."""
+        if self._apart:
+            reason = self._separated(plan, ident, joining)
+            if reason is not None:
+                return reason
         before = self._counts(plan.profiles.values(), plan.new, time_ms)
         if joining is None:
             added = self._counts((), [ident], time_ms)
@@ -210,6 +260,20 @@ class IdentityResolver:
                 )
         return None
 
+    def _separated(self, plan: _Plan, ident: Identifier, joining: Profile | None) -> str | None:
+        adding = (
+            [Identifier(e.id_type, e.value) for e in joining.identities] if joining else [ident]
+        )
+        held = set(plan.new)
+        for profile in plan.profiles.values():
+            held.update(Identifier(e.id_type, e.value) for e in profile.identities)
+        for new in adding:
+            clash = self._apart.get(new, set()) & held
+            if clash:
+                other = min(clash, key=str)
+                return f"{new} was split apart from {other} by an operator (clew identity split)"
+        return None
+
     def _counts(
         self, profiles: Iterable[Profile], new: list[Identifier], time_ms: int
     ) -> Counter[str]:
@@ -238,9 +302,14 @@ class IdentityResolver:
         else:
             first = plan.new[0]
             survivor = str(uuid.uuid5(_PROFILE_NAMESPACE, f"{event.message_id}/{first}"))
+        into = ranked[0] if ranked else None
         for other in ranked[1:]:
-            survivor = store.merge(survivor, other.profile_id, provenance)
+            assert into is not None
+            how = self._merge(into, other) if self._merge is not None else MergeFunctions()
+            survivor = store.merge(survivor, other.profile_id, provenance, how.traits, how.computed)
             merged_from.append(other.profile_id)
+            if self._merge is not None and other is not ranked[-1]:
+                into = store.get(survivor) or into
         attached: list[Identifier] = []
         for ident in plan.new:
             owner = store.attach(survivor, ident.id_type, ident.value, provenance)

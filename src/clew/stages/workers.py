@@ -25,13 +25,20 @@ from pathlib import Path
 from typing import IO
 
 from clew.config import Settings
-from clew.log.factory import open_log
+from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
 
 logger = logging.getLogger(__name__)
 
-STAGE_NAMES = ("validate", "lake", "monitor")
+# Every stage and the topics it consumes (for lag and drain checks).
+STAGE_TOPICS: dict[str, tuple[str, ...]] = {
+    "validate": (RAW_TOPIC,),
+    "lake": (EVENTS_TOPIC, DLQ_TOPIC),
+    "monitor": (EVENTS_TOPIC, DLQ_TOPIC),
+    "profiles": (EVENTS_TOPIC,),
+}
+STAGE_NAMES = tuple(STAGE_TOPICS)
 
 
 class UnknownStageError(ValueError):
@@ -70,6 +77,15 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
             webhook_retries=m.webhook_retries,
         )
         return monitor, [monitor.shutdown]
+    if name == "profiles":
+        from clew.identity.unifier import Unifier
+        from clew.stages.profiles import ProfilesStage
+        from clew.store.sqlite import SQLiteProfileStore
+
+        ident = settings.identity
+        store = SQLiteProfileStore(settings.profiles_path, history=ident.history)
+        unifier = Unifier(store, ident.rules, ident.traits)
+        return ProfilesStage(store, unifier), [store.close]
     raise UnknownStageError(name)
 
 
@@ -155,7 +171,7 @@ def _die_with_parent() -> None:
 
 # How `clew serve` groups stages into worker processes: the monitor is light and reads the
 # same topics as the lake, so it shares the lake's process (one interpreter fewer in memory).
-SERVE_WORKERS: tuple[tuple[str, ...], ...] = (("validate",), ("lake", "monitor"))
+SERVE_WORKERS: tuple[tuple[str, ...], ...] = (("validate",), ("lake", "monitor"), ("profiles",))
 
 
 class WorkerProcess:

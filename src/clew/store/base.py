@@ -217,7 +217,8 @@ class ProfileStore(ABC):
     @abstractmethod
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         """Write a whole profile as given (identities with provenance, traits, computed,
-        seen times, redirects in ``profile.merged``, and history), replacing any profile of
+        seen times, redirects in ``profile.merged``, and ``history``, oldest first), replacing any
+        profile of
         that id. The identities must not belong to another profile (raises
         :class:`StoreError`). Used to re-derive profiles (``clew identity split``)."""
 

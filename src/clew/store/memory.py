@@ -1,9 +1,9 @@
 """An in-memory serving store: the batch layer (``clew rebuild``, ``clew identity split``)
 re-derives profiles in it, and tests use it. Nothing survives the process.
 
-A :meth:`~MemoryProfileStore.transaction` copies the whole state on entry so that it can be
-restored if the block raises: cheap for the small stores of a split, not meant for a rebuild's
-millions of events (which does not need one).
+A :meth:`~MemoryProfileStore.transaction` (and each block nested in it) copies the whole state
+on entry so that it can be restored if the block raises: cheap for the small stores of a split,
+not meant for a rebuild's millions of events (which does not need one).
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class MemoryProfileStore(ProfileStore):
         else:
             self._s = _State()
             self._lock = threading.RLock()
-        self._depth = 0
         self.history = history
 
     @property
@@ -77,16 +76,13 @@ class MemoryProfileStore(ProfileStore):
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self._lock:
-            saved = copy.deepcopy(self._state) if self._depth == 0 else None
-            self._depth += 1
+            # Every level keeps its own copy: a nested block that raises undoes only itself.
+            saved = copy.deepcopy(self._state)
             try:
                 yield
             except BaseException:
-                if saved is not None:
-                    self._restore(saved)
+                self._restore(saved)
                 raise
-            finally:
-                self._depth -= 1
 
     def _restore(self, saved: _State) -> None:
         # In place, so that other handles sharing the state see the rollback too.
@@ -246,6 +242,8 @@ class MemoryProfileStore(ProfileStore):
                     )
             if pid in s.profiles:
                 self._erase(pid)
+            # A merged-away id written as a profile of its own no longer leads to its survivor.
+            self._unredirect(pid)
             rec = s.profiles[pid] = _Profile(
                 profile.first_seen_ms,
                 profile.last_seen_ms,
@@ -262,11 +260,15 @@ class MemoryProfileStore(ProfileStore):
 
     def _redirect(self, from_id: str, into_id: str, provenance: Provenance) -> None:
         s = self._state
-        old = s.redirects.get(from_id)
-        if old is not None:
-            s.redirects_into[old[0]].remove(from_id)
+        self._unredirect(from_id)
         s.redirects[from_id] = (into_id, provenance)
         s.redirects_into.setdefault(into_id, []).append(from_id)
+
+    def _unredirect(self, from_id: str) -> None:
+        s = self._state
+        old = s.redirects.pop(from_id, None)
+        if old is not None:
+            s.redirects_into[old[0]].remove(from_id)
 
     def add_separation(self, separation: Separation) -> None:
         with self._lock:

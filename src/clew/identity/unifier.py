@@ -1,0 +1,99 @@
+"""The unifier: everything one event does to the person it belongs to. Identity resolution
+(which profile, merging where the rules allow), traits, purchase totals and the profile's
+recent-event history, all in the serving store.
+
+The profiles stage runs it on every event (speed layer); ``clew identity split`` and
+``clew rebuild`` run the same code over events read back from the lake (batch layer), so the
+two layers cannot drift apart by construction of their rules, only by their input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clew.events import Event, format_time, parse_time
+from clew.identity.identifiers import extract
+from clew.identity.resolver import IdentityResolver, MergeFunctions, Resolution
+from clew.identity.rules import IdentityRules
+from clew.identity.traits import TRAIT_TIMES, TraitMerger, TraitPolicy, is_order, revenue
+from clew.store.base import Profile, ProfileStore, StoredEvent, Traits
+
+
+@dataclass(slots=True, frozen=True)
+class Outcome:
+    """What one event did: its profile (``None`` if it had no usable identifier) and the
+    resolution (attached, merged, dropped)."""
+
+    profile_id: str | None
+    resolution: Resolution
+
+
+class Unifier:
+    """Applies events to profiles in ``store``. Not idempotent on its own (an order counted
+    twice is counted twice): callers apply each event once, which the profiles stage ensures
+    by committing the store and its offsets in one transaction."""
+
+    def __init__(
+        self,
+        store: ProfileStore,
+        rules: IdentityRules | None = None,
+        traits: TraitPolicy | None = None,
+        *,
+        keep_history: bool = True,
+    ) -> None:
+        self.store = store
+        self.rules = rules if rules is not None else IdentityRules()
+        self.merger = TraitMerger(traits)
+        self.resolver = IdentityResolver(store, self.rules, merge=self._merge_functions)
+        self._keep_history = keep_history
+
+    def refresh_separations(self) -> None:
+        """Reload the operator's separations (``clew identity split``) from the store."""
+        self.resolver.set_separations(self.store.separations())
+
+    def apply(self, event: Event, body: bytes = b"") -> Outcome:
+        """Resolve the event and apply its traits, order and history to its profile."""
+        resolution = self.resolver.resolve(event)
+        pid = resolution.profile_id
+        if pid is None:
+            return Outcome(None, resolution)
+        time_ms = _time_ms(event)
+        store = self.store
+        if event.type == "identify" and event.traits:
+            incoming = event.traits
+            now = store.get(pid)
+            if now is not None:
+                # One writer per profile (the log keys a person's events to one partition),
+                # so the snapshot cannot go stale between these calls.
+                traits, computed = self.merger.apply(now.traits, now.computed, incoming, time_ms)
+                times = computed[TRAIT_TIMES]
+                store.update_traits(pid, lambda _: traits)
+                store.update_computed(pid, lambda current: {**current, TRAIT_TIMES: times})
+        if is_order(event.type, event.event):
+            amount = revenue(event.properties)
+            when = format_time(parse_time(event.timestamp))
+            store.update_computed(pid, lambda c: self.merger.add_order(c, amount, when))
+        if self._keep_history and body:
+            store.add_event(pid, StoredEvent(0, event.message_id, time_ms, body))
+        return Outcome(pid, resolution)
+
+    def profile_of(self, event: Event) -> str | None:
+        """The profile the event's identifiers resolve to now, without changing anything."""
+        for ident in extract(event, self.rules).identifiers:
+            owner = self.store.lookup(ident.id_type, ident.value)
+            if owner is not None:
+                return owner
+        return None
+
+    def _merge_functions(self, into: Profile, from_: Profile) -> MergeFunctions:
+        into_times = into.computed.get(TRAIT_TIMES, {})
+        from_times = from_.computed.get(TRAIT_TIMES, {})
+
+        def traits(a: Traits, b: Traits) -> Traits:
+            return self.merger.merge_traits(a, b, into_times, from_times)
+
+        return MergeFunctions(traits, self.merger.merge_computed)
+
+
+def _time_ms(event: Event) -> int:
+    return int(parse_time(event.timestamp).timestamp() * 1000)

@@ -1,0 +1,253 @@
+"""The profiles stage over a real embedded log: one profile per person, rules against wrong
+merges, traits and lifetime value, and exactly-once application across a crash."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from clew.config import Settings
+from clew.events import Event
+from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
+from clew.identity.unifier import Unifier
+from clew.log.base import Log, Message
+from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
+from clew.stages.profiles import ProfilesStage
+from clew.stages.runner import StageRunner
+from clew.store import SQLiteProfileStore
+
+_ids = itertools.count()
+
+
+def event(type_: str, ts: str, **fields: Any) -> Event:
+    return Event(
+        type=type_,
+        message_id=f"m{next(_ids)}",
+        timestamp=ts,
+        received_at=ts,
+        source_id=fields.pop("source_id", "web"),
+        **fields,
+    )
+
+
+class Harness:
+    def __init__(self, data_dir: Path) -> None:
+        self.settings = Settings(data_dir=data_dir)
+        self.log: Log = open_log(self.settings)
+        self.store = SQLiteProfileStore(self.settings.profiles_path)
+        self.stage = ProfilesStage(self.store, Unifier(self.store))
+
+    def send(self, *events: Event) -> None:
+        self.log.append_sync(
+            EVENTS_TOPIC,
+            [Message(value=msgspec.json.encode(e), key=e.identity_key) for e in events],
+        )
+
+    def run(self) -> None:
+        """Process everything in the topic, the way the runner does."""
+        consumer = self.log.consumer(self.stage.group, self.stage.topics)
+        self.stage.on_assign(consumer, consumer.assignment())
+        while records := consumer.poll(500, timeout_s=0.2):
+            self.stage.handle(records, consumer)
+        consumer.close()
+
+    def profile(self, id_type: str, value: str) -> str | None:
+        return self.store.lookup(id_type, value)
+
+    def changes(self) -> list[ProfileChange | ProfileDeleted]:
+        out = []
+        for p in self.log.end_offsets(CHANGES_TOPIC):
+            for rec in self.log.read(CHANGES_TOPIC, p, 0, 100_000):
+                change = decode_change(rec.value)
+                if change is not None:
+                    out.append(change)
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+        self.log.close()
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path / "data")
+    yield harness
+    harness.close()
+
+
+def test_one_person_across_devices_email_and_login_is_one_profile(h: Harness) -> None:
+    h.send(
+        event("page", "2026-03-01T10:00:00Z", anonymous_id="phone-1"),
+        event("page", "2026-03-01T11:00:00Z", anonymous_id="laptop-1"),
+        event(
+            "identify",
+            "2026-03-01T11:05:00Z",
+            anonymous_id="laptop-1",
+            traits={"email": "Ada@Example.co.uk", "name": "Ada"},
+        ),
+        event("identify", "2026-03-02T09:00:00Z", anonymous_id="phone-1", user_id="u-ada"),
+        event("alias", "2026-03-02T09:00:01Z", user_id="u-ada", previous_id="laptop-1"),
+        event(
+            "track",
+            "2026-03-03T09:00:00Z",
+            user_id="u-ada",
+            event="Order Completed",
+            properties={"revenue": 30.5},
+        ),
+        event(
+            "track",
+            "2026-03-04T09:00:00Z",
+            anonymous_id="phone-1",
+            event="order_completed",
+            properties={"revenue": "19.5"},
+        ),
+    )
+    h.run()
+    owner = h.profile("user_id", "u-ada")
+    assert owner is not None
+    for id_type, value in [
+        ("anonymous_id", "phone-1"),
+        ("anonymous_id", "laptop-1"),
+        ("email", "ada@example.co.uk"),
+    ]:
+        assert h.profile(id_type, value) == owner, f"{id_type}:{value}"
+    profile = h.store.get(owner)
+    assert profile is not None
+    assert profile.traits == {"email": "Ada@Example.co.uk", "name": "Ada"}
+    assert profile.computed["total_lifetime_value"] == 50.0
+    assert profile.computed["orders_count"] == 2
+    assert profile.computed["last_purchase_date"] == "2026-03-04T09:00:00.000Z"
+    history = h.store.events(owner, 100)
+    assert len(history) == 7, "every event is in the merged profile's history"
+    assert history[0].time_ms == max(e.time_ms for e in history), "newest first"
+    assert [e.time_ms for e in history] == sorted((e.time_ms for e in history), reverse=True)
+    snapshots = [c for c in h.changes() if isinstance(c, ProfileChange)]
+    assert snapshots[-1].profile_id == owner
+    assert snapshots[-1].computed["orders_count"] == 2
+    # The laptop's profile was merged away, and that was announced.
+    gone = [c for c in h.changes() if isinstance(c, ProfileDeleted)]
+    assert all(c.into == owner for c in gone)
+
+
+def test_shared_computer_keeps_two_customers_apart(h: Harness) -> None:
+    h.send(
+        event("identify", "2026-03-01T10:00:00Z", anonymous_id="family-pc", user_id="u-1"),
+        event("identify", "2026-03-01T12:00:00Z", anonymous_id="family-pc", user_id="u-2"),
+        event(
+            "track",
+            "2026-03-01T12:01:00Z",
+            user_id="u-2",
+            event="Order Completed",
+            properties={"revenue": 10},
+        ),
+    )
+    h.run()
+    one, two = h.profile("user_id", "u-1"), h.profile("user_id", "u-2")
+    assert one is not None and two is not None and one != two
+    assert h.profile("anonymous_id", "family-pc") == one, "first claim keeps the device"
+    p2 = h.store.get(two)
+    assert p2 is not None and p2.computed["total_lifetime_value"] == 10
+
+
+def test_placeholder_email_never_merges_anyone(h: Harness) -> None:
+    h.send(
+        event(
+            "identify",
+            "2026-03-01T10:00:00Z",
+            anonymous_id="a-1",
+            traits={"email": "null@example.com"},
+        ),
+        event(
+            "identify",
+            "2026-03-01T10:01:00Z",
+            anonymous_id="a-2",
+            traits={"email": "null@example.com"},
+        ),
+        event(
+            "identify",
+            "2026-03-01T10:02:00Z",
+            anonymous_id="a-3",
+            traits={"email": "noemail@shop.test"},
+        ),
+        event(
+            "identify",
+            "2026-03-01T10:03:00Z",
+            anonymous_id="a-4",
+            traits={"email": "noemail@shop.test"},
+        ),
+    )
+    h.run()
+    owners = {h.profile("anonymous_id", f"a-{n}") for n in range(1, 5)}
+    assert len(owners) == 4
+    assert h.profile("email", "null@example.com") is None
+
+
+def test_late_identify_does_not_overwrite_newer_trait(h: Harness) -> None:
+    h.send(
+        event("identify", "2026-03-02T10:00:00Z", user_id="u-9", traits={"plan": "pro"}),
+        event("identify", "2026-03-01T10:00:00Z", user_id="u-9", traits={"plan": "free", "x": 1}),
+    )
+    h.run()
+    owner = h.profile("user_id", "u-9")
+    assert owner is not None
+    profile = h.store.get(owner)
+    assert profile is not None and profile.traits == {"plan": "pro", "x": 1}
+
+
+def test_redelivered_batch_after_crash_counts_orders_once(h: Harness) -> None:
+    order = event(
+        "track",
+        "2026-03-03T09:00:00Z",
+        user_id="u-7",
+        event="Order Completed",
+        properties={"revenue": 12},
+    )
+    h.send(order)
+    # Crash after the store transaction committed but before the log commit: the store has
+    # the batch and its offsets, the log will redeliver it.
+    consumer = h.log.consumer(h.stage.group, h.stage.topics)
+    h.stage.on_assign(consumer, consumer.assignment())
+    records = consumer.poll(500, timeout_s=0.5)
+
+    class CrashBeforeLogCommit(Exception):
+        pass
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise CrashBeforeLogCommit
+
+    consumer.commit = crash  # type: ignore[method-assign]
+    with pytest.raises(CrashBeforeLogCommit):
+        h.stage.handle(records, consumer)
+    consumer.close()
+
+    restarted = ProfilesStage(h.store, Unifier(h.store))
+    h.stage = restarted
+    h.run()
+    owner = h.profile("user_id", "u-7")
+    assert owner is not None
+    profile = h.store.get(owner)
+    assert profile is not None and profile.computed["orders_count"] == 1
+    assert restarted.counts["already_applied"] == 1
+    assert any(isinstance(c, ProfileChange) and c.profile_id == owner for c in h.changes()), (
+        "the redelivered batch announces the profile again"
+    )
+
+
+def test_stage_runs_under_the_runner(h: Harness) -> None:
+    h.send(event("identify", "2026-03-01T10:00:00Z", user_id="u-r", traits={"a": 1}))
+    runner = StageRunner(h.log, h.stage, 500)
+    runner.start()
+    try:
+        import time
+
+        deadline = time.monotonic() + 10
+        while h.profile("user_id", "u-r") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    assert h.profile("user_id", "u-r") is not None
