@@ -14,6 +14,7 @@ from rich.table import Table
 
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
 from clew.cli_dlq import dlq_app
+from clew.cli_identity import identity_app
 from clew.cli_schema import plan_app, schema_app
 from clew.config import Settings
 
@@ -31,6 +32,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(plan_app, name="plan")
 app.add_typer(schema_app, name="schema")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(identity_app, name="identity")
 
 
 @app.command()

@@ -32,6 +32,7 @@ from clew.stages.workers import (
     WorkerProcess,
     build_stage,
 )
+from clew.store.sqlite import SQLiteProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,18 @@ class Clew:
         else:
             self.workers = [WorkerProcess(group, settings) for group in SERVE_WORKERS]
         self.collector = Collector(self.log, self.catalog, settings.limits)
+        # The Profile API reads through its own handle: SQLite WAL readers never wait for the
+        # profiles stage's write transactions, so reads on the event loop stay fast.
+        self.profiles = SQLiteProfileStore(
+            settings.profiles_path, history=settings.identity.history
+        )
         self._api = build_api(
-            self.catalog, self.lake, self.metrics_text, self.health, settings.registry_path
+            self.catalog,
+            self.lake,
+            self.metrics_text,
+            self.health,
+            settings.registry_path,
+            self.profiles,
         )
         self._stop = threading.Event()
         self._stopping = False
@@ -129,6 +140,7 @@ class Clew:
             close()
         self.log.close()
         self._counters.close()
+        self.profiles.close()
         self.catalog.close()
         self._data_dir_lock.close()
 

@@ -14,7 +14,6 @@ import pytest
 from clew.config import Settings
 from clew.events import Event
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
-from clew.identity.unifier import Unifier
 from clew.log.base import Log, Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
@@ -40,7 +39,7 @@ class Harness:
         self.settings = Settings(data_dir=data_dir)
         self.log: Log = open_log(self.settings)
         self.store = SQLiteProfileStore(self.settings.profiles_path)
-        self.stage = ProfilesStage(self.store, Unifier(self.store))
+        self.stage = ProfilesStage(self.store)
 
     def send(self, *events: Event) -> None:
         self.log.append_sync(
@@ -225,7 +224,7 @@ def test_redelivered_batch_after_crash_counts_orders_once(h: Harness) -> None:
         h.stage.handle(records, consumer)
     consumer.close()
 
-    restarted = ProfilesStage(h.store, Unifier(h.store))
+    restarted = ProfilesStage(h.store)
     h.stage = restarted
     h.run()
     owner = h.profile("user_id", "u-7")

@@ -1,6 +1,10 @@
-"""Bearer-token authentication for every API that is not the Tracking API."""
+"""Access-token authentication for every API that is not the Tracking API: a Bearer token;
+the Profile API also takes it as HTTP Basic, as Segment's clients send it."""
 
 from __future__ import annotations
+
+import base64
+import binascii
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,3 +32,34 @@ def check_token(request: Request, catalog: Catalog) -> JSONResponse | None:
     if not catalog.verify_token(token.strip()):
         return error(401, "invalid_token", "the access token is not valid")
     return None
+
+
+def check_token_or_basic(request: Request, catalog: Catalog) -> JSONResponse | None:
+    """Like :func:`check_token`, also taking the token the way Segment's Profile API clients
+    send it: HTTP Basic, the token as user name (the password, empty for Segment, is ignored).
+    A write key is refused in either form."""
+    token = _sent_token(request.headers.get("authorization", ""))
+    if not token:
+        return error(
+            401,
+            "missing_token",
+            "send an access token as `Authorization: Bearer TOKEN`, or as the HTTP Basic user "
+            "name with an empty password (create one with `clew tokens create NAME`)",
+        )
+    if not catalog.verify_token(token):
+        return error(401, "invalid_token", "the access token is not valid")
+    return None
+
+
+def _sent_token(header: str) -> str:
+    scheme, _, credentials = header.partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[0].strip()
+    return ""

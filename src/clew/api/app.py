@@ -1,4 +1,5 @@
-"""The HTTP APIs other than the Tracking API: health, metrics and read-only SQL."""
+"""The HTTP APIs other than the Tracking API: health, metrics, read-only SQL, the Admin API and
+the Profile API."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from starlette.routing import Route
 
 from clew.api._auth import check_token, error
 from clew.api.admin import admin_routes
+from clew.api.profiles import profile_routes
 from clew.lake.query import Lake, QueryError
 from clew.sources import Catalog
+from clew.store.base import ProfileStore
 
 MAX_SQL_ROWS = 10_000
 
@@ -48,6 +51,7 @@ def build_api(
     metrics: Callable[[], str],
     health: Callable[[], dict[str, Any]],
     registry_path: Path,
+    profiles: ProfileStore | None = None,
 ) -> Starlette:
     async def health_endpoint(request: Request) -> Response:
         status = health()
@@ -92,6 +96,7 @@ def build_api(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/v1/sql", sql_endpoint, methods=["POST"]),
             *admin_routes(catalog, registry_path),
+            *(profile_routes(profiles, catalog) if profiles is not None else []),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
     )

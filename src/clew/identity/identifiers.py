@@ -98,6 +98,7 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
     custom id types. Blocked and unparseable values are dropped with a reason."""
     found: list[Identifier] = []
     dropped: list[Dropped] = []
+    table = rules.table()
 
     def add(id_type: str, raw: object) -> None:
         if raw is None or isinstance(raw, bool | dict | list):
@@ -114,11 +115,11 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
                 return
         elif id_type == PHONE:
             try:
-                value = normalise_phone(value, rules.phone_region)
+                value = normalise_phone(value, table.phone_region)
             except ValueError as exc:
                 dropped.append(Dropped(id_type, value, str(exc)))
                 return
-        if rules.is_blocked(id_type, value):
+        if table.is_blocked(id_type, value):
             dropped.append(Dropped(id_type, value, "blocked value (placeholder, not an id)"))
             return
         ident = Identifier(id_type, value)
@@ -139,7 +140,7 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
         for entry in external:
             if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"]:
                 add(entry["type"], entry.get("id"))
-    for custom in rules.custom_ids:
+    for custom in table.custom_ids:
         for path in custom.paths:
             raw = _at_path(event, path)
             if raw is not None and raw != "":

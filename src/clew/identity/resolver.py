@@ -112,6 +112,7 @@ class IdentityResolver:
     ) -> None:
         self._store = store
         self._rules = rules if rules is not None else IdentityRules()
+        self._table = self._rules.table()
         self._merge = merge
         self._apart: dict[Identifier, set[Identifier]] = {}
 
@@ -138,10 +139,18 @@ class IdentityResolver:
         link = extraction.link
         if link is not None and link not in found:
             found.append(link)
-        candidates = sorted(found, key=lambda i: self._rules.priority(i.id_type))
+        candidates = sorted(found, key=lambda i: self._table.priority(i.id_type))
+        owners = {i: self._store.lookup(i.id_type, i.value) for i in candidates}
+        known = set(owners.values())
+        if len(known) == 1 and None not in known:
+            # Every identifier already belongs to one profile: nothing to attach or merge,
+            # so no rule can be broken (a plan would only confirm this, at a higher cost).
+            (owner,) = known
+            assert owner is not None
+            return Resolution(self._store.touch(owner, time_ms), dropped=extraction.dropped)
         merged_from: list[str] = []
-        for _ in range(_ATTEMPTS):
-            plan = self._plan(candidates, time_ms, link)
+        for attempt in range(_ATTEMPTS):
+            plan = self._plan(candidates, time_ms, link, owners if attempt == 0 else None)
             dropped = (*extraction.dropped, *plan.dropped)
             if not plan.profiles and not plan.new:
                 return Resolution(None, dropped=dropped)
@@ -197,11 +206,18 @@ class IdentityResolver:
         return USER_ID if known else ANONYMOUS_ID
 
     def _plan(
-        self, candidates: Iterable[Identifier], time_ms: int, link: Identifier | None = None
+        self,
+        candidates: Iterable[Identifier],
+        time_ms: int,
+        link: Identifier | None = None,
+        owners: dict[Identifier, str | None] | None = None,
     ) -> _Plan:
         plan = _Plan({}, [], [])
         for ident in candidates:
-            owner = self._store.lookup(ident.id_type, ident.value)
+            if owners is not None and ident in owners:
+                owner = owners[ident]
+            else:
+                owner = self._store.lookup(ident.id_type, ident.value)
             if owner is not None and owner in plan.profiles:
                 continue
             if owner is None and ident == link:
@@ -235,7 +251,7 @@ class IdentityResolver:
             added = self._counts((joining,), [], time_ms)
             what = f"{ident} belongs to profile {joining.profile_id}; merging it"
         for id_type, extra in sorted(added.items()):
-            rule = self._rules.rule(id_type)
+            rule = self._table.rule(id_type)
             after = before[id_type] + extra
             if rule.limit is not None and after > rule.limit:
                 window = f" per {_duration(rule.window_s)}" if rule.window_s else ""
@@ -280,14 +296,14 @@ class IdentityResolver:
         counts: Counter[str] = Counter(i.id_type for i in new)
         for profile in profiles:
             for edge in profile.identities:
-                window_s = self._rules.rule(edge.id_type).window_s
+                window_s = self._table.rule(edge.id_type).window_s
                 if window_s is None or edge.provenance.time_ms > time_ms - window_s * 1000:
                     counts[edge.id_type] += 1
         return counts
 
     def _survivor_key(self, profile: Profile) -> tuple[int, int, str]:
         best = min(
-            (self._rules.priority(e.id_type) for e in profile.identities), default=_NO_PRIORITY
+            (self._table.priority(e.id_type) for e in profile.identities), default=_NO_PRIORITY
         )
         return best, profile.first_seen_ms, profile.profile_id
 

@@ -111,6 +111,7 @@ class IdentityRules(BaseModel):
     max_identifiers_per_profile: int = Field(default=1000, ge=1)
 
     _blocked: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
+    _table: RuleTable | None = PrivateAttr(default=None)
 
     @field_validator("blocked_values")
     @classmethod
@@ -123,6 +124,12 @@ class IdentityRules(BaseModel):
             id_type: _compile(common + rule.blocked) for id_type, rule in self.id_types.items()
         }
         self._blocked[""] = _compile(common + self.default_rule.blocked)
+
+    def table(self) -> RuleTable:
+        """The rules as plain lookups for the per-event hot path (built once)."""
+        if self._table is None:
+            self._table = RuleTable(self, self._blocked)
+        return self._table
 
     def rule(self, id_type: str) -> IdTypeRule:
         return self.id_types.get(id_type, self.default_rule)
@@ -147,3 +154,37 @@ def _check_regexes(patterns: list[str]) -> list[str]:
         except re.error as exc:
             raise ValueError(f"blocked value regex {pattern!r} does not compile: {exc}") from exc
     return patterns
+
+
+class RuleTable:
+    """:class:`IdentityRules` flattened into dicts, with a bounded memo of blocked-value
+    checks (the same identifiers come back on every event of a person)."""
+
+    __slots__ = ("_blocked", "_default", "_memo", "_rules", "custom_ids", "phone_region")
+
+    _MEMO_SIZE = 200_000
+
+    def __init__(self, rules: IdentityRules, blocked: dict[str, re.Pattern[str]]) -> None:
+        self._rules = dict(rules.id_types)
+        self._default = rules.default_rule
+        self._blocked = blocked
+        self._memo: dict[tuple[str, str], bool] = {}
+        self.custom_ids = list(rules.custom_ids)
+        self.phone_region = rules.phone_region
+
+    def rule(self, id_type: str) -> IdTypeRule:
+        return self._rules.get(id_type, self._default)
+
+    def priority(self, id_type: str) -> int:
+        return self._rules.get(id_type, self._default).priority
+
+    def is_blocked(self, id_type: str, value: str) -> bool:
+        key = (id_type, value)
+        hit = self._memo.get(key)
+        if hit is None:
+            pattern = self._blocked.get(id_type, self._blocked[""])
+            hit = pattern.fullmatch(value.strip()) is not None
+            if len(self._memo) >= self._MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = hit
+        return hit

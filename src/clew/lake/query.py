@@ -33,6 +33,42 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _queryable() -> list[tuple[str, Any, str | None]]:
+    """Every lake table: name, Arrow schema, partition column (``None``: unpartitioned)."""
+    from clew.lake.tables import STATE_TABLES, TABLES_BY_TOPIC
+
+    return [(t.name, t.schema, t.partition_by) for t in TABLES_BY_TOPIC.values()] + [
+        (t.name, t.schema, None) for t in STATE_TABLES
+    ]
+
+
+def register_tables(conn: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Create one view per lake table under ``root`` in ``conn``, each over the latest Delta
+    snapshot of its table. A table that does not exist yet is an empty view of its schema, so
+    queries written against a fresh install run and return nothing instead of failing."""
+    from deltalake import DeltaTable
+
+    for name, schema, partition_by in _queryable():
+        path = root / name
+        files = DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
+        if not files:
+            conn.register(name, schema.empty_table())
+            continue
+        # DuckDB's own Parquet reader over the files of one Delta snapshot (the partition
+        # column comes from the hive-style path). Clew's tables use no deletion vectors
+        # or column mapping, so these files are exactly the snapshot's rows.
+        listed = ", ".join(_sql_string(f) for f in files)
+        hive = (
+            f"hive_partitioning = true, hive_types = {{'{partition_by}': DATE}}"
+            if partition_by is not None
+            else "hive_partitioning = false"
+        )
+        conn.execute(
+            f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], {hive}, "
+            "union_by_name = true)"
+        )
+
+
 class Lake:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -40,12 +76,8 @@ class Lake:
     def tables(self) -> list[str]:
         from deltalake import DeltaTable
 
-        from clew.lake.tables import TABLES_BY_TOPIC
-
         return [
-            t.name
-            for t in TABLES_BY_TOPIC.values()
-            if DeltaTable.is_deltatable(str(self.root / t.name))
+            name for name, _, _ in _queryable() if DeltaTable.is_deltatable(str(self.root / name))
         ]
 
     def connect(self) -> duckdb.DuckDBPyConnection:
@@ -54,26 +86,9 @@ class Lake:
         A table that does not exist yet is an empty view of its schema, so queries written
         against a fresh install run and return nothing instead of failing."""
         import duckdb
-        from deltalake import DeltaTable
-
-        from clew.lake.tables import TABLES_BY_TOPIC
 
         conn = duckdb.connect(":memory:")
-        for table in TABLES_BY_TOPIC.values():
-            path = self.root / table.name
-            files = DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
-            if not files:
-                conn.register(table.name, table.schema.empty_table())
-                continue
-            # DuckDB's own Parquet reader over the files of one Delta snapshot (the partition
-            # column comes from the hive-style path). Clew's tables use no deletion vectors
-            # or column mapping, so these files are exactly the snapshot's rows.
-            listed = ", ".join(_sql_string(f) for f in files)
-            conn.execute(
-                f"CREATE VIEW {table.name} AS SELECT * FROM read_parquet([{listed}], "
-                f"hive_partitioning = true, hive_types = {{'{table.partition_by}': DATE}}, "
-                "union_by_name = true)"
-            )
+        register_tables(conn, self.root)
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute(f"SET allowed_directories = [{_sql_string(str(self.root.resolve()))}]")
         conn.execute("SET enable_external_access = false")

@@ -172,3 +172,63 @@ TABLES_BY_TOPIC = {"events": EVENTS, "dlq": DLQ}
 
 def to_arrow(table: TableDef, values: Sequence[bytes]) -> pa.Table:
     return pa.table(table.to_columns(values), schema=table.schema)
+
+
+# Tables of current state, upserted by key (not append-only histories): the profiles-lake
+# stage keeps them within seconds of the serving store, and `clew rebuild` rewrites them from
+# the events table. Both build their rows with `clew.lake._profile_rows`.
+
+CUSTOMER_PROFILES_SCHEMA = pa.schema(
+    [
+        ("profile_id", pa.string()),
+        # Every identifier as "id_type:value", sorted by (id_type, value).
+        ("identifiers", pa.list_(pa.string())),
+        # The first user id and email of `identifiers` (null if none), for convenient SQL.
+        ("user_id", pa.string()),
+        ("email", pa.string()),
+        ("first_seen", _TS),
+        ("last_seen", _TS),
+        ("total_lifetime_value", pa.float64()),
+        ("orders_count", pa.int64()),
+        ("last_purchase_date", _TS),
+        # The profile's traits as a JSON object with sorted keys.
+        ("traits", pa.string()),
+        # Every merged-away profile id that now resolves to this profile, sorted.
+        ("merged_ids", pa.list_(pa.string())),
+        # When the state in this row was announced (`changed_at`) or rebuilt; a row is only
+        # replaced by a state at least as new.
+        ("updated_at", _TS),
+    ]
+)
+
+IDENTITIES_SCHEMA = pa.schema(
+    [
+        ("id_type", pa.string()),
+        ("value", pa.string()),
+        ("profile_id", pa.string()),
+        # Provenance: the event that attached the identifier.
+        ("message_id", pa.string()),
+        ("source_id", pa.string()),
+        ("time", _TS),
+        # Set for an identifier attached by a probabilistic match (null: deterministic).
+        ("match_weight", pa.float64()),
+        ("probabilistic", pa.bool_()),
+        # As in customer_profiles: an identifier moves to another profile only for a newer
+        # state, so snapshots read out of order across log partitions cannot move it back.
+        ("updated_at", _TS),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateTable:
+    """A lake table of current state: one row per ``key``, replaced by upserts."""
+
+    name: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+
+
+CUSTOMER_PROFILES = StateTable("customer_profiles", CUSTOMER_PROFILES_SCHEMA, ("profile_id",))
+IDENTITIES = StateTable("identities", IDENTITIES_SCHEMA, ("id_type", "value"))
+STATE_TABLES = (CUSTOMER_PROFILES, IDENTITIES)

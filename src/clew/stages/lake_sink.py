@@ -112,25 +112,30 @@ class LakeSinkStage(Stage):
     def maintain(self, table: TableDef) -> None:
         """Compact small files, checkpoint the Delta log, and vacuum files no snapshot younger
         than the retention still references."""
-        path = self.table_path(table)
-        if not DeltaTable.is_deltatable(str(path)):
-            return
-        started = time.monotonic()
-        dt = DeltaTable(str(path))
-        metrics = dt.optimize.compact()
-        dt = DeltaTable(str(path))
-        dt.create_checkpoint()
-        dt.cleanup_metadata()
-        removed = dt.vacuum(
-            retention_hours=int(self._settings.vacuum_retention_hours),
-            enforce_retention_duration=False,
-            dry_run=False,
-        )
-        logger.info(
-            "compacted %s: %s files removed, %s added, %d vacuumed in %.2fs",
-            table.name,
-            metrics.get("numFilesRemoved"),
-            metrics.get("numFilesAdded"),
-            len(removed),
-            time.monotonic() - started,
-        )
+        maintain_table(self.table_path(table), self._settings)
+
+
+def maintain_table(path: Path, settings: LakeSettings) -> None:
+    """Compact the Delta table at ``path`` (if it exists), checkpoint its log, and vacuum
+    files no snapshot younger than ``settings.vacuum_retention_hours`` still references."""
+    if not DeltaTable.is_deltatable(str(path)):
+        return
+    started = time.monotonic()
+    dt = DeltaTable(str(path))
+    metrics = dt.optimize.compact()
+    dt = DeltaTable(str(path))
+    dt.create_checkpoint()
+    dt.cleanup_metadata()
+    removed = dt.vacuum(
+        retention_hours=int(settings.vacuum_retention_hours),
+        enforce_retention_duration=False,
+        dry_run=False,
+    )
+    logger.info(
+        "compacted %s: %s files removed, %s added, %d vacuumed in %.2fs",
+        path.name,
+        metrics.get("numFilesRemoved"),
+        metrics.get("numFilesAdded"),
+        len(removed),
+        time.monotonic() - started,
+    )

@@ -2,8 +2,13 @@
 profile in the serving store (identity graph, traits, purchase totals, recent history) and
 announces each touched profile on the ``changes`` topic.
 
-Exactly once: each polled batch is applied in one serving-store transaction that also
-records, per log partition, the last offset applied. After a crash the log redelivers from
+Each polled batch is resolved in memory: the profiles its events' identifiers reach are
+loaded from the serving store in bulk into a working set, the unifier runs over that, and the
+result is written back in bulk. One event at a time against the store would cost dozens of
+store round trips per event.
+
+Exactly once: the write-back of a batch is one serving-store transaction that also records,
+per log partition, the last offset applied. After a crash the log redelivers from
 its own committed offset, which may be behind the store's: records the store already applied
 are not applied again (an order is never counted twice), only their profiles are announced
 again, which consumers of snapshots absorb.
@@ -20,11 +25,15 @@ import msgspec
 
 from clew.events import Event, parse_time
 from clew.identity.changes import deleted, encode_change, snapshot
+from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
+from clew.identity.rules import IdentityRules
+from clew.identity.traits import TraitPolicy
 from clew.identity.unifier import Unifier
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
 from clew.stages.base import Stage
-from clew.store.base import ProfileStore
+from clew.store.base import Profile, ProfileStore, StoredEvent
+from clew.store.memory import MemoryProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +54,15 @@ class ProfilesStage(Stage):
     max_poll_records = 500
 
     def __init__(
-        self, store: ProfileStore, unifier: Unifier, clock: Callable[[], datetime] = _now
+        self,
+        store: ProfileStore,
+        rules: IdentityRules | None = None,
+        traits: TraitPolicy | None = None,
+        clock: Callable[[], datetime] = _now,
     ) -> None:
         self._store = store
-        self._unifier = unifier
+        self._rules = rules if rules is not None else IdentityRules()
+        self._traits = traits if traits is not None else TraitPolicy()
         self._clock = clock
         self._applied: dict[tuple[str, int], int] = {}
         self.counts: Counter[str] = Counter()
@@ -59,10 +73,6 @@ class ProfilesStage(Stage):
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         if not records:
             return
-        # Separations change only when an operator splits a profile; reloading them per batch
-        # makes a split effective from the next batch on.
-        self._unifier.refresh_separations()
-        touched: dict[str, None] = {}
         progress: dict[tuple[str, int], int] = {}
         counts: Counter[str] = Counter()
         batch: list[tuple[Record, Event]] = []
@@ -77,44 +87,92 @@ class ProfilesStage(Stage):
         # A poll interleaves partitions; applying its events in event-time order (ties in
         # arrival order) brings the speed layer closer to the batch layer's order.
         batch.sort(key=lambda item: _time_key(item[1].timestamp))
+
+        # The batch is resolved in memory over the profiles its identifiers reach, then
+        # written back in one transaction with the offsets (see the module docstring).
+        work = self._working_set(batch)
+        unifier = Unifier(work.store, self._rules, self._traits)
+        # Separations change only when an operator splits a profile; reading them per batch
+        # makes a split effective from the next batch on.
+        unifier.resolver.set_separations(self._store.separations())
+        touched: dict[str, None] = {}
+        for rec, event in batch:
+            if rec.offset <= self._applied.get((rec.topic, rec.partition), -1):
+                pid = unifier.profile_of(event)
+                counts["already_applied"] += 1
+            else:
+                outcome = unifier.apply(event, rec.value)
+                pid = outcome.profile_id
+                counts["applied"] += 1
+                counts["merges"] += len(outcome.resolution.merged_from)
+                counts["dropped_identifiers"] += len(outcome.resolution.dropped)
+                touched.update(dict.fromkeys(outcome.resolution.merged_from))
+                if pid is None:
+                    counts["unresolved"] += 1
+            if pid is not None:
+                touched[pid] = None
+        profiles, gone, history = work.result()
+        fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
         with self._store.transaction():
-            for rec, event in batch:
-                tp = (rec.topic, rec.partition)
-                if rec.offset <= self._applied.get(tp, -1):
-                    pid = self._unifier.profile_of(event)
-                    counts["already_applied"] += 1
-                else:
-                    outcome = self._unifier.apply(event, rec.value)
-                    pid = outcome.profile_id
-                    counts["applied"] += 1
-                    counts["merges"] += len(outcome.resolution.merged_from)
-                    counts["dropped_identifiers"] += len(outcome.resolution.dropped)
-                    touched.update(dict.fromkeys(outcome.resolution.merged_from))
-                    if pid is None:
-                        counts["unresolved"] += 1
-                if pid is not None:
-                    touched[pid] = None
-            fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
+            self._store.write_back(profiles, gone, history)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
-            messages = self._announce(touched)
         self._applied.update(fresh)
         self.counts.update(counts)
+        messages = self._announce(touched, work.store, profiles)
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
 
-    def _announce(self, touched: dict[str, None]) -> list[Message]:
+    def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
+        keys: set[tuple[str, str]] = set()
+        for _, event in batch:
+            found = extract(event, self._rules)
+            keys.update((i.id_type, i.value) for i in found.identifiers)
+            if found.link is not None:
+                keys.add((found.link.id_type, found.link.value))
+            if event.type == "alias" and event.previous_id:
+                keys.add((USER_ID, event.previous_id.strip()))
+                keys.add((ANONYMOUS_ID, event.previous_id.strip()))
+        return _WorkingSet(self._store.load(keys), self._store.history)
+
+    def _announce(
+        self, touched: dict[str, None], store: ProfileStore, profiles: list[Profile]
+    ) -> list[Message]:
         now = self._clock()
+        by_id = {p.profile_id: p for p in profiles}
         messages: list[Message] = []
         for pid in touched:
-            live = self._store.resolve(pid)
-            if live != pid:
-                change = encode_change(deleted(pid, live, now))
+            profile = by_id.get(pid)
+            if profile is None:
+                change = encode_change(deleted(pid, store.resolve(pid), now))
                 messages.append(Message(value=change, key=pid.encode()))
-                continue
-            profile = self._store.get(pid)
-            if profile is not None:
+            else:
                 change = encode_change(snapshot(profile, now))
                 messages.append(Message(value=change, key=pid.encode()))
         return messages
+
+
+class _WorkingSet:
+    """The profiles one batch can reach, in memory; :meth:`result` is what to write back."""
+
+    def __init__(self, loaded: list[Profile], history: int) -> None:
+        self.store = MemoryProfileStore(history=history)
+        self._loaded = [p.profile_id for p in loaded]
+        for profile in loaded:
+            self.store.put_profile(profile)
+
+    def result(self) -> tuple[list[Profile], dict[str, str], list[tuple[str, StoredEvent]]]:
+        store = self.store
+        profiles = store.scan(None, 1 << 62)
+        gone: dict[str, str] = {}
+        for pid in self._loaded:
+            live = store.resolve(pid)
+            if live is not None and live != pid:
+                gone[pid] = live
+        history = [
+            (p.profile_id, event)
+            for p in profiles
+            for event in reversed(store.events(p.profile_id, store.history))
+        ]
+        return profiles, gone, history

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from clew.config import Settings
-from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
+from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
 
@@ -37,6 +37,7 @@ STAGE_TOPICS: dict[str, tuple[str, ...]] = {
     "lake": (EVENTS_TOPIC, DLQ_TOPIC),
     "monitor": (EVENTS_TOPIC, DLQ_TOPIC),
     "profiles": (EVENTS_TOPIC,),
+    "profiles-lake": (CHANGES_TOPIC,),
 }
 STAGE_NAMES = tuple(STAGE_TOPICS)
 
@@ -78,14 +79,16 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         )
         return monitor, [monitor.shutdown]
     if name == "profiles":
-        from clew.identity.unifier import Unifier
         from clew.stages.profiles import ProfilesStage
         from clew.store.sqlite import SQLiteProfileStore
 
         ident = settings.identity
         store = SQLiteProfileStore(settings.profiles_path, history=ident.history)
-        unifier = Unifier(store, ident.rules, ident.traits)
-        return ProfilesStage(store, unifier), [store.close]
+        return ProfilesStage(store, ident.rules, ident.traits), [store.close]
+    if name == "profiles-lake":
+        from clew.stages.profiles_sink import ProfilesSinkStage
+
+        return ProfilesSinkStage(settings.lake_path, settings.lake), []
     raise UnknownStageError(name)
 
 
@@ -171,7 +174,11 @@ def _die_with_parent() -> None:
 
 # How `clew serve` groups stages into worker processes: the monitor is light and reads the
 # same topics as the lake, so it shares the lake's process (one interpreter fewer in memory).
-SERVE_WORKERS: tuple[tuple[str, ...], ...] = (("validate",), ("lake", "monitor"), ("profiles",))
+SERVE_WORKERS: tuple[tuple[str, ...], ...] = (
+    ("validate",),
+    ("lake", "monitor", "profiles-lake"),
+    ("profiles",),
+)
 
 
 class WorkerProcess:

@@ -26,7 +26,7 @@ Lua script per slot applied in an order whose intermediate states still resolve 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,6 +221,27 @@ class ProfileStore(ABC):
         profile of
         that id. The identities must not belong to another profile (raises
         :class:`StoreError`). Used to re-derive profiles (``clew identity split``)."""
+
+    @abstractmethod
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        """Snapshots of the surviving profiles that own any of ``identities`` (``(id_type,
+        value)`` pairs), each once: a bulk :meth:`lookup` + :meth:`get` for a stage that
+        resolves a whole batch in memory and writes it back with :meth:`write_back`."""
+
+    @abstractmethod
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+    ) -> None:
+        """Write back a working set, atomically: each profile id in ``gone`` was merged into
+        the profile it maps to (its history moves there, its row goes); every profile in
+        ``profiles`` then holds exactly its seen times, traits, computed values and
+        identities as given (identities move to it from wherever they were; redirects in
+        ``merged`` are written); ``events`` (``(profile_id, event)``, oldest first) are
+        appended to the histories, trimmed to :attr:`history`. Unlike :meth:`put_profile`,
+        the existing history is kept."""
 
     @abstractmethod
     def add_separation(self, separation: Separation) -> None:

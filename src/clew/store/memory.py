@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -184,22 +184,22 @@ class MemoryProfileStore(ProfileStore):
             rec.first_ms,
             rec.last_ms,
             identities,
-            copy.deepcopy(rec.traits),
+            dict(rec.traits),
             tuple(merged),
-            copy.deepcopy(rec.computed),
+            dict(rec.computed),
         )
 
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._lock:
             rec = self._state.profiles[self._live(profile_id)]
-            rec.traits = _checked(update(copy.deepcopy(rec.traits)))
-            return copy.deepcopy(rec.traits)
+            rec.traits = _checked(update(dict(rec.traits)))
+            return dict(rec.traits)
 
     def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._lock:
             rec = self._state.profiles[self._live(profile_id)]
-            rec.computed = _checked(update(copy.deepcopy(rec.computed)))
-            return copy.deepcopy(rec.computed)
+            rec.computed = _checked(update(dict(rec.computed)))
+            return dict(rec.computed)
 
     def add_event(self, profile_id: str, event: StoredEvent) -> None:
         with self._lock:
@@ -247,8 +247,8 @@ class MemoryProfileStore(ProfileStore):
             rec = s.profiles[pid] = _Profile(
                 profile.first_seen_ms,
                 profile.last_seen_ms,
-                copy.deepcopy(profile.traits),
-                copy.deepcopy(profile.computed),
+                dict(profile.traits),
+                dict(profile.computed),
             )
             for edge in profile.identities:
                 key = (edge.id_type, edge.value)
@@ -257,6 +257,57 @@ class MemoryProfileStore(ProfileStore):
             for r in profile.merged:
                 self._redirect(r.from_id, r.into_id, r.provenance)
             self._append(rec, history)
+
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        with self._lock:
+            owners = dict.fromkeys(
+                owner[0]
+                for key in identities
+                if (owner := self._state.identities.get(key)) is not None
+            )
+            return [self._snapshot(pid) for pid in owners]
+
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+    ) -> None:
+        for profile in profiles:
+            _checked(profile.traits)
+            _checked(profile.computed)
+        with self._lock:
+            s = self._state
+            for from_id, into in gone.items():
+                lost = s.profiles.pop(from_id, None)
+                if lost is not None:
+                    target = s.profiles.setdefault(into, _Profile(lost.first_ms, lost.last_ms))
+                    target.history.extend(lost.history)
+            for p in profiles:
+                rec = s.profiles.get(p.profile_id)
+                if rec is None:
+                    rec = s.profiles[p.profile_id] = _Profile(p.first_seen_ms, p.last_seen_ms)
+                rec.first_ms, rec.last_ms = p.first_seen_ms, p.last_seen_ms
+                rec.traits, rec.computed = dict(p.traits), dict(p.computed)
+                for edge in p.identities:
+                    key = (edge.id_type, edge.value)
+                    old = s.identities.get(key)
+                    if old is not None and old[0] != p.profile_id and old[0] in s.profiles:
+                        s.profiles[old[0]].ids.discard(key)
+                    s.identities[key] = (p.profile_id, old[1] if old else edge.provenance)
+                    rec.ids.add(key)
+                for r in p.merged:
+                    self._redirect(r.from_id, r.into_id, r.provenance)
+            by_profile: dict[str, list[StoredEvent]] = {}
+            for pid, event in events:
+                by_profile.setdefault(pid, []).append(event)
+            for pid, new in by_profile.items():
+                self._append(s.profiles[self._live(pid)], new)
+            for pid in gone.values():
+                rec = s.profiles.get(pid)
+                if rec is not None:
+                    ordered = sorted(rec.history, key=lambda e: e.seq)
+                    rec.history = deque(ordered[-self.history :] if self.history else [])
 
     def _redirect(self, from_id: str, into_id: str, provenance: Provenance) -> None:
         s = self._state
@@ -292,10 +343,8 @@ class MemoryProfileStore(ProfileStore):
             if survivor == gone:
                 return survivor
             keep, lose = s.profiles[survivor], s.profiles[gone]
-            new_traits = _checked(traits(copy.deepcopy(keep.traits), copy.deepcopy(lose.traits)))
-            new_computed = _checked(
-                computed(copy.deepcopy(keep.computed), copy.deepcopy(lose.computed))
-            )
+            new_traits = _checked(traits(dict(keep.traits), dict(lose.traits)))
+            new_computed = _checked(computed(dict(keep.computed), dict(lose.computed)))
             keep.traits, keep.computed = new_traits, new_computed
             keep.first_ms = min(keep.first_ms, lose.first_ms)
             keep.last_ms = max(keep.last_ms, lose.last_ms)

@@ -4,7 +4,8 @@ Every operation is one SQLite transaction; writes take the write lock up front
 (``BEGIN IMMEDIATE``), so read-modify-write steps cannot interleave across threads or
 processes. Within a process, calls are serialised on one connection. Inside
 :meth:`~SQLiteProfileStore.transaction` the operations share one transaction (one fsync for a
-whole batch) and each write runs in a savepoint, so a failed operation undoes only itself.
+whole batch); a nested block runs in a savepoint, and an operation that raises has written
+nothing (each checks before its first write).
 The identity table is also the identity index (its primary key is ``(id_type, value)``).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ WITH RECURSIVE chain(from_id) AS (
 """
 
 _traits_decoder = msgspec.json.Decoder(dict[str, Any])
+# Identities per bulk lookup statement (two parameters each; SQLite allows 32,766).
+_CHUNK = 5_000
 
 
 def _encode_traits(traits: Traits) -> bytes:
@@ -123,8 +126,15 @@ class SQLiteProfileStore(ProfileStore):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._tx(write=True):
-            yield
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreClosedError("the profile store is closed")
+            if self._depth:
+                yield from self._savepoint(conn)
+                return
+            with self._tx(write=True):
+                yield
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -133,7 +143,9 @@ class SQLiteProfileStore(ProfileStore):
             if conn is None:
                 raise StoreClosedError("the profile store is closed")
             if self._depth:
-                yield from self._savepoint(conn, write)
+                # Inside a block: every operation checks what it needs before its first
+                # write, so one that raises has written nothing and needs no savepoint.
+                yield conn
                 return
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             self._depth = 1
@@ -148,15 +160,12 @@ class SQLiteProfileStore(ProfileStore):
             finally:
                 self._depth = 0
 
-    def _savepoint(self, conn: sqlite3.Connection, write: bool) -> Iterator[sqlite3.Connection]:
-        if not write:
-            yield conn
-            return
+    def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
         self._depth += 1
         name = f"s{self._depth}"
         conn.execute(f"SAVEPOINT {name}")
         try:
-            yield conn
+            yield
         except BaseException:
             conn.execute(f"ROLLBACK TO {name}")
             raise
@@ -398,6 +407,125 @@ class SQLiteProfileStore(ProfileStore):
             )
             self._trim(conn, pid)
 
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        keys = list(identities)
+        with self._tx() as conn:
+            owners: dict[str, None] = {}
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i : i + _CHUNK]
+                # A join from the keys, not `(id_type, value) IN (VALUES …)`: SQLite plans
+                # the IN form as a scan of the whole table.
+                rows = conn.execute(
+                    f"WITH k(t, v) AS (VALUES {','.join(['(?, ?)'] * len(chunk))}) "
+                    "SELECT DISTINCT i.profile_id FROM k JOIN identities i "
+                    "ON i.id_type = k.t AND i.value = k.v",
+                    [part for key in chunk for part in key],
+                )
+                owners.update(dict.fromkeys(row[0] for row in rows))
+            return self._snapshots(conn, list(owners))
+
+    @staticmethod
+    def _snapshots(conn: sqlite3.Connection, ids: list[str]) -> list[Profile]:
+        """:meth:`_snapshot` of many live profiles, in a few statements per chunk."""
+        out: list[Profile] = []
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            edges: dict[str, list[IdentityEdge]] = {pid: [] for pid in chunk}
+            for row in conn.execute(
+                "SELECT profile_id, id_type, value, message_id, source_id, time_ms, match_weight "
+                f"FROM identities WHERE profile_id IN ({marks}) ORDER BY id_type, value",
+                chunk,
+            ):
+                edges[row[0]].append(IdentityEdge(row[1], row[2], _prov(row[3:])))
+            # Redirects whose chain ends at each profile, one level of the chains at a time.
+            merged: dict[str, list[tuple[int, Redirect]]] = {pid: [] for pid in chunk}
+            frontier = {pid: pid for pid in chunk}
+            while frontier:
+                level = list(frontier)
+                rows = conn.execute(
+                    "SELECT rowid, from_id, into_id, message_id, source_id, time_ms, match_weight "
+                    f"FROM redirects WHERE into_id IN ({','.join('?' * len(level))})",
+                    level,
+                ).fetchall()
+                nxt: dict[str, str] = {}
+                for row in rows:
+                    root = frontier[row[2]]
+                    merged[root].append((row[0], Redirect(row[1], row[2], _prov(row[3:]))))
+                    nxt[row[1]] = root
+                frontier = nxt
+            for pid, first, last, raw, raw_computed in conn.execute(
+                "SELECT profile_id, first_seen_ms, last_seen_ms, traits, computed FROM profiles "
+                f"WHERE profile_id IN ({marks})",
+                chunk,
+            ):
+                out.append(
+                    Profile(
+                        pid,
+                        first,
+                        last,
+                        tuple(edges[pid]),
+                        _traits_decoder.decode(raw),
+                        tuple(r for _, r in sorted(merged[pid], key=lambda m: m[0])),
+                        _traits_decoder.decode(raw_computed),
+                    )
+                )
+        return out
+
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+    ) -> None:
+        for profile in profiles:
+            _encode_traits(profile.traits)
+            _encode_traits(profile.computed)
+        with self._tx(write=True) as conn:
+            for from_id, into in gone.items():
+                conn.execute(
+                    "UPDATE history SET profile_id = ? WHERE profile_id = ?", (into, from_id)
+                )
+                conn.execute("DELETE FROM profiles WHERE profile_id = ?", (from_id,))
+            conn.executemany(
+                "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT (profile_id) DO UPDATE "
+                "SET first_seen_ms = excluded.first_seen_ms, last_seen_ms = excluded.last_seen_ms, "
+                "traits = excluded.traits, computed = excluded.computed",
+                [
+                    (
+                        p.profile_id,
+                        p.first_seen_ms,
+                        p.last_seen_ms,
+                        _encode_traits(p.traits),
+                        _encode_traits(p.computed),
+                    )
+                    for p in profiles
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id_type, value) "
+                "DO UPDATE SET profile_id = excluded.profile_id",
+                [
+                    (e.id_type, e.value, p.profile_id, *_prov_values(e.provenance))
+                    for p in profiles
+                    for e in p.identities
+                ],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO redirects VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (r.from_id, r.into_id, *_prov_values(r.provenance))
+                    for p in profiles
+                    for r in p.merged
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO history (profile_id, message_id, time_ms, body) VALUES (?, ?, ?, ?)",
+                [(pid, e.message_id, e.time_ms, e.body) for pid, e in events],
+            )
+            for pid in {*gone.values(), *(pid for pid, _ in events)}:
+                self._trim(conn, pid)
+
     def add_separation(self, separation: Separation) -> None:
         p = separation.provenance
         with self._tx(write=True) as conn:
@@ -424,11 +552,13 @@ class SQLiteProfileStore(ProfileStore):
             gone = self._live(conn, from_)
             if survivor == gone:
                 return survivor
-            merged = traits(
-                self._column(conn, "traits", survivor), self._column(conn, "traits", gone)
+            merged = _encode_traits(
+                traits(self._column(conn, "traits", survivor), self._column(conn, "traits", gone))
             )
-            merged_computed = computed(
-                self._column(conn, "computed", survivor), self._column(conn, "computed", gone)
+            merged_computed = _encode_traits(
+                computed(
+                    self._column(conn, "computed", survivor), self._column(conn, "computed", gone)
+                )
             )
             first, last = conn.execute(
                 "SELECT first_seen_ms, last_seen_ms FROM profiles WHERE profile_id = ?", (gone,)
@@ -436,7 +566,7 @@ class SQLiteProfileStore(ProfileStore):
             self._widen(conn, survivor, first, last)
             conn.execute(
                 "UPDATE profiles SET traits = ?, computed = ? WHERE profile_id = ?",
-                (_encode_traits(merged), _encode_traits(merged_computed), survivor),
+                (merged, merged_computed, survivor),
             )
             conn.execute(
                 "UPDATE identities SET profile_id = ? WHERE profile_id = ?", (survivor, gone)

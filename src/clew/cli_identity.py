@@ -1,0 +1,259 @@
+"""``clew identity``: why a profile holds each identifier (``explain``), and splitting an
+identifier off a wrongly merged profile (``split``); see docs/identity-split.md.
+
+Both open the data directory's serving store directly, so they work whether or not
+``clew serve`` runs (a split takes the store's write lock for a moment; the profiles stage
+waits for it).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+
+if TYPE_CHECKING:
+    from clew.config import Settings
+    from clew.identity.resolver import Explanation
+    from clew.identity.split import SplitResult
+    from clew.store.base import Profile, Provenance, Separation
+
+identity_app = typer.Typer(
+    help="Identity resolution: why a profile holds its identifiers; split wrong merges.",
+    no_args_is_help=True,
+)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+Ref = Annotated[
+    str,
+    typer.Argument(
+        help="A profile id (an old, merged-away one too) or an identifier as id_type:value, "
+        "e.g. email:ada@shop.test.",
+        show_default=False,
+    ),
+]
+
+
+def _time(ms: int) -> str:
+    from clew.events import format_time
+
+    return format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+def _settings(data_dir: Path | None, config: Path | None) -> Settings:
+    settings = settings_from(config, data_dir=data_dir)
+    if not settings.profiles_path.exists():
+        raise fail(
+            escape(
+                f"no profiles in {settings.data_dir} yet (is --data-dir right? profiles appear "
+                "once `clew serve` has processed events)"
+            )
+        )
+    return settings
+
+
+def _source_names(settings: Settings) -> dict[str, str]:
+    from clew.sources import Catalog
+
+    catalog = Catalog(settings.meta_path)
+    try:
+        return {s.id: s.name for s in catalog.sources()}
+    finally:
+        catalog.close()
+
+
+def _event(p: Provenance, names: dict[str, str]) -> dict[str, Any]:
+    return {
+        "message_id": p.message_id,
+        "source_id": p.source_id,
+        "source": names.get(p.source_id, p.source_id),
+        "time": _time(p.time_ms),
+        "match_weight": p.match_weight,
+    }
+
+
+def _reason(line: Explanation, names: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": line.kind}
+    if line.identifier is not None:
+        out["identifier"] = str(line.identifier)
+    if line.merged_profile is not None:
+        out["merged_profile"] = line.merged_profile
+    return {**out, **_event(line.provenance, names), "text": line.text}
+
+
+def _separation(sep: Separation) -> dict[str, Any]:
+    return {
+        "identifier": f"{sep.a[0]}:{sep.a[1]}",
+        "apart_from": f"{sep.b[0]}:{sep.b[1]}",
+        "by": sep.provenance.source_id,
+        "time": _time(sep.provenance.time_ms),
+    }
+
+
+@identity_app.command("explain")
+def explain(
+    ref: Ref, as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None
+) -> None:
+    """Why the profile holds each identifier (the event that attached it) and which profiles
+    were merged into it by which events, oldest first."""
+    from clew.identity.resolver import IdentityResolver
+    from clew.identity.split import SplitError, find_profile
+    from clew.store.sqlite import SQLiteProfileStore
+
+    settings = _settings(data_dir, config)
+    rules = settings.identity.rules
+    store = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
+    try:
+        pid = find_profile(store, ref, rules)
+        lines = IdentityResolver(store, rules).explain(pid)
+        held = {(i.id_type, i.value) for i in (line.identifier for line in lines) if i}
+        seps = [s for s in store.separations() if s.a in held or s.b in held]
+    except SplitError as e:
+        raise fail(escape(str(e))) from None
+    finally:
+        store.close()
+    names = _source_names(settings)
+    if as_json:
+        doc = {
+            "profile_id": pid,
+            "reasons": [_reason(line, names) for line in lines],
+            "separations": [_separation(s) for s in seps],
+        }
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        return
+    console.print(f"Profile [bold]{escape(pid)}[/bold]")
+    table = Table("time", "what", "event (message id)", "source", "match weight")
+    for line in lines:
+        p = line.provenance
+        if line.identifier is not None:
+            what = f"{line.identifier} attached"
+        else:
+            what = f"profile {line.merged_profile} merged in"
+        weight = "" if p.match_weight is None else f"{p.match_weight:g}"
+        table.add_row(
+            _time(p.time_ms),
+            escape(what),
+            escape(p.message_id),
+            escape(names.get(p.source_id, p.source_id)),
+            weight,
+        )
+    console.print(table)
+    for sep in seps:
+        s = _separation(sep)
+        console.print(
+            escape(
+                f"{s['identifier']} is kept apart from {s['apart_from']} ({s['by']}, {s['time']})"
+            )
+        )
+
+
+def _default_operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _profile_doc(p: Profile) -> dict[str, Any]:
+    return {
+        "profile_id": p.profile_id,
+        "identifiers": [f"{e.id_type}:{e.value}" for e in p.identities],
+        "orders_count": p.computed.get("orders_count", 0),
+        "total_lifetime_value": p.computed.get("total_lifetime_value", 0.0),
+        "first_seen": _time(p.first_seen_ms),
+        "last_seen": _time(p.last_seen_ms),
+    }
+
+
+def _result_doc(r: SplitResult) -> dict[str, Any]:
+    return {
+        "old_profile_id": r.old_profile_id,
+        "identifier": str(r.identifier),
+        "apart_from": str(r.anchor),
+        "profiles": [_profile_doc(p) for p in r.profiles],
+        "retired": [{"profile_id": c.profile_id, "into": c.into} for c in r.retired],
+        "events_replayed": r.events_replayed,
+        "events_from_log": r.events_from_log,
+        "events_pending": r.events_pending,
+        "events_missing": r.events_missing,
+        "unplaced": [str(i) for i in r.unplaced],
+    }
+
+
+@identity_app.command("split")
+def split(
+    ref: Ref,
+    identifier: Annotated[
+        str,
+        typer.Option(
+            "--identifier",
+            help="The identifier that does not belong with the rest of the profile, as "
+            "id_type:value.",
+            show_default=False,
+        ),
+    ],
+    operator: Annotated[
+        str | None,
+        typer.Option(help="Who asks (recorded with the separation) [default: your login]"),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Split even if some of the profile's events can no longer be read."
+        ),
+    ] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Split IDENTIFIER off the profile: keep it apart from the profile's most trusted other
+    identifier from now on, and re-derive the profile(s) from their events."""
+    from clew.identity.split import SplitError, parse_identifier, split_profile
+
+    settings = _settings(data_dir, config)
+    try:
+        ident = parse_identifier(identifier, settings.identity.rules)
+        result = split_profile(settings, ref, ident, operator or _default_operator(), force=force)
+    except SplitError as e:
+        raise fail(escape(str(e))) from None
+    doc = _result_doc(result)
+    if as_json:
+        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        return
+    console.print(
+        escape(
+            f"Split {doc['identifier']} off profile {doc['old_profile_id']}; from now on it is "
+            f"kept apart from {doc['apart_from']}."
+        )
+    )
+    table = Table("profile", "identifiers", "orders", "lifetime value")
+    for p in doc["profiles"]:
+        table.add_row(
+            escape(p["profile_id"]),
+            escape("\n".join(p["identifiers"])),
+            str(p["orders_count"]),
+            f"{p['total_lifetime_value']:g}",
+        )
+    console.print(table)
+    console.print(
+        f"Replayed {result.events_replayed} events ({result.events_from_log} read from the log "
+        f"because the lake did not hold them yet); {result.events_pending} newer events are "
+        "left for the profiles stage."
+    )
+    for c in result.retired:
+        where = f"now leads to {c.into}" if c.into else "no longer exists"
+        console.print(escape(f"Profile id {c.profile_id} {where}."))
+    if result.unplaced:
+        listed = ", ".join(doc["unplaced"])
+        err.print(escape(f"warning: no profile holds {listed} any more (every event lost it)"))
+    if result.events_missing:
+        err.print(f"warning: {result.events_missing} events could not be read (--force)")
