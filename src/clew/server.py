@@ -228,6 +228,32 @@ class Clew:
             "Time the validate stage spends per polled batch",
             [("_sum", v["validate_us"] / 1e6), ("_count", v["validate_batches"])],
         )
+        pr = self._counters.read("profiles")
+        outcomes = ("applied", "already_applied", "unresolved", "undecodable")
+        metric(
+            "clew_profiles_events_total",
+            "counter",
+            "Events read by the profiles stage, by outcome",
+            [(f'{{outcome="{k}"}}', pr[k]) for k in outcomes],
+        )
+        metric(
+            "clew_profiles_merges_total",
+            "counter",
+            "Profiles merged into another by identity resolution",
+            [("", pr["merges"])],
+        )
+        metric(
+            "clew_profiles_dropped_identifiers_total",
+            "counter",
+            "Identifiers an event carried that a rule kept out of its profile",
+            [("", pr["dropped_identifiers"])],
+        )
+        metric(
+            "clew_profiles_batch_seconds",
+            "summary",
+            "Time the profiles stage spends per polled batch",
+            [("_sum", pr["batch_us"] / 1e6), ("_count", pr["batches"])],
+        )
         dlq_end = self.log.end_offsets("dlq")
         dlq_start = self.log.start_offsets("dlq")
         metric(

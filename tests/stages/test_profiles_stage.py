@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -16,9 +17,11 @@ from clew.events import Event
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.log.base import Log, Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
+from clew.server import BackgroundServer
 from clew.stages.profiles import ProfilesStage
 from clew.stages.runner import StageRunner
 from clew.store import SQLiteProfileStore
+from conftest import WRITE_KEY, wait_for
 
 _ids = itertools.count()
 
@@ -250,3 +253,58 @@ def test_stage_runs_under_the_runner(h: Harness) -> None:
     finally:
         runner.stop()
     assert h.profile("user_id", "u-r") is not None
+
+
+def test_events_over_http_reach_the_profile_api_and_metrics(server: BackgroundServer) -> None:
+    batch = [
+        {
+            "type": "page",
+            "anonymousId": "ph-1",
+            "name": "Home",
+            "timestamp": "2026-05-01T10:00:00Z",
+        },
+        {
+            "type": "identify",
+            "anonymousId": "ph-1",
+            "userId": "u-http",
+            "traits": {"email": "Http@Shop.test", "plan": "pro"},
+            "timestamp": "2026-05-01T10:01:00Z",
+        },
+        {
+            "type": "track",
+            "userId": "u-http",
+            "event": "Order Completed",
+            "properties": {"revenue": 42.5},
+            "timestamp": "2026-05-01T10:02:00Z",
+        },
+    ]
+    r = httpx.post(server.url + "/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, ""))
+    assert r.status_code == 200
+    token = server.clew.catalog.create_token("profiles-test")
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def profile() -> dict[str, Any] | None:
+        got = httpx.get(server.url + "/v1/profiles/email:http@shop.test", headers=headers)
+        body: dict[str, Any] = got.json()
+        ready = got.status_code == 200 and body["computed_traits"].get("orders_count") == 1
+        return body if ready else None
+
+    wait_for(profile)
+    body = profile()
+    assert body is not None
+    assert body["traits"] == {"email": "Http@Shop.test", "plan": "pro"}
+    assert body["computed_traits"]["total_lifetime_value"] == 42.5
+    assert {(i["type"], i["value"]) for i in body["identities"]} == {
+        ("anonymous_id", "ph-1"),
+        ("user_id", "u-http"),
+        ("email", "http@shop.test"),
+    }
+    for ref in ("anonymous_id:ph-1", "user_id:u-http", f"profile_id:{body['profile_id']}"):
+        same = httpx.get(server.url + f"/v1/profiles/{ref}", headers=headers).json()
+        assert same["profile_id"] == body["profile_id"], ref
+    wait_for(
+        lambda: (
+            'clew_profiles_events_total{outcome="applied"} 3'
+            in httpx.get(server.url + "/metrics").text
+        )
+    )

@@ -17,6 +17,7 @@ again, which consumers of snapshots absorb.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from clew.identity.traits import TraitPolicy
 from clew.identity.unifier import Unifier
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
+from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.store.base import Profile, ProfileStore, StoredEvent
 from clew.store.memory import MemoryProfileStore
@@ -38,6 +40,7 @@ from clew.store.memory import MemoryProfileStore
 logger = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(Event)
+_COUNTER_FLUSH_S = 1.0
 
 
 def _now() -> datetime:
@@ -59,8 +62,12 @@ class ProfilesStage(Stage):
         rules: IdentityRules | None = None,
         traits: TraitPolicy | None = None,
         clock: Callable[[], datetime] = _now,
+        counter_store: CounterStore | None = None,
     ) -> None:
         self._store = store
+        self._counter_store = counter_store
+        self._unflushed: Counter[str] = Counter()
+        self._last_flush = 0.0
         self._rules = rules if rules is not None else IdentityRules()
         self._traits = traits if traits is not None else TraitPolicy()
         self._clock = clock
@@ -70,9 +77,23 @@ class ProfilesStage(Stage):
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         self._applied = self._store.load_offsets(self.group)
 
+    def tick(self, consumer: Consumer) -> None:
+        if time.monotonic() - self._last_flush > _COUNTER_FLUSH_S:
+            self._flush_counters()
+
+    def close(self, consumer: Consumer) -> None:
+        self._flush_counters()
+
+    def _flush_counters(self) -> None:
+        if self._counter_store is not None and self._unflushed:
+            self._counter_store.add(self.group, self._unflushed)
+        self._unflushed = Counter()
+        self._last_flush = time.monotonic()
+
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         if not records:
             return
+        started = time.perf_counter_ns()
         progress: dict[tuple[str, int], int] = {}
         counts: Counter[str] = Counter()
         batch: list[tuple[Record, Event]] = []
@@ -118,7 +139,10 @@ class ProfilesStage(Stage):
             if fresh:
                 self._store.save_offsets(self.group, fresh)
         self._applied.update(fresh)
+        counts["batches"] += 1
+        counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)
+        self._unflushed.update(counts)
         messages = self._announce(touched, work.store, profiles)
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
