@@ -103,8 +103,10 @@ def _separation(sep: Separation) -> dict[str, Any]:
 def explain(
     ref: Ref, as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None
 ) -> None:
-    """Why the profile holds each identifier (the event that attached it) and which profiles
-    were merged into it by which events, oldest first."""
+    """Why a profile holds each identifier, and which events merged profiles into it.
+
+    Oldest first: the event that attached each identifier (message id, source, time, match
+    weight) and each merge with its event; then the separations that concern the profile."""
     from clew.identity.resolver import IdentityResolver
     from clew.identity.split import SplitError, find_profile
     from clew.store.sqlite import SQLiteProfileStore
@@ -203,7 +205,7 @@ def split(
     ],
     operator: Annotated[
         str | None,
-        typer.Option(help="Who asks (recorded with the separation) [default: your login]"),
+        typer.Option(help="Who asks; recorded with the separation (default: your login name)."),
     ] = None,
     force: Annotated[
         bool,
@@ -215,8 +217,10 @@ def split(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Split IDENTIFIER off the profile: keep it apart from the profile's most trusted other
-    identifier from now on, and re-derive the profile(s) from their events."""
+    """Split an identifier off a wrongly merged profile (see docs/identity-split.md).
+
+    The identifier is kept apart from the profile's most trusted other identifier from now
+    on, and the profile is re-derived from its events into the profiles they now give."""
     from clew.identity.split import SplitError, parse_identifier, split_profile
 
     settings = _settings(data_dir, config)

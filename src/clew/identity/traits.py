@@ -100,23 +100,31 @@ class TraitMerger:
     def __init__(self, policy: TraitPolicy | None = None) -> None:
         self.policy = policy if policy is not None else TraitPolicy()
 
-    def apply(
-        self, traits: Traits, computed: Traits, incoming: Traits, time_ms: int
-    ) -> tuple[Traits, Traits]:
-        """``traits`` updated by an event's traits at ``time_ms``, with ``computed``'s field
-        times updated to match. Pure: the arguments are not changed."""
-        out = dict(traits)
+    def times(self, computed: Traits, incoming: Traits, time_ms: int) -> tuple[Traits, list[str]]:
+        """``computed`` with the trait times an event at ``time_ms`` wins, and the names of
+        the ``latest``/``first`` fields whose incoming value wins. Pure."""
         times: dict[str, int] = dict(computed.get(TRAIT_TIMES, {}))
+        winners: list[str] = []
+        for name in incoming:
+            strategy = self.policy.strategy(name)
+            if strategy in ("latest", "first") and _wins(strategy, time_ms, times.get(name)):
+                times[name] = time_ms
+                winners.append(name)
+        return {**computed, TRAIT_TIMES: times}, winners
+
+    def values(self, traits: Traits, incoming: Traits, winners: list[str]) -> Traits:
+        """``traits`` updated by an event's traits: the ``winners`` from :meth:`times` take
+        the incoming value, ``sum`` fields add up and ``union`` fields collect. Pure."""
+        out = dict(traits)
         for name, value in incoming.items():
             strategy = self.policy.strategy(name)
             if strategy == "sum":
                 out[name] = _add(out.get(name), value)
             elif strategy == "union":
                 out[name] = _union(out.get(name), value)
-            elif _wins(strategy, time_ms, times.get(name)):
-                out[name] = value
-                times[name] = time_ms
-        return out, {**computed, TRAIT_TIMES: times}
+        for name in winners:
+            out[name] = incoming[name]
+        return out
 
     def merge_traits(
         self, into: Traits, from_: Traits, into_times: Traits, from_times: Traits

@@ -61,14 +61,17 @@ class Unifier:
         store = self.store
         if event.type == "identify" and event.traits:
             incoming = event.traits
-            now = store.get(pid)
-            if now is not None:
-                # One writer per profile (the log keys a person's events to one partition),
-                # so the snapshot cannot go stale between these calls.
-                traits, computed = self.merger.apply(now.traits, now.computed, incoming, time_ms)
-                times = computed[TRAIT_TIMES]
-                store.update_traits(pid, lambda _: traits)
-                store.update_computed(pid, lambda current: {**current, TRAIT_TIMES: times})
+            winners: list[str] = []
+
+            def times(computed: Traits) -> Traits:
+                updated, won = self.merger.times(computed, incoming, time_ms)
+                winners[:] = won
+                return updated
+
+            # Times first: they decide which incoming values win (a late event never
+            # overwrites a newer value).
+            store.update_computed(pid, times)
+            store.update_traits(pid, lambda traits: self.merger.values(traits, incoming, winners))
         if is_order(event.type, event.event):
             amount = revenue(event.properties)
             when = format_time(parse_time(event.timestamp))

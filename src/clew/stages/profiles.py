@@ -109,32 +109,33 @@ class ProfilesStage(Stage):
         # arrival order) brings the speed layer closer to the batch layer's order.
         batch.sort(key=lambda item: _time_key(item[1].timestamp))
 
-        # The batch is resolved in memory over the profiles its identifiers reach, then
-        # written back in one transaction with the offsets (see the module docstring).
-        work = self._working_set(batch)
-        unifier = Unifier(work.store, self._rules, self._traits)
-        # Separations change only when an operator splits a profile; reading them per batch
-        # makes a split effective from the next batch on.
-        unifier.resolver.set_separations(self._store.separations())
+        # The batch is loaded, resolved in memory and written back with the offsets inside
+        # one store transaction, so that no other writer (a split, a deletion) can commit in
+        # between and be overwritten by a stale working set.
         touched: dict[str, None] = {}
-        for rec, event in batch:
-            if rec.offset <= self._applied.get((rec.topic, rec.partition), -1):
-                pid = unifier.profile_of(event)
-                counts["already_applied"] += 1
-            else:
-                outcome = unifier.apply(event, rec.value)
-                pid = outcome.profile_id
-                counts["applied"] += 1
-                counts["merges"] += len(outcome.resolution.merged_from)
-                counts["dropped_identifiers"] += len(outcome.resolution.dropped)
-                touched.update(dict.fromkeys(outcome.resolution.merged_from))
-                if pid is None:
-                    counts["unresolved"] += 1
-            if pid is not None:
-                touched[pid] = None
-        profiles, gone, history = work.result()
         fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
         with self._store.transaction():
+            now = self._clock()
+            work = self._working_set(batch)
+            unifier = Unifier(work.store, self._rules, self._traits)
+            # Separations change only when an operator splits a profile.
+            unifier.resolver.set_separations(self._store.separations())
+            for rec, event in batch:
+                if rec.offset <= self._applied.get((rec.topic, rec.partition), -1):
+                    pid = unifier.profile_of(event)
+                    counts["already_applied"] += 1
+                else:
+                    outcome = unifier.apply(event, rec.value)
+                    pid = outcome.profile_id
+                    counts["applied"] += 1
+                    counts["merges"] += len(outcome.resolution.merged_from)
+                    counts["dropped_identifiers"] += len(outcome.resolution.dropped)
+                    touched.update(dict.fromkeys(outcome.resolution.merged_from))
+                    if pid is None:
+                        counts["unresolved"] += 1
+                if pid is not None:
+                    touched[pid] = None
+            profiles, gone, history = work.result()
             self._store.write_back(profiles, gone, history)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
@@ -143,7 +144,7 @@ class ProfilesStage(Stage):
         counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)
         self._unflushed.update(counts)
-        messages = self._announce(touched, work.store, profiles)
+        messages = self._announce(touched, work.store, profiles, now)
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
@@ -161,9 +162,14 @@ class ProfilesStage(Stage):
         return _WorkingSet(self._store.load(keys), self._store.history)
 
     def _announce(
-        self, touched: dict[str, None], store: ProfileStore, profiles: list[Profile]
+        self,
+        touched: dict[str, None],
+        store: ProfileStore,
+        profiles: list[Profile],
+        now: datetime,
     ) -> list[Message]:
-        now = self._clock()
+        """Snapshots of the touched profiles, stamped with the time taken inside the batch's
+        transaction (so a later writer's changes are always stamped later)."""
         by_id = {p.profile_id: p for p in profiles}
         messages: list[Message] = []
         for pid in touched:
