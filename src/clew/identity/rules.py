@@ -76,9 +76,7 @@ def _default_id_types() -> dict[str, IdTypeRule]:
     week = 7 * 24 * 3600
     return {
         "user_id": IdTypeRule(priority=1, limit=1),
-        "email": IdTypeRule(
-            priority=2, limit=5, window_s=week, blocked=list(DEFAULT_BLOCKED_EMAILS)
-        ),
+        "email": IdTypeRule(priority=2, limit=5, window_s=week),
         "phone": IdTypeRule(priority=3, limit=5, window_s=week),
         "loyalty_id": IdTypeRule(priority=4, limit=1),
         "anonymous_id": IdTypeRule(priority=9),
@@ -118,10 +116,21 @@ class IdentityRules(BaseModel):
     def _regexes_compile(cls, value: list[str]) -> list[str]:
         return _check_regexes(value)
 
+    @field_validator("id_types")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, IdTypeRule]) -> dict[str, IdTypeRule]:
+        # Configuring one type must not silently drop the defaults of the others (a user_id
+        # without its limit of 1 would let a shared device merge two customers).
+        return {**_default_id_types(), **value}
+
     def model_post_init(self, context: object, /) -> None:
         common = list(self.blocked_values)
+        # Placeholder emails are always blocked; an email rule's own `blocked` adds to them.
         self._blocked = {
-            id_type: _compile(common + rule.blocked) for id_type, rule in self.id_types.items()
+            id_type: _compile(
+                common + (list(DEFAULT_BLOCKED_EMAILS) if id_type == "email" else []) + rule.blocked
+            )
+            for id_type, rule in self.id_types.items()
         }
         self._blocked[""] = _compile(common + self.default_rule.blocked)
 
