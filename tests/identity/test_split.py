@@ -228,6 +228,21 @@ def test_split_gives_each_person_their_own_profile_and_orders(family: Background
         },
     )
 
+    # The Profile API serves the two people apart, by any of their references.
+    token = family.clew.catalog.create_token("split-test")
+    api: dict[str, tuple[str, float]] = {}
+    for ref in (f"email:{FAMILY}", "anonymous_id:laptop", "anonymous_id:tablet", old_id):
+        got = httpx.get(
+            family.url + f"/v1/profiles/{ref if ':' in ref else 'profile_id:' + ref}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert got.status_code == 200, got.text
+        body = got.json()
+        api[ref] = (body["profile_id"], body["computed_traits"]["total_lifetime_value"])
+    assert api[f"email:{FAMILY}"] == api["anonymous_id:laptop"] == (alex.profile_id, 30.0)
+    assert api["anonymous_id:tablet"] == (billie.profile_id, 50.0)
+    assert api[old_id] == (alex.profile_id, 30.0)
+
     # Billie identifies again with the family address and orders: the live profiles stage
     # keeps the two apart (the tablet loses the conflict) and her order stays hers.
     send(
