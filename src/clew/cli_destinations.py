@@ -1,0 +1,366 @@
+"""``clew destinations``: add, list and remove webhook destinations; inspect deliveries and the
+delivery dead-letter store; replay dead letters. See docs/destinations.md.
+
+Every command works on the data directory's files directly, so it works whether or not
+``clew serve`` runs; a running server picks up added, changed and removed destinations within
+about a second, and replayed dead letters within its next outbox poll.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+
+if TYPE_CHECKING:
+    from clew.destinations import DestinationConfig, DestinationDirectory, Outbox
+
+destinations_app = typer.Typer(
+    help="Webhook destinations: events and profile changes, filtered by consent, batched, "
+    "signed and retried.",
+    no_args_is_help=True,
+)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+Many = Annotated[list[str] | None, typer.Option(show_default=False)]
+
+
+def _when(ms: int | None) -> str:
+    from clew.events import format_time
+
+    return "" if ms is None else format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+def _open(data_dir: Path | None, config: Path | None) -> tuple[DestinationDirectory, Path]:
+    from clew.destinations import DestinationDirectory, destinations_dir, outbox_path
+
+    settings = settings_from(config, data_dir=data_dir)
+    return DestinationDirectory(destinations_dir(settings.data_dir)), outbox_path(settings.data_dir)
+
+
+def _outbox(path: Path) -> Outbox:
+    from clew.destinations import Outbox
+
+    return Outbox(path)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+@destinations_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="The destination's name (letters, digits, _-.).")],
+    url: Annotated[str | None, typer.Option(help="Webhook URL (http:// or https://).")] = None,
+    secret: Annotated[
+        str | None, typer.Option(help="HMAC key that signs each request (X-Clew-Signature).")
+    ] = None,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(help="Read the HMAC key from this environment variable of `clew serve`."),
+    ] = None,
+    category: Many = None,
+    event: Many = None,
+    change: Many = None,
+    audience: Many = None,
+    trait: Many = None,
+    batch_size: Annotated[int | None, typer.Option(help="Records per request [100].")] = None,
+    max_batch_wait_ms: Annotated[
+        int | None, typer.Option(help="Send a smaller batch after this wait [1000].")
+    ] = None,
+    timeout_s: Annotated[float | None, typer.Option(help="Per-request timeout [10].")] = None,
+    retry_for_s: Annotated[
+        float | None, typer.Option(help="Retry a failing batch this long [14400 = 4 h].")
+    ] = None,
+    from_file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Read the settings from a YAML or JSON file instead."),
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Overwrite an existing destination.")] = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Add a webhook destination (repeat --category, --event, --change, --audience, --trait
+    for several values; --event '*' is every event, the default)."""
+    from clew.destinations import DestinationError, parse_destination
+    from clew.destinations.config import read_mapping
+
+    directory, _ = _open(data_dir, config)
+    options: dict[str, Any] = {
+        "url": url,
+        "secret": secret,
+        "secret_env": secret_env,
+        "categories": category,
+        "events": event,
+        "changes": change,
+        "audiences": audience,
+        "traits": trait,
+        "batch_size": batch_size,
+        "max_batch_wait_ms": max_batch_wait_ms,
+        "timeout_s": timeout_s,
+        "retry_for_s": retry_for_s,
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        if from_file is not None:
+            base = read_mapping(from_file)
+            destination = parse_destination({**base, **given, "name": name}, str(from_file))
+        else:
+            if url is None:
+                raise fail("--url is required (or --file with the settings)", 2)
+            destination = parse_destination({"name": name, **given}, "destination")
+        path = directory.save(destination, replace=replace)
+    except DestinationError as exc:
+        raise fail(escape(str(exc)), 2) from None
+    console.print(f"destination [bold]{escape(name)}[/bold] saved to {escape(str(path))}")
+    console.print(f"  {escape(_summary(destination))}", highlight=False)
+
+
+def _summary(d: DestinationConfig) -> str:
+    parts = [f"events: {', '.join(d.events) or 'none'}"]
+    if d.changes:
+        parts.append(f"changes: {', '.join(d.changes)}")
+    if d.audiences:
+        parts.append(f"audiences: {', '.join(d.audiences)}")
+    if d.traits:
+        parts.append(f"traits: {', '.join(d.traits)}")
+    parts.append(f"consent: {', '.join(d.categories) if d.categories else 'not mapped'}")
+    return "; ".join(parts)
+
+
+@destinations_app.command("list")
+def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Configured destinations with their filters, outbox and delivery counts. ``active
+    since``: when the destinations stage picked the destination up; it gets the records that
+    arrive from then on ("pending" until `clew serve` has seen it)."""
+    directory, db = _open(data_dir, config)
+    found, problems = directory.load()
+    outbox = _outbox(db)
+    try:
+        waiting = outbox.waiting()
+        counters = outbox.counters()
+        known = outbox.known()
+        dead: dict[str, int] = {}
+        for letter in outbox.dead_letters():
+            dead[letter.dest] = dead.get(letter.dest, 0) + 1
+    finally:
+        outbox.close()
+    rows = []
+    for d in sorted(found.values(), key=lambda c: c.name):
+        rows.append(
+            {
+                **d.model_dump(mode="json", exclude={"secret"}),
+                "secret": d.describe_secret(),
+                "active_since": _when(known[d.name]) if d.name in known else None,
+                "outbox": waiting.get(d.name, 0),
+                "delivered_events": counters.get((d.name, "events:delivered"), 0),
+                "dead_letters": dead.get(d.name, 0),
+            }
+        )
+    if as_json:
+        _print_json({"destinations": rows, "problems": [str(p) for p in problems.values()]})
+        return
+    table = Table(
+        "name", "url", "selects", "secret", "active since", "outbox", "delivered", "dead letters"
+    )
+    for column in table.columns[:3]:
+        column.overflow = "fold"
+    for d, row in zip(sorted(found.values(), key=lambda c: c.name), rows, strict=True):
+        table.add_row(
+            escape(d.name),
+            escape(d.url),
+            escape(_summary(d)),
+            escape(row["secret"]),
+            row["active_since"] or "pending",
+            str(row["outbox"]),
+            str(row["delivered_events"]),
+            str(row["dead_letters"]),
+        )
+    console.print(table)
+    for problem in problems.values():
+        console.print(f"[red]invalid:[/red] {escape(problem)}")
+
+
+@destinations_app.command("remove")
+def remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """Remove a destination and drop its outbox (its history and dead letters stay)."""
+    from clew.destinations import DestinationError
+
+    directory, db = _open(data_dir, config)
+    try:
+        path = directory.remove(name)
+    except DestinationError as exc:
+        raise fail(escape(str(exc))) from None
+    outbox = _outbox(db)
+    try:
+        dropped = outbox.purge(name)
+    finally:
+        outbox.close()
+    console.print(
+        f"removed {escape(str(path))}; {dropped} records waiting in its outbox were dropped"
+    )
+
+
+@destinations_app.command("deliveries")
+def deliveries(
+    name: str,
+    limit: Annotated[int, typer.Option(help="Finished deliveries to show.")] = 20,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """The batch being delivered (attempts, last error, next attempt) and the latest finished
+    deliveries, newest first."""
+    _, db = _open(data_dir, config)
+    outbox = _outbox(db)
+    try:
+        head = outbox.head(name)
+        waiting = outbox.waiting().get(name, 0)
+        done = outbox.deliveries(name, limit)
+    finally:
+        outbox.close()
+    pending = None
+    if head is not None:
+        pending = {
+            "delivery_id": head.delivery_id,
+            "events": head.events,
+            "attempts": head.attempts,
+            "last_status": head.last_status,
+            "last_error": head.last_error,
+            "next_attempt": _when(head.next_attempt_ms) if head.attempts else "now",
+        }
+    finished = [
+        {
+            "delivery_id": d.delivery_id,
+            "events": d.events,
+            "outcome": d.outcome,
+            "status": d.status,
+            "attempts": d.attempts,
+            "error": d.error,
+            "finished": _when(d.finished_ms),
+        }
+        for d in done
+    ]
+    if as_json:
+        _print_json({"outbox": waiting, "in_flight": pending, "deliveries": finished})
+        return
+    console.print(f"{waiting} records in the outbox of {escape(name)}")
+    if pending is not None:
+        console.print(
+            f"in flight: {pending['delivery_id']} ({pending['events']} records), "
+            f"{pending['attempts']} failed attempts, next {pending['next_attempt']}"
+            + (f", last: {escape(str(pending['last_error']))}" if pending["last_error"] else ""),
+            highlight=False,
+        )
+    table = Table("finished", "delivery id", "records", "outcome", "status", "attempts", "error")
+    for d in done:
+        table.add_row(
+            _when(d.finished_ms),
+            d.delivery_id,
+            str(d.events),
+            d.outcome,
+            "" if d.status is None else str(d.status),
+            str(d.attempts),
+            escape(d.error or ""),
+        )
+    console.print(table)
+
+
+@destinations_app.command("dlq")
+def dlq(
+    name: Annotated[str | None, typer.Argument(help="Only this destination.")] = None,
+    show: Annotated[
+        str | None, typer.Option(help="Print the records of this delivery id as JSON.")
+    ] = None,
+    purge: Annotated[
+        bool, typer.Option(help="Delete the destination's dead letters (needs NAME).")
+    ] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Deliveries that were refused or ran out of retries, with the reason."""
+    _, db = _open(data_dir, config)
+    outbox = _outbox(db)
+    try:
+        if show is not None:
+            body = outbox.dead_letter_body(show)
+            if body is None:
+                raise fail(f"no dead letter with delivery id {escape(show)}")
+            sys.stdout.write(body.decode() + "\n")
+            return
+        if purge:
+            if name is None:
+                raise fail("name the destination whose dead letters to purge", 2)
+            console.print(
+                f"deleted {outbox.purge_dead_letters(name)} dead letters of {escape(name)}"
+            )
+            return
+        letters = outbox.dead_letters(name)
+    finally:
+        outbox.close()
+    rows = [
+        {
+            "destination": x.dest,
+            "delivery_id": x.delivery_id,
+            "events": x.events,
+            "reason": x.reason,
+            "status": x.status,
+            "attempts": x.attempts,
+            "failed": _when(x.failed_ms),
+        }
+        for x in letters
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("failed", "destination", "delivery id", "records", "status", "reason")
+    for x in letters:
+        table.add_row(
+            _when(x.failed_ms),
+            escape(x.dest),
+            x.delivery_id,
+            str(x.events),
+            "" if x.status is None else str(x.status),
+            escape(x.reason),
+        )
+    console.print(table)
+
+
+@destinations_app.command("replay")
+def replay(
+    name: str,
+    delivery_id: Annotated[
+        str | None, typer.Option("--id", help="Only this dead letter (a delivery id).")
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Send a destination's dead letters again: each goes back to its outbox as a batch with
+    its original delivery id, after the batch in flight."""
+    from clew.destinations import DestinationError
+
+    directory, db = _open(data_dir, config)
+    try:
+        directory.get(name)
+    except DestinationError as exc:
+        raise fail(escape(str(exc)) + " (add it again to replay its dead letters)") from None
+    outbox = _outbox(db)
+    try:
+        batches, records = outbox.replay(name, int(time.time() * 1000), delivery_id)
+    finally:
+        outbox.close()
+    if delivery_id is not None and not batches:
+        raise fail(f"no dead letter of {escape(name)} with delivery id {escape(delivery_id)}")
+    console.print(
+        f"{batches} dead letters ({records} records) of {escape(name)} are back in its outbox"
+    )

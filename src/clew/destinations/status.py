@@ -1,0 +1,79 @@
+"""Destination figures for ``/metrics``, read from the outbox file (safe from any process while
+the destinations stage runs)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
+from clew.destinations.outbox import DEAD_LETTERED, DELIVERED, OUTBOX_FULL, RETRIED
+from clew.destinations.routing import CONSENT, INTEGRATIONS, NOT_SELECTED_CHANGE, NOT_SELECTED_EVENT
+
+MetricFamily = tuple[str, str, str, list[tuple[str, float]]]
+
+_DELIVERY_OUTCOMES = (DELIVERED, RETRIED, DEAD_LETTERED, OUTBOX_FULL)
+_EVENT_OUTCOMES = (DELIVERED, DEAD_LETTERED)
+_FILTER_REASONS = (CONSENT, INTEGRATIONS, NOT_SELECTED_EVENT, NOT_SELECTED_CHANGE)
+
+
+def _read(path: Path) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    if not path.exists():
+        return {}, {}
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        counters = {(d, n): v for d, n, v in db.execute("SELECT dest, name, value FROM counters")}
+        waiting = dict(db.execute("SELECT dest, count(*) FROM items GROUP BY dest").fetchall())
+        return counters, waiting
+    except sqlite3.OperationalError:
+        # The stage has not created its tables yet.
+        return {}, {}
+    finally:
+        db.close()
+
+
+def metric_families(data_dir: Path) -> list[MetricFamily]:
+    """(name, type, help, [(labels, value)]) per destination metric: every configured
+    destination appears (with zeros until it has traffic), and removed ones while they still
+    have counts."""
+    counters, waiting = _read(outbox_path(data_dir))
+    configured = {
+        c.name for c in DestinationDirectory(destinations_dir(data_dir)).load()[0].values()
+    }
+    names = sorted(configured | {d for d, _ in counters} | set(waiting))
+
+    def samples(prefix: str, label: str, values: tuple[str, ...]) -> list[tuple[str, float]]:
+        return [
+            (f'{{destination="{d}",{label}="{v}"}}', counters.get((d, f"{prefix}:{v}"), 0))
+            for d in names
+            for v in values
+        ]
+
+    return [
+        (
+            "clew_destination_deliveries_total",
+            "counter",
+            "Webhook batches by outcome (retried counts failed attempts that will be retried; "
+            "outbox_full counts overflow batches sent straight to the dead-letter store)",
+            samples("deliveries", "outcome", _DELIVERY_OUTCOMES),
+        ),
+        (
+            "clew_destination_events_total",
+            "counter",
+            "Records in webhook batches that were delivered or dead-lettered",
+            samples("events", "outcome", _EVENT_OUTCOMES),
+        ),
+        (
+            "clew_destination_filtered_total",
+            "counter",
+            "Records not sent to a destination, by reason (event or change: not selected by its "
+            "filters; integrations: turned off in the event; consent: a category not granted)",
+            samples("filtered", "reason", _FILTER_REASONS),
+        ),
+        (
+            "clew_destination_outbox",
+            "gauge",
+            "Records waiting in a destination's outbox (including the batch being sent)",
+            [(f'{{destination="{d}"}}', waiting.get(d, 0)) for d in names],
+        ),
+    ]
