@@ -33,6 +33,8 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
+	sh scripts/redis.sh
+	sh scripts/kafka.sh
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-dev

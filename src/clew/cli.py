@@ -13,8 +13,11 @@ import typer
 from rich.table import Table
 
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
 from clew.cli_identity import identity_app
+from clew.cli_import import import_app
+from clew.cli_rebuild import rebuild
 from clew.cli_schema import plan_app, schema_app
 from clew.config import Settings
 
@@ -33,6 +36,9 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(schema_app, name="schema")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(identity_app, name="identity")
+app.add_typer(destinations_app, name="destinations")
+app.add_typer(import_app, name="import")
+app.command(name="rebuild")(rebuild)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -37,11 +37,25 @@ class Limits(BaseModel):
 
 
 class LogSettings(BaseModel):
-    backend: str = "embedded"
+    """The log (DESIGN.md §2): ``embedded`` needs nothing; ``kafka`` needs a Kafka cluster and
+    ``pip install 'clew[kafka]'`` (docs/scale-out.md)."""
+
+    backend: Literal["embedded", "kafka"] = "embedded"
     partitions: int = 4
     # Retention of each topic; ``None`` keeps records forever.
     retention_hours: float | None = 7 * 24
     retention_bytes: int | None = None
+    # Kafka: the cluster, and the replicas of each topic Clew creates (``None``: the cluster's
+    # default.replication.factor).
+    bootstrap_servers: str = "127.0.0.1:9092"
+    replication_factor: int | None = Field(default=None, ge=1)
+    # Seconds a request to the cluster may take before the log raises an error.
+    kafka_timeout_s: float = Field(default=30.0, gt=0)
+    # librdkafka properties for every client (security.protocol, sasl.*, ssl.*, client.id),
+    # then for producers or consumers only.
+    kafka_client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    kafka_producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    kafka_consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class LakeSettings(BaseModel):

@@ -19,6 +19,7 @@ from clew._datadir import lock_data_dir
 from clew.api.app import build_api
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
+from clew.destinations import metric_families as destination_metric_families
 from clew.lake.query import Lake
 from clew.log.factory import open_log
 from clew.monitor import read_status
@@ -278,6 +279,8 @@ class Clew:
         metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
         families = read_status(self.settings.monitor_path).metric_families()
         for name, kind, help_text, samples in families:
+            metric(name, kind, help_text, samples)
+        for name, kind, help_text, samples in destination_metric_families(self.settings.data_dir):
             metric(name, kind, help_text, samples)
         return "\n".join(lines) + "\n"
 

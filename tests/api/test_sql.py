@@ -86,7 +86,14 @@ def test_health_and_metrics(server: BackgroundServer) -> None:
     _send(server, 5)
     health = httpx.get(server.url + "/health").json()
     assert health["ok"] is True
-    assert set(health["stages"]) == {"validate", "lake", "monitor", "profiles", "profiles-lake"}
+    assert set(health["stages"]) == {
+        "validate",
+        "lake",
+        "monitor",
+        "profiles",
+        "profiles-lake",
+        "destinations",
+    }
     metrics = httpx.get(server.url + "/metrics").text
     assert "clew_collector_events_total 5" in metrics
     # Stage counters reach /metrics within about a second (stages may run in other processes).

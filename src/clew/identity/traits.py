@@ -65,7 +65,7 @@ def revenue(properties: dict[str, Any]) -> float:
         if isinstance(value, int | float | str):
             try:
                 number = float(value)
-            except ValueError:
+            except (ValueError, OverflowError):  # OverflowError: an integer beyond 1e308
                 continue
             if math.isfinite(number):
                 return number

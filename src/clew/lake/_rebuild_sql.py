@@ -1,18 +1,18 @@
 """The SQL half of ``clew rebuild``: reading the lake's events in event-time order with each
-event's identity payload and skip key, and the per-profile aggregates.
+event's identity payload, and the per-profile aggregates.
 
 The identity payload of an event is everything :func:`clew.identity.extract` reads apart from
-the event type: ``userId``, ``anonymousId``, and the sub-objects of ``traits``, ``context``
-and ``properties`` that hold emails, phones, ``context.externalIds``, ``context.clew`` (a
-probabilistic match) and the rules' custom id paths. Two events with the same payload text
-have the same identifiers, whatever else they carry.
+the event type: ``userId``, ``anonymousId``, and the members of ``traits``, ``context`` and
+``properties`` that hold emails, phones, ``context.externalIds``, ``context.clew`` (a
+probabilistic match) and the first step of the rules' custom id paths. Two events with the
+same payload text carry the same identifiers, whatever else they hold.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import is_order
@@ -24,6 +24,42 @@ if TYPE_CHECKING:
 HAS_TRAITS = 1  # an identify with traits: the unifier must see it (traits by event time)
 UNCACHEABLE = 2  # an alias or a matched import: its identifiers depend on the store's state
 
+_CLEW = "clew"
+_NOTHING = "'{}'"
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadShape:
+    """Which members of ``traits``, ``context`` and ``properties`` a payload holds, in the
+    order of its JSON arrays."""
+
+    traits: tuple[str, ...]
+    context: tuple[str, ...]
+    properties: tuple[str, ...]
+
+    @classmethod
+    def of(cls, rules: IdentityRules) -> PayloadShape:
+        roots: dict[str, set[str]] = {
+            "traits": {"email", "phone"},
+            "context": {"traits", "externalIds", _CLEW},
+            "properties": set(),
+        }
+        for custom in rules.custom_ids:
+            for path in custom.paths:
+                root, first = path.split(".")[:2]
+                roots[root].add(first)
+        return cls(*(tuple(sorted(roots[r])) for r in ("traits", "context", "properties")))
+
+    def objects(self, payload: list[Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The ``traits``, ``context`` and ``properties`` objects of a parsed payload (members
+        that are absent or JSON null are both ``None``: extraction treats them alike)."""
+        _, _, traits, context, properties = payload
+        return (
+            dict(zip(self.traits, traits)),  # noqa: B905 - lengths equal by construction
+            dict(zip(self.context, context)),  # noqa: B905
+            dict(zip(self.properties, properties)),  # noqa: B905
+        )
+
 
 def _pointer(key: str) -> str:
     """A JSON pointer to the top-level ``key`` (exact for any characters)."""
@@ -34,38 +70,11 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _sub_object(column: str, keys: Iterable[str]) -> str:
-    """SQL for a JSON object holding only ``keys`` of the JSON text ``column``."""
-    parts = [
-        f"{_sql_string(k)}, json_extract({column}, {_sql_string(_pointer(k))})"
-        for k in sorted(set(keys))
-    ]
-    return f"json_object({', '.join(parts)})" if parts else "'{}'::JSON"
-
-
-def payload_columns(rules: IdentityRules) -> dict[str, str]:
-    """SQL expressions of the identity payload's JSON objects, by field."""
-    roots: dict[str, set[str]] = {
-        "traits": {"email", "phone"},
-        "context": {"traits", "externalIds", "clew"},
-        "properties": set(),
-    }
-    for custom in rules.custom_ids:
-        for path in custom.paths:
-            root, first = path.split(".")[:2]
-            roots[root].add(first)
-    return {
-        "id_traits": _sub_object("traits", roots["traits"]),
-        "id_context": _sub_object("context", roots["context"]),
-        "id_properties": _sub_object("properties", roots["properties"]),
-    }
-
-
-def order_names(conn: duckdb.DuckDBPyConnection) -> list[str]:
-    """The distinct track event names that are orders, decided by
-    :func:`clew.identity.traits.is_order` itself (so the SQL cannot disagree with it)."""
-    names = conn.execute("SELECT DISTINCT event FROM events WHERE type = 'track'").fetchall()
-    return sorted(n for (n,) in names if is_order("track", n))
+def _members(column: str, keys: tuple[str, ...]) -> str:
+    """SQL: the JSON values of ``keys`` in the JSON text ``column``, as a list (one parse)."""
+    if not keys:
+        return "[]::JSON[]"
+    return f"json_extract({column}, [{', '.join(_sql_string(_pointer(k)) for k in keys)}])"
 
 
 def _py_amount(text: str | None) -> float | None:
@@ -80,7 +89,9 @@ def _py_amount(text: str | None) -> float | None:
 
 
 def _amount(key: str) -> str:
-    """SQL: ``properties.<key>`` as revenue() reads it (a finite number, or NULL)."""
+    """SQL: ``properties.<key>`` as revenue() reads it (a finite number, or NULL). Strings
+    go through Python's ``float()``, whose grammar (Unicode digits and spaces, ``_``) no SQL
+    cast reproduces."""
     path = _sql_string(_pointer(key))
     kind = f"json_type(properties, {path})"
     return (
@@ -90,60 +101,88 @@ def _amount(key: str) -> str:
     )
 
 
-def load_events(conn: duckdb.DuckDBPyConnection, rules: IdentityRules) -> int:
-    """Materialise the temp tables ``ids`` (one row per distinct identity payload: ``key_id``,
-    ``payload`` = the JSON array ``[userId, anonymousId, traits, context, properties]``, the
-    objects cut down to what extraction reads) and ``ev`` (one row per event: ``rn``, its
-    position in event-time order, ties by ``received_at`` then ``message_id``; ``key_id``;
-    what the unifier needs besides the payload; ``flags``; the order amount). Returns the
-    number of events."""
+def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
+    """Materialise the temp tables ``ids`` (one row per distinct identity payload: ``key_id``;
+    ``payload``, the JSON array ``[userId, anonymousId, [traits members], [context
+    members], [properties members]]`` in ``shape``'s order; the ``key_id`` of its base
+    payloads, the same ``userId`` and/or ``anonymousId`` with no other member, where some
+    event carries one) and ``ev`` (one row per event:
+    ``rn``, its position in event-time order, ties by ``received_at`` then ``message_id``;
+    ``key_id``; what the unifier needs besides the payload; ``flags``; whether it is an
+    order and its amount). Returns the number of events."""
     import duckdb
+    import duckdb.func
 
     conn.create_function(
-        "clew_amount", _py_amount, [duckdb.typing.VARCHAR], duckdb.typing.DOUBLE, side_effects=False
+        "clew_amount",
+        _py_amount,
+        [duckdb.sqltypes.VARCHAR],
+        duckdb.sqltypes.DOUBLE,
+        null_handling=duckdb.func.SPECIAL,
+        side_effects=False,
     )
-    conn.execute(
-        "CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END"
-    )
-    orders = order_names(conn)
-    listed = ", ".join(_sql_string(n) for n in orders) or "NULL"
-    payload = payload_columns(rules)
+    conn.execute("CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END")
+    # Which names are orders is decided by is_order() itself, over the distinct names.
+    names = conn.execute("SELECT DISTINCT event FROM events WHERE type = 'track'").fetchall()
+    orders = ", ".join(_sql_string(n) for (n,) in names if is_order("track", n)) or "NULL"
+    is_order_sql = f"(type = 'track' AND event IN ({orders}))"
+    match = f"json_extract(context_members[{shape.context.index(_CLEW) + 1}], '/match') IS NOT NULL"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE raw AS
         SELECT timestamp, received_at, message_id, type, source_id, previous_id,
-               json_array(user_id, anonymous_id, {payload["id_traits"]},
-                          {payload["id_context"]}, {payload["id_properties"]})::VARCHAR
+               user_id, anonymous_id,
+               json_array(user_id, anonymous_id, {_members("traits", shape.traits)},
+                          context_members, {_members("properties", shape.properties)})::VARCHAR
                    AS payload,
-               CASE WHEN type = 'identify' AND json_type(traits) = 'OBJECT'
-                    AND len(json_keys(traits)) > 0 THEN traits END AS full_traits,
-               (type = 'track' AND event IN ({listed})) AS is_order,
-               CASE WHEN type = 'track' AND event IN ({listed})
+               full_traits,
+               ((CASE WHEN full_traits IS NOT NULL THEN {HAS_TRAITS} ELSE 0 END) |
+                (CASE WHEN type = 'alias' OR {match} THEN {UNCACHEABLE} ELSE 0 END))::TINYINT
+                   AS flags,
+               {is_order_sql} AS is_order,
+               CASE WHEN {is_order_sql}
                     THEN coalesce({_amount("revenue")}, {_amount("total")}, 0.0) END AS revenue
-        FROM events
+        FROM (
+            SELECT *, {_members("context", shape.context)} AS context_members,
+                   CASE WHEN type = 'identify' AND json_type(traits) = 'OBJECT'
+                        AND len(json_keys(traits)) > 0 THEN traits END AS full_traits
+            FROM events
+        )
+        WHERE timestamp IS NOT NULL
         """
     )
-    conn.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE ids AS
-        SELECT (row_number() OVER () - 1)::INTEGER AS key_id, payload
-        FROM (SELECT DISTINCT payload FROM raw)
-        """
-    )
+
+    def base(user_id: str, anonymous_id: str) -> str:
+        # Built exactly as an event's payload is, for an event without any other member.
+        return (
+            f"json_array({user_id}, {anonymous_id}, {_members(_NOTHING, shape.traits)}, "
+            f"{_members(_NOTHING, shape.context)}, {_members(_NOTHING, shape.properties)})"
+            "::VARCHAR"
+        )
+
     conn.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE ids AS
+        WITH n AS (
+            SELECT (row_number() OVER () - 1)::INTEGER AS key_id, *
+            FROM (SELECT DISTINCT payload, user_id, anonymous_id FROM raw)
+        )
+        SELECT n.key_id, n.payload, b.key_id AS base_both, u.key_id AS base_user,
+               a.key_id AS base_anonymous
+        FROM n
+        LEFT JOIN n b ON b.payload = {base("n.user_id", "n.anonymous_id")}
+        LEFT JOIN n u ON u.payload = {base("n.user_id", "NULL")}
+        LEFT JOIN n a ON a.payload = {base("NULL", "n.anonymous_id")}
+        """
+    )
+    conn.execute(
+        """
         CREATE OR REPLACE TEMP TABLE ev AS
         SELECT (row_number() OVER (ORDER BY r.timestamp, r.received_at, r.message_id) - 1)
                    AS rn,
-               i.key_id, r.type, r.message_id, coalesce(r.source_id, '') AS source_id,
-               strftime(r.timestamp, '%Y-%m-%dT%H:%M:%S.%g') || 'Z' AS ts,
-               CASE WHEN r.type = 'alias' THEN r.previous_id END AS previous_id,
-               r.full_traits,
-               ((CASE WHEN r.full_traits IS NOT NULL THEN {HAS_TRAITS} ELSE 0 END) |
-                (CASE WHEN r.type = 'alias'
-                      OR json_extract(r.payload, '/3/clew/match') IS NOT NULL
-                      THEN {UNCACHEABLE} ELSE 0 END))::TINYINT AS flags,
-               r.timestamp, r.is_order, r.revenue
+               i.key_id, r.flags, r.type, r.message_id, coalesce(r.source_id, '') AS source_id,
+               r.timestamp, CASE WHEN r.type = 'alias' THEN r.previous_id END AS previous_id,
+               r.full_traits, r.is_order, r.revenue
         FROM raw r JOIN ids i USING (payload)
         """
     )
@@ -153,15 +192,22 @@ def load_events(conn: duckdb.DuckDBPyConnection, rules: IdentityRules) -> int:
 
 
 AGGREGATES = """
-SELECT m.pidx,
+WITH mapping AS (
+    SELECT e.rn, CASE WHEN a.rn IS NOT NULL THEN a.profile_id ELSE k.profile_id END
+               AS profile_id
+    FROM ev e LEFT JOIN applied a USING (rn) LEFT JOIN decided k USING (key_id)
+)
+SELECT m.profile_id,
        min(e.timestamp) AS first_seen,
        max(e.timestamp) AS last_seen,
        coalesce(sum(e.revenue) FILTER (WHERE e.is_order), 0.0) AS total_lifetime_value,
        count(*) FILTER (WHERE e.is_order) AS orders_count,
        max(e.timestamp) FILTER (WHERE e.is_order) AS last_purchase_date
 FROM ev e JOIN mapping m USING (rn)
-WHERE m.pidx IS NOT NULL
-GROUP BY m.pidx
+WHERE m.profile_id IS NOT NULL
+GROUP BY m.profile_id
 """
-"""Per profile (``mapping``: ``rn`` -> ``pidx``): first and last seen, and the purchase
-totals the speed layer keeps (``clew.identity.traits``)."""
+"""Per profile: first and last seen, and the purchase totals the speed layer keeps
+(``clew.identity.traits``). An event's profile (its final survivor) is its own if the
+unifier applied it (``applied``: ``rn``, ``profile_id``), else that of its payload
+(``decided``: ``key_id``, ``profile_id``)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clew.config import Settings
-from clew.log.base import Log, LogError, TopicSpec
+from clew.log.base import Log, TopicSpec
 from clew.log.embedded import EmbeddedLog
 
 RAW_TOPIC = "raw"
@@ -14,15 +14,37 @@ TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
 
 
 def open_log(settings: Settings) -> Log:
-    """The log chosen in ``settings.log.backend``, with every Clew topic created."""
-    if settings.log.backend != "embedded":
-        raise LogError(f"log backend {settings.log.backend!r} is not available; use 'embedded'")
-    log = EmbeddedLog(settings.log_path)
+    """The log chosen in ``settings.log.backend``, with every Clew topic created (or its
+    retention updated). Raises :class:`~clew.log.base.LogError` when the backend cannot be
+    reached or a topic exists with another partition count, and
+    :class:`~clew.log.kafka.KafkaUnavailableError` when Kafka is chosen without its client."""
+    log = _open_backend(settings)
     retention_ms = (
         int(settings.log.retention_hours * 3600_000) if settings.log.retention_hours else None
     )
-    for name in TOPICS:
-        log.create_topic(
-            TopicSpec(name, settings.log.partitions, retention_ms, settings.log.retention_bytes)
-        )
+    try:
+        for name in TOPICS:
+            log.create_topic(
+                TopicSpec(name, settings.log.partitions, retention_ms, settings.log.retention_bytes)
+            )
+    except BaseException:
+        log.close()
+        raise
     return log
+
+
+def _open_backend(settings: Settings) -> Log:
+    config = settings.log
+    if config.backend == "kafka":
+        # Imported here: confluent-kafka is an optional extra.
+        from clew.log.kafka import KafkaLog
+
+        return KafkaLog(
+            config.bootstrap_servers,
+            replication_factor=config.replication_factor,
+            client=config.kafka_client,
+            producer=config.kafka_producer,
+            consumer=config.kafka_consumer,
+            timeout_s=config.kafka_timeout_s,
+        )
+    return EmbeddedLog(settings.log_path)

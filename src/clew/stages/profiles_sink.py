@@ -123,6 +123,8 @@ class ProfilesSinkStage(Stage):
     def close(self, consumer: Consumer) -> None:
         if self._pending:
             self._flush(consumer)
+        elif self._offsets:
+            self._commit(consumer)
 
     def _commit(self, consumer: Consumer) -> None:
         consumer.commit({tp: off + 1 for tp, off in self._offsets.items()})

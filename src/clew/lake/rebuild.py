@@ -1,0 +1,296 @@
+"""The batch layer (``clew rebuild``): re-derive every profile from the lake's ``events`` table
+and rewrite the lake tables ``customer_profiles`` and ``identities``, then reconcile the result
+with the speed layer's serving store.
+
+How: DuckDB reads every event in event-time order (ties: ``received_at``, then
+``message_id``); the same :class:`~clew.identity.unifier.Unifier` the profiles stage runs
+resolves them over an in-memory store, with the rules and trait policy of
+``settings.identity`` and the operator's separations (``clew identity split``) read from the
+serving store; each event's profile is resolved to its final survivor, and DuckDB computes
+first/last seen and the purchase totals (the ``clew.identity.traits`` definitions, to the
+same float) per profile from the events joined to that mapping. Identifiers, traits and
+merges come from the in-memory store.
+
+The unifier sees only what decides identities and traits: an event's identity payload (see
+``_rebuild_sql``), type, id, time and source, and an identify's traits. Orders and history
+are not applied there (orders are summed in SQL; the lake tables hold no history). Most
+events are not applied at all; ``_rebuild_resolve`` says why skipping them is exact.
+
+Ordering: the speed layer applies events in arrival order (in event-time order within each
+batch it polls); the rebuild applies them in event-time order. The two agree whenever events
+arrive in time order; a late event (a phone that was offline, a backfill) can make them differ
+(which identifier of a conflicting pair wins, which profile id survives a merge), and the
+reconciliation report shows where.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clew.config import Settings
+from clew.identity.unifier import Unifier
+from clew.lake._profile_rows import IdentityColumns, ProfileColumns
+from clew.lake._rebuild_resolve import Resolved, resolve_events
+from clew.lake._rebuild_sql import AGGREGATES, PayloadShape, load_events
+from clew.lake._reconcile import Facts, Reconciliation, reconcile
+from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
+from clew.store.base import Profile
+from clew.store.memory import MemoryProfileStore
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+__all__ = ["RebuildError", "RebuildReport", "Reconciliation", "rebuild"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_WRITE_ATTEMPTS = 3
+
+
+class RebuildError(RuntimeError):
+    """The rebuild cannot complete; the message says what to do."""
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What a rebuild did: counts, seconds per phase (``read``, ``resolve``, ``sql``,
+    ``write``, ``reconcile``), and the comparison with the serving store (``None`` when
+    there is no serving store)."""
+
+    events: int = 0
+    applied: int = 0
+    profiles: int = 0
+    identities: int = 0
+    written: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    reconciliation: Reconciliation | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.timings.values())
+
+
+def rebuild(
+    settings: Settings, *, dry_run: bool = False, max_differences: int = 20
+) -> RebuildReport:
+    """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` and
+    overwrite both tables (not with ``dry_run``). Reads the serving store at
+    ``settings.profiles_path``, if it exists, for separations and the reconciliation; never
+    writes it. Raises :class:`RebuildError` if a table cannot be written.
+
+    Python's cyclic garbage collector is paused meanwhile: the in-memory store holds millions
+    of long-lived objects that each collection would walk again, for nothing to collect."""
+    import duckdb
+
+    from clew.lake.query import register_tables
+
+    report = RebuildReport()
+    clock = _Clock(report.timings)
+    rebuilt_at = datetime.now(UTC)
+    speed = _open_serving_store(settings.profiles_path)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        store = MemoryProfileStore(history=0)
+        ident = settings.identity
+        unifier = Unifier(store, ident.rules, ident.traits, keep_history=False)
+        if speed is not None:
+            for separation in speed.separations():
+                store.add_separation(separation)
+        unifier.refresh_separations()
+        shape = PayloadShape.of(ident.rules)
+        conn = duckdb.connect(":memory:")
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            with clock("read"):
+                register_tables(conn, settings.lake_path)
+                report.events = load_events(conn, shape)
+            with clock("resolve"):
+                resolved = resolve_events(conn, unifier, shape)
+            report.applied = len(resolved.applied)
+            with clock("sql"):
+                batch = _assemble(conn, resolved, store, rebuilt_at)
+            report.profiles = batch.table.num_rows
+            report.identities = len(batch.identities)
+            if not dry_run:
+                with clock("write"):
+                    _write(settings.lake_path, batch)
+                report.written = True
+        finally:
+            conn.close()
+        if speed is not None:
+            with clock("reconcile"):
+                report.reconciliation = reconcile(batch.facts(), speed, max_differences)
+    finally:
+        if collecting:
+            gc.enable()
+        if speed is not None:
+            speed.close()
+    return report
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float]) -> None:
+        self._timings = timings
+
+    def __call__(self, phase: str) -> _Phase:
+        return _Phase(self._timings, phase)
+
+
+class _Phase:
+    def __init__(self, timings: dict[str, float], phase: str) -> None:
+        self._timings, self._phase = timings, phase
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self._started
+        self._timings[self._phase] = self._timings.get(self._phase, 0.0) + elapsed
+
+
+def _open_serving_store(path: Path) -> Any:
+    if not path.exists():
+        return None
+    from clew.store.sqlite import SQLiteProfileStore
+
+    return SQLiteProfileStore(path)
+
+
+@dataclass(slots=True)
+class _Batch:
+    profiles: list[Profile]
+    table: pa.Table
+    identities: IdentityColumns
+
+    def facts(self) -> list[Facts]:
+        by_id = {p.profile_id: p for p in self.profiles}
+        return [Facts.from_row(row, by_id[row["profile_id"]]) for row in self.table.to_pylist()]
+
+
+def _assemble(
+    conn: duckdb.DuckDBPyConnection,
+    resolved: Resolved,
+    store: MemoryProfileStore,
+    rebuilt_at: datetime,
+) -> _Batch:
+    """Map every event to its profile's final survivor and compute the per-profile
+    aggregates in SQL while Python collects the profiles' identities, traits and merges;
+    join both into the rows of the two tables."""
+    import pyarrow as pa
+
+    survivors: dict[str, str | None] = {}
+
+    def table(pairs: dict[int, str | None], name: str) -> pa.Table:
+        live: list[str | None] = []
+        for pid in pairs.values():
+            if pid is not None and pid not in survivors:
+                survivors[pid] = store.resolve(pid)
+            live.append(None if pid is None else survivors[pid])
+        return pa.table(
+            {name: pa.array(list(pairs), pa.int64()), "profile_id": pa.array(live, pa.string())}
+        )
+
+    applied, decided = table(resolved.applied, "rn"), table(resolved.decided, "key_id")
+    with ThreadPoolExecutor(1) as pool:
+        # DuckDB releases the GIL: the aggregates run while Python walks the profiles.
+        future = pool.submit(_aggregates, conn, applied, decided)
+        profiles = store.scan(None, 1 << 62)
+        columns, identities = _columns(profiles, rebuilt_at)
+        aggregates = future.result()
+    conn.register("store_part", columns.store_part())
+    conn.register("aggregates", aggregates)
+    names = ", ".join(f.name for f in CUSTOMER_PROFILES_SCHEMA if f.name != "updated_at")
+    rows = _arrow(
+        conn,
+        f"SELECT {names}, $updated::TIMESTAMPTZ AS updated_at "
+        "FROM store_part JOIN aggregates USING (profile_id) ORDER BY profile_id",
+        {"updated": rebuilt_at},
+    ).cast(CUSTOMER_PROFILES_SCHEMA)
+    conn.unregister("store_part")
+    conn.unregister("aggregates")
+    if rows.num_rows != len(profiles):
+        raise RebuildError(
+            f"{len(profiles) - rows.num_rows} profiles have no event; run the rebuild again"
+        )
+    return _Batch(profiles, rows, identities)
+
+
+def _aggregates(conn: duckdb.DuckDBPyConnection, applied: pa.Table, decided: pa.Table) -> pa.Table:
+    conn.register("applied", applied)
+    conn.register("decided", decided)
+    try:
+        return _arrow(conn, AGGREGATES)
+    finally:
+        conn.unregister("applied")
+        conn.unregister("decided")
+
+
+def _columns(
+    profiles: list[Profile], rebuilt_at: datetime
+) -> tuple[ProfileColumns, IdentityColumns]:
+    updated_ms = (rebuilt_at - _EPOCH) // _ONE_MS
+    columns = ProfileColumns()
+    identities = IdentityColumns()
+    for p in profiles:
+        columns.add_identity(
+            p.profile_id,
+            ((e.id_type, e.value) for e in p.identities),
+            p.traits,
+            (r.from_id for r in p.merged),
+        )
+        for e in p.identities:
+            prov = e.provenance
+            identities.add(
+                e.id_type,
+                e.value,
+                p.profile_id,
+                prov.message_id,
+                prov.source_id,
+                prov.time_ms,
+                prov.match_weight,
+                updated_ms,
+            )
+    return columns, identities
+
+
+def _arrow(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None
+) -> pa.Table:
+    table = conn.sql(sql, params=params).to_arrow_table()
+    assert table is not None
+    return table
+
+
+def _write(lake_path: Path, batch: _Batch) -> None:
+    """Overwrite both tables, in parallel (the Delta writer releases the GIL)."""
+    with ThreadPoolExecutor(2) as pool:
+        done = [
+            pool.submit(_overwrite, lake_path / CUSTOMER_PROFILES.name, batch.table),
+            pool.submit(_overwrite, lake_path / IDENTITIES.name, batch.identities.table()),
+        ]
+        for future in done:
+            future.result()
+
+
+def _overwrite(path: Path, table: pa.Table) -> None:
+    from deltalake import write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(_WRITE_ATTEMPTS):
+        try:
+            write_deltalake(str(path), table, mode="overwrite", schema_mode="overwrite")
+            return
+        except CommitFailedError as exc:
+            if attempt == _WRITE_ATTEMPTS - 1:
+                raise RebuildError(
+                    f"could not overwrite {path.name}: another writer (the profiles-lake "
+                    f"stage) kept committing ({exc}); run the rebuild again"
+                ) from exc

@@ -1,0 +1,241 @@
+"""The consumer-group member of the Kafka log (``clew.log.kafka``): group membership with the
+cooperative-sticky assignor, positions, offset commits, and commits that are one Kafka
+transaction with the records they produce. Imported only when confluent-kafka is installed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, cast
+
+from clew.log._kafka_driver import (
+    KafkaError,
+    KafkaException,
+    Producer,
+    RawConsumer,
+    RawMessage,
+    RawTopicPartition,
+    admin,
+    check_messages,
+    raise_for,
+    to_record,
+)
+from clew.log.base import Consumer, LogError, Message, Record, TopicPartition
+
+if TYPE_CHECKING:
+    from clew.log.kafka import KafkaLog
+
+_MAX_STASH = 5000
+
+
+class KafkaConsumer(Consumer):
+    """A member of a Kafka consumer group (see :class:`Consumer`).
+
+    Created once it has joined the group (its first assignment, possibly empty, or after
+    ``timeout_s``), so that ``assignment`` and ``commit`` act as a member. Positions are the
+    offsets after the records ``poll`` returned; records librdkafka delivered while joining
+    or while ``assignment`` served group events are kept for the next ``poll``.
+    """
+
+    def __init__(self, log: KafkaLog, group: str, topics: list[str]) -> None:
+        self._log = log
+        self._group = group
+        self._consumer = RawConsumer(
+            {
+                **log.consumer_config,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+        self._stash: list[RawMessage] = []
+        self._assigned: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}
+        self._seeked: set[TopicPartition] = set()
+        self._joined = False
+        self._transactional: Producer | None = None
+        self._closed = False
+        self._consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
+        self._await_membership()
+
+    def _on_assign(self, _: object, partitions: list[RawTopicPartition]) -> None:
+        self._joined = True
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+
+    def _on_revoke(self, _: object, partitions: list[RawTopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= gone
+        self._seeked -= gone
+        for tp in gone:
+            self._positions.pop(tp, None)
+        self._stash = [m for m in self._stash if (m.topic(), m.partition()) not in gone]
+
+    def _fetch(self, timeout_s: float, max_records: int) -> None:
+        """Moves what librdkafka delivers (serving group events on the way) to the stash."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return
+        more = self._consumer.consume(max_records - 1, 0) if max_records > 1 else []
+        for msg in (first, *more):
+            err = msg.error()
+            if err is None:
+                if (msg.topic(), msg.partition()) in self._assigned:
+                    self._stash.append(msg)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                raise_for(err, f"consuming {msg.topic()!r} in group {self._group!r}")
+
+    def _await_membership(self) -> None:
+        deadline = time.monotonic() + self._log.timeout_s
+        while not self._joined and time.monotonic() < deadline:
+            self._fetch(0.05, 500)
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        self._check_open()
+        if not self._stash:
+            self._fetch(timeout_s, max_records)
+        batch, self._stash = self._stash[:max_records], self._stash[max_records:]
+        out = [to_record(msg) for msg in batch]
+        for r in out:
+            self._positions[(r.topic, r.partition)] = r.offset + 1
+            self._seeked.discard((r.topic, r.partition))
+        return out
+
+    def _current_positions(self) -> dict[TopicPartition, int]:
+        """Positions to commit. Past the last returned record, librdkafka may already be
+        beyond transaction markers, which no poll returns; taking its position then keeps a
+        group that read everything from showing a lag of one per marker."""
+        out = dict(self._positions)
+        if not out:
+            return out
+        stashed = {(m.topic(), m.partition()) for m in self._stash}
+        for tp in self._consumer.position([RawTopicPartition(t, p) for t, p in out]):
+            key = (tp.topic, tp.partition)
+            if key not in stashed and key not in self._seeked and tp.offset > out[key]:
+                out[key] = tp.offset
+        return out
+
+    def commit(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        produce: Mapping[str, Sequence[Message]] | None = None,
+    ) -> None:
+        """Offsets alone are committed to the group; with ``produce``, records and offsets
+        are one Kafka transaction. Raises :class:`LogError` if it did not commit (for a
+        transaction whose outcome is unknown, the message says so)."""
+        self._check_open()
+        outputs = {topic: list(ms) for topic, ms in (produce or {}).items() if ms}
+        for topic, messages in outputs.items():
+            self._log.partition_count(topic)
+            check_messages(messages)
+        self._await_membership()
+        to_commit = dict(offsets) if offsets is not None else self._current_positions()
+        tps = [RawTopicPartition(t, p, off) for (t, p), off in to_commit.items()]
+        if outputs:
+            self._commit_transaction(tps, outputs)
+        elif tps:
+            try:
+                result = self._consumer.commit(offsets=tps, asynchronous=False) or []
+            except KafkaException as exc:
+                raise_for(exc.args[0], f"committing offsets of group {self._group!r}")
+            for tp in result:
+                if tp.error is not None:
+                    raise_for(tp.error, f"committing {tp.topic}[{tp.partition}]", tp.topic)
+
+    def _commit_transaction(
+        self, tps: list[RawTopicPartition], outputs: dict[str, list[Message]]
+    ) -> None:
+        timeout = self._log.timeout_s
+        group = self._group
+        if self._transactional is None:
+            producer = Producer(
+                {**self._log.producer_config, "transactional.id": f"clew-{group}-{uuid.uuid4()}"}
+            )
+            try:
+                producer.init_transactions(timeout)
+            except KafkaException as exc:
+                raise_for(exc.args[0], f"starting transactions for group {group!r}")
+            self._transactional = producer
+        producer = self._transactional
+        written: dict[tuple[str, int], int] = {}
+
+        def delivered(err: KafkaError | None, msg: RawMessage) -> None:
+            if err is None:
+                key = (cast(str, msg.topic()), cast(int, msg.partition()))
+                written[key] = max(written.get(key, -1), cast(int, msg.offset()))
+
+        try:
+            producer.begin_transaction()
+            for topic, messages in outputs.items():
+                n = self._log.partition_count(topic)
+                for m in messages:
+                    self._log.produce(producer, topic, n, m, delivered)
+            if tps:
+                metadata = self._consumer.consumer_group_metadata()
+                producer.send_offsets_to_transaction(tps, metadata, timeout)
+            producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            try:
+                if not err.txn_requires_abort():
+                    raise
+                producer.abort_transaction(timeout)
+            except KafkaException:
+                self._transactional = None  # unusable now: the next commit starts afresh
+                producer.close()
+                raise_for(err, f"transaction of group {group!r} (outcome unknown)")
+            raise_for(err, f"transaction of group {group!r} (aborted, nothing committed)")
+        self._await_visible(written)
+
+    def _await_visible(self, written: Mapping[tuple[str, int], int]) -> None:
+        """Kafka acknowledges a transaction before its commit markers are written; waiting
+        for them lets a reader right after ``commit`` see the records (read-your-writes)."""
+        deadline = time.monotonic() + self._log.timeout_s
+        for topic in {t for t, _ in written}:
+            while time.monotonic() < deadline:
+                latest = admin.OffsetSpec.latest()
+                stable = self._log.list_offsets(topic, latest, committed_only=True)
+                if all(stable[p] > off for (t, p), off in written.items() if t == topic):
+                    break
+                time.sleep(0.002)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._check_open()
+        tp = (topic, partition)
+        if tp not in self._assigned:
+            raise LogError(f"{topic}[{partition}] is not assigned to this consumer")
+        try:
+            self._consumer.seek(RawTopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            raise_for(exc.args[0], f"seeking {topic}[{partition}]", topic)
+        self._stash = [m for m in self._stash if (m.topic(), m.partition()) != tp]
+        self._positions[tp] = offset
+        self._seeked.add(tp)
+
+    def assignment(self) -> list[TopicPartition]:
+        """After serving the group events that arrived (records polled meanwhile are kept)."""
+        self._check_open()
+        if len(self._stash) < _MAX_STASH:
+            self._fetch(0, _MAX_STASH - len(self._stash))
+        return sorted(self._assigned)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError("this consumer is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stash.clear()
+        try:
+            self._consumer.close()
+        finally:
+            if self._transactional is not None:
+                self._transactional.close()

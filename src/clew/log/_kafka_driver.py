@@ -1,0 +1,122 @@
+"""confluent-kafka for the Kafka log (``clew.log.kafka``), imported in this one place, and
+what every part of that backend shares: Kafka errors mapped to the contract's, records
+converted, the reserved epoch header.
+
+The driver is an optional extra: this module imports without it and sets :data:`missing`
+to the ``ImportError``; the other ``_kafka_*`` modules take the driver's names from here, so
+they are imported only when :data:`missing` is ``None``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar, cast
+
+from clew.log.base import LogClosedError, LogError, Message, Record, UnknownTopicError
+
+try:
+    from confluent_kafka import Consumer as RawConsumer
+    from confluent_kafka import (
+        IsolationLevel,
+        KafkaError,
+        KafkaException,
+        Producer,
+        TopicCollection,
+    )
+    from confluent_kafka import Message as RawMessage
+    from confluent_kafka import TopicPartition as RawTopicPartition
+    from confluent_kafka import admin as _admin_module
+except ImportError as exc:
+    missing: ImportError | None = exc
+else:
+    missing = None
+    # Untyped on purpose: mypy --strict rejects the names this package re-exports.
+    admin: Any = _admin_module
+
+__all__ = [
+    "EPOCH_HEADER",
+    "IsolationLevel",
+    "KafkaError",
+    "KafkaException",
+    "Producer",
+    "RawConsumer",
+    "RawMessage",
+    "RawTopicPartition",
+    "TopicCollection",
+    "admin",
+    "check_messages",
+    "missing",
+    "raise_for",
+    "retrying",
+    "to_record",
+]
+
+EPOCH_HEADER = "clew.epoch"
+
+_T = TypeVar("_T")
+
+
+def raise_for(err: KafkaError, doing: str, topic: str | None = None) -> NoReturn:
+    """Raise the contract's error for a Kafka error that happened while ``doing``."""
+    code = err.code()
+    if topic is not None and code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        raise UnknownTopicError(topic)
+    if code in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+        raise LogClosedError(f"{doing}: the log was closed before Kafka acknowledged it")
+    raise LogError(f"{doing} failed: {err.str()}")
+
+
+def _transient(err: KafkaError) -> bool:
+    """Errors that pass once the cluster settles (a new topic's leaders known, a group
+    coordinator moved or loaded, a transaction finished), which librdkafka's admin calls and
+    ``committed`` do not all retry."""
+    return err.retriable() or err.code() in (
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+    )
+
+
+def retrying(call: Callable[[], _T], timeout_s: float, doing: str, topic: str | None = None) -> _T:
+    """``call()``, again while it fails with a transient error, for up to ``timeout_s``;
+    then, or on any other Kafka error, the contract's error (see :func:`raise_for`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if not _transient(err) or time.monotonic() > deadline:
+                raise_for(err, doing, topic)
+        time.sleep(0.05)
+
+
+def to_record(msg: RawMessage) -> Record:
+    """A consumed Kafka message as a :class:`Record` (undoing the epoch-timestamp header)."""
+    headers = cast("list[tuple[str, bytes | None]]", msg.headers() or [])
+    _, ts = msg.timestamp()
+    if headers and headers[-1][0] == EPOCH_HEADER:
+        headers, ts = headers[:-1], 0
+    key = msg.key()
+    return Record(
+        cast(str, msg.topic()),
+        cast(int, msg.partition()),
+        cast(int, msg.offset()),
+        key if key is None else bytes(key),
+        bytes(msg.value() or b""),
+        tuple((k, bytes(v or b"")) for k, v in headers),
+        ts,
+    )
+
+
+def check_messages(messages: Sequence[Message]) -> None:
+    """Refuse, before anything is sent, what Kafka cannot store as the contract says."""
+    for m in messages:
+        if m.timestamp_ms is not None and m.timestamp_ms < 0:
+            raise LogError(f"Kafka record timestamps cannot be negative ({m.timestamp_ms})")
+        if any(name == EPOCH_HEADER for name, _ in m.headers):
+            raise LogError(f"the header name {EPOCH_HEADER!r} is reserved by the Kafka log")

@@ -1,0 +1,227 @@
+"""A real single-node Apache Kafka for tests and benchmarks: broker and KRaft controller in one
+JVM on free loopback ports, in a fresh storage directory, stopped afterwards.
+
+``scripts/kafka.sh`` fetches Kafka's jars with Maven into ``kafka_home()``; ``make test``
+runs it first. Without Java, the jars or confluent-kafka, :func:`missing` says which command
+installs what is missing, and the Kafka tests skip with that message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+POM = ROOT / "scripts" / "kafka" / "pom.xml"
+FETCH = "scripts/kafka.sh"
+
+# Settings a production cluster would not use: one replica of everything, no topic created
+# by accident, no wait for more members before the first group assignment.
+_BROKER_SETTINGS = {
+    "auto.create.topics.enable": "false",
+    "num.partitions": "1",
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "transaction.state.log.num.partitions": "4",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+}
+
+
+class KafkaStartError(RuntimeError):
+    """The broker did not come up; the message ends with the tail of its log."""
+
+
+def kafka_version() -> str:
+    """The Kafka version that ``scripts/kafka/pom.xml`` fetches (its single source)."""
+    found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    assert found, f"no <kafka.version> in {POM}"
+    return found.group(1)
+
+
+def kafka_home() -> Path:
+    """Where ``scripts/kafka.sh`` puts the jars (``libs/``); ``CLEW_KAFKA_HOME`` overrides."""
+    if home := os.environ.get("CLEW_KAFKA_HOME"):
+        return Path(home)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "clew" / "kafka" / kafka_version()
+
+
+def missing() -> str | None:
+    """Why a broker cannot start here, naming the command that fixes it; None if it can."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return "the Kafka client is not installed: pip install -e '.[kafka]'"
+    if shutil.which("java") is None:
+        return "Kafka needs Java 17 or newer: apt-get install openjdk-17-jre-headless"
+    if not (kafka_home() / ".complete").is_file():
+        return f"Kafka's jars are not in {kafka_home()}: run {FETCH} (needs Maven)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the broker gets SIGTERM if the test process dies, so a
+    crashed session leaves no JVM behind."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class KafkaBroker:
+    """One broker; ``bootstrap`` is its address once started."""
+
+    def __init__(self, workdir: Path, home: Path | None = None) -> None:
+        self.workdir = workdir
+        self.home = home or kafka_home()
+        self.port = _free_port()
+        self.controller_port = _free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.log_file = workdir / "broker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        java = shutil.which("java") or "java"
+        return [java, "-Xms256m", "-Xmx768m", "-cp", str(self.home / "libs" / "*"), main, *args]
+
+    def _write_config(self) -> Path:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.workdir / "data"),
+            **_BROKER_SETTINGS,
+        }
+        path = self.workdir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return path
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Format the storage, start the JVM, return once it answers and its group and
+        transaction coordinators are loaded. Raises :class:`KafkaStartError` otherwise."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        formatted = subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if formatted.returncode != 0:
+            raise KafkaStartError(f"formatting Kafka's storage failed:\n{formatted.stderr}")
+        with self.log_file.open("wb") as log:
+            self._process = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        try:
+            self._await_ready(time.monotonic() + timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _failed(self, why: str) -> KafkaStartError:
+        tail = self.log_file.read_text(errors="replace").splitlines()[-40:]
+        return KafkaStartError(f"{why}; the end of {self.log_file}:\n" + "\n".join(tail))
+
+    def _await_ready(self, deadline: float) -> None:
+        from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        while True:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise self._failed(f"Kafka exited with status {self._process.returncode}")
+            if time.monotonic() > deadline:
+                raise self._failed("Kafka did not answer in time")
+            with contextlib.suppress(KafkaException):
+                if admin.list_topics(timeout=1).brokers:
+                    break
+            time.sleep(0.2)
+        # The first consumer group and the first transaction create Kafka's internal topics;
+        # doing it here keeps that time out of the first test's deadlines.
+        quiet = {"bootstrap.servers": self.bootstrap, "log_level": 0}
+        producer = Producer({**quiet, "transactional.id": "clew-warm-up"})
+        producer.init_transactions(max(1.0, deadline - time.monotonic()))
+        producer.close()
+        consumer = Consumer({**quiet, "group.id": "clew-warm-up"})
+        try:
+            while True:
+                try:
+                    consumer.committed([TopicPartition("clew-warm-up", 0)], timeout=5)
+                    return
+                except KafkaException as exc:
+                    if time.monotonic() > deadline:
+                        raise self._failed(f"no group coordinator: {exc}") from None
+                time.sleep(0.2)
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 30 s). Safe to call twice."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> KafkaBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Body of a session fixture: a running broker, or a skip saying what to install."""
+    reason = missing()
+    if reason is not None:
+        pytest.skip(reason)
+    with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
