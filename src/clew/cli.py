@@ -86,7 +86,11 @@ def serve(
 @app.command()
 def worker(
     stage: Annotated[
-        list[str], typer.Option("--stage", help="validate, lake or monitor (repeatable)")
+        list[str],
+        typer.Option(
+            "--stage",
+            help="validate, lake, monitor, profiles, profiles-lake or destinations (repeatable)",
+        ),
     ],
     data_dir: DataDir = None,
     config: ConfigFile = None,
