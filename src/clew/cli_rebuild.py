@@ -1,0 +1,79 @@
+"""``clew rebuild``: the batch layer. Re-derive every profile from the lake's ``events``
+table, rewrite the lake tables ``customer_profiles`` and ``identities``, and say whether the
+result agrees with the speed layer (the serving store the profiles stage keeps).
+
+It reads the lake and the serving store and writes only the two lake tables, so it can run
+while ``clew serve`` does; see docs/identity.md ("Batch rebuild").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+
+if TYPE_CHECKING:
+    from clew.lake.rebuild import RebuildReport
+
+
+def rebuild(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compute and compare, but write no table.")
+    ] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Exit 1 if the batch and speed layers disagree."),
+    ] = False,
+    show: Annotated[int, typer.Option("--show", help="How many differences to list.", min=0)] = 20,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Rebuild customer_profiles and identities from the events in the lake, and reconcile
+    them with the serving store."""
+    from clew.lake.rebuild import RebuildError
+    from clew.lake.rebuild import rebuild as run
+
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        report = run(settings, dry_run=dry_run, max_differences=show)
+    except RebuildError as e:
+        raise fail(str(e)) from None
+    _print(report)
+    recon = report.reconciliation
+    if check and recon is not None and not recon.agree:
+        raise typer.Exit(1)
+
+
+def _print(report: RebuildReport) -> None:
+    phases = ", ".join(f"{name} {s:.1f} s" for name, s in report.timings.items())
+    console.print(f"rebuilt in {report.seconds:.1f} s ({phases})")
+    console.print(
+        f"  {report.events:,} events ({report.applied:,} applied by the unifier), "
+        f"{report.profiles:,} profiles, {report.identities:,} identifiers"
+    )
+    if report.written:
+        console.print("  wrote lake tables customer_profiles and identities")
+    else:
+        console.print("  dry run: no table written")
+    recon = report.reconciliation
+    if recon is None:
+        console.print("no serving store to compare with (the profiles stage has not run)")
+        return
+    console.print(
+        f"speed layer: {recon.speed_profiles:,} profiles, {recon.speed_identifiers:,} "
+        f"identifiers; batch layer: {recon.batch_profiles:,} profiles, "
+        f"{recon.batch_identifiers:,} identifiers"
+    )
+    console.print(
+        f"  {recon.same_groups:,} profiles group the same identifiers, "
+        f"{recon.identical:,} of them identical (id, seen times, purchases, traits)"
+    )
+    if recon.agree:
+        console.print("[green]the batch and speed layers agree[/green]")
+        return
+    console.print(f"[yellow]{recon.difference_count:,} differences[/yellow]; the first ones:")
+    for line in recon.differences:
+        console.print(f"  - {escape(line)}", highlight=False)
