@@ -2,24 +2,38 @@
 
 A backend is a factory that opens a :class:`ProfileStore` on one storage location; calling it
 again opens another handle on the same storage (that is how the durability tests "restart").
-To add a backend (Redis), add its name to ``BACKENDS`` and a branch in ``open_store`` that
-yields handles on the server. Every test uses unique profile ids and identity values, so a
-shared server works too. Handles are closed at teardown even when a test closed them
-already, so ``close`` must be safe to call twice.
+Every test uses unique profile ids and identity values, so a shared server works too; on the
+Redis server, which the whole session shares, each test also has its own key prefix.
+Handles are closed at teardown even when a test closed them already, so ``close`` must be
+safe to call twice.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from _services import ServiceUnavailable, redis_server, unavailable
 from clew.store import MemoryProfileStore, ProfileStore, SQLiteProfileStore
 
-BACKENDS = ["sqlite", "memory"]
+BACKENDS = ["sqlite", "memory", "redis"]
 
 OpenStore = Callable[[], ProfileStore]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the whole session (skips, or fails under CI, without one)."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
+        except ServiceUnavailable as exc:
+            unavailable(str(exc))
+        yield server.url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +41,8 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
     """Opens a handle on this test's store; every handle is closed after the test."""
     handles: list[ProfileStore] = []
     keeper = MemoryProfileStore()
+    prefix = f"test-{uuid.uuid4().hex}"
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
 
     def open_() -> ProfileStore:
         if request.param == "sqlite":
@@ -35,6 +51,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
             # One in-memory state per test, kept by a handle the test never sees; "reopening"
             # opens another handle on it.
             handle = MemoryProfileStore(share=keeper)
+        elif request.param == "redis":
+            from clew.store import RedisProfileStore
+
+            handle = RedisProfileStore(url, prefix=prefix)
         else:
             raise AssertionError(f"unknown store backend {request.param!r}")
         handles.append(handle)

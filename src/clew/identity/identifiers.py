@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clew.events import Event
-from clew.identity.rules import IdentityRules
+from clew.identity.rules import IdentityRules, RuleTable
 
 USER_ID = "user_id"
 ANONYMOUS_ID = "anonymous_id"
@@ -91,21 +91,35 @@ def normalise_phone(value: str, region: str | None) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_ID) -> Extraction:
+def extract(
+    event: Event,
+    rules: IdentityRules,
+    *,
+    previous_id_type: str = USER_ID,
+    table: RuleTable | None = None,
+) -> Extraction:
     """Every identifier of ``event``: ``userId``, ``anonymousId``, ``previousId`` (as
     ``previous_id_type``, alias only), ``traits.email`` or ``context.traits.email``,
     ``traits.phone`` or ``context.traits.phone``, ``context.externalIds`` and the rules'
-    custom id types. Blocked and unparseable values are dropped with a reason."""
+    custom id types. Blocked and unparseable values are dropped with a reason.
+
+    ``table`` is ``rules.table()``, for callers on the per-event hot path that hold it."""
     found: list[Identifier] = []
     dropped: list[Dropped] = []
-    table = rules.table()
+    if table is None:
+        table = rules.table()
+    is_blocked = table.is_blocked
 
     def add(id_type: str, raw: object) -> None:
-        if raw is None or isinstance(raw, bool | dict | list):
-            if raw is not None:
-                dropped.append(Dropped(id_type, str(raw), "not a string or number"))
+        if type(raw) is str:
+            value = raw.strip()
+        elif raw is None:
             return
-        value = str(raw).strip()
+        elif isinstance(raw, bool | dict | list):
+            dropped.append(Dropped(id_type, str(raw), "not a string or number"))
+            return
+        else:
+            value = str(raw).strip()
         if not value:
             return
         if id_type == EMAIL:
@@ -119,7 +133,7 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
             except ValueError as exc:
                 dropped.append(Dropped(id_type, value, str(exc)))
                 return
-        if table.is_blocked(id_type, value):
+        if is_blocked(id_type, value):
             dropped.append(Dropped(id_type, value, "blocked value (placeholder, not an id)"))
             return
         ident = Identifier(id_type, value)
@@ -130,12 +144,14 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
     if event.type == "alias" and event.previous_id is not None:
         add(previous_id_type, event.previous_id)
     add(ANONYMOUS_ID, event.anonymous_id)
-    ctx_traits = event.context.get("traits")
+    context = event.context
+    traits = event.traits
+    ctx_traits = context.get("traits") if context else None
     ctx_traits = ctx_traits if isinstance(ctx_traits, dict) else {}
     for key, id_type in (("email", EMAIL), ("phone", PHONE)):
-        raw = event.traits.get(key)
+        raw = traits.get(key) if traits else None
         add(id_type, raw if raw is not None else ctx_traits.get(key))
-    external = event.context.get("externalIds")
+    external = context.get("externalIds") if context else None
     if isinstance(external, list):
         for entry in external:
             if isinstance(entry, dict) and isinstance(entry.get("type"), str) and entry["type"]:
@@ -146,8 +162,10 @@ def extract(event: Event, rules: IdentityRules, *, previous_id_type: str = USER_
             if raw is not None and raw != "":
                 add(custom.id_type, raw)
                 break
-    link, weight = _match(event.context.get("clew"))
-    return Extraction(tuple(found), tuple(dropped), link, weight)
+    if context and "clew" in context:
+        link, weight = _match(context["clew"])
+        return Extraction(tuple(found), tuple(dropped), link, weight)
+    return Extraction(tuple(found), tuple(dropped))
 
 
 def _match(clew: object) -> tuple[Identifier | None, float | None]:
@@ -166,9 +184,12 @@ def _match(clew: object) -> tuple[Identifier | None, float | None]:
 
 def _at_path(event: Event, path: str) -> Any:
     root, *keys = path.split(".")
-    node: Any = {"traits": event.traits, "properties": event.properties, "context": event.context}[
-        root
-    ]
+    if root == "traits":
+        node: Any = event.traits
+    elif root == "properties":
+        node = event.properties
+    else:
+        node = event.context
     for key in keys:
         if not isinstance(node, dict):
             return None

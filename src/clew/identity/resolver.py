@@ -24,8 +24,7 @@ writer claims an identifier between the check and the write, resolution starts o
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -35,6 +34,7 @@ from clew.identity.identifiers import (
     ANONYMOUS_ID,
     USER_ID,
     Dropped,
+    Extraction,
     Identifier,
     extract,
 )
@@ -126,14 +126,22 @@ class IdentityResolver:
             apart.setdefault(b, set()).add(a)
         self._apart = apart
 
-    def resolve(self, event: Event) -> Resolution:
+    def resolve(self, event: Event, extraction: Extraction | None = None) -> Resolution:
         """Attach the event's identifiers to its profile, merging profiles where the rules
         allow; returns what changed and what was dropped, with reasons.
+
+        ``extraction``, if given, is ``extract(event, rules)`` already computed by the caller
+        (with the default ``previous_id_type``); it is recomputed when an alias's
+        ``previousId`` turns out to be of another type.
 
         Idempotent: resolving the same event again changes nothing further. Raises
         :class:`ResolutionConflictError` if concurrent writers keep invalidating the plan."""
         time_ms = int(parse_time(event.timestamp).timestamp() * 1000)
-        extraction = extract(event, self._rules, previous_id_type=self._previous_id_type(event))
+        previous_id_type = self._previous_id_type(event)
+        if extraction is None or (event.type == "alias" and previous_id_type != USER_ID):
+            extraction = extract(
+                event, self._rules, previous_id_type=previous_id_type, table=self._table
+            )
         provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
         found = list(extraction.identifiers)
         link = extraction.link
@@ -243,16 +251,16 @@ class IdentityResolver:
             reason = self._separated(plan, ident, joining)
             if reason is not None:
                 return reason
-        before = self._counts(plan.profiles.values(), plan.new, time_ms)
         if joining is None:
             added = self._counts((), [ident], time_ms)
             what = f"adding {ident}"
         else:
             added = self._counts((joining,), [], time_ms)
             what = f"{ident} belongs to profile {joining.profile_id}; merging it"
+        before = self._counts(plan.profiles.values(), plan.new, time_ms, added) if added else {}
         for id_type, extra in sorted(added.items()):
             rule = self._table.rule(id_type)
-            after = before[id_type] + extra
+            after = before.get(id_type, 0) + extra
             if rule.limit is not None and after > rule.limit:
                 window = f" per {_duration(rule.window_s)}" if rule.window_s else ""
                 return (
@@ -291,14 +299,31 @@ class IdentityResolver:
         return None
 
     def _counts(
-        self, profiles: Iterable[Profile], new: list[Identifier], time_ms: int
-    ) -> Counter[str]:
-        counts: Counter[str] = Counter(i.id_type for i in new)
+        self,
+        profiles: Iterable[Profile],
+        new: list[Identifier],
+        time_ms: int,
+        only: Container[str] | None = None,
+    ) -> dict[str, int]:
+        """Identifiers per type (within each type's window) of the profiles plus ``new``,
+        for the types that have a limit (and are in ``only``, if given)."""
+        rule = self._table.rule
+        counts: dict[str, int] = {}
+        for i in new:
+            id_type = i.id_type
+            if (only is None or id_type in only) and rule(id_type).limit is not None:
+                counts[id_type] = counts.get(id_type, 0) + 1
         for profile in profiles:
             for edge in profile.identities:
-                window_s = self._table.rule(edge.id_type).window_s
+                id_type = edge.id_type
+                if only is not None and id_type not in only:
+                    continue
+                type_rule = rule(id_type)
+                if type_rule.limit is None:
+                    continue
+                window_s = type_rule.window_s
                 if window_s is None or edge.provenance.time_ms > time_ms - window_s * 1000:
-                    counts[edge.id_type] += 1
+                    counts[id_type] = counts.get(id_type, 0) + 1
         return counts
 
     def _survivor_key(self, profile: Profile) -> tuple[int, int, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from clew.events import Event, format_time, parse_time
-from clew.identity.identifiers import extract
+from clew.identity.identifiers import Extraction, extract
 from clew.identity.resolver import IdentityResolver, MergeFunctions, Resolution
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import TRAIT_TIMES, TraitMerger, TraitPolicy, is_order, revenue
@@ -43,6 +43,7 @@ class Unifier:
     ) -> None:
         self.store = store
         self.rules = rules if rules is not None else IdentityRules()
+        self._table = self.rules.table()
         self.merger = TraitMerger(traits)
         self.resolver = IdentityResolver(store, self.rules, merge=self._merge_functions)
         self._keep_history = keep_history
@@ -51,9 +52,12 @@ class Unifier:
         """Reload the operator's separations (``clew identity split``) from the store."""
         self.resolver.set_separations(self.store.separations())
 
-    def apply(self, event: Event, body: bytes = b"") -> Outcome:
-        """Resolve the event and apply its traits, order and history to its profile."""
-        resolution = self.resolver.resolve(event)
+    def apply(
+        self, event: Event, body: bytes = b"", extraction: Extraction | None = None
+    ) -> Outcome:
+        """Resolve the event and apply its traits, order and history to its profile.
+        ``extraction``: ``extract(event, self.rules)`` if the caller already has it."""
+        resolution = self.resolver.resolve(event, extraction)
         pid = resolution.profile_id
         if pid is None:
             return Outcome(None, resolution)
@@ -82,7 +86,7 @@ class Unifier:
 
     def profile_of(self, event: Event) -> str | None:
         """The profile the event's identifiers resolve to now, without changing anything."""
-        for ident in extract(event, self.rules).identifiers:
+        for ident in extract(event, self.rules, table=self._table).identifiers:
             owner = self.store.lookup(ident.id_type, ident.value)
             if owner is not None:
                 return owner

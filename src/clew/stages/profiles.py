@@ -26,7 +26,7 @@ import msgspec
 
 from clew.events import Event, parse_time
 from clew.identity.changes import deleted, encode_change, snapshot
-from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
+from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Extraction, extract
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import TraitPolicy
 from clew.identity.unifier import Unifier
@@ -120,12 +120,12 @@ class ProfilesStage(Stage):
             unifier = Unifier(work.store, self._rules, self._traits)
             # Separations change only when an operator splits a profile.
             unifier.resolver.set_separations(self._store.separations())
-            for rec, event in batch:
+            for (rec, event), extraction in zip(batch, work.extractions, strict=True):
                 if rec.offset <= self._applied.get((rec.topic, rec.partition), -1):
                     pid = unifier.profile_of(event)
                     counts["already_applied"] += 1
                 else:
-                    outcome = unifier.apply(event, rec.value)
+                    outcome = unifier.apply(event, rec.value, extraction)
                     pid = outcome.profile_id
                     counts["applied"] += 1
                     counts["merges"] += len(outcome.resolution.merged_from)
@@ -151,15 +151,18 @@ class ProfilesStage(Stage):
 
     def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
         keys: set[tuple[str, str]] = set()
+        extractions: list[Extraction] = []
+        table = self._rules.table()
         for _, event in batch:
-            found = extract(event, self._rules)
+            found = extract(event, self._rules, table=table)
+            extractions.append(found)
             keys.update((i.id_type, i.value) for i in found.identifiers)
             if found.link is not None:
                 keys.add((found.link.id_type, found.link.value))
             if event.type == "alias" and event.previous_id:
                 keys.add((USER_ID, event.previous_id.strip()))
                 keys.add((ANONYMOUS_ID, event.previous_id.strip()))
-        return _WorkingSet(self._store.load(keys), self._store.history)
+        return _WorkingSet(self._store.load(keys), self._store.history, extractions)
 
     def _announce(
         self,
@@ -186,8 +189,9 @@ class ProfilesStage(Stage):
 class _WorkingSet:
     """The profiles one batch can reach, in memory; :meth:`result` is what to write back."""
 
-    def __init__(self, loaded: list[Profile], history: int) -> None:
+    def __init__(self, loaded: list[Profile], history: int, extractions: list[Extraction]) -> None:
         self.store = MemoryProfileStore(history=history)
+        self.extractions = extractions
         self._loaded = [p.profile_id for p in loaded]
         for profile in loaded:
             self.store.put_profile(profile)

@@ -1,5 +1,10 @@
 """The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
-backends)."""
+backends, and Redis in ``redis``, which needs ``pip install 'clew[redis]'``: it is imported
+only when first named, so importing this package never imports the Redis driver)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from clew.store.base import (
     IdentityEdge,
@@ -20,6 +25,11 @@ from clew.store.base import (
 from clew.store.memory import MemoryProfileStore
 from clew.store.sqlite import SQLiteProfileStore
 
+if TYPE_CHECKING:
+    from clew.store.redis import RedisConflictError, RedisProfileStore, RedisUnavailableError
+
+_REDIS = ("RedisConflictError", "RedisProfileStore", "RedisUnavailableError")
+
 __all__ = [
     "IdentityEdge",
     "MemoryProfileStore",
@@ -27,6 +37,9 @@ __all__ = [
     "ProfileStore",
     "Provenance",
     "Redirect",
+    "RedisConflictError",
+    "RedisProfileStore",
+    "RedisUnavailableError",
     "SQLiteProfileStore",
     "Separation",
     "StoreClosedError",
@@ -38,3 +51,11 @@ __all__ = [
     "UnknownProfileError",
     "keep_existing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REDIS:
+        from clew.store import redis
+
+        return getattr(redis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -176,9 +176,12 @@ class MemoryProfileStore(ProfileStore):
     def _snapshot(self, live: str) -> Profile:
         s = self._state
         rec = s.profiles[live]
-        identities = tuple(IdentityEdge(t, v, s.identities[(t, v)][1]) for t, v in sorted(rec.ids))
-        merged = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
-        merged.sort(key=lambda r: (r.provenance.time_ms, r.from_id))
+        owners = s.identities
+        identities = tuple([IdentityEdge(t, v, owners[t, v][1]) for t, v in sorted(rec.ids)])
+        merged: list[Redirect] = []
+        if live in s.redirects_into:
+            merged = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
+            merged.sort(key=lambda r: (r.provenance.time_ms, r.from_id))
         return Profile(
             live,
             rec.first_ms,

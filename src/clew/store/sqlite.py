@@ -102,6 +102,13 @@ WITH RECURSIVE chain(from_id) AS (
 )
 """
 
+# Drops a profile's history beyond its newest `history` events (parameters: profile id twice,
+# then the history length).
+_TRIM = (
+    "DELETE FROM history WHERE profile_id = ? AND seq <= (SELECT seq FROM history "
+    "WHERE profile_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+)
+
 _traits_decoder = msgspec.json.Decoder(dict[str, Any])
 # Identities per bulk lookup statement (two parameters each; SQLite allows 32,766).
 _CHUNK = 5_000
@@ -211,11 +218,7 @@ class SQLiteProfileStore(ProfileStore):
         return _traits_decoder.decode(raw)
 
     def _trim(self, conn: sqlite3.Connection, profile_id: str) -> None:
-        conn.execute(
-            "DELETE FROM history WHERE profile_id = ? AND seq <= (SELECT seq FROM history "
-            "WHERE profile_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (profile_id, profile_id, self.history),
-        )
+        conn.execute(_TRIM, (profile_id, profile_id, self.history))
 
     def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
         with self._tx() as conn:
@@ -432,12 +435,18 @@ class SQLiteProfileStore(ProfileStore):
             chunk = ids[i : i + _CHUNK]
             marks = ",".join("?" * len(chunk))
             edges: dict[str, list[IdentityEdge]] = {pid: [] for pid in chunk}
-            for row in conn.execute(
+            # One event usually attaches several identifiers: share their provenance.
+            provenances: dict[tuple[Any, ...], Provenance] = {}
+            for pid, id_type, value, *prov in conn.execute(
                 "SELECT profile_id, id_type, value, message_id, source_id, time_ms, match_weight "
                 f"FROM identities WHERE profile_id IN ({marks}) ORDER BY id_type, value",
                 chunk,
             ):
-                edges[row[0]].append(IdentityEdge(row[1], row[2], _prov(row[3:])))
+                key = tuple(prov)
+                provenance = provenances.get(key)
+                if provenance is None:
+                    provenance = provenances[key] = Provenance(*prov)
+                edges[pid].append(IdentityEdge(id_type, value, provenance))
             # Redirects whose chain ends at each profile, one level of the chains at a time.
             merged: dict[str, list[tuple[int, Redirect]]] = {pid: [] for pid in chunk}
             frontier = {pid: pid for pid in chunk}
@@ -502,9 +511,11 @@ class SQLiteProfileStore(ProfileStore):
                     for p in profiles
                 ],
             )
+            # Most identities stay where they were: the WHERE skips rewriting those rows.
             conn.executemany(
                 "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id_type, value) "
-                "DO UPDATE SET profile_id = excluded.profile_id",
+                "DO UPDATE SET profile_id = excluded.profile_id "
+                "WHERE profile_id != excluded.profile_id",
                 [
                     (e.id_type, e.value, p.profile_id, *_prov_values(e.provenance))
                     for p in profiles
@@ -523,8 +534,10 @@ class SQLiteProfileStore(ProfileStore):
                 "INSERT INTO history (profile_id, message_id, time_ms, body) VALUES (?, ?, ?, ?)",
                 [(pid, e.message_id, e.time_ms, e.body) for pid, e in events],
             )
-            for pid in {*gone.values(), *(pid for pid, _ in events)}:
-                self._trim(conn, pid)
+            conn.executemany(
+                _TRIM,
+                [(pid, pid, self.history) for pid in {*gone.values(), *(pid for pid, _ in events)}],
+            )
 
     def add_separation(self, separation: Separation) -> None:
         p = separation.provenance

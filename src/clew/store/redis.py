@@ -1,0 +1,435 @@
+"""The scale-out serving store: profiles and the identity graph in Redis (``pip install
+'clew[redis]'``). Key layout: ``clew.store._redis_keys``; design: docs/scale-out.md.
+
+Every operation is an optimistic transaction (``clew.store._redis_tx``): it ``WATCH``es the
+keys it reads, computes in Python (so the callers' trait functions run here, between the read
+and the write), and applies its writes in one ``MULTI``/``EXEC``. If another client changed a
+watched key meanwhile, Redis applies nothing and the operation runs again, so an
+``update_traits`` or ``merge`` function may be called more than once. Read-only calls read
+inside ``MULTI``/``EXEC`` instead and need no commit.
+
+A :meth:`~RedisProfileStore.transaction` block is one such transaction for every call of its
+thread: reads inside it see the block's own writes, other handles and threads see none of them
+until the block ends, and then all at once. A block cannot be re-run by the store, so if
+another client changed what it read, the block raises :class:`RedisConflictError` and nothing
+of it is written (a stage re-polls its batch and tries again).
+
+A single Redis primary serves every key (with replicas or Sentinel for failover): one
+``MULTI``/``EXEC`` may span profiles. The keys carry Redis Cluster hash tags, but a Cluster
+client is refused, because Cluster rejects cross-slot transactions (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar, cast
+
+try:
+    import redis as redis_py
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "RedisProfileStore needs the Redis driver: pip install 'clew[redis]'"
+    ) from exc
+
+from clew.store import _redis_batch as batch
+from clew.store import _redis_graph as graph
+from clew.store._redis_keys import (
+    Keys,
+    decode_event,
+    decode_offset_field,
+    decode_separation,
+    decode_traits,
+    encode_provenance,
+    encode_separation,
+    encode_traits,
+    identity_field,
+    offset_field,
+    separation_field,
+)
+from clew.store._redis_tx import Conflict, RedisConflictError, RedisUnavailableError, Tx
+from clew.store.base import (
+    Profile,
+    ProfileStore,
+    Provenance,
+    Separation,
+    StoreClosedError,
+    StoredEvent,
+    StoreError,
+    Traits,
+    TraitsMerge,
+    TraitsUpdate,
+    UnknownProfileError,
+    keep_existing,
+)
+
+if TYPE_CHECKING:
+    from redis.connection import Connection
+
+__all__ = ["RedisConflictError", "RedisProfileStore", "RedisUnavailableError"]
+
+T = TypeVar("T")
+
+# Retries of one operation whose reads another client keeps changing; each waits a little
+# longer (random, at most _BACKOFF_S), so that contenders spread out.
+_ATTEMPTS = 200
+_BACKOFF_S = 0.02
+# Profile ids read per round trip by scan.
+_SCAN_BATCH = 500
+
+
+class RedisProfileStore(ProfileStore):
+    """A :class:`ProfileStore` on a Redis server: ``redis`` is a URL (``redis://host:6379/0``;
+    the store owns the client it makes and closes it) or a ``redis.Redis`` client (borrowed:
+    :meth:`close` leaves it open). Keys start with ``prefix``; stores with different prefixes
+    share a server without seeing each other. Safe to use from several threads."""
+
+    def __init__(
+        self, redis: str | redis_py.Redis, *, prefix: str = "clew", history: int = 100
+    ) -> None:
+        self._keys = Keys(prefix)
+        if isinstance(redis, redis_py.RedisCluster):
+            raise StoreError(
+                "RedisProfileStore needs one Redis primary (optionally with replicas or "
+                "Sentinel), not a Redis Cluster client: Cluster rejects the store's "
+                "cross-slot transactions; see docs/scale-out.md"
+            )
+        if isinstance(redis, str):
+            self._client = redis_py.Redis.from_url(redis)
+            self._owned = True
+        elif isinstance(redis, redis_py.Redis):
+            self._client, self._owned = redis, False
+        else:
+            raise TypeError(f"expected a Redis URL or a redis.Redis client, got {redis!r}")
+        self._pool = self._client.connection_pool
+        self._local = threading.local()
+        self._closed = False
+        self.history = history
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError("the profile store is closed")
+
+    def _begin(self, *, snapshot: bool) -> Tx:
+        try:
+            conn = self._pool.get_connection()
+        except (redis_py.ConnectionError, redis_py.TimeoutError, OSError) as exc:
+            raise RedisUnavailableError(
+                f"cannot connect to Redis ({exc}); check that it is running and reachable"
+            ) from exc
+        return Tx(conn, snapshot=snapshot)
+
+    def _end(self, tx: Tx) -> None:
+        try:
+            tx.release()
+        finally:
+            if tx.broken:
+                tx.conn.disconnect()
+            self._pool.release(cast("Connection", tx.conn))
+
+    def _block(self) -> Tx | None:
+        block: Tx | None = getattr(self._local, "tx", None)
+        return block
+
+    def _run(self, op: Callable[[Tx], T], *, write: bool, bulk: bool = False) -> T:
+        """Run ``op`` in this thread's block, or in its own transaction, retried on conflict;
+        ``bulk`` reads many keys, so it watches them rather than re-reading them."""
+        self._check_open()
+        block = self._block()
+        if block is not None:
+            savepoint = block.savepoint()
+            try:
+                return op(block)
+            except BaseException:
+                block.restore(savepoint)
+                raise
+        snapshot = not write and not bulk
+        for attempt in range(_ATTEMPTS):
+            tx = self._begin(snapshot=snapshot)
+            try:
+                result = op(tx)
+                tx.commit()
+                return result
+            except Conflict:
+                pass
+            finally:
+                self._end(tx)
+            time.sleep(random.uniform(0, min(_BACKOFF_S, 0.0002 * 2**attempt)))
+        raise RedisConflictError(
+            f"gave up after {_ATTEMPTS} attempts: other writers kept changing the same "
+            "profiles; retry later"
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self._check_open()
+        block = self._block()
+        if block is not None:
+            savepoint = block.savepoint()
+            try:
+                yield
+            except BaseException:
+                block.restore(savepoint)
+                raise
+            return
+        tx = self._begin(snapshot=False)
+        self._local.tx = tx
+        try:
+            try:
+                yield
+            finally:
+                self._local.tx = None
+            tx.commit()
+        except Conflict:
+            raise RedisConflictError(
+                "another writer changed data this transaction block read, so none of the "
+                "block was written; run the block again"
+            ) from None
+        finally:
+            self._end(tx)
+
+    # -- offsets and separations ------------------------------------------------------------
+
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        key = self._keys.offsets(group)
+
+        def op(tx: Tx) -> dict[tuple[str, int], int]:
+            tx.fetch([(key, "hash")])
+            return {decode_offset_field(f): int(o) for f, o in tx.hash(key).items()}
+
+        return self._run(op, write=False)
+
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        fields = {offset_field(t, p): b"%d" % o for (t, p), o in offsets.items()}
+        # Not read first: workers of one group save different partitions concurrently.
+        self._run(lambda tx: tx.hset(self._keys.offsets(group), fields), write=True)
+
+    def add_separation(self, separation: Separation) -> None:
+        key, field = self._keys.separations, separation_field(separation.a, separation.b)
+
+        def op(tx: Tx) -> None:
+            tx.fetch([(key, "hash")])
+            known = tx.hash(key)
+            if field not in known:
+                order = 1 + max((decode_separation(f, r)[0] for f, r in known.items()), default=0)
+                tx.hset(key, {field: encode_separation(order, separation.provenance)})
+
+        self._run(op, write=True)
+
+    def separations(self) -> list[Separation]:
+        key = self._keys.separations
+
+        def op(tx: Tx) -> list[Separation]:
+            tx.fetch([(key, "hash")])
+            rows = sorted(decode_separation(f, r) for f, r in tx.hash(key).items())
+            return [Separation(a, b, p) for _, a, b, p in rows]
+
+        return self._run(op, write=False)
+
+    # -- identities -------------------------------------------------------------------------
+
+    def touch(self, profile_id: str, time_ms: int) -> str:
+        def op(tx: Tx) -> str:
+            live = graph.resolve(tx, self._keys, profile_id) or profile_id
+            graph.widen(tx, self._keys, live, time_ms, time_ms)
+            return live
+
+        return self._run(op, write=True)
+
+    def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
+        k = self._keys
+        key = k.index(id_type, value)
+
+        def op(tx: Tx) -> str:
+            live = graph.resolve(tx, k, profile_id, also=[(key, "str")]) or profile_id
+            graph.fetch_nodes(tx, k, [live])
+            owner = tx.string(key)
+            if owner is not None and owner.decode() != live:
+                return owner.decode()
+            graph.widen(tx, k, live, provenance.time_ms, provenance.time_ms)
+            if owner is None:
+                tx.set(key, live.encode())
+                field = identity_field(id_type, value)
+                tx.hset(k.node(live), {field: encode_provenance(provenance)})
+            return live
+
+        return self._run(op, write=True)
+
+    def detach(self, id_type: str, value: str) -> str | None:
+        k = self._keys
+        key = k.index(id_type, value)
+
+        def op(tx: Tx) -> str | None:
+            tx.fetch([(key, "str")])
+            owner = tx.string(key)
+            if owner is None:
+                return None
+            tx.delete(key)
+            tx.hdel(k.node(owner.decode()), [identity_field(id_type, value)])
+            return owner.decode()
+
+        return self._run(op, write=True)
+
+    def lookup(self, id_type: str, value: str) -> str | None:
+        key = self._keys.index(id_type, value)
+
+        def op(tx: Tx) -> str | None:
+            tx.fetch([(key, "str")])
+            owner = tx.string(key)
+            return None if owner is None else owner.decode()
+
+        return self._run(op, write=False)
+
+    def resolve(self, profile_id: str) -> str | None:
+        return self._run(lambda tx: graph.resolve(tx, self._keys, profile_id), write=False)
+
+    def _live(self, tx: Tx, profile_id: str) -> str:
+        live = graph.resolve(tx, self._keys, profile_id)
+        if live is None:
+            raise UnknownProfileError(profile_id)
+        return live
+
+    def get(self, profile_id: str) -> Profile | None:
+        def op(tx: Tx) -> Profile | None:
+            live = graph.resolve(tx, self._keys, profile_id)
+            return None if live is None else graph.snapshots(tx, self._keys, [live])[0]
+
+        return self._run(op, write=False)
+
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        k = self._keys
+        index = [k.index(t, v) for t, v in dict.fromkeys(identities)]
+
+        def op(tx: Tx) -> list[Profile]:
+            tx.fetch([(key, "str") for key in index])
+            owners = dict.fromkeys(o.decode() for key in index if (o := tx.string(key)))
+            lives = graph.resolve_many(tx, k, list(owners))
+            return graph.snapshots(tx, k, list(dict.fromkeys(v for v in lives.values() if v)))
+
+        return self._run(op, write=False, bulk=True)
+
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        k = self._keys
+
+        def op(tx: Tx) -> list[Profile]:
+            out: list[Profile] = []
+            cursor = after
+            while len(out) < limit:
+                ids = tx.lex_range(k.profiles, cursor, min(limit - len(out), _SCAN_BATCH))
+                if not ids:
+                    break
+                graph.fetch_nodes(tx, k, ids)
+                out.extend(graph.snapshots(tx, k, [i for i in ids if graph.is_live(tx, k, i)]))
+                cursor = ids[-1]
+            return out
+
+        return self._run(op, write=False, bulk=True)
+
+    # -- traits -----------------------------------------------------------------------------
+
+    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        return self._update(b"traits", profile_id, update)
+
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        return self._update(b"computed", profile_id, update)
+
+    def _update(self, column: bytes, profile_id: str, update: TraitsUpdate) -> Traits:
+        def op(tx: Tx) -> Traits:
+            live = self._live(tx, profile_id)
+            key = self._keys.node(live)
+            values = update(decode_traits(tx.hash(key)[column]))
+            tx.hset(key, {column: encode_traits(values)})
+            return values
+
+        return self._run(op, write=True)
+
+    # -- history ----------------------------------------------------------------------------
+
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        def op(tx: Tx) -> None:
+            graph.append(tx, self._keys, [(self._live(tx, profile_id), event)], self.history)
+
+        self._run(op, write=True)
+
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        k = self._keys
+
+        def op(tx: Tx) -> list[StoredEvent]:
+            live = graph.resolve(tx, k, profile_id, also=[(k.hist(profile_id), "zset")])
+            if live is None:
+                return []
+            tx.fetch([(k.hist(live), "zset")])
+            newest_first = sorted(tx.zset(k.hist(live)).items(), key=lambda ms: -ms[1])
+            picked = [m for m, s in newest_first if before is None or s < before]
+            return [decode_event(m) for m in picked[:limit]]
+
+        return self._run(op, write=False)
+
+    # -- merge, delete, whole profiles ------------------------------------------------------
+
+    def merge(
+        self,
+        into: str,
+        from_: str,
+        provenance: Provenance,
+        traits: TraitsMerge = keep_existing,
+        computed: TraitsMerge = keep_existing,
+    ) -> str:
+        def op(tx: Tx) -> str:
+            return batch.merge(
+                tx, self._keys, into, from_, provenance, traits, computed, self.history
+            )
+
+        return self._run(op, write=True)
+
+    def delete_profile(self, profile_id: str) -> bool:
+        def op(tx: Tx) -> bool:
+            live = graph.resolve(tx, self._keys, profile_id)
+            if live is None:
+                return False
+            graph.erase(tx, self._keys, live)
+            return True
+
+        return self._run(op, write=True)
+
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        fields = graph.row(
+            profile.first_seen_ms,
+            profile.last_seen_ms,
+            encode_traits(profile.traits),
+            encode_traits(profile.computed),
+        )
+        self._run(
+            lambda tx: batch.put(tx, self._keys, profile, fields, history, self.history), write=True
+        )
+
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+    ) -> None:
+        rows = {
+            p.profile_id: graph.row(
+                p.first_seen_ms,
+                p.last_seen_ms,
+                encode_traits(p.traits),
+                encode_traits(p.computed),
+            )
+            for p in profiles
+        }
+        self._run(
+            lambda tx: batch.write(tx, self._keys, profiles, rows, gone, events, self.history),
+            write=True,
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._owned:
+                self._client.close()

@@ -1,0 +1,133 @@
+"""Real servers for the test suite: each starts on a free loopback port with its files in a
+temporary directory, and is stopped when its ``with`` block ends.
+
+A ``<service>_server(workdir)`` context manager yields a :class:`Service`, or raises
+:class:`ServiceUnavailable` with a message naming the command that installs what is missing.
+A session fixture turns that into :func:`unavailable`: a skip for a newcomer who has not
+installed the server, a failure under CI (``CI`` set), where ``make test`` installs every
+server first, so that a broken install step cannot pass as skipped tests.
+
+To add a server (Kafka), write ``kafka_server`` beside :func:`redis_server` with
+:func:`start` and its own readiness probe, and a session fixture in the conftest of the
+tests that need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceUnavailable(Exception):
+    """The server is not installed or did not start; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    host: str
+    port: int
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test that needs the server, or fail it under CI (see the module docstring)."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI must run these tests: install the server in `make test`)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    ready: Callable[[], bool],
+    timeout_s: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (output to ``workdir/<name>.log``) and wait until ``ready()``; raises
+    :class:`ServiceUnavailable` (the process stopped) if it exits or is not ready in time."""
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if ready():
+            return proc
+        time.sleep(0.05)
+    stop(proc)
+    tail = log.read_text(errors="replace")[-2_000:]
+    raise ServiceUnavailable(f"{name} did not start ({' '.join(argv)}); its log ends:\n{tail}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(host: str, port: int, request: bytes, expect: bytes) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(request)
+            return s.recv(len(expect)) == expect
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[Service]:
+    """A ``redis-server`` with no persistence: its data live as long as the process, so
+    "reopening" a store is a new client on the same server."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable(
+            "redis-server is not installed: run `sh scripts/redis.sh` "
+            "(on Debian or Ubuntu: apt-get install -y redis-server)"
+        )
+    failure = ServiceUnavailable("redis-server did not start")
+    # A port found free can be taken before the server binds it: then try another.
+    for _ in range(3):
+        port = free_port()
+        argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(workdir)]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+        try:
+            ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
+            proc = start("redis", argv, workdir, ping)
+        except ServiceUnavailable as exc:
+            failure = exc
+            continue
+        try:
+            yield Service("redis", LOOPBACK, port, "redis")
+        finally:
+            stop(proc)
+        return
+    raise failure
