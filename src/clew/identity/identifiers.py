@@ -106,6 +106,7 @@ def extract(
     ``table`` is ``rules.table()``, for callers on the per-event hot path that hold it."""
     found: list[Identifier] = []
     dropped: list[Dropped] = []
+    seen: set[tuple[str, str]] = set()
     if table is None:
         table = rules.table()
     is_blocked = table.is_blocked
@@ -136,9 +137,9 @@ def extract(
         if is_blocked(id_type, value):
             dropped.append(Dropped(id_type, value, "blocked value (placeholder, not an id)"))
             return
-        ident = Identifier(id_type, value)
-        if ident not in found:
-            found.append(ident)
+        if (id_type, value) not in seen:
+            seen.add((id_type, value))
+            found.append(Identifier(id_type, value))
 
     add(USER_ID, event.user_id)
     if event.type == "alias" and event.previous_id is not None:
