@@ -110,6 +110,7 @@ _TRIM = (
 )
 
 _traits_decoder = msgspec.json.Decoder(dict[str, Any])
+_CACHE_KIB = 32 * 1024
 # Identities per bulk lookup statement (two parameters each; SQLite allows 32,766).
 _CHUNK = 5_000
 
@@ -127,6 +128,10 @@ def _prov(row: Sequence[Any]) -> Provenance:
 class SQLiteProfileStore(ProfileStore):
     def __init__(self, path: Path, synchronous: str = "NORMAL", history: int = 100) -> None:
         self._conn: sqlite3.Connection | None = open_sqlite(path, _SCHEMA, synchronous)
+        # A stage batch touches hundreds of profiles spread over the whole database; SQLite's
+        # default 2 MB page cache makes each batch re-read most index pages (measured: a
+        # 32 MB cache, filled only as pages are used, gives the profiles stage ~10% more).
+        self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         self._lock = threading.RLock()
         self._depth = 0
         self.history = history
