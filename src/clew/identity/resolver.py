@@ -126,17 +126,21 @@ class IdentityResolver:
             apart.setdefault(b, set()).add(a)
         self._apart = apart
 
-    def resolve(self, event: Event, extraction: Extraction | None = None) -> Resolution:
+    def resolve(
+        self, event: Event, extraction: Extraction | None = None, *, time_ms: int | None = None
+    ) -> Resolution:
         """Attach the event's identifiers to its profile, merging profiles where the rules
         allow; returns what changed and what was dropped, with reasons.
 
         ``extraction``, if given, is ``extract(event, rules)`` already computed by the caller
         (with the default ``previous_id_type``); it is recomputed when an alias's
-        ``previousId`` turns out to be of another type.
+        ``previousId`` turns out to be of another type. ``time_ms``, if given, is the event's
+        time in epoch milliseconds, already parsed by the caller.
 
         Idempotent: resolving the same event again changes nothing further. Raises
         :class:`ResolutionConflictError` if concurrent writers keep invalidating the plan."""
-        time_ms = int(parse_time(event.timestamp).timestamp() * 1000)
+        if time_ms is None:
+            time_ms = int(parse_time(event.timestamp).timestamp() * 1000)
         previous_id_type = self._previous_id_type(event)
         if extraction is None or (event.type == "alias" and previous_id_type != USER_ID):
             extraction = extract(

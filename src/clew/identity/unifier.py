@@ -57,11 +57,11 @@ class Unifier:
     ) -> Outcome:
         """Resolve the event and apply its traits, order and history to its profile.
         ``extraction``: ``extract(event, self.rules)`` if the caller already has it."""
-        resolution = self.resolver.resolve(event, extraction)
+        time_ms = _time_ms(event)
+        resolution = self.resolver.resolve(event, extraction, time_ms=time_ms)
         pid = resolution.profile_id
         if pid is None:
             return Outcome(None, resolution)
-        time_ms = _time_ms(event)
         store = self.store
         if event.type == "identify" and event.traits:
             incoming = event.traits

@@ -291,39 +291,9 @@ class SQLiteProfileStore(ProfileStore):
             live = self._resolve(conn, profile_id)
             return None if live is None else self._snapshot(conn, live)
 
-    @staticmethod
-    def _snapshot(conn: sqlite3.Connection, live: str) -> Profile:
-        first, last, raw, raw_computed = conn.execute(
-            "SELECT first_seen_ms, last_seen_ms, traits, computed FROM profiles "
-            "WHERE profile_id = ?",
-            (live,),
-        ).fetchone()
-        identities = tuple(
-            IdentityEdge(row[0], row[1], _prov(row[2:]))
-            for row in conn.execute(
-                "SELECT id_type, value, message_id, source_id, time_ms, match_weight "
-                "FROM identities WHERE profile_id = ? ORDER BY id_type, value",
-                (live,),
-            )
-        )
-        merged = tuple(
-            Redirect(row[0], row[1], _prov(row[2:]))
-            for row in conn.execute(
-                _CHAIN + "SELECT r.from_id, r.into_id, r.message_id, r.source_id, r.time_ms, "
-                "r.match_weight FROM redirects r JOIN chain c ON r.from_id = c.from_id "
-                "ORDER BY r.rowid",
-                (live,),
-            )
-        )
-        return Profile(
-            live,
-            first,
-            last,
-            identities,
-            _traits_decoder.decode(raw),
-            merged,
-            _traits_decoder.decode(raw_computed),
-        )
+    @classmethod
+    def _snapshot(cls, conn: sqlite3.Connection, live: str) -> Profile:
+        return cls._snapshots(conn, [live])[0]
 
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
         return self._update("traits", profile_id, update)
@@ -372,7 +342,7 @@ class SQLiteProfileStore(ProfileStore):
                     (after or "", limit),
                 )
             ]
-            return [self._snapshot(conn, pid) for pid in ids]
+            return self._snapshots(conn, ids)
 
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         pid = profile.profile_id
@@ -434,7 +404,8 @@ class SQLiteProfileStore(ProfileStore):
 
     @staticmethod
     def _snapshots(conn: sqlite3.Connection, ids: list[str]) -> list[Profile]:
-        """:meth:`_snapshot` of many live profiles, in a few statements per chunk."""
+        """Snapshots of live profiles, in the order of ``ids``, in a few statements per
+        chunk."""
         out: list[Profile] = []
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
@@ -455,6 +426,7 @@ class SQLiteProfileStore(ProfileStore):
             # Redirects whose chain ends at each profile, one level of the chains at a time.
             merged: dict[str, list[tuple[int, Redirect]]] = {pid: [] for pid in chunk}
             frontier = {pid: pid for pid in chunk}
+            seen = set(chunk)
             while frontier:
                 level = list(frontier)
                 rows = conn.execute(
@@ -464,26 +436,29 @@ class SQLiteProfileStore(ProfileStore):
                 ).fetchall()
                 nxt: dict[str, str] = {}
                 for row in rows:
+                    if row[1] in seen:  # a cycle of redirects: follow each id once
+                        continue
+                    seen.add(row[1])
                     root = frontier[row[2]]
                     merged[root].append((row[0], Redirect(row[1], row[2], _prov(row[3:]))))
                     nxt[row[1]] = root
                 frontier = nxt
+            found: dict[str, Profile] = {}
             for pid, first, last, raw, raw_computed in conn.execute(
                 "SELECT profile_id, first_seen_ms, last_seen_ms, traits, computed FROM profiles "
                 f"WHERE profile_id IN ({marks})",
                 chunk,
             ):
-                out.append(
-                    Profile(
-                        pid,
-                        first,
-                        last,
-                        tuple(edges[pid]),
-                        _traits_decoder.decode(raw),
-                        tuple(r for _, r in sorted(merged[pid], key=lambda m: m[0])),
-                        _traits_decoder.decode(raw_computed),
-                    )
+                found[pid] = Profile(
+                    pid,
+                    first,
+                    last,
+                    tuple(edges[pid]),
+                    _traits_decoder.decode(raw),
+                    tuple(r for _, r in sorted(merged[pid], key=lambda m: m[0])),
+                    _traits_decoder.decode(raw_computed),
                 )
+            out.extend(found[pid] for pid in chunk if pid in found)
         return out
 
     def write_back(
