@@ -159,7 +159,9 @@ def _delta_version(proc: ServeProcess) -> int:
 def _assert_lake_holds(proc: ServeProcess, acked: set[str], sent: set[str]) -> None:
     """Once every stage has caught up: each ``acked`` id is in the lake exactly once, and
     nothing outside ``sent`` is."""
-    wait_for(lambda: drained(proc.url), timeout_s=30)
+    # Every stage, the profiles stage (a few thousand events/s) among them, works off the
+    # burst; on 2 busy cores that can take over a minute.
+    wait_for(lambda: drained(proc.url), timeout_s=150)
     lake = Lake(proc.data_dir / "lake")
     total, distinct = lake.sql("SELECT count(*), count(DISTINCT message_id) FROM events").rows[0]
     in_lake = {r[0] for r in lake.sql("SELECT DISTINCT message_id FROM events").rows}
