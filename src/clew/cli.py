@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from clew.cli_audiences import audiences_app
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
 from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
@@ -37,6 +38,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(identity_app, name="identity")
 app.add_typer(destinations_app, name="destinations")
+app.add_typer(audiences_app, name="audiences")
 app.add_typer(import_app, name="import")
 app.command(name="rebuild")(rebuild)
 

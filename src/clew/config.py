@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from clew.clock import ClockSettings
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import TraitPolicy
 
@@ -136,6 +137,7 @@ class Settings(BaseSettings):
     stages: StageSettings = Field(default_factory=StageSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
 
     @property
     def log_path(self) -> Path:

@@ -19,7 +19,9 @@ from starlette.routing import Route
 
 from clew.api._auth import check_token, error
 from clew.api.admin import admin_routes
+from clew.api.audiences import audience_routes
 from clew.api.profiles import profile_routes
+from clew.audiences.repository import DefinitionRepository
 from clew.lake.query import Lake, QueryError
 from clew.sources import Catalog
 from clew.store.base import ProfileStore
@@ -52,6 +54,7 @@ def build_api(
     health: Callable[[], dict[str, Any]],
     registry_path: Path,
     profiles: ProfileStore | None = None,
+    audiences: DefinitionRepository | None = None,
 ) -> Starlette:
     async def health_endpoint(request: Request) -> Response:
         status = health()
@@ -96,6 +99,7 @@ def build_api(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/v1/sql", sql_endpoint, methods=["POST"]),
             *admin_routes(catalog, registry_path),
+            *(audience_routes(catalog, audiences, profiles) if audiences is not None else []),
             *(profile_routes(profiles, catalog) if profiles is not None else []),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},

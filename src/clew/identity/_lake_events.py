@@ -133,6 +133,25 @@ def read_lake(
     """The events of the lake's current ``events`` snapshot that may carry ``identifiers``,
     and the log offsets that snapshot covers (the lake stage records them in each Delta
     commit). An absent table is an empty snapshot."""
+    if not identifiers:
+        return _snapshot(lake_path, partitions, None)
+    return _snapshot(lake_path, partitions, _where(identifiers))
+
+
+def read_lake_types(
+    lake_path: Path, partitions: Iterable[int], types: Collection[str]
+) -> LakeSnapshot:
+    """Every event of the given types in the lake's current ``events`` snapshot (a backfill's
+    history), with the log offsets that snapshot covers."""
+    names = sorted(types)
+    params = {f"t{i}": t for i, t in enumerate(names)}
+    where = "type IN (" + ", ".join(f"$t{i}" for i in range(len(names))) + ")" if names else "false"
+    return _snapshot(lake_path, partitions, (where, params))
+
+
+def _snapshot(
+    lake_path: Path, partitions: Iterable[int], filter_: tuple[str, dict[str, Any]] | None
+) -> LakeSnapshot:
     import duckdb
     from deltalake import DeltaTable
 
@@ -148,9 +167,9 @@ def read_lake(
         version = table.transaction_version(app_id(EVENTS_TOPIC, p))
         offsets[p] = -1 if version is None else version
     files = table.file_uris()
-    if not files or not identifiers:
+    if not files or filter_ is None:
         return LakeSnapshot([], offsets)
-    where, params = _where(identifiers)
+    where, params = filter_
     conn = duckdb.connect(":memory:")
     try:
         conn.execute("SET TimeZone = 'UTC'")

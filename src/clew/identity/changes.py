@@ -88,7 +88,9 @@ def snapshot(profile: Profile, changed_at: datetime) -> ProfileChange:
             for e in profile.identities
         ],
         traits=profile.traits,
-        computed=profile.computed,
+        # Bookkeeping (``_``-prefixed: trait times, audience state) stays in the store; it can
+        # be large and no consumer of snapshots needs it.
+        computed={k: v for k, v in profile.computed.items() if not k.startswith("_")},
         merged_ids=[r.from_id for r in profile.merged],
         changed_at=format_time(changed_at),
     )

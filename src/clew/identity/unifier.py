@@ -10,6 +10,7 @@ two layers cannot drift apart by construction of their rules, only by their inpu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clew.events import Event, format_time, parse_time
 from clew.identity.identifiers import Extraction, extract
@@ -17,6 +18,9 @@ from clew.identity.resolver import IdentityResolver, MergeFunctions, Resolution
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import TRAIT_TIMES, TraitMerger, TraitPolicy, is_order, revenue
 from clew.store.base import Profile, ProfileStore, StoredEvent, Traits
+
+if TYPE_CHECKING:
+    from clew.audiences.engine import Engine
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,6 +44,7 @@ class Unifier:
         traits: TraitPolicy | None = None,
         *,
         keep_history: bool = True,
+        engine: Engine | None = None,
     ) -> None:
         self.store = store
         self.rules = rules if rules is not None else IdentityRules()
@@ -47,6 +52,7 @@ class Unifier:
         self.merger = TraitMerger(traits)
         self.resolver = IdentityResolver(store, self.rules, merge=self._merge_functions)
         self._keep_history = keep_history
+        self.engine = engine
 
     def refresh_separations(self) -> None:
         """Reload the operator's separations (``clew identity split``) from the store."""
@@ -80,6 +86,9 @@ class Unifier:
             amount = revenue(event.properties)
             when = format_time(parse_time(event.timestamp))
             store.update_computed(pid, lambda c: self.merger.add_order(c, amount, when))
+        engine = self.engine
+        if engine is not None and engine.relevant(event):
+            store.update_computed(pid, lambda c: engine.observe(c, event, time_ms) or c)
         if self._keep_history and body:
             store.add_event(pid, StoredEvent(0, event.message_id, time_ms, body))
         return Outcome(pid, resolution)
@@ -99,7 +108,15 @@ class Unifier:
         def traits(a: Traits, b: Traits) -> Traits:
             return self.merger.merge_traits(a, b, into_times, from_times)
 
-        return MergeFunctions(traits, self.merger.merge_computed)
+        engine = self.engine
+        if engine is None:
+            return MergeFunctions(traits, self.merger.merge_computed)
+
+        def computed(a: Traits, b: Traits) -> Traits:
+            assert engine is not None
+            return engine.merge(self.merger.merge_computed(a, b), a, b)
+
+        return MergeFunctions(traits, computed)
 
 
 def _time_ms(event: Event) -> int:

@@ -35,11 +35,13 @@ def _sql_string(value: str) -> str:
 
 def _queryable() -> list[tuple[str, Any, str | None]]:
     """Every lake table: name, Arrow schema, partition column (``None``: unpartitioned)."""
-    from clew.lake.tables import STATE_TABLES, TABLES_BY_TOPIC
+    from clew.lake.tables import HISTORY_TABLES, STATE_TABLES, TABLES_BY_TOPIC
 
-    return [(t.name, t.schema, t.partition_by) for t in TABLES_BY_TOPIC.values()] + [
-        (t.name, t.schema, None) for t in STATE_TABLES
-    ]
+    return (
+        [(t.name, t.schema, t.partition_by) for t in TABLES_BY_TOPIC.values()]
+        + [(t.name, t.schema, None) for t in STATE_TABLES]
+        + [(t.name, t.schema, t.partition_by) for t in HISTORY_TABLES]
+    )
 
 
 def register_tables(conn: duckdb.DuckDBPyConnection, root: Path) -> None:

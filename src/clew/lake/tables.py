@@ -232,3 +232,48 @@ class StateTable:
 CUSTOMER_PROFILES = StateTable("customer_profiles", CUSTOMER_PROFILES_SCHEMA, ("profile_id",))
 IDENTITIES = StateTable("identities", IDENTITIES_SCHEMA, ("id_type", "value"))
 STATE_TABLES = (CUSTOMER_PROFILES, IDENTITIES)
+
+
+# Append-only histories of change records: the profiles-lake stage adds each record of the
+# `changes` topic it stores once, keyed by `key` (a copy of a record has the same key). Their
+# rows are built with `clew.lake._change_rows`.
+
+AUDIENCE_CHANGES_SCHEMA = pa.schema(
+    [
+        ("change_id", pa.string()),
+        # audience_entered, audience_exited or trait_changed.
+        ("kind", pa.string()),
+        ("profile_id", pa.string()),
+        ("user_id", pa.string()),
+        # The audience entered or exited (null for a trait change).
+        ("audience", pa.string()),
+        # The computed trait that changed (null for an audience change).
+        ("trait", pa.string()),
+        # A trait's new and previous values as JSON text (null for none, and for audiences).
+        ("value", pa.string()),
+        ("previous", pa.string()),
+        # Why it changed: event, timer or backfill.
+        ("cause", pa.string()),
+        # When the profiles stage decided the change (its clock, not event time).
+        ("changed_at", _TS),
+        # Every identifier of the profile then, as a JSON object {id_type: [values]}.
+        ("identifiers", pa.string()),
+        ("changed_date", pa.date32()),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryTable:
+    """An append-only lake table of change records, one row per ``key``."""
+
+    name: str
+    schema: pa.Schema
+    partition_by: str
+    key: str
+
+
+AUDIENCE_CHANGES = HistoryTable(
+    "audience_changes", AUDIENCE_CHANGES_SCHEMA, "changed_date", "change_id"
+)
+HISTORY_TABLES = (AUDIENCE_CHANGES,)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
 
+from clew.audiences.live import LiveAudiences, Produced
+from clew.clock import Clock, SystemClock, to_datetime
 from clew.events import Event, parse_time
 from clew.identity.changes import deleted, encode_change, snapshot
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Extraction, extract
@@ -43,10 +45,6 @@ _decoder = msgspec.json.Decoder(Event)
 _COUNTER_FLUSH_S = 1.0
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _time_key(timestamp: str) -> datetime:
     return parse_time(timestamp).astimezone(UTC)
 
@@ -61,8 +59,9 @@ class ProfilesStage(Stage):
         store: ProfileStore,
         rules: IdentityRules | None = None,
         traits: TraitPolicy | None = None,
-        clock: Callable[[], datetime] = _now,
+        clock: Clock | None = None,
         counter_store: CounterStore | None = None,
+        audiences: LiveAudiences | None = None,
     ) -> None:
         self._store = store
         self._counter_store = counter_store
@@ -70,16 +69,41 @@ class ProfilesStage(Stage):
         self._last_flush = 0.0
         self._rules = rules if rules is not None else IdentityRules()
         self._traits = traits if traits is not None else TraitPolicy()
-        self._clock = clock
+        self._clock = clock if clock is not None else SystemClock()
+        self.audiences = audiences if audiences is not None else LiveAudiences(None, self._clock)
         self._applied: dict[tuple[str, int], int] = {}
         self.counts: Counter[str] = Counter()
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         self._applied = self._store.load_offsets(self.group)
+        # Change records an earlier run committed to the store but may not have produced.
+        self._produce(consumer, LiveAudiences.unsent(self._store))
 
     def tick(self, consumer: Consumer) -> None:
+        live = self.audiences
+        reloaded = live.reload(self._store, self._rules, self._applied)
+        if reloaded is not None:
+            self._produce(consumer, reloaded)
+        fired = live.due(self._store)
+        if fired is not None:
+            _, after, produced = fired
+            now = to_datetime(live.now_ms())
+            snapshots = [
+                Message(value=encode_change(snapshot(p, now)), key=p.profile_id.encode())
+                for p in after
+            ]
+            self._produce(consumer, Produced(snapshots + produced.messages, produced.outbox_seq))
+        for name, n in live.counts.items():
+            self.counts[f"audience_{name}"] += n
+            self._unflushed[f"audience_{name}"] += n
+        live.counts.clear()
         if time.monotonic() - self._last_flush > _COUNTER_FLUSH_S:
             self._flush_counters()
+
+    def _produce(self, consumer: Consumer, produced: Produced) -> None:
+        if produced.messages:
+            consumer.commit({}, produce={CHANGES_TOPIC: produced.messages})
+        LiveAudiences.acknowledge(self._store, produced)
 
     def close(self, consumer: Consumer) -> None:
         self._flush_counters()
@@ -114,10 +138,12 @@ class ProfilesStage(Stage):
         # between and be overwritten by a stale working set.
         touched: dict[str, None] = {}
         fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
+        live = self.audiences
         with self._store.transaction():
-            now = self._clock()
+            now_ms = live.now_ms()
+            now = to_datetime(now_ms)
             work = self._working_set(batch)
-            unifier = Unifier(work.store, self._rules, self._traits)
+            unifier = Unifier(work.store, self._rules, self._traits, engine=live.engine)
             # Separations change only when an operator splits a profile.
             unifier.resolver.set_separations(self._store.separations())
             for (rec, event), extraction in zip(batch, work.extractions, strict=True):
@@ -136,6 +162,7 @@ class ProfilesStage(Stage):
                 if pid is not None:
                     touched[pid] = None
             profiles, gone, history = work.result()
+            profiles, produced = live.evaluate(self._store, profiles, touched, gone, now_ms)
             self._store.write_back(profiles, gone, history)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
@@ -144,10 +171,11 @@ class ProfilesStage(Stage):
         counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)
         self._unflushed.update(counts)
-        messages = self._announce(touched, work.store, profiles, now)
+        messages = self._announce(touched, work.store, profiles, now) + produced.messages
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
+        LiveAudiences.acknowledge(self._store, produced)
 
     def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
         keys: set[tuple[str, str]] = set()

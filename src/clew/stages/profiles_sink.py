@@ -1,9 +1,10 @@
 """The profiles-lake stage (group ``profiles-lake``): keeps the lake tables
 ``customer_profiles`` (one row per live profile) and ``identities`` (one row per identifier,
 with its provenance) within seconds of the serving store, from the snapshots the profiles
-stage announces on the ``changes`` topic.
+stage announces on the ``changes`` topic; and adds each audience and trait change announced
+there to the history table ``audience_changes``, once.
 
-Changes are buffered for the lake's flush interval (or until ``flush_rows`` profiles wait),
+Changes are buffered for the lake's flush interval (or until ``flush_rows`` of them wait),
 collapsed to the last state per profile id, and upserted with Delta MERGE, one commit per
 table; the log offsets are committed after both commits. A snapshot replaces its profile's
 row and that profile's identity rows; a ``profile_deleted`` removes them. An identifier that
@@ -15,6 +16,13 @@ new (``updated_at`` is the change's ``changed_at``), and each profile's changes 
 one log partition, in order. So a redelivered batch, snapshots of different profiles read out
 of order across partitions, or a replay of the whole topic all end in the same tables (a
 replay may show older states while it catches up).
+
+``audience_changes`` is kept exactly once the same way, without offsets: its rows are
+inserted with a MERGE on ``change_id`` that inserts only the changes the table lacks. Delta
+application transactions per log partition (as the lake stage uses) would drop a redelivered
+batch, but not a copy of a change at a new offset, which the profiles stage produces when it
+re-sends its outbox after a crash. A change and its copies share ``changed_at``, so the MERGE
+reads only the ``changed_date`` partitions of the batch, and it rewrites no file.
 
 A MERGE rewrites the files holding the rows it changes; to bound that cost, the stage waits at
 least twice as long as its last flush took before flushing again, and compacts and vacuums
@@ -33,12 +41,23 @@ import msgspec
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from clew.audiences.changes import KINDS as AUDIENCE_KINDS
+from clew.audiences.changes import decode as decode_audience_change
 from clew.config import LakeSettings
 from clew.events import parse_time
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.identity.traits import LAST_PURCHASE, LIFETIME_VALUE, ORDERS_COUNT
+from clew.lake._change_rows import AudienceChangeColumns
 from clew.lake._profile_rows import IdentityColumns, ProfileColumns
-from clew.lake.tables import CUSTOMER_PROFILES, IDENTITIES, STATE_TABLES, StateTable
+from clew.lake.tables import (
+    AUDIENCE_CHANGES,
+    CUSTOMER_PROFILES,
+    HISTORY_TABLES,
+    IDENTITIES,
+    STATE_TABLES,
+    HistoryTable,
+    StateTable,
+)
 from clew.log.base import Consumer, Record, TopicPartition
 from clew.log.factory import CHANGES_TOPIC
 from clew.stages.base import Stage
@@ -60,6 +79,13 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+class _Kind(msgspec.Struct):
+    kind: str | None = None
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
 class ProfilesSinkStage(Stage):
     group = "profiles-lake"
     topics = (CHANGES_TOPIC,)
@@ -68,24 +94,33 @@ class ProfilesSinkStage(Stage):
         self._root = lake_path
         self._settings = settings
         self._pending: dict[str, ProfileChange | ProfileDeleted] = {}
+        self._audience = AudienceChangeColumns()
         self._offsets: dict[TopicPartition, int] = {}
         self._first_at = 0.0
         self._last_flush_s = 0.0
         self._commits_since_compact = 0
         self.profiles_written = 0
+        self.audience_changes_written = 0
         self.flushes = 0
 
-    def table_path(self, table: StateTable) -> Path:
+    def table_path(self, table: StateTable | HistoryTable) -> Path:
         return self._root / table.name
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         # Uncommitted changes are redelivered to whoever owns their partition now.
         self._pending = {}
+        self._audience = AudienceChangeColumns()
         self._offsets = {}
         for table in STATE_TABLES:
             path = str(self.table_path(table))
             if not DeltaTable.is_deltatable(path):
                 DeltaTable.create(path, table.schema, mode="ignore")
+        for history in HISTORY_TABLES:
+            path = str(self.table_path(history))
+            if not DeltaTable.is_deltatable(path):
+                DeltaTable.create(
+                    path, history.schema, partition_by=[history.partition_by], mode="ignore"
+                )
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         if not self._offsets:
@@ -94,7 +129,9 @@ class ProfilesSinkStage(Stage):
             self._offsets[(rec.topic, rec.partition)] = rec.offset
             try:
                 change = decode_change(rec.value)
-            except msgspec.DecodeError as exc:
+                if change is None:
+                    self._add_audience_change(rec.value)
+            except ValueError as exc:  # msgspec.DecodeError, or a bad time
                 logger.error(
                     "skipping malformed change at %s/%d@%d: %s",
                     rec.topic,
@@ -106,13 +143,23 @@ class ProfilesSinkStage(Stage):
             if change is not None:
                 # A profile's changes share a partition, so the last one read is the newest.
                 self._pending[change.profile_id] = change
-        if len(self._pending) >= self._settings.flush_rows:
+        if len(self._pending) + len(self._audience) >= self._settings.flush_rows:
             self._flush(consumer)
+
+    def _add_audience_change(self, data: bytes) -> None:
+        """Buffer the audience or trait change in ``data``; ignore another kind of record.
+        Raises ``ValueError`` for a malformed audience or trait change."""
+        audience = decode_audience_change(data)
+        if audience is not None:
+            self._audience.add(audience)
+        elif _kind_decoder.decode(data).kind in AUDIENCE_KINDS:
+            # decode() tells a malformed change from another kind only by returning None.
+            raise ValueError("not a valid audience or trait change record")
 
     def tick(self, consumer: Consumer) -> None:
         if not self._offsets:
             return
-        if not self._pending:
+        if not self._pending and not self._audience:
             # Only other kinds of records (volume alerts): nothing to write, just move on.
             self._commit(consumer)
             return
@@ -121,7 +168,7 @@ class ProfilesSinkStage(Stage):
             self._flush(consumer)
 
     def close(self, consumer: Consumer) -> None:
-        if self._pending:
+        if self._pending or self._audience:
             self._flush(consumer)
         elif self._offsets:
             self._commit(consumer)
@@ -133,16 +180,21 @@ class ProfilesSinkStage(Stage):
     def _flush(self, consumer: Consumer) -> None:
         started = time.monotonic()
         changes = list(self._pending.values())
-        self._merge_profiles(changes)
-        self._merge_identities(changes)
+        if changes:
+            self._merge_profiles(changes)
+            self._merge_identities(changes)
+        if self._audience:
+            self._merge_audience_changes(self._audience)
         self._commit(consumer)
         self.profiles_written += len(changes)
+        self.audience_changes_written += len(self._audience)
         self.flushes += 1
         self._pending = {}
+        self._audience = AudienceChangeColumns()
         self._commits_since_compact += 1
         if self._commits_since_compact >= self._settings.compact_every_commits:
             self._commits_since_compact = 0
-            for table in STATE_TABLES:
+            for table in (*STATE_TABLES, *HISTORY_TABLES):
                 maintain_table(self.table_path(table), self._settings)
         self._last_flush_s = time.monotonic() - started
 
@@ -222,5 +274,23 @@ class ProfilesSinkStage(Stage):
             # A touched profile's snapshot lists all its identifiers (a deleted one has
             # none): its other rows are gone, or moved to a profile not in this batch yet.
             .when_not_matched_by_source_delete(f"t.profile_id IN ({touched})")
+            .execute()
+        )
+
+    def _merge_audience_changes(self, rows: AudienceChangeColumns) -> None:
+        # The literal dates let Delta skip every other partition; the join on the partition
+        # column alone would not.
+        table = AUDIENCE_CHANGES
+        day, key = table.partition_by, table.key
+        dates = ", ".join(f"DATE {_sql_string(d)}" for d in rows.dates())
+        dt = DeltaTable(str(self.table_path(table)))
+        (
+            dt.merge(
+                rows.table(),
+                f"t.{day} IN ({dates}) AND t.{day} = s.{day} AND t.{key} = s.{key}",
+                source_alias="s",
+                target_alias="t",
+            )
+            .when_not_matched_insert_all()
             .execute()
         )

@@ -80,6 +80,11 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         )
         return monitor, [monitor.shutdown]
     if name == "profiles":
+        from clew.audiences.history import LakeHistory
+        from clew.audiences.live import LiveAudiences
+        from clew.audiences.repository import DefinitionRepository
+        from clew.clock import clock_for
+        from clew.log.factory import open_log
         from clew.stages._counters import CounterStore
         from clew.stages.profiles import ProfilesStage
         from clew.store.sqlite import SQLiteProfileStore
@@ -87,8 +92,18 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         ident = settings.identity
         store = SQLiteProfileStore(settings.profiles_path, history=ident.history)
         counters = CounterStore(settings.state_path)
-        profiles = ProfilesStage(store, ident.rules, ident.traits, counter_store=counters)
-        return profiles, [store.close, counters.close]
+        clock = clock_for(settings.clock, settings.data_dir)
+        history = LakeHistory(settings.lake_path, lambda: open_log(settings))
+        audiences = LiveAudiences(DefinitionRepository(settings.data_dir), clock, history)
+        profiles = ProfilesStage(
+            store,
+            ident.rules,
+            ident.traits,
+            clock=clock,
+            counter_store=counters,
+            audiences=audiences,
+        )
+        return profiles, [store.close, counters.close, history.close]
     if name == "profiles-lake":
         from clew.stages.profiles_sink import ProfilesSinkStage
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from clew.store import _redis_graph as graph
+from clew.store import _redis_timers as timers
 from clew.store._redis_keys import (
     TO,
     Keys,
@@ -66,6 +67,7 @@ def merge(
     tx.ztrim(k.hist(survivor), keep)
     graph.retire(tx, k, gone)
     graph.redirect(tx, k, gone, survivor, provenance, time.time_ns())
+    timers.drop(tx, k, [gone])
     return survivor
 
 
@@ -175,3 +177,4 @@ def write(
     graph.append(tx, k, appended, keep)
     for into in set(gone.values()) - {live for live, _ in appended}:
         tx.ztrim(k.hist(into), keep)
+    timers.drop(tx, k, list(gone))

@@ -3,22 +3,26 @@
 Every key starts with the store's prefix. What belongs to one profile id shares the hash tag
 ``{p:<profile_id>}`` (one Redis Cluster slot); each identity index entry has its own tag
 ``{i:<id_type>:<value>}``; store-wide keys share ``{g}``; a consumer group's offsets have
-``{o:<group>}``::
+``{o:<group>}``, an outbox group's keys ``{q:<group>}``::
 
     <prefix>:{p:<id>}:node      hash   everything of the id but its history (fields below)
     <prefix>:{p:<id>}:hist      zset   history: member (seq, message_id, time_ms, body), score seq
+    <prefix>:{p:<id>}:timer     string the id's timer: when it is due (ms)
     <prefix>:{i:<type>:<value>} string the profile id owning the identity
     <prefix>:{g}:seq            string the last history seq handed out
     <prefix>:{g}:profiles       zset   every live profile id, all scores 0 (ordered by id)
     <prefix>:{g}:separations    hash   separation field -> (order, provenance)
+    <prefix>:{g}:timers         zset   every timer: member profile id, score when due (ms)
     <prefix>:{o:<group>}        hash   (topic, partition) field -> last applied offset
+    <prefix>:{q:<group>}:seq    string the last outbox seq handed out in the group
+    <prefix>:{q:<group>}:outbox zset   unacknowledged payloads: member (seq, payload), score seq
 
 Fields of a node: ``first``, ``last`` (ms), ``traits``, ``computed`` (JSON) while the id is a
 live profile (``first`` present means live); ``i:<identity>`` -> provenance for each of its
 identities; ``r:<from_id>`` -> redirect for each redirect pointing directly to it; ``to`` ->
 its own redirect once merged away. One hash per id keeps a profile's snapshot to one read.
 A profile's ``merged`` redirects are the tree reached by following ``r:`` fields from it.
-Fields and members are JSON arrays (msgpack for history members, whose bodies are bytes).
+Fields and members are JSON arrays (msgpack for history and outbox members, which hold bytes).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ _offset_field = msgspec.json.Decoder(tuple[str, int])
 _separation = msgspec.json.Decoder(tuple[int, str, str, int, float | None])
 _separation_field = msgspec.json.Decoder(tuple[tuple[str, str], tuple[str, str]])
 _event = msgspec.msgpack.Decoder(tuple[int, str, int, bytes])
+_outbox = msgspec.msgpack.Decoder(tuple[int, bytes])
 _msgpack = msgspec.msgpack.Encoder()
 
 
@@ -56,12 +61,16 @@ class Keys:
         self.sequence = f"{prefix}:{{g}}:seq"
         self.profiles = f"{prefix}:{{g}}:profiles"
         self.separations = f"{prefix}:{{g}}:separations"
+        self.timers = f"{prefix}:{{g}}:timers"
 
     def node(self, profile_id: str) -> str:
         return f"{self._p}:{{p:{profile_id}}}:node"
 
     def hist(self, profile_id: str) -> str:
         return f"{self._p}:{{p:{profile_id}}}:hist"
+
+    def timer(self, profile_id: str) -> str:
+        return f"{self._p}:{{p:{profile_id}}}:timer"
 
     def index(self, id_type: str, value: str) -> str:
         # The value is last, so only a colon in the type could make two keys collide.
@@ -70,6 +79,12 @@ class Keys:
 
     def offsets(self, group: str) -> str:
         return f"{self._p}:{{o:{group}}}"
+
+    def outbox(self, group: str) -> str:
+        return f"{self._p}:{{q:{group}}}:outbox"
+
+    def outbox_seq(self, group: str) -> str:
+        return f"{self._p}:{{q:{group}}}:seq"
 
 
 def encode_traits(traits: Traits) -> bytes:
@@ -143,6 +158,14 @@ def encode_event(seq: int, event: StoredEvent) -> bytes:
 
 def decode_event(raw: bytes) -> StoredEvent:
     return StoredEvent(*_event.decode(raw))
+
+
+def encode_outbox(seq: int, payload: bytes) -> bytes:
+    return _msgpack.encode((seq, payload))
+
+
+def decode_outbox(raw: bytes) -> tuple[int, bytes]:
+    return _outbox.decode(raw)
 
 
 def offset_field(topic: str, partition: int) -> bytes:

@@ -7,8 +7,9 @@ applying each to the local copy too, so that later reads in the transaction see 
   then reads them, in one round trip. :meth:`Tx.commit` sends the buffered commands inside
   ``MULTI``/``EXEC``: Redis applies them all at once, or none if any watched key changed
   since it was watched (then :class:`Conflict` is raised and the caller retries or gives up).
-  Keys written without being read (history appends, offsets) are not watched: those writes
-  commute with other writers' (the caller's choice).
+  Keys written without being read (history appends, offsets, the sorted sets of timers and
+  outbox payloads) are not watched: those writes commute with other writers' (the caller's
+  choice).
 - Snapshot mode (``snapshot=True``, read-only): each fetch reads, inside ``MULTI``/``EXEC``,
   the new keys together with every key read before, and raises :class:`Conflict` if any of
   those changed; so what the transaction read is always one instant's state, with no
@@ -133,7 +134,37 @@ class Tx:
         ordered = sorted(m for m in members if low is None or m > low)
         return [m.decode() for m in ordered[:count]]
 
-    def call(self, *cmd: str | bytes | int) -> Any:
+    def score_range(self, key: str, high: float | None, count: int) -> list[tuple[bytes, float]]:
+        """Up to ``count`` ``(member, score)`` of a sorted set with scores at most ``high``
+        (``None``: any), lowest first (equal scores in byte order), including this
+        transaction's own writes to it (which must not include a :meth:`ztrim`). Not watched,
+        like :meth:`lex_range`."""
+        if count <= 0:
+            return []
+        if key in self._zsets:
+            members = dict(self._zsets[key])
+        else:
+            ops = self._blind.get(key, ())
+            cleared = max((i + 1 for i, op in enumerate(ops) if op[0] == "del"), default=0)
+            members = {}
+            if not cleared:
+                # Each own write of a member can take at most one member off the server's
+                # range, so that many more are asked for; a cut takes every member up to its
+                # score, so only those above the highest cut are asked for.
+                extra = sum(len(arg) for name, arg in ops if name in ("zadd", "zrem"))
+                cut = max((arg for name, arg in ops if name == "zcut"), default=None)
+                low = "-inf" if cut is None else f"({_score(cut)}"
+                top = "+inf" if high is None else _score(high)
+                reply = self.call(
+                    "ZRANGEBYSCORE", key, low, top, "WITHSCORES", "LIMIT", 0, count + extra
+                )
+                members = _parse("zset", reply)
+            for op in ops[cleared:]:
+                members = _apply("zset", members, op)
+        ordered = sorted((s, m) for m, s in members.items() if high is None or s <= high)
+        return [(m, s) for s, m in ordered[:count]]
+
+    def call(self, *cmd: str | bytes | int | float) -> Any:
         """Send one command now, outside the transaction (e.g. ``INCRBY`` of a counter)."""
         return self._roundtrip([cmd])[0]
 
@@ -162,6 +193,10 @@ class Tx:
     def zrem(self, key: str, members: Sequence[bytes]) -> None:
         if members:
             self._write(key, ("zrem", tuple(members)), ("ZREM", key, *members))
+
+    def zcut(self, key: str, high: float) -> None:
+        """Remove the members with scores at most ``high``."""
+        self._write(key, ("zcut", high), ("ZREMRANGEBYSCORE", key, "-inf", _score(high)))
 
     def ztrim(self, key: str, keep: int) -> None:
         """Keep only the ``keep`` members of highest score."""
@@ -306,6 +341,8 @@ def _apply(kind: Kind, value: Any, op: _Op) -> Any:
     elif name in ("hdel", "zrem"):
         for item in arg:
             new.pop(item, None)
+    elif name == "zcut":
+        new = {m: s for m, s in new.items() if s > arg}
     elif name == "ztrim":
         ordered = sorted(new.items(), key=lambda ms: (ms[1], ms[0]))
         new = dict(ordered[max(len(ordered) - arg, 0) :]) if arg > 0 else {}

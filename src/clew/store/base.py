@@ -3,7 +3,9 @@ resolution reads and writes on every event.
 
 Per profile id the store holds identities with their provenance, a JSON-able traits dict, and
 first/last seen times; an identity index maps ``(id_type, value)`` to the owning profile; and
-redirects map merged-away profile ids to the profile they were merged into.
+redirects map merged-away profile ids to the profile they were merged into. Beside the
+profiles, the stages keep a timer per profile id and an outbox of messages per group in it, so
+that both commit together with the writes that made them.
 
 Guarantees every backend gives:
 
@@ -276,6 +278,39 @@ class ProfileStore(ABC):
         entries, traits, computed values, history, seen times and every redirect leading to
         it, so that no old id resolves any more. Returns whether there was anything to
         delete."""
+
+    @abstractmethod
+    def set_timers(self, due: Mapping[str, int | None]) -> None:
+        """Per profile id, the time (ms, in the caller's clock) its timer is next due, replacing
+        the profile's earlier timer; ``None`` removes it. One timer per profile. Ids are stored
+        as given (not resolved through redirects). :meth:`merge` and :meth:`write_back` remove
+        the timers of merged-away ids, :meth:`delete_profile` those of every id it removes."""
+
+    @abstractmethod
+    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        """``(profile_id, due_ms)`` of timers due at or before ``now_ms``, earliest first, at
+        most ``limit``. Reading does not remove them: the caller replaces or removes each with
+        :meth:`set_timers` in the same transaction as the work the timer triggered (so a crash
+        before that commit leaves the timer to fire again, and after it never fires twice; when
+        several workers share the timers, each reads them in that transaction too)."""
+
+    @abstractmethod
+    def next_timer(self) -> int | None:
+        """The earliest due time of any timer, or ``None``."""
+
+    @abstractmethod
+    def outbox_put(self, group: str, payload: bytes) -> int:
+        """Store an opaque payload for ``group`` (a stage's messages that must reach the log
+        even if the process dies right after the store commits); returns its sequence number,
+        higher than that of every payload the group had before, acknowledged or not."""
+
+    @abstractmethod
+    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` unacknowledged ``(seq, payload)`` of ``group``, in sequence order."""
+
+    @abstractmethod
+    def outbox_ack(self, group: str, seq: int) -> None:
+        """Remove every payload of ``group`` with sequence number ``<= seq``."""
 
     @abstractmethod
     def close(self) -> None:

@@ -9,6 +9,8 @@ not meant for a rebuild's millions of events (which does not need one).
 from __future__ import annotations
 
 import copy
+import heapq
+import itertools
 import threading
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -54,6 +56,9 @@ class _State:
     offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
     separations: dict[tuple[_Key, _Key], Separation] = field(default_factory=dict)
     seq: int = 0
+    timers: dict[str, int] = field(default_factory=dict)
+    outbox: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    outbox_seq: dict[str, int] = field(default_factory=dict)
 
 
 class MemoryProfileStore(ProfileStore):
@@ -311,6 +316,8 @@ class MemoryProfileStore(ProfileStore):
                 if rec is not None:
                     ordered = sorted(rec.history, key=lambda e: e.seq)
                     rec.history = deque(ordered[-self.history :] if self.history else [])
+            for from_id in gone:
+                s.timers.pop(from_id, None)
 
     def _redirect(self, from_id: str, into_id: str, provenance: Provenance) -> None:
         s = self._state
@@ -358,6 +365,7 @@ class MemoryProfileStore(ProfileStore):
             keep.history = deque(moved[-self.history :] if self.history else [])
             del s.profiles[gone]
             self._redirect(gone, survivor, provenance)
+            s.timers.pop(gone, None)
             return survivor
 
     def _erase(self, live: str) -> None:
@@ -376,8 +384,47 @@ class MemoryProfileStore(ProfileStore):
             live = self._resolve(profile_id)
             if live is None:
                 return False
+            for pid in (live, *self._chain(live)):
+                self._state.timers.pop(pid, None)
             self._erase(live)
             return True
+
+    def set_timers(self, due: Mapping[str, int | None]) -> None:
+        with self._lock:
+            timers = self._state.timers
+            for pid, ms in due.items():
+                if ms is None:
+                    timers.pop(pid, None)
+                else:
+                    timers[pid] = ms
+
+    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        with self._lock:
+            due = ((ms, pid) for pid, ms in self._state.timers.items() if ms <= now_ms)
+            return [(pid, ms) for ms, pid in heapq.nsmallest(max(limit, 0), due)]
+
+    def next_timer(self) -> int | None:
+        with self._lock:
+            return min(self._state.timers.values(), default=None)
+
+    def outbox_put(self, group: str, payload: bytes) -> int:
+        with self._lock:
+            s = self._state
+            seq = s.outbox_seq[group] = s.outbox_seq.get(group, 0) + 1
+            s.outbox.setdefault(group, {})[seq] = bytes(payload)
+            return seq
+
+    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
+        with self._lock:
+            # Payloads are added in sequence order, and dicts keep that order.
+            payloads = self._state.outbox.get(group, {})
+            return list(itertools.islice(payloads.items(), max(limit, 0)))
+
+    def outbox_ack(self, group: str, seq: int) -> None:
+        with self._lock:
+            payloads = self._state.outbox.get(group, {})
+            for done in [n for n in payloads if n <= seq]:
+                del payloads[done]
 
     def close(self) -> None:
         with self._lock:

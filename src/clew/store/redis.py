@@ -14,6 +14,9 @@ until the block ends, and then all at once. A block cannot be re-run by the stor
 another client changed what it read, the block raises :class:`RedisConflictError` and nothing
 of it is written (a stage re-polls its batch and tries again).
 
+Timers and outboxes follow the same rules; what they watch, and why blocks putting to one
+outbox group conflict, is in ``clew.store._redis_timers``.
+
 A single Redis primary serves every key (with replicas or Sentinel for failover): one
 ``MULTI``/``EXEC`` may span profiles. The keys carry Redis Cluster hash tags, but a Cluster
 client is refused, because Cluster rejects cross-slot transactions (docs/scale-out.md).
@@ -37,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from clew.store import _redis_batch as batch
 from clew.store import _redis_graph as graph
+from clew.store import _redis_timers as timers
 from clew.store._redis_keys import (
     Keys,
     decode_event,
@@ -392,6 +396,8 @@ class RedisProfileStore(ProfileStore):
             live = graph.resolve(tx, self._keys, profile_id)
             if live is None:
                 return False
+            chain = graph.redirect_trees(tx, self._keys, [live])[live]
+            timers.drop(tx, self._keys, [live, *(r.redirect.from_id for r in chain)])
             graph.erase(tx, self._keys, live)
             return True
 
@@ -427,6 +433,26 @@ class RedisProfileStore(ProfileStore):
             lambda tx: batch.write(tx, self._keys, profiles, rows, gone, events, self.history),
             write=True,
         )
+
+    # -- timers and outboxes ----------------------------------------------------------------
+
+    def set_timers(self, due: Mapping[str, int | None]) -> None:
+        self._run(lambda tx: timers.set_timers(tx, self._keys, due), write=True)
+
+    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        return self._run(lambda tx: timers.due(tx, self._keys, now_ms, limit), write=False)
+
+    def next_timer(self) -> int | None:
+        return self._run(lambda tx: timers.earliest(tx, self._keys), write=False)
+
+    def outbox_put(self, group: str, payload: bytes) -> int:
+        return self._run(lambda tx: timers.put(tx, self._keys, group, payload), write=True)
+
+    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
+        return self._run(lambda tx: timers.pending(tx, self._keys, group, limit), write=False)
+
+    def outbox_ack(self, group: str, seq: int) -> None:
+        self._run(lambda tx: timers.ack(tx, self._keys, group, seq), write=True)
 
     def close(self) -> None:
         if not self._closed:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from clew._sqlite import open_sqlite
+from clew.store import _sqlite_timers as timers
 from clew.store.base import (
     IdentityEdge,
     Profile,
@@ -127,7 +128,9 @@ def _prov(row: Sequence[Any]) -> Provenance:
 
 class SQLiteProfileStore(ProfileStore):
     def __init__(self, path: Path, synchronous: str = "NORMAL", history: int = 100) -> None:
-        self._conn: sqlite3.Connection | None = open_sqlite(path, _SCHEMA, synchronous)
+        self._conn: sqlite3.Connection | None = open_sqlite(
+            path, _SCHEMA + timers.SCHEMA, synchronous
+        )
         # A stage batch touches hundreds of profiles spread over the whole database; SQLite's
         # default 2 MB page cache makes each batch re-read most index pages (measured: a
         # 32 MB cache, filled only as pages are used, gives the profiles stage ~10% more).
@@ -518,6 +521,7 @@ class SQLiteProfileStore(ProfileStore):
                 _TRIM,
                 [(pid, pid, self.history) for pid in {*gone.values(), *(pid for pid, _ in events)}],
             )
+            timers.drop(conn, gone)
 
     def add_separation(self, separation: Separation) -> None:
         p = separation.provenance
@@ -571,6 +575,7 @@ class SQLiteProfileStore(ProfileStore):
                 "INSERT INTO redirects VALUES (?, ?, ?, ?, ?, ?)",
                 (gone, survivor, *_prov_values(provenance)),
             )
+            timers.drop(conn, [gone])
             return survivor
 
     @staticmethod
@@ -589,8 +594,34 @@ class SQLiteProfileStore(ProfileStore):
             live = self._resolve(conn, profile_id)
             if live is None:
                 return False
+            chain = conn.execute(_CHAIN + "SELECT from_id FROM chain", (live,))
+            timers.drop(conn, [live, *(row[0] for row in chain)])
             self._erase(conn, live)
             return True
+
+    def set_timers(self, due: Mapping[str, int | None]) -> None:
+        with self._tx(write=True) as conn:
+            timers.set_timers(conn, due)
+
+    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        with self._tx() as conn:
+            return timers.due(conn, now_ms, limit)
+
+    def next_timer(self) -> int | None:
+        with self._tx() as conn:
+            return timers.earliest(conn)
+
+    def outbox_put(self, group: str, payload: bytes) -> int:
+        with self._tx(write=True) as conn:
+            return timers.put(conn, group, payload)
+
+    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
+        with self._tx() as conn:
+            return timers.pending(conn, group, limit)
+
+    def outbox_ack(self, group: str, seq: int) -> None:
+        with self._tx(write=True) as conn:
+            timers.ack(conn, group, seq)
 
     def close(self) -> None:
         with self._lock:

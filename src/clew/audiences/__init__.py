@@ -1,0 +1,25 @@
+"""Computed traits and audiences: definitions, the engine that keeps them live in the profiles
+stage, timers for conditions that change with time alone, and backfill from the lake."""
+
+from clew.audiences.definitions import (
+    AudienceDef,
+    Catalog,
+    Definition,
+    DefinitionError,
+    TraitDef,
+    parse_document,
+)
+from clew.audiences.engine import AUDIENCES, Change, Engine, Evaluation
+
+__all__ = [
+    "AUDIENCES",
+    "AudienceDef",
+    "Catalog",
+    "Change",
+    "Definition",
+    "DefinitionError",
+    "Engine",
+    "Evaluation",
+    "TraitDef",
+    "parse_document",
+]
