@@ -252,6 +252,24 @@ class Clew:
             [("", pr["dropped_identifiers"])],
         )
         metric(
+            "clew_audience_changes_total",
+            "counter",
+            "Audience and computed-trait change records the profiles stage announced",
+            [("", pr["audience_changes"])],
+        )
+        metric(
+            "clew_audience_timers_fired_total",
+            "counter",
+            "Per-profile timers that fired (a window moved, a funnel matured)",
+            [("", pr["audience_timers_fired"])],
+        )
+        metric(
+            "clew_audience_backfilled_events_total",
+            "counter",
+            "History events read to backfill new definitions",
+            [("", pr["audience_backfilled_events"])],
+        )
+        metric(
             "clew_profiles_batch_seconds",
             "summary",
             "Time the profiles stage spends per polled batch",

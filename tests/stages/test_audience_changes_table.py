@@ -317,3 +317,35 @@ def test_mixed_topic_fills_both_tables(log: EmbeddedLog, tmp_path: Path) -> None
 
 def test_the_table_is_queryable_before_any_change(tmp_path: Path) -> None:
     assert _sql(tmp_path / "lake", "SELECT count(*) FROM audience_changes") == [(0,)]
+
+
+def test_views_give_current_members_and_trait_values(log: EmbeddedLog, tmp_path: Path) -> None:
+    now = _now_ms()
+    snapshots = [
+        Message(
+            value=encode_change(_snapshot(pid, "2026-03-01T10:00:00.000Z", uid)), key=pid.encode()
+        )
+        for pid, uid in (("p-ada", "u-ada"), ("p-bob", "u-bob"))
+    ]
+    log.append_sync(CHANGES_TOPIC, snapshots)
+    log.append_sync(CHANGES_TOPIC, records(ADA, [Change("audience_entered", "vip")], now, "event"))
+    log.append_sync(
+        CHANGES_TOPIC,
+        records(ADA, [Change("audience_entered", "cart"), Change("trait_changed", "n", 1, 0)],
+                now + 1, "event"),
+    )  # fmt: skip
+    log.append_sync(
+        CHANGES_TOPIC,
+        records(ADA, [Change("audience_exited", "cart"), Change("trait_changed", "n", 2, 1)],
+                now + 2, "timer"),
+    )  # fmt: skip
+    # A profile the lake does not know as live (merged away or deleted) is left out.
+    gone = _profile("p-gone", user_id="u-gone")
+    log.append_sync(CHANGES_TOPIC, records(gone, [Change("audience_entered", "vip")], now, "event"))
+    _run_stage(log, tmp_path / "lake")
+    assert _sql(tmp_path / "lake", "SELECT profile_id, audience FROM audience_members") == [
+        ("p-ada", "vip")
+    ]
+    assert _sql(tmp_path / "lake", "SELECT profile_id, trait, value FROM computed_traits") == [
+        ("p-ada", "n", "2")
+    ]

@@ -69,6 +69,30 @@ def register_tables(conn: duckdb.DuckDBPyConnection, root: Path) -> None:
             f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], {hive}, "
             "union_by_name = true)"
         )
+    for view in _DERIVED_VIEWS:
+        conn.execute(view)
+
+
+# Current state derived from the change history: who is in each audience now, and each
+# profile's latest computed-trait values (profiles merged away or deleted are left out).
+_DERIVED_VIEWS = (
+    """CREATE VIEW audience_members AS
+    SELECT profile_id, user_id, audience, changed_at AS entered_at
+    FROM (
+        SELECT *, row_number() OVER (
+            PARTITION BY profile_id, audience ORDER BY changed_at DESC, kind DESC) AS rn
+        FROM audience_changes WHERE audience IS NOT NULL)
+    WHERE rn = 1 AND kind = 'audience_entered'
+      AND profile_id IN (SELECT profile_id FROM customer_profiles)""",
+    """CREATE VIEW computed_traits AS
+    SELECT profile_id, user_id, trait, value, changed_at
+    FROM (
+        SELECT *, row_number() OVER (
+            PARTITION BY profile_id, trait ORDER BY changed_at DESC) AS rn
+        FROM audience_changes WHERE trait IS NOT NULL)
+    WHERE rn = 1 AND value IS NOT NULL
+      AND profile_id IN (SELECT profile_id FROM customer_profiles)""",
+)
 
 
 class Lake:
