@@ -86,6 +86,35 @@ class IdentitySettings(BaseModel):
     history: int = Field(default=100, ge=0)
 
 
+PiiAction = Literal["keep", "hash", "truncate", "drop"]
+
+
+class PrivacySettings(BaseModel):
+    """Consent, PII policies and data-subject requests; see docs/privacy.md."""
+
+    # Secret salt for hashed PII fields and for the identifier hashes in suppression lists and
+    # audit records. Empty: generated on first use and kept in ``data_dir/privacy.salt``.
+    salt: str = ""
+    # Field path (``context.ip``, ``traits.phone``, ``properties.card.last4``) -> what the
+    # validate stage does with it before anything reaches the lake.
+    pii: dict[str, PiiAction] = Field(default_factory=dict)
+    # Seconds between two looks for queued data-subject requests in `clew serve`.
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+
+class LifecycleSettings(BaseModel):
+    """Hot / warm / cold tiers and retention; see docs/lifecycle.md."""
+
+    # Lake partitions (event dates) younger than this stay warm (queried by default).
+    warm_days: float = Field(default=90.0, gt=0)
+    # Where cold tables live; default ``data_dir/cold``. An object-storage URI at scale.
+    cold_path: Path | None = None
+    # Cold data older than this (days since the event) is purged; ``None`` keeps it forever.
+    purge_after_days: float | None = Field(default=None, gt=0)
+    # Minutes between two lifecycle runs inside `clew serve` (0 turns the scheduler off).
+    run_every_minutes: float = Field(default=60.0, ge=0)
+
+
 class MonitorSettings(BaseModel):
     """Volume monitors; see docs/monitoring.md for what each value does."""
 
@@ -138,6 +167,8 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     clock: ClockSettings = Field(default_factory=ClockSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
 
     @property
     def log_path(self) -> Path:
@@ -166,6 +197,15 @@ class Settings(BaseSettings):
     @property
     def lake_path(self) -> Path:
         return self.data_dir / "lake"
+
+    @property
+    def cold_path(self) -> Path:
+        """The cold tier: Delta tables with the lake's names and schemas."""
+        return self.lifecycle.cold_path or self.data_dir / "cold"
+
+    @property
+    def privacy_path(self) -> Path:
+        return self.data_dir / "privacy.db"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

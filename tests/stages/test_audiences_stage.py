@@ -220,6 +220,14 @@ def test_a_timer_set_before_a_restart_fires_after_it_once(h: Harness) -> None:
     assert audience_log(h, "cart_abandoner") == [("audience_entered", "di")]
 
 
+def test_events_in_the_first_batch_after_a_restart_count(h: Harness) -> None:
+    h.push(DEFINITIONS)
+    h.restart()
+    h.send(track("eve", "Product Added", START))
+    h.advance(HOUR + 1000)
+    assert h.audiences("eve") == ["active_last_7_days", "cart_abandoner"]
+
+
 def test_a_merge_combines_audience_state(h: Harness) -> None:
     h.push(DEFINITIONS)
     anon = Event(

@@ -168,12 +168,20 @@ class LiveAudiences:
     # -- definitions ----------------------------------------------------------------------
 
     def reload(
-        self, store: ProfileStore, rules: IdentityRules, applied: Mapping[tuple[str, int], int]
+        self,
+        store: ProfileStore,
+        rules: IdentityRules,
+        applied: Mapping[tuple[str, int], int],
+        *,
+        force: bool = False,
     ) -> Produced | None:
         """Pick up changed definitions (checked at most once a second): backfill the new ones
         from history, then make them live. Returns the backfill's records, or None when
-        nothing changed. A broken definitions directory leaves the live set as it was."""
-        if self._repo is None or time.monotonic() - self._last_reload < _RELOAD_EVERY_S:
+        nothing changed. A broken definitions directory leaves the live set as it was.
+        ``force``: look now (a stage does before its first batch)."""
+        if self._repo is None:
+            return None
+        if not force and time.monotonic() - self._last_reload < _RELOAD_EVERY_S:
             return None
         self._last_reload = time.monotonic()
         version = self._repo.version()

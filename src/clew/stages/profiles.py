@@ -78,6 +78,10 @@ class ProfilesStage(Stage):
         self._applied = self._store.load_offsets(self.group)
         # Change records an earlier run committed to the store but may not have produced.
         self._produce(consumer, LiveAudiences.unsent(self._store))
+        # The definitions must be live before the first batch, or its events would miss them.
+        reloaded = self.audiences.reload(self._store, self._rules, self._applied, force=True)
+        if reloaded is not None:
+            self._produce(consumer, reloaded)
 
     def tick(self, consumer: Consumer) -> None:
         live = self.audiences
