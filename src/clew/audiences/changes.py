@@ -40,6 +40,9 @@ class AudienceChange(msgspec.Struct, omit_defaults=True):
     trait: str | None = None
     value: Any = None
     previous: Any = None
+    # The profile's consent state (``{"categoryPreferences": {...}}``), enforced by
+    # destinations as they enforce an event's ``context.consent``.
+    consent: Any = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -56,6 +59,7 @@ def records(profile: Profile, changes: list[Change], now_ms: int, cause: str) ->
     user_ids = identifiers.get(USER_ID)
     at = format_time(to_datetime(now_ms))
     key = profile.profile_id.encode()
+    consent = profile.computed.get("consent")
     out = []
     for c in changes:
         is_trait = c.kind == TRAIT_CHANGED
@@ -74,6 +78,7 @@ def records(profile: Profile, changes: list[Change], now_ms: int, cause: str) ->
             trait=c.name if is_trait else None,
             value=c.value if is_trait else None,
             previous=c.previous if is_trait else None,
+            consent=consent,
         )
         out.append(Message(value=_encoder.encode(record), key=key))
     return out

@@ -419,13 +419,22 @@ class _Compiler:
                 raise DefinitionError(f"{where}.{source}: expected a trait name")
             op = _operator(raw, "exists" if "value" not in raw else "eq", where)
             return Compare(source, str(raw[source]), op, raw.get("value"))
+        if "consent" in raw:
+            _known_keys(raw, {"consent", "granted"}, where)
+            category = raw["consent"]
+            if not isinstance(category, str) or not category:
+                raise DefinitionError(f"{where}.consent: expected a consent category name")
+            granted = raw.get("granted", True)
+            if not isinstance(granted, bool):
+                raise DefinitionError(f"{where}.granted: expected true or false")
+            return Compare("computed", f"consent.categoryPreferences.{category}", "eq", granted)
         if "event" in raw or "did_not" in raw:
             return self._event(raw, where)
         if "funnel" in raw:
             return self._funnel(raw, where)
         raise DefinitionError(
             f"{where}: unknown condition {sorted(raw)}; use all, any, not, trait, computed, "
-            "event, did_not, funnel or audience"
+            "event, did_not, funnel, consent or audience"
         )
 
     def _event(self, raw: Mapping[str, Any], where: str) -> Condition:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clew.events import Event, format_time, parse_time
+from clew.identity import consent
 from clew.identity.identifiers import Extraction, extract
 from clew.identity.resolver import IdentityResolver, MergeFunctions, Resolution
 from clew.identity.rules import IdentityRules
@@ -86,6 +87,11 @@ class Unifier:
             amount = revenue(event.properties)
             when = format_time(parse_time(event.timestamp))
             store.update_computed(pid, lambda c: self.merger.add_order(c, amount, when))
+        prefs = consent.preferences(event)
+        if prefs is not None:
+            store.update_computed(
+                pid, lambda c: consent.record(c, prefs, time_ms, event.message_id)
+            )
         engine = self.engine
         if engine is not None and engine.relevant(event):
             store.update_computed(pid, lambda c: engine.observe(c, event, time_ms) or c)
@@ -109,12 +115,10 @@ class Unifier:
             return self.merger.merge_traits(a, b, into_times, from_times)
 
         engine = self.engine
-        if engine is None:
-            return MergeFunctions(traits, self.merger.merge_computed)
 
         def computed(a: Traits, b: Traits) -> Traits:
-            assert engine is not None
-            return engine.merge(self.merger.merge_computed(a, b), a, b)
+            out = consent.merge(self.merger.merge_computed(a, b), a, b)
+            return out if engine is None else engine.merge(out, a, b)
 
         return MergeFunctions(traits, computed)
 
