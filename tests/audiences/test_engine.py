@@ -62,7 +62,7 @@ KINDS = {
          "property": "category"},
         {"name": "big", "kind": "count", "event": "Order Completed",
          "where": [{"property": "revenue", "op": "gte", "value": 100}]},
-        {"name": "views", "kind": "count", "type": "page"},
+        {"name": "views", "kind": "count", "event_type": "page"},
     ]
 }  # fmt: skip
 

@@ -242,3 +242,10 @@ def test_the_shipped_examples_load_and_push_together(repo: DefinitionRepository)
     assert active.traits[0].match.types == {"track", "page", "screen"}
     assert active.traits[0].window_ms == 7 * 86_400_000
     assert sorted(repo.push(list(loaded.values()))) == sorted(loaded)
+
+
+def test_a_trait_counting_one_event_type_reads_back(repo: DefinitionRepository) -> None:
+    doc = {"traits": [{"name": "page_views", "kind": "count", "event_type": "page"}]}
+    repo.push(parse_document(doc))
+    (trait,) = repo.catalog().traits
+    assert trait.match.types == frozenset({"page"})

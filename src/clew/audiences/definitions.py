@@ -355,7 +355,8 @@ def parse_trait(
     itself, not its hidden trait)."""
     name = raw.get("name", "?") if hidden else _name(raw, "trait")
     where = where or f"trait {name!r}"
-    allowed = {"name", "kind", "event", "type", "where", "property", "window", "description"}
+    # ``event_type``, not ``type``: a stored definition's ``type`` says trait or audience.
+    allowed = {"name", "kind", "event", "event_type", "where", "property", "window", "description"}
     _known_keys(raw, allowed, where)
     kind = raw.get("kind")
     if kind not in TRAIT_KINDS:
@@ -366,9 +367,10 @@ def parse_trait(
     if kind != "count" and prop is None:
         raise DefinitionError(f"{where}: kind {kind!r} needs a 'property' to read")
     match_raw: dict[str, Any] = {"event": raw.get("event", "*")}
-    for key in ("type", "where"):
-        if raw.get(key) is not None:
-            match_raw[key] = raw[key]
+    if raw.get("event_type") is not None:
+        match_raw["type"] = raw["event_type"]
+    if raw.get("where") is not None:
+        match_raw["where"] = raw["where"]
     window = raw.get("window")
     return TraitDef(
         name=str(name),
@@ -440,12 +442,12 @@ class _Compiler:
     def _event(self, raw: Mapping[str, Any], where: str) -> Condition:
         negated = "did_not" in raw
         key = "did_not" if negated else "event"
-        allowed = {key, "type", "where", "within"}
+        allowed = {key, "event_type", "where", "within"}
         if not negated:
             allowed |= {*self._COUNTS, "sum", "avg", "min", "max", "op", "value"}
         _known_keys(raw, allowed, where)
         trait: dict[str, Any] = {"name": f"{self.audience}#{len(self.traits)}", "event": raw[key]}
-        for extra in ("type", "where"):
+        for extra in ("event_type", "where"):
             if raw.get(extra) is not None:
                 trait[extra] = raw[extra]
         if raw.get("within") is not None:

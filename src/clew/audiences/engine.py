@@ -18,6 +18,7 @@ announced as a new change. State is order-independent, so replaying history in a
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,6 @@ from clew.audiences.definitions import (
     All,
     AnyOf,
     Catalog,
-    Compare,
     Condition,
     FunnelDef,
     InFunnel,
@@ -151,13 +151,32 @@ class _Trait:
         if not self.windowed:
             return _value(self.defn.kind, state), state, None
         assert self.defn.window_ms is not None
+        if not state:
+            return _value(self.defn.kind, None), None, None
         horizon = now_ms - self.defn.window_ms
-        entries = [e for e in state or [] if e[0] > horizon]
-        agg: Any = None
-        for t, v in entries:
-            agg = _fold(self.defn.kind, agg, t, v)
-        due = entries[0][0] + self.defn.window_ms if entries else None
-        return _value(self.defn.kind, agg), (entries or None), due
+        cut = bisect.bisect_right(state, horizon, key=_entry_time)
+        entries = state[cut:] if cut else state
+        if not entries:
+            return _value(self.defn.kind, None), None, None
+        due = entries[0][0] + self.defn.window_ms
+        return _window_value(self.defn.kind, entries), entries, due
+
+
+def _window_value(kind: str, entries: list[Any]) -> Any:
+    """The value of a (non-empty, time-ordered) window's entries."""
+    if kind == "count":
+        return len(entries)
+    if kind in ("sum", "avg", "min", "max"):
+        values = [e[1] for e in entries]
+        if kind == "sum":
+            return float(sum(values))
+        if kind == "avg":
+            return sum(values) / len(values)
+        return min(values) if kind == "min" else max(values)
+    agg: Any = None
+    for t, v in entries:
+        agg = _fold(kind, agg, t, v)
+    return _value(kind, agg)
 
 
 def _fold(kind: str, state: Any, t: int, v: Any) -> Any:
@@ -306,6 +325,7 @@ class Engine:
         self._funnel_by_key = {f.key: f for f in self._funnels}
         self._keys = {t.key for t in self._traits} | {f.key for f in self._funnels}
         self._public_names = sorted(t.defn.name for t in self._public)
+        self._tests = [(a.name, _compile(a.condition)) for a in catalog.audiences]
         # Event type -> name -> traits that may match (None: any name).
         self._index: dict[str, dict[str | None, list[_Trait]]] = {}
         for t in self._traits:
@@ -435,11 +455,10 @@ class Engine:
         for name in state.get(_NAMES, []):
             if name not in self._by_name and name in computed:
                 changes.append(Change("trait_changed", name, None, computed[name]))
-        lookup = {**computed, **values}
         members: set[str] = set()
-        for audience in self.catalog.audiences:
-            if _holds(audience.condition, traits, lookup, members, funnel_members):
-                members.add(audience.name)
+        for name, test in self._tests:
+            if test(traits, values, computed, members, funnel_members):
+                members.add(name)
         before = set(computed.get(AUDIENCES) or [])
         for name in sorted(members - before):
             changes.append(Change("audience_entered", name))
@@ -450,26 +469,45 @@ class Engine:
         return Evaluation(out, changes, min(due) if due else None)
 
 
-def _holds(
-    cond: Condition,
-    traits: Traits,
-    computed: Traits,
-    members: set[str],
-    funnels: dict[str, bool],
-) -> bool:
-    if isinstance(cond, All):
-        return all(_holds(c, traits, computed, members, funnels) for c in cond.items)
-    if isinstance(cond, AnyOf):
-        return any(_holds(c, traits, computed, members, funnels) for c in cond.items)
+_Test = Callable[[Traits, Mapping[str, Any], Traits, set[str], dict[str, bool]], bool]
+"""A compiled condition: (traits, computed values of this evaluation, stored computed
+values, audiences already found to hold, funnel memberships) -> holds."""
+
+
+def _compile(cond: Condition) -> _Test:
+    """The condition as a closure, so that evaluating it walks no tree and splits no names."""
+    if isinstance(cond, All | AnyOf):
+        tests = [_compile(c) for c in cond.items]
+        if isinstance(cond, All):
+
+            def every(t: Traits, v: Mapping[str, Any], c: Traits, m: set[str], f: Any) -> bool:
+                return all(test(t, v, c, m, f) for test in tests)
+
+            return every
+
+        def some(t: Traits, v: Mapping[str, Any], c: Traits, m: set[str], f: Any) -> bool:
+            return any(test(t, v, c, m, f) for test in tests)
+
+        return some
     if isinstance(cond, Not):
-        return not _holds(cond.item, traits, computed, members, funnels)
+        inner = _compile(cond.item)
+        return lambda t, v, c, m, f: not inner(t, v, c, m, f)
     if isinstance(cond, Member):
-        return cond.audience in members
+        name = cond.audience
+        return lambda t, v, c, m, f: name in m
     if isinstance(cond, InFunnel):
-        return funnels.get(cond.key, False)
-    assert isinstance(cond, Compare)
-    source = traits if cond.source == "trait" else computed
-    actual: Any = source
-    for part in cond.name.split("."):
-        actual = actual.get(part) if isinstance(actual, dict) else None
-    return compare(actual, cond.op, cond.value)
+        key = cond.key
+        return lambda t, v, c, m, f: bool(f.get(key, False))
+    head, *rest = cond.name.split(".")
+    op, expected, of_traits = cond.op, cond.value, cond.source == "trait"
+
+    def test(t: Traits, v: Mapping[str, Any], c: Traits, m: set[str], f: Any) -> bool:
+        if of_traits:
+            actual: Any = t.get(head)
+        else:
+            actual = v[head] if head in v else c.get(head)
+        for part in rest:
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        return compare(actual, op, expected)
+
+    return test
