@@ -21,6 +21,8 @@ from clew.audiences.repository import DefinitionRepository
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.events import Event, format_time
+from clew.identity.identifiers import ANONYMOUS_ID, Identifier
+from clew.identity.split import split_profile
 from clew.log.base import Log, Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
@@ -254,6 +256,48 @@ def test_a_merge_combines_audience_state(h: Harness) -> None:
     h.send(ident)
     assert h.computed("ed")["ltv_365d"] == 600
     assert "high_value_customer" in h.audiences("ed")
+
+
+def test_a_split_rederives_each_parts_audiences(h: Harness) -> None:
+    h.push(DEFINITIONS)
+    h.send(track("mom", "Order Completed", START, revenue=600))
+    kid = Event(
+        type="identify",
+        message_id="kid-1",
+        timestamp=at(START + 1000),
+        received_at=at(START + 1000),
+        source_id="web",
+        anonymous_id="kid",
+        user_id="mom",  # the shared computer: the kid's browser logged in as mom
+    )
+    h.send(kid)
+    h.send(
+        Event(
+            type="track",
+            message_id="kid-2",
+            timestamp=at(START + 2000),
+            received_at=at(START + 2000),
+            source_id="web",
+            anonymous_id="kid",
+            event="Product Added",
+        )
+    )
+    assert "high_value_customer" in h.audiences("mom")
+    split_profile(
+        h.settings,
+        "user_id:mom",
+        Identifier(ANONYMOUS_ID, "kid"),
+        "test",
+        store=h.store,
+        log=h.log,
+    )
+    h.advance(HOUR + 5000)  # the split parts are evaluated by the stage right away
+    assert h.audiences("mom") == ["active_last_7_days", "high_value_customer"]
+    kid_pid = h.store.lookup(ANONYMOUS_ID, "kid")
+    assert kid_pid is not None and kid_pid != h.store.lookup("user_id", "mom")
+    kid_profile = h.store.get(kid_pid)
+    assert kid_profile is not None
+    assert kid_profile.computed["audiences"] == ["active_last_7_days", "cart_abandoner"]
 
 
 def test_backfill_of_a_new_definition_equals_live_evaluation(tmp_path: Path) -> None:

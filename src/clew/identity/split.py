@@ -25,10 +25,12 @@ replay and applied by it afterwards, on top of the split, so nothing is counted 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from clew.config import IdentitySettings, Settings
 from clew.events import Event
@@ -50,6 +52,11 @@ from clew.log.base import Log, Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
 from clew.store.base import Profile, ProfileStore, Provenance, Separation, StoredEvent
 from clew.store.memory import MemoryProfileStore
+
+if TYPE_CHECKING:
+    from clew.audiences.engine import Engine
+
+logger = logging.getLogger(__name__)
 
 _ATTEMPTS = 3
 _SCAN_PAGE = 500
@@ -120,6 +127,20 @@ class SplitResult:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _audience_engine(settings: Settings) -> Engine | None:
+    """The live audience definitions, so a split re-derives each part's audience state."""
+    from clew.audiences.definitions import DefinitionError
+    from clew.audiences.engine import Engine
+    from clew.audiences.repository import DefinitionRepository
+
+    try:
+        catalog = DefinitionRepository(settings.data_dir).catalog()
+    except DefinitionError as exc:
+        logger.warning("splitting without audience definitions: %s", exc)
+        return None
+    return Engine(catalog) if catalog.definitions() else None
 
 
 def parse_identifier(text: str, rules: IdentityRules) -> Identifier:
@@ -248,6 +269,7 @@ class _Splitter:
         self.store = store
         self.log = log
         self.clock = clock
+        self.engine = _audience_engine(settings)
 
     def run(self, ref: str, identifier: Identifier, operator: str, force: bool) -> SplitResult:
         partitions = sorted(self.log.end_offsets(EVENTS_TOPIC))
@@ -304,6 +326,9 @@ class _Splitter:
         for new, history in kept:
             store.put_profile(new, history)
         store.add_separation(separation)
+        if self.engine is not None:
+            # Due at once: the profiles stage evaluates their audiences on its next look.
+            store.set_timers({new.profile_id: 0 for new, _ in kept})
         written = tuple(p for p in (store.get(new.profile_id) for new, _ in kept) if p is not None)
         live = {p.profile_id for p in written}
         old_ids = sorted({old_id, *(r.from_id for r in profile.merged)} - live)
@@ -344,7 +369,9 @@ class _Splitter:
         self, events: Sequence[tuple[Event, bytes]], separations: Sequence[Separation]
     ) -> list[_Derived]:
         memory = MemoryProfileStore(history=self.identity.history)
-        unifier = Unifier(memory, self.rules, self.identity.traits, keep_history=True)
+        unifier = Unifier(
+            memory, self.rules, self.identity.traits, keep_history=True, engine=self.engine
+        )
         unifier.resolver.set_separations(separations)
         for event, body in events:
             unifier.apply(event, body)
