@@ -18,6 +18,8 @@ from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
 from clew.cli_identity import identity_app
 from clew.cli_import import import_app
+from clew.cli_lifecycle import lifecycle_app
+from clew.cli_privacy import privacy_app
 from clew.cli_rebuild import rebuild
 from clew.cli_schema import plan_app, schema_app
 from clew.config import Settings
@@ -40,6 +42,8 @@ app.add_typer(identity_app, name="identity")
 app.add_typer(destinations_app, name="destinations")
 app.add_typer(audiences_app, name="audiences")
 app.add_typer(import_app, name="import")
+app.add_typer(lifecycle_app, name="lifecycle")
+app.add_typer(privacy_app, name="privacy")
 app.command(name="rebuild")(rebuild)
 
 
@@ -187,6 +191,13 @@ def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
 def sql(
     query: str,
     format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
+    include_cold: Annotated[
+        bool,
+        typer.Option(
+            "--include-cold",
+            help="Query cold partitions too (docs/lifecycle.md); warm only by default.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -198,7 +209,7 @@ def sql(
         raise fail("--format must be table, json or csv", 2)
     settings = settings_from(config, data_dir=data_dir)
     try:
-        result = Lake(settings.lake_path).sql(query)
+        result = Lake(settings.lake_path, settings.cold_path).sql(query, include_cold=include_cold)
     except QueryError as e:
         raise fail(str(e)) from None
     if format == "json":

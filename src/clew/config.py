@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from clew.clock import ClockSettings
 from clew.identity.rules import IdentityRules
@@ -100,6 +100,14 @@ class PrivacySettings(BaseModel):
     pii: dict[str, PiiAction] = Field(default_factory=dict)
     # Seconds between two looks for queued data-subject requests in `clew serve`.
     poll_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("pii")
+    @classmethod
+    def _pii_paths(cls, value: dict[str, PiiAction]) -> dict[str, PiiAction]:
+        from clew.privacy.pii import PiiPolicy
+
+        PiiPolicy(value, salt=b"")  # raises with the path and what to change
+        return value
 
 
 class LifecycleSettings(BaseModel):

@@ -21,9 +21,13 @@ from clew.audiences.repository import DefinitionRepository
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
+from clew.lake.lifecycle import LifecycleScheduler
 from clew.lake.query import Lake
 from clew.log.factory import open_log
 from clew.monitor import read_status
+from clew.privacy.requests import STATUSES
+from clew.privacy.runner import PrivacyRunner
+from clew.privacy.suppression import Suppression
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import StageRunner
@@ -61,7 +65,8 @@ class Clew:
         self.log = open_log(settings)
         self.catalog = Catalog(settings.meta_path)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
-        self.lake = Lake(settings.lake_path)
+        self.lake = Lake(settings.lake_path, settings.cold_path)
+        self.lifecycle = LifecycleScheduler(settings, self.log)
         self._counters = CounterStore(settings.state_path)
         self.runners: list[StageRunner] = []
         self.workers: list[WorkerProcess] = []
@@ -75,12 +80,19 @@ class Clew:
                 self._closers.extend(closers)
         else:
             self.workers = [WorkerProcess(group, settings) for group in SERVE_WORKERS]
-        self.collector = Collector(self.log, self.catalog, settings.limits)
+        self.suppression = Suppression.open(settings)
+        self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
         # The Profile API reads through its own handle: SQLite WAL readers never wait for the
         # profiles stage's write transactions, so reads on the event loop stay fast.
         self.profiles = SQLiteProfileStore(
             settings.profiles_path, history=settings.identity.history
         )
+        # Data-subject requests run in a thread of this process, with their own serving-store
+        # handle (erasure writes; the Profile API's handle stays free for reads).
+        self._privacy_store = SQLiteProfileStore(
+            settings.profiles_path, history=settings.identity.history
+        )
+        self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
         self._api = build_api(
             self.catalog,
             self.lake,
@@ -89,6 +101,8 @@ class Clew:
             settings.registry_path,
             self.profiles,
             DefinitionRepository(settings.data_dir),
+            self.privacy.requests,
+            self.privacy.wake,
         )
         self._stop = threading.Event()
         self._stopping = False
@@ -114,6 +128,8 @@ class Clew:
         for w in self.workers:
             w.start()
         self._scheduler.start()
+        self.lifecycle.start()
+        self.privacy.start()
 
     def drained(self) -> bool:
         """True when every stage has committed everything in its topics."""
@@ -135,15 +151,19 @@ class Clew:
                 break
             time.sleep(0.05)
         self._stop.set()
+        self.privacy.stop()
         for r in self.runners:
             r.stop()
         for w in self.workers:
             w.stop()
         for close in self._closers:
             close()
+        self.lifecycle.stop()
         self.log.close()
         self._counters.close()
         self.profiles.close()
+        self._privacy_store.close()
+        self.suppression.close()
         self.catalog.close()
         self._data_dir_lock.close()
 
@@ -207,6 +227,29 @@ class Clew:
             ],
         )
         v = self._counters.read("validate")
+        metric(
+            "clew_suppressed_events_total",
+            "counter",
+            "Events of suppressed people answered but not stored, by where they were dropped",
+            [
+                ('{stage="collector"}', c["events_suppressed"]),
+                ('{stage="validate"}', v["suppressed"]),
+            ],
+        )
+        requests = self.privacy.requests.counts()
+        metric(
+            "clew_privacy_requests",
+            "gauge",
+            "Data-subject requests, by status",
+            [(f'{{status="{s}"}}', requests[s]) for s in STATUSES],
+        )
+        suppressed = self.privacy.suppressions.counts()
+        metric(
+            "clew_suppressed_identifiers",
+            "gauge",
+            "Identifiers on the suppression list (temporary: held by a running deletion)",
+            [(f'{{kind="{k}"}}', suppressed[k]) for k in ("permanent", "temporary")],
+        )
         outcomes = ("events", "duplicates", "violations", "omitted_properties")
         metric(
             "clew_validate_events_total",
@@ -301,6 +344,8 @@ class Clew:
         for name, kind, help_text, samples in families:
             metric(name, kind, help_text, samples)
         for name, kind, help_text, samples in destination_metric_families(self.settings.data_dir):
+            metric(name, kind, help_text, samples)
+        for name, kind, help_text, samples in self.lifecycle.metric_families():
             metric(name, kind, help_text, samples)
         return "\n".join(lines) + "\n"
 

@@ -126,6 +126,14 @@ class Catalog:
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT name FROM tokens ORDER BY name")]
 
+    def token_name(self, token: str) -> str | None:
+        """The name of a valid access token (for audit records), ``None`` for an invalid one."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT name FROM tokens WHERE token_hash = ?", (_hash(token),)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def verify_token(self, token: str) -> bool:
         digest = _hash(token)
         with self._lock:

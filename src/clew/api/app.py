@@ -20,9 +20,11 @@ from starlette.routing import Route
 from clew.api._auth import check_token, error
 from clew.api.admin import admin_routes
 from clew.api.audiences import audience_routes
+from clew.api.privacy import privacy_routes
 from clew.api.profiles import profile_routes
 from clew.audiences.repository import DefinitionRepository
 from clew.lake.query import Lake, QueryError
+from clew.privacy.requests import RequestStore
 from clew.sources import Catalog
 from clew.store.base import ProfileStore
 
@@ -55,6 +57,8 @@ def build_api(
     registry_path: Path,
     profiles: ProfileStore | None = None,
     audiences: DefinitionRepository | None = None,
+    privacy: RequestStore | None = None,
+    privacy_wake: Callable[[], None] | None = None,
 ) -> Starlette:
     async def health_endpoint(request: Request) -> Response:
         status = health()
@@ -74,8 +78,11 @@ def build_api(
         query = body.get("query") if isinstance(body, dict) else None
         if not isinstance(query, str) or not query.strip():
             return error(400, "missing_query", 'send {"query": "SELECT …"}')
+        include_cold = body.get("include_cold", False)
+        if not isinstance(include_cold, bool):
+            return error(400, "invalid_include_cold", '"include_cold" must be true or false')
         try:
-            result = await run_in_threadpool(lake.sql, query, MAX_SQL_ROWS + 1)
+            result = await run_in_threadpool(lake.sql, query, MAX_SQL_ROWS + 1, include_cold)
         except QueryError as e:
             return error(400, "invalid_query", str(e))
         truncated = len(result.rows) > MAX_SQL_ROWS
@@ -101,6 +108,7 @@ def build_api(
             *admin_routes(catalog, registry_path),
             *(audience_routes(catalog, audiences, profiles) if audiences is not None else []),
             *(profile_routes(profiles, catalog) if profiles is not None else []),
+            *(privacy_routes(catalog, privacy, privacy_wake) if privacy is not None else []),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
     )

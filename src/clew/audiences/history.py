@@ -18,10 +18,14 @@ from clew.log.factory import EVENTS_TOPIC
 
 
 class LakeHistory:
-    """Reads the lake at ``lake_path``; ``open_log`` opens the log (only when needed)."""
+    """Reads the lake at ``lake_path`` and its cold tier at ``cold_path``; ``open_log`` opens
+    the log (only when needed)."""
 
-    def __init__(self, lake_path: Path, open_log: Callable[[], Log]) -> None:
+    def __init__(
+        self, lake_path: Path, open_log: Callable[[], Log], cold_path: Path | None = None
+    ) -> None:
         self._lake_path = lake_path
+        self._cold_path = cold_path
         self._open_log = open_log
         self._log: Log | None = None
 
@@ -31,7 +35,7 @@ class LakeHistory:
         log = self._log_handle()
         partitions = log.end_offsets(EVENTS_TOPIC).keys()
         types = _types(keep)
-        snapshot = read_lake_types(self._lake_path, partitions, types)
+        snapshot = read_lake_types(self._lake_path, partitions, types, self._cold_path)
         chosen = events_to_replay(snapshot, applied, log, keep)
         return [event for event, _ in chosen.events]
 

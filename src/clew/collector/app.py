@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,6 +27,9 @@ from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
 from clew.log.factory import DLQ_TOPIC, RAW_TOPIC
 from clew.sources import Catalog
+
+if TYPE_CHECKING:
+    from clew.privacy.suppression import Suppression
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -91,12 +94,22 @@ class _Refusal(Exception):
 
 class Collector:
     """ASGI app for ``/v1/{track,identify,page,screen,group,alias,batch,import}`` and the
-    analytics.js short paths. ``counters`` counts requests, events and refusals by code."""
+    analytics.js short paths. ``counters`` counts requests, events and refusals by code.
 
-    def __init__(self, log: Log, catalog: Catalog, limits: Limits) -> None:
+    With ``suppression``, events of a suppressed person are answered like any other but not
+    stored (``events_suppressed`` counts them; ``events_accepted`` counts stored events)."""
+
+    def __init__(
+        self,
+        log: Log,
+        catalog: Catalog,
+        limits: Limits,
+        suppression: Suppression | None = None,
+    ) -> None:
         self._log = log
         self._catalog = catalog
         self._limits = limits
+        self._suppression = suppression
         self._pending = 0
         self.counters: Counter[str] = Counter()
         self.accepting = True
@@ -255,6 +268,15 @@ class Collector:
                     f"the event is {len(body)} bytes; the limit is {limits.max_event_bytes}",
                 )
 
+        if self._suppression is not None and self._suppression.active:
+            kept, suppressed = _without_suppressed(self._suppression, body, parsed, path_type)
+            if suppressed:
+                self.counters["events_suppressed"] += suppressed
+                n_events -= suppressed
+                if kept is None:
+                    return 0
+                body = kept
+
         await self._append(body, source.id, path_type)
         return n_events
 
@@ -304,6 +326,26 @@ class Collector:
                     )
 
         written.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, f))
+
+
+def _without_suppressed(
+    suppression: Suppression, body: bytes, parsed: _Batch | _Single, path_type: str
+) -> tuple[bytes | None, int]:
+    """The body to store without the suppressed person's events (``None``: nothing left),
+    and how many were left out. A batch is re-encoded only when some of it is dropped."""
+    if not isinstance(parsed, _Batch):
+        return (None, 1) if suppression.is_suppressed_raw(body, path_type) else (body, 0)
+    assert parsed.batch is not None
+    context = suppression.batch_context(body)
+    keep = [raw for raw in parsed.batch if not suppression.is_suppressed_raw(raw, "batch", context)]
+    dropped = len(parsed.batch) - len(keep)
+    if not dropped:
+        return body, 0
+    if not keep:
+        return None, dropped
+    envelope = msgspec.json.decode(body)
+    envelope["batch"] = keep
+    return msgspec.json.encode(envelope), dropped
 
 
 def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:

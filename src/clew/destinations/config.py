@@ -107,6 +107,9 @@ class DestinationConfig(BaseModel):
     retry_initial_s: float = Field(default=1.0, gt=0)
     retry_max_delay_s: float = Field(default=600.0, gt=0)
     max_outbox_events: int = Field(default=100_000, ge=1)
+    # When a person is erased, POST a signed deletion notice naming their identifiers to
+    # ``url`` (clew.destinations.notices), so that this tool can erase them too.
+    deletion_notices: bool = False
 
     @field_validator("name")
     @classmethod

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,13 @@ DEAD_LETTERED = "dead_lettered"
 OUTBOX_FULL = "outbox_full"
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+# Free texts that may quote a receiver's answer: (table, column, key column).
+_TEXTS = (
+    ("batches", "last_error", "delivery_id"),
+    ("deliveries", "error", "seq"),
+    ("dead_letters", "reason", "delivery_id"),
+)
+_FORGOTTEN = "(removed: it named a person who was erased)"
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,6 +94,8 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self._db = open_sqlite(path, SCHEMA)
+        # Delivered and forgotten records are zeroed in the file, not left in free pages.
+        self._db.execute("PRAGMA secure_delete = ON")
         # Per destination, an upper bound of its outbox size as this connection last saw it
         # plus what it added since: senders only ever shrink an outbox, so the bound is safe,
         # and the real count (a scan of the backlog) is needed only near the limit.
@@ -391,6 +401,70 @@ class Outbox:
             db.execute("DELETE FROM batches WHERE dest = ?", (dest,))
             db.execute("DELETE FROM destinations WHERE name = ?", (dest,))
         return cur.rowcount
+
+    def forget(
+        self,
+        match: Callable[[bytes], bool],
+        mentions: Callable[[str], bool],
+        *,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Remove every record (waiting, in a batch being sent, or dead-lettered) for which
+        ``match(payload)`` is true, and blank every delivery error or dead-letter reason for
+        which ``mentions(text)`` is (a receiver's answer may quote what it was sent). Returns
+        where each was, without its content; ``dry_run`` only looks. A batch left empty is
+        dropped; a sender still sending it records nothing for it."""
+        where: list[str] = []
+        with self._tx() as db:
+            doomed: Counter[str] = Counter()
+            ids = []
+            for id_, dest, batch, payload in db.execute(
+                "SELECT id, dest, batch, payload FROM items"
+            ).fetchall():
+                if match(bytes(payload)):
+                    ids.append((id_,))
+                    where.append(f"outbox of {dest}, item {id_}")
+                    if batch is not None:
+                        doomed[batch] += 1
+            dead: list[tuple[str, list[bytes], int]] = []
+            for did, dest, blob in db.execute(
+                "SELECT delivery_id, dest, items FROM dead_letters"
+            ).fetchall():
+                records = [bytes(r) for r in _raw_list.decode(blob)]
+                kept = [r for r in records if not match(r)]
+                if len(kept) < len(records):
+                    dead.append((did, kept, len(records) - len(kept)))
+                    where.append(f"dead letters of {dest}, delivery {did}")
+            texts = [
+                (table, column, key, rowid)
+                for table, column, key in _TEXTS
+                for rowid, text in db.execute(
+                    f"SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL"
+                ).fetchall()
+                if mentions(text)
+            ]
+            where.extend(f"{table}.{column} of {rowid}" for table, column, _, rowid in texts)
+            if dry_run:
+                return where
+            db.executemany("DELETE FROM items WHERE id = ?", ids)
+            for batch, n in doomed.items():
+                db.execute(
+                    "UPDATE batches SET events = events - ? WHERE delivery_id = ?", (n, batch)
+                )
+            db.execute("DELETE FROM batches WHERE events <= 0")
+            for did, kept, n in dead:
+                if kept:
+                    db.execute(
+                        "UPDATE dead_letters SET items = ?, events = events - ? "
+                        "WHERE delivery_id = ?",
+                        (join_array(kept), n, did),
+                    )
+                else:
+                    db.execute("DELETE FROM dead_letters WHERE delivery_id = ?", (did,))
+            for table, column, key, rowid in texts:
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (_FORGOTTEN, rowid))
+        self._size_bound.clear()
+        return where
 
     def purge_dead_letters(self, dest: str) -> int:
         with self._tx() as db:

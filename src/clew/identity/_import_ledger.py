@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
@@ -139,6 +139,8 @@ class ImportLedger:
         # FULL: a ledger row lost in a power loss would re-import that row, which is
         # harmless, but a lost review decision would be asked again.
         self._conn = open_sqlite(path, _SCHEMA, synchronous="FULL")
+        # Forgotten rows are zeroed in the file, not left in free pages (docs/privacy.md).
+        self._conn.execute("PRAGMA secure_delete = ON")
         self._lock = threading.Lock()
 
     @contextmanager
@@ -242,6 +244,44 @@ class ImportLedger:
                 (status, decided_ms, message_id, review_id),
             )
             return cur.rowcount == 1
+
+    def forget(
+        self,
+        identifiers: Collection[tuple[str, str]],
+        profile_ids: Collection[str],
+        *,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Remove what names a person: ledger rows of their records (a record of source
+        ``s`` is the identifier ``(s_id, row id)``) and review entries with one of their
+        records, profiles or identifiers on either side. Returns where each was (table and
+        key, without personal data); ``dry_run`` only looks. A later import of a file that
+        still holds the person imports them again: remove them from the source too."""
+        ids, pids = set(identifiers), set(profile_ids)
+        with self._tx() as conn:
+            rows = [
+                (source, row_id)
+                for source, row_id in conn.execute("SELECT source, row_id FROM imported_rows")
+                if (f"{source}_id", row_id) in ids
+            ]
+            reviews = [
+                review_id
+                for review_id, source, record_id, kind, other_id, link_type, link_value in (
+                    conn.execute(
+                        "SELECT review_id, source, record_id, other_kind, other_id, link_type, "
+                        "link_value FROM reviews"
+                    )
+                )
+                if (f"{source}_id", record_id) in ids
+                or (link_type, link_value) in ids
+                or (kind == "profile" and other_id in pids)
+                or (kind == "record" and (f"{source}_id", other_id) in ids)
+            ]
+            if not dry_run:
+                conn.executemany("DELETE FROM imported_rows WHERE source = ? AND row_id = ?", rows)
+                conn.executemany("DELETE FROM reviews WHERE review_id = ?", [(r,) for r in reviews])
+        where = [f"imported_rows of source {source}" for source, _ in rows]
+        return where + [f"reviews, review {r}" for r in reviews]
 
     def close(self) -> None:
         with self._lock:

@@ -128,29 +128,39 @@ def _where(identifiers: Collection[Identifier]) -> tuple[str, dict[str, Any]]:
 
 
 def read_lake(
-    lake_path: Path, partitions: Iterable[int], identifiers: Collection[Identifier]
+    lake_path: Path,
+    partitions: Iterable[int],
+    identifiers: Collection[Identifier],
+    cold_path: Path | None = None,
 ) -> LakeSnapshot:
-    """The events of the lake's current ``events`` snapshot that may carry ``identifiers``,
-    and the log offsets that snapshot covers (the lake stage records them in each Delta
-    commit). An absent table is an empty snapshot."""
+    """The events of the lake's current ``events`` snapshot (and of the cold tier's, when
+    ``cold_path`` is given) that may carry ``identifiers``, and the log offsets the warm
+    snapshot covers (the lake stage records them in each Delta commit). An absent table is an
+    empty snapshot."""
     if not identifiers:
-        return _snapshot(lake_path, partitions, None)
-    return _snapshot(lake_path, partitions, _where(identifiers))
+        return _snapshot(lake_path, partitions, None, cold_path)
+    return _snapshot(lake_path, partitions, _where(identifiers), cold_path)
 
 
 def read_lake_types(
-    lake_path: Path, partitions: Iterable[int], types: Collection[str]
+    lake_path: Path,
+    partitions: Iterable[int],
+    types: Collection[str],
+    cold_path: Path | None = None,
 ) -> LakeSnapshot:
-    """Every event of the given types in the lake's current ``events`` snapshot (a backfill's
-    history), with the log offsets that snapshot covers."""
+    """Every event of the given types in the lake's current ``events`` snapshot, warm and
+    cold (a backfill's history), with the log offsets the warm snapshot covers."""
     names = sorted(types)
     params = {f"t{i}": t for i, t in enumerate(names)}
     where = "type IN (" + ", ".join(f"$t{i}" for i in range(len(names))) + ")" if names else "false"
-    return _snapshot(lake_path, partitions, (where, params))
+    return _snapshot(lake_path, partitions, (where, params), cold_path)
 
 
 def _snapshot(
-    lake_path: Path, partitions: Iterable[int], filter_: tuple[str, dict[str, Any]] | None
+    lake_path: Path,
+    partitions: Iterable[int],
+    filter_: tuple[str, dict[str, Any]] | None,
+    cold_path: Path | None = None,
 ) -> LakeSnapshot:
     import duckdb
     from deltalake import DeltaTable
@@ -167,6 +177,11 @@ def _snapshot(
         version = table.transaction_version(app_id(EVENTS_TOPIC, p))
         offsets[p] = -1 if version is None else version
     files = table.file_uris()
+    # Cold rows were moved out of the warm table, which had applied them: they are history
+    # the warm offsets already cover.
+    cold = str(cold_path / EVENTS.name) if cold_path is not None else None
+    if cold is not None and DeltaTable.is_deltatable(cold):
+        files += DeltaTable(cold).file_uris()
     if not files or filter_ is None:
         return LakeSnapshot([], offsets)
     where, params = filter_
@@ -176,7 +191,9 @@ def _snapshot(
         rows = conn.execute(f"{_SELECT} WHERE {where}", {"files": files, **params}).fetchall()
     finally:
         conn.close()
-    return LakeSnapshot([row_to_event(r) for r in rows], offsets)
+    # A row moved between tiers while the two snapshots were read shows up in both.
+    unique = {(r[13], r[0]): r for r in rows}
+    return LakeSnapshot([row_to_event(r) for r in unique.values()], offsets)
 
 
 def read_log(log: Log, partition: int, first: int, last: int) -> LogRange:

@@ -266,6 +266,7 @@ class _Splitter:
         self.identity: IdentitySettings = settings.identity
         self.rules = settings.identity.rules
         self.lake_path = settings.lake_path
+        self.cold_path = settings.cold_path
         self.store = store
         self.log = log
         self.clock = clock
@@ -281,7 +282,7 @@ class _Splitter:
             # The lake is read before taking the store's write lock (it may take a while);
             # the snapshot records which log offsets it covers, so it is reconciled with what
             # the profiles stage has applied once the lock is held.
-            lake = read_lake(self.lake_path, partitions, identifiers_of(profile))
+            lake = read_lake(self.lake_path, partitions, identifiers_of(profile), self.cold_path)
             with self.store.transaction():
                 now = self.store.get(find_profile(self.store, ref, self.rules))
                 if now is None or (

@@ -44,15 +44,20 @@ def _queryable() -> list[tuple[str, Any, str | None]]:
     )
 
 
-def register_tables(conn: duckdb.DuckDBPyConnection, root: Path) -> None:
+def register_tables(
+    conn: duckdb.DuckDBPyConnection, root: Path, cold_root: Path | None = None
+) -> None:
     """Create one view per lake table under ``root`` in ``conn``, each over the latest Delta
     snapshot of its table. A table that does not exist yet is an empty view of its schema, so
-    queries written against a fresh install run and return nothing instead of failing."""
-    from deltalake import DeltaTable
+    queries written against a fresh install run and return nothing instead of failing.
 
+    With ``cold_root``, a table that also has a cold tier there (docs/lifecycle.md) is the
+    union of both (by column name). The warm snapshot is taken first: a query running while a
+    partition moves may count that partition twice for an instant, but never misses it."""
     for name, schema, partition_by in _queryable():
-        path = root / name
-        files = DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
+        files = _snapshot_files(root / name)
+        if cold_root is not None:
+            files += _snapshot_files(cold_root / name)
         if not files:
             conn.register(name, schema.empty_table())
             continue
@@ -71,6 +76,12 @@ def register_tables(conn: duckdb.DuckDBPyConnection, root: Path) -> None:
         )
     for view in _DERIVED_VIEWS:
         conn.execute(view)
+
+
+def _snapshot_files(path: Path) -> list[str]:
+    from deltalake import DeltaTable
+
+    return DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
 
 
 # Current state derived from the change history: who is in each audience now, and each
@@ -96,8 +107,12 @@ _DERIVED_VIEWS = (
 
 
 class Lake:
-    def __init__(self, root: Path) -> None:
+    """The lake at ``root``; ``cold_root`` is its cold tier (``Settings.cold_path``), read only
+    by queries that ask for it."""
+
+    def __init__(self, root: Path, cold_root: Path | None = None) -> None:
         self.root = root
+        self.cold_root = cold_root
 
     def tables(self) -> list[str]:
         from deltalake import DeltaTable
@@ -106,22 +121,30 @@ class Lake:
             name for name, _, _ in _queryable() if DeltaTable.is_deltatable(str(self.root / name))
         ]
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, include_cold: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per lake table, locked down to reading them.
 
         A table that does not exist yet is an empty view of its schema, so queries written
-        against a fresh install run and return nothing instead of failing."""
+        against a fresh install run and return nothing instead of failing. ``include_cold``
+        makes each tiered table the union of its warm and cold rows."""
         import duckdb
 
+        cold = self.cold_root if include_cold else None
+        if include_cold and cold is None:
+            raise QueryError("this lake has no cold tier configured")
         conn = duckdb.connect(":memory:")
-        register_tables(conn, self.root)
+        register_tables(conn, self.root, cold)
         conn.execute("SET TimeZone = 'UTC'")
-        conn.execute(f"SET allowed_directories = [{_sql_string(str(self.root.resolve()))}]")
+        allowed = [self.root] if cold is None else [self.root, cold]
+        listed = ", ".join(_sql_string(str(p.resolve())) for p in allowed)
+        conn.execute(f"SET allowed_directories = [{listed}]")
         conn.execute("SET enable_external_access = false")
         conn.execute("SET lock_configuration = true")
         return conn
 
-    def sql(self, query: str, max_rows: int | None = None) -> QueryResult:
+    def sql(
+        self, query: str, max_rows: int | None = None, include_cold: bool = False
+    ) -> QueryResult:
         import duckdb
 
         read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -137,7 +160,7 @@ class Lake:
                     "only read-only queries (SELECT, WITH, EXPLAIN) are allowed, "
                     f"not {st.type.name}"
                 )
-        conn = self.connect()
+        conn = self.connect(include_cold)
         try:
             result = None
             for st in statements:

@@ -110,7 +110,7 @@ def rebuild(
         try:
             conn.execute("SET TimeZone = 'UTC'")
             with clock("read"):
-                register_tables(conn, settings.lake_path)
+                register_tables(conn, settings.lake_path, settings.cold_path)
                 report.events = load_events(conn, shape)
             with clock("resolve"):
                 resolved = resolve_events(conn, unifier, shape)

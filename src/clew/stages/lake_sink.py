@@ -8,6 +8,10 @@ the log commit neither loses nor duplicates rows. The log commit is still made, 
 
 Small files from frequent micro-batches are compacted (Delta optimize) and unreferenced files
 vacuumed on a schedule; readers always see a consistent Delta snapshot meanwhile.
+
+Before each Delta commit, the batch's identifiers and partitions go into the person index
+(``clew.lake.person_index``), durably, so that a privacy deletion finds every partition
+holding a person without scanning the lake.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from clew.config import LakeSettings
+from clew.identity.rules import IdentityRules
+from clew.lake.person_index import PersonIndex, index_path
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef, to_arrow
 from clew.log.base import Consumer, Record, TopicPartition
 from clew.stages.base import Stage
@@ -44,9 +50,15 @@ class LakeSinkStage(Stage):
     group = "lake"
     topics = tuple(TABLES_BY_TOPIC)
 
-    def __init__(self, lake_path: Path, settings: LakeSettings) -> None:
+    def __init__(
+        self, lake_path: Path, settings: LakeSettings, rules: IdentityRules | None = None
+    ) -> None:
+        """``rules``: the identity rules, whose custom id types the person index extracts
+        (default: the default rules)."""
         self._root = lake_path
         self._settings = settings
+        self._rules = rules
+        self._index: PersonIndex | None = None
         self._buffers = {t: _Buffer() for t in self.topics}
         self._commits_since_compact = dict.fromkeys(self.topics, 0)
         self.rows_written = dict.fromkeys(self.topics, 0)
@@ -93,6 +105,11 @@ class LakeSinkStage(Stage):
         data = to_arrow(table, buf.values)
         txns = [Transaction(app_id(topic, p), off) for p, off in buf.last_offsets.items()]
         path = self.table_path(table)
+        if self._index is None:
+            self._index = PersonIndex(
+                index_path(self._root.parent), [self._root], self._rules, writer=True
+            )
+        self._index.record(table.name, buf.values, data, topic, buf.last_offsets)
         write_deltalake(
             str(path),
             data,

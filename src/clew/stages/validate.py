@@ -22,6 +22,8 @@ from clew.stages._plans import PlanCache
 from clew.stages.base import Stage
 
 if TYPE_CHECKING:
+    from clew.privacy.pii import PiiPolicy
+    from clew.privacy.suppression import Suppression
     from clew.schema import CompiledPlan
 
 _COUNTER_FLUSH_S = 0.25
@@ -73,9 +75,18 @@ class ValidateStage(Stage):
         dedup_window_hours: float = 24.0,
         counter_store: CounterStore | None = None,
         plans: PlanCache | None = None,
+        suppression: Suppression | None = None,
+        pii: PiiPolicy | None = None,
     ) -> None:
         self._dedup = dedup
         self._plans = plans
+        # Events of a suppressed person that were already in flight when the suppression
+        # began are dropped here (counted as "suppressed"), before the plan or the
+        # dead-letter queue sees them (a rejected event is checked as sent).
+        self._suppression = suppression
+        # Personal fields are hashed, truncated or dropped here, before the ``events`` topic:
+        # nothing downstream (lake, profiles, destinations) sees the original values.
+        self._pii = pii
         self._window_ms = int(dedup_window_hours * 3600_000)
         self._last_prune = 0.0
         self._counter_store = counter_store
@@ -141,6 +152,9 @@ class ValidateStage(Stage):
         received_iso = received_at.isoformat()
 
         plan = self._plans.plan_for(source_id) if self._plans is not None else None
+        suppression = self._suppression
+        if suppression is not None and not suppression.active:
+            suppression = None
 
         def to_dlq(index: int, rej: Rejection, payload: str, **extra: Any) -> None:
             dead.append(
@@ -205,8 +219,17 @@ class ValidateStage(Stage):
                 batch_integrations=batch_int,
                 batch_sent_at=batch_sent,
             )
+            if suppression is not None and (
+                suppression.is_suppressed(result)
+                if isinstance(result, Event)
+                else suppression.is_suppressed_raw(raw, path_type, batch_ctx)
+            ):
+                counts["suppressed"] += 1
+                continue
             if isinstance(result, Event) and plan is not None:
                 result = apply_plan(plan, result, counts)
+            if isinstance(result, Event) and self._pii:
+                result = self._pii.apply(result)
             if isinstance(result, Event):
                 events.append((result, f"{rec.partition}:{rec.offset}:{i}"))
             elif isinstance(result, Blocked):

@@ -53,6 +53,9 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     # Imported here so a worker loads only its own stage's libraries (the lake's pyarrow and
     # deltalake are large).
     if name == "validate":
+        from clew.privacy._salt import load_salt
+        from clew.privacy.pii import PiiPolicy
+        from clew.privacy.suppression import Suppression
         from clew.stages._counters import CounterStore
         from clew.stages._dedup import DedupIndex
         from clew.stages._plans import PlanCache
@@ -61,12 +64,16 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         dedup = DedupIndex(settings.state_path)
         counters = CounterStore(settings.state_path)
         plans = PlanCache(settings.registry_path, settings.meta_path)
-        stage = ValidateStage(dedup, settings.stages.dedup_window_hours, counters, plans)
-        return stage, [dedup.close, counters.close, plans.close]
+        suppression = Suppression.open(settings)
+        pii = PiiPolicy(settings.privacy.pii, load_salt(settings)) if settings.privacy.pii else None
+        stage = ValidateStage(
+            dedup, settings.stages.dedup_window_hours, counters, plans, suppression, pii
+        )
+        return stage, [dedup.close, counters.close, plans.close, suppression.close]
     if name == "lake":
         from clew.stages.lake_sink import LakeSinkStage
 
-        return LakeSinkStage(settings.lake_path, settings.lake), []
+        return LakeSinkStage(settings.lake_path, settings.lake, settings.identity.rules), []
     if name == "monitor":
         from clew.monitor import MonitorStage
 
@@ -93,7 +100,7 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         store = SQLiteProfileStore(settings.profiles_path, history=ident.history)
         counters = CounterStore(settings.state_path)
         clock = clock_for(settings.clock, settings.data_dir)
-        history = LakeHistory(settings.lake_path, lambda: open_log(settings))
+        history = LakeHistory(settings.lake_path, lambda: open_log(settings), settings.cold_path)
         audiences = LiveAudiences(DefinitionRepository(settings.data_dir), clock, history)
         profiles = ProfilesStage(
             store,

@@ -280,6 +280,22 @@ class ProfileStore(ABC):
         delete."""
 
     @abstractmethod
+    def delete_history(
+        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> int:
+        """Remove the events of the history of the profile ``profile_id`` resolves to whose
+        ``time_ms`` is at or after ``since_ms`` and before ``until_ms`` (``None``: unbounded
+        on that side), leaving the profile and its other events as they were. Returns how
+        many were removed; 0 for an unknown or deleted id."""
+
+    @abstractmethod
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        """Remove every separation that names one of ``identities`` (``(id_type, value)``
+        pairs) on either side; returns how many. Used when the person behind an identifier
+        is forgotten: :meth:`delete_profile` leaves separations alone (``clew identity
+        split`` deletes and re-writes profiles and must keep them)."""
+
+    @abstractmethod
     def set_timers(self, due: Mapping[str, int | None]) -> None:
         """Per profile id, the time (ms, in the caller's clock) its timer is next due, replacing
         the profile's earlier timer; ``None`` removes it. One timer per profile. Ids are stored

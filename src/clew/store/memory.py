@@ -389,6 +389,28 @@ class MemoryProfileStore(ProfileStore):
             self._erase(live)
             return True
 
+    def delete_history(
+        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> int:
+        with self._lock:
+            live = self._resolve(profile_id)
+            if live is None:
+                return 0
+            rec = self._state.profiles[live]
+            kept = deque(e for e in rec.history if not _within(e.time_ms, since_ms, until_ms))
+            removed = len(rec.history) - len(kept)
+            rec.history = kept
+            return removed
+
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        wanted = set(identities)
+        with self._lock:
+            seps = self._state.separations
+            doomed = [k for k in seps if k[0] in wanted or k[1] in wanted]
+            for key in doomed:
+                del seps[key]
+            return len(doomed)
+
     def set_timers(self, due: Mapping[str, int | None]) -> None:
         with self._lock:
             timers = self._state.timers
@@ -429,6 +451,10 @@ class MemoryProfileStore(ProfileStore):
     def close(self) -> None:
         with self._lock:
             self._s = None
+
+
+def _within(time_ms: int, since_ms: int | None, until_ms: int | None) -> bool:
+    return (since_ms is None or time_ms >= since_ms) and (until_ms is None or time_ms < until_ms)
 
 
 def _checked(traits: Traits) -> Traits:

@@ -403,6 +403,44 @@ class RedisProfileStore(ProfileStore):
 
         return self._run(op, write=True)
 
+    def delete_history(
+        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> int:
+        k = self._keys
+
+        def op(tx: Tx) -> int:
+            live = graph.resolve(tx, k, profile_id)
+            if live is None:
+                return 0
+            key = k.hist(live)
+            tx.fetch([(key, "zset")])
+            doomed = [
+                member
+                for member in tx.zset(key)
+                if _within(decode_event(member).time_ms, since_ms, until_ms)
+            ]
+            if doomed:
+                tx.zrem(key, doomed)
+            return len(doomed)
+
+        return self._run(op, write=True)
+
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        key, wanted = self._keys.separations, set(identities)
+
+        def op(tx: Tx) -> int:
+            tx.fetch([(key, "hash")])
+            doomed = [
+                field
+                for field, raw in tx.hash(key).items()
+                if not wanted.isdisjoint(decode_separation(field, raw)[1:3])
+            ]
+            if doomed:
+                tx.hdel(key, doomed)
+            return len(doomed)
+
+        return self._run(op, write=True)
+
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         fields = graph.row(
             profile.first_seen_ms,
@@ -459,3 +497,7 @@ class RedisProfileStore(ProfileStore):
             self._closed = True
             if self._owned:
                 self._client.close()
+
+
+def _within(time_ms: int, since_ms: int | None, until_ms: int | None) -> bool:
+    return (since_ms is None or time_ms >= since_ms) and (until_ms is None or time_ms < until_ms)

@@ -135,6 +135,10 @@ class SQLiteProfileStore(ProfileStore):
         # default 2 MB page cache makes each batch re-read most index pages (measured: a
         # 32 MB cache, filled only as pages are used, gives the profiles stage ~10% more).
         self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        # Deleted and overwritten rows (trimmed history, replaced traits, an erased person)
+        # are zeroed in the file, not left in free space, so that forgetting a person
+        # leaves no bytes behind (docs/privacy.md).
+        self._conn.execute("PRAGMA secure_delete = ON")
         self._lock = threading.RLock()
         self._depth = 0
         self.history = history
@@ -598,6 +602,34 @@ class SQLiteProfileStore(ProfileStore):
             timers.drop(conn, [live, *(row[0] for row in chain)])
             self._erase(conn, live)
             return True
+
+    def delete_history(
+        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> int:
+        with self._tx(write=True) as conn:
+            live = self._resolve(conn, profile_id)
+            if live is None:
+                return 0
+            cur = conn.execute(
+                "DELETE FROM history WHERE profile_id = ? AND time_ms >= ? AND time_ms < ?",
+                (
+                    live,
+                    -(1 << 62) if since_ms is None else since_ms,
+                    1 << 62 if until_ms is None else until_ms,
+                ),
+            )
+            return cur.rowcount
+
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        keys = [(t, v, t, v) for t, v in set(identities)]
+        with self._tx(write=True) as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "DELETE FROM separations WHERE (a_type = ? AND a_value = ?) "
+                "OR (b_type = ? AND b_value = ?)",
+                keys,
+            )
+            return conn.total_changes - before
 
     def set_timers(self, due: Mapping[str, int | None]) -> None:
         with self._tx(write=True) as conn:

@@ -1,0 +1,167 @@
+"""``clew lifecycle``: move old lake partitions to the cold tier, purge expired ones, and show
+what each tier holds (docs/lifecycle.md). Safe to run while ``clew serve`` runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import date
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+
+if TYPE_CHECKING:
+    from clew.lake.tiers import LifecycleReport, TierProgress
+
+lifecycle_app = typer.Typer(
+    help="Hot, warm and cold data: tier old lake partitions, purge expired ones.",
+    no_args_is_help=True,
+)
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _jsonable(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, date) else v for k, v in doc.items()}
+
+
+@lifecycle_app.command("run")
+def run(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Report what would move and be purged; change nothing."),
+    ] = False,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            "--now",
+            help="Pretend it is this ISO-8601 time (partition ages are measured from it).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Move lake partitions older than lifecycle.warm_days to the cold tier, purge cold ones
+    older than lifecycle.purge_after_days, and apply the raw log's retention."""
+    from clew.clock import clock_for
+    from clew.events import parse_time
+    from clew.lake.tiers import LifecycleBusyError, run_lifecycle
+    from clew.log.factory import open_log
+
+    settings = settings_from(config, data_dir=data_dir)
+    if now is None:
+        now_ms = clock_for(settings.clock, settings.data_dir).now_ms()
+    else:
+        try:
+            now_ms = int(parse_time(now).timestamp() * 1000)
+        except ValueError:
+            raise fail("--now must be an ISO-8601 time such as 2026-01-05T14:00:00Z", 2) from None
+
+    def progress(p: TierProgress) -> None:
+        if not as_json:
+            verb = {"move": "moved to cold", "purge": "purged"}[p.action]
+            if dry_run:
+                verb = "would be " + verb
+            console.print(f"  {p.table} {p.partition}: {p.rows:,} rows {verb}", highlight=False)
+
+    log = None if dry_run else open_log(settings)
+    try:
+        report = run_lifecycle(settings, now_ms, dry_run=dry_run, progress=progress, log=log)
+    except LifecycleBusyError as e:
+        raise fail(str(e)) from None
+    finally:
+        if log is not None:
+            log.close()
+    if as_json:
+        doc = _jsonable(asdict(report))
+        doc["tables"] = [_jsonable(t) for t in doc["tables"]]
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    _print_report(report)
+
+
+def _print_report(report: LifecycleReport) -> None:
+    would = "would " if report.dry_run else ""
+    purge = (
+        f"before {report.purge_before}" if report.purge_before else "never (no purge_after_days)"
+    )
+    console.print(
+        f"Warm partitions dated before {report.warm_before} {would or 'now '}move to cold; "
+        f"cold partitions are purged {purge}.",
+        highlight=False,
+    )
+    table = Table(
+        "table",
+        "would move" if would else "moved",
+        "would purge" if would else "purged",
+        "warm bytes",
+        "cold bytes",
+        "seconds",
+    )
+    for t in report.tables:
+        moved = f"{t.partitions_moved} partitions, {t.rows_moved:,} rows"
+        if t.partitions_deferred:
+            moved += f" ({t.partitions_deferred} deferred to the next run)"
+        table.add_row(
+            t.table,
+            moved,
+            f"{t.partitions_purged} partitions, {t.rows_purged:,} rows",
+            f"{_size(t.warm_bytes_before)} -> {_size(t.warm_bytes_after)}",
+            f"{_size(t.cold_bytes_before)} -> {_size(t.cold_bytes_after)}",
+            f"{t.seconds:.2f}",
+        )
+    console.print(table)
+    if report.log_records_removed is None:
+        console.print("Raw log retention: not applied (dry run).")
+    else:
+        console.print(f"Raw log retention removed {report.log_records_removed:,} records.")
+    console.print(
+        f"Hot tier (serving store): {_size(report.hot_bytes)}, at most "
+        f"{report.hot_history_per_profile} recent events per profile.",
+        highlight=False,
+    )
+    console.print(f"Done in {report.seconds:.2f} s.")
+
+
+@lifecycle_app.command("status")
+def status(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None) -> None:
+    """What the warm and cold tiers of each table hold."""
+    from clew.lake.tiers import tier_status
+
+    settings = settings_from(config, data_dir=data_dir)
+    rows = tier_status(settings)
+    if as_json:
+        sys.stdout.write(json.dumps([_jsonable(asdict(r)) for r in rows]) + "\n")
+        return
+    table = Table("table", "tier", "partitions", "rows", "bytes", "oldest", "newest")
+    for r in rows:
+        table.add_row(
+            r.table,
+            r.tier,
+            str(r.partitions),
+            f"{r.rows:,}",
+            _size(r.bytes),
+            str(r.oldest or "-"),
+            str(r.newest or "-"),
+        )
+    console.print(table)
+    console.print(
+        f"warm: {settings.lake_path} (younger than {settings.lifecycle.warm_days:g} days)\n"
+        f"cold: {settings.cold_path}",
+        highlight=False,
+    )

@@ -1,0 +1,371 @@
+"""The suppression list: salted hashes of identifiers whose events Clew refuses to store.
+
+:class:`SuppressionList` writes the list (in ``privacy.db``); :class:`Suppression` answers
+"is this event suppressed?" from memory, for the collector and the validate stage. Every
+change to the list bumps a generation counter in the same transaction; a checker looks at the
+counter at most every :data:`RELOAD_S` seconds and reloads the hashes when it moved, so a
+suppression reaches every process within about half a second and no event costs a query.
+
+Entries are grouped by the request that added them, so an ``unsuppress`` by any one
+identifier lifts every identifier suppressed with it, even after the profile that tied them
+together was deleted. A deletion's own entries are marked temporary (see the runner).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from clew._sqlite import open_sqlite
+from clew.config import Settings
+from clew.events import Event
+from clew.identity.identifiers import ANONYMOUS_ID, extract
+from clew.identity.rules import IdentityRules
+from clew.privacy._salt import digest_normalised, load_salt
+
+# Longest a checker goes without looking for changes to the list.
+RELOAD_S = 0.5
+# Answers a checker remembers (one per distinct set of identifier fields; ~10 MB at most).
+_SEEN_MAX = 20_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS suppressed (
+    hash TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    id_type TEXT NOT NULL,
+    temporary INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (hash, request_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS suppressed_request ON suppressed (request_id);
+CREATE TABLE IF NOT EXISTS suppression_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO suppression_generation VALUES (1, 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressedHash:
+    """One identifier to suppress: its type (kept in the clear for counts) and salted hash."""
+
+    id_type: str
+    hash: str
+
+
+class SuppressionList:
+    """The list's writer; thread-safe, and several processes may open the same file."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = open_sqlite(path, SCHEMA, synchronous="FULL")
+        self._lock = threading.Lock()
+
+    def add(self, request_id: str, hashes: Iterable[SuppressedHash], *, temporary: bool) -> int:
+        """Suppress ``hashes`` on behalf of ``request_id``; the number of new entries."""
+        now = time.time()
+        rows = [(h.hash, request_id, h.id_type, int(temporary), now) for h in hashes]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)", rows
+                )
+                added = self._conn.total_changes - before
+                if added:
+                    self._bump()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return added
+
+    def lift_request(self, request_id: str) -> int:
+        """Remove the entries ``request_id`` added; the number removed."""
+        return self._delete("DELETE FROM suppressed WHERE request_id = ?", (request_id,))
+
+    def lift(self, hashes: Iterable[str]) -> int:
+        """Lift every permanent suppression that includes one of ``hashes``: all entries of
+        each request that suppressed one of them. Temporary entries of running deletions stay.
+        The number of entries removed."""
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return 0
+        marks = ",".join("?" * len(wanted))
+        return self._delete(
+            "DELETE FROM suppressed WHERE temporary = 0 AND request_id IN "
+            f"(SELECT request_id FROM suppressed WHERE temporary = 0 AND hash IN ({marks}))",
+            wanted,
+        )
+
+    def _delete(self, sql: str, params: Sequence[Any]) -> int:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = self._conn.execute(sql, params).rowcount
+                if removed:
+                    self._bump()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return int(removed)
+
+    def _bump(self) -> None:
+        self._conn.execute("UPDATE suppression_generation SET value = value + 1 WHERE id = 1")
+
+    def contains(self, hash_: str) -> bool:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM suppressed WHERE hash = ? LIMIT 1", (hash_,)
+            ).fetchone()
+        return row is not None
+
+    def counts(self) -> Counter[str]:
+        """Distinct suppressed hashes: ``permanent`` and ``temporary`` (a hash held by both
+        counts as permanent)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p, count(*) FROM "
+                "(SELECT max(temporary = 0) AS p FROM suppressed GROUP BY hash) GROUP BY p"
+            ).fetchall()
+        return Counter({("permanent" if p else "temporary"): n for p, n in rows})
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Ids(msgspec.Struct):
+    """The parts of a raw event that carry identifiers (the rest is skipped unread)."""
+
+    type: Any = None
+    userId: Any = None
+    anonymousId: Any = None
+    previousId: Any = None
+    traits: Any = None
+    context: Any = None
+    properties: Any = None
+
+
+class _BatchContext(msgspec.Struct):
+    context: Any = None
+
+
+_ids_decoder = msgspec.json.Decoder(_Ids)
+_batch_context = msgspec.json.Decoder(_BatchContext)
+_key_encoder = msgspec.json.Encoder()
+
+
+class _Reads:
+    """The keys of ``traits``, ``context`` and ``properties`` that identity extraction reads
+    (see :func:`~clew.identity.identifiers.extract`): the fixed ones and the first key of
+    every custom id path. ``None``: the whole object (a custom path naming only a root)."""
+
+    def __init__(self, rules: IdentityRules) -> None:
+        reads: dict[str, set[str] | None] = {
+            "traits": {"email", "phone"},
+            "context": {"traits", "externalIds"},
+            "properties": set(),
+        }
+        for custom in rules.table().custom_ids:
+            for path in custom.paths:
+                root, _, rest = path.partition(".")
+                root = root if root in ("traits", "properties") else "context"
+                keys = reads[root]
+                if not rest:
+                    reads[root] = None
+                elif keys is not None:
+                    keys.add(rest.split(".")[0])
+        self.traits, self.context, self.properties = (
+            None if keys is None else tuple(sorted(keys)) for keys in reads.values()
+        )
+
+
+def _pick(obj: Any, keys: tuple[str, ...] | None) -> dict[str, Any]:
+    if not isinstance(obj, dict) or not obj:
+        return {}
+    if keys is None:
+        return obj
+    return {k: obj[k] for k in keys if k in obj}
+
+
+class Suppression:
+    """The in-memory checker. Not thread-safe: give each thread its own (they are cheap).
+
+    ``is_suppressed`` costs nothing while the list is empty. Otherwise an event is reduced to
+    the fields identity extraction reads, and the answer for those fields is remembered until
+    the list changes: a person's next events cost a lookup, a new person a few HMACs."""
+
+    def __init__(self, path: Path, salt: bytes, rules: IdentityRules) -> None:
+        self._conn = open_sqlite(path, SCHEMA)
+        self._salt = salt
+        self._rules = rules
+        self._table = rules.table()
+        self._reads = _Reads(rules)
+        self._hashes: frozenset[bytes] = frozenset()
+        self._seen: dict[bytes, bool] = {}
+        self._generation = -1
+        self._checked = 0.0
+        self.refresh(force=True)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Suppression:
+        return cls(settings.privacy_path, load_salt(settings), settings.identity.rules)
+
+    def refresh(self, force: bool = False) -> None:
+        """Reload the list if it changed; looks at most every :data:`RELOAD_S` seconds unless
+        ``force``."""
+        now = time.monotonic()
+        if not force and now - self._checked < RELOAD_S:
+            return
+        self._checked = now
+        (generation,) = self._conn.execute(
+            "SELECT value FROM suppression_generation WHERE id = 1"
+        ).fetchone()
+        if generation == self._generation:
+            return
+        rows = self._conn.execute("SELECT DISTINCT hash FROM suppressed").fetchall()
+        self._hashes = frozenset(bytes.fromhex(r[0]) for r in rows)
+        self._seen.clear()
+        self._generation = generation
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is suppressed (as of the last refresh)."""
+        self.refresh()
+        return bool(self._hashes)
+
+    def is_suppressed(self, event: Event) -> bool:
+        """Whether any identifier of ``event`` (as identity resolution extracts it; an
+        alias's ``previousId`` counted both as user id and anonymous id) is suppressed."""
+        self.refresh()
+        if not self._hashes:
+            return False
+        return self._lookup(
+            event.type,
+            event.user_id,
+            event.anonymous_id,
+            event.previous_id,
+            event.traits,
+            event.context,
+            event.properties,
+        )
+
+    def is_suppressed_raw(
+        self, raw: bytes | msgspec.Raw, path_type: str, batch_context: Any = None
+    ) -> bool:
+        """:meth:`is_suppressed` for one event as the collector receives it (JSON bytes;
+        ``batch_context`` is the batch request's shared ``context``). An event that cannot be
+        read is not suppressed here: the validate stage dead-letters it."""
+        self.refresh()
+        if not self._hashes:
+            return False
+        try:
+            ids = _ids_decoder.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return False
+        context = ids.context if isinstance(ids.context, dict) else {}
+        if isinstance(batch_context, dict):
+            context = {**batch_context, **context}
+        kind = path_type if path_type != "batch" else ids.type
+        traits = ids.traits
+        if kind == "identify" and not traits and isinstance(context.get("traits"), dict):
+            # As the validate stage normalises it (analytics.js < 2 sent traits there).
+            traits = context["traits"]
+        return self._lookup(
+            kind,
+            _text(ids.userId),
+            _text(ids.anonymousId),
+            _text(ids.previousId),
+            traits,
+            context,
+            ids.properties,
+        )
+
+    def _lookup(
+        self,
+        kind: Any,
+        user_id: str | None,
+        anonymous_id: str | None,
+        previous_id: str | None,
+        traits: Any,
+        context: Any,
+        properties: Any,
+    ) -> bool:
+        reads = self._reads
+        alias = kind == "alias"
+        parts = (
+            alias,
+            user_id,
+            anonymous_id,
+            previous_id if alias else None,
+            _pick(traits, reads.traits),
+            _pick(context, reads.context),
+            _pick(properties, reads.properties),
+        )
+        key = _key_encoder.encode(parts)
+        found = self._seen.get(key)
+        if found is None:
+            found = self._match(*parts)
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            self._seen[key] = found
+        return found
+
+    def _match(
+        self,
+        alias: bool,
+        user_id: str | None,
+        anonymous_id: str | None,
+        previous_id: str | None,
+        traits: dict[str, Any],
+        context: dict[str, Any],
+        properties: dict[str, Any],
+    ) -> bool:
+        event = Event(
+            type="alias" if alias else "track",
+            message_id="",
+            timestamp="",
+            received_at="",
+            source_id="",
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            previous_id=previous_id,
+            traits=traits,
+            context=context,
+            properties=properties,
+        )
+        salt, hashes = self._salt, self._hashes
+        for ident in extract(event, self._rules, table=self._table).identifiers:
+            if digest_normalised(salt, ident.id_type, ident.value) in hashes:
+                return True
+        if previous_id:
+            return digest_normalised(salt, ANONYMOUS_ID, previous_id.strip()) in hashes
+        return False
+
+    @staticmethod
+    def batch_context(body: bytes) -> Any:
+        """The shared ``context`` of a batch request body (``None`` if it has none)."""
+        try:
+            return _batch_context.decode(body).context
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None

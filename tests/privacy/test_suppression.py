@@ -1,0 +1,124 @@
+"""The suppression list and its in-memory checker: which events match, grouping by request,
+and how fast a change reaches a checker in another process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from clew.events import Event
+from clew.identity.rules import IdentityRules
+from clew.privacy._salt import identifier_hash
+from clew.privacy.suppression import RELOAD_S, SuppressedHash, Suppression, SuppressionList
+
+SALT = b"test-salt"
+
+
+def entry(id_type: str, value: str) -> SuppressedHash:
+    return SuppressedHash(id_type, identifier_hash(SALT, id_type, value))
+
+
+def event(**fields: Any) -> Event:
+    base: dict[str, Any] = {
+        "type": "track",
+        "message_id": "m",
+        "timestamp": "2024-01-01T00:00:00.000Z",
+        "received_at": "2024-01-01T00:00:00.000Z",
+        "source_id": "s",
+    }
+    return Event(**{**base, **fields})
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "privacy.db"
+
+
+@pytest.fixture
+def writer(path: Path) -> Iterator[SuppressionList]:
+    w = SuppressionList(path)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def checker(path: Path, writer: SuppressionList) -> Iterator[Suppression]:
+    c = Suppression(path, SALT, IdentityRules())
+    yield c
+    c.close()
+
+
+def test_every_identifier_kind_of_an_event_is_checked(
+    writer: SuppressionList, checker: Suppression
+) -> None:
+    assert not checker.is_suppressed(event(user_id="u1"))
+    writer.add("r1", [entry("email", "Ada@X.test"), entry("user_id", "u1")], temporary=False)
+    writer.add("r2", [entry("anonymous_id", "dev-2"), entry("crm", "C-9")], temporary=False)
+    checker.refresh(force=True)
+    assert checker.is_suppressed(event(user_id="u1"))
+    assert checker.is_suppressed(event(anonymous_id="other", traits={"email": " ada@x.TEST"}))
+    assert checker.is_suppressed(
+        event(anonymous_id="x", context={"traits": {"email": "ada@x.test"}})
+    )
+    assert checker.is_suppressed(event(anonymous_id="dev-2"))
+    ext = {"externalIds": [{"type": "crm", "id": "C-9", "collection": "users"}]}
+    assert checker.is_suppressed(event(anonymous_id="x", context=ext))
+    assert checker.is_suppressed(event(type="alias", user_id="new", previous_id="dev-2"))
+    assert not checker.is_suppressed(event(user_id="u2", traits={"email": "bob@x.test"}))
+
+
+def test_raw_events_as_the_collector_sees_them(
+    writer: SuppressionList, checker: Suppression
+) -> None:
+    writer.add("r1", [entry("email", "ada@x.test"), entry("user_id", "42")], temporary=False)
+    checker.refresh(force=True)
+    raw = msgspec.json.encode
+    assert checker.is_suppressed_raw(raw({"userId": 42, "event": "x"}), "track")
+    assert checker.is_suppressed_raw(
+        raw({"type": "identify", "anonymousId": "a", "traits": {"email": "ADA@x.test"}}), "batch"
+    )
+    body = raw({"batch": [], "context": {"traits": {"email": "ada@x.test"}}})
+    shared = Suppression.batch_context(body)
+    assert checker.is_suppressed_raw(raw({"type": "track", "anonymousId": "a"}), "batch", shared)
+    assert not checker.is_suppressed_raw(raw({"type": "track", "anonymousId": "a"}), "batch")
+    assert not checker.is_suppressed_raw(b"{not json", "track")
+
+
+def test_unsuppress_lifts_everything_suppressed_together_but_not_running_deletions(
+    writer: SuppressionList, checker: Suppression
+) -> None:
+    writer.add("r1", [entry("email", "ada@x.test"), entry("user_id", "u1")], temporary=False)
+    writer.add("r2", [entry("user_id", "u1")], temporary=True)
+    writer.add("r3", [entry("user_id", "bob")], temporary=False)
+    assert writer.counts() == {"permanent": 3}
+    # By the email alone: request r1 is lifted whole (the user id too), r2 is a deletion.
+    assert writer.lift([entry("email", "ada@x.test").hash]) == 2
+    assert writer.counts() == {"permanent": 1, "temporary": 1}
+    checker.refresh(force=True)
+    assert checker.is_suppressed(event(user_id="u1"))
+    assert not checker.is_suppressed(event(traits={"email": "ada@x.test"}, anonymous_id="a"))
+    assert writer.lift_request("r2") == 1
+    checker.refresh(force=True)
+    assert not checker.is_suppressed(event(user_id="u1"))
+    assert checker.is_suppressed(event(user_id="bob"))
+
+
+def test_a_checker_sees_changes_within_the_reload_interval_without_querying_per_event(
+    writer: SuppressionList, checker: Suppression, path: Path
+) -> None:
+    assert not checker.active
+    writer.add("r1", [entry("user_id", "u1")], temporary=False)
+    deadline = time.monotonic() + RELOAD_S + 0.2
+    while not checker.is_suppressed(event(user_id="u1")):
+        assert time.monotonic() < deadline, "the checker did not reload in time"
+        time.sleep(0.02)
+    # Between reloads the checker answers from memory: a change is not seen at once.
+    writer.lift_request("r1")
+    assert checker.is_suppressed(event(user_id="u1"))
+    time.sleep(RELOAD_S + 0.05)
+    assert not checker.is_suppressed(event(user_id="u1"))
