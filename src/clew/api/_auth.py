@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from clew.sources import Catalog
 
@@ -32,6 +33,24 @@ def check_token(request: Request, catalog: Catalog) -> JSONResponse | None:
     if not catalog.verify_token(token.strip()):
         return error(401, "invalid_token", "the access token is not valid")
     return None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def token_guard(catalog: Catalog) -> Callable[[Handler], Handler]:
+    """A decorator for endpoints that take an access token (:func:`check_token`)."""
+
+    def guarded(handler: Handler) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            refused = check_token(request, catalog)
+            if refused is not None:
+                return refused
+            return await handler(request)
+
+        return endpoint
+
+    return guarded
 
 
 def check_token_or_basic(request: Request, catalog: Catalog) -> JSONResponse | None:

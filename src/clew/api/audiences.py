@@ -16,7 +16,6 @@ definitions folder), the same as after ``clew audiences push``.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from clew.api._auth import check_token, error
+from clew.api._auth import error, token_guard
 from clew.audiences.definitions import AudienceDef, Definition, DefinitionError, parse_document
 from clew.audiences.repository import (
     DefinitionInUseError,
@@ -36,8 +35,6 @@ from clew.audiences.status import audience_size, backfill_state
 from clew.sources import Catalog
 from clew.store.base import ProfileStore
 
-_Handler = Callable[[Request], Awaitable[Response]]
-
 
 def audience_routes(
     catalog: Catalog, repository: DefinitionRepository, profiles: ProfileStore | None
@@ -45,14 +42,7 @@ def audience_routes(
     """The routes, for ``Starlette(routes=…)``. ``profiles`` (None: sizes and backfill states
     are left out) is read in the thread pool, as a size reads every profile."""
 
-    def guarded(handler: _Handler) -> _Handler:
-        async def endpoint(request: Request) -> Response:
-            refused = check_token(request, catalog)
-            if refused is not None:
-                return refused
-            return await handler(request)
-
-        return endpoint
+    guarded = token_guard(catalog)
 
     def describe(definition: Definition, size: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -15,7 +15,7 @@ No response ever holds the raw identifier: requests are shown by id type and sal
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from clew.api._auth import check_token, error
+from clew.api._auth import error, token_guard
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID
 from clew.privacy.requests import (
     STATUSES,
@@ -33,8 +33,6 @@ from clew.privacy.requests import (
     parse_identifier,
 )
 from clew.sources import Catalog
-
-_Handler = Callable[[Request], Awaitable[Response]]
 
 # Segment's regulation types Clew can honour, and its subject types.
 SEGMENT_TYPES = {
@@ -53,14 +51,7 @@ def privacy_routes(
     """The routes, for ``Starlette(routes=…)``; ``wake`` tells the runner a request is
     waiting (otherwise it finds it at its next poll)."""
 
-    def guarded(handler: _Handler) -> _Handler:
-        async def endpoint(request: Request) -> Response:
-            refused = check_token(request, catalog)
-            if refused is not None:
-                return refused
-            return await handler(request)
-
-        return endpoint
+    guarded = token_guard(catalog)
 
     async def create(request: Request) -> Response:
         try:

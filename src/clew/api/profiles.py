@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from clew.api._auth import check_token_or_basic, error
 from clew.events import parse_time
-from clew.identity.identifiers import EMAIL, PHONE, normalise_email, normalise_phone
+from clew.identity.identifiers import normalise_identifier
 from clew.sources import Catalog
 from clew.store.base import Profile, ProfileStore, Provenance, StoredEvent, Traits
 
@@ -282,24 +282,11 @@ def _profile_id(store: ProfileStore, ask: _Ask) -> str:
     else:
         pid = store.lookup(ask.id_type, ask.value)
         if pid is None:
-            stored = _as_stored(ask.id_type, ask.value)
+            stored = normalise_identifier(ask.id_type, ask.value)
             pid = store.lookup(ask.id_type, stored) if stored != ask.value else None
     if pid is None:
         raise _Refused(404, "profile_not_found", f"no profile has this {ask.id_type}")
     return pid
-
-
-def _as_stored(id_type: str, value: str) -> str:
-    """The value as identity resolution stores it, so that people may look up an email or a
-    phone number (with its country code) as typed."""
-    if id_type == EMAIL:
-        return normalise_email(value)
-    if id_type == PHONE:
-        try:
-            return normalise_phone(value, None)
-        except (ValueError, ImportError):
-            return value
-    return value
 
 
 def _get(store: ProfileStore, ask: _Ask) -> Profile:

@@ -91,6 +91,25 @@ def normalise_phone(value: str, region: str | None) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def normalise_identifier(id_type: str, value: str) -> str:
+    """A value as identity resolution stores it, so that people may look one up as typed:
+    trimmed, emails lower-cased, phones in E.164 when they can be read without a region
+    (others are kept as written).
+
+    >>> normalise_identifier("email", " Ada@X.test ")
+    'ada@x.test'
+    """
+    value = value.strip()
+    if id_type == EMAIL:
+        return normalise_email(value)
+    if id_type == PHONE:
+        try:
+            return normalise_phone(value, None)
+        except (ValueError, ImportError):
+            return value
+    return value
+
+
 def extract(
     event: Event,
     rules: IdentityRules,

@@ -18,7 +18,9 @@ import secrets
 from pathlib import Path
 
 from clew.config import Settings
-from clew.identity.identifiers import EMAIL, PHONE, normalise_email, normalise_phone
+from clew.identity.identifiers import normalise_identifier
+
+__all__ = ["hash_normalised", "identifier_hash", "load_salt", "normalise_identifier"]
 
 SALT_FILE = "privacy.salt"
 
@@ -58,24 +60,6 @@ def _read(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     return text.encode() if text else None
-
-
-def normalise_identifier(id_type: str, value: str) -> str:
-    """The value as identity resolution stores it: trimmed, emails lower-cased, phones in
-    E.164 when they can be read without a region (others are kept as written).
-
-    >>> normalise_identifier("email", " Ada@X.test ")
-    'ada@x.test'
-    """
-    value = value.strip()
-    if id_type == EMAIL:
-        return normalise_email(value)
-    if id_type == PHONE:
-        try:
-            return normalise_phone(value, None)
-        except (ValueError, ImportError):
-            return value
-    return value
 
 
 def identifier_hash(salt: bytes, id_type: str, value: str) -> str:
