@@ -15,7 +15,49 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clew.events import Event
+from clew.audiences._match import (
+    OPERATORS,
+    DefinitionError,
+    EventMatch,
+    PropertyFilter,
+    check_keys,
+    compare,
+    is_missing,
+    parse_duration,
+    parse_event_match,
+    parse_operator,
+    parse_path,
+    read_path,
+)
+
+__all__ = [
+    "OPERATORS",
+    "RESERVED",
+    "TRAIT_KINDS",
+    "All",
+    "AnyOf",
+    "AudienceDef",
+    "Catalog",
+    "Compare",
+    "Condition",
+    "Definition",
+    "DefinitionError",
+    "EventMatch",
+    "FunnelDef",
+    "InFunnel",
+    "Member",
+    "Not",
+    "PropertyFilter",
+    "TraitDef",
+    "compare",
+    "fingerprint",
+    "is_missing",
+    "parse_audience",
+    "parse_document",
+    "parse_duration",
+    "parse_trait",
+    "read_path",
+]
 
 TRAIT_KINDS = frozenset(
     {
@@ -33,132 +75,12 @@ TRAIT_KINDS = frozenset(
 )
 """Kinds of computed trait; every kind but ``count`` needs a ``property``."""
 
-OPERATORS = frozenset(
-    {"eq", "ne", "gt", "gte", "lt", "lte", "exists", "not_exists", "contains", "in", "not_in"}
-)
 RESERVED = frozenset(
     {"audiences", "total_lifetime_value", "orders_count", "last_purchase_date", "consent"}
 )
 """Computed keys Clew itself maintains; a computed trait may read but not define them."""
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
-_UNIT_MS.update(d=86_400_000, w=7 * 86_400_000)
-_ROOTS = ("properties", "context", "traits")
-_MISSING = object()
-
-
-class DefinitionError(ValueError):
-    """A definition cannot be used; the message names it and says what to change."""
-
-
-def parse_duration(value: Any, where: str) -> int:
-    """``"90s"``, ``"30m"``, ``"1h"``, ``"7d"``, ``"2w"`` (or a number of seconds) in ms."""
-    if isinstance(value, bool) or value is None:
-        raise DefinitionError(f"{where}: expected a duration such as '1h' or '7d', got {value!r}")
-    if isinstance(value, int | float):
-        ms = int(value * 1000)
-    else:
-        m = _DURATION.match(str(value))
-        if m is None:
-            raise DefinitionError(
-                f"{where}: {value!r} is not a duration; write a number and a unit "
-                "(ms, s, m, h, d, w), e.g. '1h' or '7d'"
-            )
-        ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
-    if ms <= 0:
-        raise DefinitionError(f"{where}: a duration must be positive, got {value!r}")
-    return ms
-
-
-def _path(text: Any, where: str) -> tuple[str, ...]:
-    """A property path: ``revenue`` means ``properties.revenue``; a path starting with
-    ``properties.``, ``context.`` or ``traits.`` starts at the event."""
-    if not isinstance(text, str) or not text.strip():
-        raise DefinitionError(f"{where}: expected a property name, got {text!r}")
-    parts = tuple(text.strip().split("."))
-    return parts if parts[0] in _ROOTS and len(parts) > 1 else ("properties", *parts)
-
-
-def read_path(event: Event, path: tuple[str, ...]) -> Any:
-    """The value at ``path`` in the event, or the module's missing marker."""
-    node: Any = getattr(event, path[0])
-    for part in path[1:]:
-        if not isinstance(node, dict):
-            return _MISSING
-        node = node.get(part, _MISSING)
-        if node is _MISSING:
-            return _MISSING
-    return node
-
-
-def is_missing(value: Any) -> bool:
-    return value is _MISSING
-
-
-def compare(actual: Any, op: str, expected: Any) -> bool:
-    """``actual <op> expected``; a comparison between values of unlike types is false."""
-    if op == "exists":
-        return actual is not None and actual is not _MISSING
-    if op == "not_exists":
-        return actual is None or actual is _MISSING
-    if actual is None or actual is _MISSING:
-        return op in ("ne", "not_in")
-    if op == "eq":
-        return bool(actual == expected)
-    if op == "ne":
-        return bool(actual != expected)
-    if op == "in":
-        return actual in expected
-    if op == "not_in":
-        return actual not in expected
-    if op == "contains":
-        if isinstance(actual, str):
-            return isinstance(expected, str) and expected in actual
-        return isinstance(actual, list) and expected in actual
-    if isinstance(expected, int | float) and isinstance(actual, str):
-        # SDKs often send numbers as strings ("19.99"); order them as numbers.
-        try:
-            actual = float(actual)
-        except ValueError:
-            return False
-    try:
-        if op == "gt":
-            return bool(actual > expected)
-        if op == "gte":
-            return bool(actual >= expected)
-        if op == "lt":
-            return bool(actual < expected)
-        return bool(actual <= expected)
-    except TypeError:
-        return False
-
-
-@dataclass(slots=True, frozen=True)
-class PropertyFilter:
-    path: tuple[str, ...]
-    op: str
-    value: Any
-
-    def matches(self, event: Event) -> bool:
-        return compare(read_path(event, self.path), self.op, self.value)
-
-
-@dataclass(slots=True, frozen=True)
-class EventMatch:
-    """Which events count: track events by name (``names`` None: any name), or other types."""
-
-    names: frozenset[str] | None
-    types: frozenset[str]
-    where: tuple[PropertyFilter, ...] = ()
-
-    def matches(self, event: Event) -> bool:
-        if event.type not in self.types:
-            return False
-        if self.names is not None and (event.event or event.name) not in self.names:
-            return False
-        return all(f.matches(event) for f in self.where)
 
 
 @dataclass(slots=True, frozen=True)
@@ -277,77 +199,6 @@ def _name(raw: Mapping[str, Any], what: str) -> str:
     return name
 
 
-def _known_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise DefinitionError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-def _operator(raw: Mapping[str, Any], default: str, where: str) -> str:
-    """The ``op`` of a comparison, checked against the ``value`` it needs."""
-    op = raw.get("op", default)
-    if op not in OPERATORS:
-        raise DefinitionError(f"{where}: unknown op {op!r}; use one of {sorted(OPERATORS)}")
-    if op not in ("exists", "not_exists") and "value" not in raw:
-        raise DefinitionError(f"{where}: op {op!r} needs a 'value' to compare with")
-    if op in ("in", "not_in") and not isinstance(raw["value"], list):
-        raise DefinitionError(f"{where}: op {op!r} needs a list as 'value'")
-    return str(op)
-
-
-def _filters(raw: Any, where: str) -> tuple[PropertyFilter, ...]:
-    """``where`` as a mapping (``{category: shoes}`` means equals) or a list of
-    ``{property, op, value}``."""
-    if raw is None:
-        return ()
-    if isinstance(raw, Mapping):
-        return tuple(PropertyFilter(_path(k, where), "eq", v) for k, v in raw.items())
-    if not isinstance(raw, list):
-        raise DefinitionError(f"{where}: expected a mapping or a list of filters")
-    out = []
-    for i, item in enumerate(raw):
-        at = f"{where}[{i}]"
-        if not isinstance(item, Mapping):
-            raise DefinitionError(f"{at}: expected {{property, op, value}}")
-        _known_keys(item, {"property", "op", "value"}, at)
-        op = _operator(item, "eq", at)
-        out.append(PropertyFilter(_path(item.get("property"), at), op, item.get("value")))
-    return tuple(out)
-
-
-def _event_match(raw: Any, where: str) -> EventMatch:
-    """An event name, a list of names, or a mapping with ``event`` / ``type`` and ``where``.
-    Without ``type``, named events are track events and ``"*"`` (or no ``event``) is any
-    track, page or screen event."""
-    if isinstance(raw, str | list):
-        raw = {"event": raw}
-    if not isinstance(raw, Mapping):
-        raise DefinitionError(f"{where}: expected an event name or {{event, where}}")
-    _known_keys(raw, {"event", "type", "where"}, where)
-    names_raw = raw.get("event")
-    names: frozenset[str] | None
-    if names_raw is None or names_raw == "*":
-        names = None
-    elif isinstance(names_raw, str):
-        names = frozenset((names_raw,))
-    elif isinstance(names_raw, list) and names_raw and all(isinstance(n, str) for n in names_raw):
-        names = frozenset(names_raw)
-    else:
-        raise DefinitionError(f"{where}.event: expected a name or a list of names")
-    types_raw = raw.get("type")
-    if types_raw is None:
-        types = (
-            frozenset({"track"}) if names is not None else frozenset({"track", "page", "screen"})
-        )
-    else:
-        listed = [types_raw] if isinstance(types_raw, str) else types_raw
-        allowed = {"track", "page", "screen", "identify", "group", "alias"}
-        if not isinstance(listed, list) or not set(listed) <= allowed:
-            raise DefinitionError(f"{where}.type: use one or more of {sorted(allowed)}")
-        types = frozenset(listed)
-    return EventMatch(names, types, _filters(raw.get("where"), f"{where}.where"))
-
-
 def parse_trait(
     raw: Mapping[str, Any], *, hidden: bool = False, where: str | None = None
 ) -> TraitDef:
@@ -357,7 +208,7 @@ def parse_trait(
     where = where or f"trait {name!r}"
     # ``event_type``, not ``type``: a stored definition's ``type`` says trait or audience.
     allowed = {"name", "kind", "event", "event_type", "where", "property", "window", "description"}
-    _known_keys(raw, allowed, where)
+    check_keys(raw, allowed, where)
     kind = raw.get("kind")
     if kind not in TRAIT_KINDS:
         raise DefinitionError(f"{where}: kind {kind!r} is not one of {sorted(TRAIT_KINDS)}")
@@ -375,8 +226,8 @@ def parse_trait(
     return TraitDef(
         name=str(name),
         kind=str(kind),
-        match=_event_match(match_raw, where),
-        property=_path(prop, f"{where}.property") if prop is not None else None,
+        match=parse_event_match(match_raw, where),
+        property=parse_path(prop, f"{where}.property") if prop is not None else None,
         window_ms=parse_duration(window, f"{where}.window") if window is not None else None,
         description=str(raw.get("description", "")),
         hidden=hidden,
@@ -400,29 +251,29 @@ class _Compiler:
             raise DefinitionError(f"{where}: expected a condition mapping")
         if "all" in raw or "any" in raw:
             key = "all" if "all" in raw else "any"
-            _known_keys(raw, {key}, where)
+            check_keys(raw, {key}, where)
             items = raw[key]
             if not isinstance(items, list) or not items:
                 raise DefinitionError(f"{where}.{key}: expected a non-empty list of conditions")
             parsed = tuple(self.condition(c, f"{where}.{key}[{i}]") for i, c in enumerate(items))
             return All(parsed) if key == "all" else AnyOf(parsed)
         if "not" in raw:
-            _known_keys(raw, {"not"}, where)
+            check_keys(raw, {"not"}, where)
             return Not(self.condition(raw["not"], f"{where}.not"))
         if "audience" in raw:
-            _known_keys(raw, {"audience"}, where)
+            check_keys(raw, {"audience"}, where)
             if not isinstance(raw["audience"], str):
                 raise DefinitionError(f"{where}.audience: expected an audience name")
             return Member(raw["audience"])
         if "trait" in raw or "computed" in raw:
             source = "trait" if "trait" in raw else "computed"
-            _known_keys(raw, {source, "op", "value"}, where)
+            check_keys(raw, {source, "op", "value"}, where)
             if not isinstance(raw[source], str) or not raw[source]:
                 raise DefinitionError(f"{where}.{source}: expected a trait name")
-            op = _operator(raw, "exists" if "value" not in raw else "eq", where)
+            op = parse_operator(raw, "exists" if "value" not in raw else "eq", where)
             return Compare(source, str(raw[source]), op, raw.get("value"))
         if "consent" in raw:
-            _known_keys(raw, {"consent", "granted"}, where)
+            check_keys(raw, {"consent", "granted"}, where)
             category = raw["consent"]
             if not isinstance(category, str) or not category:
                 raise DefinitionError(f"{where}.consent: expected a consent category name")
@@ -445,7 +296,7 @@ class _Compiler:
         allowed = {key, "event_type", "where", "within"}
         if not negated:
             allowed |= {*self._COUNTS, "sum", "avg", "min", "max", "op", "value"}
-        _known_keys(raw, allowed, where)
+        check_keys(raw, allowed, where)
         trait: dict[str, Any] = {"name": f"{self.audience}#{len(self.traits)}", "event": raw[key]}
         for extra in ("event_type", "where"):
             if raw.get(extra) is not None:
@@ -460,9 +311,9 @@ class _Compiler:
                 f"{where}: give one of at_least, at_most, exactly, sum, avg, min, max"
             )
         if aggregates:
-            _path(raw[aggregates[0]], f"{where}.{aggregates[0]}")
+            parse_path(raw[aggregates[0]], f"{where}.{aggregates[0]}")
             trait.update(kind=aggregates[0], property=raw[aggregates[0]])
-            op, value = _operator(raw, "gte", where), raw.get("value")
+            op, value = parse_operator(raw, "gte", where), raw.get("value")
         elif "op" in raw or "value" in raw:
             raise DefinitionError(
                 f"{where}: 'op' and 'value' go with sum, avg, min or max; count events with "
@@ -482,19 +333,19 @@ class _Compiler:
         return Compare("computed", parsed.name, op, value)
 
     def _funnel(self, raw: Mapping[str, Any], where: str) -> Condition:
-        _known_keys(raw, {"funnel"}, where)
+        check_keys(raw, {"funnel"}, where)
         body = raw["funnel"]
         at = f"{where}.funnel"
         if not isinstance(body, Mapping):
             raise DefinitionError(f"{at}: expected {{did, then_not, within}}")
-        _known_keys(body, {"did", "then_not", "within"}, at)
+        check_keys(body, {"did", "then_not", "within"}, at)
         for key in ("did", "then_not", "within"):
             if body.get(key) is None:
                 raise DefinitionError(f"{at}: '{key}' is required")
         funnel = FunnelDef(
             key=f"{self.audience}~{len(self.funnels)}",
-            first=_event_match(body["did"], f"{at}.did"),
-            then_not=_event_match(body["then_not"], f"{at}.then_not"),
+            first=parse_event_match(body["did"], f"{at}.did"),
+            then_not=parse_event_match(body["then_not"], f"{at}.then_not"),
             within_ms=parse_duration(body["within"], f"{at}.within"),
         )
         self.funnels.append(funnel)
@@ -504,7 +355,7 @@ class _Compiler:
 def parse_audience(raw: Mapping[str, Any]) -> AudienceDef:
     name = _name(raw, "audience")
     where = f"audience {name!r}"
-    _known_keys(raw, {"name", "description", "condition"}, where)
+    check_keys(raw, {"name", "description", "condition"}, where)
     if raw.get("condition") is None:
         raise DefinitionError(f"{where}: 'condition' is required")
     compiler = _Compiler(name)
@@ -531,7 +382,7 @@ def parse_document(doc: Any) -> list[Definition]:
         if doc["type"] == "audience":
             return [parse_audience(body)]
         raise DefinitionError(f"type {doc['type']!r}: use 'trait' or 'audience'")
-    _known_keys(doc, {"traits", "audiences"}, "document")
+    check_keys(doc, {"traits", "audiences"}, "document")
     out: list[Definition] = []
     for key, parse in (("traits", parse_trait), ("audiences", parse_audience)):
         items = doc.get(key) or []
