@@ -90,6 +90,40 @@ def serve(
 
 
 @app.command()
+def collector(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run only the Tracking API (no stages, no Profile/Admin API); run as many as you like,
+    next to `clew worker` processes (docs/scale-out.md, "Process roles")."""
+    from clew.collector.process import CollectorProcess, run_collector
+
+    settings = settings_from(config, host=host, port=port, data_dir=data_dir)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [collector] %(name)s: %(message)s"
+    )
+
+    def ready(process: CollectorProcess) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        backend = settings.log.backend
+        where = (
+            f"Kafka at {settings.log.bootstrap_servers}"
+            if backend == "kafka"
+            else f"the embedded log in {settings.data_dir} (this machine only)"
+        )
+        console.print(f"[bold green]Clew collector[/bold green] on {base}, appending to {where}")
+        src = process.default_source
+        console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")
+        console.print(f"  Health: {base}/health   Metrics: {base}/metrics")
+
+    run_collector(settings, on_ready=ready)
+
+
+@app.command()
 def worker(
     stage: Annotated[
         list[str],

@@ -46,12 +46,12 @@ def _open(data_dir: Path | None, config: Path | None) -> tuple[DefinitionReposit
 @contextmanager
 def _profiles(settings: Settings) -> Iterator[ProfileStore | None]:
     """The serving store, or None before `clew serve` has written any profile."""
-    from clew.store.sqlite import SQLiteProfileStore
+    from clew.store.factory import open_existing_store
 
-    if not settings.profiles_path.exists():
+    store = open_existing_store(settings)
+    if store is None:
         yield None
         return
-    store = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
     try:
         yield store
     finally:

@@ -109,11 +109,11 @@ def explain(
     weight) and each merge with its event; then the separations that concern the profile."""
     from clew.identity.resolver import IdentityResolver
     from clew.identity.split import SplitError, find_profile
-    from clew.store.sqlite import SQLiteProfileStore
+    from clew.store.factory import open_store
 
     settings = _settings(data_dir, config)
     rules = settings.identity.rules
-    store = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
+    store = open_store(settings)
     try:
         pid = find_profile(store, ref, rules)
         lines = IdentityResolver(store, rules).explain(pid)

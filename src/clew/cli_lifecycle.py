@@ -131,7 +131,8 @@ def _print_report(report: LifecycleReport) -> None:
     else:
         console.print(f"Raw log retention removed {report.log_records_removed:,} records.")
     console.print(
-        f"Hot tier (serving store): {_size(report.hot_bytes)}, at most "
+        "Hot tier (serving store): "
+        f"{'in Redis' if report.hot_bytes is None else _size(report.hot_bytes)}, at most "
         f"{report.hot_history_per_profile} recent events per profile.",
         highlight=False,
     )

@@ -135,12 +135,12 @@ def _run_here(settings: Settings, store: RequestStore, request_id: str) -> Priva
     from clew._datadir import lock_data_dir
     from clew.log.factory import open_log
     from clew.privacy.runner import PrivacyRunner
-    from clew.store.sqlite import SQLiteProfileStore
+    from clew.store.factory import open_store
 
     lock = lock_data_dir(settings.data_dir, "(clew privacy request --wait: no server)")
     try:
         log = open_log(settings)
-        profiles = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
+        profiles = open_store(settings)
         runner = PrivacyRunner(settings, log=log, store=profiles, requests=store, settle_s=None)
         try:
             return runner.run(request_id)
@@ -242,7 +242,7 @@ def verify(
     from clew.privacy.erase import Subject, resolve_subject
     from clew.privacy.requests import InvalidRequestError, parse_identifier
     from clew.privacy.verify import verify as run_verify
-    from clew.store.sqlite import SQLiteProfileStore
+    from clew.store.factory import open_store
 
     settings = settings_from(config, data_dir=data_dir)
     try:
@@ -250,7 +250,7 @@ def verify(
     except InvalidRequestError as e:
         raise fail(escape(str(e)), 2) from None
     log = open_log(settings)
-    profiles = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
+    profiles = open_store(settings)
     try:
         subjects = [resolve_subject(profiles, t, v) for t, v in parsed]
         subject = Subject(

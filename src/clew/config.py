@@ -59,6 +59,27 @@ class LogSettings(BaseModel):
     kafka_consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
+class StoreSettings(BaseModel):
+    """The serving store (DESIGN.md §3): ``sqlite`` is a file in the data directory; ``redis``
+    needs a Redis server and ``pip install 'clew[redis]'`` (docs/scale-out.md)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    # Redis: the server (``redis://`` or ``rediss://`` URL, with database number, user and
+    # password as redis-py reads them), and the prefix of every key Clew writes, so that
+    # several Clew deployments can share one server without seeing each other's keys.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "clew"
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or "{" in value or "}" in value:
+            raise ValueError(
+                "must be non-empty and free of braces (they delimit Redis Cluster hash tags)"
+            )
+        return value
+
+
 class LakeSettings(BaseModel):
     # A micro-batch is written when it holds this many rows or is this old.
     flush_rows: int = 20_000
@@ -170,6 +191,7 @@ class Settings(BaseSettings):
     port: int = 8088
     limits: Limits = Field(default_factory=Limits)
     log: LogSettings = Field(default_factory=LogSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
     stages: StageSettings = Field(default_factory=StageSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
@@ -200,6 +222,7 @@ class Settings(BaseSettings):
 
     @property
     def profiles_path(self) -> Path:
+        """The SQLite serving store (``store.backend = "sqlite"``; unused with Redis)."""
         return self.data_dir / "profiles.db"
 
     @property

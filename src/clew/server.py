@@ -38,7 +38,7 @@ from clew.stages.workers import (
     WorkerProcess,
     build_stage,
 )
-from clew.store.sqlite import SQLiteProfileStore
+from clew.store.factory import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +83,12 @@ class Clew:
         self.suppression = Suppression.open(settings)
         self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
         # The Profile API reads through its own handle: SQLite WAL readers never wait for the
-        # profiles stage's write transactions, so reads on the event loop stay fast.
-        self.profiles = SQLiteProfileStore(
-            settings.profiles_path, history=settings.identity.history
-        )
+        # profiles stage's write transactions, so reads on the event loop stay fast. A Redis
+        # read is a network round trip, so with Redis they run in the thread pool instead.
+        self.profiles = open_store(settings)
         # Data-subject requests run in a thread of this process, with their own serving-store
         # handle (erasure writes; the Profile API's handle stays free for reads).
-        self._privacy_store = SQLiteProfileStore(
-            settings.profiles_path, history=settings.identity.history
-        )
+        self._privacy_store = open_store(settings)
         self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
         self._api = build_api(
             self.catalog,
@@ -103,6 +100,7 @@ class Clew:
             DefinitionRepository(settings.data_dir),
             self.privacy.requests,
             self.privacy.wake,
+            offload_profiles=settings.store.backend != "sqlite",
         )
         self._stop = threading.Event()
         self._stopping = False

@@ -59,7 +59,12 @@ def build_api(
     audiences: DefinitionRepository | None = None,
     privacy: RequestStore | None = None,
     privacy_wake: Callable[[], None] | None = None,
+    *,
+    offload_profiles: bool = False,
 ) -> Starlette:
+    """The HTTP API. ``offload_profiles``: run Profile API reads in the thread pool (a store
+    whose reads are network round trips, such as Redis; see ``profile_routes``)."""
+
     async def health_endpoint(request: Request) -> Response:
         status = health()
         return JSONResponse(status, status_code=200 if status.get("ok") else 503)
@@ -107,7 +112,11 @@ def build_api(
             Route("/v1/sql", sql_endpoint, methods=["POST"]),
             *admin_routes(catalog, registry_path),
             *(audience_routes(catalog, audiences, profiles) if audiences is not None else []),
-            *(profile_routes(profiles, catalog) if profiles is not None else []),
+            *(
+                profile_routes(profiles, catalog, offload=offload_profiles)
+                if profiles is not None
+                else []
+            ),
             *(privacy_routes(catalog, privacy, privacy_wake) if privacy is not None else []),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},

@@ -29,7 +29,7 @@ from clew.events import Event, format_time
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Identifier
 from clew.log.base import Message
 from clew.log.factory import EVENTS_TOPIC, open_log
-from clew.store.sqlite import SQLiteProfileStore
+from clew.store.factory import open_existing_store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS imported_rows (
@@ -459,8 +459,7 @@ def reject_review(
 
 
 def _check_resolved(settings: Settings, record: Identifier, link: Identifier, kind: str) -> None:
-    path = settings.profiles_path
-    store = SQLiteProfileStore(path) if path.exists() else None
+    store = open_existing_store(settings)
     try:
         for ident in (record, link):
             if store is not None and store.lookup(ident.id_type, ident.value) is not None:

@@ -49,7 +49,7 @@ from clew.identity.matching import FIELDS, Candidate, MatchThresholds, match_rec
 from clew.identity.rules import IdentityRules
 from clew.log.base import Message
 from clew.store.base import Profile
-from clew.store.sqlite import SQLiteProfileStore
+from clew.store.factory import open_existing_store
 
 __all__ = [
     "ImportFileError",
@@ -214,11 +214,11 @@ class _Existing:
 
 def _existing(settings: Settings, id_type: str) -> _Existing:
     out = _Existing()
-    if not settings.profiles_path.exists():
+    store = open_existing_store(settings)
+    if store is None:
         return out
     rules = settings.identity.rules
     by_field = id_fields(rules)
-    store = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
     try:
         after: str | None = None
         while page := store.scan(after, _SCAN_PAGE):

@@ -240,9 +240,9 @@ def split_profile(
     opened: list[Callable[[], None]] = []
     try:
         if store is None:
-            from clew.store.sqlite import SQLiteProfileStore
+            from clew.store.factory import open_store
 
-            store = SQLiteProfileStore(settings.profiles_path, history=settings.identity.history)
+            store = open_store(settings)
             opened.append(store.close)
         if log is None:
             from clew.log.factory import open_log

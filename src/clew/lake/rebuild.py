@@ -41,6 +41,7 @@ from clew.lake._rebuild_sql import AGGREGATES, PayloadShape, load_events
 from clew.lake._reconcile import Facts, Reconciliation, reconcile
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
 from clew.store.base import Profile
+from clew.store.factory import open_existing_store
 from clew.store.memory import MemoryProfileStore
 
 if TYPE_CHECKING:
@@ -81,9 +82,9 @@ def rebuild(
     settings: Settings, *, dry_run: bool = False, max_differences: int = 20
 ) -> RebuildReport:
     """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` and
-    overwrite both tables (not with ``dry_run``). Reads the serving store at
-    ``settings.profiles_path``, if it exists, for separations and the reconciliation; never
-    writes it. Raises :class:`RebuildError` if a table cannot be written.
+    overwrite both tables (not with ``dry_run``). Reads the configured serving store, if
+    it exists, for separations and the reconciliation; never writes it. Raises
+    :class:`RebuildError` if a table cannot be written.
 
     Python's cyclic garbage collector is paused meanwhile: the in-memory store holds millions
     of long-lived objects that each collection would walk again, for nothing to collect."""
@@ -94,7 +95,7 @@ def rebuild(
     report = RebuildReport()
     clock = _Clock(report.timings)
     rebuilt_at = datetime.now(UTC)
-    speed = _open_serving_store(settings.profiles_path)
+    speed = open_existing_store(settings)
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -154,14 +155,6 @@ class _Phase:
     def __exit__(self, *exc: object) -> None:
         elapsed = time.perf_counter() - self._started
         self._timings[self._phase] = self._timings.get(self._phase, 0.0) + elapsed
-
-
-def _open_serving_store(path: Path) -> Any:
-    if not path.exists():
-        return None
-    from clew.store.sqlite import SQLiteProfileStore
-
-    return SQLiteProfileStore(path)
 
 
 @dataclass(slots=True)

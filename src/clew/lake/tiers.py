@@ -90,8 +90,9 @@ class LifecycleReport:
     tables: list[TableTierReport] = field(default_factory=list)
     # Records the raw log's retention removed (None: not run, as in a dry run).
     log_records_removed: int | None = None
-    # The serving store (hot tier): its size on disk, and the events kept per profile.
-    hot_bytes: int = 0
+    # The serving store (hot tier): its size on disk (None: it is not a file, but Redis), and
+    # the events kept per profile.
+    hot_bytes: int | None = 0
     hot_history_per_profile: int = 0
     seconds: float = 0.0
 
@@ -180,7 +181,9 @@ def run_lifecycle(
         warm_before=_cutoff(now_ms, lc.warm_days),
         purge_before=_cutoff(now_ms, lc.purge_after_days) if lc.purge_after_days else None,
         hot_history_per_profile=settings.identity.history,
-        hot_bytes=_file_bytes(settings.profiles_path),
+        hot_bytes=(
+            _file_bytes(settings.profiles_path) if settings.store.backend == "sqlite" else None
+        ),
     )
     notify = progress or (lambda _: None)
     with lifecycle_lock(settings.data_dir):

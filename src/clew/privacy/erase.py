@@ -24,9 +24,10 @@ store not yet cleaned into one already cleaned:
 6. a signed deletion notice to each destination with ``deletion_notices: true``.
 
 Each SQLite file written is then checkpointed and, if old bytes remain, rebuilt
-(``clew.privacy._erase_sqlite``). A time range (``since_ms``/``until_ms``, event time) removes
-only the person's events in it from the log, the lake, the serving store's history and the
-outbox, and leaves the profile.
+(``clew.privacy._erase_sqlite``); the serving store's file only when it is the SQLite backend
+(a Redis store deletes through its API alone; docs/privacy.md says what Redis keeps). A time
+range (``since_ms``/``until_ms``, event time) removes only the person's events in it from the
+log, the lake, the serving store's history and the outbox, and leaves the profile.
 
 What is left is in the :class:`ErasureReport`: per store, how much was removed, and any error,
 with the person's identifiers and profile ids masked (the report goes into the audit record).
@@ -206,7 +207,7 @@ class _Eraser:
             live = next((p for p in map(s.resolve, subject.profile_ids) if p), None)
             removed = 0 if live is None else s.delete_history(live, self.since_ms, self.until_ms)
             report = StoreReport("serving store", removed, f"{removed} event(s) of the history")
-            return self.scrubbed(report, self.settings.profiles_path.name)
+            return self._scrub_serving(report)
         profiles = sum(s.delete_profile(pid) for pid in subject.profile_ids)
         # An identifier claimed again since the subject was resolved (an event in flight).
         for id_type, value in subject.identifiers:
@@ -220,6 +221,11 @@ class _Eraser:
             f"{profiles} profile(s) with identity graph, provenance, history and timers; "
             f"{separations} separation(s)",
         )
+        return self._scrub_serving(report)
+
+    def _scrub_serving(self, report: StoreReport) -> StoreReport:
+        if self.settings.store.backend != "sqlite":
+            return report
         return self.scrubbed(report, self.settings.profiles_path.name)
 
     def lake(self) -> StoreReport:

@@ -10,8 +10,9 @@
   snapshot still references it (old versions, orphans, Delta checkpoints): each string
   column, nested ones included; and the bytes of every other file there (Delta commits);
 - the serving store through its API (identities, profiles and redirects, separations,
-  timers), so that a Redis store is covered too; ``destinations.db`` and ``imports.db``
-  record by record; the person index's entries.
+  timers, the profiles stage's undelivered outbox), so that a Redis store is covered too
+  (Redis's own snapshot and append-only files are not read: docs/privacy.md);
+  ``destinations.db`` and ``imports.db`` record by record; the person index's entries.
 
 A value is found in raw bytes and text columns as a substring (emails in any letter case), or,
 when it is shorter than five characters, only as a whole column value or a quoted JSON string.
@@ -48,6 +49,8 @@ from clew.store.base import ProfileStore
 _SQLITE_SUFFIXES = (".db", ".db-wal", ".db-journal", ".sqlite", ".sqlite-wal", ".sqlite3")
 _SIDECARS = ("-wal", "-shm", "-journal")
 _PAGE = 2000
+# The serving-store outbox group of the profiles stage (``clew.audiences.live.OUTBOX``).
+_STORE_OUTBOX = "profiles"
 
 
 @dataclass
@@ -127,8 +130,13 @@ class _Verifier:
         for pid, _ in s.due_timers(1 << 62, 1 << 30):
             if pid in pids:
                 self.trace("serving store", "timer of one of the profile ids")
+        pending = s.outbox_pending(_STORE_OUTBOX, 1 << 30)
+        for seq, payload in pending:
+            if self.needles and find(payload, self.needles) is not None:
+                self.trace("serving store", f"outbox {_STORE_OUTBOX}, message {seq}")
         self.report.checked.append(
-            "serving store: identity index, profiles and redirects, separations, timers"
+            f"serving store ({self.settings.store.backend}): identity index, profiles and "
+            f"redirects, separations, timers, {len(pending)} undelivered outbox message(s)"
         )
 
     def files(self) -> None:

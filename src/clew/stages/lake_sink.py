@@ -38,12 +38,25 @@ def app_id(topic: str, partition: int) -> str:
 
 
 class _Buffer:
-    __slots__ = ("first_at", "last_offsets", "values")
+    __slots__ = ("by_partition", "first_at", "last_offsets", "size")
 
     def __init__(self) -> None:
-        self.values: list[bytes] = []
+        self.by_partition: dict[int, list[bytes]] = {}
         self.last_offsets: dict[int, int] = {}
         self.first_at = 0.0
+        self.size = 0
+
+    def add(self, partition: int, offset: int, value: bytes) -> None:
+        self.by_partition.setdefault(partition, []).append(value)
+        self.last_offsets[partition] = offset
+        self.size += 1
+
+    def drop(self, partition: int) -> None:
+        self.size -= len(self.by_partition.pop(partition, ()))
+        self.last_offsets.pop(partition, None)
+
+    def values(self) -> list[bytes]:
+        return [v for values in self.by_partition.values() for v in values]
 
 
 class LakeSinkStage(Stage):
@@ -60,6 +73,10 @@ class LakeSinkStage(Stage):
         self._rules = rules
         self._index: PersonIndex | None = None
         self._buffers = {t: _Buffer() for t in self.topics}
+        # Per owned partition, the last offset written or buffered: a record at or below it
+        # is one the lake has (a redelivery after a seek or a rebalance), and is skipped.
+        self._last: dict[TopicPartition, int] = {}
+        self._consumer: Consumer | None = None
         self._commits_since_compact = dict.fromkeys(self.topics, 0)
         self.rows_written = dict.fromkeys(self.topics, 0)
 
@@ -67,49 +84,66 @@ class LakeSinkStage(Stage):
         return self._root / table.name
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
-        self._buffers = {t: _Buffer() for t in self.topics}
-        for topic, partition in assignment:
+        """Partitions kept across a rebalance keep their buffered rows and position; rows of
+        partitions gone to another member are dropped (uncommitted: it reads them again); a
+        new partition resumes after the last offset in the Delta log. A new consumer (the
+        runner's restart after an error) starts everything afresh."""
+        if consumer is not self._consumer:
+            self._consumer = consumer
+            self._buffers = {t: _Buffer() for t in self.topics}
+            self._last = {}
+        owned = set(assignment)
+        for tp in [tp for tp in self._last if tp not in owned]:
+            del self._last[tp]
+            self._buffers[tp[0]].drop(tp[1])
+        for topic, partition in owned - self._last.keys():
+            self._last[(topic, partition)] = -1
             path = self.table_path(TABLES_BY_TOPIC[topic])
             if not DeltaTable.is_deltatable(str(path)):
                 continue
             version = DeltaTable(str(path)).transaction_version(app_id(topic, partition))
             if version is not None:
+                self._last[(topic, partition)] = version
                 consumer.seek(topic, partition, version + 1)
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         now = time.monotonic()
         for rec in records:
+            tp = (rec.topic, rec.partition)
+            if rec.offset <= self._last.get(tp, -1):
+                continue
+            self._last[tp] = rec.offset
             buf = self._buffers[rec.topic]
-            if not buf.values:
+            if not buf.size:
                 buf.first_at = now
-            buf.values.append(rec.value)
-            buf.last_offsets[rec.partition] = rec.offset
+            buf.add(rec.partition, rec.offset, rec.value)
         for topic, buf in self._buffers.items():
-            if len(buf.values) >= self._settings.flush_rows:
+            if buf.size >= self._settings.flush_rows:
                 self._flush(topic, consumer)
 
     def tick(self, consumer: Consumer) -> None:
         now = time.monotonic()
         for topic, buf in self._buffers.items():
-            if buf.values and (now - buf.first_at) * 1000 >= self._settings.flush_interval_ms:
+            if buf.size and (now - buf.first_at) * 1000 >= self._settings.flush_interval_ms:
                 self._flush(topic, consumer)
 
     def close(self, consumer: Consumer) -> None:
         for topic, buf in self._buffers.items():
-            if buf.values:
+            if buf.size:
                 self._flush(topic, consumer)
 
     def _flush(self, topic: str, consumer: Consumer) -> None:
         buf = self._buffers[topic]
         table = TABLES_BY_TOPIC[topic]
-        data = to_arrow(table, buf.values)
+        values = buf.values()
+        data = to_arrow(table, values)
         txns = [Transaction(app_id(topic, p), off) for p, off in buf.last_offsets.items()]
         path = self.table_path(table)
         if self._index is None:
             self._index = PersonIndex(
                 index_path(self._root.parent), [self._root], self._rules, writer=True
             )
-        self._index.record(table.name, buf.values, data, topic, buf.last_offsets)
+        self._index.record(table.name, values, data, topic, buf.last_offsets)
         write_deltalake(
             str(path),
             data,
@@ -119,7 +153,7 @@ class LakeSinkStage(Stage):
             schema_mode="merge",
         )
         consumer.commit({(topic, p): off + 1 for p, off in buf.last_offsets.items()})
-        self.rows_written[topic] += len(buf.values)
+        self.rows_written[topic] += len(values)
         self._buffers[topic] = _Buffer()
         self._commits_since_compact[topic] += 1
         if self._commits_since_compact[topic] >= self._settings.compact_every_commits:

@@ -76,11 +76,16 @@ class StageRunner:
         stage.on_assign(consumer, assignment)
         try:
             while not self._stop.is_set():
+                records = consumer.poll(self._max_records, _POLL_TIMEOUT_S)
+                # A rebalance happens inside a poll (Kafka). The stage hears of it before it
+                # handles anything more, so that it never writes for a partition another
+                # member now owns, and never reads a new partition with stale progress.
                 current = consumer.assignment()
                 if current != assignment:
                     assignment = current
                     stage.on_assign(consumer, assignment)
-                records = consumer.poll(self._max_records, _POLL_TIMEOUT_S)
+                    owned = set(assignment)
+                    records = [r for r in records if (r.topic, r.partition) in owned]
                 if records:
                     stage.handle(records, consumer)
                 stage.tick(consumer)

@@ -4,9 +4,12 @@
 Python runs one thread at a time per process, so stages in worker processes leave the
 collector's process free to answer HTTP; see the README's performance section.
 
-A worker holds an exclusive lock file for its stage while it runs, so two processes never
-consume the same stage of one data directory at once (the embedded log coordinates consumer
-groups only inside one process). A worker started by `clew serve` dies with its parent.
+On the embedded log a worker holds an exclusive lock file for its stage while it runs, so two
+processes never consume the same stage of one data directory at once (the embedded log
+coordinates consumer groups only inside one process; a second worker waits for the first to
+stop). On Kafka, consumer groups span processes and machines, so any number of workers of one
+stage run together and share its partitions. A worker started by `clew serve` dies with its
+parent.
 """
 
 from __future__ import annotations
@@ -94,10 +97,10 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         from clew.log.factory import open_log
         from clew.stages._counters import CounterStore
         from clew.stages.profiles import ProfilesStage
-        from clew.store.sqlite import SQLiteProfileStore
+        from clew.store.factory import open_store
 
         ident = settings.identity
-        store = SQLiteProfileStore(settings.profiles_path, history=ident.history)
+        store = open_store(settings)
         counters = CounterStore(settings.state_path)
         clock = clock_for(settings.clock, settings.data_dir)
         history = LakeHistory(settings.lake_path, lambda: open_log(settings), settings.cold_path)
@@ -162,7 +165,9 @@ def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
     if os.environ.get("CLEW_WORKER_OF_SERVE") and settings.stages.worker_nice:
         os.nice(settings.stages.worker_nice)
     locks: list[IO[bytes]] = []
-    for name in stage_names:
+    # Kafka's consumer groups share a stage's partitions among its workers themselves.
+    exclusive = settings.log.backend == "embedded"
+    for name in stage_names if exclusive else ():
         lock = _acquire_stage_lock(settings, name, stop)
         if lock is None:
             for held in locks:

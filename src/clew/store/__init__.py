@@ -1,6 +1,7 @@
 """The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
 backends, and Redis in ``redis``, which needs ``pip install 'clew[redis]'``: it is imported
-only when first named, so importing this package never imports the Redis driver)."""
+only when first named, so importing this package never imports the Redis driver).
+:func:`open_store` opens the backend the settings choose."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from clew.store.base import (
     UnknownProfileError,
     keep_existing,
 )
+from clew.store.factory import open_existing_store, open_store
 from clew.store.memory import MemoryProfileStore
 from clew.store.sqlite import SQLiteProfileStore
 
@@ -50,6 +52,8 @@ __all__ = [
     "TraitsUpdate",
     "UnknownProfileError",
     "keep_existing",
+    "open_existing_store",
+    "open_store",
 ]
 
 

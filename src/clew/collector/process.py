@@ -1,0 +1,181 @@
+"""The collector role (`clew collector`): the Tracking API alone, with ``/health`` and
+``/metrics`` of its own, and nothing else of Clew in the process.
+
+It holds no lock on the data directory and no state of its own beyond what it reads (the
+source catalog's write keys and the suppression list), so any number can run behind a load
+balancer. Every acknowledged request is durable in the log's ``raw`` topic; the stages run
+elsewhere (`clew worker`, or `clew serve`). On the embedded log, several collectors of one
+machine append to the same SQLite file; collectors on other machines need the Kafka log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import uvicorn
+import uvloop
+
+from clew.collector.app import Collector, Receive, Scope, Send
+from clew.config import Settings
+from clew.log.base import Log
+from clew.log.factory import open_log
+from clew.privacy.suppression import Suppression
+from clew.sources import DEFAULT_SOURCE, Catalog, CatalogError, Source
+
+logger = logging.getLogger(__name__)
+
+_NOT_FOUND = msgspec.json.encode(
+    {"code": "not_found", "message": "a collector serves /v1/* (Tracking API), /health, /metrics"}
+)
+
+
+class CollectorProcess:
+    """What `clew collector` runs: ``app`` is the ASGI entry point; ``close`` stops taking
+    events and releases the log (flushing appends in flight), the catalog and the list."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log: Log = open_log(settings)
+        self._closers: list[Callable[[], None]] = [self.log.close]
+        try:
+            self.catalog = Catalog(settings.meta_path)
+            self._closers.append(self.catalog.close)
+            self.default_source = _ensure_default_source(self.catalog)
+            self.suppression = Suppression.open(settings)
+            self._closers.append(self.suppression.close)
+        except BaseException:
+            self.close()
+            raise
+        self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if Collector.handles(path):
+            await self.collector(scope, receive, send)
+        elif path == "/health":
+            body = msgspec.json.encode(self.health())
+            await _respond(send, 200 if self.collector.accepting else 503, body, "application/json")
+        elif path == "/metrics":
+            body = self.metrics_text().encode()
+            await _respond(send, 200, body, "text/plain; version=0.0.4")
+        else:
+            await _respond(send, 404, _NOT_FOUND, "application/json")
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` while the collector accepts events (false once it is shutting down)."""
+        return {
+            "ok": self.collector.accepting,
+            "role": "collector",
+            "log": self.settings.log.backend,
+        }
+
+    def metrics_text(self) -> str:
+        """The collector's own counters in the Prometheus text format; every collector counts
+        only its own requests, so sum them across instances."""
+        c = self.collector.counters
+        families = [
+            (
+                "clew_collector_requests_total",
+                "Tracking API requests accepted",
+                [("", c["requests_accepted"])],
+            ),
+            (
+                "clew_collector_events_total",
+                "Events accepted by the Tracking API",
+                [("", c["events_accepted"])],
+            ),
+            (
+                "clew_collector_refused_total",
+                "Tracking API requests refused, by error code",
+                [
+                    (f'{{code="{k.removeprefix("refused_")}"}}', v)
+                    for k, v in sorted(c.items())
+                    if k.startswith("refused_")
+                ],
+            ),
+            (
+                "clew_collector_suppressed_events_total",
+                "Events of suppressed people answered but not stored",
+                [("", c["events_suppressed"])],
+            ),
+        ]
+        lines: list[str] = []
+        for name, help_text, samples in families:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+            lines += [f"{name}{labels} {value}" for labels, value in samples]
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        """Refuse new events, then close what was opened (the log last but one: it waits for
+        appends in flight). Safe to call twice."""
+        if hasattr(self, "collector"):
+            self.collector.accepting = False
+        closers, self._closers = self._closers, []
+        for close in reversed(closers):
+            close()
+
+
+def _ensure_default_source(catalog: Catalog) -> Source:
+    # Collectors started together on a fresh data directory race to create it.
+    try:
+        return catalog.ensure_source(DEFAULT_SOURCE)
+    except CatalogError:
+        return catalog.ensure_source(DEFAULT_SOURCE)
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_collector(
+    settings: Settings, on_ready: Callable[[CollectorProcess], None] | None = None
+) -> None:
+    """Serve the Tracking API on ``settings.host:port`` until SIGINT/SIGTERM; requests in
+    flight are answered (their appends made durable) before the log closes."""
+    process = CollectorProcess(settings)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            process.app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            interface="asgi3",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=10,
+        )
+    )
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started and on_ready is not None:
+            on_ready(process)
+        await task
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run())
+    finally:
+        process.close()
