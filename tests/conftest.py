@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -142,3 +143,22 @@ def serve_process(tmp_path: Path) -> Iterator[ServeProcess]:
     proc.start()
     yield proc
     proc.stop()
+
+
+def serve_worker(serve_pid: int, stage: str) -> int | None:
+    """The pid of ``serve_pid``'s worker process running ``stage``, if one runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command (field 2) may hold spaces; the parent pid is the 2nd field after it.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid != serve_pid or b"worker" not in args:
+            continue
+        if any(a == b"--stage" and b == stage.encode() for a, b in pairwise(args)):
+            return int(entry.name)
+    return None

@@ -24,7 +24,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,7 +46,7 @@ from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.server import free_port
 from clew.sources import Catalog
 from clew.store import SQLiteProfileStore
-from conftest import WRITE_KEY, ServeProcess, wait_for
+from conftest import WRITE_KEY, ServeProcess, serve_worker, wait_for
 from destinations._receiver import Receiver
 
 pytestmark = pytest.mark.slow
@@ -70,21 +69,7 @@ def _verified(body: bytes, header: str) -> bool:
 
 
 def _profiles_worker(serve_pid: int) -> int | None:
-    """The pid of ``serve_pid``'s worker process running the profiles stage, if one runs."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command (field 2) may hold spaces; the parent pid is the 2nd field after it.
-        if int(stat.rsplit(")", 1)[1].split()[1]) != serve_pid:
-            continue
-        if any(a == b"--stage" and b == b"profiles" for a, b in pairwise(args)):
-            return int(entry.name)
-    return None
+    return serve_worker(serve_pid, "profiles")
 
 
 def _locked(handle: IO[bytes]) -> bool:

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import pytest
 
 from clew.lake.query import Lake
 from clew.store import SQLiteProfileStore
-from conftest import WRITE_KEY, ServeProcess, drained, wait_for
+from conftest import WRITE_KEY, ServeProcess, drained, serve_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -149,22 +148,7 @@ def sending(url: str, rng: random.Random) -> Iterator[Sent]:
 
 
 def _profiles_worker(serve_pid: int) -> int | None:
-    """The pid of ``serve_pid``'s worker process running the profiles stage, if one runs."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command (field 2) may hold spaces; the parent pid is the 2nd field after it.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid != serve_pid or b"worker" not in args:
-            continue
-        if any(a == b"--stage" and b == b"profiles" for a, b in pairwise(args)):
-            return int(entry.name)
-    return None
+    return serve_worker(serve_pid, "profiles")
 
 
 def _next_store_commit(db: Path, timeout_s: float = 10.0) -> None:
