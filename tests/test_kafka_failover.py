@@ -1,8 +1,9 @@
-"""Scale-out failure story on a real Kafka broker: two `clew collector` processes and two
-`clew worker` processes for each of the validate, lake and profiles stages share one data
-directory; while events stream in, one worker of each stage is killed (SIGKILL) and started
-again. Every acknowledged event must reach the lake exactly once, and the profiles must equal
-those the embedded mode computes from the same events."""
+"""Scale-out failure story on a real Kafka broker and a real Redis: two `clew collector`
+processes and two `clew worker` processes for each of the validate, lake and profiles stages
+share one data directory, and the profiles workers share one serving store in Redis; while
+events stream in, one worker of each stage is killed (SIGKILL) and started again. Every
+acknowledged event must reach the lake exactly once, and the profiles, their computed trait
+and their audience must equal those the embedded mode computes from the same events."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,16 @@ import httpx
 import pytest
 
 from _kafka import KafkaBroker, kafka_session
-from clew.config import load_settings
+from _services import ServiceUnavailable, redis_server, unavailable
+from clew.audiences.definitions import Definition, parse_document
+from clew.audiences.repository import DefinitionRepository
+from clew.config import Settings, StoreSettings, load_settings
 from clew.identity.identifiers import USER_ID
 from clew.lake.query import Lake
 from clew.server import BackgroundServer, free_port
-from clew.store.sqlite import SQLiteProfileStore
+from clew.store.factory import open_existing_store
+
+pytest.importorskip("redis", reason="the Redis serving store needs pip install 'clew[redis]'")
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +41,9 @@ PEOPLE = 200
 ORDERS_PER_PERSON = 12
 BATCH = 10
 STAGES = ("validate", "lake", "profiles")
+# About half the people spend this much (their totals run from 72 to 528). No definition has a
+# time window, so the result does not depend on when the events are processed.
+BIG_SPEND = 300
 # Generous bounds: the broker, eight Clew processes and the test share two loaded cores.
 START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 150.0
@@ -41,6 +52,36 @@ SETTLE_TIMEOUT_S = 150.0
 @pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     yield from kafka_session(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
+        except ServiceUnavailable as exc:
+            unavailable(str(exc))
+        yield server.url
+
+
+def _definitions() -> list[Definition]:
+    """A computed trait and an audience, live before the first event."""
+    return parse_document(
+        {
+            "traits": [{"name": "orders_n", "kind": "count", "event": "Order Completed"}],
+            "audiences": [
+                {
+                    "name": "big_spender",
+                    "condition": {
+                        "event": "Order Completed",
+                        "sum": "revenue",
+                        "op": "gte",
+                        "value": BIG_SPEND,
+                    },
+                }
+            ],
+        }
+    )
 
 
 def _events() -> list[dict[str, Any]]:
@@ -139,13 +180,17 @@ class _Processes:
                 proc.wait()
 
 
-def _profiles(profiles_path: Path) -> dict[str, tuple[int, float]]:
-    """Per person, (orders_count, total_lifetime_value) from the serving store."""
-    if not profiles_path.exists():
+Summary = tuple[int, float, int, tuple[str, ...]]
+
+
+def _profiles(settings: Settings) -> dict[str, Summary]:
+    """Per person, (orders_count, total_lifetime_value, orders_n, audiences) from the
+    configured serving store."""
+    store = open_existing_store(settings)
+    if store is None:
         return {}
-    store = SQLiteProfileStore(profiles_path)
     try:
-        out: dict[str, tuple[int, float]] = {}
+        out: dict[str, Summary] = {}
         for i in range(PEOPLE):
             pid = store.lookup(USER_ID, f"user-{i}")
             profile = store.get(pid) if pid is not None else None
@@ -154,10 +199,16 @@ def _profiles(profiles_path: Path) -> dict[str, tuple[int, float]]:
                 out[f"user-{i}"] = (
                     int(computed.get("orders_count", 0)),
                     float(computed.get("total_lifetime_value", 0.0)),
+                    int(computed.get("orders_n", 0)),
+                    tuple(computed.get("audiences", ())),
                 )
         return out
     finally:
         store.close()
+
+
+def _orders(profiles: dict[str, Summary]) -> int:
+    return sum(summary[0] for summary in profiles.values())
 
 
 def _lake_counts(lake_path: Path, cold_path: Path) -> dict[str, int]:
@@ -172,11 +223,11 @@ def _lake_counts(lake_path: Path, cold_path: Path) -> dict[str, int]:
     return {str(mid): int(n) for mid, n in rows}
 
 
-def _embedded_profiles(
-    data_dir: Path, batches: list[list[dict[str, Any]]]
-) -> dict[str, tuple[int, float]]:
-    """The same events through `clew serve`'s embedded mode, in this process."""
-    settings = load_settings(None, data_dir=data_dir, port=free_port())
+def _embedded_profiles(data_dir: Path, batches: list[list[dict[str, Any]]]) -> dict[str, Summary]:
+    """The same events through `clew serve`'s embedded mode (SQLite serving store), in this
+    process, with the same definitions."""
+    settings = load_settings(None, data_dir=data_dir, port=free_port(), store=StoreSettings())
+    DefinitionRepository(settings.data_dir).push(_definitions())
     with BackgroundServer(settings) as server:
         server.clew.catalog.create_source("failover", WRITE_KEY)
         with httpx.Client(timeout=30) as client:
@@ -185,19 +236,21 @@ def _embedded_profiles(
         expected_orders = sum(1 for b in batches for ev in b if ev["type"] == "track")
         _wait_for(
             "embedded profiles",
-            lambda: (
-                sum(n for n, _ in _profiles(settings.profiles_path).values()) == expected_orders
-            ),
+            lambda: _orders(_profiles(settings)) == expected_orders,
             SETTLE_TIMEOUT_S,
-            lambda: f"{sum(n for n, _ in _profiles(settings.profiles_path).values())} orders",
+            lambda: f"{_orders(_profiles(settings))} orders",
         )
-        return _profiles(settings.profiles_path)
+        return _profiles(settings)
 
 
 def test_killed_workers_lose_and_duplicate_nothing(
-    kafka_broker: KafkaBroker, tmp_path: Path
+    kafka_broker: KafkaBroker, redis_url: str, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "scale-out"
+    # This run's keys only, on the module's Redis server.
+    store = StoreSettings(
+        backend="redis", redis_url=redis_url, redis_prefix=f"failover{uuid.uuid4().hex[:12]}"
+    )
     env = {
         **os.environ,
         "CLEW_DATA_DIR": str(data_dir),
@@ -209,8 +262,11 @@ def test_killed_workers_lose_and_duplicate_nothing(
         # killed worker's open transaction is aborted after 10 s instead of a minute.
         "CLEW_LOG__KAFKA_CONSUMER": '{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}',
         "CLEW_LOG__KAFKA_PRODUCER": '{"transaction.timeout.ms": 10000}',
+        "CLEW_STORE__BACKEND": store.backend,
+        "CLEW_STORE__REDIS_URL": store.redis_url,
+        "CLEW_STORE__REDIS_PREFIX": store.redis_prefix,
     }
-    settings = load_settings(None, data_dir=data_dir)
+    settings = load_settings(None, data_dir=data_dir, store=store)
     subprocess.run(
         [
             sys.executable,
@@ -226,27 +282,37 @@ def test_killed_workers_lose_and_duplicate_nothing(
         check=True,
         capture_output=True,
     )
+    DefinitionRepository(data_dir).push(_definitions())
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = _Processes(logs, env)
     try:
         ports = [free_port(), free_port()]
         urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for port in ports:
-            procs.start("collector", "collector", "--port", str(port))
-        workers: dict[str, list[subprocess.Popen[bytes]]] = {
-            stage: [procs.start(stage, "worker", "--stage", stage) for _ in range(2)]
-            for stage in STAGES
-        }
         with httpx.Client(timeout=30) as client:
 
-            def collectors_up() -> bool:
-                try:
-                    return all(client.get(f"{u}/health").status_code == 200 for u in urls)
-                except httpx.HTTPError:
-                    return False
+            def answering(*targets: str) -> Callable[[], bool]:
+                def check() -> bool:
+                    try:
+                        return all(client.get(f"{u}/health").status_code == 200 for u in targets)
+                    except httpx.HTTPError:
+                        return False
 
-            _wait_for("collectors answering", collectors_up, START_TIMEOUT_S, procs.tails)
+                return check
+
+            # The first collector creates the topics and the data directory's files before the
+            # other processes start: processes starting together on a fresh deployment can
+            # fail creating them (a topic another process has just created is not yet
+            # described; two connections switching one new SQLite file to WAL find it
+            # locked). That start-up race is not what this test is about.
+            procs.start("collector", "collector", "--port", str(ports[0]))
+            _wait_for("first collector answering", answering(urls[0]), START_TIMEOUT_S, procs.tails)
+            procs.start("collector", "collector", "--port", str(ports[1]))
+            workers: dict[str, list[subprocess.Popen[bytes]]] = {
+                stage: [procs.start(stage, "worker", "--stage", stage) for _ in range(2)]
+                for stage in STAGES
+            }
+            _wait_for("collectors answering", answering(*urls), START_TIMEOUT_S, procs.tails)
 
             batches = _batches(_events())
             kill_at, restart_at = len(batches) // 3, len(batches) // 2
@@ -283,12 +349,9 @@ def test_killed_workers_lose_and_duplicate_nothing(
         acked_orders = sum(1 for b in acknowledged for ev in b if ev["type"] == "track")
         _wait_for(
             "every acknowledged order in the profiles",
-            lambda: sum(n for n, _ in _profiles(settings.profiles_path).values()) >= acked_orders,
+            lambda: _orders(_profiles(settings)) >= acked_orders,
             SETTLE_TIMEOUT_S,
-            lambda: (
-                f"{sum(n for n, _ in _profiles(settings.profiles_path).values())} of "
-                f"{acked_orders} orders\n{procs.tails()}"
-            ),
+            lambda: f"{_orders(_profiles(settings))} of {acked_orders} orders\n{procs.tails()}",
         )
         for stage in STAGES:
             assert all(w.poll() is None for w in workers[stage]), f"a {stage} worker died"
@@ -299,5 +362,9 @@ def test_killed_workers_lose_and_duplicate_nothing(
     duplicated = {mid: n for mid, n in counts.items() if n > 1}
     assert not duplicated, f"{len(duplicated)} events in the lake more than once"
     assert set(counts) == acked_ids
-    scale_out = _profiles(settings.profiles_path)
+    # The serving store was Redis: no profiles worker made a SQLite one.
+    assert not settings.profiles_path.exists()
+    scale_out = _profiles(settings)
+    spenders = sum(1 for *_, audiences in scale_out.values() if audiences == ("big_spender",))
+    assert 0 < spenders < len(scale_out), "the audience must split the people"
     assert scale_out == _embedded_profiles(tmp_path / "embedded", acknowledged)

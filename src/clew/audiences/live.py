@@ -52,6 +52,8 @@ class Produced:
 
     messages: list[Message]
     outbox_seq: int | None = None
+    # Every outbox entry the messages came from, when more than one.
+    outbox_seqs: tuple[int, ...] = ()
 
 
 class LiveAudiences:
@@ -73,6 +75,7 @@ class LiveAudiences:
         self._last_timers = 0.0
         self.engine: Engine | None = Engine(catalog) if catalog else None
         self.counts: dict[str, int] = {}
+        self._produced: set[int] = set()
 
     def now_ms(self) -> int:
         return self._clock.now_ms()
@@ -115,17 +118,33 @@ class LiveAudiences:
         self.counts["changes"] = self.counts.get("changes", 0) + len(messages)
         return Produced(messages, store.outbox_put(OUTBOX, pack(messages)))
 
-    @staticmethod
-    def acknowledge(store: ProfileStore, produced: Produced) -> None:
+    def acknowledge(self, store: ProfileStore, produced: Produced) -> None:
+        """Forget outbox entries once produced. Several profiles workers share the outbox (on
+        Kafka), and acknowledging removes every entry up to a number: only entries this worker
+        has produced are acknowledged, up to the first one another worker has not produced
+        yet (the rest go at a later acknowledgement, or are re-sent after a restart or a
+        rebalance, which is harmless: same ``change_id``)."""
         if produced.outbox_seq is not None:
-            store.outbox_ack(OUTBOX, produced.outbox_seq)
+            self._produced.update(produced.outbox_seqs or (produced.outbox_seq,))
+        if not self._produced:
+            return
+        upto: int | None = None
+        for seq, _ in store.outbox_pending(OUTBOX):
+            if seq not in self._produced:
+                break
+            upto = seq
+        if upto is not None:
+            store.outbox_ack(OUTBOX, upto)
+            self._produced = {seq for seq in self._produced if seq > upto}
 
     @staticmethod
     def unsent(store: ProfileStore) -> Produced:
-        """What an earlier run stored but may not have produced (to send again on start)."""
+        """What is stored but may not have been produced (sent again on start and on every
+        rebalance: a worker that died leaves its entries to the others)."""
         pending = store.outbox_pending(OUTBOX)
         messages = [m for _, payload in pending for m in unpack(payload)]
-        return Produced(messages, pending[-1][0] if pending else None)
+        seqs = tuple(seq for seq, _ in pending)
+        return Produced(messages, seqs[-1] if seqs else None, seqs)
 
     # -- timers ---------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class Admin:
             err: KafkaError = exc.args[0]
             if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise LogError(f"creating topic {spec.name!r} failed: {err.str()}") from exc
-            existing = len(self.leaders(spec.name))
+            existing = self._partitions_once_known(spec.name)
             if existing != spec.partitions:
                 raise LogError(
                     f"topic {spec.name!r} has {existing} partitions; it cannot change to "
@@ -79,6 +79,16 @@ class Admin:
             if time.monotonic() > deadline:
                 raise LogError(f"topic {spec.name!r} has partitions without a leader")
             time.sleep(0.01)
+
+    def _partitions_once_known(self, topic: str) -> int:
+        """The partition count of a topic another client has just created: the broker may
+        answer "unknown topic" until its metadata catches up, so ask again for a while."""
+        deadline = time.monotonic() + self.timeout_s
+        while (leaders := self.leaders(topic, missing_ok=True)) == [-1]:
+            if time.monotonic() > deadline:
+                raise LogError(f"topic {topic!r} exists but the broker does not describe it")
+            time.sleep(0.1)
+        return len(leaders)
 
     def leaders(self, topic: str, missing_ok: bool = False) -> list[int]:
         """The leader of each partition (-1 while it has none; ``[-1]`` for a topic the

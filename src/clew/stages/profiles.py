@@ -96,7 +96,12 @@ class ProfilesStage(Stage):
                 Message(value=encode_change(snapshot(p, now)), key=p.profile_id.encode())
                 for p in after
             ]
-            self._produce(consumer, Produced(snapshots + produced.messages, produced.outbox_seq))
+            self._produce(
+                consumer,
+                Produced(snapshots + produced.messages, produced.outbox_seq, produced.outbox_seqs),
+            )
+        # Entries this worker produced that another worker's unsent entry held back.
+        live.acknowledge(self._store, Produced([]))
         for name, n in live.counts.items():
             self.counts[f"audience_{name}"] += n
             self._unflushed[f"audience_{name}"] += n
@@ -107,7 +112,7 @@ class ProfilesStage(Stage):
     def _produce(self, consumer: Consumer, produced: Produced) -> None:
         if produced.messages:
             consumer.commit({}, produce={CHANGES_TOPIC: produced.messages})
-        LiveAudiences.acknowledge(self._store, produced)
+        self.audiences.acknowledge(self._store, produced)
 
     def close(self, consumer: Consumer) -> None:
         self._flush_counters()
@@ -179,7 +184,7 @@ class ProfilesStage(Stage):
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
-        LiveAudiences.acknowledge(self._store, produced)
+        self.audiences.acknowledge(self._store, produced)
 
     def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
         keys: set[tuple[str, str]] = set()
