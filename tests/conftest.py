@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from itertools import pairwise
 from pathlib import Path
 
 import httpx
 import pytest
 
+from _services import ServiceUnavailable, redis_server, unavailable
 from clew.config import Settings
 from clew.lake.query import Lake
 from clew.server import BackgroundServer, free_port
@@ -162,3 +164,14 @@ def serve_worker(serve_pid: int, stage: str) -> int | None:
         if any(a == b"--stage" and b == stage.encode() for a, b in pairwise(args)):
             return int(entry.name)
     return None
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server for the whole session (skips, or fails under CI, without one)."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
+        except ServiceUnavailable as exc:
+            unavailable(str(exc))
+        yield server.url

@@ -15,7 +15,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ import httpx
 import pytest
 
 from _kafka import KafkaBroker, kafka_session
-from _services import ServiceUnavailable, redis_server, unavailable
 from clew.audiences.definitions import Definition, parse_document
 from clew.audiences.repository import DefinitionRepository
 from clew.config import Settings, StoreSettings, load_settings
@@ -52,16 +50,6 @@ SETTLE_TIMEOUT_S = 150.0
 @pytest.fixture(scope="module")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     yield from kafka_session(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with ExitStack() as stack:
-        try:
-            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
-        except ServiceUnavailable as exc:
-            unavailable(str(exc))
-        yield server.url
 
 
 def _definitions() -> list[Definition]:

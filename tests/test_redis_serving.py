@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from _services import ServiceUnavailable, redis_server, unavailable
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.cli import app
 from clew.clock import ScaledClock, to_datetime
@@ -37,16 +35,6 @@ EXAMPLES = Path(__file__).parents[1] / "examples" / "audiences"
 MINUTE_MS = 60_000
 # An hour of the fast clock passes in 2 s, so a cart is abandoned soon after it is filled.
 SPEED = 1800
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with ExitStack() as stack:
-        try:
-            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
-        except ServiceUnavailable as exc:
-            unavailable(str(exc))
-        yield server.url
 
 
 @dataclass

@@ -12,28 +12,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from _services import ServiceUnavailable, redis_server, unavailable
 from clew.store import MemoryProfileStore, ProfileStore, SQLiteProfileStore
 
 BACKENDS = ["sqlite", "memory", "redis"]
 
 OpenStore = Callable[[], ProfileStore]
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server for the whole session (skips, or fails under CI, without one)."""
-    with ExitStack() as stack:
-        try:
-            server = stack.enter_context(redis_server(tmp_path_factory.mktemp("redis")))
-        except ServiceUnavailable as exc:
-            unavailable(str(exc))
-        yield server.url
 
 
 @pytest.fixture(params=BACKENDS)
