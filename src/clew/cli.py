@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from clew.cli_audiences import audiences_app
-from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
 from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
 from clew.cli_identity import identity_app
@@ -49,10 +49,8 @@ app.command(name="rebuild")(rebuild)
 
 @app.command()
 def serve(
-    host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")] = None,
+    host: Host = None,
+    port: Port = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -91,10 +89,8 @@ def serve(
 
 @app.command()
 def collector(
-    host: Annotated[
-        str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")
-    ] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")] = None,
+    host: Host = None,
+    port: Port = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:

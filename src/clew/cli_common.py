@@ -13,6 +13,9 @@ from clew.config import ConfigError, Settings, load_settings
 console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+Host = Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")]
+Port = Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")]
 DataDir = Annotated[
     Path | None,
     typer.Option(

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.destinations import DestinationConfig, DestinationDirectory, Outbox
@@ -30,7 +30,6 @@ destinations_app = typer.Typer(
     no_args_is_help=True,
 )
 
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 Many = Annotated[list[str] | None, typer.Option(show_default=False)]
 
 

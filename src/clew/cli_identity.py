@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import AsJson, ConfigFile, DataDir, console, err, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -32,7 +32,6 @@ identity_app = typer.Typer(
     no_args_is_help=True,
 )
 
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 Ref = Annotated[
     str,
     typer.Argument(

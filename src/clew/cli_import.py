@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import AsJson, ConfigFile, DataDir, console, err, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.identity.importer import ImportReport, ReviewEntry
@@ -29,7 +29,6 @@ import_app = typer.Typer(
     no_args_is_help=True,
 )
 
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 ReviewId = Annotated[
     int, typer.Argument(help="The review's id, from `clew import reviews`.", show_default=False)
 ]

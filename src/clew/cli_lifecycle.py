@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.lake.tiers import LifecycleReport, TierProgress
@@ -21,8 +21,6 @@ lifecycle_app = typer.Typer(
     help="Hot, warm and cold data: tier old lake partitions, purge expired ones.",
     no_args_is_help=True,
 )
-
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
 def _size(n: int) -> str:
