@@ -1,5 +1,6 @@
 """The suppression list and its in-memory checker: which events match, grouping by request,
-and how fast a change reaches a checker in another process."""
+and how fast a change reaches a checker in another process; each test runs on the list in
+``privacy.db`` and on the list in a real Redis (used when the serving store is Redis)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ import pytest
 from clew.events import Event
 from clew.identity.rules import IdentityRules
 from clew.privacy._salt import identifier_hash
-from clew.privacy.suppression import RELOAD_S, SuppressedHash, Suppression, SuppressionList
+from clew.privacy._suppression_redis import RedisSuppressionList
+from clew.privacy.suppression import (
+    RELOAD_S,
+    ListWriter,
+    SuppressedHash,
+    Suppression,
+    SuppressionList,
+)
 
 SALT = b"test-salt"
 
@@ -39,22 +47,52 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "privacy.db"
 
 
+_prefixes = iter(range(1_000_000))
+
+
+def _redis_list(url: str, prefix: str) -> RedisSuppressionList:
+    import redis
+
+    return RedisSuppressionList(redis.Redis.from_url(url), prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """``(backend, where)``: a file path, or a Redis URL and a fresh key prefix."""
+    if request.param == "sqlite":
+        return ("sqlite", str(request.getfixturevalue("path")))
+    return ("redis", f"{request.getfixturevalue('redis_url')} supp-test-{next(_prefixes)}")
+
+
+def _open_writer(backend: tuple[str, str]) -> ListWriter:
+    kind, where = backend
+    if kind == "sqlite":
+        return SuppressionList(Path(where))
+    url, prefix = where.split(" ")
+    return _redis_list(url, prefix)
+
+
 @pytest.fixture
-def writer(path: Path) -> Iterator[SuppressionList]:
-    w = SuppressionList(path)
+def writer(backend: tuple[str, str]) -> Iterator[ListWriter]:
+    w = _open_writer(backend)
     yield w
     w.close()
 
 
 @pytest.fixture
-def checker(path: Path, writer: SuppressionList) -> Iterator[Suppression]:
-    c = Suppression(path, SALT, IdentityRules())
+def checker(backend: tuple[str, str], writer: ListWriter) -> Iterator[Suppression]:
+    kind, where = backend
+    if kind == "sqlite":
+        c = Suppression(Path(where), SALT, IdentityRules())
+    else:
+        url, prefix = where.split(" ")
+        c = Suppression(_redis_list(url, prefix), SALT, IdentityRules())
     yield c
     c.close()
 
 
 def test_every_identifier_kind_of_an_event_is_checked(
-    writer: SuppressionList, checker: Suppression
+    writer: ListWriter, checker: Suppression
 ) -> None:
     assert not checker.is_suppressed(event(user_id="u1"))
     writer.add("r1", [entry("email", "Ada@X.test"), entry("user_id", "u1")], temporary=False)
@@ -72,9 +110,7 @@ def test_every_identifier_kind_of_an_event_is_checked(
     assert not checker.is_suppressed(event(user_id="u2", traits={"email": "bob@x.test"}))
 
 
-def test_raw_events_as_the_collector_sees_them(
-    writer: SuppressionList, checker: Suppression
-) -> None:
+def test_raw_events_as_the_collector_sees_them(writer: ListWriter, checker: Suppression) -> None:
     writer.add("r1", [entry("email", "ada@x.test"), entry("user_id", "42")], temporary=False)
     checker.refresh(force=True)
     raw = msgspec.json.encode
@@ -90,7 +126,7 @@ def test_raw_events_as_the_collector_sees_them(
 
 
 def test_unsuppress_lifts_everything_suppressed_together_but_not_running_deletions(
-    writer: SuppressionList, checker: Suppression
+    writer: ListWriter, checker: Suppression
 ) -> None:
     writer.add("r1", [entry("email", "ada@x.test"), entry("user_id", "u1")], temporary=False)
     writer.add("r2", [entry("user_id", "u1")], temporary=True)
@@ -109,7 +145,7 @@ def test_unsuppress_lifts_everything_suppressed_together_but_not_running_deletio
 
 
 def test_a_checker_sees_changes_within_the_reload_interval_without_querying_per_event(
-    writer: SuppressionList, checker: Suppression, path: Path
+    writer: ListWriter, checker: Suppression, path: Path
 ) -> None:
     assert not checker.active
     writer.add("r1", [entry("user_id", "u1")], temporary=False)

@@ -3,6 +3,7 @@ reaches the ``events`` topic exactly once, even when the stage dies before its c
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.stages._dedup import DedupIndex
+from clew.stages._dedup import DedupIndex, RedisDedupIndex
 from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
 
 RAW = "raw"
@@ -294,3 +295,47 @@ def test_bad_events_go_to_the_dlq_with_their_original_bytes_and_good_ones_go_on(
     assert dead[0]["event_name"] == "Zoë"
     assert all(d["source_id"] == "src_1" for d in dead)
     assert stage.counters["dlq_no_identity"] == stage.counters["dlq_protocol_violation"] == 1
+
+
+def _redis_dedup(url: str, prefix: str, window_ms: int = 60_000) -> RedisDedupIndex:
+    import redis
+
+    return RedisDedupIndex(redis.Redis.from_url(url), prefix, window_ms)
+
+
+def test_validate_workers_on_two_machines_share_redis_claims(
+    log: EmbeddedLog, redis_url: str
+) -> None:
+    """With the serving store in Redis, the claims are there too: a partition that moves to a
+    worker on another machine still drops what the first worker let through, and a replay
+    of the first worker's own record (same origin) still passes."""
+    prefix = f"dedup-{uuid.uuid4().hex}"
+    first_machine = _redis_dedup(redis_url, prefix)
+    second_machine = _redis_dedup(redis_url, prefix)
+    try:
+        ev = {"type": "track", "event": "Paid", "userId": "u", "messageId": "moved"}
+        append_request(log, {"batch": [ev, {**ev, "messageId": "only-once"}]})
+        run_once(log, ValidateStage(first_machine))
+        append_request(log, {"batch": [ev]})
+        stage = ValidateStage(second_machine)
+        assert run_once(log, stage) == 1
+        assert message_ids(log) == ["moved", "only-once"]
+        assert stage.counters["duplicates"] == 1
+        # Claims by another origin are duplicates; the same origin is a replay.
+        assert first_machine.claim([("y", "o1")], 0) == set()
+        assert second_machine.claim([("y", "o2"), ("x", "o"), ("x", "p")], 0) == {0, 2}
+        assert second_machine.claim([("x", "o"), ("y", "o1")], 0) == set()
+    finally:
+        first_machine.close()
+        second_machine.close()
+
+
+def test_redis_claims_expire_with_the_window(redis_url: str) -> None:
+    index = _redis_dedup(redis_url, f"dedup-{uuid.uuid4().hex}", window_ms=300)
+    try:
+        assert index.claim([("m", "a")], 0) == set()
+        assert index.claim([("m", "b")], 0) == {0}
+        time.sleep(0.5)
+        assert index.claim([("m", "b")], 0) == set(), "an expired claim no longer blocks"
+    finally:
+        index.close()

@@ -44,7 +44,12 @@ from clew.log.base import Log
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.privacy._salt import hash_normalised, load_salt
 from clew.privacy.requests import DELETING, PrivacyRequest, RequestStore
-from clew.privacy.suppression import RELOAD_S, SuppressedHash, SuppressionList
+from clew.privacy.suppression import (
+    RELOAD_S,
+    ListWriter,
+    SuppressedHash,
+    open_suppression_list,
+)
 from clew.store.base import ProfileStore
 
 logger = logging.getLogger(__name__)
@@ -122,7 +127,7 @@ class PrivacyRunner:
         log: Log,
         store: ProfileStore,
         requests: RequestStore | None = None,
-        suppressions: SuppressionList | None = None,
+        suppressions: ListWriter | None = None,
         settle_s: float | None = 30.0,
         stage_topics: dict[str, tuple[str, ...]] | None = None,
         operations: Operations | None = None,
@@ -132,7 +137,7 @@ class PrivacyRunner:
         self._store = store
         self._salt = load_salt(settings)
         self.requests = requests or RequestStore(settings.privacy_path, self._salt)
-        self.suppressions = suppressions or SuppressionList(settings.privacy_path)
+        self.suppressions = suppressions or open_suppression_list(settings)
         # What this runner opened itself, and so closes.
         self._owned: list[Callable[[], None]] = []
         if requests is None:

@@ -1,7 +1,9 @@
 """The suppression list: salted hashes of identifiers whose events Clew refuses to store.
 
-:class:`SuppressionList` writes the list (in ``privacy.db``); :class:`Suppression` answers
-"is this event suppressed?" from memory, for the collector and the validate stage. Every
+:class:`SuppressionList` writes the list (in ``privacy.db``; :class:`RedisSuppressionList` in
+Redis when the serving store is Redis, so that collectors and validate workers on every machine
+see one list); :class:`Suppression` answers "is this event suppressed?" from memory, for the
+collector and the validate stage. Every
 change to the list bumps a generation counter in the same transaction; a checker looks at the
 counter at most every :data:`RELOAD_S` seconds and reloads the hashes when it moved, so a
 suppression reaches every process within about half a second and no event costs a query.
@@ -19,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -59,6 +61,42 @@ class SuppressedHash:
 
     id_type: str
     hash: str
+
+
+class ListWriter(Protocol):
+    def add(self, request_id: str, hashes: Iterable[SuppressedHash], *, temporary: bool) -> int: ...
+
+    def lift_request(self, request_id: str) -> int: ...
+
+    def lift(self, hashes: Iterable[str]) -> int: ...
+
+    def contains(self, hash_: str) -> bool: ...
+
+    def counts(self) -> Counter[str]: ...
+
+    def close(self) -> None: ...
+
+
+class ListSource(Protocol):
+    """What a checker reads: the generation counter and every suppressed hash (hex)."""
+
+    def generation(self) -> int: ...
+
+    def hashes(self) -> Iterable[str]: ...
+
+    def close(self) -> None: ...
+
+
+def open_suppression_list(settings: Settings) -> ListWriter:
+    """The configured list's writer: Redis when ``store.backend = "redis"``, else
+    ``privacy.db``."""
+    from clew._redis_shared import shared_in_redis
+
+    if shared_in_redis(settings):
+        from clew.privacy._suppression_redis import RedisSuppressionList
+
+        return RedisSuppressionList.open(settings)
+    return SuppressionList(settings.privacy_path)
 
 
 class SuppressionList:
@@ -204,8 +242,8 @@ class Suppression:
     the fields identity extraction reads, and the answer for those fields is remembered until
     the list changes: a person's next events cost a lookup, a new person a few HMACs."""
 
-    def __init__(self, path: Path, salt: bytes, rules: IdentityRules) -> None:
-        self._conn = open_sqlite(path, SCHEMA)
+    def __init__(self, source: Path | ListSource, salt: bytes, rules: IdentityRules) -> None:
+        self._source = _SqliteSource(source) if isinstance(source, Path) else source
         self._salt = salt
         self._rules = rules
         self._table = rules.table()
@@ -218,7 +256,14 @@ class Suppression:
 
     @classmethod
     def open(cls, settings: Settings) -> Suppression:
-        return cls(settings.privacy_path, load_salt(settings), settings.identity.rules)
+        from clew._redis_shared import shared_in_redis
+
+        source: Path | ListSource = settings.privacy_path
+        if shared_in_redis(settings):
+            from clew.privacy._suppression_redis import RedisSuppressionList
+
+            source = RedisSuppressionList.open(settings)
+        return cls(source, load_salt(settings), settings.identity.rules)
 
     def refresh(self, force: bool = False) -> None:
         """Reload the list if it changed; looks at most every :data:`RELOAD_S` seconds unless
@@ -227,13 +272,10 @@ class Suppression:
         if not force and now - self._checked < RELOAD_S:
             return
         self._checked = now
-        (generation,) = self._conn.execute(
-            "SELECT value FROM suppression_generation WHERE id = 1"
-        ).fetchone()
+        generation = self._source.generation()
         if generation == self._generation:
             return
-        rows = self._conn.execute("SELECT DISTINCT hash FROM suppressed").fetchall()
-        self._hashes = frozenset(bytes.fromhex(r[0]) for r in rows)
+        self._hashes = frozenset(bytes.fromhex(h) for h in self._source.hashes())
         self._seen.clear()
         self._generation = generation
 
@@ -358,6 +400,23 @@ class Suppression:
             return _batch_context.decode(body).context
         except (msgspec.DecodeError, UnicodeDecodeError):
             return None
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class _SqliteSource:
+    def __init__(self, path: Path) -> None:
+        self._conn = open_sqlite(path, SCHEMA)
+
+    def generation(self) -> int:
+        (value,) = self._conn.execute(
+            "SELECT value FROM suppression_generation WHERE id = 1"
+        ).fetchone()
+        return int(value)
+
+    def hashes(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT hash FROM suppressed")]
 
     def close(self) -> None:
         self._conn.close()

@@ -1,4 +1,5 @@
-"""Exact deduplication by ``messageId`` over a time window, kept in ``state.db``.
+"""Exact deduplication by ``messageId`` over a time window, kept in ``state.db``, or in Redis
+when the serving store is Redis (validate workers on several machines then share the claims).
 
 A message id is *claimed* by the first place it was seen (its origin: raw partition, offset
 and index in the request). Seeing the same id again from the same origin is a replay of that
@@ -11,8 +12,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clew._sqlite import open_sqlite
+
+if TYPE_CHECKING:
+    from clew.config import Settings
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
@@ -24,6 +29,24 @@ CREATE INDEX IF NOT EXISTS dedup_seen_at ON dedup (seen_at);
 """
 
 _CHUNK = 400
+
+
+class Dedup(Protocol):
+    def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]: ...
+
+    def prune(self, older_than_ms: int) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_dedup(settings: Settings) -> Dedup:
+    """The configured index: Redis when ``store.backend = "redis"``, else ``state.db``."""
+    from clew._redis_shared import key, redis_client, shared_in_redis
+
+    if shared_in_redis(settings):
+        window_ms = int(settings.stages.dedup_window_hours * 3600_000)
+        return RedisDedupIndex(redis_client(settings), key(settings, "dedup"), window_ms)
+    return DedupIndex(settings.state_path)
 
 
 class DedupIndex:
@@ -76,3 +99,41 @@ class DedupIndex:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class RedisDedupIndex:
+    """Claims as Redis strings ``<prefix>:<message_id>`` holding the origin, expiring after the
+    window. One ``SET NX GET`` per id claims it and says who held it, in one round trip per
+    batch; each id is its own key, so on a Redis Cluster the claims spread over every shard.
+    """
+
+    def __init__(self, client: Any, prefix: str, window_ms: int) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._window_ms = max(1, window_ms)
+
+    def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]:
+        dupes: set[int] = set()
+        first: dict[str, str] = {}
+        for idx, (mid, origin) in enumerate(items):
+            owner = first.setdefault(mid, origin)
+            if owner != origin:
+                dupes.add(idx)
+        if not first:
+            return dupes
+        pipe = self._client.pipeline(transaction=False)
+        for mid, origin in first.items():
+            pipe.set(f"{self._prefix}:{mid}", origin, nx=True, get=True, px=self._window_ms)
+        held = dict(zip(first, pipe.execute(), strict=True))
+        for idx, (mid, origin) in enumerate(items):
+            before = held[mid]
+            if before is not None and before.decode() != origin:
+                dupes.add(idx)
+        return dupes
+
+    def prune(self, older_than_ms: int) -> int:
+        """Nothing to do: Redis expires each claim at the end of its window."""
+        return 0
+
+    def close(self) -> None:
+        self._client.close()

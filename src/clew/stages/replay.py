@@ -46,7 +46,7 @@ from clew.config import Settings
 from clew.events import EVENT_TYPES, Event, Rejection, normalise
 from clew.log.base import Log, Message, Position
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC
-from clew.stages._dedup import DedupIndex
+from clew.stages._dedup import Dedup, open_dedup
 from clew.stages.validate import Blocked, DeadLetter, apply_plan
 
 if TYPE_CHECKING:
@@ -669,7 +669,7 @@ def replay_dlq(
         report = ReplayReport(new_replay_id(), dry_run)
         if not dry_run:
             report.recovered = reconcile(ledger, log)
-        dedup = DedupIndex(settings.state_path)
+        dedup = open_dedup(settings)
         resources.append(dedup.close)
         plans = _Plans(settings)
         resources.append(plans.close)
@@ -725,7 +725,7 @@ def _replay_batch(
     report: ReplayReport,
     rows: list[DlqRow],
     plans: _Plans,
-    dedup: DedupIndex,
+    dedup: Dedup,
     ledger: ReplayLedger,
     log: Log,
     batch_id: str,

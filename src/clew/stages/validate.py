@@ -17,7 +17,7 @@ from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.stages._counters import CounterStore
-from clew.stages._dedup import DedupIndex
+from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
 from clew.stages.base import Stage
 
@@ -71,7 +71,7 @@ class ValidateStage(Stage):
 
     def __init__(
         self,
-        dedup: DedupIndex,
+        dedup: Dedup,
         dedup_window_hours: float = 24.0,
         counter_store: CounterStore | None = None,
         plans: PlanCache | None = None,

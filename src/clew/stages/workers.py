@@ -60,11 +60,11 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         from clew.privacy.pii import PiiPolicy
         from clew.privacy.suppression import Suppression
         from clew.stages._counters import CounterStore
-        from clew.stages._dedup import DedupIndex
+        from clew.stages._dedup import open_dedup
         from clew.stages._plans import PlanCache
         from clew.stages.validate import ValidateStage
 
-        dedup = DedupIndex(settings.state_path)
+        dedup = open_dedup(settings)
         counters = CounterStore(settings.state_path)
         plans = PlanCache(settings.registry_path, settings.meta_path)
         suppression = Suppression.open(settings)

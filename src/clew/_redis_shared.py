@@ -1,0 +1,36 @@
+"""A plain Redis client for the state that processes on several machines must share besides
+the serving store: the validate stage's deduplication claims and the suppression list.
+
+Used when ``store.backend = "redis"``: the deployment then has a Redis every machine reaches,
+so these live there too, under the store's key prefix (``<prefix>:dedup:...``,
+``<prefix>:{supp}:...``), instead of in SQLite files of one machine's data directory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clew.config import Settings
+
+
+def shared_in_redis(settings: Settings) -> bool:
+    """Whether shared state lives in Redis (the serving store is Redis)."""
+    return settings.store.backend == "redis"
+
+
+def redis_client(settings: Settings) -> Any:
+    """A redis-py client for ``settings.store.redis_url`` (bytes replies). redis-py is an
+    optional extra: without it, ``ImportError`` names the extra to install."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+        raise ImportError(
+            "store.backend = 'redis' needs the Redis driver: pip install 'clew[redis]'"
+        ) from exc
+    return redis.Redis.from_url(settings.store.redis_url, socket_timeout=10)
+
+
+def key(settings: Settings, *parts: str) -> str:
+    """A key under the store's prefix."""
+    return ":".join((settings.store.redis_prefix, *parts))
