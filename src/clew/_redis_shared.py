@@ -20,7 +20,8 @@ def shared_in_redis(settings: Settings) -> bool:
 
 
 def redis_client(settings: Settings) -> Any:
-    """A redis-py client for ``settings.store.redis_url`` (bytes replies). redis-py is an
+    """A redis-py client for ``settings.store.redis_url`` (bytes replies): a cluster client
+    with ``store.redis_cluster``, which routes each key to its slot's primary. redis-py is an
     optional extra: without it, ``ImportError`` names the extra to install."""
     try:
         import redis
@@ -28,7 +29,12 @@ def redis_client(settings: Settings) -> Any:
         raise ImportError(
             "store.backend = 'redis' needs the Redis driver: pip install 'clew[redis]'"
         ) from exc
-    return redis.Redis.from_url(settings.store.redis_url, socket_timeout=10)
+    config = settings.store
+    if config.redis_cluster:
+        from clew.store._redis_route import cluster_client
+
+        return cluster_client(config.redis_url, config.redis_cluster_nodes)()
+    return redis.Redis.from_url(config.redis_url, socket_timeout=10)
 
 
 def key(settings: Settings, *parts: str) -> str:

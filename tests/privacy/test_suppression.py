@@ -53,15 +53,25 @@ _prefixes = iter(range(1_000_000))
 def _redis_list(url: str, prefix: str) -> RedisSuppressionList:
     import redis
 
+    from clew.store._redis_route import cluster_client
+
+    cluster = url.startswith("cluster+")
+    if cluster:
+        return RedisSuppressionList(cluster_client(url.removeprefix("cluster+"), [])(), prefix)
     return RedisSuppressionList(redis.Redis.from_url(url), prefix)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """``(backend, where)``: a file path, or a Redis URL and a fresh key prefix."""
+    """``(backend, where)``: a file path, or a Redis URL (``cluster+`` in front for a
+    Redis Cluster) and a fresh key prefix."""
     if request.param == "sqlite":
         return ("sqlite", str(request.getfixturevalue("path")))
-    return ("redis", f"{request.getfixturevalue('redis_url')} supp-test-{next(_prefixes)}")
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = "cluster+" + request.getfixturevalue("redis_cluster_service").url
+    return ("redis", f"{url} supp-test-{next(_prefixes)}")
 
 
 def _open_writer(backend: tuple[str, str]) -> ListWriter:

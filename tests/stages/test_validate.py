@@ -300,18 +300,31 @@ def test_bad_events_go_to_the_dlq_with_their_original_bytes_and_good_ones_go_on(
 def _redis_dedup(url: str, prefix: str, window_ms: int = 60_000) -> RedisDedupIndex:
     import redis
 
-    return RedisDedupIndex(redis.Redis.from_url(url), prefix, window_ms)
+    from clew.store._redis_route import cluster_client
+
+    if url.startswith("cluster+"):
+        client = cluster_client(url.removeprefix("cluster+"), [])()
+    else:
+        client = redis.Redis.from_url(url)
+    return RedisDedupIndex(client, prefix, window_ms)
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return "cluster+" + request.getfixturevalue("redis_cluster_service").url
 
 
 def test_validate_workers_on_two_machines_share_redis_claims(
-    log: EmbeddedLog, redis_url: str
+    log: EmbeddedLog, shared_redis: str
 ) -> None:
     """With the serving store in Redis, the claims are there too: a partition that moves to a
     worker on another machine still drops what the first worker let through, and a replay
     of the first worker's own record (same origin) still passes."""
     prefix = f"dedup-{uuid.uuid4().hex}"
-    first_machine = _redis_dedup(redis_url, prefix)
-    second_machine = _redis_dedup(redis_url, prefix)
+    first_machine = _redis_dedup(shared_redis, prefix)
+    second_machine = _redis_dedup(shared_redis, prefix)
     try:
         ev = {"type": "track", "event": "Paid", "userId": "u", "messageId": "moved"}
         append_request(log, {"batch": [ev, {**ev, "messageId": "only-once"}]})
@@ -330,8 +343,8 @@ def test_validate_workers_on_two_machines_share_redis_claims(
         second_machine.close()
 
 
-def test_redis_claims_expire_with_the_window(redis_url: str) -> None:
-    index = _redis_dedup(redis_url, f"dedup-{uuid.uuid4().hex}", window_ms=300)
+def test_redis_claims_expire_with_the_window(shared_redis: str) -> None:
+    index = _redis_dedup(shared_redis, f"dedup-{uuid.uuid4().hex}", window_ms=300)
     try:
         assert index.claim([("m", "a")], 0) == set()
         assert index.claim([("m", "b")], 0) == {0}

@@ -6,6 +6,9 @@ Every test uses unique profile ids and identity values, so a shared server works
 Redis server, which the whole session shares, each test also has its own key prefix.
 Handles are closed at teardown even when a test closed them already, so ``close`` must be
 safe to call twice.
+
+``redis-cluster`` (a real 3-primary Redis Cluster, one per session, the store in cluster mode)
+is not in ``BACKENDS``: ``test_contract_cluster.py`` runs the contract suite against it alone.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
     keeper = MemoryProfileStore()
     prefix = f"test-{uuid.uuid4().hex}"
     url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_service").url
 
     def open_() -> ProfileStore:
         if request.param == "sqlite":
@@ -42,6 +47,10 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
             from clew.store import RedisProfileStore
 
             handle = RedisProfileStore(url, prefix=prefix)
+        elif request.param == "redis-cluster":
+            from clew.store import RedisProfileStore
+
+            handle = RedisProfileStore(url, prefix=prefix, cluster=True)
         else:
             raise AssertionError(f"unknown store backend {request.param!r}")
         handles.append(handle)

@@ -6,7 +6,11 @@ generation bump are one ``MULTI``/``EXEC``::
     <prefix>:{supp}:entries  hash    JSON [hash, request_id] -> JSON [id_type, temporary, at]
     <prefix>:{supp}:gen       string bumped by every change; checkers reload when it moves
 
-Lists are small (one entry per suppressed identifier), so reads take the whole hash.
+Lists are small (one entry per suppressed identifier), so reads take the whole hash. Changes
+are Lua scripts on those two keys (one slot, so they run on a Redis Cluster too): an entry
+set or removed and the generation bumped at once. A removal deletes the entries chosen from a
+read just before it; an entry a request adds in between stays (requests add their entries
+once, when they start).
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ _value = msgspec.json.Decoder(tuple[str, int, float])
 
 _Entries = dict[tuple[str, str], tuple[str, int, float]]
 
+# KEYS: entries, generation. ARGV: field, value, field, value, ... Returns entries added.
+_ADD = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  added = added + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if added > 0 then redis.call('INCR', KEYS[2]) end
+return added
+"""
+# KEYS: entries, generation. ARGV: fields. Returns entries removed.
+_REMOVE = """
+local removed = redis.call('HDEL', KEYS[1], unpack(ARGV))
+if removed > 0 then redis.call('INCR', KEYS[2]) end
+return removed
+"""
+
 
 class RedisSuppressionList:
     """Writer and checker source at once; thread-safe (redis-py pools connections)."""
@@ -38,6 +58,8 @@ class RedisSuppressionList:
         self._client = client
         self._entries = f"{prefix}:{{supp}}:entries"
         self._gen = f"{prefix}:{{supp}}:gen"
+        self._add = client.register_script(_ADD)
+        self._remove_fields = client.register_script(_REMOVE)
 
     @classmethod
     def open(cls, settings: Settings) -> RedisSuppressionList:
@@ -52,11 +74,8 @@ class RedisSuppressionList:
         }
         if not fields:
             return 0
-        pipe = self._client.pipeline(transaction=True)
-        for field, value in fields.items():
-            pipe.hsetnx(self._entries, field, value)
-        pipe.incr(self._gen)
-        return sum(pipe.execute()[:-1])
+        args = [part for pair in fields.items() for part in pair]
+        return int(self._add(keys=[self._entries, self._gen], args=args))
 
     def lift_request(self, request_id: str) -> int:
         return self._remove(lambda entries: [k for k in entries if k[1] == request_id])
@@ -73,23 +92,11 @@ class RedisSuppressionList:
         return self._remove(chosen) if wanted else 0
 
     def _remove(self, chosen: Callable[[_Entries], list[tuple[str, str]]]) -> int:
-        import redis
-
-        with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(self._entries)
-                    doomed = chosen(_decode(pipe.hgetall(self._entries)))
-                    if not doomed:
-                        pipe.unwatch()
-                        return 0
-                    pipe.multi()
-                    pipe.hdel(self._entries, *(_encode(k) for k in doomed))
-                    pipe.incr(self._gen)
-                    removed, _ = pipe.execute()
-                    return int(removed)
-                except redis.WatchError:
-                    continue
+        doomed = chosen(_decode(self._client.hgetall(self._entries)))
+        if not doomed:
+            return 0
+        args = [_encode(k) for k in doomed]
+        return int(self._remove_fields(keys=[self._entries, self._gen], args=args))
 
     def contains(self, hash_: str) -> bool:
         return any(h == hash_ for h, _ in self._fields())

@@ -17,6 +17,12 @@ Every key starts with the store's prefix. What belongs to one profile id shares 
     <prefix>:{q:<group>}:seq    string the last outbox seq handed out in the group
     <prefix>:{q:<group>}:outbox zset   unacknowledged payloads: member (seq, payload), score seq
 
+In cluster mode (``Keys(prefix, cluster=True)``) the prefix itself is written in braces,
+``{<prefix>}:{p:<id>}:node`` and so on: Redis hashes only the first braced part of a key, so
+every key of the store is in the one slot of ``{<prefix>}`` and each transaction stays on one
+node; the inner braces then only keep the names apart. Without cluster mode the names are
+exactly as above.
+
 Fields of a node: ``first``, ``last`` (ms), ``traits``, ``computed`` (JSON) while the id is a
 live profile (``first`` present means live); ``i:<identity>`` -> provenance for each of its
 identities; ``r:<from_id>`` -> redirect for each redirect pointing directly to it; ``to`` ->
@@ -49,15 +55,19 @@ _msgpack = msgspec.msgpack.Encoder()
 
 class Keys:
     """The names of a store's keys under ``prefix`` (which must not contain braces: they
-    delimit Redis Cluster hash tags)."""
+    delimit Redis Cluster hash tags); with ``cluster``, all in the slot of ``{prefix}``."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, cluster: bool = False) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise StoreError(
                 f"the Redis key prefix {prefix!r} must be non-empty and free of braces "
                 "(they delimit Redis Cluster hash tags); pick another prefix"
             )
+        if cluster:
+            prefix = f"{{{prefix}}}"
         self._p = prefix
+        # Any key of the store: in cluster mode, its slot is every key's slot.
+        self.anchor = f"{prefix}:{{g}}:seq"
         self.sequence = f"{prefix}:{{g}}:seq"
         self.profiles = f"{prefix}:{{g}}:profiles"
         self.separations = f"{prefix}:{{g}}:separations"

@@ -16,6 +16,11 @@ applying each to the local copy too, so that later reads in the transaction see 
   ``WATCH`` and no commit round trip.
 
 A savepoint is a cheap copy of the local state (values are replaced, never mutated).
+
+On Redis Cluster a key may answer ``MOVED``, ``ASK``, ``TRYAGAIN`` or ``CLUSTERDOWN`` (its
+slot moved, is moving, or has no reachable primary). Any such reply raises
+:class:`Redirected`: a read was not done, and a ``MULTI``/``EXEC`` holding one is aborted by
+Redis whole (``EXECABORT``), so nothing of the transaction was written and it can run again.
 """
 
 from __future__ import annotations
@@ -23,8 +28,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from clew.store.base import StoreError
@@ -59,12 +70,29 @@ class Conflict(Exception):
     """A key this transaction read changed before it could commit; nothing was written."""
 
 
+class Redirected(Exception):
+    """Redis Cluster redirected a command of this transaction (``error``: a ``MovedError``,
+    ``AskError``, ``TryAgainError`` or ``ClusterDownError``); nothing was written."""
+
+    def __init__(self, error: RedisError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# Replies meaning "not here, not now" on Redis Cluster (MovedError is an AskError).
+_REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+# The text of Redis Cluster's CROSSSLOT error (the driver drops the code itself).
+_CROSS_SLOT = "hash to the same slot"
+
+
 class Tx:
     """Reads and buffered writes of one transaction; see the module docstring. Not
     thread-safe: one thread uses a transaction at a time."""
 
-    def __init__(self, conn: Connection, *, snapshot: bool) -> None:
+    def __init__(self, conn: Connection, *, snapshot: bool, pool: Any = None) -> None:
         self.conn = conn
+        # Where the connection goes back to when the transaction ends.
+        self.pool = pool
         self._snapshot = snapshot
         self._strs: dict[str, bytes | None] = {}
         self._hashes: dict[str, dict[bytes, bytes]] = {}
@@ -97,8 +125,9 @@ class Tx:
             values = values[len(before) :]
             self._read = [*before, *new]
         else:
-            replies = self._roundtrip([("WATCH", *(k for k, _ in new)), *reads])
+            # Set first: if a read is redirected, the watches still go at release.
             self.watching = True
+            replies = self._roundtrip([("WATCH", *(k for k, _ in new)), *reads])
             values = replies[1:]
         for (key, kind), raw in zip(new, values, strict=True):
             self._store(key, kind, _parse(kind, raw))
@@ -297,6 +326,15 @@ class Tx:
         except BaseException:
             self.broken = True
             raise
+        for reply in replies:
+            if isinstance(reply, _REDIRECTS):
+                raise Redirected(reply)
+            if isinstance(reply, ResponseError) and _CROSS_SLOT in str(reply):
+                raise StoreError(
+                    f"Redis refused a transaction across slots ({reply}): the server is a "
+                    "Redis Cluster node; set `redis_cluster = true` in [store] (or pass "
+                    "cluster=True) to use a cluster"
+                )
         if raising:
             for reply in replies:
                 if isinstance(reply, ResponseError):

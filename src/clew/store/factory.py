@@ -14,7 +14,8 @@ def open_store(settings: Settings) -> ProfileStore:
     """A new handle on the configured serving store; the caller closes it.
 
     ``sqlite`` opens (and creates) ``settings.profiles_path``; ``redis`` connects to
-    ``settings.store.redis_url`` with the configured key prefix on first use, so an
+    ``settings.store.redis_url`` (a Redis Cluster with ``redis_cluster``, discovered from it
+    and ``redis_cluster_nodes``) with the configured key prefix on first use, so an
     unreachable server surfaces as :class:`~clew.store.redis.RedisUnavailableError` from the
     first call, not here. Choosing ``redis`` without the driver raises ``ImportError`` naming
     the extra to install (``pip install 'clew[redis]'``)."""
@@ -24,7 +25,13 @@ def open_store(settings: Settings) -> ProfileStore:
         # Imported here: redis-py is an optional extra.
         from clew.store.redis import RedisProfileStore
 
-        return RedisProfileStore(config.redis_url, prefix=config.redis_prefix, history=history)
+        return RedisProfileStore(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            history=history,
+            cluster=config.redis_cluster,
+            startup_nodes=config.redis_cluster_nodes,
+        )
     from clew.store.sqlite import SQLiteProfileStore
 
     return SQLiteProfileStore(settings.profiles_path, history=history)

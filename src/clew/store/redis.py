@@ -17,9 +17,13 @@ of it is written (a stage re-polls its batch and tries again).
 Timers and outboxes follow the same rules; what they watch, and why blocks putting to one
 outbox group conflict, is in ``clew.store._redis_timers``.
 
-A single Redis primary serves every key (with replicas or Sentinel for failover): one
-``MULTI``/``EXEC`` may span profiles. The keys carry Redis Cluster hash tags, but a Cluster
-client is refused, because Cluster rejects cross-slot transactions (docs/scale-out.md).
+One Redis primary serves every key of a store (with replicas or Sentinel for failover), so
+one ``MULTI``/``EXEC`` may span profiles. On Redis Cluster (``cluster=True`` or a
+``RedisCluster`` client) every key name carries the hash tag ``{<prefix>}``, so the whole
+store is one slot, on one primary of the cluster, and the transactions stay what they are on
+a single server; other stores (other prefixes) live on other slots and primaries. How
+connections follow the slot when it moves: ``clew.store._redis_route``; what Cluster gives and
+what it does not: docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar
 
 try:
     import redis as redis_py
@@ -54,7 +58,14 @@ from clew.store._redis_keys import (
     offset_field,
     separation_field,
 )
-from clew.store._redis_tx import Conflict, RedisConflictError, RedisUnavailableError, Tx
+from clew.store._redis_route import ClusterRoute, NodeRoute, Route, cluster_client
+from clew.store._redis_tx import (
+    Conflict,
+    Redirected,
+    RedisConflictError,
+    RedisUnavailableError,
+    Tx,
+)
 from clew.store.base import (
     Profile,
     ProfileStore,
@@ -62,7 +73,6 @@ from clew.store.base import (
     Separation,
     StoreClosedError,
     StoredEvent,
-    StoreError,
     Traits,
     TraitsMerge,
     TraitsUpdate,
@@ -71,7 +81,7 @@ from clew.store.base import (
 )
 
 if TYPE_CHECKING:
-    from redis.connection import Connection
+    from redis.exceptions import RedisError
 
 __all__ = ["RedisConflictError", "RedisProfileStore", "RedisUnavailableError"]
 
@@ -83,32 +93,50 @@ _ATTEMPTS = 200
 _BACKOFF_S = 0.02
 # Profile ids read per round trip by scan.
 _SCAN_BATCH = 500
+# How long one operation keeps trying while Redis Cluster redirects it (the store's slot is
+# moving to another node, or a replica is taking over a failed primary), and the pause
+# between tries once the slot map has been reloaded.
+_REDIRECT_S = 10.0
+_REDIRECT_PAUSE_S = 0.05
 
 
 class RedisProfileStore(ProfileStore):
     """A :class:`ProfileStore` on a Redis server: ``redis`` is a URL (``redis://host:6379/0``;
     the store owns the client it makes and closes it) or a ``redis.Redis`` client (borrowed:
     :meth:`close` leaves it open). Keys start with ``prefix``; stores with different prefixes
-    share a server without seeing each other. Safe to use from several threads."""
+    share a server without seeing each other. Safe to use from several threads.
+
+    On Redis Cluster, pass ``cluster=True`` with the URL of any node (``startup_nodes``: more
+    ``host:port`` to discover the cluster from, if that one is down), or a borrowed
+    ``redis.RedisCluster`` client. Cluster mode puts ``{<prefix>}`` in every key name (see
+    ``clew.store._redis_keys``), so a store written without it is not read with it; the
+    cluster client connects at the first call, like the single-server one."""
 
     def __init__(
-        self, redis: str | redis_py.Redis, *, prefix: str = "clew", history: int = 100
+        self,
+        redis: str | redis_py.Redis | redis_py.RedisCluster,
+        *,
+        prefix: str = "clew",
+        history: int = 100,
+        cluster: bool = False,
+        startup_nodes: Sequence[str] = (),
     ) -> None:
-        self._keys = Keys(prefix)
+        cluster = cluster or isinstance(redis, redis_py.RedisCluster)
+        self._keys = Keys(prefix, cluster=cluster)
+        self._route: Route
         if isinstance(redis, redis_py.RedisCluster):
-            raise StoreError(
-                "RedisProfileStore needs one Redis primary (optionally with replicas or "
-                "Sentinel), not a Redis Cluster client: Cluster rejects the store's "
-                "cross-slot transactions; see docs/scale-out.md"
-            )
-        if isinstance(redis, str):
-            self._client = redis_py.Redis.from_url(redis)
-            self._owned = True
+            self._route = ClusterRoute(redis, self._keys.anchor)
+        elif isinstance(redis, str) and cluster:
+            self._route = ClusterRoute(cluster_client(redis, startup_nodes), self._keys.anchor)
+        elif isinstance(redis, str):
+            self._route = NodeRoute(redis_py.Redis.from_url(redis), owned=True)
         elif isinstance(redis, redis_py.Redis):
-            self._client, self._owned = redis, False
+            # With cluster=True, the cluster's key names on one server.
+            self._route = NodeRoute(redis, owned=False)
         else:
-            raise TypeError(f"expected a Redis URL or a redis.Redis client, got {redis!r}")
-        self._pool = self._client.connection_pool
+            raise TypeError(
+                f"expected a Redis URL, a redis.Redis or a redis.RedisCluster client, got {redis!r}"
+            )
         self._local = threading.local()
         self._closed = False
         self.history = history
@@ -120,21 +148,25 @@ class RedisProfileStore(ProfileStore):
             raise StoreClosedError("the profile store is closed")
 
     def _begin(self, *, snapshot: bool) -> Tx:
-        try:
-            conn = self._pool.get_connection()
-        except (redis_py.ConnectionError, redis_py.TimeoutError, OSError) as exc:
-            raise RedisUnavailableError(
-                f"cannot connect to Redis ({exc}); check that it is running and reachable"
-            ) from exc
-        return Tx(conn, snapshot=snapshot)
+        conn, pool = self._route.connect()
+        return Tx(conn, snapshot=snapshot, pool=pool)
 
     def _end(self, tx: Tx) -> None:
         try:
             tx.release()
         finally:
-            if tx.broken:
-                tx.conn.disconnect()
-            self._pool.release(cast("Connection", tx.conn))
+            self._route.release(tx.conn, tx.pool, broken=tx.broken)
+
+    def _redirected(self, error: RedisError, since: float) -> None:
+        """Reload the slot map after a cluster redirection, then pause before the next try;
+        raises :class:`RedisUnavailableError` once the redirections have lasted too long."""
+        self._route.redirected(error)
+        if time.monotonic() - since > _REDIRECT_S:
+            raise RedisUnavailableError(
+                f"Redis Cluster kept redirecting the store for {_REDIRECT_S:.0f} s (last: "
+                f"{error}); its slot is being moved or its primary failed over: retry later"
+            ) from error
+        time.sleep(_REDIRECT_PAUSE_S)
 
     def _block(self) -> Tx | None:
         block: Tx | None = getattr(self._local, "tx", None)
@@ -153,17 +185,28 @@ class RedisProfileStore(ProfileStore):
                 block.restore(savepoint)
                 raise
         snapshot = not write and not bulk
-        for attempt in range(_ATTEMPTS):
+        redirected_since: float | None = None
+        attempt = 0
+        while attempt < _ATTEMPTS:
             tx = self._begin(snapshot=snapshot)
+            redirect: RedisError | None = None
             try:
                 result = op(tx)
                 tx.commit()
                 return result
             except Conflict:
                 pass
+            except Redirected as exc:
+                redirect = exc.error
             finally:
                 self._end(tx)
+            if redirect is not None:
+                # Not a conflict: the slot is elsewhere; runs until _REDIRECT_S is over.
+                redirected_since = redirected_since or time.monotonic()
+                self._redirected(redirect, redirected_since)
+                continue
             time.sleep(random.uniform(0, min(_BACKOFF_S, 0.0002 * 2**attempt)))
+            attempt += 1
         raise RedisConflictError(
             f"gave up after {_ATTEMPTS} attempts: other writers kept changing the same "
             "profiles; retry later"
@@ -193,6 +236,12 @@ class RedisProfileStore(ProfileStore):
             raise RedisConflictError(
                 "another writer changed data this transaction block read, so none of the "
                 "block was written; run the block again"
+            ) from None
+        except Redirected as exc:
+            self._route.redirected(exc.error)
+            raise RedisConflictError(
+                f"Redis Cluster redirected the block ({exc.error}): the store's slot moved or "
+                "is moving, so none of the block was written; run the block again"
             ) from None
         finally:
             self._end(tx)
@@ -495,8 +544,7 @@ class RedisProfileStore(ProfileStore):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._owned:
-                self._client.close()
+            self._route.close()
 
 
 def _within(time_ms: int, since_ms: int | None, until_ms: int | None) -> bool:
