@@ -239,7 +239,8 @@ def sql(
         raise fail("--format must be table, json or csv", 2)
     settings = settings_from(config, data_dir=data_dir)
     try:
-        result = Lake(settings.lake_path, settings.cold_path).sql(query, include_cold=include_cold)
+        lake = Lake(settings.lake_location, settings.cold_location)
+        result = lake.sql(query, include_cold=include_cold)
     except QueryError as e:
         raise fail(str(e)) from None
     if format == "json":

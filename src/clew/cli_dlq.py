@@ -84,7 +84,7 @@ class _Context:
         from clew.stages.replay import DlqSnapshot
 
         if self._snapshot is None:
-            self._snapshot = DlqSnapshot(self.settings.lake_path, self.ledger)
+            self._snapshot = DlqSnapshot(self.settings.lake_location, self.ledger)
         return self._snapshot
 
     def close(self) -> None:

@@ -160,7 +160,7 @@ def status(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile
         )
     console.print(table)
     console.print(
-        f"warm: {settings.lake_path} (younger than {settings.lifecycle.warm_days:g} days)\n"
-        f"cold: {settings.cold_path}",
+        f"warm: {settings.lake_location} (younger than {settings.lifecycle.warm_days:g} days)\n"
+        f"cold: {settings.cold_location}",
         highlight=False,
     )

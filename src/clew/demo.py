@@ -461,7 +461,7 @@ def _push_example_plan(settings: Settings, console: Console) -> None:
 def _run(
     settings: Settings, console: Console, users: int, seed: int, url: str, write_key: str
 ) -> DemoResult:
-    lake = Lake(settings.lake_path)
+    lake = Lake(settings.lake_location)
     before = _count(lake, "true")
     _push_example_plan(settings, console)
     run_id = secrets.token_hex(4)

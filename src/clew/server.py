@@ -65,7 +65,7 @@ class Clew:
         self.log = open_log(settings)
         self.catalog = Catalog(settings.meta_path)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
-        self.lake = Lake(settings.lake_path, settings.cold_path)
+        self.lake = Lake(settings.lake_location, settings.cold_location)
         self.lifecycle = LifecycleScheduler(settings, self.log)
         self._counters = CounterStore(settings.state_path)
         self.runners: list[StageRunner] = []

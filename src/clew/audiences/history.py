@@ -13,16 +13,20 @@ from pathlib import Path
 from clew.audiences.engine import Engine
 from clew.events import Event
 from clew.identity._lake_events import events_to_replay, read_lake_types
+from clew.lake._storage import LakeLocation
 from clew.log.base import Log
 from clew.log.factory import EVENTS_TOPIC
 
 
 class LakeHistory:
-    """Reads the lake at ``lake_path`` and its cold tier at ``cold_path``; ``open_log`` opens
-    the log (only when needed)."""
+    """Reads the lake at ``lake_path`` and its cold tier at ``cold_path`` (directories or
+    object storage); ``open_log`` opens the log (only when needed)."""
 
     def __init__(
-        self, lake_path: Path, open_log: Callable[[], Log], cold_path: Path | None = None
+        self,
+        lake_path: Path | LakeLocation,
+        open_log: Callable[[], Log],
+        cold_path: Path | LakeLocation | None = None,
     ) -> None:
         self._lake_path = lake_path
         self._cold_path = cold_path

@@ -21,6 +21,7 @@ import msgspec
 
 from clew.events import Event, format_time, parse_time
 from clew.identity.identifiers import ANONYMOUS_ID, PHONE, USER_ID, Identifier
+from clew.lake._storage import LakeLocation, as_location
 from clew.log.base import Log
 from clew.log.factory import EVENTS_TOPIC
 
@@ -37,9 +38,10 @@ SELECT message_id, type, event, name, category, user_id, anonymous_id, group_id,
        epoch_ms(received_at), source_id, context, properties, traits, integrations
 FROM (
     SELECT *, lower(concat_ws(' ', traits, context, properties)) AS _json
-    FROM read_parquet($files, hive_partitioning = true, union_by_name = true)
+    FROM {source}
 )
 """
+_FILES = "read_parquet($files, hive_partitioning = true, union_by_name = true)"
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,10 +130,10 @@ def _where(identifiers: Collection[Identifier]) -> tuple[str, dict[str, Any]]:
 
 
 def read_lake(
-    lake_path: Path,
+    lake_path: Path | LakeLocation,
     partitions: Iterable[int],
     identifiers: Collection[Identifier],
-    cold_path: Path | None = None,
+    cold_path: Path | LakeLocation | None = None,
 ) -> LakeSnapshot:
     """The events of the lake's current ``events`` snapshot (and of the cold tier's, when
     ``cold_path`` is given) that may carry ``identifiers``, and the log offsets the warm
@@ -143,10 +145,10 @@ def read_lake(
 
 
 def read_lake_types(
-    lake_path: Path,
+    lake_path: Path | LakeLocation,
     partitions: Iterable[int],
     types: Collection[str],
-    cold_path: Path | None = None,
+    cold_path: Path | LakeLocation | None = None,
 ) -> LakeSnapshot:
     """Every event of the given types in the lake's current ``events`` snapshot, warm and
     cold (a backfill's history), with the log offsets the warm snapshot covers."""
@@ -157,38 +159,48 @@ def read_lake_types(
 
 
 def _snapshot(
-    lake_path: Path,
+    lake_path: Path | LakeLocation,
     partitions: Iterable[int],
     filter_: tuple[str, dict[str, Any]] | None,
-    cold_path: Path | None = None,
+    cold_path: Path | LakeLocation | None = None,
 ) -> LakeSnapshot:
     import duckdb
-    from deltalake import DeltaTable
 
     from clew.lake.tables import EVENTS
     from clew.stages.lake_sink import app_id
 
-    path = str(lake_path / EVENTS.name)
     offsets = dict.fromkeys(partitions, -1)
-    if not DeltaTable.is_deltatable(path):
+    table = as_location(lake_path).table(EVENTS.name).open_if_exists()
+    if table is None:
         return LakeSnapshot([], offsets)
-    table = DeltaTable(path)
     for p in offsets:
         version = table.transaction_version(app_id(EVENTS_TOPIC, p))
         offsets[p] = -1 if version is None else version
-    files = table.file_uris()
     # Cold rows were moved out of the warm table, which had applied them: they are history
     # the warm offsets already cover.
-    cold = str(cold_path / EVENTS.name) if cold_path is not None else None
-    if cold is not None and DeltaTable.is_deltatable(cold):
-        files += DeltaTable(cold).file_uris()
-    if not files or filter_ is None:
+    cold = None
+    if cold_path is not None:
+        cold = as_location(cold_path).table(EVENTS.name).open_if_exists()
+    tables = [table] if cold is None else [table, cold]
+    files = [f for t in tables for f in t.file_uris()]
+    if filter_ is None or not files:
         return LakeSnapshot([], offsets)
     where, params = filter_
     conn = duckdb.connect(":memory:")
     try:
         conn.execute("SET TimeZone = 'UTC'")
-        rows = conn.execute(f"{_SELECT} WHERE {where}", {"files": files, **params}).fetchall()
+        args: dict[str, Any] = {}
+        if all(t.table_uri.startswith("file:") for t in tables):
+            source, args = _FILES, {"files": files}
+        else:
+            # Object storage: the snapshots as pyarrow datasets, read through deltalake.
+            names = []
+            for i, t in enumerate(tables):
+                names.append(f"_events_{i}")
+                conn.register(names[-1], t.to_pyarrow_dataset())
+            source = "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {n}" for n in names) + ")"
+        query = _SELECT.format(source=source) + f" WHERE {where}"
+        rows = conn.execute(query, {**args, **params}).fetchall()
     finally:
         conn.close()
     # A row moved between tiers while the two snapshots were read shows up in both.

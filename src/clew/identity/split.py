@@ -265,8 +265,8 @@ class _Splitter:
     ) -> None:
         self.identity: IdentitySettings = settings.identity
         self.rules = settings.identity.rules
-        self.lake_path = settings.lake_path
-        self.cold_path = settings.cold_path
+        self.lake_path = settings.lake_location
+        self.cold_path = settings.cold_location
         self.store = store
         self.log = log
         self.clock = clock

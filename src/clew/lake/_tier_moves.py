@@ -49,6 +49,7 @@ from deltalake import (
 )
 from deltalake.exceptions import CommitFailedError
 
+from clew.lake._storage import TableLocation
 from clew.lake.tables import TableDef
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ def app_id(table: TableDef, day: date) -> str:
     return f"clew-tier:{table.name}:{day.isoformat()}"
 
 
-def open_table(path: str) -> DeltaTable | None:
-    return DeltaTable(path) if DeltaTable.is_deltatable(path) else None
+def open_table(path: TableLocation) -> DeltaTable | None:
+    return path.open_if_exists()
 
 
 def partition_stats(dt: DeltaTable | None, column: str) -> dict[date | None, PartitionStat]:
@@ -123,8 +124,8 @@ def _batches(days: Sequence[date], stats: dict[date | None, PartitionStat]) -> I
 
 def move_partitions(
     table: TableDef,
-    warm_path: str,
-    cold_path: str,
+    warm_path: TableLocation,
+    cold_path: TableLocation,
     days: Sequence[date],
     stats: dict[date | None, PartitionStat],
     on_moved: Callable[[date, int], None],
@@ -153,11 +154,11 @@ def move_partitions(
 
 
 def _move(
-    table: TableDef, warm_path: str, cold_path: str, days: Sequence[date]
+    table: TableDef, warm_path: TableLocation, cold_path: TableLocation, days: Sequence[date]
 ) -> dict[date, int] | None:
     """One move of ``days`` (see the module docstring); the rows moved per day, or ``None``
     when the warm table changed under it and nothing was deleted from it."""
-    warm = DeltaTable(warm_path)
+    warm = warm_path.open()
     version = warm.version()
     stats = partition_stats(warm, table.partition_by)
     present = [d for d in days if d in stats]
@@ -175,8 +176,9 @@ def _move(
     txns = [Transaction(app_id(table, d), version) for d in present]
     metadata = {"clew.operation": "tier-move", "clew.warm_version": str(version)}
     write_deltalake(
-        cold if cold is not None else cold_path,
-        _rows(table, warm, cold, present, unfinished),
+        cold if cold is not None else cold_path.uri,
+        _rows(table, (warm, warm_path), (cold, cold_path), present, unfinished),
+        storage_options=None if cold is not None else cold_path.storage_options,
         mode="append",
         partition_by=[table.partition_by],
         schema_mode="merge",
@@ -208,35 +210,38 @@ def _unfinished(table: TableDef, warm: DeltaTable, cold: DeltaTable, day: date) 
 
 def _rows(
     table: TableDef,
-    warm: DeltaTable,
-    cold: DeltaTable | None,
+    warm: tuple[DeltaTable, TableLocation],
+    cold: tuple[DeltaTable | None, TableLocation],
     present: Sequence[date],
     unfinished: Sequence[date],
 ) -> pa.RecordBatchReader:
     """The rows to append to the cold table: every warm row of the finished days, streamed;
     for the unfinished days, the warm rows the cold table does not hold yet."""
     clean = [d for d in present if d not in unfinished]
-    schema = pa.schema(warm.schema().to_arrow())
+    schema = pa.schema(warm[0].schema().to_arrow())
+    cold_table, cold_at = cold
 
     def batches() -> Iterator[pa.RecordBatch]:
         if clean:
-            yield from _dataset(warm, table.partition_by, clean).to_batches()
-        if unfinished and cold is not None:
-            yield from _not_in_cold(table, warm, cold, unfinished).to_batches()
+            yield from _dataset(*warm, table.partition_by, clean).to_batches()
+        if unfinished and cold_table is not None:
+            yield from _not_in_cold(table, warm, (cold_table, cold_at), unfinished).to_batches()
 
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def _dataset(dt: DeltaTable, column: str, days: Sequence[date]) -> pds.Dataset:
-    """The rows of ``days`` in the snapshot ``dt``, as a dataset over exactly its files.
+def _dataset(
+    dt: DeltaTable, location: TableLocation, column: str, days: Sequence[date]
+) -> pds.Dataset:
+    """The rows of ``days`` in the snapshot ``dt`` (of the table at ``location``), as a
+    dataset over exactly its files.
 
-    A local table is read with Arrow's own file system: the Delta reader's file system
-    wrapper calls back into Python for each read, which costs a quarter of a move's time."""
+    The files are read with Arrow's own file system (local, or S3 with the lake's
+    credentials): the Delta reader's file system wrapper calls back into Python for each
+    read, which costs a quarter of a move's time, and cannot be used at all while the
+    Delta writer pulls these rows (it would start its runtime inside its own)."""
     schema = pa.schema(dt.schema().to_arrow())
-    if not dt.table_uri.startswith("file://"):
-        values = [d.isoformat() for d in days]
-        return dt.to_pyarrow_dataset(partitions=[(column, "in", values)])
-    base = dt.table_uri.removeprefix("file://").rstrip("/")
+    filesystem, base = location.filesystem()
     actions = pa.table(dt.get_add_actions(flatten=True))
     wanted = set(days)
     files = [
@@ -250,18 +255,22 @@ def _dataset(dt: DeltaTable, column: str, days: Sequence[date]) -> pds.Dataset:
         files,
         schema=schema,
         format="parquet",
+        filesystem=filesystem,
         partitioning=pds.partitioning(pa.schema([(column, pa.date32())]), flavor="hive"),
         partition_base_dir=base,
     )
 
 
 def _not_in_cold(
-    table: TableDef, warm: DeltaTable, cold: DeltaTable, days: Sequence[date]
+    table: TableDef,
+    warm: tuple[DeltaTable, TableLocation],
+    cold: tuple[DeltaTable, TableLocation],
+    days: Sequence[date],
 ) -> pa.Table:
     import duckdb
 
-    warm_rows = _dataset(warm, table.partition_by, days).to_table()
-    cold_rows = _dataset(cold, table.partition_by, days).to_table()
+    warm_rows = _dataset(*warm, table.partition_by, days).to_table()
+    cold_rows = _dataset(*cold, table.partition_by, days).to_table()
     have = set(cold_rows.column_names)
     cold_cols = ", ".join(
         f'"{n}"' if n in have else f'NULL AS "{n}"' for n in warm_rows.column_names
@@ -280,11 +289,11 @@ def _not_in_cold(
     return missing.cast(warm_rows.schema)
 
 
-def delete_partitions(path: str, column: str, days: Sequence[date]) -> bool:
+def delete_partitions(path: TableLocation, column: str, days: Sequence[date]) -> bool:
     """Delete ``days`` from the table at ``path``; False when a concurrent change kept the
     commit from going through every attempt."""
     for _ in range(ATTEMPTS):
-        dt = DeltaTable(path)
+        dt = path.open()
         try:
             dt.delete(
                 _in_dates(column, days),
@@ -297,7 +306,7 @@ def delete_partitions(path: str, column: str, days: Sequence[date]) -> bool:
     return False
 
 
-def vacuum(path: str, retention_hours: float) -> int:
+def vacuum(path: TableLocation, retention_hours: float) -> int:
     """Remove files no snapshot younger than ``retention_hours`` references; returns how many."""
     dt = open_table(path)
     if dt is None:

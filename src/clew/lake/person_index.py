@@ -51,6 +51,7 @@ from clew.lake._index_keys import (
     phone_bucket,
     subject_keys,
 )
+from clew.lake._storage import LakeLocation, as_location
 
 __all__ = [
     "MIN_LITERAL",
@@ -108,12 +109,12 @@ class PersonIndex:
     def __init__(
         self,
         path: Path,
-        lake_roots: Sequence[Path] = (),
+        lake_roots: Sequence[Path | LakeLocation] = (),
         rules: IdentityRules | None = None,
         *,
         writer: bool = False,
     ) -> None:
-        """Open (or create) the index. ``lake_roots``: the lake's directories (warm, cold); a
+        """Open (or create) the index. ``lake_roots``: the lake's roots (warm, cold); a
         new index is complete for a table only if they are given and none holds it yet.
         ``rules``: the identity rules whose custom id types are extracted (default: the
         defaults); only a ``writer`` (the lake sink) narrows the recorded custom-id coverage
@@ -128,7 +129,7 @@ class PersonIndex:
                 meta["key"] = secrets.token_hex(16)
                 for table in TABLE_IDS:
                     # Without the lake's directories, nothing says the tables are empty.
-                    exists = not lake_roots or any(_has_table(r / table) for r in lake_roots)
+                    exists = not lake_roots or any(_has_table(r, table) for r in lake_roots)
                     meta[f"complete:{table}"] = "0" if exists else "1"
                 meta["custom"] = json.dumps({c.id_type: c.paths for c in self._rules.custom_ids})
             elif writer:
@@ -292,22 +293,21 @@ class PersonIndex:
                 return f"the index does not cover the custom id type {id_type!r}"
         return None
 
-    def rebuild(self, table: str, roots: Sequence[Path], offsets: Mapping[int, int]) -> int:
+    def rebuild(
+        self, table: str, roots: Sequence[Path | LakeLocation], offsets: Mapping[int, int]
+    ) -> int:
         """Index every row of ``table`` under ``roots`` (warm and cold), then declare the
         index complete for it up to ``offsets`` (the table's application-transaction
         versions, read *before* this call, so rows the sink adds meanwhile are indexed by the
         sink). For a lake written before the index existed. Returns the rows read."""
-        from deltalake import DeltaTable
-
         tbl = TABLE_IDS[table]
         part = "event_date" if table == "events" else "received_date"
         columns = _LAKE_COLUMNS[table]
         n = 0
         for root in roots:
-            path = root / table
-            if not _has_table(path):
+            dataset = as_location(root).table(table).dataset()
+            if dataset is None:
                 continue
-            dataset = DeltaTable(str(path)).to_pyarrow_dataset()
             names = [c for c in (*columns, part) if c in dataset.schema.names]
             for batch in dataset.to_batches(columns=names):
                 rows = pa.Table.from_batches([batch])
@@ -342,5 +342,8 @@ class _Tx:
             self._lock.release()
 
 
-def _has_table(path: Path) -> bool:
-    return (path / "_delta_log").is_dir()
+def _has_table(root: Path | LakeLocation, table: str) -> bool:
+    location = as_location(root)
+    if location.is_local:
+        return (Path(location.uri) / table / "_delta_log").is_dir()
+    return location.table(table).exists()

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
 
+    from clew.lake._storage import LakeLocation, TableLocation
+
 # duckdb, deltalake and pyarrow are imported on first use: together they are most of an idle
 # process's memory, and processes that never query (stage workers) should not pay for them.
 
@@ -45,7 +47,9 @@ def _queryable() -> list[tuple[str, Any, str | None]]:
 
 
 def register_tables(
-    conn: duckdb.DuckDBPyConnection, root: Path, cold_root: Path | None = None
+    conn: duckdb.DuckDBPyConnection,
+    root: Path | LakeLocation,
+    cold_root: Path | LakeLocation | None = None,
 ) -> None:
     """Create one view per lake table under ``root`` in ``conn``, each over the latest Delta
     snapshot of its table. A table that does not exist yet is an empty view of its schema, so
@@ -53,35 +57,72 @@ def register_tables(
 
     With ``cold_root``, a table that also has a cold tier there (docs/lifecycle.md) is the
     union of both (by column name). The warm snapshot is taken first: a query running while a
-    partition moves may count that partition twice for an instant, but never misses it."""
+    partition moves may count that partition twice for an instant, but never misses it.
+
+    A root on object storage is read through deltalake (DuckDB's own S3 reader is an extension
+    Clew does not rely on): each snapshot is registered as a pyarrow dataset, which DuckDB
+    scans with projections and filters pushed down."""
+    from clew.lake._storage import as_location
+
+    warm_root = as_location(root)
+    cold = as_location(cold_root) if cold_root is not None else None
+    local = warm_root.is_local and (cold is None or cold.is_local)
     for name, schema, partition_by in _queryable():
-        files = _snapshot_files(root / name)
-        if cold_root is not None:
-            files += _snapshot_files(cold_root / name)
-        if not files:
-            conn.register(name, schema.empty_table())
-            continue
-        # DuckDB's own Parquet reader over the files of one Delta snapshot (the partition
-        # column comes from the hive-style path). Clew's tables use no deletion vectors
-        # or column mapping, so these files are exactly the snapshot's rows.
-        listed = ", ".join(_sql_string(f) for f in files)
-        hive = (
-            f"hive_partitioning = true, hive_types = {{'{partition_by}': DATE}}"
-            if partition_by is not None
-            else "hive_partitioning = false"
-        )
-        conn.execute(
-            f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], {hive}, "
-            "union_by_name = true)"
-        )
+        roots = [warm_root] if cold is None else [warm_root, cold]
+        if local:
+            _register_files(conn, name, schema, partition_by, roots)
+        else:
+            _register_datasets(conn, name, schema, roots)
     for view in _DERIVED_VIEWS:
         conn.execute(view)
 
 
-def _snapshot_files(path: Path) -> list[str]:
-    from deltalake import DeltaTable
+def _register_files(
+    conn: duckdb.DuckDBPyConnection,
+    name: str,
+    schema: Any,
+    partition_by: str | None,
+    roots: list[LakeLocation],
+) -> None:
+    files = [f for r in roots for f in _snapshot_files(r.table(name))]
+    if not files:
+        conn.register(name, schema.empty_table())
+        return
+    # DuckDB's own Parquet reader over the files of one Delta snapshot (the partition
+    # column comes from the hive-style path). Clew's tables use no deletion vectors
+    # or column mapping, so these files are exactly the snapshot's rows.
+    listed = ", ".join(_sql_string(f) for f in files)
+    hive = (
+        f"hive_partitioning = true, hive_types = {{'{partition_by}': DATE}}"
+        if partition_by is not None
+        else "hive_partitioning = false"
+    )
+    conn.execute(
+        f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}], {hive}, "
+        "union_by_name = true)"
+    )
 
-    return DeltaTable(str(path)).file_uris() if DeltaTable.is_deltatable(str(path)) else []
+
+def _register_datasets(
+    conn: duckdb.DuckDBPyConnection, name: str, schema: Any, roots: list[LakeLocation]
+) -> None:
+    parts = []
+    for i, root in enumerate(roots):
+        dataset = root.table(name).dataset()
+        if dataset is None:
+            continue
+        hidden = f"_clew_{name}_{i}"
+        conn.register(hidden, dataset)
+        parts.append(f"SELECT * FROM {hidden}")
+    if not parts:
+        conn.register(name, schema.empty_table())
+        return
+    conn.execute(f"CREATE VIEW {name} AS " + " UNION ALL BY NAME ".join(parts))
+
+
+def _snapshot_files(table: TableLocation) -> list[str]:
+    dt = table.open_if_exists()
+    return [] if dt is None else list(dt.file_uris())
 
 
 # Current state derived from the change history: who is in each audience now, and each
@@ -107,19 +148,20 @@ _DERIVED_VIEWS = (
 
 
 class Lake:
-    """The lake at ``root``; ``cold_root`` is its cold tier (``Settings.cold_path``), read only
-    by queries that ask for it."""
+    """The lake at ``root`` (a directory or a :class:`LakeLocation` on object storage);
+    ``cold_root`` is its cold tier (``Settings.cold_location``), read only by queries that
+    ask for it."""
 
-    def __init__(self, root: Path, cold_root: Path | None = None) -> None:
-        self.root = root
-        self.cold_root = cold_root
+    def __init__(
+        self, root: Path | LakeLocation, cold_root: Path | LakeLocation | None = None
+    ) -> None:
+        from clew.lake._storage import as_location
+
+        self.location = as_location(root)
+        self.cold_location = as_location(cold_root) if cold_root is not None else None
 
     def tables(self) -> list[str]:
-        from deltalake import DeltaTable
-
-        return [
-            name for name, _, _ in _queryable() if DeltaTable.is_deltatable(str(self.root / name))
-        ]
+        return [name for name, _, _ in _queryable() if self.location.table(name).exists()]
 
     def connect(self, include_cold: bool = False) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with one view per lake table, locked down to reading them.
@@ -129,14 +171,16 @@ class Lake:
         makes each tiered table the union of its warm and cold rows."""
         import duckdb
 
-        cold = self.cold_root if include_cold else None
+        cold = self.cold_location if include_cold else None
         if include_cold and cold is None:
             raise QueryError("this lake has no cold tier configured")
         conn = duckdb.connect(":memory:")
-        register_tables(conn, self.root, cold)
+        register_tables(conn, self.location, cold)
         conn.execute("SET TimeZone = 'UTC'")
-        allowed = [self.root] if cold is None else [self.root, cold]
-        listed = ", ".join(_sql_string(str(p.resolve())) for p in allowed)
+        # Views over object storage are registered Arrow datasets: DuckDB needs no file
+        # access for them, so only local roots are allowed.
+        allowed = [r for r in (self.location, cold) if r is not None and r.is_local]
+        listed = ", ".join(_sql_string(str(Path(r.uri).resolve())) for r in allowed)
         conn.execute(f"SET allowed_directories = [{listed}]")
         conn.execute("SET enable_external_access = false")
         conn.execute("SET lock_configuration = true")

@@ -30,7 +30,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clew.config import Settings
@@ -39,6 +38,7 @@ from clew.lake._profile_rows import IdentityColumns, ProfileColumns
 from clew.lake._rebuild_resolve import Resolved, resolve_events
 from clew.lake._rebuild_sql import AGGREGATES, PayloadShape, load_events
 from clew.lake._reconcile import Facts, Reconciliation, reconcile
+from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
 from clew.store.base import Profile
 from clew.store.factory import open_existing_store
@@ -111,7 +111,7 @@ def rebuild(
         try:
             conn.execute("SET TimeZone = 'UTC'")
             with clock("read"):
-                register_tables(conn, settings.lake_path, settings.cold_path)
+                register_tables(conn, settings.lake_location, settings.cold_location)
                 report.events = load_events(conn, shape)
             with clock("resolve"):
                 resolved = resolve_events(conn, unifier, shape)
@@ -122,7 +122,7 @@ def rebuild(
             report.identities = len(batch.identities)
             if not dry_run:
                 with clock("write"):
-                    _write(settings.lake_path, batch)
+                    _write(settings.lake_location, batch)
                 report.written = True
         finally:
             conn.close()
@@ -262,24 +262,23 @@ def _arrow(
     return table
 
 
-def _write(lake_path: Path, batch: _Batch) -> None:
+def _write(lake: LakeLocation, batch: _Batch) -> None:
     """Overwrite both tables, in parallel (the Delta writer releases the GIL)."""
     with ThreadPoolExecutor(2) as pool:
         done = [
-            pool.submit(_overwrite, lake_path / CUSTOMER_PROFILES.name, batch.table),
-            pool.submit(_overwrite, lake_path / IDENTITIES.name, batch.identities.table()),
+            pool.submit(_overwrite, lake.table(CUSTOMER_PROFILES.name), batch.table),
+            pool.submit(_overwrite, lake.table(IDENTITIES.name), batch.identities.table()),
         ]
         for future in done:
             future.result()
 
 
-def _overwrite(path: Path, table: pa.Table) -> None:
-    from deltalake import write_deltalake
+def _overwrite(path: TableLocation, table: pa.Table) -> None:
     from deltalake.exceptions import CommitFailedError
 
     for attempt in range(_WRITE_ATTEMPTS):
         try:
-            write_deltalake(str(path), table, mode="overwrite", schema_mode="overwrite")
+            path.write(table, mode="overwrite", schema_mode="overwrite")
             return
         except CommitFailedError as exc:
             if attempt == _WRITE_ATTEMPTS - 1:

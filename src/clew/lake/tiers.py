@@ -5,9 +5,9 @@
 - Warm: the lake's partitioned history tables (``events`` by ``event_date``, ``dlq`` by
   ``received_date``), queried by default.
 - Cold: partitions older than ``lifecycle.warm_days`` move to Delta tables of the same names,
-  schemas and partitioning under ``Settings.cold_path``, compressed harder; queried with
-  ``clew sql --include-cold``. Cold partitions older than ``lifecycle.purge_after_days`` are
-  deleted, and the raw log's retention runs too.
+  schemas and partitioning under ``Settings.cold_location`` (a directory or object storage),
+  compressed harder; queried with ``clew sql --include-cold``. Cold partitions older than
+  ``lifecycle.purge_after_days`` are deleted, and the raw log's retention runs too.
 
 A run is exactly-once per partition even across crashes and while the lake sink appends (see
 :mod:`clew.lake._tier_moves`), and one run at a time holds the data directory's lifecycle lock.
@@ -31,6 +31,7 @@ from clew.config import Settings
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef
 
 if TYPE_CHECKING:
+    from clew.lake._storage import LakeLocation
     from clew.lake._tier_moves import PartitionStat
     from clew.log.base import Log
 
@@ -205,8 +206,8 @@ def _run_table(
     from clew.lake import _tier_moves as moves
 
     started = time.perf_counter()
-    warm_path = str(settings.lake_path / table.name)
-    cold_path = str(settings.cold_path / table.name)
+    warm_path = settings.lake_location.table(table.name)
+    cold_path = settings.cold_location.table(table.name)
     col = table.partition_by
     warm = moves.partition_stats(moves.open_table(warm_path), col)
     cold = moves.partition_stats(moves.open_table(cold_path), col)
@@ -262,15 +263,15 @@ def tier_status(settings: Settings) -> list[TierStatus]:
     """Every tiered table in the warm and the cold tier (tables not created yet are empty)."""
     from clew.lake import _tier_moves as moves
 
-    roots: tuple[tuple[Literal["warm", "cold"], Path], ...] = (
-        ("warm", settings.lake_path),
-        ("cold", settings.cold_path),
+    roots: tuple[tuple[Literal["warm", "cold"], LakeLocation], ...] = (
+        ("warm", settings.lake_location),
+        ("cold", settings.cold_location),
     )
     out: list[TierStatus] = []
     for table in TIERED_TABLES:
         for tier, root in roots:
             stats = moves.partition_stats(
-                moves.open_table(str(root / table.name)), table.partition_by
+                moves.open_table(root.table(table.name)), table.partition_by
             )
             dated = [d for d in stats if d is not None]
             out.append(

@@ -19,6 +19,7 @@ travel to versions before the deletion ends there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -33,10 +34,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
-from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
+from pyarrow import fs as pafs
 
 from clew.events import Event
+from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import NULL_DAY, day_date
 from clew.privacy._erase_match import Matcher
 from clew.privacy._verify_bytes import re2_escape
@@ -107,8 +109,8 @@ def _ms(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp() * 1000)
 
 
-def is_table(path: Path) -> bool:
-    return DeltaTable.is_deltatable(str(path))
+def is_table(path: Path | TableLocation) -> bool:
+    return (path if isinstance(path, TableLocation) else TableLocation(str(path))).exists()
 
 
 class _Pattern:
@@ -173,10 +175,12 @@ def _event_of(row: Mapping[str, Any]) -> Event:
 
 
 class LakeEraser:
-    """Deletes what ``matcher`` selects from the tables under ``roots``."""
+    """Deletes what ``matcher`` selects from the tables under ``roots`` (directories or
+    object storage)."""
 
-    def __init__(self, roots: Sequence[Path], matcher: Matcher) -> None:
-        self._roots = [r for r in roots if r.is_dir()]
+    def __init__(self, roots: Sequence[Path | LakeLocation], matcher: Matcher) -> None:
+        located = [as_location(r) for r in roots]
+        self._roots = [r for r in located if not r.is_local or Path(r.uri).is_dir()]
         self._matcher = matcher
         self.outcome = LakeOutcome()
 
@@ -186,13 +190,13 @@ class LakeEraser:
         if (days is not None and not days) or not self._matcher.identifiers:
             return
         for root in self._roots:
-            path = root / table
+            path = root.table(table)
             if not is_table(path):
                 continue
             self._rows(path, table, days)
             part = PARTITION_COLUMN[table]
             if days is None:
-                dirs = {d.name for d in path.iterdir() if d.name.startswith(part + "=")}
+                dirs = {d for d in _children(path) if d.startswith(part + "=")}
             else:
                 dirs = {_dir_name(part, day_date(n)) for n in days}
             self._purge(path, dirs)
@@ -204,7 +208,7 @@ class LakeEraser:
         if not pids:
             return
         for root in self._roots:
-            path = root / table
+            path = root.table(table)
             if not is_table(path):
                 continue
             self.outcome.removed[table] += self._delete(path, predicate(pids))
@@ -213,10 +217,10 @@ class LakeEraser:
     # -- finding rows ------------------------------------------------------------------------
 
     def _batches(
-        self, path: Path, table: str, days: set[int] | None
+        self, path: TableLocation, table: str, days: set[int] | None
     ) -> tuple[pds.Dataset, pds.Expression | None, Iterator[pa.RecordBatch]]:
         part = PARTITION_COLUMN[table]
-        dt = DeltaTable(str(path))
+        dt = path.open()
         if days is None:
             dataset = dt.to_pyarrow_dataset()
         else:
@@ -228,7 +232,7 @@ class LakeEraser:
         where = _day_filter(part, days)
         return dataset, where, iter(dataset.to_batches(columns=columns, filter=where))
 
-    def _rows(self, path: Path, table: str, days: set[int] | None) -> None:
+    def _rows(self, path: TableLocation, table: str, days: set[int] | None) -> None:
         m = self._matcher
         part = PARTITION_COLUMN[table]
         pattern = _Pattern(m, strict=table == DLQ)
@@ -291,10 +295,10 @@ class LakeEraser:
 
     # -- deleting and purging ----------------------------------------------------------------
 
-    def _delete(self, path: Path, predicate: str) -> int:
+    def _delete(self, path: TableLocation, predicate: str) -> int:
         for attempt in range(_ATTEMPTS):
             try:
-                metrics = DeltaTable(str(path)).delete(predicate)
+                metrics = path.open().delete(predicate)
                 return int(metrics.get("num_deleted_rows") or 0)
             except CommitFailedError:
                 # A concurrent writer (the sink's compaction, a tier move) won the commit.
@@ -303,34 +307,53 @@ class LakeEraser:
                 time.sleep(0.05 * 2**attempt)
         return 0
 
-    def _purge(self, path: Path, touched: set[str]) -> None:
+    def _purge(self, path: TableLocation, touched: set[str]) -> None:
         """Remove every file version that may still hold deleted rows (module docstring)."""
-        dt = DeltaTable(str(path))
+        dt = path.open()
         # The tombstones just written carry this millisecond; vacuum keeps files removed
         # later than "now - retention", so let the clock move past them.
         time.sleep(0.002)
         self.outcome.vacuumed += len(
             dt.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
         )
-        dt = DeltaTable(str(path))
+        dt = path.open()
         referenced = set(dt.file_uris())
-        base = path.resolve()
+        filesystem, base = path.filesystem()
         cutoff = time.time() - ORPHAN_AGE_S
         for rel in touched:
-            folder = base / rel if rel else base
-            if not folder.is_dir():
-                continue
-            for f in folder.iterdir():
+            for f in _files(filesystem, f"{base}/{rel}" if rel else base):
                 if (
-                    f.suffix == ".parquet"
-                    and str(f) not in referenced
-                    and f.stat().st_mtime < cutoff
+                    f.extension == "parquet"
+                    and path.file_uri(f.path) not in referenced
+                    and f.mtime is not None
+                    and f.mtime.timestamp() < cutoff
                 ):
-                    f.unlink(missing_ok=True)
+                    _remove(filesystem, f.path)
                     self.outcome.vacuumed += 1
         dt.create_checkpoint()
         keep_from = dt.version()
-        for f in (path / "_delta_log").iterdir():
-            m = _LOG_FILE.match(f.name)
+        for f in _files(filesystem, f"{base}/_delta_log"):
+            m = _LOG_FILE.match(f.base_name)
             if m and int(m.group(1)) < keep_from:
-                f.unlink(missing_ok=True)
+                _remove(filesystem, f.path)
+
+
+def _children(path: TableLocation) -> set[str]:
+    """The names of the directories right under a table (its partitions and ``_delta_log``;
+    on object storage, the common prefixes)."""
+    filesystem, base = path.filesystem()
+    selector = pafs.FileSelector(base, allow_not_found=True)
+    return {
+        f.base_name for f in filesystem.get_file_info(selector) if f.type == pafs.FileType.Directory
+    }
+
+
+def _files(filesystem: Any, folder: str) -> list[Any]:
+    """The files right in ``folder`` (none if it does not exist)."""
+    selector = pafs.FileSelector(folder, allow_not_found=True)
+    return [f for f in filesystem.get_file_info(selector) if f.type == pafs.FileType.File]
+
+
+def _remove(filesystem: Any, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        filesystem.delete_file(path)

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from clew.lake._storage import LakeLocation
 
 MIN_RAW = 5
 _CHUNK = 32 * 1024 * 1024
@@ -84,3 +90,51 @@ def find_in_file(path: Path, found: Needles) -> int | None:
     except FileNotFoundError:
         return None
     return None
+
+
+@dataclass(slots=True)
+class ObjectScan:
+    """What :func:`scan_objects` read, and where it found the person."""
+
+    parquet: int = 0
+    other: int = 0
+    traces: list[str] = field(default_factory=list)
+
+
+def scan_objects(
+    location: LakeLocation,
+    found: Needles,
+    table_hits: Callable[[pa.Table], Iterator[tuple[str, int]]],
+) -> ObjectScan:
+    """Every object under a lake root on object storage, read through the object store:
+    Parquet files column by column (``table_hits`` names the columns and rows holding the
+    person), anything else (the Delta log) as raw bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    out = ObjectScan()
+    filesystem, base = location.filesystem()
+    selector = fs.FileSelector(base, recursive=True, allow_not_found=True)
+    for info in filesystem.get_file_info(selector):
+        if info.type != fs.FileType.File:
+            continue
+        where = f"{location.uri}/{info.path[len(base) :].lstrip('/')}"
+        if info.extension == "parquet":
+            out.parquet += 1
+            try:
+                table = pq.read_table(info.path, filesystem=filesystem)
+            except (OSError, pa.ArrowException) as exc:
+                out.traces.append(f"{where}: unreadable Parquet ({type(exc).__name__})")
+                continue
+            for column, rows in table_hits(table):
+                out.traces.append(f"{where}, column {column}, {rows} row(s)")
+        else:
+            out.other += 1
+            if not found:
+                continue
+            with filesystem.open_input_stream(info.path) as stream:
+                at = find(stream.read(), found)
+            if at is not None:
+                out.traces.append(f"{where}, byte {at}")
+    return out

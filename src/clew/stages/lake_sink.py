@@ -21,10 +21,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, Transaction, write_deltalake
 
 from clew.config import LakeSettings
 from clew.identity.rules import IdentityRules
+from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import PersonIndex, index_path
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef, to_arrow
 from clew.log.base import Consumer, Record, TopicPartition
@@ -64,11 +65,20 @@ class LakeSinkStage(Stage):
     topics = tuple(TABLES_BY_TOPIC)
 
     def __init__(
-        self, lake_path: Path, settings: LakeSettings, rules: IdentityRules | None = None
+        self,
+        lake: Path | LakeLocation,
+        settings: LakeSettings,
+        rules: IdentityRules | None = None,
+        index_dir: Path | None = None,
     ) -> None:
-        """``rules``: the identity rules, whose custom id types the person index extracts
-        (default: the default rules)."""
-        self._root = lake_path
+        """``lake``: the lake's root, a directory or object storage. ``rules``: the identity
+        rules, whose custom id types the person index extracts (default: the default rules).
+        ``index_dir``: where the person index file lives (the data directory; default: the
+        parent of a local lake directory, required for a lake on object storage)."""
+        self._root = as_location(lake)
+        if index_dir is None:
+            index_dir = self._root.local_path("a lake sink without an index_dir").parent
+        self._index_dir = index_dir
         self._settings = settings
         self._rules = rules
         self._index: PersonIndex | None = None
@@ -80,8 +90,8 @@ class LakeSinkStage(Stage):
         self._commits_since_compact = dict.fromkeys(self.topics, 0)
         self.rows_written = dict.fromkeys(self.topics, 0)
 
-    def table_path(self, table: TableDef) -> Path:
-        return self._root / table.name
+    def table_path(self, table: TableDef) -> TableLocation:
+        return self._root.table(table.name)
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         """Partitions kept across a rebalance keep their buffered rows and position; rows of
@@ -98,10 +108,10 @@ class LakeSinkStage(Stage):
             self._buffers[tp[0]].drop(tp[1])
         for topic, partition in owned - self._last.keys():
             self._last[(topic, partition)] = -1
-            path = self.table_path(TABLES_BY_TOPIC[topic])
-            if not DeltaTable.is_deltatable(str(path)):
+            dt = self.table_path(TABLES_BY_TOPIC[topic]).open_if_exists()
+            if dt is None:
                 continue
-            version = DeltaTable(str(path)).transaction_version(app_id(topic, partition))
+            version = dt.transaction_version(app_id(topic, partition))
             if version is not None:
                 self._last[(topic, partition)] = version
                 consumer.seek(topic, partition, version + 1)
@@ -141,12 +151,13 @@ class LakeSinkStage(Stage):
         path = self.table_path(table)
         if self._index is None:
             self._index = PersonIndex(
-                index_path(self._root.parent), [self._root], self._rules, writer=True
+                index_path(self._index_dir), [self._root], self._rules, writer=True
             )
         self._index.record(table.name, values, data, topic, buf.last_offsets)
         write_deltalake(
-            str(path),
+            path.uri,
             data,
+            storage_options=path.storage_options,
             mode="append",
             partition_by=[table.partition_by],
             commit_properties=CommitProperties(app_transactions=txns),
@@ -166,15 +177,16 @@ class LakeSinkStage(Stage):
         maintain_table(self.table_path(table), self._settings)
 
 
-def maintain_table(path: Path, settings: LakeSettings) -> None:
+def maintain_table(path: Path | TableLocation, settings: LakeSettings) -> None:
     """Compact the Delta table at ``path`` (if it exists), checkpoint its log, and vacuum
     files no snapshot younger than ``settings.vacuum_retention_hours`` still references."""
-    if not DeltaTable.is_deltatable(str(path)):
+    table = path if isinstance(path, TableLocation) else TableLocation(str(path))
+    dt = table.open_if_exists()
+    if dt is None:
         return
     started = time.monotonic()
-    dt = DeltaTable(str(path))
     metrics = dt.optimize.compact()
-    dt = DeltaTable(str(path))
+    dt = table.open()
     dt.create_checkpoint()
     dt.cleanup_metadata()
     removed = dt.vacuum(
@@ -184,7 +196,7 @@ def maintain_table(path: Path, settings: LakeSettings) -> None:
     )
     logger.info(
         "compacted %s: %s files removed, %s added, %d vacuumed in %.2fs",
-        path.name,
+        table.name,
         metrics.get("numFilesRemoved"),
         metrics.get("numFilesAdded"),
         len(removed),

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import msgspec
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from clew.audiences.changes import KINDS as AUDIENCE_KINDS
 from clew.audiences.changes import decode as decode_audience_change
@@ -49,6 +48,7 @@ from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.identity.traits import LAST_PURCHASE, LIFETIME_VALUE, ORDERS_COUNT
 from clew.lake._change_rows import AudienceChangeColumns
 from clew.lake._profile_rows import IdentityColumns, ProfileColumns
+from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.tables import (
     AUDIENCE_CHANGES,
     CUSTOMER_PROFILES,
@@ -90,8 +90,8 @@ class ProfilesSinkStage(Stage):
     group = "profiles-lake"
     topics = (CHANGES_TOPIC,)
 
-    def __init__(self, lake_path: Path, settings: LakeSettings) -> None:
-        self._root = lake_path
+    def __init__(self, lake_path: Path | LakeLocation, settings: LakeSettings) -> None:
+        self._root = as_location(lake_path)
         self._settings = settings
         self._pending: dict[str, ProfileChange | ProfileDeleted] = {}
         self._audience = AudienceChangeColumns()
@@ -103,8 +103,8 @@ class ProfilesSinkStage(Stage):
         self.audience_changes_written = 0
         self.flushes = 0
 
-    def table_path(self, table: StateTable | HistoryTable) -> Path:
-        return self._root / table.name
+    def table_path(self, table: StateTable | HistoryTable) -> TableLocation:
+        return self._root.table(table.name)
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         # Uncommitted changes are redelivered to whoever owns their partition now.
@@ -112,15 +112,13 @@ class ProfilesSinkStage(Stage):
         self._audience = AudienceChangeColumns()
         self._offsets = {}
         for table in STATE_TABLES:
-            path = str(self.table_path(table))
-            if not DeltaTable.is_deltatable(path):
-                DeltaTable.create(path, table.schema, mode="ignore")
+            path = self.table_path(table)
+            if not path.exists():
+                path.create(table.schema, mode="ignore")
         for history in HISTORY_TABLES:
-            path = str(self.table_path(history))
-            if not DeltaTable.is_deltatable(path):
-                DeltaTable.create(
-                    path, history.schema, partition_by=[history.partition_by], mode="ignore"
-                )
+            path = self.table_path(history)
+            if not path.exists():
+                path.create(history.schema, partition_by=[history.partition_by], mode="ignore")
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         if not self._offsets:
@@ -227,7 +225,7 @@ class ProfilesSinkStage(Stage):
             )
             deleted.append(False)
         source = rows.table().append_column(_DELETED, pa.array(deleted, pa.bool_()))
-        dt = DeltaTable(str(self.table_path(CUSTOMER_PROFILES)))
+        dt = self.table_path(CUSTOMER_PROFILES).open()
         (
             dt.merge(source, "t.profile_id = s.profile_id", source_alias="s", target_alias="t")
             .when_matched_delete(f"s.{_DELETED} AND s.updated_at >= t.updated_at")
@@ -261,7 +259,7 @@ class ProfilesSinkStage(Stage):
         for (id_type, value), (updated, pid, mid, source_id, when, weight) in newest.items():
             rows.add(id_type, value, pid, mid, source_id, iso_ms(when), weight, updated)
         touched = ", ".join(_sql_string(c.profile_id) for c in changes)
-        dt = DeltaTable(str(self.table_path(IDENTITIES)))
+        dt = self.table_path(IDENTITIES).open()
         (
             dt.merge(
                 rows.table(),
@@ -283,7 +281,7 @@ class ProfilesSinkStage(Stage):
         table = AUDIENCE_CHANGES
         day, key = table.partition_by, table.key
         dates = ", ".join(f"DATE {_sql_string(d)}" for d in rows.dates())
-        dt = DeltaTable(str(self.table_path(table)))
+        dt = self.table_path(table).open()
         (
             dt.merge(
                 rows.table(),

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from clew.lake._storage import LakeLocation
     from clew.schema import CompiledPlan, SchemaRegistry
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -350,7 +351,7 @@ class DlqSnapshot:
     written before row ids existed get ``<raw partition>:<raw offset>:<index>``, the id the
     validate stage gives."""
 
-    def __init__(self, lake_path: Path, ledger: ReplayLedger) -> None:
+    def __init__(self, lake_path: Path | LakeLocation, ledger: ReplayLedger) -> None:
         from clew.lake.query import Lake
 
         self._ledger = ledger
@@ -673,7 +674,7 @@ def replay_dlq(
         resources.append(dedup.close)
         plans = _Plans(settings)
         resources.append(plans.close)
-        snapshot = DlqSnapshot(settings.lake_path, ledger)
+        snapshot = DlqSnapshot(settings.lake_location, ledger)
         resources.append(snapshot.close)
         selected = snapshot.count(filters, replayed=False)
         report.selected = min(selected, filters.limit) if filters.limit is not None else selected
