@@ -340,3 +340,72 @@ def test_backfill_of_a_new_definition_equals_live_evaluation(tmp_path: Path) -> 
 
 def _ms(e: Event) -> int:
     return int(datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+class LogHistory:
+    """The events a backfill would read: those the stage has applied (``applied``), here
+    read back from the log (what ``LakeHistory`` does for events the lake does not hold yet)."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def events(
+        self, applied: Mapping[tuple[str, int], int], keep: Callable[[Event], bool]
+    ) -> Iterable[Event]:
+        out = []
+        for (topic, partition), offset in applied.items():
+            for rec in self.log.read(topic, partition, 0, offset + 1):
+                event = msgspec.json.decode(rec.value, type=Event)
+                if keep(event):
+                    out.append(event)
+        return out
+
+
+def test_a_backfill_covers_what_another_worker_of_the_stage_applied(tmp_path: Path) -> None:
+    """Two profiles workers share one store. Worker a applies orders before any definition
+    exists; then a trait is defined and worker b, which read the stage's offsets before a's
+    progress, is the one to backfill it: the backfill must count a's orders too (it reads the
+    applied offsets from the store, not b's stale copy), and a then goes live without a
+    second backfill."""
+    settings = Settings(data_dir=tmp_path / "data")
+    clock = ManualClock(START)
+    log = open_log(settings)
+    store = SQLiteProfileStore(settings.profiles_path)
+    repo = DefinitionRepository(settings.data_dir)
+    history = LogHistory(log)
+
+    def worker() -> ProfilesStage:
+        return ProfilesStage(store, clock=clock, audiences=LiveAudiences(repo, clock, history))
+
+    a, b = worker(), worker()
+    consumer = log.consumer(a.group, a.topics)
+    b.on_assign(consumer, [])  # b starts first and reads the offsets: nothing applied yet
+    a.on_assign(consumer, consumer.assignment())
+    orders = [track("ada", "Order Completed", START + i * 1000, revenue=10) for i in range(3)]
+    log.append_sync(
+        EVENTS_TOPIC, [Message(value=msgspec.json.encode(e), key=e.identity_key) for e in orders]
+    )
+    while records := consumer.poll(500, timeout_s=0.01):
+        a.handle(records, consumer)
+
+    repo.push(parse_document({"traits": [{"name": "orders_n", "kind": "count",
+                                          "event": "Order Completed"}]}))  # fmt: skip
+    for stage in (b, a):
+        stage.audiences._last_reload = 0.0
+        stage.tick(consumer)
+    pid = store.lookup("user_id", "ada")
+    assert pid is not None
+    profile = store.get(pid)
+    assert profile is not None and profile.computed.get("orders_n") == 3
+    assert b.counts["audience_backfilled_events"] == 3
+    assert a.counts["audience_backfilled_events"] == 0, "backfilled once, by b"
+
+    late = track("ada", "Order Completed", START + 10_000, revenue=10)
+    log.append_sync(EVENTS_TOPIC, [Message(value=msgspec.json.encode(late), key=late.identity_key)])
+    while records := consumer.poll(500, timeout_s=0.01):
+        a.handle(records, consumer)
+    profile = store.get(pid)
+    assert profile is not None and profile.computed.get("orders_n") == 4
+    consumer.close()
+    store.close()
+    log.close()

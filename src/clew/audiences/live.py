@@ -190,14 +190,18 @@ class LiveAudiences:
         self,
         store: ProfileStore,
         rules: IdentityRules,
-        applied: Mapping[tuple[str, int], int],
+        applied: Callable[[], Mapping[tuple[str, int], int]],
         *,
         force: bool = False,
     ) -> Produced | None:
         """Pick up changed definitions (checked at most once a second): backfill the new ones
         from history, then make them live. Returns the backfill's records, or None when
         nothing changed. A broken definitions directory leaves the live set as it was.
-        ``force``: look now (a stage does before its first batch)."""
+        ``applied`` reads the stage's applied offsets from ``store``: the backfill calls it
+        inside its transaction, so that it covers every event any worker of the stage has
+        applied, and a worker applying more meanwhile makes the backfill conflict and run
+        again rather than overwrite that worker's effects. ``force``: look now (a stage does
+        before its first batch)."""
         if self._repo is None:
             return None
         if not force and time.monotonic() - self._last_reload < _RELOAD_EVERY_S:
@@ -212,8 +216,10 @@ class LiveAudiences:
             logger.error("audience definitions not reloaded: %s", exc)
             self._version = version
             return None
-        self._version = version
+        # Marked as loaded only once the backfill committed: one that conflicted with
+        # another worker is tried again on the next call.
         produced = self._backfill(store, rules, applied, catalog)
+        self._version = version
         self.engine = None if not catalog.definitions() else Engine(catalog)
         # Without anything new to backfill (a removal, or a restart) nothing is evaluated
         # now: each profile is on its next event or timer.
@@ -223,7 +229,7 @@ class LiveAudiences:
         self,
         store: ProfileStore,
         rules: IdentityRules,
-        applied: Mapping[tuple[str, int], int],
+        applied: Callable[[], Mapping[tuple[str, int], int]],
         catalog: Catalog,
     ) -> Produced | None:
         done = store.load_offsets(BACKFILL_GROUP)
@@ -244,7 +250,8 @@ class LiveAudiences:
         seen = 0
         table = rules.table()
         with store.transaction():
-            history = self._history.events(applied, sub.relevant) if self._history else ()
+            upto = applied()
+            history = self._history.events(upto, sub.relevant) if self._history else ()
             for event in history:
                 seen += 1
                 pid = _owner(store, rules, table, event)

@@ -79,13 +79,17 @@ class ProfilesStage(Stage):
         # Change records an earlier run committed to the store but may not have produced.
         self._produce(consumer, LiveAudiences.unsent(self._store))
         # The definitions must be live before the first batch, or its events would miss them.
-        reloaded = self.audiences.reload(self._store, self._rules, self._applied, force=True)
+        reloaded = self.audiences.reload(self._store, self._rules, self._offsets, force=True)
         if reloaded is not None:
             self._produce(consumer, reloaded)
 
+    def _offsets(self) -> dict[tuple[str, int], int]:
+        """The offsets every worker of the stage has applied, as the store has them."""
+        return self._store.load_offsets(self.group)
+
     def tick(self, consumer: Consumer) -> None:
         live = self.audiences
-        reloaded = live.reload(self._store, self._rules, self._applied)
+        reloaded = live.reload(self._store, self._rules, self._offsets)
         if reloaded is not None:
             self._produce(consumer, reloaded)
         fired = live.due(self._store)
