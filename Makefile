@@ -35,6 +35,7 @@ typecheck: $(VENV)/.installed-dev
 pytest: $(VENV)/.installed-dev
 	sh scripts/redis.sh
 	sh scripts/kafka.sh
+	sh scripts/spark.sh
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-dev

@@ -3,11 +3,13 @@ table, rewrite the lake tables ``customer_profiles`` and ``identities``, and say
 result agrees with the speed layer (the serving store the profiles stage keeps).
 
 It reads the lake and the serving store and writes only the two lake tables, so it can run
-while ``clew serve`` does; see docs/identity.md ("Batch rebuild").
+while ``clew serve`` does; see docs/identity.md ("Batch rebuild"). ``--engine spark`` computes
+the same tables with PySpark (docs/spark.md).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -19,6 +21,11 @@ if TYPE_CHECKING:
     from clew.lake.rebuild import RebuildReport
 
 
+class Engine(StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
 def rebuild(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Compute and compare, but write no table.")
@@ -28,6 +35,28 @@ def rebuild(
         typer.Option("--check", help="Exit 1 if the batch and speed layers disagree."),
     ] = False,
     show: Annotated[int, typer.Option("--show", help="How many differences to list.", min=0)] = 20,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="duckdb: in this process. spark: PySpark over the Delta tables (docs/spark.md).",
+        ),
+    ] = Engine.duckdb,
+    spark_master: Annotated[
+        str,
+        typer.Option(
+            "--spark-master",
+            envvar="CLEW_SPARK_MASTER",
+            help="Spark master URL for --engine spark, e.g. spark://host:7077.",
+        ),
+    ] = "local[*]",
+    spark_conf: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--spark-conf",
+            help="A Spark property KEY=VALUE for --engine spark (repeatable).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
@@ -37,14 +66,40 @@ def rebuild(
     from clew.lake.rebuild import rebuild as run
 
     settings = settings_from(config, data_dir=data_dir)
+    if engine is Engine.duckdb and spark_conf:
+        raise fail("--spark-conf needs --engine spark")
     try:
-        report = run(settings, dry_run=dry_run, max_differences=show)
+        if engine is Engine.spark:
+            from clew.lake.spark_rebuild import SparkUnavailableError, rebuild_spark
+
+            try:
+                report = rebuild_spark(
+                    settings,
+                    master=spark_master,
+                    conf=_conf(spark_conf or []),
+                    dry_run=dry_run,
+                    max_differences=show,
+                )
+            except SparkUnavailableError as e:
+                raise fail(escape(str(e))) from None
+        else:
+            report = run(settings, dry_run=dry_run, max_differences=show)
     except RebuildError as e:
         raise fail(str(e)) from None
     _print(report)
     recon = report.reconciliation
     if check and recon is not None and not recon.agree:
         raise typer.Exit(1)
+
+
+def _conf(pairs: list[str]) -> dict[str, str]:
+    conf: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--spark-conf {pair!r} is not KEY=VALUE")
+        conf[key.strip()] = value
+    return conf
 
 
 def _print(report: RebuildReport) -> None:
