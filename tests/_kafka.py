@@ -132,7 +132,9 @@ class KafkaBroker:
         transaction coordinators are loaded. Raises :class:`KafkaStartError` otherwise."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # Kafka's storage tool reads an id starting with "-" as an option: keep the first
+        # character a letter.
+        cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         formatted = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
             capture_output=True,

@@ -35,10 +35,10 @@ TEST_CONF = {
 
 
 def pom_versions() -> dict[str, str]:
-    """``delta.version`` and ``spark.version`` of scripts/spark/pom.xml."""
+    """``delta.version``, ``spark.version`` and ``hadoop.version`` of scripts/spark/pom.xml."""
     text = POM.read_text()
     found = {}
-    for name in ("delta.version", "spark.version"):
+    for name in ("delta.version", "spark.version", "hadoop.version"):
         match = re.search(rf"<{re.escape(name)}>([^<]+)</{re.escape(name)}>", text)
         assert match, f"no <{name}> in {POM}"
         found[name] = match.group(1)

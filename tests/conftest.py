@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _redis_cluster import ClusterService, redis_cluster
+from _s3 import S3, s3_server
 from _services import ServiceUnavailable, redis_server, unavailable
 from clew.config import Settings
 from clew.lake.query import Lake
@@ -175,3 +177,26 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except ServiceUnavailable as exc:
             unavailable(str(exc))
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterService]:
+    """A Redis Cluster of 3 primaries for the whole session (skips, or fails under CI,
+    without redis-server and redis-cli)."""
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(redis_cluster(tmp_path_factory.mktemp("cluster")))
+        except ServiceUnavailable as exc:
+            unavailable(str(exc))
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    """One S3-compatible server (moto) for the session; each test makes its own bucket."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(s3_server(tmp_path_factory.mktemp("s3")))
+        except ServiceUnavailable as exc:
+            unavailable(str(exc))
+        yield server

@@ -17,6 +17,7 @@ from clew.identity.rules import IdentityRules
 from clew.identity.traits import TraitPolicy
 
 if TYPE_CHECKING:
+    from clew.lake._storage import LakeLocation
     from clew.monitor.volume import MonitorPolicy
 
 from pydantic_settings import (
@@ -69,6 +70,21 @@ class StoreSettings(BaseModel):
     # several Clew deployments can share one server without seeing each other's keys.
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "clew"
+    # Redis Cluster: ``redis_url`` names any node (database 0); ``redis_cluster_nodes`` more
+    # ``host:port`` to discover the cluster from when that one is down. Cluster mode writes
+    # every key name with the hash tag ``{<redis_prefix>}`` (one slot, so one primary, per
+    # prefix), so a store written without it is not seen with it (docs/scale-out.md).
+    redis_cluster: bool = False
+    redis_cluster_nodes: list[str] = Field(default_factory=list)
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _nodes(cls, value: list[str]) -> list[str]:
+        for node in value:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{node!r} is not host:port")
+        return value
 
     @field_validator("redis_prefix")
     @classmethod
@@ -80,13 +96,54 @@ class StoreSettings(BaseModel):
         return value
 
 
+def _object_store_uri(value: str | None, setting: str) -> str | None:
+    """``value`` checked as a lake location: ``None`` (local default), a local directory, or
+    ``s3://bucket[/prefix]`` (``s3a://`` is read as ``s3://``); anything else raises with
+    the setting's name."""
+    if value is None:
+        return None
+    from clew.lake._storage import check_uri
+
+    try:
+        return check_uri(value)
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {exc}") from None
+
+
+def _option_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
 class LakeSettings(BaseModel):
+    """The lake's tables (docs/object-storage.md for object storage)."""
+
+    # Where the Delta tables live: ``None`` for ``data_dir/lake``, a local directory, or an
+    # S3-compatible URI ``s3://bucket/prefix``.
+    uri: str | None = None
+    # Object-store options (credentials, region, endpoint, ...), as deltalake's
+    # ``storage_options``; they win over the standard ``AWS_*`` environment variables.
+    storage_options: dict[str, str] = Field(default_factory=dict)
     # A micro-batch is written when it holds this many rows or is this old.
     flush_rows: int = 20_000
     flush_interval_ms: int = 500
     # Small files are compacted after this many appends; old versions vacuumed after.
     compact_every_commits: int = 100
     vacuum_retention_hours: float = 1.0
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        return _object_store_uri(value, "lake.uri")
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options_as_text(cls, value: Any) -> Any:
+        # TOML and JSON write ``allow_http = true``; the object store wants text.
+        if isinstance(value, dict):
+            return {k: _option_text(v) for k, v in value.items()}
+        return value
 
 
 class StageSettings(BaseModel):
@@ -121,6 +178,16 @@ class PrivacySettings(BaseModel):
     pii: dict[str, PiiAction] = Field(default_factory=dict)
     # Seconds between two looks for queued data-subject requests in `clew serve`.
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # Kafka log only: seal every record with data keys kept outside Kafka, so that a deletion
+    # destroys a person's keys and their records become unreadable (crypto-shredding). The
+    # embedded log deletes records physically and ignores this.
+    kafka_encryption: bool = True
+    # Secret that wraps the data keys and hashes record keys; the same on every process.
+    # Empty: derived from the salt above (then set ``salt`` on every machine alike).
+    master_key: str = ""
+    # Seconds a process may keep using a data key it fetched (and a deletion waits after
+    # destroying keys, so that no cache outlives the request).
+    key_cache_s: float = Field(default=5.0, ge=0)
 
     @field_validator("pii")
     @classmethod
@@ -138,10 +205,24 @@ class LifecycleSettings(BaseModel):
     warm_days: float = Field(default=90.0, gt=0)
     # Where cold tables live; default ``data_dir/cold``. An object-storage URI at scale.
     cold_path: Path | None = None
+    # Or an S3-compatible URI ``s3://bucket/prefix`` for them (with ``lake.storage_options``);
+    # at most one of ``cold_path`` and ``cold_uri``.
+    cold_uri: str | None = None
     # Cold data older than this (days since the event) is purged; ``None`` keeps it forever.
     purge_after_days: float | None = Field(default=None, gt=0)
     # Minutes between two lifecycle runs inside `clew serve` (0 turns the scheduler off).
     run_every_minutes: float = Field(default=60.0, ge=0)
+
+    @field_validator("cold_uri")
+    @classmethod
+    def _cold_uri(cls, value: str | None) -> str | None:
+        return _object_store_uri(value, "lifecycle.cold_uri")
+
+    @model_validator(mode="after")
+    def _one_cold_location(self) -> LifecycleSettings:
+        if self.cold_path is not None and self.cold_uri is not None:
+            raise ValueError("lifecycle: set cold_path or cold_uri, not both")
+        return self
 
 
 class MonitorSettings(BaseModel):
@@ -227,12 +308,34 @@ class Settings(BaseSettings):
 
     @property
     def lake_path(self) -> Path:
-        return self.data_dir / "lake"
+        """The lake as a local directory; raises :class:`ObjectStorageUnsupported` when
+        ``lake.uri`` is an object-store URI (use :attr:`lake_location`)."""
+        return self.lake_location.local_path("this command")
 
     @property
     def cold_path(self) -> Path:
+        """The cold tier as a local directory (see :attr:`lake_path`)."""
+        return self.cold_location.local_path("this command")
+
+    @property
+    def lake_location(self) -> LakeLocation:
+        """Where the lake's Delta tables live, local or on object storage."""
+        from clew.lake._storage import LakeLocation
+
+        uri = self.lake.uri
+        if uri is None:
+            return LakeLocation(self.data_dir / "lake")
+        return LakeLocation(uri, self.lake.storage_options, setting="lake.uri")
+
+    @property
+    def cold_location(self) -> LakeLocation:
         """The cold tier: Delta tables with the lake's names and schemas."""
-        return self.lifecycle.cold_path or self.data_dir / "cold"
+        from clew.lake._storage import LakeLocation
+
+        cold = self.lifecycle
+        if cold.cold_uri is not None:
+            return LakeLocation(cold.cold_uri, self.lake.storage_options, "lifecycle.cold_uri")
+        return LakeLocation(cold.cold_path or self.data_dir / "cold")
 
     @property
     def privacy_path(self) -> Path:

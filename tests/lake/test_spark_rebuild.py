@@ -1,6 +1,6 @@
 """`clew rebuild --engine spark`: the batch layer on PySpark over the lake's Delta tables gives
 the same `customer_profiles` and `identities`, row by row, as the DuckDB rebuild, and writes
-them where `clew sql` reads them."""
+them where `clew sql` reads them, in a local directory or in an S3 bucket (a moto server)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import pytest
 from deltalake import write_deltalake
 from typer.testing import CliRunner
 
+from _s3 import S3
 from _services import ServiceUnavailable, unavailable
 from _spark import pom_versions, spark_session
 from clew.cli import app
-from clew.config import Settings
+from clew.config import LakeSettings, Settings
 from clew.events import format_time
 from clew.identity.rules import IdentityRules, IdTypeRule
 from clew.lake import _spark_session, spark_rebuild
@@ -78,13 +79,15 @@ def ev(type_: str, at: float, received: float | None = None, **fields: Any) -> d
 
 def to_lake(settings: Settings, docs: list[dict[str, Any]]) -> None:
     table = to_arrow(EVENTS, [orjson.dumps(d) for d in docs])
-    write_deltalake(
-        str(settings.lake_path / EVENTS.name), table, mode="append", partition_by=["event_date"]
-    )
+    location = settings.lake_location.table(EVENTS.name)
+    if location.is_local:
+        write_deltalake(location.uri, table, mode="append", partition_by=["event_date"])
+    else:
+        location.write(table, mode="append", partition_by=["event_date"])
 
 
 def tables(settings: Settings) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    lake = Lake(settings.lake_path)
+    lake = Lake(settings.lake_location)
     return lake.sql(PROFILES).rows, lake.sql(IDENTITIES).rows
 
 
@@ -291,10 +294,49 @@ def test_dry_run_writes_nothing_and_an_empty_lake_gives_empty_tables(
     assert tables(settings) == ([], [])
 
 
+def test_a_lake_in_an_s3_bucket_equals_duckdb(tmp_path: Path, s3: S3, spark: SparkSession) -> None:
+    """The story in a bucket of an S3-compatible server: Spark reads `events` and writes both
+    tables there through S3A, and they equal DuckDB's."""
+    bucket = s3.bucket()
+    lake = LakeSettings(uri=f"s3://{bucket}/lake", storage_options=s3.storage_options)
+    settings = Settings(data_dir=tmp_path / "data", lake=lake)
+    to_lake(settings, story())
+    duck, _, profiles, ids = both_engines(settings, spark)
+    assert duck.profiles > 10 and len(ids) > 20
+    by_user = {row[2]: row for row in profiles if row[2] is not None}
+    assert by_user["u-1"][1] == ["anonymous_id:a-1", "email:ada@mail.test", "user_id:u-1"]
+    # Spark made the latest commit of both tables, in the bucket.
+    client = s3.client()
+    for name in ("customer_profiles", "identities"):
+        log = [k for k in s3.keys(bucket, f"lake/{name}/_delta_log/") if k.endswith(".json")]
+        latest = client.get_object(Bucket=bucket, Key=max(log))["Body"].read()
+        assert b"Apache-Spark" in latest, name
+    assert not (tmp_path / "data" / "lake").exists(), "nothing was written locally"
+
+
 def test_the_fetch_script_and_the_engine_agree_on_versions() -> None:
     versions = pom_versions()
     assert versions["delta.version"] == _spark_session.DELTA_VERSION
     assert versions["spark.version"] == _spark_session.SPARK_VERSION
+    assert versions["hadoop.version"] == _spark_session.HADOOP_VERSION
+    pyspark = pytest.importorskip("pyspark")
+    # hadoop-aws only works with the Hadoop it was built with: the one inside pyspark.
+    jars = Path(pyspark.__file__).parent / "jars"
+    assert (jars / f"hadoop-client-api-{_spark_session.HADOOP_VERSION}.jar").is_file()
+
+
+def test_a_lake_on_object_storage_needs_the_s3a_jars(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyspark")
+    monkeypatch.setenv("CLEW_SPARK_JARS", str(tmp_path))
+    for name in _spark_session.DELTA_JARS:
+        (tmp_path / name).touch()
+    if (base := _spark_session.missing()) is not None:
+        pytest.skip(base)  # no Java here: nothing else to check
+    reason = _spark_session.missing(object_storage=True)
+    assert reason is not None
+    assert "hadoop-aws" in reason and "sh scripts/spark.sh" in reason
 
 
 def test_missing_jars_name_the_command_that_fetches_them(

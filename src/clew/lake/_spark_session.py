@@ -1,9 +1,15 @@
-"""The SparkSession of the Spark batch layer: where Delta Lake's jars are, and how a session
-that reads and writes the lake's Delta tables is configured.
+"""The SparkSession of the Spark batch layer: where Delta Lake's jars are, how a session that
+reads and writes the lake's Delta tables is configured, and how Spark reaches a lake on
+S3-compatible storage.
 
 Spark itself comes with the ``pyspark`` package (the ``spark`` extra); Delta Lake's Spark
-connector is two jars that ``scripts/spark.sh`` fetches with Maven into a cache shared by every
-checkout. They are handed to Spark through ``spark.jars``, so nothing is resolved at run time.
+connector (two jars) and Hadoop's S3A connector (``hadoop-aws`` and the AWS SDK's S3 modules)
+are jars that ``scripts/spark.sh`` fetches with Maven into a cache shared by every checkout.
+All of them are handed to Spark through ``spark.jars``, so nothing is resolved at run time.
+
+A lake on object storage (``s3://bucket/prefix``) is read and written by Spark through S3A
+(``s3a://bucket/prefix``), configured from ``lake.storage_options`` and else the same
+``AWS_*`` environment variables as the rest of Clew (:func:`s3a_options`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -23,6 +30,10 @@ if TYPE_CHECKING:
 SPARK_VERSION = "4.0.1"
 DELTA_VERSION = "4.0.0"
 DELTA_JARS = (f"delta-spark_2.13-{DELTA_VERSION}.jar", f"delta-storage-{DELTA_VERSION}.jar")
+# The Hadoop inside that pyspark (pyspark/jars/hadoop-client-api-*.jar): hadoop-aws must match
+# it. The AWS SDK modules S3A needs are fetched beside it; this one jar stands for them all.
+HADOOP_VERSION = "3.4.1"
+S3A_JARS = (f"hadoop-aws-{HADOOP_VERSION}.jar",)
 FETCH = "sh scripts/spark.sh"
 INSTALL = "pip install 'clew[spark]'"
 
@@ -42,9 +53,9 @@ def delta_jars_dir() -> Path:
     return cache / "clew" / "spark" / DELTA_VERSION / "jars"
 
 
-def missing() -> str | None:
-    """Why a local Spark session with Delta cannot start here, naming the command that
-    fixes it; ``None`` if it can."""
+def missing(object_storage: bool = False) -> str | None:
+    """Why a local Spark session with Delta (and with S3A, for a lake on ``object_storage``)
+    cannot start here, naming the command that fixes it; ``None`` if it can."""
     try:
         import pyspark
     except ImportError:
@@ -60,19 +71,89 @@ def missing() -> str | None:
     absent = [name for name in DELTA_JARS if not (jars / name).is_file()]
     if absent:
         return f"Delta Lake's Spark jars are not in {jars} ({', '.join(absent)}): run {FETCH}"
+    absent = [name for name in S3A_JARS if not (jars / name).is_file()] if object_storage else []
+    if absent:
+        return (
+            f"the lake is on object storage and Hadoop's S3A jars are not in {jars} "
+            f"({', '.join(absent)}): run {FETCH}"
+        )
     return None
 
 
-def build_session(master: str, conf: Mapping[str, str]) -> SparkSession:
-    """A session on ``master`` with Delta's SQL extension and catalog, the Delta jars, UTC as
-    session time zone and standard Parquet timestamps; ``conf`` is applied last, so it can
-    override any of these. Raises :class:`SparkUnavailableError` naming what is missing."""
-    reason = missing()
+def spark_path(uri: str) -> str:
+    """A lake location as Spark names it: ``s3://`` becomes Hadoop's ``s3a://``.
+
+    >>> spark_path("s3://clew-lake/prod/events")
+    's3a://clew-lake/prod/events'
+    >>> spark_path("/srv/clew/lake/events")
+    '/srv/clew/lake/events'
+    """
+    scheme, sep, rest = uri.partition("://")
+    return f"s3a://{rest}" if sep and scheme.lower() in ("s3", "s3a") else uri
+
+
+def s3a_options(options: Mapping[str, str]) -> dict[str, str]:
+    """Hadoop's S3A settings (``fs.s3a.*``) for the store ``options`` of a lake on object
+    storage; a value the options lack is read from the same ``AWS_*`` environment variable,
+    as deltalake does. Unknown options are ignored: S3A's defaults apply.
+
+    >>> conf = s3a_options({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"})
+    >>> conf["fs.s3a.endpoint.region"], conf["fs.s3a.path.style.access"]
+    ('eu-west-1', 'true')
+    >>> conf["fs.s3a.connection.ssl.enabled"]
+    'false'
+    """
+    lower = {k.lower(): v for k, v in options.items()}
+
+    def pick(*keys: str) -> str | None:
+        for key in keys:
+            value = lower.get(key) or os.environ.get(key.upper())
+            if value:
+                return value
+        return None
+
+    out: dict[str, str] = {}
+    key = pick("aws_access_key_id", "access_key_id")
+    secret = pick("aws_secret_access_key", "secret_access_key")
+    if key and secret:
+        out["fs.s3a.access.key"] = key
+        out["fs.s3a.secret.key"] = secret
+        token = pick("aws_session_token", "session_token", "aws_token", "token")
+        if token:
+            out["fs.s3a.session.token"] = token
+            out["fs.s3a.aws.credentials.provider"] = (
+                "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+            )
+    region = pick("aws_region", "aws_default_region", "region")
+    if region:
+        out["fs.s3a.endpoint.region"] = region
+    endpoint = pick("aws_endpoint_url", "aws_endpoint", "endpoint_url", "endpoint")
+    if endpoint:
+        out["fs.s3a.endpoint"] = endpoint
+        if urlsplit(endpoint).scheme.lower() == "http":
+            out["fs.s3a.connection.ssl.enabled"] = "false"
+        # S3-compatible servers are addressed by path (the bucket in the path, not the host).
+        hosted = pick("aws_virtual_hosted_style_request", "virtual_hosted_style_request")
+        if (hosted or "").lower() not in ("true", "1"):
+            out["fs.s3a.path.style.access"] = "true"
+    return out
+
+
+def build_session(
+    master: str, conf: Mapping[str, str], *, storage: Mapping[str, str] | None = None
+) -> SparkSession:
+    """A session on ``master`` with Delta's SQL extension and catalog, the Delta and S3A jars,
+    UTC as session time zone and standard Parquet timestamps, and, for a lake on object
+    storage, S3A configured from its ``storage`` options (see :func:`s3a_options`); ``conf``
+    is applied last, so it can override any of these. Raises :class:`SparkUnavailableError`
+    naming what is missing."""
+    reason = missing(object_storage=storage is not None)
     if reason is not None:
         raise SparkUnavailableError(reason)
     from pyspark.sql import SparkSession
 
-    jars = ",".join(str(delta_jars_dir() / name) for name in DELTA_JARS)
+    # Every jar the fetch script put there: Delta's, hadoop-aws and the AWS SDK modules.
+    jars = ",".join(str(path) for path in sorted(delta_jars_dir().glob("*.jar")))
     local = master.startswith("local")
     settings: dict[str, str] = {
         "spark.app.name": "clew-rebuild",
@@ -86,6 +167,8 @@ def build_session(master: str, conf: Mapping[str, str]) -> SparkSession:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
+    if storage is not None:
+        settings.update({f"spark.hadoop.{k}": v for k, v in s3a_options(storage).items()})
     if local:
         # One machine: as many partitions as cores (the defaults, 200 shuffle partitions and
         # 50 for rebuilding a Delta table's state, are for clusters and cost seconds here).

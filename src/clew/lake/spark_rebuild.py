@@ -18,6 +18,10 @@ How, in four steps, each a Spark job:
 
 Nothing but counts is collected to the driver, except for the reconciliation with a serving
 store, which reads the rebuilt profiles back (the serving store is one machine's anyway).
+
+The lake (and its cold tier) may be a local directory or on S3-compatible storage; Spark reaches
+the latter through Hadoop's S3A connector, with the lake's store options given to every Delta
+read and write (so a caller's session needs only the jars, see ``_spark_session``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import warnings
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -46,7 +49,14 @@ from clew.lake._spark_rows import (
     prepare,
     resolve,
 )
-from clew.lake._spark_session import LOCAL_MASTER, SparkUnavailableError, build_session
+from clew.lake._spark_session import (
+    LOCAL_MASTER,
+    SparkUnavailableError,
+    build_session,
+    s3a_options,
+    spark_path,
+)
+from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.rebuild import RebuildError, RebuildReport
 from clew.lake.tables import (
     CUSTOMER_PROFILES,
@@ -98,14 +108,20 @@ def rebuild_spark(
             tuple(speed.separations()) if speed is not None else (),
             (rebuilt_at - _EPOCH) // _ONE_MS,
         )
+        lake, cold = settings.lake_location, settings.cold_location
+        remote = next((loc for loc in (lake, cold) if not loc.is_local), None)
         with _phase(report, "start"):
-            spark = session if session is not None else build_session(master, conf or {})
+            if session is not None:
+                spark = session
+            else:
+                storage = None if remote is None else remote.options
+                spark = build_session(master, conf or {}, storage=storage)
         try:
-            tables = _compute(spark, settings, job, rebuilt_at, report)
+            tables = _compute(spark, lake, cold, job, rebuilt_at, report)
             try:
                 if not dry_run:
                     with _phase(report, "write"):
-                        _write(tables, settings.lake_path)
+                        _write(tables, lake)
                     report.written = True
                 if speed is not None:
                     with _phase(report, "reconcile"):
@@ -141,13 +157,18 @@ class _Tables:
 
 
 def _compute(
-    spark: SparkSession, settings: Settings, job: Job, rebuilt_at: datetime, report: RebuildReport
+    spark: SparkSession,
+    lake: LakeLocation,
+    cold: LakeLocation,
+    job: Job,
+    rebuilt_at: datetime,
+    report: RebuildReport,
 ) -> _Tables:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     with _phase(report, "read"):
-        events = _events(spark, settings)
+        events = _events(spark, lake, cold)
         prepared = events.mapInArrow(lambda it: prepare(it, job), _spark_schema(PREPARED))
         prepared = prepared.persist(StorageLevel.MEMORY_AND_DISK)
         report.events = prepared.count()
@@ -225,17 +246,22 @@ def _collect(frame: DataFrame) -> list[Any]:
         return frame.collect()
 
 
-def _events(spark: SparkSession, settings: Settings) -> DataFrame:
+def _events(spark: SparkSession, lake: LakeLocation, cold: LakeLocation) -> DataFrame:
     """The warm and cold ``events`` rows that have a time, with the columns ``prepare``
     reads (an absent table is no rows)."""
     from pyspark.sql import functions as F
 
     found: DataFrame | None = None
-    for root in (settings.lake_path, settings.cold_path):
-        path = root / EVENTS.name
-        if not (path / "_delta_log").is_dir():
+    for root in (lake, cold):
+        table = root.table(EVENTS.name)
+        if not table.exists():
             continue
-        frame = spark.read.format("delta").load(str(path)).select(*EVENT_COLUMNS)
+        frame = (
+            spark.read.format("delta")
+            .options(**_hadoop_options(table))
+            .load(spark_path(table.uri))
+            .select(*EVENT_COLUMNS)
+        )
         found = frame if found is None else found.unionByName(frame)
     if found is None:
         found = spark.createDataFrame([], _spark_schema(EVENTS.schema)).select(*EVENT_COLUMNS)
@@ -256,31 +282,41 @@ def _spark_schema(schema: pa.Schema) -> Any:
     return from_arrow_schema(schema)
 
 
-def _write(tables: _Tables, lake_path: Path) -> None:
+def _hadoop_options(table: TableLocation) -> dict[str, str]:
+    """The table's store options as Hadoop settings, which Delta applies to the file system
+    it reads and writes the table with (none for a local table)."""
+    return {} if table.is_local else s3a_options(table.options)
+
+
+def _write(tables: _Tables, lake: LakeLocation) -> None:
     """Overwrite both tables, as two Spark jobs at once (each commit waits on little else)."""
     with ThreadPoolExecutor(2) as pool:
         done = [
-            pool.submit(_overwrite, tables.profiles, lake_path / CUSTOMER_PROFILES.name),
-            pool.submit(_overwrite, tables.identities, lake_path / IDENTITIES.name),
+            pool.submit(_overwrite, tables.profiles, lake.table(CUSTOMER_PROFILES.name)),
+            pool.submit(_overwrite, tables.identities, lake.table(IDENTITIES.name)),
         ]
         for future in done:
             future.result()
 
 
-def _overwrite(frame: DataFrame, path: Path) -> None:
+def _overwrite(frame: DataFrame, table: TableLocation) -> None:
     """Replace the table's rows and schema in one Delta commit. A commit that loses to
     another writer (the profiles-lake stage) is tried again."""
     from pyspark.errors import PySparkException
 
+    writer = (
+        frame.write.format("delta")
+        .mode("overwrite")
+        .option("overwriteSchema", "true")
+        .options(**_hadoop_options(table))
+    )
     for attempt in range(_WRITE_ATTEMPTS):
         try:
-            frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
-                str(path)
-            )
+            writer.save(spark_path(table.uri))
             return
         except PySparkException as exc:
             if "Concurrent" not in str(exc) or attempt == _WRITE_ATTEMPTS - 1:
-                raise RebuildError(f"could not overwrite {path.name}: {exc}") from exc
+                raise RebuildError(f"could not overwrite {table.name}: {exc}") from exc
 
 
 def _facts(tables: _Tables) -> Iterator[Facts]:

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from clew.config import Settings
 from clew.log.base import Log, TopicSpec
 from clew.log.embedded import EmbeddedLog
+
+if TYPE_CHECKING:
+    from clew.log.shredding import ShreddingLog
 
 RAW_TOPIC = "raw"
 EVENTS_TOPIC = "events"
 DLQ_TOPIC = "dlq"
 CHANGES_TOPIC = "changes"
 TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
+# Topics whose record key is not a person: each record gets its own data key.
+RECORD_KEYED = (RAW_TOPIC, DLQ_TOPIC)
 
 
 def open_log(settings: Settings) -> Log:
     """The log chosen in ``settings.log.backend``, with every Clew topic created (or its
     retention updated). Raises :class:`~clew.log.base.LogError` when the backend cannot be
     reached or a topic exists with another partition count, and
-    :class:`~clew.log.kafka.KafkaUnavailableError` when Kafka is chosen without its client."""
+    :class:`~clew.log.kafka.KafkaUnavailableError` when Kafka is chosen without its client.
+    Kafka comes wrapped in a :class:`~clew.log.shredding.ShreddingLog` unless
+    ``privacy.kafka_encryption`` is off; its key store failing raises
+    :class:`~clew.privacy.keys.KeyStoreError`."""
     log = _open_backend(settings)
     retention_ms = (
         int(settings.log.retention_hours * 3600_000) if settings.log.retention_hours else None
@@ -39,7 +49,7 @@ def _open_backend(settings: Settings) -> Log:
         # Imported here: confluent-kafka is an optional extra.
         from clew.log.kafka import KafkaLog
 
-        return KafkaLog(
+        kafka = KafkaLog(
             config.bootstrap_servers,
             replication_factor=config.replication_factor,
             client=config.kafka_client,
@@ -47,4 +57,22 @@ def _open_backend(settings: Settings) -> Log:
             consumer=config.kafka_consumer,
             timeout_s=config.kafka_timeout_s,
         )
+        if not settings.privacy.kafka_encryption:
+            return kafka
+        try:
+            return shredding(settings, kafka)
+        except BaseException:
+            kafka.close()
+            raise
     return EmbeddedLog(settings.log_path)
+
+
+def shredding(settings: Settings, inner: Log) -> ShreddingLog:
+    """``inner`` sealed with the deployment's data keys (``clew.log.shredding``): ``raw`` is
+    keyless and ``dlq`` keyed by source, so their records get a data key each; ``events``
+    (keyed by the person's identifier) and ``changes`` (by profile id) share one per key."""
+    # Imported here: the embedded log never loads the cryptography package.
+    from clew.log.shredding import ShreddingLog
+    from clew.privacy.keys import open_keyring
+
+    return ShreddingLog(inner, open_keyring(settings), record_keyed=RECORD_KEYED)

@@ -5,9 +5,10 @@ Whole-person erasure (no time range) removes, in this order, so that nothing flo
 store not yet cleaned into one already cleaned:
 
 1. the log: every record of every topic that carries the person (``Log.delete_where``,
-   physical). A ``raw`` record is a whole HTTP request and may hold other people's events as
-   well; it cannot be rewritten, so it is deleted when it carries the person and either holds
-   nobody else or the validate stage has already passed it (its events are then in
+   physical; the Kafka log makes them unreadable instead, ``clew.privacy._erase_kafka``). A
+   ``raw`` record is a whole HTTP request and may hold other people's events as well; it
+   cannot be rewritten, so it is deleted when it carries the person and either holds nobody
+   else or the validate stage has already passed it (its events are then in
    ``events``; ``raw`` is only a buffer in front of validation). A mixed record not yet
    validated is kept and reported, and the request should run again once validation caught up;
 2. the serving store: the profile with its identity graph and provenance, merged-away ids,
@@ -46,6 +47,7 @@ from clew.destinations.config import DestinationDirectory, destinations_dir, out
 from clew.identity.rules import IdentityRules
 from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
 from clew.log.base import Log, Record
+from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_lake import DLQ, EVENTS, LakeEraser, is_table
 from clew.privacy._erase_match import Matcher
 from clew.privacy._erase_sqlite import scrub
@@ -171,6 +173,8 @@ class _Eraser:
     def log_records(self) -> StoreReport:
         counts: dict[str, int] = {}
         kept: list[Record] = []
+        if isinstance(self.log, ShreddingLog):
+            return self._shred_log(self.log, kept)
         for topic in sorted(self.log.topics()):
             if topic == RAW_TOPIC:
                 match = self._raw_match(self.log.committed("validate", RAW_TOPIC), kept)
@@ -185,6 +189,21 @@ class _Eraser:
                 "they were kept; run the request again once the validate stage has caught up"
             )
         return StoreReport("log", sum(counts.values()), detail, error)
+
+    def _shred_log(self, log: ShreddingLog, kept: list[Record]) -> StoreReport:
+        """The Kafka log sealed with data keys: shred instead of delete (``_erase_kafka``)."""
+        from clew.privacy._erase_kafka import erase_log
+
+        def match_for(topic: str) -> Callable[[Record], bool]:
+            if topic == RAW_TOPIC:
+                return self._raw_match(log.committed("validate", RAW_TOPIC), kept)
+            return self.matcher.record
+
+        people: set[bytes] = set()
+        if self.whole:
+            people = {v.encode() for _, v in self.subject.identifiers}
+            people.update(p.encode() for p in self.subject.profile_ids)
+        return erase_log(log, match_for, people, kept)
 
     def _raw_match(self, validated: dict[int, int], kept: list[Record]) -> Callable[[Record], bool]:
         """Whether to delete a ``raw`` record (module docstring); the mixed records kept
@@ -238,7 +257,7 @@ class _Eraser:
 
     def _lake(self) -> StoreReport:
         settings, m = self.settings, self.matcher
-        roots = [settings.lake_path, settings.cold_path]
+        roots = [settings.lake_location, settings.cold_location]
         index = PersonIndex(index_path(settings.data_dir), roots)
         try:
             days = index.partitions(self.subject.identifiers)
@@ -279,14 +298,12 @@ class _Eraser:
     def _gap(
         self, index: PersonIndex, table: str, needed: set[str], custom: dict[str, list[str]]
     ) -> str | None:
-        from deltalake import DeltaTable
-
         from clew.stages.lake_sink import app_id
 
-        path = self.settings.lake_path / table
+        path = self.settings.lake_location.table(table)
         versions: dict[int, int] = {}
         if is_table(path):
-            dt = DeltaTable(str(path))
+            dt = path.open()
             spec = self.log.topics().get(table)
             for p in range(spec.partitions if spec else self.settings.log.partitions):
                 v = dt.transaction_version(app_id(table, p))

@@ -3,7 +3,8 @@
 :func:`verify` looks, independently of how :func:`~clew.privacy.erase.erase` deleted:
 
 - the log: every retained record of every topic, read as records (the same per-record test
-  as the erasure) and as raw key, value and header bytes;
+  as the erasure) and as raw key, value and header bytes; on Kafka sealed with data keys,
+  the stored bytes and every record still readable (``clew.privacy._verify_kafka``);
 - the raw bytes of every SQLite file in the data directory, with its write-ahead log (the log,
   the serving store, ``destinations.db``, ``imports.db``, the person index, everything else);
 - every Parquet file under the lake and the cold tier, whether or not the current Delta
@@ -34,6 +35,7 @@ from clew.config import Settings
 from clew.destinations.config import outbox_path
 from clew.lake.person_index import PersonIndex, index_path
 from clew.log.base import Log
+from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_match import Matcher
 from clew.privacy._verify_bytes import (
     MIN_RAW,
@@ -42,6 +44,7 @@ from clew.privacy._verify_bytes import (
     find_in_file,
     needles,
     re2_escape,
+    scan_objects,
 )
 from clew.privacy.erase import IMPORTS_FILE, RAW_TOPIC, Subject
 from clew.store.base import ProfileStore
@@ -97,6 +100,11 @@ class _Verifier:
         self.report.traces.append(Trace(store, where))
 
     def log_records(self) -> None:
+        if isinstance(self.log, ShreddingLog):
+            from clew.privacy._verify_kafka import verify_log
+
+            self.report.checked.append(verify_log(self.log, self.matcher, self.needles, self.trace))
+            return
         n = 0
         topics = self.log.topics()
         for topic, spec in sorted(topics.items()):
@@ -141,7 +149,8 @@ class _Verifier:
 
     def files(self) -> None:
         data_dir = self.settings.data_dir
-        lake_roots = [r for r in (self.settings.lake_path, self.settings.cold_path) if r.is_dir()]
+        located = (self.settings.lake_location, self.settings.cold_location)
+        lake_roots = [p for r in located if r.is_local and (p := Path(r.uri)).is_dir()]
         sqlite_files = other_files = 0
         for path in _walk(data_dir, skip_dirs={r.resolve() for r in lake_roots}):
             if path.resolve() in self.skip:
@@ -170,9 +179,16 @@ class _Verifier:
                     at = find_in_file(path, self.needles)
                     if at is not None:
                         self.trace("lake", f"{_rel(path, data_dir)}, byte {at}")
+        names = [_rel(r, data_dir) for r in lake_roots]
+        for remote in (r for r in located if not r.is_local):
+            scan = scan_objects(remote, self.needles, self._table_hits)
+            parquet, other = parquet + scan.parquet, other + scan.other
+            names.append(remote.uri)
+            for where in scan.traces:
+                self.trace("lake", where)
         self.report.checked.append(
             f"{parquet} Parquet file(s) (every string column) and {other} other file(s) under "
-            f"{', '.join(_rel(r, data_dir) for r in lake_roots) or 'no lake'}"
+            f"{', '.join(names) or 'no lake'}"
         )
 
     def _parquet(self, path: Path) -> Iterator[tuple[str, int]]:
@@ -181,6 +197,9 @@ class _Verifier:
         except (OSError, pa.ArrowException) as exc:
             self.trace("lake", f"{path.name}: unreadable Parquet ({type(exc).__name__})")
             return
+        yield from self._table_hits(table)
+
+    def _table_hits(self, table: pa.Table) -> Iterator[tuple[str, int]]:
         for name, column in _string_columns(table):
             hits = self._hits(column)
             if hits:

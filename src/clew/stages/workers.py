@@ -76,7 +76,10 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "lake":
         from clew.stages.lake_sink import LakeSinkStage
 
-        return LakeSinkStage(settings.lake_path, settings.lake, settings.identity.rules), []
+        lake = LakeSinkStage(
+            settings.lake_location, settings.lake, settings.identity.rules, settings.data_dir
+        )
+        return lake, []
     if name == "monitor":
         from clew.monitor import MonitorStage
 
@@ -103,7 +106,9 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         store = open_store(settings)
         counters = CounterStore(settings.state_path)
         clock = clock_for(settings.clock, settings.data_dir)
-        history = LakeHistory(settings.lake_path, lambda: open_log(settings), settings.cold_path)
+        history = LakeHistory(
+            settings.lake_location, lambda: open_log(settings), settings.cold_location
+        )
         audiences = LiveAudiences(DefinitionRepository(settings.data_dir), clock, history)
         profiles = ProfilesStage(
             store,
@@ -117,7 +122,7 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "profiles-lake":
         from clew.stages.profiles_sink import ProfilesSinkStage
 
-        return ProfilesSinkStage(settings.lake_path, settings.lake), []
+        return ProfilesSinkStage(settings.lake_location, settings.lake), []
     if name == "destinations":
         from clew.stages.destinations import DestinationsStage
 

@@ -1,0 +1,101 @@
+"""Verification and erasure on the sealed Kafka log, piece by piece, on a real broker with the
+data keys in a real Redis: verification finds the person's readable records and any
+identifier stored in clear; a time range cannot be shredded alone and says so; a whole-person
+erasure leaves only what it could not seal away, and reports it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import msgspec
+import pytest
+
+from _kafka import KafkaBroker, kafka_session
+from clew.config import Settings
+from clew.log.base import Message, Record, TopicSpec
+from clew.log.kafka import KafkaLog
+from clew.log.shredding import ShreddingLog
+from clew.privacy._erase_kafka import erase_log
+from clew.privacy._erase_match import Matcher
+from clew.privacy._verify_bytes import needles
+from clew.privacy._verify_kafka import verify_log
+from clew.privacy.erase import Subject
+
+pytest.importorskip("redis", reason="the Redis key store needs pip install 'clew[redis]'")
+
+from clew.privacy._keystore_redis import RedisKeyStore
+from clew.privacy.keys import KeyRing
+
+ADA, ADA_EMAIL, BOB = "ada-1815", "ada.lovelace@analytical.test", "bob-1791"
+SUBJECT = Subject((), (("user_id", ADA), ("email", ADA_EMAIL)))
+MAY, JUNE = 1_714_521_600_000, 1_717_200_000_000  # 2024-05-01, 2024-06-01
+
+
+@pytest.fixture(scope="module")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    yield from kafka_session(tmp_path_factory)
+
+
+@pytest.fixture
+def log(kafka_broker: KafkaBroker, redis_url: str) -> Iterator[ShreddingLog]:
+    ring = KeyRing(RedisKeyStore(redis_url, prefix=f"v-{uuid.uuid4().hex[:8]}"), b"k" * 32)
+    handle = ShreddingLog(KafkaLog(kafka_broker.bootstrap, replication_factor=1), ring)
+    handle.keys.cache_s = 0.2
+    yield handle
+    handle.close()
+
+
+def event(user: str, n: int, when: str) -> Message:
+    doc = {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": user,
+        "messageId": f"{user}-{n}",
+        "timestamp": when,
+    }
+    return Message(msgspec.json.encode(doc), key=user.encode())
+
+
+def scan(log: ShreddingLog, matcher: Matcher) -> list[str]:
+    found: list[str] = []
+    verify_log(log, matcher, needles(SUBJECT.identifiers, ()), lambda _, where: found.append(where))
+    return found
+
+
+def test_verify_and_erase_on_the_sealed_log(log: ShreddingLog) -> None:
+    log.create_topic(TopicSpec("events", 2))
+    log.append_sync(
+        "events",
+        [
+            event(ADA, 1, "2024-05-10T10:00:00Z"),
+            event(ADA, 2, "2024-07-10T10:00:00Z"),
+            event(BOB, 1, "2024-05-10T10:00:00Z"),
+        ],
+    )
+    # Written around the shredding log, as before encryption was turned on.
+    log.inner.append_sync("events", [event(ADA, 3, "2024-05-11T10:00:00Z")])
+    rules = Settings().identity.rules
+    whole = Matcher(SUBJECT, rules)
+
+    found = scan(log, whole)
+    assert sum("readable with a live data key" in w for w in found) == 2
+    assert sum("an identifier in clear" in w for w in found) == 1
+
+    # May only: the May event shares Ada's key with her July one, so it is kept, and said.
+    in_may = Matcher(SUBJECT, rules, MAY, JUNE)
+    partial = erase_log(log, lambda _: in_may.record, (), [])
+    assert partial.removed == 0
+    assert partial.error is not None and "share the person's data key" in partial.error
+    assert len(scan(log, whole)) == 3
+
+    report = erase_log(log, lambda _: whole.record, {ADA.encode(), ADA_EMAIL.encode()}, [])
+    assert report.removed == 1  # Ada's user id key; her email never keyed a record
+    assert report.error is not None and "before encryption was on" in report.error
+    assert "events 2" in report.detail
+    left = scan(log, whole)
+    assert len(left) == 1 and "an identifier in clear" in left[0]
+    readable: list[Record] = []
+    for p in range(2):
+        readable += log.read("events", p, 0)
+    assert sorted(r.key or b"" for r in readable) == [ADA.encode(), BOB.encode()]
