@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from clew.identity.identifiers import EMAIL, USER_ID
 from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, IDENTITIES_SCHEMA
+from clew.store.base import Profile
 
 _MS = pa.timestamp("ms", tz="UTC")
 
@@ -154,3 +155,32 @@ class IdentityColumns:
             },
             schema=s,
         )
+
+
+def profile_columns(
+    profiles: Iterable[Profile], updated_ms: int
+) -> tuple[ProfileColumns, IdentityColumns]:
+    """The ``customer_profiles`` part a rebuild takes from resolved ``profiles``, and their
+    ``identities`` rows stamped ``updated_ms`` (both rebuild engines use it)."""
+    columns = ProfileColumns()
+    identities = IdentityColumns()
+    for p in profiles:
+        columns.add_identity(
+            p.profile_id,
+            ((e.id_type, e.value) for e in p.identities),
+            p.traits,
+            (r.from_id for r in p.merged),
+        )
+        for e in p.identities:
+            prov = e.provenance
+            identities.add(
+                e.id_type,
+                e.value,
+                p.profile_id,
+                prov.message_id,
+                prov.source_id,
+                prov.time_ms,
+                prov.match_weight,
+                updated_ms,
+            )
+    return columns, identities

@@ -29,7 +29,7 @@ from clew.events import Event
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
 from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
-from clew.lake._profile_rows import IdentityColumns, ProfileColumns
+from clew.lake._profile_rows import profile_columns
 from clew.lake._rebuild_sql import PayloadShape
 from clew.store.base import Separation
 from clew.store.memory import MemoryProfileStore
@@ -286,28 +286,7 @@ def _event_rows(
 
 
 def _profile_rows(store: MemoryProfileStore, rebuilt_ms: int) -> Iterator[pa.RecordBatch]:
-    profiles = store.scan(None, 1 << 62)
-    columns = ProfileColumns()
-    identities = IdentityColumns()
-    for p in profiles:
-        columns.add_identity(
-            p.profile_id,
-            ((e.id_type, e.value) for e in p.identities),
-            p.traits,
-            (r.from_id for r in p.merged),
-        )
-        for e in p.identities:
-            prov = e.provenance
-            identities.add(
-                e.id_type,
-                e.value,
-                p.profile_id,
-                prov.message_id,
-                prov.source_id,
-                prov.time_ms,
-                prov.match_weight,
-                rebuilt_ms,
-            )
+    columns, identities = profile_columns(store.scan(None, 1 << 62), rebuilt_ms)
     part = columns.store_part()
     n = part.num_rows
     yield _batch(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from clew.config import Settings
 from clew.identity.unifier import Unifier
-from clew.lake._profile_rows import IdentityColumns, ProfileColumns
+from clew.lake._profile_rows import IdentityColumns, profile_columns
 from clew.lake._rebuild_resolve import Resolved, resolve_events
 from clew.lake._rebuild_sql import AGGREGATES, PayloadShape, load_events
 from clew.lake._reconcile import Facts, Reconciliation, reconcile
@@ -196,7 +196,7 @@ def _assemble(
         # DuckDB releases the GIL: the aggregates run while Python walks the profiles.
         future = pool.submit(_aggregates, conn, applied, decided)
         profiles = store.scan(None, 1 << 62)
-        columns, identities = _columns(profiles, rebuilt_at)
+        columns, identities = profile_columns(profiles, (rebuilt_at - _EPOCH) // _ONE_MS)
         aggregates = future.result()
     conn.register("store_part", columns.store_part())
     conn.register("aggregates", aggregates)
@@ -224,34 +224,6 @@ def _aggregates(conn: duckdb.DuckDBPyConnection, applied: pa.Table, decided: pa.
     finally:
         conn.unregister("applied")
         conn.unregister("decided")
-
-
-def _columns(
-    profiles: list[Profile], rebuilt_at: datetime
-) -> tuple[ProfileColumns, IdentityColumns]:
-    updated_ms = (rebuilt_at - _EPOCH) // _ONE_MS
-    columns = ProfileColumns()
-    identities = IdentityColumns()
-    for p in profiles:
-        columns.add_identity(
-            p.profile_id,
-            ((e.id_type, e.value) for e in p.identities),
-            p.traits,
-            (r.from_id for r in p.merged),
-        )
-        for e in p.identities:
-            prov = e.provenance
-            identities.add(
-                e.id_type,
-                e.value,
-                p.profile_id,
-                prov.message_id,
-                prov.source_id,
-                prov.time_ms,
-                prov.match_weight,
-                updated_ms,
-            )
-    return columns, identities
 
 
 def _arrow(

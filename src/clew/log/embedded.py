@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from clew.log._queue import batches
 from clew.log.base import (
     Consumer,
     Log,
@@ -202,24 +203,8 @@ class EmbeddedLog(Log):
 
     def _write_loop(self) -> None:
         conn = self._conn
-        while True:
-            first = self._ops.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < _MAX_OPS_PER_TRANSACTION:
-                try:
-                    item = self._ops.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+        for batch in batches(self._ops, _MAX_OPS_PER_TRANSACTION):
             self._run_transaction(conn, batch)
-            if stop:
-                return
 
     def _run_transaction(
         self, conn: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]]

@@ -40,6 +40,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Protocol
 
+from clew.log._queue import batches
 from clew.log._shred_codec import (
     PERSON,
     RECORD,
@@ -268,24 +269,8 @@ class ShreddingLog(Log):
         return outer
 
     def _serve_appends(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            pending = [first]
-            stop = False
-            while len(pending) < _MAX_COALESCED:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                pending.append(more)
+        for pending in batches(self._queue, _MAX_COALESCED):
             self._append_pending(pending)
-            if stop:
-                return
 
     def _append_pending(self, pending: list[_Append]) -> None:
         try:
