@@ -325,6 +325,12 @@ class Clew:
             [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
         )
         metric(
+            "clew_shredded_records_total",
+            "counter",
+            "Kafka records a stage skipped because their person's data key was destroyed",
+            [(f'{{stage="{g}"}}', self._counters.read(g)["shredded_records"]) for g in STAGE_NAMES],
+        )
+        metric(
             "clew_stage_errors_total",
             "counter",
             "Failures a stage recovered from by resuming at its last commit",

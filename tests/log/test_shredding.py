@@ -181,6 +181,7 @@ def test_a_destroyed_key_shreds_its_records_for_every_reader(
         consumer.commit()
         assert sorted(r.value for r in got) == sorted(person(BOB, i).value for i in range(5))
         assert fresh.shredded[topic] == 5
+        assert consumer.shredded == 5, "counted per member, for the stage's metrics"
         # The group's position moved past the shredded records too.
         assert kafka.lag(group, topic).total == 0
     finally:

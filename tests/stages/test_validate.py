@@ -352,3 +352,60 @@ def test_redis_claims_expire_with_the_window(shared_redis: str) -> None:
         assert index.claim([("m", "b")], 0) == set(), "an expired claim no longer blocks"
     finally:
         index.close()
+
+
+class _Shredding(Consumer):
+    """A member that reports records it skipped, as the crypto-shredding wrapper does."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self._inner = inner
+        self.shredded = 0
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        records = self._inner.poll(max_records, timeout_s)
+        self.shredded += len(records)
+        return []
+
+    def commit(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        produce: Mapping[str, Sequence[Message]] | None = None,
+    ) -> None:
+        self._inner.commit(offsets, produce)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._inner.seek(topic, partition, offset)
+
+    def assignment(self) -> list[TopicPartition]:
+        return self._inner.assignment()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_the_runner_counts_records_its_member_skipped_as_shredded(
+    log: EmbeddedLog, tmp_path: Path
+) -> None:
+    from clew.stages._counters import CounterStore
+    from clew.stages.runner import StageRunner
+
+    class _Log:
+        def consumer(self, group: str, topics: list[str]) -> Consumer:
+            return _Shredding(log.consumer(group, topics))
+
+    for _ in range(3):
+        append_request(log, {"batch": events(2)})
+    counters = CounterStore(tmp_path / "counters.db")
+    dedup = DedupIndex(tmp_path / "dedup.db")
+    runner = StageRunner(_Log(), ValidateStage(dedup), counters=counters)  # type: ignore[arg-type]
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while counters.read("validate")["shredded_records"] < 3:
+            assert time.monotonic() < deadline, "the skipped records were not counted"
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        dedup.close()
+    assert counters.read("validate")["shredded_records"] == 3
+    counters.close()

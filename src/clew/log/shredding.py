@@ -476,9 +476,14 @@ class ShreddingConsumer(Consumer):
     def __init__(self, log: ShreddingLog, inner: Consumer) -> None:
         self._log = log
         self.inner = inner
+        # Records this member skipped because their data key was destroyed.
+        self.shredded = 0
 
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-        return self._log.open_records(self.inner.poll(max_records, timeout_s))
+        stored = self.inner.poll(max_records, timeout_s)
+        readable = self._log.open_records(stored)
+        self.shredded += len(stored) - len(readable)
+        return readable
 
     def commit(
         self,

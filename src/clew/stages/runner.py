@@ -70,6 +70,14 @@ class StageRunner:
             finally:
                 consumer.close()
 
+    def _count_shredded(self, consumer: Consumer) -> None:
+        """Records of erased people the consumer skipped (crypto-shredding on Kafka), counted
+        where `clew serve` reads them for /metrics."""
+        skipped = getattr(consumer, "shredded", 0)
+        if skipped and self._counters is not None:
+            consumer.shredded = 0  # type: ignore[attr-defined]
+            self._counters.add(self.stage.group, Counter(shredded_records=skipped))
+
     def _loop(self, consumer: Consumer) -> None:
         stage = self.stage
         assignment = consumer.assignment()
@@ -89,6 +97,7 @@ class StageRunner:
                 if records:
                     stage.handle(records, consumer)
                 stage.tick(consumer)
+                self._count_shredded(consumer)
         finally:
             if self._stop.is_set():
                 stage.close(consumer)
