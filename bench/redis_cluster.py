@@ -39,11 +39,7 @@ import redis
 from redis.crc import key_slot
 
 from clew.store import (
-    MemoryProfileStore,
-    ProfileStore,
-    Provenance,
     RedisProfileStore,
-    StoredEvent,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,46 +48,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _redis_cluster import redis_cluster  # noqa: E402
 from _services import LOOPBACK, ServiceUnavailable, redis_server  # noqa: E402
-from store_backends import Result, bench_reads, identities, populate  # noqa: E402
-
-
-def bench_write_back(
-    store: ProfileStore, people: int, sets: int, size: int, rng: random.Random
-) -> Result:
-    """Working sets as the profiles stage handles a batch (bench/store_backends.py's
-    workload): in one transaction, load the people by their identifiers into memory, merge
-    one pair in twenty, update traits and add an event per profile, write back, save
-    offsets."""
-    latencies = []
-    started = time.perf_counter()
-    for n in range(sets):
-        chosen = rng.sample(range(people), size)
-        keys = [key for p in chosen for key in identities(p)]
-        t0 = time.perf_counter()
-        with store.transaction():
-            loaded = store.load(keys)
-            ws = MemoryProfileStore(history=store.history)
-            for profile in loaded:
-                ws.put_profile(profile)
-            live = [p.profile_id for p in loaded]
-            prov = Provenance(f"batch-{n}", "bench", 10_000_000 + n)
-            for i in range(0, len(live) - 1, 20):
-                ws.merge(live[i], live[i + 1], prov)
-            for pid in live:
-                survivor = ws.resolve(pid)
-                if survivor is None:
-                    continue
-                ws.update_traits(survivor, lambda t: {**t, "visits": t.get("visits", 0) + 1})
-                ws.add_event(survivor, StoredEvent(0, f"b{n}-{pid}", 5_000, b'{"type":"page"}'))
-            profiles = ws.scan(None, 1 << 62)
-            gone = {pid: to for pid in live if (to := ws.resolve(pid)) not in (None, pid)}
-            history = [
-                (p.profile_id, e) for p in profiles for e in reversed(ws.events(p.profile_id, 1))
-            ]
-            store.write_back(profiles, gone, history)
-            store.save_offsets("bench", {("events", 0): n})
-        latencies.append((time.perf_counter() - t0) * 1000)
-    return Result(f"write back of {size}", sets, time.perf_counter() - started, latencies)
+from store_backends import (  # noqa: E402
+    Result,
+    bench_reads,
+    bench_write_back,
+    populate,
+)
 
 
 @dataclass(frozen=True, slots=True)

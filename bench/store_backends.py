@@ -116,7 +116,7 @@ def bench_write_back(
         keys = [key for p in chosen for key in identities(p)]
         t0 = time.perf_counter()
         with store.transaction():
-            work = _WorkingSet(store.load(keys), store.history)
+            work = _WorkingSet(store.load(keys), store.history, [])
             ws = work.store
             live = [p.profile_id for p in ws.scan(None, 1 << 62)]
             prov = Provenance(f"batch-{n}", "bench", 10_000_000 + n)
