@@ -35,7 +35,7 @@ from _scaleout import (
     send,
     wait_for,
 )
-from clew.audiences.repository import DefinitionRepository
+from clew.audiences.repository import open_repository
 from clew.config import StoreSettings, load_settings
 from clew.server import free_port
 
@@ -82,7 +82,8 @@ def test_killed_workers_lose_and_duplicate_nothing(
     settings = load_settings(None, data_dir=data_dir, store=store)
     created = clew(env, "sources", "create", "failover", "--write-key", WRITE_KEY)
     assert created.returncode == 0, created.stderr
-    DefinitionRepository(data_dir).push(definitions())
+    # In Redis, with the serving store: every worker reads the same definitions.
+    open_repository(settings).push(definitions())
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = Processes(logs, env)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from clew.audiences.repository import DefinitionRepository, load_file
+from clew.audiences.repository import load_file, open_repository
 from clew.cli import app
 from clew.clock import ScaledClock, to_datetime
 from clew.config import Settings
@@ -108,7 +108,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Ite
         token = catalog.create_token("support")
     finally:
         catalog.close()
-    DefinitionRepository(settings.data_dir).push(
+    open_repository(settings).push(
         [
             *load_file(EXAMPLES / "high_value_customer.yaml"),
             *load_file(EXAMPLES / "cart_abandoner.yaml"),

@@ -1,11 +1,11 @@
 """Clew on two machines: each "machine" has its own data directory (nothing shared on disk).
 Machine a runs `clew serve` (a collector, every stage, the APIs and the privacy runner: the
 lake machine, whose person index serves deletions); machine b runs a collector and workers
-of the validate and profiles stages. They share only
-the services a real deployment shares: a Kafka broker (the log), a Redis (the serving store,
-deduplication claims, the suppression list and the data keys of Kafka records) and an
-S3-compatible bucket (the lake and its cold tier). This is the worked configuration of the
-README, on loopback.
+of the validate and profiles stages. They share only the services a real deployment shares:
+a Kafka broker (the log), a Redis (the serving store, deduplication claims, the suppression
+list, the audience definitions and the data keys of Kafka records) and an S3-compatible
+bucket (the lake and its cold tier). This is the worked configuration of the README, on
+loopback.
 
 Events sent alternately to the two collectors must land in the lake once each; the profiles,
 computed trait and audience must equal the embedded mode's; a deletion run on one machine must
@@ -42,7 +42,7 @@ from _scaleout import (
     send,
     wait_for,
 )
-from clew.audiences.repository import DefinitionRepository
+from clew.audiences.repository import open_repository
 from clew.config import Settings, load_settings
 from clew.server import free_port
 
@@ -106,13 +106,14 @@ def test_two_machines_share_one_customer_database(
         name: {**os.environ, **shared, "CLEW_DATA_DIR": str(data_dir)}
         for name, data_dir in machines.items()
     }
-    # What a deploy pipeline applies on every machine: the source and its write key, and the
-    # audience definitions.
-    for name, data_dir in machines.items():
+    # What a deploy pipeline applies on every machine: the source and its write key.
+    for name in machines:
         created = clew(envs[name], "sources", "create", "web", "--write-key", WRITE_KEY)
         assert created.returncode == 0, created.stderr
-        DefinitionRepository(data_dir).push(definitions())
     a = _settings_from(envs["a"])
+    # The audience definitions are pushed once, on machine a: they are kept in Redis, so
+    # machine b's profiles worker reads the same ones.
+    open_repository(a).push(definitions())
 
     logs = tmp_path / "logs"
     logs.mkdir()

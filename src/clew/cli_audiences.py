@@ -36,10 +36,10 @@ PENDING = "pending"
 
 
 def _open(data_dir: Path | None, config: Path | None) -> tuple[DefinitionRepository, Settings]:
-    from clew.audiences.repository import DefinitionRepository
+    from clew.audiences.repository import open_repository
 
     settings = settings_from(config, data_dir=data_dir)
-    return DefinitionRepository(settings.data_dir), settings
+    return open_repository(settings), settings
 
 
 @contextmanager
@@ -95,7 +95,7 @@ def push(
     repository, _ = _open(data_dir, config)
     try:
         definitions = [d for path in files for d in load_file(path)]
-        before = {p.stem for p in repository.files()}
+        before = set(repository.storage.names())
         changed = set(repository.push(definitions, dry_run=dry_run))
     except DefinitionError as exc:
         raise fail(escape(str(exc)), 2) from None

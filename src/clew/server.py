@@ -17,7 +17,7 @@ import uvloop
 
 from clew._datadir import lock_data_dir
 from clew.api.app import build_api
-from clew.audiences.repository import DefinitionRepository
+from clew.audiences.repository import open_repository
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
@@ -97,7 +97,7 @@ class Clew:
             self.health,
             settings.registry_path,
             self.profiles,
-            DefinitionRepository(settings.data_dir),
+            open_repository(settings),
             self.privacy.requests,
             self.privacy.wake,
             offload_profiles=settings.store.backend != "sqlite",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,64 @@ def test_a_trait_counting_one_event_type_reads_back(repo: DefinitionRepository) 
     repo.push(parse_document(doc))
     (trait,) = repo.catalog().traits
     assert trait.match.types == frozenset({"page"})
+
+
+def _redis_repo(url: str, prefix: str, data_dir: Path) -> DefinitionRepository:
+    import redis
+
+    from clew.audiences._repository_redis import RedisStorage
+
+    return DefinitionRepository(data_dir, RedisStorage(redis.Redis.from_url(url), prefix))
+
+
+def test_definitions_in_redis_are_shared_by_every_machine(redis_url: str, tmp_path: Path) -> None:
+    """With the serving store in Redis, a push on one machine is what every machine's
+    profiles workers, CLI and Admin API read; checks, versions and removal work as with
+    files, and nothing is written to either data directory."""
+    prefix = f"defs-{uuid.uuid4().hex[:8]}"
+    a = _redis_repo(redis_url, prefix, tmp_path / "a")
+    b = _redis_repo(redis_url, prefix, tmp_path / "b")
+    before = b.version()
+    assert sorted(a.push(defs(traits=[LTV], audiences=[BIG]))) == ["big", "ltv"]
+    assert b.version() != before
+    assert [d.name for d in b.catalog().definitions()] == ["ltv", "big"]
+    assert b.get("big") == a.get("big") and b.get("nope") is None
+    seen = b.version()
+    assert a.push(defs(traits=[LTV])) == [], "unchanged: not rewritten"
+    assert b.version() == seen
+    with pytest.raises(DefinitionError, match="already defined as a trait"):
+        b.push(defs(audiences=[{**BIG, "name": "ltv"}]))
+    b.push(defs(audiences=[VIP]))
+    with pytest.raises(DefinitionInUseError):
+        a.remove("big")
+    a.remove("vip")
+    a.remove("big")
+    assert [d.name for d in b.catalog().definitions()] == ["ltv"]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(TypeError, match="not files"):
+        a.files()
+
+
+def test_redis_writers_take_turns(redis_url: str, tmp_path: Path) -> None:
+    """Two machines pushing at once: each push is checked against what the other stored."""
+    import threading
+
+    prefix = f"defs-{uuid.uuid4().hex[:8]}"
+    repos = [_redis_repo(redis_url, prefix, tmp_path) for _ in range(2)]
+    repos[0].push(defs(traits=[LTV]))
+    errors: list[Exception] = []
+
+    def push(repo: DefinitionRepository, n: int) -> None:
+        try:
+            for i in range(10):
+                repo.push(defs(traits=[{**LTV, "name": f"t{n}_{i}"}]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=push, args=(r, n)) for n, r in enumerate(repos)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(repos[1].catalog().definitions()) == 21

@@ -1,6 +1,8 @@
 """Where definitions live: one JSON file per definition in the data directory's ``audiences/``
-folder, written by ``clew audiences push|remove`` and the Admin API, read by the profiles stage
-(which polls :meth:`DefinitionRepository.version` and reloads when it changes).
+folder, or, when the serving store is Redis, one field per definition of a Redis hash that
+every machine reads (:func:`open_repository`); written by ``clew audiences push|remove`` and
+the Admin API, read by the profiles stage (which polls :meth:`DefinitionRepository.version`
+and reloads when it changes).
 
 A file ``<name>.json`` holds the definition as written (its ``source``) plus ``"type":
 "trait"`` or ``"audience"``, so :func:`~clew.audiences.definitions.parse_document` of its
@@ -13,9 +15,9 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -40,6 +42,9 @@ AUDIENCES_DIR = "audiences"
 _GENERATION = ".generation"
 
 Version = tuple[tuple[str, int, int], ...]
+
+if TYPE_CHECKING:
+    from clew.config import Settings
 
 
 class UnknownDefinitionError(DefinitionError):
@@ -120,7 +125,32 @@ def _reads(definition: Definition) -> set[str]:
     return out
 
 
-class DefinitionRepository:
+class Storage(Protocol):
+    """Named definition documents (JSON bytes), a version that changes with every change,
+    and a writers' lock."""
+
+    def names(self) -> list[str]: ...
+
+    def read(self, name: str) -> bytes:
+        """The document ``name``; ``FileNotFoundError`` when there is none."""
+        ...
+
+    def write(self, name: str, content: bytes) -> None: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def version(self) -> Version: ...
+
+    def bump(self) -> None: ...
+
+    def where(self, name: str | None = None) -> str:
+        """Where ``name`` (or the whole set) is kept, for messages."""
+        ...
+
+    def locked(self) -> AbstractContextManager[None]: ...
+
+
+class DirectoryStorage:
     """The ``audiences/`` folder of a data directory. Safe to use from several processes:
     writers take a lock, and every file is replaced atomically."""
 
@@ -137,6 +167,21 @@ class DefinitionRepository:
             if p.suffix == ".json" and not p.name.startswith(".") and p.is_file()
         )
 
+    def names(self) -> list[str]:
+        return [p.stem for p in self.files()]
+
+    def read(self, name: str) -> bytes:
+        return (self.path / f"{name}.json").read_bytes()
+
+    def write(self, name: str, content: bytes) -> None:
+        self._replace(self.path / f"{name}.json", content)
+
+    def delete(self, name: str) -> None:
+        (self.path / f"{name}.json").unlink(missing_ok=True)
+
+    def where(self, name: str | None = None) -> str:
+        return str(self.path if name is None else self.path / f"{name}.json")
+
     def version(self) -> Version:
         """A cheap value that changes whenever a definition file is added, changed or
         removed (names, modification times and sizes, and a count of writes made here)."""
@@ -149,53 +194,125 @@ class DefinitionRepository:
             out.append((p.name, st.st_mtime_ns, st.st_size))
         return tuple(out)
 
-    def _read(self, path: Path) -> Definition:
+    def _replace(self, target: Path, content: bytes) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{target.name}.tmp"
+        with tmp.open("wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(target)
+
+    def _generation(self) -> int:
         try:
-            doc = json.loads(path.read_bytes())
+            return int((self.path / _GENERATION).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def bump(self) -> None:
+        self._replace(self.path / _GENERATION, str(self._generation() + 1).encode())
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise writers (the CLI and a running server's Admin API may push at once)."""
+        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock_path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_repository(settings: Settings) -> DefinitionRepository:
+    """The definitions of this deployment: in Redis when the serving store is Redis (every
+    machine's profiles workers, CLI and Admin API then see one set), else in the data
+    directory."""
+    from clew._redis_shared import shared_in_redis
+
+    if shared_in_redis(settings):
+        from clew.audiences._repository_redis import RedisStorage
+
+        return DefinitionRepository(settings.data_dir, RedisStorage.open(settings))
+    return DefinitionRepository(settings.data_dir)
+
+
+class DefinitionRepository:
+    """The stored definitions, checked as a whole on every change (see :class:`Storage`)."""
+
+    def __init__(self, data_dir: Path, storage: Storage | None = None) -> None:
+        self.storage: Storage = storage if storage is not None else DirectoryStorage(data_dir)
+
+    @property
+    def path(self) -> Path:
+        """The folder of a repository kept in the data directory."""
+        return self._directory().path
+
+    def files(self) -> list[Path]:
+        """The definition files of a repository kept in the data directory."""
+        return self._directory().files()
+
+    def _directory(self) -> DirectoryStorage:
+        if not isinstance(self.storage, DirectoryStorage):
+            raise TypeError(f"the definitions are kept in {self.storage.where()}, not files")
+        return self.storage
+
+    def version(self) -> Version:
+        """A cheap value that changes whenever a definition is added, changed or removed."""
+        return self.storage.version()
+
+    def _read(self, name: str) -> Definition:
+        where = self.storage.where(name)
+        try:
+            doc = json.loads(self.storage.read(name))
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError) as exc:
-            raise DefinitionError(f"{path}: cannot read it ({exc})") from None
+            raise DefinitionError(f"{where}: cannot read it ({exc})") from None
         try:
             found = parse_document(doc)
         except DefinitionError as exc:
-            raise DefinitionError(f"{path}: {exc}") from None
-        if len(found) != 1 or found[0].name != path.stem or "type" not in doc:
+            raise DefinitionError(f"{where}: {exc}") from None
+        if len(found) != 1 or found[0].name != name or "type" not in doc:
             raise DefinitionError(
-                f"{path}: expected one definition named {path.stem!r} with "
+                f"{where}: expected one definition named {name!r} with "
                 "'type': 'trait' or 'audience'"
             )
         return found[0]
 
     def _load(self) -> tuple[dict[str, Definition], dict[str, DefinitionError]]:
-        """Every readable definition by name, and the error of every unreadable file."""
+        """Every readable definition by name, and the error of every unreadable one."""
         found: dict[str, Definition] = {}
         broken: dict[str, DefinitionError] = {}
-        for p in self.files():
+        for name in self.storage.names():
             try:
-                found[p.stem] = self._read(p)
+                found[name] = self._read(name)
             except DefinitionError as exc:
-                broken[p.stem] = exc
+                broken[name] = exc
             except FileNotFoundError:
                 continue
         return found, broken
 
     def catalog(self) -> Catalog:
         """The stored definitions, checked. Raises :class:`DefinitionError` naming the first
-        unreadable or invalid file, or saying why the set is not a valid catalog."""
+        unreadable or invalid one, or saying why the set is not a valid catalog."""
         found, broken = self._load()
         if broken:
             raise next(iter(broken.values()))
         try:
             return Catalog.of(found.values())
         except DefinitionError as exc:
-            raise DefinitionError(f"{self.path}: {exc}") from None
+            raise DefinitionError(f"{self.storage.where()}: {exc}") from None
 
     def get(self, name: str) -> Definition | None:
-        """The stored definition ``name``, or None. Raises :class:`DefinitionError` if its
-        file cannot be read."""
-        path = self.path / f"{name}.json"
-        if path not in self.files():
+        """The stored definition ``name``, or None. Raises :class:`DefinitionError` if it
+        cannot be read."""
+        if name not in self.storage.names():
             return None
-        return self._read(path)
+        try:
+            return self._read(name)
+        except FileNotFoundError:
+            return None
 
     def push(self, definitions: Sequence[Definition], *, dry_run: bool = False) -> list[str]:
         """Store ``definitions``, each replacing the stored one of its name (a trait cannot
@@ -210,7 +327,7 @@ class DefinitionRepository:
             if d.name in incoming:
                 raise DefinitionError(f"{d.name!r} is defined twice; names must be unique")
             incoming[d.name] = d
-        with nullcontext() if dry_run else self._locked():
+        with nullcontext() if dry_run else self.storage.locked():
             stored, broken = self._load()
             for name, exc in broken.items():
                 if name not in incoming:
@@ -229,14 +346,14 @@ class DefinitionRepository:
             order = [d.name for d in catalog.definitions() if d.name in incoming]
             written = [n for n in order if self._write(n, _encode(incoming[n]), dry_run)]
             if written and not dry_run:
-                self._bump()
+                self.storage.bump()
             return written
 
     def remove(self, name: str) -> None:
         """Delete the definition ``name``. Raises :class:`UnknownDefinitionError` if there is
         none, :class:`DefinitionInUseError` if an audience reads it (as a member audience or
         a computed trait): those must be changed or removed first."""
-        with self._locked():
+        with self.storage.locked():
             stored, broken = self._load()
             if name not in stored and name not in broken:
                 raise UnknownDefinitionError(name)
@@ -244,46 +361,16 @@ class DefinitionRepository:
             if users:
                 what = kind_of(stored[name]) if name in stored else "definition"
                 raise DefinitionInUseError(what, name, users)
-            (self.path / f"{name}.json").unlink(missing_ok=True)
-            self._bump()
+            self.storage.delete(name)
+            self.storage.bump()
 
     def _write(self, name: str, content: bytes, dry_run: bool = False) -> bool:
-        """Whether the file's content changes; writes it unless ``dry_run``."""
-        target = self.path / f"{name}.json"
+        """Whether the stored content changes; writes it unless ``dry_run``."""
         try:
-            if target.read_bytes() == content:
+            if self.storage.read(name) == content:
                 return False
         except FileNotFoundError:
             pass
         if not dry_run:
-            self._replace(target, content)
+            self.storage.write(name, content)
         return True
-
-    def _replace(self, target: Path, content: bytes) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{target.name}.tmp"
-        with tmp.open("wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(target)
-
-    def _generation(self) -> int:
-        try:
-            return int((self.path / _GENERATION).read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def _bump(self) -> None:
-        self._replace(self.path / _GENERATION, str(self._generation() + 1).encode())
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Serialise writers (the CLI and a running server's Admin API may push at once)."""
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)

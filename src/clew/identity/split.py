@@ -133,10 +133,10 @@ def _audience_engine(settings: Settings) -> Engine | None:
     """The live audience definitions, so a split re-derives each part's audience state."""
     from clew.audiences.definitions import DefinitionError
     from clew.audiences.engine import Engine
-    from clew.audiences.repository import DefinitionRepository
+    from clew.audiences.repository import open_repository
 
     try:
-        catalog = DefinitionRepository(settings.data_dir).catalog()
+        catalog = open_repository(settings).catalog()
     except DefinitionError as exc:
         logger.warning("splitting without audience definitions: %s", exc)
         return None

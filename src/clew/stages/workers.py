@@ -95,7 +95,7 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "profiles":
         from clew.audiences.history import LakeHistory
         from clew.audiences.live import LiveAudiences
-        from clew.audiences.repository import DefinitionRepository
+        from clew.audiences.repository import open_repository
         from clew.clock import clock_for
         from clew.log.factory import open_log
         from clew.stages._counters import CounterStore
@@ -109,7 +109,7 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         history = LakeHistory(
             settings.lake_location, lambda: open_log(settings), settings.cold_location
         )
-        audiences = LiveAudiences(DefinitionRepository(settings.data_dir), clock, history)
+        audiences = LiveAudiences(open_repository(settings), clock, history)
         profiles = ProfilesStage(
             store,
             ident.rules,
