@@ -26,7 +26,6 @@ reference machine the ratios are what matters, not the absolute rates.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
@@ -34,7 +33,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from clew.log.base import Log, Message, Record, TopicSpec
@@ -51,23 +49,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _kafka import KafkaBroker, missing  # noqa: E402
 from _services import redis_server  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from log_backends import Result  # noqa: E402
+
 PARTITIONS = 4
-
-
-@dataclass
-class Result:
-    records: int
-    seconds: float
-    latencies_ms: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.seconds
-
-    def percentile(self, q: int) -> float:
-        if len(self.latencies_ms) < 2:
-            return float("nan")
-        return statistics.quantiles(self.latencies_ms, n=100)[q - 1]
 
 
 def event(i: int, people: int, size: int) -> Message:

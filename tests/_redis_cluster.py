@@ -37,31 +37,27 @@ class ClusterService:
         return [f"{self.host}:{port}" for port in self.ports]
 
 
-def _cluster_ok(binary: str, port: int) -> bool:
-    """The node sees every slot served (``cluster_state:ok``)."""
+def _cli(binary: str, port: int, *command: str) -> bytes:
+    """What ``redis-cli`` prints for ``command`` on the node at ``port`` (empty on a timeout)."""
     try:
-        out = subprocess.run(
-            [binary, "-h", LOOPBACK, "-p", str(port), "CLUSTER", "INFO"],
+        return subprocess.run(
+            [binary, "-h", LOOPBACK, "-p", str(port), *command],
             capture_output=True,
             timeout=5,
             check=False,
         ).stdout
     except subprocess.TimeoutExpired:
-        return False
-    return b"cluster_state:ok" in out
+        return b""
+
+
+def _cluster_ok(binary: str, port: int) -> bool:
+    """The node sees every slot served (``cluster_state:ok``)."""
+    return b"cluster_state:ok" in _cli(binary, port, "CLUSTER", "INFO")
 
 
 def _in_sync(binary: str, port: int) -> bool:
     """The node is a primary, or a replica whose link to its primary is up."""
-    try:
-        out = subprocess.run(
-            [binary, "-h", LOOPBACK, "-p", str(port), "INFO", "replication"],
-            capture_output=True,
-            timeout=5,
-            check=False,
-        ).stdout
-    except subprocess.TimeoutExpired:
-        return False
+    out = _cli(binary, port, "INFO", "replication")
     return b"role:master" in out or b"master_link_status:up" in out
 
 

@@ -103,38 +103,26 @@ def s3a_options(options: Mapping[str, str]) -> dict[str, str]:
     >>> conf["fs.s3a.connection.ssl.enabled"]
     'false'
     """
-    lower = {k.lower(): v for k, v in options.items()}
+    from clew.lake._storage import s3_settings
 
-    def pick(*keys: str) -> str | None:
-        for key in keys:
-            value = lower.get(key) or os.environ.get(key.upper())
-            if value:
-                return value
-        return None
-
+    s3 = s3_settings(options)
     out: dict[str, str] = {}
-    key = pick("aws_access_key_id", "access_key_id")
-    secret = pick("aws_secret_access_key", "secret_access_key")
-    if key and secret:
-        out["fs.s3a.access.key"] = key
-        out["fs.s3a.secret.key"] = secret
-        token = pick("aws_session_token", "session_token", "aws_token", "token")
-        if token:
-            out["fs.s3a.session.token"] = token
+    if s3.access_key and s3.secret_key:
+        out["fs.s3a.access.key"] = s3.access_key
+        out["fs.s3a.secret.key"] = s3.secret_key
+        if s3.session_token:
+            out["fs.s3a.session.token"] = s3.session_token
             out["fs.s3a.aws.credentials.provider"] = (
                 "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
             )
-    region = pick("aws_region", "aws_default_region", "region")
-    if region:
-        out["fs.s3a.endpoint.region"] = region
-    endpoint = pick("aws_endpoint_url", "aws_endpoint", "endpoint_url", "endpoint")
-    if endpoint:
-        out["fs.s3a.endpoint"] = endpoint
-        if urlsplit(endpoint).scheme.lower() == "http":
+    if s3.region:
+        out["fs.s3a.endpoint.region"] = s3.region
+    if s3.endpoint:
+        out["fs.s3a.endpoint"] = s3.endpoint
+        if urlsplit(s3.endpoint).scheme.lower() == "http":
             out["fs.s3a.connection.ssl.enabled"] = "false"
         # S3-compatible servers are addressed by path (the bucket in the path, not the host).
-        hosted = pick("aws_virtual_hosted_style_request", "virtual_hosted_style_request")
-        if (hosted or "").lower() not in ("true", "1"):
+        if not s3.virtual_hosted:
             out["fs.s3a.path.style.access"] = "true"
     return out
 

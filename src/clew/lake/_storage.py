@@ -213,11 +213,22 @@ def _filesystem(uri: str, options: Mapping[str, str]) -> tuple[Any, str]:
     return _s3_filesystem(options), uri.split("://", 1)[1]
 
 
-def _s3_filesystem(options: Mapping[str, str]) -> Any:
-    """pyarrow's S3 file system with the credentials, region and endpoint of the store
-    options, or else of the same ``AWS_*`` environment variables deltalake reads."""
-    from pyarrow import fs
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """What a client of the lake's bucket needs, from the store options or else the same
+    ``AWS_*`` environment variables deltalake reads."""
 
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+    region: str | None
+    endpoint: str | None
+    virtual_hosted: bool
+
+
+def s3_settings(options: Mapping[str, str]) -> S3Settings:
+    """The bucket settings in ``options`` (names in any case, with deltalake's aliases); a
+    setting they lack comes from its ``AWS_*`` environment variable."""
     opts = {k.lower(): v for k, v in options.items()}
 
     def pick(*keys: str) -> str | None:
@@ -228,26 +239,40 @@ def _s3_filesystem(options: Mapping[str, str]) -> Any:
                 return os.environ[key.upper()]
         return None
 
-    kwargs: dict[str, Any] = {}
-    endpoint = pick("aws_endpoint_url", "aws_endpoint", "endpoint_url", "endpoint")
-    if endpoint:
-        parts = urlsplit(endpoint)
-        kwargs["endpoint_override"] = parts.netloc or endpoint
-        kwargs["scheme"] = parts.scheme or "https"
-        # S3-compatible servers are addressed by path (the bucket in the path, not the host).
-        hosted = pick("aws_virtual_hosted_style_request", "virtual_hosted_style_request")
-        kwargs["force_virtual_addressing"] = (hosted or "").lower() in ("true", "1")
-    region = pick("aws_region", "aws_default_region", "region")
-    if region:
-        kwargs["region"] = region
     key = pick("aws_access_key_id", "access_key_id")
     secret = pick("aws_secret_access_key", "secret_access_key")
-    if key and secret:
-        kwargs["access_key"] = key
-        kwargs["secret_key"] = secret
-        token = pick("aws_session_token", "session_token", "aws_token", "token")
-        if token:
-            kwargs["session_token"] = token
+    hosted = pick("aws_virtual_hosted_style_request", "virtual_hosted_style_request")
+    return S3Settings(
+        access_key=key if key and secret else None,
+        secret_key=secret if key and secret else None,
+        session_token=pick("aws_session_token", "session_token", "aws_token", "token")
+        if key and secret
+        else None,
+        region=pick("aws_region", "aws_default_region", "region"),
+        endpoint=pick("aws_endpoint_url", "aws_endpoint", "endpoint_url", "endpoint"),
+        virtual_hosted=(hosted or "").lower() in ("true", "1"),
+    )
+
+
+def _s3_filesystem(options: Mapping[str, str]) -> Any:
+    """pyarrow's S3 file system for the lake's bucket (:func:`s3_settings`)."""
+    from pyarrow import fs
+
+    s3 = s3_settings(options)
+    kwargs: dict[str, Any] = {}
+    if s3.endpoint:
+        parts = urlsplit(s3.endpoint)
+        kwargs["endpoint_override"] = parts.netloc or s3.endpoint
+        kwargs["scheme"] = parts.scheme or "https"
+        # S3-compatible servers are addressed by path (the bucket in the path, not the host).
+        kwargs["force_virtual_addressing"] = s3.virtual_hosted
+    if s3.region:
+        kwargs["region"] = s3.region
+    if s3.access_key and s3.secret_key:
+        kwargs["access_key"] = s3.access_key
+        kwargs["secret_key"] = s3.secret_key
+        if s3.session_token:
+            kwargs["session_token"] = s3.session_token
     return fs.S3FileSystem(**kwargs)
 
 
