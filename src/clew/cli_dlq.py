@@ -31,7 +31,8 @@ Reason = Annotated[
     typer.Option(
         "--reason",
         help="Only rows with this reason (repeat for several): invalid_json, size_violation, "
-        "no_identity, schema_violation, unplanned_event, protocol_violation.",
+        "no_identity, schema_violation, unplanned_event, protocol_violation, stage_failure "
+        "(a stage could not process the record and set it aside).",
         show_default=False,
     ),
 ]
@@ -178,6 +179,8 @@ def _row_json(ctx: _Context, row: DlqRow) -> dict[str, Any]:
         "raw_offset": row.raw_offset,
         "index": row.index,
         "replay_of": row.replay_of,
+        "stage": row.stage,
+        "topic": row.topic,
         "replayed": None
         if replay is None
         else {
@@ -306,8 +309,10 @@ def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
     event = " ".join(escape(p) for p in (row.event_type, row.event_name) if p)
     facts.add_row("event", event or "-")
     facts.add_row("message id", escape(row.message_id or "-"))
-    where = f"raw partition {row.raw_partition}, offset {row.raw_offset}"
-    facts.add_row("raw record", where + (f", event {row.index}" if row.index >= 0 else ""))
+    if row.stage:
+        facts.add_row("set aside by", escape(f"the {row.stage} stage"))
+    where = f"{row.topic or 'raw'} partition {row.raw_partition}, offset {row.raw_offset}"
+    facts.add_row("record", where + (f", event {row.index}" if row.index >= 0 else ""))
     if row.replay_of:
         facts.add_row("replay of", escape(row.replay_of))
     if row.replay is not None:

@@ -138,12 +138,16 @@ DLQ_SCHEMA = pa.schema(
         ("violations", pa.string()),
         ("schema_versions", pa.string()),
         ("normalized", pa.string()),
+        ("stage", pa.string()),
+        ("topic", pa.string()),
+        ("headers", pa.string()),
+        ("payload_encoding", pa.string()),
         ("received_date", pa.date32()),
     ]
 )
 
 
-_DLQ_JSON = ("violations", "schema_versions")
+_DLQ_JSON = ("violations", "schema_versions", "headers")
 
 
 def _dlq_columns(values: Sequence[bytes]) -> dict[str, pa.Array]:

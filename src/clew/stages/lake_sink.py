@@ -137,6 +137,9 @@ class LakeSinkStage(Stage):
             if buf.size and (now - buf.first_at) * 1000 >= self._settings.flush_interval_ms:
                 self._flush(topic, consumer)
 
+    def settle(self, consumer: Consumer) -> None:
+        self.close(consumer)
+
     def close(self, consumer: Consumer) -> None:
         for topic, buf in self._buffers.items():
             if buf.size:

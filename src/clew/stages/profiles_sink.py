@@ -79,6 +79,28 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _merged_away(changes: Sequence[ProfileChange | ProfileDeleted]) -> list[ProfileDeleted]:
+    """Tombstones for the ids the snapshots say were merged into them and that have no change
+    of their own in the batch: a merged-away profile's row goes in the same flush as its
+    survivor's row is written, although its own ``profile_deleted`` is keyed to another
+    partition and may be read later. A tombstone is as new as the snapshot that names it, so
+    a later state of that id (a split that gives it back) still wins."""
+    own = {c.profile_id for c in changes}
+    gone: dict[str, ProfileDeleted] = {}
+    for change in changes:
+        if isinstance(change, ProfileDeleted):
+            continue
+        for old in change.merged_ids:
+            held = gone.get(old)
+            if old not in own and (
+                held is None or iso_ms(held.changed_at) < iso_ms(change.changed_at)
+            ):
+                gone[old] = ProfileDeleted(
+                    profile_id=old, into=change.profile_id, changed_at=change.changed_at
+                )
+    return list(gone.values())
+
+
 class _Kind(msgspec.Struct):
     kind: str | None = None
 
@@ -165,6 +187,9 @@ class ProfilesSinkStage(Stage):
         if time.monotonic() - self._first_at >= wait_s:
             self._flush(consumer)
 
+    def settle(self, consumer: Consumer) -> None:
+        self.close(consumer)
+
     def close(self, consumer: Consumer) -> None:
         if self._pending or self._audience:
             self._flush(consumer)
@@ -199,7 +224,7 @@ class ProfilesSinkStage(Stage):
     def _merge_profiles(self, changes: list[ProfileChange | ProfileDeleted]) -> None:
         rows = ProfileColumns()
         deleted: list[bool] = []
-        for change in changes:
+        for change in [*changes, *_merged_away(changes)]:
             updated = iso_ms(change.changed_at)
             if isinstance(change, ProfileDeleted):
                 # A tombstone: only the key and version matter.
@@ -258,7 +283,7 @@ class ProfilesSinkStage(Stage):
         rows = IdentityColumns()
         for (id_type, value), (updated, pid, mid, source_id, when, weight) in newest.items():
             rows.add(id_type, value, pid, mid, source_id, iso_ms(when), weight, updated)
-        touched = ", ".join(_sql_string(c.profile_id) for c in changes)
+        touched = ", ".join(_sql_string(c.profile_id) for c in [*changes, *_merged_away(changes)])
         dt = self.table_path(IDENTITIES).open()
         (
             dt.merge(

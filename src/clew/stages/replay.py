@@ -143,6 +143,11 @@ class DlqRow:
     schema_versions_json: str | None
     normalized: str | None
     replay_of: str | None
+    # The stage that set the record aside (reason ``stage_failure``); such a row is not an
+    # event the tracking plan refused, and a replay leaves it alone.
+    stage: str | None
+    # The topic ``raw_partition`` and ``raw_offset`` are in (``raw`` when not set).
+    topic: str | None
     replay: ReplayEntry | None = None
     in_lake: bool = False
 
@@ -338,6 +343,8 @@ _COLUMNS = {
     "schema_versions": "VARCHAR",
     "normalized": "VARCHAR",
     "replay_of": "VARCHAR",
+    "stage": "VARCHAR",
+    "topic": "VARCHAR",
 }
 _NOT_REPLAYED = "NOT EXISTS (SELECT 1 FROM replays r WHERE r.dlq_id = d.dlq_id)"
 _REPLAY = "r.replay_id, r.outcome, r.reason, r.new_dlq_id, r.replayed_at"
@@ -439,7 +446,8 @@ class DlqSnapshot:
             order = f" ORDER BY d.received_at, d.dlq_id LIMIT {int(f.limit)}"
         result = self._conn.execute(
             f"SELECT {select}, NULL, NULL, NULL, NULL, NULL, {in_lake} FROM dlq_rows d "
-            f"WHERE {where.replace('r.outcome IS NULL', _NOT_REPLAYED)}{order}",
+            f"WHERE {where.replace('r.outcome IS NULL', _NOT_REPLAYED)} AND d.stage IS NULL"
+            f"{order}",
             params,
         )
         while chunk := result.fetchmany(batch_size):
@@ -454,9 +462,10 @@ class DlqSnapshot:
         return self._row(result) if result is not None else None
 
     def _row(self, r: Sequence[Any]) -> DlqRow:
-        row = DlqRow(*r[:16])
-        row.in_lake = bool(r[21])
-        replay_id, outcome, reason, new_id, at = r[16:21]
+        n = len(_COLUMNS) + 1
+        row = DlqRow(*r[:n])
+        row.in_lake = bool(r[n + 5])
+        replay_id, outcome, reason, new_id, at = r[n : n + 5]
         if outcome is not None:
             when = datetime.fromtimestamp(at, tz=UTC)
             row.replay = ReplayEntry(row.dlq_id, replay_id, outcome, reason, new_id, when)

@@ -4,21 +4,51 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 
-from clew.log.base import Consumer, Log
+from clew.log.base import Consumer, Log, Record
+from clew.log.factory import DLQ_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
+from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter, describe
 
 logger = logging.getLogger(__name__)
 
 _POLL_TIMEOUT_S = 0.05
 _RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 5.0)
+# Failures of whole batches in a row before the runner looks for the record to blame.
+BATCH_ATTEMPTS = 3
+# Failures of one record handed alone before it is set aside.
+RECORD_ATTEMPTS = 2
+# The pause between the attempts of an isolation, which only a record's own fault prolongs.
+_ISOLATION_BACKOFF_S = 0.05
+# An isolation that finds no record to hand over for this long ends: the failure was not a
+# record's (a timer in ``tick``, say).
+_ISOLATION_IDLE_S = 1.0
+_FORGET_S = 10.0
+
+# Counter names in the counter store, read by /health and /metrics.
+STAGE_FAILURES = "stage_errors"
+RECORDS_SET_ASIDE = "set_aside"
+SHREDDED_RECORDS = "shredded_records"
 
 
 class StageRunner:
     """Drives one stage: poll, handle, tick; on an error, logs it, rebuilds the consumer and
-    resumes from the last commit (at-least-once; stages are idempotent)."""
+    resumes from the last commit (at-least-once; stages are idempotent).
+
+    Poison isolation: after :data:`BATCH_ATTEMPTS` failures in a row (other than
+    :data:`~clew.stages.setaside.TRANSIENT_ERRORS`, which are retried until they pass), the
+    runner hands the records after the last commit over in parts, each followed by
+    ``Stage.settle``: the whole poll first, half the last failing part after each failure, down
+    to single records. A record that fails alone :data:`RECORD_ATTEMPTS` times is set aside
+    (:mod:`clew.stages.setaside`) and the stage goes on with the next one. A record of the
+    ``dlq`` topic is never written back to it (that could fail the same way forever): it is
+    logged, counted and skipped. Each part starts where the last durable commit left off, so
+    no record is applied twice; setting aside is at-least-once (a crash between the ``dlq``
+    append and the ledger sets the record aside once more after the restart).
+    """
 
     def __init__(
         self,
@@ -26,9 +56,11 @@ class StageRunner:
         stage: Stage,
         max_records: int = 500,
         counters: CounterStore | None = None,
+        ledger: StageLedger | None = None,
     ) -> None:
         self._log = log
         self._counters = counters
+        self._ledger = ledger
         self.stage = stage
         self._max_records = stage.max_poll_records or max_records
         self._stop = threading.Event()
@@ -37,6 +69,14 @@ class StageRunner:
         )
         self.errors = 0
         self.last_error: str | None = None
+        self.set_aside: list[Record] = []
+        self._skip = ledger.skipped(stage.group) if ledger is not None else set()
+        self._failing = False
+        # Isolation: the part size to hand over (None: not isolating), the part being handled,
+        # and how often each single record failed alone.
+        self._probe: int | None = None
+        self._part: list[Record] = []
+        self._record_failures: Counter[tuple[str, int, int]] = Counter()
 
     def start(self) -> None:
         self._thread.start()
@@ -50,25 +90,93 @@ class StageRunner:
         return self._thread.is_alive()
 
     def _run(self) -> None:
-        failures = 0
+        failures = blamable = 0
+        last_failure = 0.0
         while not self._stop.is_set():
             consumer = self._log.consumer(self.stage.group, list(self.stage.topics))
             try:
                 self._loop(consumer)
-                failures = 0
             except Exception as exc:
-                self.errors += 1
-                self.last_error = repr(exc)
-                if self._counters is not None:
-                    # Counted where `clew serve` can see it (/health, /metrics), even when
-                    # this stage runs in a worker process.
-                    self._counters.add(self.stage.group, Counter(stage_errors=1))
-                logger.exception("stage %s failed; resuming from its last commit", self.stage.group)
-                delay = _RETRY_BACKOFF_S[min(failures, len(_RETRY_BACKOFF_S) - 1)]
+                transient = isinstance(exc, TRANSIENT_ERRORS)
+                self._failed(exc)
+                # Failures count as "in a row" while they come closer together than this, even
+                # if a batch without the bad record passed in between.
+                if time.monotonic() - last_failure > _FORGET_S:
+                    failures = blamable = 0
+                last_failure = time.monotonic()
                 failures += 1
+                if not transient:
+                    blamable += 1
+                if self._probe is not None:
+                    self._narrow(exc, transient)
+                    delay = _ISOLATION_BACKOFF_S
+                else:
+                    delay = _RETRY_BACKOFF_S[min(failures - 1, len(_RETRY_BACKOFF_S) - 1)]
+                    if blamable >= BATCH_ATTEMPTS:
+                        self._probe = self._max_records
+                        logger.warning(
+                            "stage %s failed %d times in a row; looking for the record to "
+                            "set aside",
+                            self.stage.group,
+                            blamable,
+                        )
                 self._stop.wait(delay)
             finally:
+                self._part = []
                 consumer.close()
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = repr(exc)
+        group = self.stage.group
+        if self._counters is not None:
+            # Counted where `clew serve` can see it (/health, /metrics), even when this stage
+            # runs in a worker process.
+            self._counters.add(group, Counter({STAGE_FAILURES: 1}))
+        if self._ledger is not None:
+            self._ledger.failing(group, describe(exc))
+        self._failing = True
+        logger.exception("stage %s failed; resuming from its last commit", group)
+
+    def _narrow(self, exc: Exception, transient: bool) -> None:
+        """After a failure while isolating: halve the part, or blame its single record."""
+        part = self._part
+        if len(part) > 1:
+            self._probe = max(1, len(part) // 2)
+        elif len(part) == 1 and not transient:
+            rec = part[0]
+            key = (rec.topic, rec.partition, rec.offset)
+            self._record_failures[key] += 1
+            if self._record_failures[key] >= RECORD_ATTEMPTS:
+                del self._record_failures[key]
+                self._set_aside(rec, describe(exc))
+
+    def _set_aside(self, rec: Record, error: str) -> None:
+        group = self.stage.group
+        where = f"{rec.topic}/{rec.partition}@{rec.offset}"
+        if rec.topic == DLQ_TOPIC:
+            logger.error(
+                "stage %s cannot process dead letter %s (%s); skipping it: it is not written "
+                "to the dlq again, so it stays only in the dlq topic until log retention",
+                group,
+                where,
+                error,
+            )
+        else:
+            self._log.append_sync(DLQ_TOPIC, [dead_letter(group, rec, error)])
+            logger.error("stage %s set record %s aside to the dlq: %s", group, where, error)
+        if self._ledger is not None:
+            self._ledger.set_aside(group, rec, error)
+        if self._counters is not None:
+            self._counters.add(group, Counter({RECORDS_SET_ASIDE: 1}))
+        self._skip.add((rec.topic, rec.partition, rec.offset))
+        self.set_aside.append(rec)
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            if self._ledger is not None:
+                self._ledger.recovered(self.stage.group)
 
     def _count_shredded(self, consumer: Consumer) -> None:
         """Records of erased people the consumer skipped (crypto-shredding on Kafka), counted
@@ -76,12 +184,13 @@ class StageRunner:
         skipped = getattr(consumer, "shredded", 0)
         if skipped and self._counters is not None:
             consumer.shredded = 0  # type: ignore[attr-defined]
-            self._counters.add(self.stage.group, Counter(shredded_records=skipped))
+            self._counters.add(self.stage.group, Counter({SHREDDED_RECORDS: skipped}))
 
     def _loop(self, consumer: Consumer) -> None:
         stage = self.stage
         assignment = consumer.assignment()
         stage.on_assign(consumer, assignment)
+        idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 records = consumer.poll(self._max_records, _POLL_TIMEOUT_S)
@@ -94,10 +203,36 @@ class StageRunner:
                     stage.on_assign(consumer, assignment)
                     owned = set(assignment)
                     records = [r for r in records if (r.topic, r.partition) in owned]
-                if records:
+                if self._skip:
+                    records = [
+                        r for r in records if (r.topic, r.partition, r.offset) not in self._skip
+                    ]
+                if self._probe is not None:
+                    if records:
+                        self._isolate(records, consumer)
+                    elif time.monotonic() - idle_since < _ISOLATION_IDLE_S:
+                        continue
+                    self._probe = None
+                elif records:
                     stage.handle(records, consumer)
                 stage.tick(consumer)
+                if records or time.monotonic() - idle_since >= _ISOLATION_IDLE_S:
+                    self._recovered()
                 self._count_shredded(consumer)
         finally:
             if self._stop.is_set():
                 stage.close(consumer)
+
+    def _isolate(self, records: list[Record], consumer: Consumer) -> None:
+        """Hand ``records`` over in parts of the probe size, each made durable before the
+        next; raises what a part raised (``_part`` says which)."""
+        size = self._probe or len(records)
+        for start in range(0, len(records), size):
+            if self._stop.is_set():
+                return
+            self._part = records[start : start + size]
+            self.stage.handle(self._part, consumer)
+            self.stage.settle(consumer)
+        self._part = []
+        self._probe = None
+        logger.info("stage %s: isolation over; back to whole batches", self.stage.group)

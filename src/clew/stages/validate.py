@@ -16,6 +16,7 @@ import msgspec
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
+from clew.nesting import MAX_DEPTH, nests_deeper, too_deep
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
@@ -50,6 +51,12 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     # Unique per row: "partition:offset:index" of the raw record; replays add "~replay id".
     dlq_id: str = ""
     replay_of: str | None = None
+    # Set when a stage could not process a record and set it aside (``raw_partition`` and
+    # ``raw_offset`` then locate it in ``topic``; ``message`` is the error).
+    stage: str | None = None
+    topic: str | None = None
+    headers: dict[str, str] = {}
+    payload_encoding: str | None = None
 
 
 class _BatchEnvelope(msgspec.Struct):
@@ -183,7 +190,7 @@ class ValidateStage(Stage):
         if path_type == "batch":
             try:
                 envelope = _batch_decoder.decode(rec.value)
-            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 reason = (
                     "protocol_violation"
                     if isinstance(e, msgspec.ValidationError)
@@ -201,10 +208,14 @@ class ValidateStage(Stage):
             batch_sent = envelope.sentAt if isinstance(envelope.sentAt, str) else None
         else:
             raws = [msgspec.Raw(rec.value)]
+        # A record stored before the collector bounded nesting may hold events deeper than
+        # MAX_DEPTH (counted from the request's root, as the collector does), which the
+        # stages after this one cannot all write: each is dead-lettered alone.
+        room = MAX_DEPTH - (2 if path_type == "batch" else 0) if too_deep(rec.value) else None
         for i, raw in enumerate(raws):
             try:
                 item = _decoder.decode(raw)
-            except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
                 rej = Rejection("invalid_json", f"the event cannot be read: {e}")
                 to_dlq(i, rej, _text(bytes(raw)))
                 continue
@@ -219,6 +230,8 @@ class ValidateStage(Stage):
                 batch_integrations=batch_int,
                 batch_sent_at=batch_sent,
             )
+            if room is not None and isinstance(result, Event):
+                result = _within(result, room)
             if suppression is not None and (
                 suppression.is_suppressed(result)
                 if isinstance(result, Event)
@@ -301,6 +314,21 @@ def apply_plan(plan: CompiledPlan, ev: Event, counts: Counter[str]) -> Event | B
         violations=violations,
         schema_versions=dict(verdict.schema_versions),
         normalized=_encoder.encode(ev).decode(),
+    )
+
+
+def _within(ev: Event, room: int) -> Event | Rejection:
+    """``ev``, or its rejection when its objects (the event itself being one level) nest
+    deeper than ``room`` levels."""
+    if not nests_deeper((ev.properties, ev.traits, ev.context, ev.integrations), room):
+        return ev
+    return Rejection(
+        "invalid_json",
+        f"the event nests objects and arrays deeper than {MAX_DEPTH} levels "
+        "(counted from its request's root)",
+        message_id=ev.message_id,
+        event_type=ev.type,
+        event_name=ev.event,
     )
 
 

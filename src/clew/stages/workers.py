@@ -181,13 +181,15 @@ def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
         locks.append(lock)
     log = open_log(settings)
     from clew.stages._counters import CounterStore
+    from clew.stages.setaside import StageLedger
 
     counters = CounterStore(settings.state_path)
+    ledger = StageLedger(settings.state_path)
     runners: list[StageRunner] = []
-    closers: list[Callable[[], None]] = [counters.close]
+    closers: list[Callable[[], None]] = [counters.close, ledger.close]
     for name in stage_names:
         stage, stage_closers = build_stage(name, settings)
-        runners.append(StageRunner(log, stage, settings.stages.poll_max_records, counters))
+        runners.append(StageRunner(log, stage, settings.stages.poll_max_records, counters, ledger))
         closers.extend(stage_closers)
     for runner in runners:
         runner.start()

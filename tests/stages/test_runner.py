@@ -1,0 +1,196 @@
+"""Poison isolation in the stage runner: a record a stage cannot process is retried a few
+times, then set aside to the ``dlq`` topic with the stage, the error and its original bytes,
+and the stage goes on with every other record, each processed once; /health and /metrics
+tell."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from clew.identity.changes import IdentityRow, ProfileChange, encode_change
+from clew.lake.query import Lake
+from clew.log.base import Consumer, Log, Message, Record, TopicSpec
+from clew.log.embedded import EmbeddedLog
+from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
+from clew.server import BackgroundServer
+from clew.stages.base import Stage
+from clew.stages.replay import DlqFilter, DlqSnapshot, ReplayLedger
+from clew.stages.runner import BATCH_ATTEMPTS, StageRunner
+from clew.stages.setaside import STAGE_FAILURE, StageLedger
+from clew.stages.validate import DeadLetter
+from conftest import wait_for
+
+
+class _Picky(Stage):
+    """Commits each batch it handles; refuses a batch holding a record whose value starts
+    with ``poison`` (or raises ``error`` for every batch while it is set)."""
+
+    group = "picky"
+    topics = (EVENTS_TOPIC,)
+
+    def __init__(self) -> None:
+        self.done: list[bytes] = []
+        self.error: Exception | None = None
+
+    def handle(self, records: list[Record], consumer: Consumer) -> None:
+        if self.error is not None:
+            raise self.error
+        for rec in records:
+            if rec.value.startswith(b"poison"):
+                raise ValueError(f"cannot read {rec.value[:10]!r}")
+        consumer.commit({(r.topic, r.partition): r.offset + 1 for r in records})
+        self.done.extend(r.value for r in records)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[Log]:
+    log = EmbeddedLog(tmp_path / "log.db")
+    for topic in (EVENTS_TOPIC, DLQ_TOPIC):
+        log.create_topic(TopicSpec(topic, 2))
+    yield log
+    log.close()
+
+
+def _letters(log: Log) -> list[DeadLetter]:
+    return [
+        msgspec.json.decode(r.value, type=DeadLetter)
+        for p in log.end_offsets(DLQ_TOPIC)
+        for r in log.read(DLQ_TOPIC, p, 0)
+    ]
+
+
+def _run(log: Log, stage: Stage, ledger: StageLedger, until: object) -> StageRunner:
+    runner = StageRunner(log, stage, 50, ledger=ledger)
+    runner.start()
+    try:
+        wait_for(until, timeout_s=30)  # type: ignore[arg-type]
+    finally:
+        runner.stop()
+    return runner
+
+
+def test_a_poison_record_is_set_aside_and_every_other_record_is_processed_once(
+    log: Log, tmp_path: Path
+) -> None:
+    good = [Message(f"ok-{i}".encode(), key=str(i).encode()) for i in range(40)]
+    poison = Message(b"poison \xff", key=b"7", headers=(("source", b"src-1"),))
+    log.append_sync(EVENTS_TOPIC, [*good[:20], poison, *good[20:]])
+    stage = _Picky()
+    ledger = StageLedger(tmp_path / "state.db")
+    runner = _run(log, stage, ledger, lambda: len(stage.done) == 40)
+    # Later records are processed too, with the poison record no longer in the way.
+    log.append_sync(EVENTS_TOPIC, [Message(b"ok-late", key=b"1")])
+    _run(log, stage, ledger, lambda: len(stage.done) == 41)
+
+    assert sorted(stage.done) == sorted([m.value for m in good] + [b"ok-late"])
+    assert [(r.value, r.key) for r in runner.set_aside] == [(poison.value, b"7")]
+    [letter] = _letters(log)
+    assert letter.reason == STAGE_FAILURE and letter.stage == "picky"
+    assert letter.topic == EVENTS_TOPIC and letter.source_id == "src-1"
+    assert letter.message.startswith("ValueError: cannot read b'poison")
+    # Not UTF-8, so the exact bytes are kept in base64.
+    assert letter.payload_encoding == "base64"
+    assert base64.b64decode(letter.payload) == poison.value
+    assert letter.headers == {"source": "src-1"}
+    trouble = ledger.trouble()["picky"]
+    assert trouble.set_aside_recent == 1 and trouble.failing is None
+    assert trouble.last_set_aside == letter.message
+    ledger.close()
+
+
+def test_an_outage_is_retried_and_never_blamed_on_a_record(log: Log, tmp_path: Path) -> None:
+    log.append_sync(EVENTS_TOPIC, [Message(f"ok-{i}".encode()) for i in range(5)])
+    stage = _Picky()
+    stage.error = OSError("disk full")
+    ledger = StageLedger(tmp_path / "state.db")
+    runner = StageRunner(log, stage, 50, ledger=ledger)
+    runner.start()
+    try:
+        # As many failures as make the runner isolate a record, were they not an outage.
+        wait_for(lambda: runner.errors >= BATCH_ATTEMPTS, timeout_s=30)
+        assert ledger.trouble()["picky"].failing == "OSError: disk full"
+        stage.error = None
+        wait_for(lambda: len(stage.done) == 5)
+        wait_for(lambda: "picky" not in ledger.trouble())
+    finally:
+        started = time.monotonic()
+        runner.stop()
+    assert time.monotonic() - started < 2
+    assert runner.set_aside == [] and _letters(log) == []
+    ledger.close()
+
+
+def test_a_failing_stage_does_not_hold_up_shutdown(log: Log, tmp_path: Path) -> None:
+    log.append_sync(EVENTS_TOPIC, [Message(b"ok")])
+    stage = _Picky()
+    stage.error = RuntimeError("stuck")
+    runner = StageRunner(log, stage, 50)
+    runner.start()
+    wait_for(lambda: runner.errors >= 2)
+    started = time.monotonic()
+    runner.stop()
+    assert not runner.alive and time.monotonic() - started < 2
+
+
+def _unencodable_change(pid: str) -> ProfileChange:
+    # msgspec reads an integer beyond 64 bits; the lake's JSON encoder cannot write one.
+    return ProfileChange(
+        profile_id=pid,
+        first_seen="2026-03-01T10:00:00.000Z",
+        last_seen="2026-03-01T10:00:00.000Z",
+        identities=[IdentityRow("user_id", pid, f"m-{pid}", "src", "2026-03-01T10:00:00.000Z")],
+        traits={"huge": 2**70} if pid == "poison" else {"plan": "pro"},
+        computed={},
+        merged_ids=[],
+        changed_at="2026-03-01T10:00:00.000Z",
+    )
+
+
+def test_profiles_lake_sets_aside_a_change_it_cannot_write_and_health_says_so(
+    server: BackgroundServer,
+) -> None:
+    clew = server.clew
+    changes = [_unencodable_change(pid) for pid in ("a", "poison", "b")]
+    clew.log.append_sync(
+        CHANGES_TOPIC, [Message(encode_change(c), key=c.profile_id.encode()) for c in changes]
+    )
+    lake = Lake(clew.settings.lake_location)
+
+    def profiles() -> list[object]:
+        return [r[0] for r in lake.sql("SELECT profile_id FROM customer_profiles").rows]
+
+    wait_for(lambda: sorted(profiles()) == ["a", "b"], timeout_s=60)  # type: ignore[type-var]
+
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["ok"] is True and body["status"] == "degraded"
+    stage = body["stages"]["profiles-lake"]
+    assert stage["status"] == "set_aside" and stage["set_aside"] == 1
+    assert "64-bit" in stage["reason"]
+    assert body["stages"]["validate"]["status"] == "ok"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'clew_records_set_aside_total{stage="profiles-lake"} 1' in metrics
+    assert 'clew_stage_failures_total{stage="profiles-lake"} ' in metrics
+
+    # The lake stage writes the dead letter into the dlq table, where `clew dlq list` reads it.
+    def dead_letters() -> list[object]:
+        ledger = ReplayLedger(clew.settings.state_path)
+        try:
+            with DlqSnapshot(clew.settings.lake_location, ledger) as snapshot:
+                return [r for rows in snapshot.rows(DlqFilter()) for r in rows]
+        finally:
+            ledger.close()
+
+    wait_for(lambda: len(dead_letters()) == 1, timeout_s=30)
+    [row] = dead_letters()
+    assert row.stage == "profiles-lake" and row.topic == CHANGES_TOPIC  # type: ignore[attr-defined]
+    assert row.reason == STAGE_FAILURE  # type: ignore[attr-defined]
+    assert row.payload == encode_change(changes[1]).decode()  # type: ignore[attr-defined]
