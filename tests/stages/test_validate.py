@@ -9,11 +9,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
+from clew.nesting import MAX_DEPTH
 from clew.stages._dedup import DedupIndex, RedisDedupIndex
 from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
 
@@ -409,3 +411,23 @@ def test_the_runner_counts_records_its_member_skipped_as_shredded(
         dedup.close()
     assert counters.read("validate")["shredded_records"] == 3
     counters.close()
+
+
+def test_a_stored_request_nested_too_deep_loses_only_its_deep_event(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    # Requests a collector without the nesting limit stored: the stages after this one
+    # could not write traits this deep, so the event is dead-lettered and its batch goes on.
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"k": deep}
+    good = {"type": "identify", "userId": "u-1", "messageId": "good", "traits": {"a": 1}}
+    bad = {"type": "identify", "userId": "u-2", "messageId": "deep", "traits": deep}
+    append_request(log, msgspec.json.encode({"batch": [good, bad]}))
+    append_request(log, b'{"batch": [' + b"[" * 5000 + b"]" * 5000 + b"]}")
+    assert run_once(log, ValidateStage(dedup)) == 2
+    assert [d["messageId"] for d in topic_docs(log, EVENTS_TOPIC)] == ["good"]
+    dead = sorted(topic_docs(log, DLQ_TOPIC), key=lambda d: d["index"])
+    assert [(d["index"], d["reason"]) for d in dead] == [(-1, "invalid_json"), (1, "invalid_json")]
+    assert dead[1]["message_id"] == "deep"
+    assert f"{MAX_DEPTH} levels" in dead[1]["message"]

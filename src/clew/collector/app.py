@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 import time
 import uuid
 import zlib
@@ -26,6 +27,7 @@ from clew.config import Limits
 from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
 from clew.log.factory import DLQ_TOPIC, RAW_TOPIC
+from clew.nesting import MAX_DEPTH, too_deep
 from clew.sources import Catalog
 
 if TYPE_CHECKING:
@@ -212,20 +214,14 @@ class Collector:
             body = _gunzip(body, limits.max_request_bytes)
         seen.body = body
 
-        if path_type == "batch":
-            try:
-                parsed: _Batch | _Single = _batch_decoder.decode(body)
-            except msgspec.ValidationError as e:
-                raise _decode_refusal(e) from None
-            except msgspec.DecodeError as e:
-                raise _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-        else:
-            try:
-                parsed = _single_decoder.decode(body)
-            except msgspec.ValidationError as e:
-                raise _decode_refusal(e) from None
-            except msgspec.DecodeError as e:
-                raise _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+        _check_text(body)
+        decoder = _batch_decoder if path_type == "batch" else _single_decoder
+        try:
+            parsed: _Batch | _Single = decoder.decode(body)
+        except msgspec.ValidationError as e:
+            raise _decode_refusal(e) from None
+        except msgspec.DecodeError as e:
+            raise _unreadable(body, e) from None
 
         if source is None:
             if not parsed.writeKey:
@@ -346,6 +342,44 @@ def _without_suppressed(
     envelope = msgspec.json.decode(body)
     envelope["batch"] = keep
     return msgspec.json.encode(envelope), dropped
+
+
+def _check_text(body: bytes) -> None:
+    """Refuse a body that is not UTF-8 text or nests deeper than ``MAX_DEPTH``, before it is
+    parsed (the parser would fail on either with no JSON answer). ASCII, the common case,
+    costs one scan."""
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError as e:
+            raise _Refusal(
+                400,
+                "invalid_json",
+                f"the body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset {e.start}",
+            ) from None
+    if too_deep(body):
+        raise _Refusal(
+            400, "invalid_json", f"the body nests objects and arrays deeper than {MAX_DEPTH} levels"
+        )
+
+
+# A \u escape of a high surrogate not followed by a low one, or of a low one not preceded by
+# a high one (escaped backslashes are removed first, so ``\\ud800`` is not one).
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _unreadable(body: bytes, e: msgspec.DecodeError) -> _Refusal:
+    lone = _LONE_SURROGATE.search(body.replace(b"\\\\", b"")) if b"\\u" in body else None
+    if lone is not None:
+        return _Refusal(
+            400,
+            "invalid_json",
+            f"the body escapes a lone surrogate ({lone.group().decode()}), which is not text",
+        )
+    return _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}")
 
 
 def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:

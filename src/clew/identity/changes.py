@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from clew.events import format_time
+from clew.nesting import cut
 from clew.store.base import Profile
 
 PROFILE_KIND = "profile"
@@ -101,7 +102,19 @@ def deleted(profile_id: str, into: str | None, changed_at: datetime) -> ProfileD
 
 
 def encode_change(change: Change) -> bytes:
-    return _encoder.encode(change)
+    """The change as JSON. A profile whose traits or computed values nest too deep to
+    encode (from events stored before the Tracking API bounded nesting) has them cut to
+    :data:`~clew.nesting.MAX_DEPTH` levels, so its snapshot is still written."""
+    try:
+        return _encoder.encode(change)
+    except RecursionError:
+        if not isinstance(change, ProfileChange):
+            raise
+        return _encoder.encode(
+            msgspec.structs.replace(
+                change, traits=cut(change.traits), computed=cut(change.computed)
+            )
+        )
 
 
 def decode_change(data: bytes) -> Change | None:

@@ -15,14 +15,18 @@ import pyarrow as pa
 
 from clew.identity.identifiers import EMAIL, USER_ID
 from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, IDENTITIES_SCHEMA
+from clew.nesting import encode
 from clew.store.base import Profile
 
 _MS = pa.timestamp("ms", tz="UTC")
 
 
 def traits_json(traits: dict[str, Any]) -> str:
-    """The traits as JSON text with sorted keys: equal traits give equal text."""
-    return orjson.dumps(traits, option=orjson.OPT_SORT_KEYS).decode()
+    """The traits as JSON text with sorted keys: equal traits give equal text. Traits nested
+    deeper than the Tracking API allows (from events stored before it bounded nesting) are
+    cut to :data:`~clew.nesting.MAX_DEPTH` levels rather than failing the row; raises
+    :class:`~clew.nesting.UnencodableJsonError` for traits no JSON can hold."""
+    return encode(traits, orjson.OPT_SORT_KEYS).decode()
 
 
 def _times(values: Sequence[int | None], schema: pa.Schema, column: str) -> pa.Array:

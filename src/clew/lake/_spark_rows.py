@@ -31,6 +31,7 @@ from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import profile_columns
 from clew.lake._rebuild_sql import PayloadShape
+from clew.nesting import encode
 from clew.store.base import Separation
 from clew.store.memory import MemoryProfileStore
 
@@ -218,7 +219,7 @@ def prepare(batches: Iterable[pa.RecordBatch], job: Job) -> Iterator[pa.RecordBa
             out["timestamp"].append(cols["timestamp"][i])
             out["received_at"].append(cols["received_at"][i])
             out["previous_id"].append(previous)
-            out["payload"].append(orjson.dumps(payload).decode())
+            out["payload"].append(encode(payload).decode())
             out["full_traits"].append(None if full is None else cols["traits"][i])
             out["is_order"].append(order)
             out["revenue"].append(revenue(properties or {}) if order else None)
