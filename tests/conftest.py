@@ -78,11 +78,13 @@ def clew_bin() -> str:
 
 
 class ServeProcess:
-    """`clew serve` as a child process (for crash tests and real-SDK tests)."""
+    """`clew serve` as a child process (for crash tests and real-SDK tests), run by the
+    ``clew`` executable given (by default the one installed next to the test runner)."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, clew: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.clew = clew or clew_bin()
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"serve-{port}.log"
@@ -91,7 +93,7 @@ class ServeProcess:
         env = {**os.environ, "CLEW_LAKE__FLUSH_INTERVAL_MS": "100"}
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/kill
         self.proc = subprocess.Popen(
-            [clew_bin(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [self.clew, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=env,

@@ -31,6 +31,8 @@ LIFETIME_VALUE = "total_lifetime_value"
 ORDERS_COUNT = "orders_count"
 LAST_PURCHASE = "last_purchase_date"
 ORDER_EVENT = "order completed"
+ORDER_AMOUNTS = ("revenue", "total")
+"""The ``properties`` members an order's amount is read from, the first usable one wins."""
 
 
 class TraitPolicy(BaseModel):
@@ -58,7 +60,7 @@ def revenue(properties: dict[str, Any]) -> float:
     >>> revenue({"revenue": "19.90"}), revenue({"total": 5}), revenue({"revenue": True})
     (19.9, 5.0, 0.0)
     """
-    for key in ("revenue", "total"):
+    for key in ORDER_AMOUNTS:
         value = properties.get(key)
         if value is None or isinstance(value, bool):
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clew.identity.rules import IdentityRules
-from clew.identity.traits import is_order
+from clew.identity.traits import ORDER_AMOUNTS, is_order
 
 if TYPE_CHECKING:
     import duckdb
@@ -88,16 +88,38 @@ def _py_amount(text: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _amount(key: str) -> str:
-    """SQL: ``properties.<key>`` as revenue() reads it (a finite number, or NULL). Strings
-    go through Python's ``float()``, whose grammar (Unicode digits and spaces, ``_``) no SQL
-    cast reproduces."""
-    path = _sql_string(_pointer(key))
-    kind = f"json_type(properties, {path})"
+def _amount(value: str) -> str:
+    """SQL: the JSON ``value`` as revenue() reads it (a finite number, or NULL). Strings are
+    looked up in the temp table ``amounts``, filled by Python's ``float()``, whose grammar
+    (Unicode digits and spaces, ``_``) no SQL cast reproduces."""
+    kind = f"json_type({value})"
     return (
         f"CASE WHEN {kind} IN ('BIGINT', 'UBIGINT', 'DOUBLE') "
-        f"THEN nullif_infinite(TRY_CAST(json_extract(properties, {path}) AS DOUBLE)) "
-        f"WHEN {kind} = 'VARCHAR' THEN clew_amount(json_extract_string(properties, {path})) END"
+        f"THEN nullif_infinite(TRY_CAST({value} AS DOUBLE)) "
+        f"WHEN {kind} = 'VARCHAR' "
+        f"THEN (SELECT a.amount FROM amounts a WHERE a.text = ({value}) ->> '$') END"
+    )
+
+
+def _string_amounts(conn: duckdb.DuckDBPyConnection) -> None:
+    """Materialise the temp table ``amounts`` (``text``, ``amount``): each distinct string
+    amount of an order in ``raw`` with its value as :func:`_py_amount` reads it. A DuckDB
+    Python UDF would do this in the query, but registering one needs numpy, which is no
+    dependency of Clew."""
+    texts = [
+        text
+        for (text,) in conn.execute(
+            """
+            SELECT DISTINCT a ->> '$'
+            FROM (SELECT unnest(amounts) AS a FROM raw WHERE amounts IS NOT NULL)
+            WHERE json_type(a) = 'VARCHAR'
+            """
+        ).fetchall()
+    ]
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE amounts AS "
+        "SELECT unnest($1::VARCHAR[]) AS text, unnest($2::DOUBLE[]) AS amount",
+        [texts, [_py_amount(t) for t in texts]],
     )
 
 
@@ -110,17 +132,6 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
     ``rn``, its position in event-time order, ties by ``received_at`` then ``message_id``;
     ``key_id``; what the unifier needs besides the payload; ``flags``; whether it is an
     order and its amount). Returns the number of events."""
-    import duckdb
-    import duckdb.func
-
-    conn.create_function(
-        "clew_amount",
-        _py_amount,
-        [duckdb.sqltypes.VARCHAR],
-        duckdb.sqltypes.DOUBLE,
-        null_handling=duckdb.func.SPECIAL,
-        side_effects=False,
-    )
     conn.execute("CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END")
     # Which names are orders is decided by is_order() itself, over the distinct names.
     names = conn.execute("SELECT DISTINCT event FROM events WHERE type = 'track'").fetchall()
@@ -140,8 +151,8 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
                 (CASE WHEN type = 'alias' OR {match} THEN {UNCACHEABLE} ELSE 0 END))::TINYINT
                    AS flags,
                {is_order_sql} AS is_order,
-               CASE WHEN {is_order_sql}
-                    THEN coalesce({_amount("revenue")}, {_amount("total")}, 0.0) END AS revenue
+               CASE WHEN {is_order_sql} THEN {_members("properties", ORDER_AMOUNTS)} END
+                   AS amounts
         FROM (
             SELECT *, {_members("context", shape.context)} AS context_members,
                    CASE WHEN type = 'identify' AND json_type(traits) = 'OBJECT'
@@ -175,18 +186,24 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
         LEFT JOIN n a ON a.payload = {base("NULL", "n.anonymous_id")}
         """
     )
+    _string_amounts(conn)
+    amounts = ", ".join(_amount(f"r.amounts[{i + 1}]") for i in range(len(ORDER_AMOUNTS)))
     conn.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE ev AS
         SELECT (row_number() OVER (ORDER BY r.timestamp, r.received_at, r.message_id) - 1)
                    AS rn,
                i.key_id, r.flags, r.type, r.message_id, coalesce(r.source_id, '') AS source_id,
                r.timestamp, CASE WHEN r.type = 'alias' THEN r.previous_id END AS previous_id,
-               r.full_traits, r.is_order, r.revenue
+               r.full_traits, r.is_order,
+               CASE WHEN r.is_order
+                    THEN coalesce({amounts}, 0.0)
+               END AS revenue
         FROM raw r JOIN ids i USING (payload)
         """
     )
     conn.execute("DROP TABLE raw")
+    conn.execute("DROP TABLE amounts")
     (count,) = conn.execute("SELECT count(*) FROM ev").fetchone() or (0,)
     return int(count)
 
