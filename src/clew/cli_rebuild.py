@@ -32,7 +32,14 @@ def rebuild(
     ] = False,
     check: Annotated[
         bool,
-        typer.Option("--check", help="Exit 1 if the batch and speed layers disagree."),
+        typer.Option(
+            "--check",
+            help="Exit 1 if the batch and speed layers disagree, and then write no table.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --check: write the tables even if the layers disagree."),
     ] = False,
     show: Annotated[int, typer.Option("--show", help="How many differences to list.", min=0)] = 20,
     engine: Annotated[
@@ -79,11 +86,17 @@ def rebuild(
                     conf=_conf(spark_conf or []),
                     dry_run=dry_run,
                     max_differences=show,
+                    require_agreement=check and not force,
                 )
             except SparkUnavailableError as e:
                 raise fail(escape(str(e))) from None
         else:
-            report = run(settings, dry_run=dry_run, max_differences=show)
+            report = run(
+                settings,
+                dry_run=dry_run,
+                max_differences=show,
+                require_agreement=check and not force,
+            )
     except RebuildError as e:
         raise fail(str(e)) from None
     _print(report)
@@ -111,6 +124,10 @@ def _print(report: RebuildReport) -> None:
     )
     if report.written:
         console.print("  wrote lake tables customer_profiles and identities")
+    elif report.withheld:
+        console.print(
+            "  [yellow]no table written: the layers disagree[/yellow] (--force writes them anyway)"
+        )
     else:
         console.print("  dry run: no table written")
     recon = report.reconciliation

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from clew.events import Event, format_time
-from clew.identity import Identifier, IdentityResolver, IdentityRules
+from clew.identity import Identifier, IdentityResolver, IdentityRules, profile_id_for
 from clew.store import SQLiteProfileStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -56,14 +56,20 @@ def test_one_person_on_two_devices_ends_as_one_profile(
     phone = resolver.resolve(ev("page", anonymous_id="phone-anon")).profile_id
     laptop = resolver.resolve(ev("page", anonymous_id="laptop-anon")).profile_id
     assert phone is not None and laptop is not None and phone != laptop
+    assert phone == profile_id_for(Identifier("anonymous_id", "phone-anon"))
     signup = resolver.resolve(ev(anonymous_id="laptop-anon", traits={"email": "Ada@Shop.io"}))
-    assert signup.profile_id == laptop
+    # The email is now the profile's most trusted identifier: the profile takes its id, and
+    # the old id keeps resolving.
+    email_id = profile_id_for(Identifier("email", "ada@shop.io"))
+    assert signup.profile_id == email_id and signup.merged_from == (laptop,)
+    assert store.resolve(laptop) == email_id
     login = resolver.resolve(
         ev(user_id="ada-1", anonymous_id="phone-anon", traits={"email": "ada@shop.io"})
     )
-    # The laptop's profile holds the more trusted identifier (the email), so it survives.
-    assert login.profile_id == laptop
-    assert login.merged_from == (phone,)
+    # The user id is the most trusted identifier of the merged profile, so its id is the
+    # person's id, whichever device was seen first.
+    assert login.profile_id == profile_id_for(Identifier("user_id", "ada-1"))
+    assert set(login.merged_from) == {phone, email_id}
     assert login.attached == (Identifier("user_id", "ada-1"),)
 
     owner = login.profile_id
@@ -163,9 +169,10 @@ def test_explain_lists_identifiers_and_merges_with_their_events(
     assert texts[0].startswith("anonymous_id:phone attached by event m1 from source web at 2026-")
     assert any(t.startswith("email:ada@shop.io attached by event m2") for t in texts)
     assert any(t.startswith("user_id:ada attached by event m3") for t in texts)
-    (merged,) = [line for line in lines if line.kind == "merge"]
-    assert merged.provenance.message_id == "m3"
-    assert "merged into" in merged.text
+    merges = [line for line in lines if line.kind == "merge"]
+    # m3 brought the user id: both profiles moved into the profile of that id.
+    assert [m.provenance.message_id for m in merges] == ["m3", "m3"]
+    assert all("merged into" in m.text for m in merges)
     assert [line.provenance.time_ms for line in lines] == sorted(
         line.provenance.time_ms for line in lines
     )
@@ -176,8 +183,8 @@ def test_alias_links_previous_id_to_user_id(
 ) -> None:
     anon = resolver.resolve(ev("page", anonymous_id="visitor-9")).profile_id
     result = resolver.resolve(ev("alias", user_id="cust-9", previous_id="visitor-9"))
-    assert result.profile_id == anon
-    assert store.lookup("user_id", "cust-9") == anon
+    assert result.profile_id == profile_id_for(Identifier("user_id", "cust-9"))
+    assert store.lookup("user_id", "cust-9") == store.resolve(anon or "") == result.profile_id
 
     # A previousId already known as a user id is a user id: the default limit of one user id
     # per profile keeps the two apart, and says so.
@@ -195,8 +202,9 @@ def test_alias_across_user_ids_merges_when_the_limit_allows(
     resolver = IdentityResolver(store, rules)
     old = resolver.resolve(ev(user_id="old-id")).profile_id
     result = resolver.resolve(ev("alias", user_id="new-id", previous_id="old-id"))
-    assert result.profile_id == old
-    assert store.lookup("user_id", "new-id") == old
+    # "new-id" sorts before "old-id": the profile takes the id of its canonical user id.
+    assert result.profile_id == profile_id_for(Identifier("user_id", "new-id"))
+    assert store.lookup("user_id", "new-id") == store.resolve(old or "") == result.profile_id
 
 
 def test_replaying_an_event_changes_nothing(

@@ -141,6 +141,17 @@ def test_check_fails_and_lists_differences_when_the_layers_disagree(settings: Se
     assert "no table written" in result.output
     assert rows(settings, "SELECT count(*) FROM customer_profiles") == [(0,)]
 
+    # Without --dry-run, a check that fails still writes nothing, unless forced.
+    args = ["rebuild", "--check", "--data-dir", str(settings.data_dir)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "no table written: the layers disagree" in result.output
+    assert rows(settings, "SELECT count(*) FROM customer_profiles") == [(0,)]
+    result = CliRunner().invoke(app, [*args, "--force"])
+    assert result.exit_code == 1, result.output
+    assert "wrote lake tables" in result.output
+    assert rows(settings, "SELECT count(*) FROM customer_profiles") == [(2,)]
+
 
 REVENUES: list[Any] = [
     19.9,

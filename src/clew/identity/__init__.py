@@ -19,6 +19,8 @@ from clew.identity.resolver import (
     IdentityResolver,
     Resolution,
     ResolutionConflictError,
+    canonical_key,
+    profile_id_for,
 )
 from clew.identity.rules import (
     DEFAULT_BLOCKED_EMAILS,
@@ -46,7 +48,9 @@ __all__ = [
     "PhoneSupportMissingError",
     "Resolution",
     "ResolutionConflictError",
+    "canonical_key",
     "extract",
     "normalise_email",
     "normalise_phone",
+    "profile_id_for",
 ]

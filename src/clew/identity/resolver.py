@@ -10,10 +10,17 @@ The algorithm, per event:
    merge cap. An identifier owned by another profile brings that whole profile along, so a
    conflicting one is dropped rather than merged; since the most trusted identifiers are
    accepted first, the identifier dropped is always the least trusted one in the conflict.
-3. No accepted identifier is known: a new profile, with an id derived from the event, so a
-   replay creates the same profile. Otherwise the accepted profiles merge into the one with
-   the most trusted identifier (then the oldest, then the smallest id), and the unknown
-   identifiers are attached to it. Every attach and merge records the event's provenance.
+3. The accepted profiles merge into one and the unknown identifiers are attached to it.
+   Every attach and merge records the event's provenance.
+
+A profile's id is a function of its identifiers alone: :func:`profile_id_for` of its
+**canonical identifier**, the smallest under :func:`canonical_key` (rule priority, then id
+type, then value). So the id never depends on arrival order, batch boundaries or which worker
+resolved the event, and the speed layer and the batch rebuild give a person the same id. A
+merge keeps the id of the profile holding the smaller canonical identifier (it is the
+canonical identifier of the union); a profile that gains an identifier smaller than its
+canonical one takes that identifier's id (a rename: the old id redirects to the new one, like
+a merged-away id, and keeps resolving).
 
 Limits use event time, never the wall clock, so a replay or a batch rebuild over the same
 events gives the same profiles. Rules are checked against a snapshot of the store; the log
@@ -38,12 +45,13 @@ from clew.identity.identifiers import (
     Identifier,
     extract,
 )
-from clew.identity.rules import IdentityRules
+from clew.identity.rules import IdentityRules, RuleTable
 from clew.store.base import (
     Profile,
     ProfileStore,
     Provenance,
     Separation,
+    Traits,
     TraitsMerge,
     UnknownProfileError,
     keep_existing,
@@ -52,6 +60,21 @@ from clew.store.base import (
 _PROFILE_NAMESPACE = uuid.UUID("0c6e4b1e-54f4-4bd6-9f0e-2b8f2d1f7a3d")
 _ATTEMPTS = 5
 _NO_PRIORITY = 1 << 30
+
+
+def profile_id_for(identifier: Identifier) -> str:
+    """The id of the profile whose canonical identifier is ``identifier``.
+
+    >>> profile_id_for(Identifier("user_id", "u-1"))
+    '6a3f6842-7bb3-518e-a48d-951318d81347'
+    """
+    return str(uuid.uuid5(_PROFILE_NAMESPACE, f"{identifier.id_type}:{identifier.value}"))
+
+
+def canonical_key(table: RuleTable, id_type: str, value: str) -> tuple[int, str, str]:
+    """The total order on identifiers that picks a profile's canonical one (the smallest):
+    most trusted type first (rule priority), then id type, then value."""
+    return table.priority(id_type), id_type, value
 
 
 class ResolutionConflictError(RuntimeError):
@@ -330,24 +353,45 @@ class IdentityResolver:
                     counts[id_type] = counts.get(id_type, 0) + 1
         return counts
 
-    def _survivor_key(self, profile: Profile) -> tuple[int, int, str]:
-        best = min(
-            (self._table.priority(e.id_type) for e in profile.identities), default=_NO_PRIORITY
+    def _canonical(self, profile: Profile) -> tuple[int, str, str]:
+        key = canonical_key
+        table = self._table
+        return min(
+            (key(table, e.id_type, e.value) for e in profile.identities),
+            default=(_NO_PRIORITY, "", profile.profile_id),
         )
-        return best, profile.first_seen_ms, profile.profile_id
 
     def _apply(
         self, plan: _Plan, event: Event, provenance: Provenance, merged_from: list[str]
     ) -> tuple[str, tuple[Identifier, ...]] | None:
         """Carry out the plan; ``None`` if another writer got in the way (plan again)."""
         store = self._store
-        ranked = sorted(plan.profiles.values(), key=self._survivor_key)
-        if ranked:
-            survivor = ranked[0].profile_id
+        ranked = sorted(plan.profiles.values(), key=self._canonical)
+        best_new = min(
+            (canonical_key(self._table, i.id_type, i.value) for i in plan.new), default=None
+        )
+        if ranked and (best_new is None or self._canonical(ranked[0]) < best_new):
+            _, id_type, value = self._canonical(ranked[0])
         else:
-            first = plan.new[0]
-            survivor = str(uuid.uuid5(_PROFILE_NAMESPACE, f"{event.message_id}/{first}"))
+            assert best_new is not None
+            _, id_type, value = best_new
+        target = profile_id_for(Identifier(id_type, value))
         into = ranked[0] if ranked else None
+        if into is not None:
+            survivor = into.profile_id
+        elif store.resolve(target) is None:
+            survivor = target
+        else:
+            # The id is taken by another profile (only after an operator's split moved the
+            # identifier away): a new id from the event, still the same on a replay.
+            survivor = str(uuid.uuid5(_PROFILE_NAMESPACE, f"{event.message_id}/{target}"))
+        if into is not None and survivor != target and store.resolve(target) is None:
+            # The profile's canonical identifier changed: it takes that identifier's id.
+            store.touch(target, provenance.time_ms)
+            survivor = store.merge(target, survivor, provenance, _take_from, _take_from)
+            merged_from.append(into.profile_id)
+            if self._merge is not None:
+                into = store.get(survivor) or into
         for other in ranked[1:]:
             assert into is not None
             how = self._merge(into, other) if self._merge is not None else MergeFunctions()
@@ -365,6 +409,11 @@ class IdentityResolver:
         if not plan.new:
             survivor = store.touch(survivor, provenance.time_ms)
         return survivor, tuple(attached)
+
+
+def _take_from(_into: Traits, from_: Traits) -> Traits:
+    """A rename moves a profile into a new, empty one: its values are kept as they are."""
+    return from_
 
 
 def _describe(provenance: Provenance) -> str:

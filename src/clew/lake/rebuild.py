@@ -63,13 +63,15 @@ class RebuildError(RuntimeError):
 class RebuildReport:
     """What a rebuild did: counts, seconds per phase (``read``, ``resolve``, ``sql``,
     ``write``, ``reconcile``), and the comparison with the serving store (``None`` when
-    there is no serving store)."""
+    there is no serving store). ``withheld``: the tables were not written because the layers
+    disagree and agreement was required."""
 
     events: int = 0
     applied: int = 0
     profiles: int = 0
     identities: int = 0
     written: bool = False
+    withheld: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     reconciliation: Reconciliation | None = None
 
@@ -79,11 +81,16 @@ class RebuildReport:
 
 
 def rebuild(
-    settings: Settings, *, dry_run: bool = False, max_differences: int = 20
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    max_differences: int = 20,
+    require_agreement: bool = False,
 ) -> RebuildReport:
     """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` and
-    overwrite both tables (not with ``dry_run``). Reads the configured serving store, if
-    it exists, for separations and the reconciliation; never writes it. Raises
+    overwrite both tables (not with ``dry_run``; with ``require_agreement``, only if the
+    serving store agrees or there is none). Reads the configured serving store, if it
+    exists, for separations and the reconciliation; never writes it. Raises
     :class:`RebuildError` if a table cannot be written.
 
     Python's cyclic garbage collector is paused meanwhile: the in-memory store holds millions
@@ -120,21 +127,29 @@ def rebuild(
                 batch = _assemble(conn, resolved, store, rebuilt_at)
             report.profiles = batch.table.num_rows
             report.identities = len(batch.identities)
-            if not dry_run:
-                with clock("write"):
-                    _write(settings.lake_location, batch)
-                report.written = True
         finally:
             conn.close()
         if speed is not None:
             with clock("reconcile"):
                 report.reconciliation = reconcile(batch.facts(), speed, max_differences)
+        if not dry_run:
+            if require_agreement and not agreed(report):
+                report.withheld = True
+            else:
+                with clock("write"):
+                    _write(settings.lake_location, batch)
+                report.written = True
     finally:
         if collecting:
             gc.enable()
         if speed is not None:
             speed.close()
     return report
+
+
+def agreed(report: RebuildReport) -> bool:
+    """Whether the rebuilt profiles agree with the serving store (vacuously, without one)."""
+    return report.reconciliation is None or report.reconciliation.agree
 
 
 class _Clock:

@@ -57,7 +57,7 @@ from clew.lake._spark_session import (
     spark_path,
 )
 from clew.lake._storage import LakeLocation, TableLocation
-from clew.lake.rebuild import RebuildError, RebuildReport
+from clew.lake.rebuild import RebuildError, RebuildReport, agreed
 from clew.lake.tables import (
     CUSTOMER_PROFILES,
     CUSTOMER_PROFILES_SCHEMA,
@@ -86,9 +86,11 @@ def rebuild_spark(
     session: SparkSession | None = None,
     dry_run: bool = False,
     max_differences: int = 20,
+    require_agreement: bool = False,
 ) -> RebuildReport:
     """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` with
-    Spark and overwrite both tables (not with ``dry_run``); the result equals
+    Spark and overwrite both tables (not with ``dry_run``; with ``require_agreement``, only
+    if the serving store agrees or there is none); the result equals
     :func:`clew.lake.rebuild.rebuild`'s. Uses ``session`` if given (it is left running),
     else starts one on ``master`` with ``conf`` and stops it at the end.
 
@@ -119,15 +121,18 @@ def rebuild_spark(
         try:
             tables = _compute(spark, lake, cold, job, rebuilt_at, report)
             try:
-                if not dry_run:
-                    with _phase(report, "write"):
-                        _write(tables, lake)
-                    report.written = True
                 if speed is not None:
                     with _phase(report, "reconcile"):
                         report.reconciliation = reconcile(
                             list(_facts(tables)), speed, max_differences
                         )
+                if not dry_run:
+                    if require_agreement and not agreed(report):
+                        report.withheld = True
+                    else:
+                        with _phase(report, "write"):
+                            _write(tables, lake)
+                        report.written = True
             finally:
                 tables.release()
         finally:
