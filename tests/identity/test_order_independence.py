@@ -17,7 +17,7 @@ and restarting at random points (before and after the serving store commits). Th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,14 +29,15 @@ from deltalake import write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clew.config import Settings
+from clew.config import Settings, StoreSettings
 from clew.events import format_time
 from clew.lake.rebuild import rebuild
 from clew.lake.tables import EVENTS, to_arrow
 from clew.log.base import Consumer, Message, Record, TopicPartition, partition_for
 from clew.log.factory import EVENTS_TOPIC
 from clew.stages.profiles import ProfilesStage
-from clew.store import Profile, SQLiteProfileStore
+from clew.store import Profile, ProfileStore
+from clew.store.factory import open_store
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 # The id rule, restated: a profile's id is the UUIDv5 (in Clew's profile namespace) of
@@ -239,15 +240,21 @@ class WorkerConsumer(Consumer):
         pass
 
 
-class CrashingStore(SQLiteProfileStore):
-    """The SQLite serving store of one worker process, which can die inside a batch."""
+class Worker:
+    """One profiles worker process: its own handle on the serving store, which it can lose
+    inside a batch (before the store commits)."""
 
-    crash_in_write_back = False
+    def __init__(self, store: ProfileStore) -> None:
+        self.store = store
+        self.crash_in_write_back = False
+        write_back = store.write_back
 
-    def write_back(self, *args: Any, **kwargs: Any) -> None:
-        if self.crash_in_write_back:
-            raise Crash("died inside the batch, before the store committed")
-        super().write_back(*args, **kwargs)
+        def crashing(*args: Any, **kwargs: Any) -> None:
+            if self.crash_in_write_back:
+                raise Crash("died inside the batch, before the store committed")
+            write_back(*args, **kwargs)
+
+        store.write_back = crashing  # type: ignore[method-assign]
 
 
 @dataclass
@@ -274,13 +281,15 @@ def schedules(draw: st.DrawFn) -> Schedule:
     return Schedule(workers, partitions, steps)
 
 
-def run_speed_layer(path: Path, arrival: Sequence[Mapping[str, Any]], plan: Schedule) -> None:
+def run_speed_layer(
+    settings: Settings, arrival: Sequence[Mapping[str, Any]], plan: Schedule
+) -> None:
     topic = Partitions(arrival, plan.partitions)
     owned = [list(range(plan.partitions))[w :: plan.workers] for w in range(plan.workers)]
-    stores = [CrashingStore(path) for _ in range(plan.workers)]
+    workers = [Worker(open_store(settings)) for _ in range(plan.workers)]
 
     def start(w: int) -> tuple[ProfilesStage, WorkerConsumer]:
-        stage, consumer = ProfilesStage(stores[w]), WorkerConsumer(topic, owned[w])
+        stage, consumer = ProfilesStage(workers[w].store), WorkerConsumer(topic, owned[w])
         stage.on_assign(consumer, consumer.assignment())
         return stage, consumer
 
@@ -292,24 +301,24 @@ def run_speed_layer(path: Path, arrival: Sequence[Mapping[str, Any]], plan: Sche
             records = consumer.poll(size)
             if not records:
                 continue
-            stores[w].crash_in_write_back = fate == "crash"
+            workers[w].crash_in_write_back = fate == "crash"
             consumer.crash_on_commit = fate == "crash-after"
             try:
                 stage.handle(records, consumer)
             except Crash:
                 # The process dies; a new one resumes from the log's committed offsets.
-                stores[w].crash_in_write_back = False
+                workers[w].crash_in_write_back = False
                 running[w] = start(w)
         assert all(topic.committed[p] == len(topic.records[p]) for p in topic.records), (
             "every event was applied"
         )
     finally:
-        for store in stores:
-            store.close()
+        for worker in workers:
+            worker.store.close()
 
 
-def speed_profiles(path: Path) -> list[Profile]:
-    store = SQLiteProfileStore(path)
+def speed_profiles(settings: Settings) -> list[Profile]:
+    store = open_store(settings)
     try:
         return store.scan(None, 1 << 30)
     finally:
@@ -317,6 +326,19 @@ def speed_profiles(path: Path) -> list[Profile]:
 
 
 # --- the property ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
+def store_settings(request: pytest.FixtureRequest) -> Callable[[Path], Settings]:
+    """Settings for one example: the embedded SQLite serving store (default suite) or a real
+    Redis server (slow suite), each example with a store of its own."""
+    if request.param == "sqlite":
+        return lambda data_dir: Settings(data_dir=data_dir)
+    url = request.getfixturevalue("redis_url")
+    return lambda data_dir: Settings(
+        data_dir=data_dir,
+        store=StoreSettings(backend="redis", redis_url=url, redis_prefix=data_dir.name),
+    )
 
 
 @settings(
@@ -327,18 +349,19 @@ def speed_profiles(path: Path) -> list[Profile]:
 @given(events=histories(), plan=schedules(), data=st.data())
 def test_speed_layer_equals_rebuild_equals_model_in_any_order(
     tmp_path_factory: pytest.TempPathFactory,
+    store_settings: Callable[[Path], Settings],
     events: list[dict[str, Any]],
     plan: Schedule,
     data: st.DataObject,
 ) -> None:
-    settings_ = Settings(data_dir=tmp_path_factory.mktemp("clew"))
+    settings_ = store_settings(tmp_path_factory.mktemp("clew"))
     arrival = data.draw(st.permutations(events), label="arrival order")
-    run_speed_layer(settings_.profiles_path, arrival, plan)
+    run_speed_layer(settings_, arrival, plan)
 
     expected = model(events)
     got = {
         frozenset(f"{e.id_type}:{e.value}" for e in p.identities): p
-        for p in speed_profiles(settings_.profiles_path)
+        for p in speed_profiles(settings_)
     }
     assert set(got) == set(expected), "profiles are the components of shared identifiers"
     for ids, want in expected.items():

@@ -213,3 +213,22 @@ class Engine:
         out[AUDIENCES] = sorted(members)
         out[STATE] = {_TRAITS: new_traits, _FUNNELS: new_funnels, _NAMES: self._public_names}
         return Evaluation(out, changes, min(due) if due else None)
+
+    def inherited(self, evaluation: Evaluation) -> Evaluation:
+        """``evaluation`` of a profile that took over other profile ids (a merge, or a
+        rename to a more trusted identifier's id), with every membership and non-empty
+        computed trait it holds announced under its id, unless already changing: the
+        changes of those values were announced under the ids it took over, and whoever reads
+        changes by profile id (the ``audience_members`` and ``computed_traits`` views,
+        destinations) must see them under the surviving one."""
+        computed = evaluation.computed
+        changes = list(evaluation.changes)
+        announced = {(c.kind, c.name) for c in changes}
+        for name in self._public_names:
+            value = computed.get(name)
+            if value not in _EMPTY and ("trait_changed", name) not in announced:
+                changes.append(Change("trait_changed", name, value, None))
+        for name in computed.get(AUDIENCES) or []:
+            if ("audience_entered", name) not in announced:
+                changes.append(Change("audience_entered", name))
+        return Evaluation(computed, changes, evaluation.next_due_ms)

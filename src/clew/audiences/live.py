@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -90,9 +90,13 @@ class LiveAudiences:
         gone: Iterable[str],
         now_ms: int,
         cause: str = "event",
+        heirs: Collection[str] = (),
     ) -> tuple[list[Profile], Produced]:
         """``profiles`` with the touched ones evaluated at ``now_ms``; their timers are set and
-        their change records put in the outbox (call inside the store transaction)."""
+        their change records put in the outbox (call inside the store transaction).
+        ``heirs``: the touched profiles that took over the ids in ``gone``; their memberships
+        and computed traits are announced again under their own id
+        (:meth:`Engine.inherited`)."""
         engine = self.engine
         if engine is None:
             return list(profiles), Produced([])
@@ -105,6 +109,8 @@ class LiveAudiences:
                 out.append(profile)
                 continue
             result = engine.evaluate(profile.traits, profile.computed, now_ms)
+            if profile.profile_id in heirs:
+                result = engine.inherited(result)
             evaluated = replace(profile, computed=result.computed)
             out.append(evaluated)
             timers[profile.profile_id] = result.next_due_ms

@@ -175,7 +175,10 @@ class ProfilesStage(Stage):
                 if pid is not None:
                     touched[pid] = None
             profiles, gone, history = work.result()
-            profiles, produced = live.evaluate(self._store, profiles, touched, gone, now_ms)
+            heirs = set(gone.values())
+            profiles, produced = live.evaluate(
+                self._store, profiles, touched, gone, now_ms, heirs=heirs
+            )
             self._store.write_back(profiles, gone, history)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
