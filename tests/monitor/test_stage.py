@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -19,6 +20,7 @@ from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.monitor import ALL_VERSIONS, MonitorStage, VolumeAlert, decode_alert
 from clew.server import free_port
+from clew.stages.setaside import dead_letter
 from conftest import wait_for
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
@@ -346,3 +348,40 @@ def test_alerts_judged_before_a_crash_are_published_once_after_it(
     drive(monitor.stage, monitor.consumer)
     assert [a.app_version for a in alerts(log)] == [ALL_VERSIONS, "2.0"]
     monitor.stop()
+
+
+def test_records_a_stage_set_aside_raise_no_alert_and_are_counted_apart(
+    log: EmbeddedLog, tmp_path: Path
+) -> None:
+    clock = FakeClock(START)
+    monitor = Monitor(log, tmp_path / "monitor.db", clock)
+    for h in range(3 * 24):
+        monitor.hour(START + h * HOUR)
+    # The next hour the lake stage sets aside 60 accepted events and the profiles-lake stage
+    # 40 change records (which carry no source): the sources sent nothing wrong.
+    start = START + 3 * 24 * HOUR
+    shop_hour(log, start, released=False, failing=False)
+    letters = [
+        dead_letter("lake", replace(rec, timestamp_ms=_ms(start)), "TypeError: too big")
+        for rec in log.read("events", 0, 0, 100_000)[-60:]
+    ]
+    change = Record("changes", 1, 7, None, b'{"kind":"trait_changed"}', (), 0)
+    letters += [
+        dead_letter("profiles-lake", replace(change, offset=n, timestamp_ms=_ms(start)), "boom")
+        for n in range(40)
+    ]
+    log.append_sync("dlq", letters)
+    clock.now = start + HOUR + timedelta(minutes=6)
+    drive(monitor.stage, monitor.consumer)
+    monitor.hour(start + HOUR)
+
+    assert alerts(log) == []
+    status = monitor.stage.status()
+    assert status.series == {"ok": 4} and status.alerting == []
+    assert status.records_total["set_aside"] == 100
+    assert "dlq" not in status.records_total
+    monitor.stop()
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

@@ -51,6 +51,7 @@ from clew.monitor.volume import (
     settle_repeats,
 )
 from clew.stages.base import Stage
+from clew.stages.setaside import STAGE_FAILURE
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +212,12 @@ class MonitorStage(Stage):
             obs = self._reader.dead_letter(rec.value) if dead else self._reader.event(rec.value)
             if obs is None:
                 tally["records_skipped"] += 1
+                continue
+            if obs.dlq_reason == STAGE_FAILURE:
+                # Set aside by a stage downstream of validation: not something a source sent
+                # that was refused (an event among them was counted accepted already), so it
+                # stays out of every series; /health and /metrics report it per stage.
+                tally["records_set_aside"] += 1
                 continue
             tally["records_dlq" if dead else "records_events"] += 1
             batch.add(obs)
