@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from clew.cli import app
+from clew.config import Settings
 from clew.privacy.runner import Operations
 from clew.server import BackgroundServer
 from conftest import WRITE_KEY, drained, lake_count, make_settings, wait_for
@@ -28,7 +29,7 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> FakeOperations:
     fake = FakeOperations()
     fake.person(("user_id", "ada"), ("email", "ada@x.test"))
 
-    def operations() -> Operations:
+    def operations(settings: Settings) -> Operations:
         return fake.operations()
 
     monkeypatch.setattr("clew.privacy.runner.default_operations", operations)

@@ -238,7 +238,7 @@ def verify(
     """Scan every store for the person behind IDENTIFIER (every identifier of their profile
     while it exists) and print zero traces, or where something remains (exit 1)."""
     from clew.log.factory import open_log
-    from clew.privacy.erase import Subject, resolve_subject
+    from clew.privacy.erase import Subject, resolve_person
     from clew.privacy.requests import InvalidRequestError, parse_identifier
     from clew.privacy.verify import verify as run_verify
     from clew.store.factory import open_store
@@ -251,7 +251,7 @@ def verify(
     log = open_log(settings)
     profiles = open_store(settings)
     try:
-        subjects = [resolve_subject(profiles, t, v) for t, v in parsed]
+        subjects = [resolve_person(settings, profiles, t, v) for t, v in parsed]
         subject = Subject(
             profile_ids=tuple(dict.fromkeys(p for s in subjects for p in s.profile_ids)),
             identifiers=tuple(dict.fromkeys(i for s in subjects for i in s.identifiers)),
@@ -261,19 +261,35 @@ def verify(
         profiles.close()
         log.close()
     traces = [{"store": t.store, "where": t.where} for t in report.traces]
+    unreadable = [{"store": t.store, "where": t.where} for t in report.unreadable]
     if as_json:
-        print(json.dumps({"clean": report.clean, "checked": report.checked, "traces": traces}))
-    elif report.clean:
+        doc = {"clean": report.clean, "checked": report.checked, "traces": traces}
+        print(json.dumps(doc | {"unreadable": unreadable}))
+    else:
+        _print_verify(report.clean, report.checked, traces, unreadable, len(subject.identifiers))
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+def _print_verify(
+    clean: bool,
+    checked: list[str],
+    traces: list[dict[str, str]],
+    unreadable: list[dict[str, str]],
+    identifiers: int,
+) -> None:
+    if clean:
         console.print(
-            f"[green]zero traces[/green] of {len(subject.identifiers)} identifier(s) in "
-            f"{', '.join(report.checked)}"
+            f"[green]zero traces[/green] of {identifiers} identifier(s) in {', '.join(checked)}"
         )
     else:
         console.print(f"[red]{len(traces)} trace(s) remain[/red]:")
         for t in traces:
             console.print(f"  - {escape(t['store'])}: {escape(t['where'])}", highlight=False)
-    if not report.clean:
-        raise typer.Exit(1)
+    if unreadable:
+        console.print(f"{len(unreadable)} record(s) could not be read and were searched as bytes:")
+        for u in unreadable:
+            console.print(f"  - {escape(u['store'])}: {escape(u['where'])}", highlight=False)
 
 
 def _show(found: PrivacyRequest, as_json: bool) -> None:

@@ -43,6 +43,7 @@ class Trace:
 class VerifyReport:
     traces: list[Trace]
     checked: list[str]
+    unreadable: list[Trace] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:

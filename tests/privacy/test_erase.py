@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
+from deltalake import write_deltalake
 
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.lake.query import Lake
+from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, IDENTITIES_SCHEMA
 from clew.log.base import Log
 from clew.log.factory import open_log
 from clew.privacy._erase_match import Matcher
-from clew.privacy.erase import Subject, erase, resolve_subject
+from clew.privacy.erase import Subject, erase, resolve_person, resolve_subject
 from clew.privacy.verify import verify
 from clew.server import BackgroundServer
 from clew.store import SQLiteProfileStore
@@ -265,3 +268,41 @@ def test_a_refused_notice_is_retried_then_reported(tmp_path: Path) -> None:
     assert notices.error == "crm: HTTP 500"
     assert len(crm.requests) == 3
     assert len({r.headers["x-clew-delivery"] for r in crm.requests}) == 1, "one notice id"
+
+
+def test_the_lake_links_a_person_whose_profile_graph_is_gone(tmp_path: Path) -> None:
+    """The serving store no longer knows Ada (a deletion's first attempt removed her profile);
+    the lake's profile tables still link her identifiers and her merged-away profile."""
+    settings = make_settings(tmp_path / "data")
+    lake = settings.lake_location
+    rows = [
+        ("email", ADA_EMAIL, "p-ada"),
+        ("user_id", ADA_USER, "p-ada"),
+        ("anonymous_id", ADA_PHONE_ANON, "p-ada"),
+        ("user_id", BOB_USER, "p-bob"),
+    ]
+    identities = [{"id_type": t, "value": v, "profile_id": p} for t, v, p in rows]
+    write_deltalake(
+        str(lake.table("identities")), pa.Table.from_pylist(identities, IDENTITIES_SCHEMA)
+    )
+    profiles = [
+        {"profile_id": "p-ada", "merged_ids": ["p-ada-laptop"]},
+        {"profile_id": "p-bob", "merged_ids": []},
+    ]
+    write_deltalake(
+        str(lake.table("customer_profiles")),
+        pa.Table.from_pylist(profiles, CUSTOMER_PROFILES_SCHEMA),
+    )
+    store = SQLiteProfileStore(settings.profiles_path)
+    try:
+        ada = resolve_person(settings, store, "user_id", ADA_USER)
+        nobody = resolve_person(settings, store, "user_id", "user-unknown-1")
+    finally:
+        store.close()
+    assert set(ada.identifiers) == {
+        ("email", ADA_EMAIL),
+        ("user_id", ADA_USER),
+        ("anonymous_id", ADA_PHONE_ANON),
+    }
+    assert set(ada.profile_ids) == {"p-ada", "p-ada-laptop"}
+    assert nobody == Subject((), (("user_id", "user-unknown-1"),))

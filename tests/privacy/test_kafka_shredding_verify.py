@@ -99,3 +99,29 @@ def test_verify_and_erase_on_the_sealed_log(log: ShreddingLog) -> None:
     for p in range(2):
         readable += log.read("events", p, 0)
     assert sorted(r.key or b"" for r in readable) == [ADA.encode(), BOB.encode()]
+
+
+def test_malformed_raw_records_are_shredded_by_their_bytes_and_verify_lists_them(
+    log: ShreddingLog,
+) -> None:
+    log.create_topic(TopicSpec("raw", 1))
+    headers = (("type", b"batch"), ("source", b"web"))
+    bodies = [
+        b'{"batch":[{"type":"track","userId":"ada-1815","properties":{"n":"caf\xe9"}}]}',
+        b'{"batch":[{"type":"track","userId":"stranger-77","properties":{"n":"\xfe"}}]}',
+        b"userId=stranger-77&event=Viewed\xff",
+    ]
+    log.append_sync("raw", [Message(b, headers=headers) for b in bodies])
+    unreadable: list[Record] = []
+    whole = Matcher(SUBJECT, Settings().identity.rules, on_unreadable=unreadable.append)
+
+    report = erase_log(log, lambda _: lambda rec: whole.raw(rec)[0] > 0, (), [])
+
+    assert "raw 1" in report.detail, report.detail
+    unreadable.clear()
+    # (The topics of the test before stay on the module's broker.)
+    assert [w for w in scan(log, whole) if w.startswith("topic raw")] == []
+    offsets = sorted(r.offset for r in unreadable if r.topic == "raw")
+    assert offsets == [1, 2], "the stranger's two, still readable"
+    kept = log.read("raw", 0, 0)
+    assert [r.value for r in kept] == bodies[1:]

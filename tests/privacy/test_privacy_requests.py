@@ -4,6 +4,7 @@ privacy.db once a request has ended."""
 from __future__ import annotations
 
 import doctest
+import sqlite3
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +13,11 @@ import pytest
 
 import clew.privacy._salt
 import clew.privacy.requests
+import clew.privacy.subject
 from clew.config import Settings
 from clew.privacy._salt import identifier_hash, load_salt
-from clew.privacy.requests import InvalidRequestError, RequestStore
+from clew.privacy.requests import InvalidRequestError, RequestNotRunningError, RequestStore
+from clew.privacy.subject import Subject
 
 EMAIL = "ada.lovelace@analytical.test"
 
@@ -33,6 +36,47 @@ def file_bytes(path: Path) -> bytes:
 def test_doctests() -> None:
     assert doctest.testmod(clew.privacy._salt).failed == 0
     assert doctest.testmod(clew.privacy.requests).failed == 0
+    assert doctest.testmod(clew.privacy.subject).failed == 0
+
+
+def test_the_recorded_subject_survives_reopening_and_is_wiped_when_the_request_ends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "privacy.db"
+    # A privacy.db from before jobs recorded their subject gains the column when opened.
+    old = sqlite3.connect(path)
+    old.executescript(_OLD_SCHEMA)
+    old.close()
+    store = RequestStore(path, b"salt")
+    request = store.create("delete", f"email:{EMAIL}", requested_by="cli")
+    assert store.claim() is not None
+    ada = Subject(("p-ada",), (("email", EMAIL), ("user_id", "ada-1815")))
+    store.record_subject(request.id, ada)
+    store.close()
+
+    store = RequestStore(path, b"salt")
+    try:
+        found = store.get(request.id)
+        assert found is not None and found.subject == ada
+        assert "subject" not in found.public()
+        store.finish(request.id, "finished", {"status": "finished"})
+        ended = store.get(request.id)
+        assert ended is not None and ended.subject is None
+        with pytest.raises(RequestNotRunningError):
+            store.record_subject(request.id, ada)
+    finally:
+        store.close()
+    assert b"ada-1815" not in file_bytes(path) and EMAIL.encode() not in file_bytes(path)
+
+
+_OLD_SCHEMA = """
+CREATE TABLE requests (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, id_type TEXT NOT NULL, identifier TEXT,
+    subject_hash TEXT NOT NULL, since_ms INTEGER, until_ms INTEGER, requested_by TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL, audit TEXT
+);
+"""
 
 
 def test_salt_is_generated_once_private_and_stable(tmp_path: Path) -> None:

@@ -205,6 +205,65 @@ def test_an_exception_is_retried_then_the_request_fails_without_personal_data(
     assert b"ada-1815" not in privacy_bytes(settings)
 
 
+def test_a_retry_erases_every_identifier_recorded_before_the_profile_graph_went(
+    runner: PrivacyRunner, ops: FakeOperations, settings: Settings
+) -> None:
+    request = runner.requests.create("delete", "user_id:ada-1815", requested_by="cli")
+    ops.raises = 1
+    assert runner.run_pending() == 1
+    waiting = runner.requests.get(request.id)
+    assert waiting is not None and waiting.status == "received"
+    assert waiting.subject is not None and set(waiting.subject.identifiers) == {
+        EMAIL,
+        USER,
+        PHONE_DEVICE,
+        LAPTOP,
+    }
+    ops.subjects.clear()  # the first attempt had deleted the profile graph
+
+    done = runner.run(request.id)
+
+    assert done.status == "finished" and done.attempts == 2
+    assert set(ops.erased[0]["subject"].identifiers) == {EMAIL, USER, PHONE_DEVICE, LAPTOP}
+    assert set(ops.verified[0].identifiers) == {EMAIL, USER, PHONE_DEVICE, LAPTOP}
+    assert done.subject is None
+    raw = privacy_bytes(settings)
+    for _, value in (EMAIL, USER, PHONE_DEVICE, LAPTOP):
+        assert value.encode() not in raw
+
+
+class _Crash(BaseException):
+    """The process dies in the middle of an erasure."""
+
+
+def test_a_request_resumed_after_a_restart_erases_the_recorded_identifiers(
+    settings: Settings, log: EmbeddedLog, runner: PrivacyRunner, ops: FakeOperations
+) -> None:
+    def crash(subject: object) -> None:
+        raise _Crash
+
+    ops.on_erase = crash
+    request = runner.requests.create(
+        "delete", "email:ada.lovelace@analytical.test", requested_by="cli"
+    )
+    with pytest.raises(_Crash):
+        runner.run_pending()
+    ops.on_erase = None
+    ops.subjects.clear()
+    ops.erased.clear()
+
+    restarted = PrivacyRunner(
+        settings, log=log, store=MemoryProfileStore(), settle_s=None, operations=ops.operations()
+    )
+    try:
+        assert restarted.requests.requeue_running() == 1
+        done = restarted.run(request.id)
+    finally:
+        restarted.close()
+    assert done.status == "finished" and done.attempts == 2
+    assert set(ops.erased[0]["subject"].identifiers) == {EMAIL, USER, PHONE_DEVICE, LAPTOP}
+
+
 def test_a_person_without_a_profile_is_suppressed_by_the_identifier_alone(
     runner: PrivacyRunner,
 ) -> None:

@@ -184,3 +184,20 @@ def test_old_stray_files_in_the_persons_partitions_go_fresh_ones_stay(setup: Any
     assert where == [
         "lake: lake/events/event_date=2026-03-08/in-flight.parquet, column user_id, 1 row(s)"
     ]
+
+
+def test_a_store_that_cannot_be_read_is_reported_and_the_rest_still_checked(
+    setup: Any,
+) -> None:
+    settings, log, store, ada = setup
+    (settings.data_dir / "imports.db").write_bytes(b"this is not a SQLite file " * 200)
+    log.append_sync("raw", [Message(b'{"batch":[{"userId":"stranger-77","n":"\xff"}]}')])
+
+    report = verify(settings, ada, store=store, log=log)
+
+    assert not report.clean
+    assert [t.store for t in report.traces] == ["imports"]
+    assert report.traces[0].where.startswith("could not be checked (DatabaseError")
+    assert [u.where for u in report.unreadable] == ["topic raw, partition 0, offset 0"]
+    assert any("searched as bytes" in c for c in report.checked)
+    assert any(c.startswith("raw bytes of") for c in report.checked), "later checks ran"

@@ -40,7 +40,7 @@ from pyarrow import fs as pafs
 from clew.events import Event
 from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import NULL_DAY, day_date
-from clew.privacy._erase_match import Matcher
+from clew.privacy._erase_match import MALFORMED, Matcher
 from clew.privacy._verify_bytes import re2_escape
 
 EVENTS = "events"
@@ -174,6 +174,16 @@ def _event_of(row: Mapping[str, Any]) -> Event:
     )
 
 
+def _event_row(m: Matcher, row: Mapping[str, Any], columns: Sequence[str]) -> bool:
+    """Whether an ``events`` row is the person's, in the time range; a row that cannot be
+    read as an event (a JSON column holding a lone surrogate) is matched as bytes."""
+    try:
+        return m.carries(_event_of(row)) and m.in_range(_ms(row.get("timestamp")))
+    except MALFORMED:
+        texts = [t for t in (row.get(c) for c in columns) if isinstance(t, str)]
+        return m.whole and any(m.in_text(t) for t in texts)
+
+
 class LakeEraser:
     """Deletes what ``matcher`` selects from the tables under ``roots`` (directories or
     object storage)."""
@@ -250,7 +260,7 @@ class LakeEraser:
             picked = batch.filter(pattern.mask(batch, cols))
             for row in picked.to_pylist():
                 if table == EVENTS:
-                    hit = m.carries(_event_of(row)) and m.in_range(_ms(row.get("timestamp")))
+                    hit = _event_row(m, row, cols)
                     key = row.get("message_id") or ""
                 else:
                     hit = m.dead_letter(row)

@@ -10,11 +10,19 @@ one of the person's profile ids or identifiers. Text that cannot be read as even
 letter's unparseable payload) is the person's when one of its JSON string literals is one of
 the person's identifiers (only values at least ``MIN_LITERAL`` long, so that a user id "42"
 does not claim every dead letter that mentions 42).
+
+A malformed record (invalid UTF-8, a lone surrogate escape, text that is not JSON, a field of
+the wrong type) is never skipped and never makes a method raise: it is matched as bytes, and is
+the person's (whole-person only) when one of their values appears in it, in UTF-8 or as JSON
+escapes it (emails in any letter case; values shorter than ``MIN_RAW`` are not searched), the
+test `clew privacy verify` applies to raw bytes. In a ``raw`` batch, only the events that
+cannot be read are matched as bytes, as the validate stage dead-letters only those. A callback
+given to :class:`Matcher` hears of every log record that could not be read as records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +33,11 @@ from clew.identity.identifiers import ANONYMOUS_ID, extract
 from clew.identity.rules import IdentityRules
 from clew.lake.person_index import MIN_LITERAL, literals
 from clew.log.base import Record
+from clew.privacy._verify_bytes import find, needles
 
 if TYPE_CHECKING:
-    from clew.privacy.erase import Subject
     from clew.privacy.pii import PiiPolicy
+    from clew.privacy.subject import Subject
 
 
 def _obj(value: object) -> dict[str, Any]:
@@ -60,13 +69,58 @@ def _ms(value: str) -> int | None:
         return None
 
 
+# What reading a malformed document may raise (msgspec raises UnicodeDecodeError for invalid
+# UTF-8 in a string; a field of the wrong type fails wherever it is used): the record is then
+# matched as bytes.
+MALFORMED: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+class _WrongShapeError(ValueError):
+    """A readable record without the fields its topic's records have (matched as bytes)."""
+
+
+class _Envelope(msgspec.Struct):
+    """A batch request as the validate stage reads it: each event is decoded on its own."""
+
+    batch: list[msgspec.Raw]
+    context: Any = None
+    integrations: Any = None
+    sentAt: Any = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
 def _loads(data: bytes | str | None) -> Any:
+    """The JSON document, or None when there is none or it cannot be read."""
     if not data:
         return None
     try:
         return msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+
+
+def _text_bytes(text: str) -> bytes:
+    # A str from a lenient JSON reader may hold a lone surrogate.
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+def record_bytes(rec: Record) -> bytes:
+    """A record's key, value and header values, as the byte test reads them."""
+    return b"\x00".join((rec.key or b"", rec.value, *(v for _, v in rec.headers)))
+
+
+def _header(rec: Record, name: str) -> str | None:
+    value = rec.header(name)
+    return None if value is None else value.decode("utf-8", errors="replace")
 
 
 class Matcher:
@@ -80,6 +134,7 @@ class Matcher:
         since_ms: int | None = None,
         until_ms: int | None = None,
         pii: PiiPolicy | None = None,
+        on_unreadable: Callable[[Record], None] | None = None,
     ) -> None:
         self.identifiers = frozenset(subject.identifiers)
         self.profile_ids = frozenset(subject.profile_ids)
@@ -90,6 +145,20 @@ class Matcher:
         self._pii = pii if pii else None
         self._values = {v for _, v in self.identifiers}
         self._literals = {v.lower() for v in self._values if len(v) >= MIN_LITERAL}
+        self._needles = needles(subject.identifiers, subject.profile_ids)
+        self._on_unreadable = on_unreadable
+
+    def in_bytes(self, data: bytes) -> bool:
+        """One of the person's values is in ``data`` (module docstring); never raises."""
+        return bool(self._needles) and find(data, self._needles) is not None
+
+    def in_text(self, text: str) -> bool:
+        """:meth:`in_bytes` of a text's UTF-8."""
+        return self.in_bytes(_text_bytes(text))
+
+    def _unreadable(self, rec: Record) -> None:
+        if rec.value and self._on_unreadable is not None:
+            self._on_unreadable(rec)
 
     def in_range(self, time_ms: int | None) -> bool:
         if self.whole:
@@ -144,52 +213,84 @@ class Matcher:
 
     def raw(self, rec: Record) -> tuple[int, int]:
         """``(the person's events in range, all events)`` of a ``raw`` record (one HTTP
-        request), read as the validate stage reads it."""
-        path_type = (rec.header("type") or b"batch").decode()
-        source_id = (rec.header("source") or b"").decode()
-        request_id = (rec.header("request_id") or f"{rec.partition}-{rec.offset}".encode()).decode()
-        received_us = int(rec.header("received_at") or rec.timestamp_ms * 1000)
+        request), read as the validate stage reads it; what cannot be read is matched as
+        bytes (module docstring). Never raises."""
+        try:
+            return self._raw(rec)
+        except MALFORMED:
+            self._unreadable(rec)
+            return (1, 1) if self.whole and self.in_bytes(record_bytes(rec)) else (0, 1)
+
+    def _raw(self, rec: Record) -> tuple[int, int]:
+        path_type = _header(rec, "type") or "batch"
+        source_id = _header(rec, "source") or ""
+        request_id = _header(rec, "request_id") or f"{rec.partition}-{rec.offset}"
+        try:
+            received_us = int(rec.header("received_at") or rec.timestamp_ms * 1000)
+        except ValueError:
+            received_us = rec.timestamp_ms * 1000
         received_at = datetime.fromtimestamp(received_us / 1e6, tz=UTC)
-        doc = _loads(rec.value)
         ctx = ints = sent = None
+        raws: list[bytes]
         if path_type == "batch":
-            if not isinstance(doc, dict) or not isinstance(doc.get("batch"), list):
-                text = rec.value.decode("utf-8", errors="replace")
-                return (1, 1) if self.whole and self.literal(text) else (0, 1)
-            items: list[Any] = doc["batch"]
-            ctx = doc["context"] if isinstance(doc.get("context"), dict) else None
-            ints = doc["integrations"] if isinstance(doc.get("integrations"), dict) else None
-            sent = doc["sentAt"] if isinstance(doc.get("sentAt"), str) else None
+            try:
+                envelope = _envelope.decode(rec.value)
+            except (msgspec.DecodeError, UnicodeDecodeError):
+                self._unreadable(rec)
+                return (1, 1) if self.whole and self.in_bytes(record_bytes(rec)) else (0, 1)
+            raws = [bytes(r) for r in envelope.batch]
+            ctx = envelope.context if isinstance(envelope.context, dict) else None
+            ints = envelope.integrations if isinstance(envelope.integrations, dict) else None
+            sent = envelope.sentAt if isinstance(envelope.sentAt, str) else None
         else:
-            items = [doc]
+            raws = [rec.value]
         mine = 0
-        for i, item in enumerate(items):
-            result = normalise(
-                item,
-                path_type=path_type,
-                index=i,
-                request_id=request_id,
-                source_id=source_id,
-                received_at=received_at,
-                batch_context=ctx,
-                batch_integrations=ints,
-                batch_sent_at=sent,
-            )
-            if isinstance(result, Event):
-                mine += self.event(result)
-            elif isinstance(item, dict):
-                mine += self.whole and self.carries(lenient_event(item))
-            else:
-                mine += self.whole and self.literal(msgspec.json.encode(item).decode())
-        return mine, len(items)
+        unreadable = False
+        for i, raw in enumerate(raws):
+            try:
+                item = msgspec.json.decode(raw)
+                result = normalise(
+                    item,
+                    path_type=path_type,
+                    index=i,
+                    request_id=request_id,
+                    source_id=source_id,
+                    received_at=received_at,
+                    batch_context=ctx,
+                    batch_integrations=ints,
+                    batch_sent_at=sent,
+                )
+                if isinstance(result, Event):
+                    mine += self.event(result)
+                elif isinstance(item, dict):
+                    mine += self.whole and self.carries(lenient_event(item))
+                else:
+                    mine += self.whole and self.in_bytes(raw)
+            except MALFORMED:
+                unreadable = True
+                mine += self.whole and self.in_bytes(raw)
+        if unreadable:
+            self._unreadable(rec)
+        return mine, len(raws)
 
     def dead_letter(self, doc: Mapping[str, Any]) -> bool:
-        """A dead letter (a ``dlq`` record, or a row of the ``dlq`` table) of the person."""
+        """A dead letter (a ``dlq`` record, or a row of the ``dlq`` table) of the person; a
+        payload that cannot be read is matched as bytes. Never raises."""
+        try:
+            return self._dead_letter(doc)
+        except MALFORMED:
+            texts = [t for t in (doc.get("normalized"), doc.get("payload")) if isinstance(t, str)]
+            return self.whole and any(self.in_text(t) for t in texts)
+
+    def _dead_letter(self, doc: Mapping[str, Any]) -> bool:
         texts = [t for t in (doc.get("normalized"), doc.get("payload")) if isinstance(t, str)]
         carried = False
         time_ms: int | None = None
         for text in texts:
             parsed = _loads(text)
+            if parsed is None:
+                carried = carried or self.in_text(text)
+                continue
             items = (
                 parsed.get("batch") if isinstance(parsed, dict) and "batch" in parsed else parsed
             )
@@ -242,23 +343,38 @@ class Matcher:
 
     def record(self, rec: Record) -> bool:
         """Whether a record of ``events``, ``dlq`` or ``changes`` (or any JSON record) is the
-        person's: an event or dead letter in range, or (whole-person only) a change."""
-        doc = _loads(rec.value)
-        if not isinstance(doc, dict):
-            return self.whole and self.literal(rec.value.decode("utf-8", errors="replace"))
+        person's: an event or dead letter in range, or (whole-person only) a change, or a
+        record that cannot be read with one of the person's values in its bytes. Never
+        raises."""
+        try:
+            doc = _loads(rec.value)
+            if isinstance(doc, dict):
+                return self._document(rec, doc)
+        except MALFORMED:
+            pass
+        self._unreadable(rec)
+        return self.whole and self.in_bytes(record_bytes(rec))
+
+    def _document(self, rec: Record, doc: dict[str, Any]) -> bool:
         if rec.topic == "events":
             return self.event_doc(doc)
         if rec.topic == "dlq" or ("payload" in doc and "reason" in doc):
+            if not any(isinstance(doc.get(k), str) for k in ("payload", "normalized")):
+                raise _WrongShapeError("a dead letter without its text")
             return self.dead_letter(doc)
         if rec.topic == "changes" or "kind" in doc or "profile_id" in doc:
             return self.whole and self.change(doc)
         return self.event_doc(doc)
 
     def payload(self, data: bytes) -> bool:
-        """A destination outbox item (an event or a change record) of the person."""
-        doc = _loads(data)
-        if not isinstance(doc, dict):
-            return self.whole and self.literal(data.decode("utf-8", errors="replace"))
-        if "kind" in doc or "profile_id" in doc:
-            return self.whole and self.change(doc)
-        return self.event_doc(doc)
+        """A destination outbox item (an event or a change record) of the person; one that
+        cannot be read is matched as bytes. Never raises."""
+        try:
+            doc = _loads(data)
+            if isinstance(doc, dict):
+                if "kind" in doc or "profile_id" in doc:
+                    return self.whole and self.change(doc)
+                return self.event_doc(doc)
+        except MALFORMED:
+            pass
+        return self.whole and self.in_bytes(data)

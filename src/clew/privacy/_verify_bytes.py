@@ -2,7 +2,8 @@
 ``clew.privacy.erase``).
 
 Needles are the person's identifier values and profile ids, as UTF-8 and, where it differs, as
-JSON writes them with ASCII escapes; emails are matched in any letter case. Values shorter than
+JSON writes them (with ASCII escapes, and with only quotes, backslashes and control characters
+escaped); emails are matched in any letter case. Values shorter than
 :data:`MIN_RAW` are not searched in raw bytes (a user id ``"7"`` is in every file); they are
 still checked wherever records are read as records.
 """
@@ -54,11 +55,12 @@ def needles(identifiers: Iterable[tuple[str, str]], profile_ids: Iterable[str]) 
         if len(value) < MIN_RAW:
             short += 1
             continue
-        forms = {value, json.dumps(value)[1:-1]}
+        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+        # surrogatepass: a value read leniently may hold a lone surrogate.
         if id_type == "email":
-            any_case.update(f.lower().encode() for f in forms)
+            any_case.update(f.lower().encode(errors="surrogatepass") for f in forms)
         else:
-            exact.update(f.encode() for f in forms)
+            exact.update(f.encode(errors="surrogatepass") for f in forms)
     return Needles(tuple(sorted(exact)), tuple(sorted(any_case)), short)
 
 

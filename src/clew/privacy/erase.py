@@ -40,11 +40,12 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clew.config import Settings
 from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
 from clew.identity.rules import IdentityRules
+from clew.lake._storage import LakeLocation
 from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
 from clew.log.base import Log, Record
 from clew.log.shredding import ShreddingLog
@@ -53,6 +54,7 @@ from clew.privacy._erase_match import Matcher
 from clew.privacy._erase_sqlite import scrub
 from clew.privacy._salt import normalise_identifier
 from clew.privacy._verify_bytes import needles
+from clew.privacy.subject import Subject as Subject
 from clew.store.base import ProfileStore
 
 if TYPE_CHECKING:
@@ -61,15 +63,8 @@ if TYPE_CHECKING:
 RAW_TOPIC = "raw"
 IMPORTS_FILE = "imports.db"
 _MASK = "<redacted>"
-
-
-@dataclass(frozen=True)
-class Subject:
-    """Whom to erase: the surviving profile id and every merged-away id, and every
-    ``(id_type, value)`` of the profile (values as identity resolution stores them)."""
-
-    profile_ids: tuple[str, ...]
-    identifiers: tuple[tuple[str, str], ...]
+# Rounds of widening a subject through the lake (each follows one more link).
+_MAX_ROUNDS = 8
 
 
 def resolve_subject(store: ProfileStore, id_type: str, value: str) -> Subject:
@@ -91,6 +86,76 @@ def resolve_subject(store: ProfileStore, id_type: str, value: str) -> Subject:
     if id_type != "profile_id" and (id_type, value) not in identifiers:
         identifiers.append((id_type, value))
     return Subject((profile.profile_id, *(r.from_id for r in profile.merged)), tuple(identifiers))
+
+
+def resolve_person(settings: Settings, store: ProfileStore, id_type: str, value: str) -> Subject:
+    """:func:`resolve_subject`, widened through the lake's ``identities`` and
+    ``customer_profiles`` tables (warm and cold): every profile id and identifier linked to
+    the person there is added, until nothing new turns up. The lake still knows a person whose
+    profile graph was already deleted, or who is only in the lake."""
+    subject = resolve_subject(store, id_type, value)
+    roots = [settings.lake_location, settings.cold_location]
+    for _ in range(_MAX_ROUNDS):
+        wider = subject.union(_lake_links(roots, subject))
+        if wider == subject:
+            break
+        subject = wider
+    return subject
+
+
+def _lake_links(roots: list[LakeLocation], subject: Subject) -> Subject:
+    """What the lake's profile tables link to ``subject`` (one step)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = set(subject.identifiers)
+    pids = pa.array(sorted(set(subject.profile_ids)), pa.string())
+    values = pa.array(sorted({v for _, v in wanted}), pa.string())
+    profile_ids: list[str] = []
+    identifiers: list[tuple[str, str]] = []
+    for root in roots:
+        dt = root.table("identities").open_if_exists()
+        if dt is not None:
+            rows = _strings(dt.to_pyarrow_dataset().to_table(["id_type", "value", "profile_id"]))
+            hit = pc.or_(
+                pc.is_in(rows["value"], value_set=values),
+                pc.is_in(rows["profile_id"], value_set=pids),
+            )
+            for row in rows.filter(pc.fill_null(hit, False)).to_pylist():
+                t, v, pid = row["id_type"], row["value"], row["profile_id"]
+                if (t, v) in wanted or pid in subject.profile_ids:
+                    identifiers.append((t, v))
+                    profile_ids.append(pid)
+        dt = root.table("customer_profiles").open_if_exists()
+        if dt is not None and len(pids):
+            rows = _strings(dt.to_pyarrow_dataset().to_table(["profile_id", "merged_ids"]))
+            merged = rows["merged_ids"].combine_chunks()
+            hit = pc.fill_null(pc.is_in(rows["profile_id"], value_set=pids), False).to_pylist()
+            named = pc.is_in(pc.list_flatten(merged), value_set=pids)
+            parents = pc.filter(pc.list_parent_indices(merged), pc.fill_null(named, False))
+            for i in set(parents.to_pylist()) | {i for i, h in enumerate(hit) if h}:
+                row = rows.slice(i, 1).to_pylist()[0]
+                profile_ids += [row["profile_id"], *(row["merged_ids"] or [])]
+    return Subject(
+        tuple(p for p in profile_ids if p), tuple((t, v) for t, v in identifiers if t and v)
+    )
+
+
+def _strings(table: Any) -> Any:
+    """``table`` with string views as plain strings (the lake's reader may return views)."""
+    import pyarrow as pa
+
+    fields = []
+    for f in table.schema:
+        t = f.type
+        if pa.types.is_string_view(t):
+            t = pa.string()
+        elif pa.types.is_list_view(t) or (
+            pa.types.is_list(t) and pa.types.is_string_view(t.value_type)
+        ):
+            t = pa.list_(pa.string())
+        fields.append(pa.field(f.name, t))
+    return table.cast(pa.schema(fields))
 
 
 @dataclass

@@ -5,17 +5,23 @@ it: ``suppress``, ``unsuppress``, ``delete`` or ``suppress_with_delete``. Its st
 ``received`` → ``running`` → ``finished`` | ``partial`` | ``failed`` (a failed attempt may
 first go back to ``received`` for a retry; see :class:`~clew.privacy.runner.PrivacyRunner`).
 
-The raw identifier is kept only while the request has not ended: ending it (any of the three
-final statuses) overwrites it with NULL, with SQLite's ``secure_delete`` on and the WAL
-checkpointed, so no byte of it stays in the file. What remains is the salted hash and the
-audit record, which holds no personal data either.
+Before erasing anything, a running request records its subject (the person's profile ids and
+every identifier, :class:`~clew.privacy.subject.Subject`; ``record_subject``): every later
+attempt, in this process or after a restart, erases that set.
+
+The raw identifier and the recorded subject are kept only while the request has not ended:
+ending it (any of the three final statuses) overwrites both with NULL, with SQLite's
+``secure_delete`` on and the WAL checkpointed, so no byte of them stays in the file. What
+remains is the salted hash and the audit record, which holds no personal data either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -28,6 +34,7 @@ from clew._sqlite import open_sqlite
 from clew.events import format_time, parse_time
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID
 from clew.privacy._salt import identifier_hash, normalise_identifier
+from clew.privacy.subject import Subject
 
 REQUEST_TYPES = ("suppress", "unsuppress", "delete", "suppress_with_delete")
 DELETING = frozenset({"delete", "suppress_with_delete"})
@@ -50,7 +57,8 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    audit TEXT
+    audit TEXT,
+    subject TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_queue ON requests (status, created_at);
 """
@@ -73,6 +81,14 @@ class InvalidRequestError(ValueError):
 class UnknownRequestError(LookupError):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"no privacy request {request_id!r}; `clew privacy list` shows them")
+
+
+class RequestNotRunningError(LookupError):
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"privacy request {request_id!r} is not running any more (it ended, or a restart "
+            "put it back in the queue, from which it runs again)"
+        )
 
 
 def parse_identifier(text: str) -> tuple[str, str]:
@@ -141,6 +157,8 @@ class PrivacyRequest:
     started_at: float | None
     finished_at: float | None
     audit: dict[str, Any] | None
+    # The person as recorded before the first erasure; None until then and once ended.
+    subject: Subject | None = None
 
     @property
     def ended(self) -> bool:
@@ -167,7 +185,7 @@ class PrivacyRequest:
 
 _COLUMNS = (
     "id, type, id_type, identifier, subject_hash, since_ms, until_ms, requested_by, status, "
-    "attempts, created_at, started_at, finished_at, audit"
+    "attempts, created_at, started_at, finished_at, audit, subject"
 )
 
 
@@ -176,7 +194,12 @@ def _row(row: tuple[Any, ...]) -> PrivacyRequest:
     values = dict(zip(names, row, strict=True))
     values["value"] = values.pop("identifier")
     audit = values.pop("audit")
-    return PrivacyRequest(**values, audit=json.loads(audit) if audit else None)
+    subject = values.pop("subject")
+    return PrivacyRequest(
+        **values,
+        audit=json.loads(audit) if audit else None,
+        subject=Subject.loads(subject) if subject else None,
+    )
 
 
 class RequestStore:
@@ -185,6 +208,11 @@ class RequestStore:
 
     def __init__(self, path: Path, salt: bytes) -> None:
         self._conn = open_sqlite(path, _SCHEMA, synchronous="FULL")
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(requests)")}
+        if "subject" not in columns:
+            # A privacy.db written before jobs recorded their subject.
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                self._conn.execute("ALTER TABLE requests ADD COLUMN subject TEXT")
         # Deleted or overwritten content is zeroed in the file, not just unlinked.
         self._conn.execute("PRAGMA secure_delete = ON")
         self._salt = salt
@@ -271,6 +299,18 @@ class RequestStore:
             ).fetchone()
         return _row(row) if row else None
 
+    def record_subject(self, request_id: str, subject: Subject) -> None:
+        """Keep ``subject`` in the running request ``request_id`` (replacing what an earlier
+        attempt recorded); durable when this returns. Raises :class:`RequestNotRunningError`
+        when no running request has that id."""
+        with self._lock:
+            cur = self._conn.execute(
+                "UPDATE requests SET subject = ? WHERE id = ? AND status = 'running'",
+                (subject.dumps(), request_id),
+            )
+        if cur.rowcount != 1:
+            raise RequestNotRunningError(request_id)
+
     def retry_later(self, request_id: str, delay_s: float, audit: dict[str, Any]) -> None:
         """Put a running request back in the queue, due in ``delay_s`` seconds."""
         with self._lock:
@@ -282,13 +322,13 @@ class RequestStore:
 
     def finish(self, request_id: str, status: str, audit: dict[str, Any]) -> None:
         """End a request with ``status`` (finished, partial or failed) and its audit record;
-        the raw identifier is wiped from the file."""
+        the raw identifier and the recorded subject are wiped from the file."""
         if status not in ENDED:
             raise ValueError(f"a request ends finished, partial or failed, not {status!r}")
         with self._lock:
             self._conn.execute(
-                "UPDATE requests SET status = ?, identifier = NULL, finished_at = ?, audit = ? "
-                "WHERE id = ?",
+                "UPDATE requests SET status = ?, identifier = NULL, subject = NULL, "
+                "finished_at = ?, audit = ? WHERE id = ?",
                 (status, time.time(), json.dumps(audit, ensure_ascii=False), request_id),
             )
         self.checkpoint()

@@ -16,6 +16,10 @@ merged-away profiles included; just the identifier itself when no profile has it
   time-range ``delete`` (``since``/``until``) removes events only and keeps the profile: it
   neither suppresses nor verifies (the person's other data is meant to stay).
 
+Before changing anything, the runner records the subject in the request's job
+(:meth:`~clew.privacy.requests.RequestStore.record_subject`); a retry, or a request resumed
+after a restart, erases that recorded set, together with anything resolving finds then.
+
 Before erasing, the runner waits (up to ``settle_s``) until the stages have processed every
 record that was already in the log when the suppression took effect, so an event in flight
 cannot recreate the profile after its deletion.
@@ -44,6 +48,7 @@ from clew.log.base import Log
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.privacy._salt import hash_normalised, load_salt
 from clew.privacy.requests import DELETING, PrivacyRequest, RequestStore
+from clew.privacy.subject import Subject, SubjectLike
 from clew.privacy.suppression import (
     RELOAD_S,
     ListWriter,
@@ -60,13 +65,6 @@ RETRY_DELAYS_S = (5.0, 30.0)
 # stages feeding it have caught up.
 _FLOW = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
 _MAX_TEXT = 500
-
-
-class Subject(Protocol):
-    @property
-    def profile_ids(self) -> tuple[str, ...]: ...
-    @property
-    def identifiers(self) -> tuple[tuple[str, str], ...]: ...
 
 
 class _StoreReport(Protocol):
@@ -94,6 +92,8 @@ class _VerifyReport(Protocol):
     @property
     def checked(self) -> Sequence[str]: ...
     @property
+    def unreadable(self) -> Sequence[_Trace]: ...
+    @property
     def clean(self) -> bool: ...
 
 
@@ -102,17 +102,21 @@ class Operations:
     """What the runner calls for each store (``clew.privacy.erase`` and ``.verify``);
     replaceable in tests."""
 
-    resolve_subject: Callable[[ProfileStore, str, str], Subject]
+    resolve_subject: Callable[[ProfileStore, str, str], SubjectLike]
     erase: Callable[..., _ErasureReport]
     verify: Callable[..., _VerifyReport]
 
 
-def default_operations() -> Operations:
+def default_operations(settings: Settings) -> Operations:
+    """The real operations; a subject is resolved through the profile graph and the lake."""
     # Imported on first use: erasure loads the lake's libraries, which the API does not need.
-    from clew.privacy.erase import erase, resolve_subject
+    from clew.privacy.erase import erase, resolve_person
     from clew.privacy.verify import verify
 
-    return Operations(resolve_subject, erase, verify)
+    def resolve(store: ProfileStore, id_type: str, value: str) -> Subject:
+        return resolve_person(settings, store, id_type, value)
+
+    return Operations(resolve, erase, verify)
 
 
 class PrivacyRunner:
@@ -262,8 +266,8 @@ class PrivacyRunner:
 
     def _perform(self, request: PrivacyRequest, audit: dict[str, Any], redact: _Redactor) -> str:
         assert request.value is not None, "a queued request keeps its identifier"
-        ops = self._operations or default_operations()
-        subject = ops.resolve_subject(self._store, request.id_type, request.value)
+        ops = self._operations or default_operations(self._settings)
+        subject = self._subject(request, ops)
         redact.add(v for _, v in subject.identifiers)
         redact.add(subject.profile_ids)
         hashes = self._hashes(subject, request)
@@ -322,6 +326,10 @@ class PrivacyRunner:
                 "checked": list(result.checked),
                 "traces": traces,
             }
+            if result.unreadable:
+                audit["verify"]["unreadable"] = [
+                    {"store": t.store, "where": redact(t.where)} for t in result.unreadable
+                ]
             remaining.extend(f"{t['store']}: {t['where']}" for t in traces)
             clean = bool(result.clean)
         else:
@@ -330,6 +338,23 @@ class PrivacyRunner:
         if remaining:
             audit["remaining"] = remaining
         return "finished" if report.ok and clean and not remaining else "partial"
+
+    def _subject(self, request: PrivacyRequest, ops: Operations) -> Subject:
+        """The person, recorded in the job before anything is changed: what an earlier
+        attempt recorded (the profile graph may be gone since) with whatever resolving the
+        identifier finds now (an event in flight may have added an identifier)."""
+        assert request.value is not None
+        try:
+            found = Subject.of(ops.resolve_subject(self._store, request.id_type, request.value))
+        except Exception:
+            if request.subject is None:
+                raise
+            # The recorded set suffices to erase; resolving again only adds to it.
+            logger.warning("privacy request %s: resolving again failed", request.id, exc_info=True)
+            return request.subject
+        subject = found if request.subject is None else request.subject.union(found)
+        self.requests.record_subject(request.id, subject)
+        return subject
 
     def _hashes(self, subject: Subject, request: PrivacyRequest) -> list[SuppressedHash]:
         assert request.value is not None

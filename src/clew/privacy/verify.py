@@ -15,6 +15,11 @@
   (Redis's own snapshot and append-only files are not read: docs/privacy.md);
   ``destinations.db`` and ``imports.db`` record by record; the person index's entries.
 
+A record that cannot be read as records (invalid UTF-8, not JSON, fields of the wrong type) is
+searched as bytes and listed in :attr:`VerifyReport.unreadable` (where, never what); it is a
+trace only when one of the person's values is in it. A store that cannot be checked at all
+(its file is damaged, its server is down) is a trace saying so: verification never raises.
+
 A value is found in raw bytes and text columns as a substring (emails in any letter case), or,
 when it is shorter than five characters, only as a whole column value or a quoted JSON string.
 Each :class:`Trace` says where (file, column, byte offset, topic/partition/offset), never what.
@@ -34,9 +39,9 @@ import pyarrow.parquet as pq
 from clew.config import Settings
 from clew.destinations.config import outbox_path
 from clew.lake.person_index import PersonIndex, index_path
-from clew.log.base import Log
+from clew.log.base import Log, Record
 from clew.log.shredding import ShreddingLog
-from clew.privacy._erase_match import Matcher
+from clew.privacy._erase_match import Matcher, record_bytes
 from clew.privacy._verify_bytes import (
     MIN_RAW,
     Needles,
@@ -46,7 +51,8 @@ from clew.privacy._verify_bytes import (
     re2_escape,
     scan_objects,
 )
-from clew.privacy.erase import IMPORTS_FILE, RAW_TOPIC, Subject
+from clew.privacy.erase import IMPORTS_FILE, RAW_TOPIC
+from clew.privacy.subject import Subject
 from clew.store.base import ProfileStore
 
 _SQLITE_SUFFIXES = (".db", ".db-wal", ".db-journal", ".sqlite", ".sqlite-wal", ".sqlite3")
@@ -64,8 +70,13 @@ class Trace:
 
 @dataclass
 class VerifyReport:
+    """``traces``: where something of the person remains (or a store that could not be
+    checked); ``checked``: what was read; ``unreadable``: records that could not be read as
+    records and were searched as bytes only (not traces unless they hold the person)."""
+
     traces: list[Trace] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    unreadable: list[Trace] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -81,7 +92,7 @@ class _Verifier:
         self.skip = {
             p.resolve().with_name(p.name + suffix) for p in skip for suffix in ("", *_SIDECARS)
         }
-        self.matcher = Matcher(subject, settings.identity.rules)
+        self.matcher = Matcher(subject, settings.identity.rules, on_unreadable=self._unreadable)
         self.needles: Needles = needles(subject.identifiers, subject.profile_ids)
         self.report = VerifyReport()
         # Text columns: a long value anywhere (emails in any case), a short one only as a
@@ -98,6 +109,12 @@ class _Verifier:
 
     def trace(self, store: str, where: str) -> None:
         self.report.traces.append(Trace(store, where))
+
+    def _unreadable(self, rec: Record) -> None:
+        where = f"topic {rec.topic}, partition {rec.partition}, offset {rec.offset}"
+        found = Trace("log", where)
+        if found not in self.report.unreadable:
+            self.report.unreadable.append(found)
 
     def log_records(self) -> None:
         if isinstance(self.log, ShreddingLog):
@@ -116,7 +133,7 @@ class _Verifier:
                         n += 1
                         mine = self.matcher.raw(rec)[0] if topic == RAW_TOPIC else None
                         hit = bool(mine) if mine is not None else self.matcher.record(rec)
-                        raw = b"".join((rec.key or b"", rec.value, *(v for _, v in rec.headers)))
+                        raw = record_bytes(rec)
                         if hit or (self.needles and find(raw, self.needles) is not None):
                             self.trace("log", f"topic {topic}, partition {p}, offset {rec.offset}")
                     offset = batch[-1].offset + 1
@@ -262,12 +279,26 @@ class _Verifier:
             self.report.checked.append("lake index entries")
 
     def run(self) -> VerifyReport:
-        self.log_records()
-        self.serving_store()
-        self.outbox()
-        self.imports()
-        self.lake_index()
-        self.files()
+        steps = (
+            ("log", self.log_records),
+            ("serving store", self.serving_store),
+            ("destinations outbox", self.outbox),
+            ("imports", self.imports),
+            ("lake index", self.lake_index),
+            ("files", self.files),
+        )
+        for store, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                # Whatever a damaged store raises, the other stores are still checked and the
+                # report says this one could not be.
+                self.trace(store, f"could not be checked ({type(exc).__name__}: {exc})")
+        if self.report.unreadable:
+            self.report.checked.append(
+                f"{len(self.report.unreadable)} log record(s) could not be read as records and "
+                "were searched as bytes"
+            )
         if self.needles.short:
             self.report.checked.append(
                 f"{self.needles.short} value(s) shorter than {MIN_RAW} characters were matched "
