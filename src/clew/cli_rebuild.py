@@ -141,7 +141,7 @@ def _print(report: RebuildReport) -> None:
     )
     console.print(
         f"  {recon.same_groups:,} profiles group the same identifiers, "
-        f"{recon.identical:,} of them identical (id, seen times, purchases, traits)"
+        f"{recon.identical:,} of them identical (id, seen times, purchases, traits, consent)"
     )
     if recon.agree:
         console.print("[green]the batch and speed layers agree[/green]")

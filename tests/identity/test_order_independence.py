@@ -85,6 +85,12 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
                 events.append({"type": "page", "name": "Home", "anonymousId": device})
             elif kind == "order":
                 who = {"userId": p.user_id} if p.user_id and draw(st.booleans()) else {}
+                consent = draw(st.sampled_from([None, True, False]))
+                context = (
+                    {"consent": {"categoryPreferences": {"marketing": consent}}}
+                    if consent is not None
+                    else {}
+                )
                 events.append(
                     {
                         "type": "track",
@@ -92,6 +98,7 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
                         "anonymousId": device,
                         **who,
                         "properties": {"revenue": draw(st.integers(1, 500)) / 4},
+                        "context": context,
                     }
                 )
             elif kind == "identify":
@@ -130,6 +137,7 @@ class Expected:
     revenue: float = 0.0
     orders: int = 0
     traits: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, Any] = field(default_factory=dict)
 
     @property
     def profile_id(self) -> str:
@@ -183,6 +191,9 @@ def model(events: Sequence[Mapping[str, Any]]) -> dict[frozenset[str], Expected]
             p.orders += 1
         if event["type"] == "identify":
             p.traits.update(event["traits"])
+        prefs = event.get("context", {}).get("consent", {}).get("categoryPreferences")
+        if prefs:
+            p.consent = {"categoryPreferences": prefs}
     return {p.identifiers: p for p in out.values()}
 
 
@@ -372,6 +383,7 @@ def test_speed_layer_equals_rebuild_equals_model_in_any_order(
             want.last,
         )
         assert p.computed.get("orders_count", 0) == want.orders
+        assert p.computed.get("consent", {}) == want.consent, "the latest consent state"
         assert p.computed.get("total_lifetime_value", 0.0) == pytest.approx(want.revenue)
         assert {k: v for k, v in p.traits.items() if k == "plan"} == {
             k: v for k, v in want.traits.items() if k == "plan"

@@ -16,9 +16,9 @@ The same holds for the *base* payloads of a fully accepted one (its ``userId`` a
 ``anonymousId`` with every other member absent: a page view after the identify that brought
 an email) when at least one of those ids is an identifier of the profile.
 
-Never skipped: an identify with traits (its traits apply by event time), an alias (whose
-``previousId`` type depends on what the store knows) and a probabilistic match (whose link
-may not be owned yet).
+Never skipped: an identify with traits (its traits apply by event time), an event carrying
+consent preferences (the newest state wins), an alias (whose ``previousId`` type depends on
+what the store knows) and a probabilistic match (whose link may not be owned yet).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     import duckdb
 
 _BATCH_ROWS = 65_536
-_COLUMNS = "key_id, flags, type, message_id, source_id, timestamp, previous_id, full_traits"
+_COLUMNS = (
+    "key_id, flags, type, message_id, source_id, timestamp, previous_id, full_traits, consent"
+)
 
 
 @dataclass(slots=True)
@@ -120,9 +122,10 @@ def resolve_events(
             pc.strftime(sub.column(5), format="%Y-%m-%dT%H:%M:%SZ").to_pylist(),
             sub.column(6).to_pylist(),
             sub.column(7).to_pylist(),
+            sub.column(8).to_pylist(),
             strict=True,
         )
-        for i, k, f, type_, mid, source, when, previous, traits in rows:
+        for i, k, f, type_, mid, source, when, previous, traits, consent in rows:
             if not f and k in payloads.decided:
                 continue  # decided by an earlier event of this batch
             payload = orjson.loads(payloads.text[k])
@@ -131,6 +134,11 @@ def resolve_events(
                 id_traits = orjson.loads(traits)
             elif type_ == "identify":
                 id_traits = {}  # an identify without traits: nothing to apply
+            if consent is not None:
+                id_context = {
+                    **id_context,
+                    "consent": {"categoryPreferences": orjson.loads(consent)},
+                }
             event = Event(
                 type=type_,
                 message_id=mid,

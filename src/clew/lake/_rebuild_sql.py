@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # Bits of the ``flags`` column.
 HAS_TRAITS = 1  # an identify with traits: the unifier must see it (traits by event time)
 UNCACHEABLE = 2  # an alias or a matched import: its identifiers depend on the store's state
+HAS_CONSENT = 4  # consent preferences: the unifier must see them (the newest state wins)
 
 _CLEW = "clew"
 _NOTHING = "'{}'"
@@ -146,9 +147,10 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
                json_array(user_id, anonymous_id, {_members("traits", shape.traits)},
                           context_members, {_members("properties", shape.properties)})::VARCHAR
                    AS payload,
-               full_traits,
+               full_traits, consent,
                ((CASE WHEN full_traits IS NOT NULL THEN {HAS_TRAITS} ELSE 0 END) |
-                (CASE WHEN type = 'alias' OR {match} THEN {UNCACHEABLE} ELSE 0 END))::TINYINT
+                (CASE WHEN type = 'alias' OR {match} THEN {UNCACHEABLE} ELSE 0 END) |
+                (CASE WHEN consent IS NOT NULL THEN {HAS_CONSENT} ELSE 0 END))::TINYINT
                    AS flags,
                {is_order_sql} AS is_order,
                CASE WHEN {is_order_sql} THEN {_members("properties", ORDER_AMOUNTS)} END
@@ -156,7 +158,10 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
         FROM (
             SELECT *, {_members("context", shape.context)} AS context_members,
                    CASE WHEN type = 'identify' AND json_type(traits) = 'OBJECT'
-                        AND len(json_keys(traits)) > 0 THEN traits END AS full_traits
+                        AND len(json_keys(traits)) > 0 THEN traits END AS full_traits,
+                   CASE WHEN json_type(context, '$.consent.categoryPreferences') = 'OBJECT'
+                        THEN json_extract(context, '$.consent.categoryPreferences')::VARCHAR
+                   END AS consent
             FROM events
         )
         WHERE timestamp IS NOT NULL
@@ -195,7 +200,7 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
                    AS rn,
                i.key_id, r.flags, r.type, r.message_id, coalesce(r.source_id, '') AS source_id,
                r.timestamp, CASE WHEN r.type = 'alias' THEN r.previous_id END AS previous_id,
-               r.full_traits, r.is_order,
+               r.full_traits, r.consent, r.is_order,
                CASE WHEN r.is_order
                     THEN coalesce({amounts}, 0.0)
                END AS revenue

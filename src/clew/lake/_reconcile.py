@@ -1,6 +1,6 @@
 """Reconciliation of the batch layer (``clew rebuild``) with the speed layer (the serving
 store): the same people (identifiers grouped into profiles the same way), under the same
-profile ids, with the same seen times, purchase totals and traits."""
+profile ids, with the same seen times, purchase totals, traits and consent."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clew.events import parse_time
+from clew.identity.consent import CONSENT
 from clew.identity.traits import LAST_PURCHASE, LIFETIME_VALUE, ORDERS_COUNT
 from clew.store.base import Profile, ProfileStore
 
@@ -37,6 +38,9 @@ class Facts:
     orders: int
     last_purchase_ms: int | None
     traits: dict[str, Any]
+    # The current consent state; ``None`` when this side does not carry it (the Spark
+    # rebuild's rows), and then it is not compared.
+    consent: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any], profile: Profile) -> Facts:
@@ -50,6 +54,7 @@ class Facts:
             row["orders_count"],
             _ms(row["last_purchase_date"]),
             profile.traits,
+            profile.computed.get(CONSENT, {}),
         )
 
     @classmethod
@@ -66,6 +71,7 @@ class Facts:
             int(c.get(ORDERS_COUNT) or 0),
             _ms(parse_time(last)) if isinstance(last, str) else None,
             profile.traits,
+            c.get(CONSENT, {}),
         )
 
 
@@ -123,6 +129,8 @@ def _fields(batch: Facts, speed: Facts) -> list[str]:
             if batch.traits.get(k) != speed.traits.get(k)
         )
         out.append(f"traits differ in {', '.join(keys)}")
+    if batch.consent is not None and speed.consent is not None and batch.consent != speed.consent:
+        out.append(f"consent {batch.consent} (batch) vs {speed.consent} (speed)")
     return out
 
 
