@@ -20,6 +20,7 @@ from deltalake import write_deltalake
 
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
+from clew.identity import Identifier, profile_id_for
 from clew.lake.query import Lake
 from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, IDENTITIES_SCHEMA
 from clew.log.base import Log
@@ -160,7 +161,15 @@ def test_whole_person_erasure_leaves_no_trace_and_spares_everyone_else(
             ("anonymous_id", ADA_PHONE_ANON),
             ("anonymous_id", ADA_LAPTOP_ANON),
         }
-        assert len(ada.profile_ids) == 2, "the two devices were merged"
+        # Each device's profile was merged into the profile of Ada's user id.
+        assert set(ada.profile_ids) == {
+            profile_id_for(Identifier(t, v))
+            for t, v in [
+                ("user_id", ADA_USER),
+                ("anonymous_id", ADA_PHONE_ANON),
+                ("anonymous_id", ADA_LAPTOP_ANON),
+            ]
+        }
         others = [_subject(store, "user_id", BOB_USER), _subject(store, "anonymous_id", CY_ANON)]
         before = [_footprint(settings, running, store, o) for o in others]
         assert before[0]["log"]["raw"] == 3 and before[0]["events"] == 5
