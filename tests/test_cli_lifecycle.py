@@ -97,3 +97,14 @@ def test_run_refuses_a_bad_time_and_a_concurrent_run(tmp_path: Path) -> None:
     with lifecycle_lock(d):
         busy = runner.invoke(app, ["lifecycle", "run", "--dry-run", "--data-dir", str(d)])
     assert busy.exit_code == 1 and "another lifecycle run" in busy.output
+
+
+def test_run_reports_a_table_it_cannot_read_and_exits_with_an_error(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    _fill(d)
+    entry = max((d / "lake" / "events" / "_delta_log").glob("*.json"))
+    entry.write_bytes(b"{not json\n")
+    result = runner.invoke(app, ["lifecycle", "run", "--now", NOW, "--data-dir", str(d)])
+    assert result.exit_code == 1
+    assert "lifecycle failed for events (DeltaError" in result.output
+    assert "Raw log retention removed" in result.stdout

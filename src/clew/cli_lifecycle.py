@@ -89,8 +89,14 @@ def run(
         doc = _jsonable(asdict(report))
         doc["tables"] = [_jsonable(t) for t in doc["tables"]]
         sys.stdout.write(json.dumps(doc) + "\n")
-        return
-    _print_report(report)
+    else:
+        _print_report(report)
+    if report.failures:
+        raise fail(
+            "lifecycle failed for "
+            + "; ".join(f"{t} ({e})" for t, e in sorted(report.failures.items()))
+            + "; the other tables ran. Fix the cause and run again: it resumes the work."
+        )
 
 
 def _print_report(report: LifecycleReport) -> None:
@@ -112,6 +118,9 @@ def _print_report(report: LifecycleReport) -> None:
         "seconds",
     )
     for t in report.tables:
+        if t.error is not None:
+            table.add_row(t.table, "failed", "-", "-", "-", f"{t.seconds:.2f}")
+            continue
         moved = f"{t.partitions_moved} partitions, {t.rows_moved:,} rows"
         if t.partitions_deferred:
             moved += f" ({t.partitions_deferred} deferred to the next run)"

@@ -196,7 +196,8 @@ class Clew:
         ``degraded`` (running, but a stage is failing now or set records aside within the
         last ``RECENT_S`` seconds; each such stage has a ``reason``) or ``down``. Per stage,
         ``errors`` counts its failures and ``set_aside`` the records it set aside, since the
-        data dir was created."""
+        data dir was created. ``lifecycle`` is ``failing`` (which makes ``status``
+        ``degraded``) from a lifecycle run that failed until one succeeds."""
         trouble = self._ledger.trouble()
         stages: dict[str, dict[str, Any]] = {}
         for name, alive in self.stage_alive().items():
@@ -221,10 +222,17 @@ class Clew:
                 "errors": counts[STAGE_FAILURES],
                 "set_aside": counts[RECORDS_SET_ASIDE],
             }
+        lc = self.lifecycle
+        lifecycle = {
+            "enabled": lc.enabled,
+            "status": "ok" if lc.failing is None else "failing",
+            "reason": lc.failing,
+            "failed_runs": lc.runs["failed"],
+        }
         ok = all(s["alive"] for s in stages.values())
-        degraded = any(s["status"] != "ok" for s in stages.values())
+        degraded = lc.failing is not None or any(s["status"] != "ok" for s in stages.values())
         status = "down" if not ok else "degraded" if degraded else "ok"
-        return {"ok": ok, "status": status, "stages": stages}
+        return {"ok": ok, "status": status, "stages": stages, "lifecycle": lifecycle}
 
     def metrics_text(self) -> str:
         lines: list[str] = []

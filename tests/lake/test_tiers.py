@@ -137,8 +137,8 @@ def test_a_second_run_moves_nothing_more(tmp_path: Path) -> None:
     assert _count(settings, cold=True) == 20
 
 
-class _Crash(Exception):
-    pass
+class _Crash(BaseException):
+    """The process dying mid-run (a table's ordinary error is caught and the run goes on)."""
 
 
 def test_a_crash_between_cold_append_and_warm_delete_duplicates_nothing(
@@ -322,3 +322,66 @@ def test_the_scheduler_runs_every_interval_and_can_be_off(tmp_path: Path) -> Non
     off = LifecycleScheduler(_settings(tmp_path, run_every_minutes=0), log)
     off.start()
     assert not off.enabled and off.runs["ok"] == 0
+
+
+def _corrupt_last_commit(table: Path) -> tuple[Path, bytes]:
+    """Garble the newest entry of ``table``'s Delta log; returns it and its bytes."""
+    entry = max((table / "_delta_log").glob("*.json"))
+    good = entry.read_bytes()
+    entry.write_bytes(b"{not json\n")
+    return entry, good
+
+
+def test_a_table_that_fails_does_not_stop_the_other_tables_or_log_retention(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    _fill(settings)
+    _corrupt_last_commit(settings.lake_path / "events")
+    log = open_log(settings)
+    try:
+        log.append_sync("raw", [Message(b"k", b"{}", timestamp_ms=1_000)])
+        report = run_lifecycle(settings, NOW_MS, log=log)
+    finally:
+        log.close()
+    events, dlq = report.tables
+    assert events.error is not None and "DeltaError" in events.error
+    assert report.failures == {"events": events.error}
+    assert "events: failed" in report.summary()
+    assert (dlq.error, dlq.partitions_moved) == (None, 1)
+    assert _dates(settings.cold_path / "dlq", "received_date") == {OLD_DAYS[0]}
+    assert report.log_records_removed == 1
+
+
+def test_serve_reports_a_failing_lifecycle_until_a_run_succeeds(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    _fill(settings)
+    run_lifecycle(settings, NOW_MS)
+    # Late events for an old day wait in the warm tier while the cold table cannot be read
+    # (the lake stage writes only the warm one, so it keeps running).
+    _write(settings, EVENTS, [_event(OLD_DAYS[0], 9)])
+    entry, good = _corrupt_last_commit(settings.cold_path / "events")
+    with BackgroundServer(settings) as server:
+        clew = server.clew
+        clew.lifecycle.stop()
+        scheduler = LifecycleScheduler(settings, clew.log, clock=ManualClock(NOW_MS))
+        clew.lifecycle = scheduler
+        scheduler.run_once()
+        failing = httpx.get(f"{server.url}/health").json()
+        metrics = httpx.get(f"{server.url}/metrics").text
+        entry.write_bytes(good)
+        scheduler.run_once()
+        healed = httpx.get(f"{server.url}/health").json()
+    assert failing["ok"] is True and failing["status"] == "degraded"
+    assert failing["lifecycle"]["status"] == "failing"
+    assert failing["lifecycle"]["reason"].startswith("events: DeltaError")
+    assert 'clew_lifecycle_runs_total{outcome="failed"} 1' in metrics
+    assert 'clew_lifecycle_table_failures_total{table="events"} 1' in metrics
+    assert _count(settings) == 8  # the late event moved once the cold table was readable
+    assert healed["status"] == "ok"
+    assert healed["lifecycle"] == {
+        "enabled": settings.lifecycle.run_every_minutes > 0,
+        "status": "ok",
+        "reason": None,
+        "failed_runs": 1,
+    }

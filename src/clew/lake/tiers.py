@@ -19,6 +19,7 @@ record timestamps are append times.
 from __future__ import annotations
 
 import fcntl
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from clew._errors import describe
 from clew.config import Settings
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from clew.lake._storage import LakeLocation
     from clew.lake._tier_moves import PartitionStat
     from clew.log.base import Log
+
+logger = logging.getLogger(__name__)
 
 # The tables that tier: append-only histories partitioned by a date. audience_changes stays
 # warm: the audience_members and computed_traits views derive current state from all of it.
@@ -79,6 +83,9 @@ class TableTierReport:
     cold_bytes_after: int = 0
     files_vacuumed: int = 0
     seconds: float = 0.0
+    # Why the table failed this run (``Type: message``); what it did before the failure is
+    # consistent but not in the counts, and the next run finishes it. None: it did not fail.
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -105,11 +112,18 @@ class LifecycleReport:
     def rows_purged(self) -> int:
         return sum(t.rows_purged for t in self.tables)
 
+    @property
+    def failures(self) -> dict[str, str]:
+        """The error of each table that failed this run, by table name."""
+        return {t.table: t.error for t in self.tables if t.error is not None}
+
     def summary(self) -> str:
         """One line for the log."""
         verb = "would move" if self.dry_run else "moved"
         tables = "; ".join(
-            f"{t.table}: {t.partitions_moved} partitions / {t.rows_moved} rows {verb}, "
+            f"{t.table}: failed ({t.error})"
+            if t.error is not None
+            else f"{t.table}: {t.partitions_moved} partitions / {t.rows_moved} rows {verb}, "
             f"{t.partitions_purged} / {t.rows_purged} purged"
             + (f", {t.partitions_deferred} deferred" if t.partitions_deferred else "")
             for t in self.tables
@@ -172,8 +186,10 @@ def run_lifecycle(
     that would be).
 
     ``dry_run`` reads only: the report says what a run would move and purge. Raises
-    :class:`LifecycleBusyError` when another run is in progress. A run that fails part-way
-    leaves every table consistent; the next run finishes the work."""
+    :class:`LifecycleBusyError` when another run is in progress. A table that fails (a Delta
+    log it cannot read, a move that raises) is left consistent, its error goes into its
+    :attr:`TableTierReport.error`, and the run goes on with the other tables and the log's
+    retention; the next run finishes its work. Errors of the log's retention are raised."""
     started = time.perf_counter()
     lc = settings.lifecycle
     report = LifecycleReport(
@@ -189,7 +205,11 @@ def run_lifecycle(
     notify = progress or (lambda _: None)
     with lifecycle_lock(settings.data_dir):
         for table in TIERED_TABLES:
-            report.tables.append(_run_table(settings, table, report, dry_run, notify))
+            try:
+                report.tables.append(_run_table(settings, table, report, dry_run, notify))
+            except Exception as exc:
+                logger.exception("lifecycle: table %s failed; going on without it", table.name)
+                report.tables.append(TableTierReport(table.name, error=describe(exc)))
         if log is not None and not dry_run:
             report.log_records_removed = log.enforce_retention(time.time_ns() // 1_000_000)
     report.seconds = time.perf_counter() - started

@@ -7,11 +7,12 @@ import threading
 import time
 from collections import Counter
 
+from clew._errors import describe
 from clew.log.base import Consumer, Log, Record
 from clew.log.factory import DLQ_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
-from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter, describe
+from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ RECENT_S = 900.0
 # they pass, never blamed on a record, so an outage never empties the log into the dlq.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, LogError, StoreError)
 
-_ERROR_CHARS = 1000
 _encoder = msgspec.json.Encoder()
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS stage_set_aside (
@@ -53,12 +53,6 @@ CREATE TABLE IF NOT EXISTS stage_failing (
     since REAL NOT NULL
 ) WITHOUT ROWID;
 """
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message`` of ``exc``, cut to a length a dead letter and /health can carry."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
 
 
 def dead_letter(stage: str, rec: Record, error: str) -> Message:
