@@ -12,7 +12,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from clew.cli import app
+from clew.log.base import Message
+from clew.log.factory import open_log
 from clew.server import BackgroundServer
+from clew.stages.workers import build_stage
 from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 runner = CliRunner()
@@ -221,3 +224,46 @@ def test_replay_lands_fixed_events_once_and_keeps_the_rest_with_the_new_reason(
     assert "Replayed 1 dead letter in" in again.stdout
     wait_for(lambda: lake_count(data_dir, "dlq") == 6)
     assert lake_count(data_dir) == 3
+
+
+def test_replay_reports_a_row_it_cannot_read_and_replays_the_others(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data")
+    letters = [
+        {
+            "reason": "schema_violation",
+            "message": "blocked",
+            "payload": json.dumps(order(i)),
+            "source_id": "src",
+            "received_at": "2026-01-05T14:00:00+00:00",
+            "raw_partition": 0,
+            "raw_offset": i,
+            "index": 0,
+            "message_id": f"m{i}",
+            "event_type": "track",
+            "event_name": "Order Completed",
+            # Row 0 kept an event that is not JSON; row 1 one that is.
+            "normalized": "{not json" if i == 0 else None,
+            "dlq_id": f"0:{i}:0",
+        }
+        for i in range(2)
+    ]
+    log = open_log(settings)
+    try:
+        log.append_sync("dlq", [Message(json.dumps(d).encode()) for d in letters])
+        stage, closers = build_stage("lake", settings)
+        consumer = log.consumer(stage.group, list(stage.topics))
+        stage.on_assign(consumer, consumer.assignment())
+        while records := consumer.poll(max_records=100, timeout_s=0.1):
+            stage.handle(records, consumer)
+        stage.close(consumer)
+        consumer.close()
+        for close in closers:
+            close()
+    finally:
+        log.close()
+
+    result = Clew(settings.data_dir)("dlq", "replay")
+    assert result.exit_code == 0, result.output
+    assert "unreadable (left in the queue)" in result.stdout
+    assert "cannot be decoded were skipped (`clew dlq show ID`): 0:0:0" in result.stdout
+    assert "Replayed 1 dead letter in" in result.stdout

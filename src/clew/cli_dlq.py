@@ -483,7 +483,16 @@ def _print_report(report: ReplayReport, serving: bool) -> None:
     table.add_row("skipped (replayed before)", str(report.skipped))
     if report.recovered:
         table.add_row("finished from an interrupted replay", str(report.recovered))
+    if report.unreadable:
+        table.add_row("unreadable (left in the queue)", str(report.unreadable))
     out.print(table)
+    if report.unreadable:
+        more = ", …" if report.unreadable > len(report.unreadable_ids) else ""
+        out.print(
+            "Rows whose kept event cannot be decoded were skipped (`clew dlq show ID`): "
+            + escape(", ".join(report.unreadable_ids))
+            + more
+        )
     out.print(
         f"{verb} {_count(report.replayed, 'dead letter')} in {report.elapsed_s:.2f}s "
         f"({report.events_per_s:,.0f} events/s)"

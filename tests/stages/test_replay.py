@@ -342,3 +342,77 @@ def test_one_replay_at_a_time(settings: Settings, log: EmbeddedLog) -> None:
             replay_dlq(settings, DlqFilter(), log=log)
 
     assert replay_dlq(settings, DlqFilter(), log=log, on_start=start_another).landed == 5
+
+
+def _letter(source_id: str, n: int, **fields: Any) -> Message:
+    """A dead letter as the validate stage writes it, with ``fields`` overriding."""
+    doc = {
+        "reason": "schema_violation",
+        "message": "blocked",
+        "payload": orjson.dumps(order(100 + n)).decode(),
+        "source_id": source_id,
+        "received_at": "2023-11-14T22:13:20.123456+00:00",
+        "raw_partition": 0,
+        "raw_offset": 1000 + n,
+        "index": 0,
+        "message_id": f"m{100 + n}",
+        "event_type": "track",
+        "event_name": "Order Completed",
+        "dlq_id": f"0:{1000 + n}:0",
+        **fields,
+    }
+    return Message(value=orjson.dumps(doc), key=source_id.encode())
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.usefixtures("rejected")
+def test_rows_that_fail_again_or_cannot_be_read_never_stop_the_rest_of_the_replay(
+    settings: Settings, log: EmbeddedLog, source_id: str
+) -> None:
+    deep_event = order(101)
+    deep_event["properties"]["basket"] = orjson.loads(_nested(80))
+    log.append_sync(
+        "dlq",
+        [
+            # Its kept event is not JSON: reported and left as it is.
+            _letter(source_id, 0, normalized="{not json"),
+            # Too deep for the stages after validate: refused again, as validate refuses it.
+            _letter(source_id, 1, reason="invalid_json", payload=orjson.dumps(deep_event).decode()),
+            # Its kept event nests so deep that reading it raises: back with the error.
+            _letter(
+                source_id,
+                2,
+                normalized='{"type":"track","properties":{"x":' + _nested(100_000) + "}}",
+            ),
+        ],
+    )
+    drain(log, settings)
+
+    report = replay_dlq(settings, DlqFilter(), log=log)
+    assert outcome(report) == (5, 3, 0)
+    assert (report.unreadable, report.unreadable_ids) == (1, ["0:1000:0"])
+    assert report.still_bad_reasons == {
+        "schema_violation": 1,
+        "invalid_json": 1,
+        "stage_failure": 1,
+    }
+    drain(log, settings)
+    assert event_ids(settings) == [f"m{i}" for i in range(5)]
+    back = dict(
+        sql(
+            settings,
+            "SELECT replay_of, reason || ' ' || coalesce(stage, '') || ' ' || message FROM dlq "
+            "WHERE replay_of LIKE '0:100%'",
+        )
+    )
+    assert back["0:1001:0"].startswith("invalid_json  the event nests objects")
+    assert back["0:1002:0"].startswith("stage_failure dlq-replay RecursionError")
+    assert "0:1000:0" not in back
+
+    # The unreadable row is reported again; the row put back with the error is not replayed
+    # (the stage_failure rows are not the tracking plan's), the two refused again are.
+    again = replay_dlq(settings, DlqFilter(), log=log)
+    assert (again.unreadable, outcome(again)) == (1, (0, 2, 0))

@@ -113,7 +113,8 @@ def _loads(text: str | None) -> Any:
         return None
     try:
         return msgspec.json.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
+        # Text nesting deeper than the decoder goes still yields its literals.
         return None
 
 

@@ -21,12 +21,19 @@ Exactly once, however often a replay dies and is run again:
   reconciles a batch left behind by a run that died between the append and the ledger update:
   rows whose records are in the log after those offsets are done, the others are replayed.
 
+One row never stops the others: a row whose kept event cannot be decoded at all is reported
+(:attr:`ReplayReport.unreadable`), logged and left as it is; a row that makes revalidation
+raise goes back to the ``dlq`` topic with reason ``stage_failure`` (stage
+:data:`REPLAY_STAGE`, the error as its message), counted ``still_bad``, and the replay goes
+on.
+
 Only one replay runs per data directory at a time (:class:`ReplayInProgressError`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import secrets
 import sqlite3
 import time
@@ -42,12 +49,15 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import orjson
 
+from clew._errors import describe
 from clew.config import Settings
 from clew.events import EVENT_TYPES, Event, Rejection, normalise
 from clew.log.base import Log, Message, Position
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC
+from clew.nesting import MAX_DEPTH
 from clew.stages._dedup import Dedup, open_dedup
-from clew.stages.validate import Blocked, DeadLetter, apply_plan
+from clew.stages.setaside import STAGE_FAILURE
+from clew.stages.validate import Blocked, DeadLetter, apply_plan, within_depth
 
 if TYPE_CHECKING:
     import duckdb
@@ -56,6 +66,8 @@ if TYPE_CHECKING:
     from clew.lake._storage import LakeLocation
     from clew.schema import CompiledPlan, SchemaRegistry
 
+logger = logging.getLogger(__name__)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 LANDED = "landed"
@@ -63,6 +75,12 @@ STILL_BAD = "still_bad"
 DUPLICATE = "duplicate"
 
 REPLAY_HEADER = "replay_of"
+# The ``stage`` of a row put back because revalidating it raised (reason ``stage_failure``).
+REPLAY_STAGE = "dlq-replay"
+# Levels an event of a batch request may nest (the request and its array are two).
+_EVENT_ROOM = MAX_DEPTH - 2
+# Ids of unreadable rows a report keeps (the count is exact).
+_UNREADABLE_IDS = 20
 
 # One row per batch (writing a row per replayed dead letter would cost a replay a tenth of its
 # speed); ``dlq_replays`` shows one row per dead letter. A batch written ahead keeps the log's
@@ -183,6 +201,9 @@ class ReplayReport:
     duplicates: int = 0
     skipped: int = 0
     recovered: int = 0
+    # Rows whose kept event cannot be decoded: left as they are, with the first few ids.
+    unreadable: int = 0
+    unreadable_ids: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     still_bad_reasons: Counter[str] = field(default_factory=Counter)
 
@@ -568,20 +589,34 @@ def _renormalise(row: DlqRow) -> Event | Rejection:
         return same
     try:
         obj = _decoder.decode(row.payload.encode())
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:
         return Rejection("invalid_json", f"the event cannot be read: {e}", row.message_id)
     if isinstance(obj, dict) and row.message_id:
         mid = obj.get("messageId")
         if not isinstance(mid, str | int) or mid == "":
             obj = {**obj, "messageId": row.message_id}
     path_type = row.event_type if row.event_type in EVENT_TYPES else "batch"
-    return normalise(
+    result = normalise(
         obj,
         path_type=path_type or "batch",
         index=row.index,
         request_id=f"{row.raw_partition}-{row.raw_offset}",
         source_id=row.source_id,
         received_at=row.received_at,
+    )
+    # The validate stage's depth limit, counted as for an event of a batch request (the
+    # request's path is not kept): an event too deep for the stages after it stays refused.
+    return within_depth(result, _EVENT_ROOM) if isinstance(result, Event) else result
+
+
+def _unreadable(report: ReplayReport, row: DlqRow, exc: Exception) -> None:
+    report.unreadable += 1
+    if len(report.unreadable_ids) < _UNREADABLE_IDS:
+        report.unreadable_ids.append(row.dlq_id)
+    logger.error(
+        "replay: dead letter %s cannot be decoded (%s); left in the queue as it is",
+        row.dlq_id,
+        describe(exc),
     )
 
 
@@ -605,6 +640,7 @@ def _dead_letter(row: DlqRow, refused: Blocked | Rejection, replay_id: str) -> D
         normalized=blocked.normalized if blocked is not None else None,
         dlq_id=f"{row.dlq_id}~{replay_id}",
         replay_of=row.dlq_id,
+        stage=REPLAY_STAGE if rej.reason == STAGE_FAILURE else None,
     )
 
 
@@ -750,7 +786,17 @@ def _replay_batch(
     landings: list[tuple[DlqRow, Event, bytes | None]] = []
     letters: list[DeadLetter] = []
     for row in rows:
-        result, kept = revalidate(row, plans.get(row.source_id))
+        plan = plans.get(row.source_id)
+        try:
+            result, kept = revalidate(row, plan)
+        except msgspec.DecodeError as exc:
+            _unreadable(report, row, exc)
+            continue
+        except Exception as exc:
+            # One row must not stop the replay; it goes back to the queue with the error.
+            logger.exception("replay: revalidating dead letter %s failed", row.dlq_id)
+            result = Rejection(STAGE_FAILURE, describe(exc), row.message_id)
+            kept = None
         if not isinstance(result, Event):
             letter = _dead_letter(row, result, replay_id)
             letters.append(letter)

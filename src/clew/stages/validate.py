@@ -231,7 +231,7 @@ class ValidateStage(Stage):
                 batch_sent_at=batch_sent,
             )
             if room is not None and isinstance(result, Event):
-                result = _within(result, room)
+                result = within_depth(result, room)
             if suppression is not None and (
                 suppression.is_suppressed(result)
                 if isinstance(result, Event)
@@ -317,7 +317,7 @@ def apply_plan(plan: CompiledPlan, ev: Event, counts: Counter[str]) -> Event | B
     )
 
 
-def _within(ev: Event, room: int) -> Event | Rejection:
+def within_depth(ev: Event, room: int) -> Event | Rejection:
     """``ev``, or its rejection when its objects (the event itself being one level) nest
     deeper than ``room`` levels."""
     if not nests_deeper((ev.properties, ev.traits, ev.context, ev.integrations), room):
