@@ -188,6 +188,9 @@ class Clew:
                 removed = self.log.enforce_retention(time.time_ns() // 1_000_000)
                 if removed:
                     logger.info("log retention removed %d records", removed)
+                forgotten = self._ledger.forget_retired(self.log)
+                if forgotten:
+                    logger.info("forgot %d set-aside records the log no longer holds", forgotten)
             except Exception:
                 logger.exception("log retention failed; will retry")
 

@@ -7,7 +7,9 @@ reason :data:`STAGE_FAILURE`, the stage, the error and the record's original byt
 keeps a set-aside record away from its stage for good: a stage that resumes from its own
 progress (the lake from its Delta commits, destinations from the outbox) reads it again after
 a restart, and the runner drops it before the stage sees it. It also tells ``/health`` and
-``/metrics`` which stages are failing now and which set records aside recently.
+``/metrics`` which stages are failing now and which set records aside recently. An entry is
+kept while the log holds its record (:meth:`StageLedger.forget_retired`, run by `clew serve`
+after each round of log retention).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import msgspec
 
 from clew._sqlite import open_sqlite
-from clew.log.base import LogError, Message, Record
+from clew.log.base import Log, LogError, Message, Record
 from clew.stages.validate import DeadLetter
 from clew.store.base import StoreError
 
@@ -117,6 +119,26 @@ class StageLedger:
                 'SELECT topic, partition, "offset" FROM stage_set_aside WHERE grp = ?', (group,)
             ).fetchall()
         return {(t, p, o) for t, p, o in rows}
+
+    def forget_retired(self, log: Log) -> int:
+        """Forget the records ``log`` no longer holds (retention removed them): no stage can
+        read them again, so nothing is left to keep away. Keeps the ledger as small as the
+        log's retention keeps the topics. Returns how many entries were forgotten."""
+        with self._lock:
+            topics = [
+                t for (t,) in self._conn.execute("SELECT DISTINCT topic FROM stage_set_aside")
+            ]
+        gone = 0
+        for topic in topics:
+            starts = log.start_offsets(topic)
+            with self._lock:
+                for partition, start in starts.items():
+                    gone += self._conn.execute(
+                        "DELETE FROM stage_set_aside WHERE topic = ? AND partition = ? "
+                        'AND "offset" < ?',
+                        (topic, partition, start),
+                    ).rowcount
+        return gone
 
     def failing(self, group: str, error: str) -> None:
         """``group``'s last attempt failed with ``error`` (since the first such failure)."""
