@@ -169,7 +169,11 @@ class ProfilesStage(Stage):
                     counts["applied"] += 1
                     counts["merges"] += len(outcome.resolution.merged_from)
                     counts["dropped_identifiers"] += len(outcome.resolution.dropped)
-                    touched.update(dict.fromkeys(outcome.resolution.merged_from))
+                    # A profile created and merged away within this batch was never seen
+                    # outside it: nothing to announce.
+                    touched.update(
+                        dict.fromkeys(m for m in outcome.resolution.merged_from if m in work.loaded)
+                    )
                     if pid is None:
                         counts["unresolved"] += 1
                 if pid is not None:
@@ -237,6 +241,10 @@ class _WorkingSet:
         self.store = MemoryProfileStore(history=history)
         self.extractions = extractions
         self._loaded = [p.profile_id for p in loaded]
+        # Every id the store knew before the batch: live profiles and their merged-away ids.
+        self.loaded = {
+            pid for p in loaded for pid in (p.profile_id, *(r.from_id for r in p.merged))
+        }
         for profile in loaded:
             self.store.put_profile(profile)
 
