@@ -205,6 +205,15 @@ REFUSALS = [
         {**BASIC, **GZIP}, 400, "invalid_gzip", None, id="truncated-gzip",
     ),
     pytest.param(
+        # Two gzip members, each inflating to 300 KB: the 500 KB cap holds for their sum.
+        "POST", "/v1/batch", gzip.compress(b" " * 300 * KB) + gzip.compress(b" " * 300 * KB),
+        {**BASIC, **GZIP}, 400, "request_too_large", None, id="gzip-members-over-cap",
+    ),
+    pytest.param(
+        "POST", "/v1/batch", gzip.compress(batch(event("r-1"))) + b"\x1f\x8b\x08 not deflate",
+        {**BASIC, **GZIP}, 400, "invalid_gzip", None, id="corrupt-second-gzip-member",
+    ),
+    pytest.param(
         "POST", "/v1/batch", batch(event("r-1")), {**BASIC, "Content-Encoding": "br"}, 415,
         "unsupported_encoding", None, id="brotli",
     ),
@@ -457,6 +466,17 @@ def test_a_gzip_body_is_accepted(server: BackgroundServer) -> None:
     ids = [new_id(), new_id()]
     body = gzip.compress(batch(*[event(m) for m in ids]))
     assert_success(httpx.post(server.url + "/v1/batch", content=body, headers={**BASIC, **GZIP}))
+    wait_landed(server, *ids)
+
+
+def test_a_gzip_body_of_concatenated_members_is_accepted(server: BackgroundServer) -> None:
+    ids = [new_id(), new_id()]
+    body = batch(*[event(m) for m in ids])
+    middle = len(body) // 2
+    # What `cat a.gz b.gz` or a streaming compressor that restarts produces (RFC 1952 §2.2).
+    members = gzip.compress(body[:middle]) + gzip.compress(body[middle:])
+    r = httpx.post(server.url + "/v1/batch", content=members, headers={**BASIC, **GZIP})
+    assert_success(r)
     wait_landed(server, *ids)
 
 

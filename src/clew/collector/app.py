@@ -420,20 +420,32 @@ async def _read_body(receive: Receive, cap: int, seen: _Seen) -> bytes:
 
 
 def _gunzip(data: bytes, cap: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, cap + 1)
-    except zlib.error as e:
-        raise _Refusal(400, "invalid_gzip", f"the body is not valid gzip: {e}") from None
-    if len(out) > cap or inflater.unconsumed_tail:
-        raise _Refusal(
-            400,
-            "request_too_large",
-            f"the request body inflates to more than {cap} bytes",
-        )
-    if not inflater.eof:
-        raise _Refusal(400, "invalid_gzip", "the gzip body is truncated")
-    return out
+    """Inflate every gzip member of ``data`` (RFC 1952 lets a file hold several, one after
+    the other; zero bytes padding the end are ignored, as gzip does). ``cap`` bounds the
+    inflated size of all members together: inflating stops as soon as it is passed, so a
+    bomb spread over many members is refused just as one in a single member."""
+    out: list[bytes] = []
+    size = 0
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = inflater.decompress(rest, cap - size + 1)
+        except zlib.error as e:
+            raise _Refusal(400, "invalid_gzip", f"the body is not valid gzip: {e}") from None
+        size += len(chunk)
+        if size > cap or inflater.unconsumed_tail:
+            raise _Refusal(
+                400,
+                "request_too_large",
+                f"the request body inflates to more than {cap} bytes",
+            )
+        if not inflater.eof:
+            raise _Refusal(400, "invalid_gzip", "the gzip body is truncated")
+        out.append(chunk)
+        rest = inflater.unused_data
+        if not rest.strip(b"\0"):
+            return out[0] if len(out) == 1 else b"".join(out)
 
 
 async def _respond(
