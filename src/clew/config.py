@@ -38,6 +38,32 @@ class Limits(BaseModel):
     max_pending_appends: int = 2000
 
 
+class HttpSettings(BaseModel):
+    """Limits of the HTTP server of `clew serve` and `clew collector`, so that no client can
+    hold it hostage; see docs/security.md ("HTTP limits")."""
+
+    # Seconds a client has to send a whole request head (request line and headers), counted
+    # from the connection opening or from its first byte after the previous response.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # A request head larger than this, or with more headers, is answered 431.
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+    # Open connections served; a request on any connection beyond them is answered 503.
+    max_connections: int = Field(default=1000, ge=1)
+    # Whole seconds a kept-alive connection may stay idle after a response.
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    # false: only the keep-alive timeout holds (for a proxy in front that enforces the rest).
+    enforce: bool = True
+
+
+class DestinationSettings(BaseModel):
+    """Where destinations may send; see docs/destinations.md ("Addresses"). Link-local and
+    cloud metadata addresses are refused always; ``block_private_networks`` refuses
+    loopback, private and other non-public addresses too."""
+
+    block_private_networks: bool = False
+
+
 class LogSettings(BaseModel):
     """The log (DESIGN.md §2): ``embedded`` needs nothing; ``kafka`` needs a Kafka cluster and
     ``pip install 'clew[kafka]'`` (docs/scale-out.md)."""
@@ -271,6 +297,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8088
     limits: Limits = Field(default_factory=Limits)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    destinations: DestinationSettings = Field(default_factory=DestinationSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)

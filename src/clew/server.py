@@ -21,6 +21,7 @@ from clew.audiences.repository import open_repository
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
+from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.lake.query import Lake
 from clew.log.factory import open_log
@@ -427,18 +428,7 @@ def free_port() -> int:
 
 
 def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(
-        clew.app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        interface="asgi3",
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-    )
+    return limited_uvicorn_config(clew.app, host, port, clew.settings.http)
 
 
 def serve(settings: Settings, on_ready: Any = None) -> None:

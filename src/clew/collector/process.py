@@ -22,6 +22,7 @@ import uvloop
 
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
+from clew.http_limits import uvicorn_config
 from clew.log.base import Log
 from clew.log.factory import open_log
 from clew.privacy.suppression import Suppression
@@ -152,18 +153,7 @@ def run_collector(
     process = CollectorProcess(settings)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     server = uvicorn.Server(
-        uvicorn.Config(
-            process.app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="off",
-            interface="asgi3",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=10,
-        )
+        uvicorn_config(process.app, settings.host, settings.port, settings.http)
     )
 
     async def run() -> None:
