@@ -104,9 +104,10 @@ def _answers(host: str, port: int, request: bytes, expect: bytes) -> bool:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[Service]:
+def redis_server(workdir: Path, password: str | None = None) -> Iterator[Service]:
     """A ``redis-server`` with no persistence: its data live as long as the process, so
-    "reopening" a store is a new client on the same server."""
+    "reopening" a store is a new client on the same server. With ``password`` it requires
+    that password (set in a 0600 config file, not on its command line)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable(
@@ -119,8 +120,15 @@ def redis_server(workdir: Path) -> Iterator[Service]:
         port = free_port()
         argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(workdir)]
         argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+        ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
+        if password is not None:
+            conf = workdir / "redis.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(f"requirepass {password}\n")
+            argv.insert(1, str(conf))
+            auth = f"AUTH {password}\r\n".encode()
+            ping = functools.partial(_answers, LOOPBACK, port, auth, b"+OK")
         try:
-            ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
             proc = start("redis", argv, workdir, ping)
         except ServiceUnavailable as exc:
             failure = exc

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from itertools import pairwise
 from pathlib import Path
@@ -81,10 +81,13 @@ class ServeProcess:
     """`clew serve` as a child process (for crash tests and real-SDK tests), run by the
     ``clew`` executable given (by default the one installed next to the test runner)."""
 
-    def __init__(self, data_dir: Path, port: int, clew: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int, clew: str | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.clew = clew or clew_bin()
+        self.args = tuple(args)
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"serve-{port}.log"
@@ -93,7 +96,15 @@ class ServeProcess:
         env = {**os.environ, "CLEW_LAKE__FLUSH_INTERVAL_MS": "100"}
         self.log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop/kill
         self.proc = subprocess.Popen(
-            [self.clew, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [
+                self.clew,
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=env,

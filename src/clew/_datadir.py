@@ -1,11 +1,43 @@
-"""The data directory's serve lock: one `clew serve` per data directory, and a way for other
-commands (the demo) to find the URL of the one that runs."""
+"""The data directory: who may read it, its serve lock (one `clew serve` per data
+directory), and a way for other commands (the demo) to find the URL of the one that runs."""
 
 from __future__ import annotations
 
 import fcntl
+import os
+import stat
 from pathlib import Path
 from typing import IO
+
+# The data directory holds every event, profile and write key: it and everything in it are
+# for the owner alone. Every `clew` command runs under this umask, so each file it, SQLite
+# (with its -wal and -shm files), the lake's Parquet writer or DuckDB creates is 0600 and
+# each directory 0700.
+OWNER_ONLY_UMASK = 0o077
+DATA_DIR_MODE = 0o700
+
+
+def restrict_new_files() -> None:
+    """Make every file and directory this process creates from now on owner-only (see
+    :data:`OWNER_ONLY_UMASK`); child processes inherit it."""
+    os.umask(OWNER_ONLY_UMASK)
+
+
+def open_to_others(data_dir: Path) -> str | None:
+    """A one-line warning, saying how to fix it, when ``data_dir`` exists and its group or
+    other users may read, write or enter it; None when it is private or does not exist yet
+    (it will be created ``DATA_DIR_MODE``)."""
+    try:
+        mode = stat.S_IMODE(data_dir.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if not mode & ~DATA_DIR_MODE:
+        return None
+    return (
+        f"the data directory {data_dir} is open to other users (mode {mode:04o}) and holds "
+        f"every event, profile and write key: run `chmod 700 {data_dir}` "
+        f"(and `chmod -R go-rwx {data_dir}` for the files already in it)"
+    )
 
 
 class DataDirInUseError(RuntimeError):

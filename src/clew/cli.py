@@ -22,7 +22,6 @@ from clew.cli_lifecycle import lifecycle_app
 from clew.cli_privacy import privacy_app
 from clew.cli_rebuild import rebuild
 from clew.cli_schema import plan_app, schema_app
-from clew.config import Settings
 
 app = typer.Typer(
     help="Clew, an open-source customer data platform.",
@@ -63,7 +62,11 @@ def serve(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    from clew._datadir import DataDirInUseError
+    from clew._datadir import DataDirInUseError, open_to_others
+
+    warning = open_to_others(settings.data_dir)
+    if warning is not None:
+        logging.getLogger("clew.serve").warning(warning)
 
     def ready(clew: Clew) -> None:
         base = f"http://{settings.host}:{settings.port}"
@@ -130,13 +133,13 @@ def worker(
     ],
     data_dir: DataDir = None,
     config: ConfigFile = None,
-    settings_json: Annotated[str | None, typer.Option(hidden=True)] = None,
+    settings_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one stage in the foreground (`clew serve` starts one worker per stage itself)."""
-    from clew.stages.workers import UnknownStageError, run_worker
+    from clew.stages.workers import UnknownStageError, receive_settings, run_worker
 
-    if settings_json is not None:
-        settings = Settings.model_validate_json(settings_json)
+    if settings_fd is not None:
+        settings = receive_settings(settings_fd)
     else:
         settings = settings_from(config, data_dir=data_dir)
     logging.basicConfig(
@@ -279,6 +282,10 @@ def demo(
 
 
 def main() -> None:
+    """The `clew` command: every file it writes into the data directory is owner-only."""
+    from clew._datadir import restrict_new_files
+
+    restrict_new_files()
     app()
 
 

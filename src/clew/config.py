@@ -7,11 +7,21 @@ Nothing here reads the environment at import time; call :func:`load_settings`.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from clew._redact import redact_options, redact_url
 from clew.clock import ClockSettings
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import TraitPolicy
@@ -26,6 +36,14 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+# Serialization context under which secrets are written out in full; without it, printed and
+# JSON settings show a password in a URL and each secret value masked.
+_REVEAL_SECRETS = "reveal_secrets"
+
+
+def _reveal(info: SerializationInfo) -> bool:
+    return isinstance(info.context, dict) and bool(info.context.get(_REVEAL_SECRETS))
 
 
 class Limits(BaseModel):
@@ -85,6 +103,16 @@ class LogSettings(BaseModel):
     kafka_producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
     kafka_consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # sasl.password, ssl.key.password, ... stay out of logs and error messages.
+        for name, value in super().__repr_args__():
+            masked = name is not None and name.startswith("kafka_") and isinstance(value, dict)
+            yield name, redact_options(value) if masked else value
+
+    @field_serializer("kafka_client", "kafka_producer", "kafka_consumer", when_used="json")
+    def _options_json(self, value: dict[str, Any], info: SerializationInfo) -> dict[str, Any]:
+        return value if _reveal(info) else redact_options(value)
+
 
 class StoreSettings(BaseModel):
     """The serving store (DESIGN.md §3): ``sqlite`` is a file in the data directory; ``redis``
@@ -102,6 +130,15 @@ class StoreSettings(BaseModel):
     # prefix), so a store written without it is not seen with it (docs/scale-out.md).
     redis_cluster: bool = False
     redis_cluster_nodes: list[str] = Field(default_factory=list)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The URL's password stays out of logs and error messages.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" else value
+
+    @field_serializer("redis_url", when_used="json")
+    def _url_json(self, value: str, info: SerializationInfo) -> str:
+        return value if _reveal(info) else redact_url(value)
 
     @field_validator("redis_cluster_nodes")
     @classmethod
@@ -163,6 +200,15 @@ class LakeSettings(BaseModel):
     def _uri(cls, value: str | None) -> str | None:
         return _object_store_uri(value, "lake.uri")
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # AWS_SECRET_ACCESS_KEY and the like stay out of logs and error messages.
+        for name, value in super().__repr_args__():
+            yield name, redact_options(value) if name == "storage_options" else value
+
+    @field_serializer("storage_options", when_used="json")
+    def _options_json(self, value: dict[str, str], info: SerializationInfo) -> dict[str, Any]:
+        return value if _reveal(info) else redact_options(value)
+
     @field_validator("storage_options", mode="before")
     @classmethod
     def _options_as_text(cls, value: Any) -> Any:
@@ -198,7 +244,7 @@ class PrivacySettings(BaseModel):
 
     # Secret salt for hashed PII fields and for the identifier hashes in suppression lists and
     # audit records. Empty: generated on first use and kept in ``data_dir/privacy.salt``.
-    salt: str = ""
+    salt: SecretStr = SecretStr("")
     # Field path (``context.ip``, ``traits.phone``, ``properties.card.last4``) -> what the
     # validate stage does with it before anything reaches the lake.
     pii: dict[str, PiiAction] = Field(default_factory=dict)
@@ -210,10 +256,14 @@ class PrivacySettings(BaseModel):
     kafka_encryption: bool = True
     # Secret that wraps the data keys and hashes record keys; the same on every process.
     # Empty: derived from the salt above (then set ``salt`` on every machine alike).
-    master_key: str = ""
+    master_key: SecretStr = SecretStr("")
     # Seconds a process may keep using a data key it fetched (and a deletion waits after
     # destroying keys, so that no cache outlives the request).
     key_cache_s: float = Field(default=5.0, ge=0)
+
+    @field_serializer("salt", "master_key", when_used="json")
+    def _secret_json(self, value: SecretStr, info: SerializationInfo) -> str:
+        return value.get_secret_value() if _reveal(info) else str(value)
 
     @field_validator("pii")
     @classmethod
@@ -368,6 +418,14 @@ class Settings(BaseSettings):
     @property
     def privacy_path(self) -> Path:
         return self.data_dir / "privacy.db"
+
+
+def settings_json_with_secrets(settings: Settings) -> bytes:
+    """``settings`` as JSON that :meth:`Settings.model_validate_json` turns back into equal
+    settings, secrets included (``model_dump_json`` and ``repr`` mask them). Hand it to another
+    process only through a channel other users cannot read (an inherited pipe), never a command
+    line."""
+    return settings.model_dump_json(context={_REVEAL_SECRETS: True}).encode()
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 import uvloop
 
-from clew._datadir import lock_data_dir
+from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
 from clew.audiences.repository import open_repository
 from clew.collector.app import Collector, Receive, Scope, Send
@@ -60,7 +60,7 @@ class Clew:
             raise ValueError("stage_mode must be 'thread' or 'process'")
         self.settings = settings
         self.stage_mode = stage_mode
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
         self._data_dir_lock = lock_data_dir(
             settings.data_dir, f"http://{settings.host}:{settings.port}"
         )

@@ -29,8 +29,9 @@ def load_salt(settings: Settings) -> bytes:
     """The salt: ``settings.privacy.salt`` when set, else the data directory's salt file,
     created (0600) on first use. Safe when several processes ask at once: one file wins and
     every process reads that one."""
-    if settings.privacy.salt:
-        return settings.privacy.salt.encode()
+    configured = settings.privacy.salt.get_secret_value()
+    if configured:
+        return configured.encode()
     path = settings.data_dir / SALT_FILE
     existing = _read(path)
     if existing is not None:

@@ -246,7 +246,7 @@ class KeyRing:
 
 def master_secret(settings: Settings) -> bytes:
     """``privacy.master_key`` (64 hex digits are read as 32 bytes), else the privacy salt."""
-    configured = settings.privacy.master_key
+    configured = settings.privacy.master_key.get_secret_value()
     if configured:
         try:
             return bytes.fromhex(configured) if len(configured) == 64 else configured.encode()

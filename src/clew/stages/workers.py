@@ -10,6 +10,12 @@ coordinates consumer groups only inside one process; a second worker waits for t
 stop). On Kafka, consumer groups span processes and machines, so any number of workers of one
 stage run together and share its partitions. A worker started by `clew serve` dies with its
 parent.
+
+`clew serve` hands a worker its settings through an inherited pipe (`--settings-fd N`), never
+on its command line: ``/proc/PID/cmdline`` is readable by every local user, and the settings
+hold the privacy master key, the salt and credentials. A pipe never touches the disk and
+needs no cleanup; the environment (``/proc/PID/environ`` is readable by the same user only)
+would do too, but would also reach every process the worker starts.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from clew.config import Settings
+from clew.config import Settings, settings_json_with_secrets
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
@@ -226,6 +232,22 @@ SERVE_WORKERS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def receive_settings(fd: int) -> Settings:
+    """The settings `clew serve` wrote into the pipe whose read end is ``fd`` (read to the
+    end, then closed)."""
+    with os.fdopen(fd, "rb") as pipe:
+        return Settings.model_validate_json(pipe.read())
+
+
+def _send_settings(fd: int, payload: bytes) -> None:
+    # A worker that dies before it reads closes the pipe; its restart sends them again.
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(payload)
+    except BrokenPipeError:
+        logger.warning("a stage worker exited before reading its settings")
+
+
 class WorkerProcess:
     """One worker child of `clew serve` running ``stages``; restarted (with backoff) if it
     dies."""
@@ -240,20 +262,36 @@ class WorkerProcess:
 
     def start(self) -> None:
         env = {**os.environ, "CLEW_WORKER_OF_SERVE": "1"}
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clew.cli",
-                "worker",
-                *(arg for name in self.stages for arg in ("--stage", name)),
-                "--settings-json",
-                self._settings.model_dump_json(),
-            ],
-            env=env,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        read_fd, write_fd = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "clew.cli",
+                    "worker",
+                    *(arg for name in self.stages for arg in ("--stage", name)),
+                    "--settings-fd",
+                    str(read_fd),
+                ],
+                env=env,
+                pass_fds=(read_fd,),
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        except BaseException:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
         self._started_at = time.monotonic()
+        # Written from a thread: settings larger than the pipe's buffer would otherwise hold
+        # the supervisor until the worker has started reading.
+        threading.Thread(
+            target=_send_settings,
+            args=(write_fd, settings_json_with_secrets(self._settings)),
+            name=f"clew-settings-{self.stage}",
+            daemon=True,
+        ).start()
 
     @property
     def alive(self) -> bool:
