@@ -121,3 +121,19 @@ def test_wrong_arguments_get_clear_errors(tmp_path: Path) -> None:
     assert push.exit_code == 2 and "tracking plan" in push.stderr
     show = runner.invoke(app, ["schema", "show", "track:Nope", "--data-dir", d])
     assert show.exit_code == 1 and "no subject 'track:Nope'" in show.stderr
+
+
+def test_sql_prints_at_most_a_thousand_rows_and_says_how_many_were_left_out(
+    tmp_path: Path,
+) -> None:
+    d = str(tmp_path)
+    q = "SELECT i FROM range(2500) t(i) ORDER BY i"
+    table = runner.invoke(app, ["sql", q, "--data-dir", d])
+    assert table.exit_code == 0
+    assert "│ 999 │" in table.stdout and "│ 1000 │" not in table.stdout
+    assert "1,500 more rows left out" in table.stderr
+    limited = runner.invoke(app, ["sql", q, "--limit", "10", "-f", "csv", "--data-dir", d])
+    assert limited.stdout.split() == ["i", *map(str, range(10))]
+    assert "2,490 more rows left out" in limited.stderr
+    everything = runner.invoke(app, ["sql", q, "-f", "json", "--data-dir", d])
+    assert len(json.loads(everything.stdout)) == 2500 and everything.stderr == ""

@@ -220,6 +220,10 @@ def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
         catalog.close()
 
 
+# Rows `clew sql` prints as a table unless --limit says otherwise.
+TABLE_ROWS = 1_000
+
+
 @app.command()
 def sql(
     query: str,
@@ -231,35 +235,56 @@ def sql(
             help="Query cold partitions too (docs/lifecycle.md); warm only by default.",
         ),
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=0,
+            help=f"Rows to print at most (0: all). Default: {TABLE_ROWS:,} as a table, "
+            "all as json or csv.",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Run a read-only SQL query over the lake (works while `clew serve` is writing)."""
-    from clew.api.app import _jsonable
-    from clew.lake.query import Lake, QueryError
+    """Run a read-only SQL query over the lake (works while `clew serve` is writing), within
+    the `sql` memory limit. Rows past the limit are counted, not printed."""
+    from clew.api.sql import jsonable
+    from clew.lake.query import Lake, QueryError, QueryLimits
 
     if format not in ("table", "json", "csv"):
         raise fail("--format must be table, json or csv", 2)
+    if limit is None:
+        limit = TABLE_ROWS if format == "table" else 0
     settings = settings_from(config, data_dir=data_dir)
     try:
-        lake = Lake(settings.lake_location, settings.cold_location)
-        result = lake.sql(query, include_cold=include_cold)
+        lake = Lake(
+            settings.lake_location, settings.cold_location, QueryLimits.from_settings(settings)
+        )
+        result = lake.sql(query, limit or None, include_cold, count_rest=True)
     except QueryError as e:
         raise fail(str(e)) from None
     if format == "json":
-        rows = [dict(zip(result.columns, map(_jsonable, r), strict=True)) for r in result.rows]
+        rows = [dict(zip(result.columns, map(jsonable, r), strict=True)) for r in result.rows]
         sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
     elif format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(result.columns)
-        writer.writerows([[_jsonable(v) for v in r] for r in result.rows])
+        writer.writerows([[jsonable(v) for v in r] for r in result.rows])
         sys.stdout.write(buf.getvalue())
     else:
         table = Table(*result.columns)
         for r in result.rows:
-            table.add_row(*("NULL" if v is None else str(_jsonable(v)) for v in r))
+            table.add_row(*("NULL" if v is None else str(jsonable(v)) for v in r))
         console.print(table)
+    if result.left_out:
+        left_out = (
+            f"{result.left_out:,} more row{'s' if result.left_out != 1 else ''} left out "
+            f"(--limit {limit:,} shown; --limit 0 prints all)"
+        )
+        # On stderr, so that the json and csv on stdout stay whole.
+        typer.echo(left_out, err=True)
 
 
 @app.command()

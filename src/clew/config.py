@@ -6,6 +6,8 @@ Nothing here reads the environment at import time; call :func:`load_settings`.
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,6 +303,72 @@ class LifecycleSettings(BaseModel):
         return self
 
 
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB,
+    TiB; case ignored), as DuckDB writes memory sizes.
+
+    >>> parse_size("4GB"), parse_size("512 MiB"), parse_size("1000")
+    (4000000000, 536870912, 1000)
+    """
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size such as 4GB or 512MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class SqlSettings(BaseModel):
+    """Bounds on SQL over the lake (``POST /v1/sql`` and ``clew sql``); docs/security.md."""
+
+    # Seconds a ``POST /v1/sql`` query may run; then it is interrupted (code query_timeout).
+    timeout_s: float = Field(default=30.0, gt=0)
+    # Memory all running queries of one process may use together (DuckDB's memory_limit,
+    # split evenly between the ``max_concurrent`` slots); ``None``: a quarter of the RAM.
+    memory_limit: str | None = None
+    # Queries running at once in the HTTP API; one more waits up to ``queue_timeout_s`` for a
+    # slot, then gets 503 with Retry-After.
+    max_concurrent: int = Field(default=4, ge=1)
+    queue_timeout_s: float = Field(default=2.0, ge=0)
+    # Rows one ``POST /v1/sql`` answer holds; beyond them it says ``"truncated": true``.
+    max_rows: int = Field(default=100_000, ge=1)
+    # DuckDB worker threads per query; ``None``: DuckDB's default (one per core).
+    threads: int | None = Field(default=None, ge=1)
+    # Disk a query may spill to (inside the data dir) once its memory is used up.
+    max_spill: str = "10GB"
+
+    @field_validator("memory_limit", "max_spill")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    def memory_limit_bytes(self) -> int:
+        """``memory_limit`` in bytes (a quarter of this machine's RAM when unset)."""
+        if self.memory_limit is None:
+            return _physical_memory() // 4
+        return parse_size(self.memory_limit)
+
+
 class MonitorSettings(BaseModel):
     """Volume monitors; see docs/monitoring.md for what each value does."""
 
@@ -352,6 +420,7 @@ class Settings(BaseSettings):
     log: LogSettings = Field(default_factory=LogSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
     stages: StageSettings = Field(default_factory=StageSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
@@ -389,6 +458,11 @@ class Settings(BaseSettings):
         """The lake as a local directory; raises :class:`ObjectStorageUnsupported` when
         ``lake.uri`` is an object-store URI (use :attr:`lake_location`)."""
         return self.lake_location.local_path("this command")
+
+    @property
+    def sql_spill_path(self) -> Path:
+        """Where SQL queries spill to disk: one private directory each, removed after it."""
+        return self.data_dir / "sql-spill"
 
     @property
     def cold_path(self) -> Path:

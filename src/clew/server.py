@@ -23,7 +23,7 @@ from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
-from clew.lake.query import Lake
+from clew.lake.query import Lake, QueryLimits
 from clew.log.factory import open_log
 from clew.monitor import read_status
 from clew.privacy.requests import STATUSES
@@ -67,7 +67,11 @@ class Clew:
         self.log = open_log(settings)
         self.catalog = Catalog(settings.meta_path)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
-        self.lake = Lake(settings.lake_location, settings.cold_location)
+        self.lake = Lake(
+            settings.lake_location,
+            settings.cold_location,
+            QueryLimits.from_settings(settings, settings.sql.max_concurrent),
+        )
         self.lifecycle = LifecycleScheduler(settings, self.log)
         self._counters = CounterStore(settings.state_path)
         self._ledger = StageLedger(settings.state_path)
@@ -110,6 +114,7 @@ class Clew:
             self.privacy.requests,
             self.privacy.wake,
             offload_profiles=settings.store.backend != "sqlite",
+            sql=settings.sql,
         )
         self._stop = threading.Event()
         self._stopping = False

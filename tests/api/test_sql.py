@@ -1,11 +1,23 @@
-"""The read-only SQL endpoint: token auth, read-only enforcement, results."""
+"""The read-only SQL endpoint: token auth, read-only enforcement, results, and its bounds
+(time, memory, concurrency, rows)."""
 
 from __future__ import annotations
 
-import httpx
+import threading
+import time
+from pathlib import Path
 
+import httpx
+import psutil
+import pytest
+
+from clew.config import SqlSettings
 from clew.server import BackgroundServer
-from conftest import WRITE_KEY, lake_count, wait_for
+from conftest import WRITE_KEY, lake_count, make_settings, wait_for
+
+# Never finish in a test's lifetime; GREEDY grows DuckDB's memory while it runs.
+GREEDY = "SELECT i % 1000003 AS k, list(i) FROM range(4000000000) t(i) GROUP BY k"
+ENDLESS = "SELECT sum(i * i % 7) FROM range(4000000000) t(i)"
 
 
 def _send(server: BackgroundServer, n: int) -> None:
@@ -124,3 +136,86 @@ def test_health_reports_stage_errors(server: BackgroundServer) -> None:
     assert health["ok"] is True
     assert health["stages"]["validate"]["errors"] == 1
     assert 'clew_stage_errors_total{stage="validate"} 1' in httpx.get(server.url + "/metrics").text
+
+
+def _bounded_server(tmp_path: Path, **sql: object) -> BackgroundServer:
+    settings = make_settings(
+        tmp_path / "data", sql=SqlSettings.model_validate({"threads": 1, **sql})
+    )
+    return BackgroundServer(settings)
+
+
+def _sql(srv: BackgroundServer, token: str, query: str, timeout: float = 30) -> httpx.Response:
+    return httpx.post(
+        srv.url + "/v1/sql",
+        json={"query": query},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
+
+
+def test_a_query_past_its_timeout_answers_query_timeout_and_frees_its_memory(
+    tmp_path: Path,
+) -> None:
+    with _bounded_server(tmp_path, timeout_s=1.5, memory_limit="4GB", max_concurrent=1) as srv:
+        token = srv.clew.catalog.create_token("analyst")
+        me = psutil.Process()
+        before = me.memory_info().rss
+        started = time.monotonic()
+        r = _sql(srv, token, GREEDY)
+        assert r.status_code == 504 and r.json()["code"] == "query_timeout", r.text
+        assert time.monotonic() - started < 5
+        assert me.memory_info().rss - before < 60 * 2**20
+        assert _sql(srv, token, "SELECT 42").json()["rows"] == [[42]]
+
+
+def test_a_client_that_goes_away_has_its_query_interrupted(tmp_path: Path) -> None:
+    with _bounded_server(tmp_path, timeout_s=120, max_concurrent=1, queue_timeout_s=3) as srv:
+        token = srv.clew.catalog.create_token("analyst")
+        with pytest.raises(httpx.ReadTimeout):
+            _sql(srv, token, ENDLESS, timeout=0.5)
+        # The only slot is free again within moments, not after the two-minute timeout.
+        started = time.monotonic()
+        r = _sql(srv, token, "SELECT 42")
+        assert r.status_code == 200 and r.json()["rows"] == [[42]], r.text
+        assert time.monotonic() - started < 3
+
+
+def test_queries_beyond_max_concurrent_get_503_and_other_routes_stay_fast(
+    tmp_path: Path,
+) -> None:
+    with _bounded_server(tmp_path, timeout_s=10, max_concurrent=2, queue_timeout_s=0.3) as srv:
+        token = srv.clew.catalog.create_token("analyst")
+        ops = srv.clew.catalog.create_token("ops", ["privacy"])
+        answers: list[httpx.Response] = []
+        flood = [
+            threading.Thread(target=lambda: answers.append(_sql(srv, token, ENDLESS)))
+            for _ in range(45)
+        ]
+        for t in flood:
+            t.start()
+        wait_for(lambda: len(answers) >= 43, timeout_s=10)
+        busy = [r for r in answers if r.status_code == 503]
+        assert len(busy) == 43
+        assert busy[0].json()["code"] == "sql_busy" and busy[0].headers["Retry-After"] == "1"
+        # Two queries hold every SQL slot; the rest of the API does not wait for them.
+        for path, headers in (
+            ("/health", {}),
+            ("/v1/privacy/requests", {"Authorization": f"Bearer {ops}"}),
+        ):
+            started = time.monotonic()
+            r = httpx.get(srv.url + path, headers=headers, timeout=5)
+            assert r.status_code == 200, (path, r.text)
+            assert time.monotonic() - started < 0.5, path
+        for t in flood:
+            t.join()
+        assert sorted(r.status_code for r in answers) == [503] * 43 + [504, 504]
+
+
+def test_answers_stop_at_max_rows_and_say_truncated(tmp_path: Path) -> None:
+    with _bounded_server(tmp_path, max_rows=100) as srv:
+        token = srv.clew.catalog.create_token("analyst")
+        r = _sql(srv, token, "SELECT i FROM range(1000) t(i) ORDER BY i")
+        assert r.json()["rows"] == [[i] for i in range(100)] and r.json()["truncated"] is True
+        r = _sql(srv, token, "SELECT i FROM range(100) t(i)")
+        assert len(r.json()["rows"]) == 100 and r.json()["truncated"] is False

@@ -3,16 +3,13 @@ the Profile API."""
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import json
-import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -22,31 +19,13 @@ from clew.api.admin import admin_routes
 from clew.api.audiences import audience_routes
 from clew.api.privacy import privacy_routes
 from clew.api.profiles import profile_routes
+from clew.api.sql import SqlRunner
 from clew.audiences.repository import DefinitionRepository
-from clew.lake.query import Lake, QueryError
+from clew.config import SqlSettings
+from clew.lake.query import Lake
 from clew.privacy.requests import RequestStore
 from clew.sources import Catalog
 from clew.store.base import ProfileStore
-
-MAX_SQL_ROWS = 10_000
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    return value
-
-
-def _rows_json(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
-    return [[_jsonable(v) for v in row] for row in rows]
 
 
 def build_api(
@@ -61,9 +40,12 @@ def build_api(
     privacy_wake: Callable[[], None] | None = None,
     *,
     offload_profiles: bool = False,
+    sql: SqlSettings | None = None,
 ) -> Starlette:
     """The HTTP API. ``offload_profiles``: run Profile API reads in the thread pool (a store
     whose reads are network round trips, such as Redis; see ``profile_routes``)."""
+
+    sql_runner = SqlRunner(lake, sql or SqlSettings())
 
     async def health_endpoint(request: Request) -> Response:
         status = health()
@@ -86,18 +68,7 @@ def build_api(
         include_cold = body.get("include_cold", False)
         if not isinstance(include_cold, bool):
             return error(400, "invalid_include_cold", '"include_cold" must be true or false')
-        try:
-            result = await run_in_threadpool(lake.sql, query, MAX_SQL_ROWS + 1, include_cold)
-        except QueryError as e:
-            return error(400, "invalid_query", str(e))
-        truncated = len(result.rows) > MAX_SQL_ROWS
-        return JSONResponse(
-            {
-                "columns": result.columns,
-                "rows": _rows_json(result.rows[:MAX_SQL_ROWS]),
-                "truncated": truncated,
-            }
-        )
+        return await sql_runner.answer(request, query, include_cold)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(404, "not_found", f"no such endpoint: {request.url.path}")
@@ -105,7 +76,12 @@ def build_api(
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         return error(405, "method_not_allowed", f"{request.method} is not allowed here")
 
-    return Starlette(
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        sql_runner.close()
+
+    api = Starlette(
         routes=[
             Route("/health", health_endpoint, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -120,4 +96,7 @@ def build_api(
             *(privacy_routes(catalog, privacy, privacy_wake) if privacy is not None else []),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
+        lifespan=lifespan,
     )
+    api.state.sql_runner = sql_runner
+    return api

@@ -4,10 +4,18 @@ Each query sees one consistent Delta snapshot per table (the latest when the con
 made), even while the lake stage appends or compacts. Only SELECT-like statements run, and
 DuckDB's access to files and settings is locked before the user's SQL does, so a query can
 read the lake tables and nothing else.
+
+Each query is bounded (:class:`QueryLimits`): DuckDB's memory limit and threads, and a spill
+directory of its own, made for it and removed after it, so that no query reads what another
+spilled. A query can be interrupted from another thread (:class:`Interrupt`), and one that runs
+past its timeout is.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
 
+    from clew.config import Settings
     from clew.lake._storage import LakeLocation, TableLocation
 
 # duckdb, deltalake and pyarrow are imported on first use: together they are most of an idle
@@ -25,10 +34,68 @@ class QueryError(ValueError):
     """The query cannot run; the message is DuckDB's or says what is not allowed."""
 
 
+class QueryInterrupted(QueryError):
+    """The query was stopped before it finished: it ran past its timeout, or the one who asked
+    for it (an HTTP client that went away) interrupted it. Its memory and spill are freed."""
+
+
 @dataclass(slots=True)
 class QueryResult:
+    """``rows``: at most the ``max_rows`` asked for; ``truncated``: the query had more.
+    ``left_out`` counts those more rows when the caller asked for the count, else ``None``."""
+
     columns: list[str]
     rows: list[tuple[Any, ...]]
+    truncated: bool = False
+    left_out: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """What one query may use. ``memory_bytes``: DuckDB's ``memory_limit``; ``threads``:
+    DuckDB's worker threads (``None``: one per core); ``spill_root``: the directory under which
+    each query gets a private spill directory (``None``: no spilling, a query that needs more
+    memory fails); ``max_spill``: DuckDB's ``max_temp_directory_size`` per query."""
+
+    memory_bytes: int | None = None
+    threads: int | None = None
+    spill_root: Path | None = None
+    max_spill: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, concurrent: int = 1) -> QueryLimits:
+        """The ``sql`` settings for one of ``concurrent`` queries that may run at once: each
+        gets an equal share of ``sql.memory_limit``, so together they stay within it."""
+        sql = settings.sql
+        return cls(
+            memory_bytes=max(sql.memory_limit_bytes() // concurrent, 1),
+            threads=sql.threads,
+            spill_root=settings.sql_spill_path,
+            max_spill=sql.max_spill,
+        )
+
+
+class Interrupt:
+    """Stops one query from another thread. :meth:`interrupt` before the query starts makes it
+    refuse to start; during it, DuckDB stops at its next check (milliseconds) and the query
+    raises :class:`QueryInterrupted`; after it, nothing happens."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self.interrupted = False
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self.interrupted = True
+            if self._conn is not None:
+                self._conn.interrupt()
+
+    def _attach(self, conn: duckdb.DuckDBPyConnection | None) -> None:
+        with self._lock:
+            if conn is not None and self.interrupted:
+                raise QueryInterrupted("the query was interrupted before it started")
+            self._conn = conn
 
 
 def _sql_string(value: str) -> str:
@@ -150,31 +217,53 @@ _DERIVED_VIEWS = (
 class Lake:
     """The lake at ``root`` (a directory or a :class:`LakeLocation` on object storage);
     ``cold_root`` is its cold tier (``Settings.cold_location``), read only by queries that
-    ask for it."""
+    ask for it. ``limits`` bound every query :meth:`sql` runs (none: DuckDB's defaults for
+    memory and threads, and no spilling)."""
 
     def __init__(
-        self, root: Path | LakeLocation, cold_root: Path | LakeLocation | None = None
+        self,
+        root: Path | LakeLocation,
+        cold_root: Path | LakeLocation | None = None,
+        limits: QueryLimits | None = None,
     ) -> None:
         from clew.lake._storage import as_location
 
         self.location = as_location(root)
         self.cold_location = as_location(cold_root) if cold_root is not None else None
+        self.limits = limits or QueryLimits()
 
     def tables(self) -> list[str]:
         return [name for name, _, _ in _queryable() if self.location.table(name).exists()]
 
-    def connect(self, include_cold: bool = False) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with one view per lake table, locked down to reading them.
+    def connect(
+        self, include_cold: bool = False, spill_dir: Path | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection with one view per lake table, locked down to reading them,
+        within this lake's memory and thread limits.
 
         A table that does not exist yet is an empty view of its schema, so queries written
         against a fresh install run and return nothing instead of failing. ``include_cold``
-        makes each tiered table the union of its warm and cold rows."""
+        makes each tiered table the union of its warm and cold rows. ``spill_dir``: where the
+        connection may spill (the caller's to remove; DuckDB always lets a connection read its
+        own spill directory, so it must hold nothing else); ``None``: no spilling."""
         import duckdb
 
         cold = self.cold_location if include_cold else None
         if include_cold and cold is None:
             raise QueryError("this lake has no cold tier configured")
-        conn = duckdb.connect(":memory:")
+        config: dict[str, str | bool | int | float | list[str]] = {
+            # DuckDB's default spills to `.tmp` under the working directory and lets every
+            # query read it; an empty directory turns spilling off.
+            "temp_directory": str(spill_dir.resolve()) if spill_dir is not None else "",
+        }
+        limits = self.limits
+        if limits.memory_bytes is not None:
+            config["memory_limit"] = f"{limits.memory_bytes}B"
+        if limits.threads is not None:
+            config["threads"] = limits.threads
+        if spill_dir is not None and limits.max_spill is not None:
+            config["max_temp_directory_size"] = limits.max_spill
+        conn = duckdb.connect(":memory:", config=config)
         register_tables(conn, self.location, cold)
         conn.execute("SET TimeZone = 'UTC'")
         # Views over object storage are registered Arrow datasets: DuckDB needs no file
@@ -187,8 +276,23 @@ class Lake:
         return conn
 
     def sql(
-        self, query: str, max_rows: int | None = None, include_cold: bool = False
+        self,
+        query: str,
+        max_rows: int | None = None,
+        include_cold: bool = False,
+        *,
+        count_rest: bool = False,
+        timeout_s: float | None = None,
+        interrupt: Interrupt | None = None,
     ) -> QueryResult:
+        """Run a read-only ``query`` within this lake's limits; raise :class:`QueryError` when
+        it cannot run and :class:`QueryInterrupted` when it is stopped.
+
+        At most ``max_rows`` rows are returned (``truncated`` says whether there were more;
+        with ``count_rest`` the rest are counted, streamed, into ``left_out``). A query still
+        running after ``timeout_s`` seconds is interrupted; so is one whose ``interrupt`` is
+        triggered. Either way its memory and its spill directory are freed before this
+        returns."""
         import duckdb
 
         read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -204,16 +308,61 @@ class Lake:
                     "only read-only queries (SELECT, WITH, EXPLAIN) are allowed, "
                     f"not {st.type.name}"
                 )
-        conn = self.connect(include_cold)
+        interrupt = interrupt or Interrupt()
+        spill_dir = self._make_spill_dir()
+        timer = None
         try:
-            result = None
-            for st in statements:
-                result = conn.execute(st)
-            assert result is not None
-            columns = [d[0] for d in result.description or []]
-            rows = result.fetchmany(max_rows) if max_rows is not None else result.fetchall()
-            return QueryResult(columns, rows)
-        except duckdb.Error as e:
-            raise QueryError(str(e)) from None
+            conn = self.connect(include_cold, spill_dir)
+            try:
+                interrupt._attach(conn)
+                if timeout_s is not None:
+                    timer = threading.Timer(timeout_s, interrupt.interrupt)
+                    timer.daemon = True
+                    timer.start()
+                return _run(conn, statements, max_rows, count_rest)
+            except duckdb.InterruptException:
+                why = f"ran past its {timeout_s:g} s timeout" if timeout_s is not None else ""
+                raise QueryInterrupted(
+                    f"the query was interrupted{' (' + why + ')' if why else ''}; "
+                    "narrow it (a filter on the partition date, fewer columns, a LIMIT)"
+                ) from None
+            except duckdb.Error as e:
+                raise QueryError(str(e)) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                interrupt._attach(None)
+                conn.close()
         finally:
-            conn.close()
+            if spill_dir is not None:
+                shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def _make_spill_dir(self) -> Path | None:
+        root = self.limits.spill_root
+        if root is None:
+            return None
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="query-", dir=root))
+
+
+def _run(
+    conn: duckdb.DuckDBPyConnection,
+    statements: list[Any],
+    max_rows: int | None,
+    count_rest: bool,
+) -> QueryResult:
+    result = None
+    for st in statements:
+        result = conn.execute(st)
+    assert result is not None
+    columns = [d[0] for d in result.description or []]
+    if max_rows is None:
+        return QueryResult(columns, result.fetchall())
+    rows = result.fetchmany(max_rows + 1)
+    truncated = len(rows) > max_rows
+    left_out = None
+    if count_rest:
+        left_out = len(rows) - max_rows if truncated else 0
+        while truncated and (chunk := result.fetchmany(10_000)):
+            left_out += len(chunk)
+    return QueryResult(columns, rows[:max_rows], truncated, left_out)
