@@ -39,6 +39,11 @@ INSTALL = "pip install 'clew[spark]'"
 
 LOCAL_MASTER = "local[*]"
 
+# S3A options set on the running session, never as launch settings: pyspark hands launch
+# settings to spark-submit as `--conf` arguments, which every local user can read in the
+# JVM's /proc/PID/cmdline.
+S3A_CREDENTIALS = ("fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token")
+
 
 class SparkUnavailableError(RuntimeError):
     """Spark cannot run here (no pyspark, no Java, no Delta jars); the message names the
@@ -155,8 +160,9 @@ def build_session(
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
     }
-    if storage is not None:
-        settings.update({f"spark.hadoop.{k}": v for k, v in s3a_options(storage).items()})
+    s3a = s3a_options(storage) if storage is not None else {}
+    credentials = {k: v for k, v in s3a.items() if k in S3A_CREDENTIALS}
+    settings.update({f"spark.hadoop.{k}": v for k, v in s3a.items() if k not in credentials})
     if local:
         # One machine: as many partitions as cores (the defaults, 200 shuffle partitions and
         # 50 for rebuilding a Delta table's state, are for clusters and cost seconds here).
@@ -176,5 +182,10 @@ def build_session(
     for key, value in settings.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    if credentials:
+        # Spark ships the driver's Hadoop configuration with every file task.
+        hadoop = session.sparkContext._jsc.hadoopConfiguration()
+        for key, value in credentials.items():
+            hadoop.set(key, value)
     session.sparkContext.setLogLevel("ERROR")
     return session
