@@ -90,10 +90,12 @@ def add(
 ) -> None:
     """Add a webhook destination (repeat --category, --event, --change, --audience, --trait
     for several values; --event '*' is every event, the default)."""
-    from clew.destinations import DestinationError, parse_destination
-    from clew.destinations.config import read_mapping
+    from clew.destinations import DestinationDirectory, DestinationError, parse_destination
+    from clew.destinations.addresses import check_url
+    from clew.destinations.config import destinations_dir, read_mapping
 
-    directory, _ = _open(data_dir, config)
+    settings = settings_from(config, data_dir=data_dir)
+    directory = DestinationDirectory(destinations_dir(settings.data_dir))
     options: dict[str, Any] = {
         "url": url,
         "secret": secret,
@@ -117,6 +119,7 @@ def add(
             if url is None:
                 raise fail("--url is required (or --file with the settings)", 2)
             destination = parse_destination({"name": name, **given}, "destination")
+        check_url(destination.url, settings.destinations.block_private_networks)
         path = directory.save(destination, replace=replace)
     except DestinationError as exc:
         raise fail(escape(str(exc)), 2) from None

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import httpx
 import msgspec
 
+from clew.destinations.addresses import DestinationAddressError, pin
 from clew.destinations.config import DestinationConfig, DestinationError
 from clew.destinations.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from clew.events import format_time
@@ -67,8 +68,11 @@ def send_deletion_notice(
     *,
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    block_private_networks: bool = False,
 ) -> NoticeOutcome:
-    """Tell one destination to forget a person; never raises for network trouble."""
+    """Tell one destination to forget a person; never raises for network trouble. The URL's
+    address is checked as for deliveries (clew.destinations.addresses); a refused one is not
+    contacted and the notice fails with the reason."""
     ids, pids = list(identifiers), list(profile_ids)
     notice_id = str(uuid.uuid4())
     try:
@@ -77,7 +81,7 @@ def send_deletion_notice(
         return NoticeOutcome(config.name, False, None, str(exc))
     error: str | None = None
     status: int | None = None
-    with httpx.Client(transport=transport, follow_redirects=False) as client:
+    with httpx.Client(transport=transport, follow_redirects=False, trust_env=False) as client:
         for attempt in range(ATTEMPTS):
             body = notice_body(ids, pids, notice_id, datetime.now(UTC))
             headers = {
@@ -88,18 +92,34 @@ def send_deletion_notice(
             if key is not None:
                 headers[SIGNATURE_HEADER] = sign(key, body)
             try:
-                response = client.post(
-                    config.url, content=body, headers=headers, timeout=config.timeout_s
-                )
-            except httpx.TransportError as exc:
-                status, error = None, f"network error: {exc!r}"
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return NoticeOutcome(config.name, True, status)
-                error = f"HTTP {status}"
-                if status not in _RETRY_STATUS and status < 500:
-                    break
+                status, error = _attempt(client, config, body, headers, block_private_networks)
+            except DestinationAddressError as exc:
+                return NoticeOutcome(config.name, False, None, str(exc))
+            if error is None:
+                return NoticeOutcome(config.name, True, status)
+            if status is not None and status not in _RETRY_STATUS and status < 500:
+                break
             if attempt < ATTEMPTS - 1:
                 sleep(_PAUSES_S[min(attempt, len(_PAUSES_S) - 1)])
     return NoticeOutcome(config.name, False, status, error)
+
+
+def _attempt(
+    client: httpx.Client,
+    config: DestinationConfig,
+    body: bytes,
+    headers: dict[str, str],
+    block_private_networks: bool,
+) -> tuple[int | None, str | None]:
+    """One POST of a notice: its status and, unless it was a 2xx, what went wrong. Raises
+    :class:`DestinationAddressError` when the URL's address may not be reached."""
+    try:
+        target = pin(config.url, block_private_networks)
+    except OSError as exc:
+        return None, f"cannot resolve the URL's host: {exc}"
+    try:
+        response = target.post(client, body, headers, config.timeout_s)
+    except httpx.TransportError as exc:
+        return None, f"network error: {exc!r}"
+    status = response.status_code
+    return status, None if 200 <= status < 300 else f"HTTP {status}"

@@ -37,6 +37,7 @@ _SECRET_RECHECK_S = 5.0
 class Sender:
     """Delivers ``config``'s outbox from a background thread until :meth:`stop`.
 
+    ``block_private_networks``: refuse non-public addresses too (clew.destinations.addresses).
     ``wake`` tells it new records are waiting (it also polls every ``poll_s``); ``update``
     swaps in a changed configuration, used from the next attempt on. ``stop`` does not wait:
     an attempt in flight finishes (or times out) in the background and is still recorded.
@@ -51,8 +52,10 @@ class Sender:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        block_private_networks: bool = False,
     ) -> None:
         self._config = config
+        self._block_private_networks = block_private_networks
         self._path = outbox_path
         self._poll_s = poll_s
         self._transport = transport
@@ -95,7 +98,8 @@ class Sender:
 
     def _run(self) -> None:
         outbox = Outbox(self._path)
-        client = httpx.Client(transport=self._transport, follow_redirects=False)
+        # No proxy from the environment: the address checked must be the one connected to.
+        client = httpx.Client(transport=self._transport, follow_redirects=False, trust_env=False)
         failures = 0
         try:
             while not self._stop.is_set():
@@ -152,7 +156,15 @@ class Sender:
         first = batch.first_attempt_ms if batch.first_attempt_ms is not None else started
         payloads = outbox.payloads(batch)
         body = build_body(payloads, datetime.fromtimestamp(started / 1000, UTC))
-        answer = post(client, config.url, body, batch.delivery_id, key, config.timeout_s)
+        answer = post(
+            client,
+            config.url,
+            body,
+            batch.delivery_id,
+            key,
+            config.timeout_s,
+            self._block_private_networks,
+        )
         now = self._now_ms()
         if answer.outcome == DELIVERED:
             outbox.finish(batch, DELIVERED, first, answer.status, None, now)

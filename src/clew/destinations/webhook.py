@@ -9,7 +9,8 @@ stop replays of a captured request.
 
 Answers: 2xx delivers the batch. Network errors, timeouts, 408, 429 and 5xx are retried
 (honouring ``Retry-After``). Any other answer (3xx, since redirects are not followed, and
-4xx) is final: the batch goes to the dead-letter store at once.
+4xx) is final: the batch goes to the dead-letter store at once, as is a URL whose host is or
+resolves to an address destinations may not reach (clew.destinations.addresses).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from clew.destinations.addresses import DestinationAddressError, pin
 from clew.destinations.outbox import join_array
 from clew.events import format_time
 
@@ -63,8 +65,17 @@ def post(
     delivery_id: str,
     key: bytes | None,
     timeout_s: float,
+    block_private_networks: bool = False,
 ) -> Answer:
-    """Send one attempt and classify the answer (never raises for network trouble)."""
+    """Send one attempt and classify the answer (never raises for network trouble). The URL's
+    host is resolved and checked first (:func:`clew.destinations.addresses.pin`); a refused
+    address is a final ``refused`` answer, a name that does not resolve a ``retry``."""
+    try:
+        target = pin(url, block_private_networks)
+    except DestinationAddressError as exc:
+        return Answer("refused", None, str(exc))
+    except OSError as exc:
+        return Answer("retry", None, f"cannot resolve the URL's host: {exc}")
     headers = {
         "Content-Type": "application/json",
         "User-Agent": _USER_AGENT,
@@ -73,7 +84,7 @@ def post(
     if key is not None:
         headers[SIGNATURE_HEADER] = sign(key, body)
     try:
-        response = client.post(url, content=body, headers=headers, timeout=timeout_s)
+        response = target.post(client, body, headers, timeout_s)
     except httpx.TimeoutException:
         return Answer("retry", None, f"no answer within {timeout_s:g} s")
     except httpx.TransportError as exc:

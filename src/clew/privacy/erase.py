@@ -423,7 +423,12 @@ class _Eraser:
         configs, _ = DestinationDirectory(destinations_dir(self.settings.data_dir)).load()
         wanted = [c for c in configs.values() if c.deletion_notices]
         outcomes = [
-            send_deletion_notice(c, self.subject.identifiers, self.subject.profile_ids)
+            send_deletion_notice(
+                c,
+                self.subject.identifiers,
+                self.subject.profile_ids,
+                block_private_networks=self.settings.destinations.block_private_networks,
+            )
             for c in wanted
         ]
         sent = [o for o in outcomes if o.delivered]

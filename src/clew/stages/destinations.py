@@ -62,7 +62,9 @@ class DestinationsStage(Stage):
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
         poll_s: float = POLL_S,
+        block_private_networks: bool = False,
     ) -> None:
+        self._block_private_networks = block_private_networks
         self._dir = DestinationDirectory(destinations_dir(data_dir))
         self._outbox_path = outbox_path(data_dir)
         self._outbox = Outbox(self._outbox_path)
@@ -199,6 +201,7 @@ class DestinationsStage(Stage):
                     poll_s=self._poll_s,
                     transport=self._transport,
                     clock=self._clock,
+                    block_private_networks=self._block_private_networks,
                 )
                 self._senders[name] = sender
                 sender.start()

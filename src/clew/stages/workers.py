@@ -132,7 +132,10 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "destinations":
         from clew.stages.destinations import DestinationsStage
 
-        destinations = DestinationsStage(settings.data_dir)
+        destinations = DestinationsStage(
+            settings.data_dir,
+            block_private_networks=settings.destinations.block_private_networks,
+        )
         return destinations, [destinations.shutdown]
     raise UnknownStageError(name)
 
