@@ -178,7 +178,7 @@ def story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speed: float) -> Iter
     catalog = Catalog(settings.meta_path)
     try:
         catalog.create_source("shop", WRITE_KEY)
-        token = catalog.create_token("support")
+        token = catalog.create_token("support", ["profiles", "admin"])
     finally:
         catalog.close()
     DefinitionRepository(settings.data_dir).push(load_file(DEFINITIONS))

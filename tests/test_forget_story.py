@@ -87,7 +87,7 @@ class Story:
         self.server = server
         self.hook = hook
         self.http = httpx.Client(base_url=server.url, timeout=10)
-        token = server.clew.catalog.create_token("dpo")
+        token = server.clew.catalog.create_token("dpo", ["profiles", "privacy"])
         self.headers = {"Authorization": f"Bearer {token}"}
         self.lake = Lake(settings.lake_path, settings.cold_path)
 

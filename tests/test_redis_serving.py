@@ -105,7 +105,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Ite
     catalog = Catalog(settings.meta_path)
     try:
         catalog.create_source("shop", WRITE_KEY)
-        token = catalog.create_token("support")
+        token = catalog.create_token("support", ["profiles", "admin", "privacy"])
     finally:
         catalog.close()
     open_repository(settings).push(

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from clew.cli_audiences import audiences_app
 from clew.cli_common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
+from clew.cli_credentials import sources_app, tokens_app
 from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
 from clew.cli_identity import identity_app
@@ -27,10 +28,6 @@ app = typer.Typer(
     help="Clew, an open-source customer data platform.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-)
-sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
-tokens_app = typer.Typer(
-    help="Access tokens for SQL and the Admin/Profile APIs.", no_args_is_help=True
 )
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
@@ -150,74 +147,6 @@ def worker(
         run_worker(settings, stage)
     except UnknownStageError as e:
         raise fail(str(e), 2) from None
-
-
-@sources_app.command("create")
-def sources_create(
-    name: str,
-    write_key: Annotated[
-        str | None, typer.Option("--write-key", help="Use this key instead of a random one.")
-    ] = None,
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-) -> None:
-    """Create a source and print its write key."""
-    from clew.sources import Catalog, CatalogError
-
-    settings = settings_from(config, data_dir=data_dir)
-    catalog = Catalog(settings.meta_path)
-    try:
-        src = catalog.create_source(name, write_key)
-    except CatalogError as e:
-        raise fail(str(e)) from None
-    finally:
-        catalog.close()
-    print(src.write_key)
-
-
-@sources_app.command("list")
-def sources_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """List sources with their write keys."""
-    from clew.sources import Catalog
-
-    settings = settings_from(config, data_dir=data_dir)
-    catalog = Catalog(settings.meta_path)
-    try:
-        table = Table("name", "id", "write key")
-        for s in catalog.sources():
-            table.add_row(s.name, s.id, s.write_key)
-        console.print(table)
-    finally:
-        catalog.close()
-
-
-@tokens_app.command("create")
-def tokens_create(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Create an access token and print it (it is shown only once)."""
-    from clew.sources import Catalog, CatalogError
-
-    settings = settings_from(config, data_dir=data_dir)
-    catalog = Catalog(settings.meta_path)
-    try:
-        print(catalog.create_token(name))
-    except CatalogError as e:
-        raise fail(str(e)) from None
-    finally:
-        catalog.close()
-
-
-@tokens_app.command("list")
-def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """List token names (tokens themselves are not stored)."""
-    from clew.sources import Catalog
-
-    settings = settings_from(config, data_dir=data_dir)
-    catalog = Catalog(settings.meta_path)
-    try:
-        for n in catalog.token_names():
-            print(n)
-    finally:
-        catalog.close()
 
 
 # Rows `clew sql` prints as a table unless --limit says otherwise.

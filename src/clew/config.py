@@ -405,6 +405,14 @@ class MonitorSettings(BaseModel):
         return MonitorPolicy(**fields, grace=timedelta(minutes=self.grace_minutes))
 
 
+class MetricsSettings(BaseModel):
+    """``require_token``: ``/metrics`` needs an access token with the ``metrics`` scope (what
+    Prometheus sends as ``bearer_token``), and ``/health`` tells only ``ok``/``status``
+    without one. Off by default: ``/metrics`` names sources, events and destinations."""
+
+    require_token: bool = False
+
+
 class Settings(BaseSettings):
     """Clew configuration. Environment: ``CLEW_DATA_DIR``, ``CLEW_PORT``, and nested values as
     ``CLEW_LIMITS__MAX_BATCH_EVENTS`` and so on."""
@@ -427,6 +435,7 @@ class Settings(BaseSettings):
     clock: ClockSettings = Field(default_factory=ClockSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @property
     def log_path(self) -> Path:

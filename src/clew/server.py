@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 import uvloop
+from starlette.applications import Starlette
 
 from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
@@ -115,6 +116,7 @@ class Clew:
             self.privacy.wake,
             offload_profiles=settings.store.backend != "sqlite",
             sql=settings.sql,
+            metrics_token=settings.metrics.require_token,
         )
         self._stop = threading.Event()
         self._stopping = False
@@ -122,6 +124,11 @@ class Clew:
             target=self._schedule, name="clew-scheduler", daemon=True
         )
         self.started_at = time.time()
+
+    @property
+    def api(self) -> Starlette:
+        """The HTTP APIs other than the Tracking API; its ``routes`` list every endpoint."""
+        return self._api
 
     def stage_alive(self) -> dict[str, bool]:
         if self.stage_mode == "thread":

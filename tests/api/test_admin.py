@@ -23,7 +23,7 @@ def _plan(schema: dict[str, object]) -> dict[str, object]:
 
 
 def test_publish_list_get_and_refuse_breaking_changes(server: BackgroundServer) -> None:
-    token = server.clew.catalog.create_token("admin")
+    token = server.clew.catalog.create_token("admin", ["admin"])
     h = {"Authorization": f"Bearer {token}"}
     base = server.url + "/v1/admin/sources/web"
     assert httpx.get(base + "/schemas").status_code == 401

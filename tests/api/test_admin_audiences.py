@@ -55,7 +55,7 @@ class Admin:
 def admin(tmp_path: Path) -> Iterator[Admin]:
     catalog = Catalog(tmp_path / "meta.db")
     catalog.create_source("tests", WRITE_KEY)
-    token = catalog.create_token("admin")
+    token = catalog.create_token("admin", ["admin"])
     store = MemoryProfileStore()
     app = Starlette(routes=audience_routes(catalog, DefinitionRepository(tmp_path), store))
     yield Admin(app, token, store)
@@ -139,7 +139,7 @@ def test_invalid_json_is_a_400(admin: Admin) -> None:
 
 
 def test_clew_serve_mounts_the_routes_on_its_data_dir(server: BackgroundServer) -> None:
-    token = server.clew.catalog.create_token("admin")
+    token = server.clew.catalog.create_token("admin", ["admin"])
     h = {"Authorization": f"Bearer {token}"}
     r = httpx.put(f"{server.url}{BASE}/ltv", json=LTV, headers=h)
     assert r.status_code == 200, r.text

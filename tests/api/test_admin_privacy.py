@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> Iterator[RequestStore]:
 def api(tmp_path: Path, store: RequestStore, woken: list[int]) -> Iterator[Api]:
     catalog = Catalog(tmp_path / "meta.db")
     catalog.create_source("tests", WRITE_KEY)
-    token = catalog.create_token("dpo")
+    token = catalog.create_token("dpo", ["privacy"])
     app = Starlette(routes=privacy_routes(catalog, store, lambda: woken.append(1)))
     yield Api(app, token)
     catalog.close()

@@ -109,7 +109,7 @@ def _headers_like(headers: tuple[tuple[str, bytes], ...], n: int) -> tuple[tuple
 
 
 def _token(server: BackgroundServer) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.clew.catalog.create_token('dpo')}"}
+    return {"Authorization": f"Bearer {server.clew.catalog.create_token('dpo', ['privacy'])}"}
 
 
 def test_a_deletion_finishes_and_verifies_clean_despite_malformed_records(

@@ -1,4 +1,4 @@
-"""Admin API for tracking plans and the schema registry (access token required).
+"""Admin API for tracking plans and the schema registry (access token with the `admin` scope).
 
 - ``GET  /v1/admin/sources/{source}/schemas`` — subjects with their latest version
 - ``GET  /v1/admin/sources/{source}/schemas/{subject}/versions/{version}`` — one schema
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from clew.api._auth import check_token, error
-from clew.sources import Catalog
+from clew.sources import ADMIN, Catalog
 
 
 def _change(subject: str, c: Any) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
         handler: Callable[[Request], Any],
     ) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
-            refused = check_token(request, catalog)
+            refused = check_token(request, catalog, ADMIN)
             if refused is not None:
                 return refused
             result: Response = await handler(request)

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from clew.api._auth import check_token, error
+from clew.api._auth import check_token, error, holds_scope
 from clew.api.admin import admin_routes
 from clew.api.audiences import audience_routes
 from clew.api.privacy import privacy_routes
@@ -24,8 +24,14 @@ from clew.audiences.repository import DefinitionRepository
 from clew.config import SqlSettings
 from clew.lake.query import Lake
 from clew.privacy.requests import RequestStore
-from clew.sources import Catalog
+from clew.sources import METRICS, SQL, Catalog
 from clew.store.base import ProfileStore
+
+
+def public_health(status: dict[str, Any]) -> dict[str, Any]:
+    """What ``/health`` tells a caller without a ``metrics`` token when tokens are required:
+    whether Clew runs and its overall status, nothing naming a stage, source or reason."""
+    return {k: status[k] for k in ("ok", "status") if k in status}
 
 
 def build_api(
@@ -41,21 +47,32 @@ def build_api(
     *,
     offload_profiles: bool = False,
     sql: SqlSettings | None = None,
+    metrics_token: bool = False,
 ) -> Starlette:
     """The HTTP API. ``offload_profiles``: run Profile API reads in the thread pool (a store
-    whose reads are network round trips, such as Redis; see ``profile_routes``)."""
+    whose reads are network round trips, such as Redis; see ``profile_routes``).
+
+    ``metrics_token`` (``metrics.require_token``): ``/metrics`` needs a ``metrics``-scoped
+    token, and ``/health`` answers only ``ok`` and ``status`` without one."""
 
     sql_runner = SqlRunner(lake, sql or SqlSettings())
 
     async def health_endpoint(request: Request) -> Response:
         status = health()
-        return JSONResponse(status, status_code=200 if status.get("ok") else 503)
+        code = 200 if status.get("ok") else 503
+        if metrics_token and not holds_scope(request, catalog, METRICS):
+            status = public_health(status)
+        return JSONResponse(status, status_code=code)
 
     async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token:
+            refused = check_token(request, catalog, METRICS)
+            if refused is not None:
+                return refused
         return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
 
     async def sql_endpoint(request: Request) -> Response:
-        refused = check_token(request, catalog)
+        refused = check_token(request, catalog, SQL)
         if refused is not None:
             return refused
         try:

@@ -1,4 +1,4 @@
-"""Admin API for computed-trait and audience definitions (access token required); see
+"""Admin API for computed-trait and audience definitions (access token with the `admin` scope); see
 docs/audiences.md.
 
 - ``GET    /v1/admin/audiences`` — every definition: type, name, fingerprint, source
@@ -32,7 +32,7 @@ from clew.audiences.repository import (
     kind_of,
 )
 from clew.audiences.status import audience_size, backfill_state
-from clew.sources import Catalog
+from clew.sources import ADMIN, Catalog
 from clew.store.base import ProfileStore
 
 
@@ -42,7 +42,7 @@ def audience_routes(
     """The routes, for ``Starlette(routes=…)``. ``profiles`` (None: sizes and backfill states
     are left out) is read in the thread pool, as a size reads every profile."""
 
-    guarded = token_guard(catalog)
+    guarded = token_guard(catalog, ADMIN)
 
     def describe(definition: Definition, size: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Admin API for data-subject requests (access token required); see docs/privacy.md.
+"""Admin API for data-subject requests (access token with the `privacy` scope); see docs/privacy.md.
 
 - ``POST /v1/privacy/requests`` — queue a request: ``{"type": "delete", "identifier":
   "email:ada@x.test", "since": ISO?, "until": ISO?}`` → 202 ``{"id", "status"}``. Segment's
@@ -32,7 +32,7 @@ from clew.privacy.requests import (
     RequestStore,
     parse_identifier,
 )
-from clew.sources import Catalog
+from clew.sources import PRIVACY, Catalog
 
 # Segment's regulation types Clew can honour, and its subject types.
 SEGMENT_TYPES = {
@@ -51,7 +51,7 @@ def privacy_routes(
     """The routes, for ``Starlette(routes=…)``; ``wake`` tells the runner a request is
     waiting (otherwise it finds it at its next poll)."""
 
-    guarded = token_guard(catalog)
+    guarded = token_guard(catalog, PRIVACY)
 
     async def create(request: Request) -> Response:
         try:

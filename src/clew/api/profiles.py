@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from clew.api._auth import check_token_or_basic, error
 from clew.events import parse_time
 from clew.identity.identifiers import normalise_identifier
-from clew.sources import Catalog
+from clew.sources import PROFILES, Catalog
 from clew.store.base import Profile, ProfileStore, Provenance, StoredEvent, Traits
 
 DEFAULT_LIMIT = 10
@@ -81,7 +81,7 @@ def profile_routes(
 
     def route(path: str, handler: _Handler, paged: bool = True) -> Route:
         async def endpoint(request: Request) -> Response:
-            refused = check_token_or_basic(request, catalog)
+            refused = check_token_or_basic(request, catalog, PROFILES)
             if refused is not None:
                 return refused
             try:

@@ -19,14 +19,16 @@ from typing import Any
 import msgspec
 import uvicorn
 import uvloop
+from starlette.requests import Request
 
+from clew.api._auth import check_token
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.http_limits import uvicorn_config
 from clew.log.base import Log
 from clew.log.factory import open_log
 from clew.privacy.suppression import Suppression
-from clew.sources import DEFAULT_SOURCE, Catalog, CatalogError, Source
+from clew.sources import DEFAULT_SOURCE, METRICS, Catalog, CatalogError, Source
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +67,19 @@ class CollectorProcess:
             body = msgspec.json.encode(self.health())
             await _respond(send, 200 if self.collector.accepting else 503, body, "application/json")
         elif path == "/metrics":
+            if self.settings.metrics.require_token:
+                refused = check_token(Request(scope), self.catalog, METRICS)
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
             body = self.metrics_text().encode()
             await _respond(send, 200, body, "text/plain; version=0.0.4")
         else:
             await _respond(send, 404, _NOT_FOUND, "application/json")
 
     def health(self) -> dict[str, Any]:
-        """``ok`` while the collector accepts events (false once it is shutting down)."""
+        """``ok`` while the collector accepts events (false once it is shutting down). It names
+        no source or event, so it needs no token even with ``metrics.require_token``."""
         return {
             "ok": self.collector.accepting,
             "role": "collector",

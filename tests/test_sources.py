@@ -1,0 +1,166 @@
+"""The catalog: scoped, expiring, revocable tokens; write keys rotated with a grace period or
+removed; source names unique ignoring case; a catalog from before scopes migrated in place.
+
+Two :class:`Catalog` objects on one ``meta.db`` stand for two processes (each has its own
+connection and its own key cache)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from clew.sources import (
+    ADMIN,
+    DEFAULT_SCOPES,
+    KEY_RECHECK_S,
+    PROFILES,
+    SCOPES,
+    SQL,
+    Catalog,
+    CatalogError,
+    parse_scopes,
+)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[tuple[Catalog, Catalog]]:
+    """Two handles on one catalog, as two processes (or machines sharing it) would hold."""
+    a, b = Catalog(tmp_path / "meta.db"), Catalog(tmp_path / "meta.db")
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _seconds_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, "never happened"
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def test_scopes_default_to_reads_and_all_means_every_scope() -> None:
+    assert parse_scopes([]) == DEFAULT_SCOPES == (SQL, PROFILES)
+    assert parse_scopes(["all"]) == SCOPES
+    assert parse_scopes(["admin,SQL", "admin"]) == (SQL, ADMIN)
+    with pytest.raises(CatalogError, match="unknown scope write; choose from sql"):
+        parse_scopes(["write"])
+
+
+def test_a_token_holds_its_scopes_until_it_expires(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    reader = a.create_token("reader")
+    found = b.token_for(reader)
+    assert found is not None and found.scopes == {SQL, PROFILES} and not found.legacy
+    short = a.create_token("short", [ADMIN], expires_in_s=0.2)
+    assert b.verify_token(short)
+    time.sleep(0.25)
+    assert not b.verify_token(short)
+    with pytest.raises(CatalogError, match="already exists"):
+        a.create_token("reader", ["all"])
+
+
+def test_a_revoked_token_fails_at_once_in_every_process(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    token = a.create_token("ci", ["all"])
+    assert b.verify_token(token)
+    a.revoke_token("ci")
+    assert not b.verify_token(token) and b.token_for(token) is None
+    with pytest.raises(CatalogError, match="no token named 'ci'"):
+        a.revoke_token("ci")
+
+
+def test_last_use_is_recorded_and_the_secret_never_is(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "meta.db")
+    token = catalog.create_token("ci")
+    assert catalog.tokens()[0].last_used_at is None
+    before = time.time()
+    assert catalog.verify_token(token)
+    used = catalog.tokens()[0].last_used_at
+    assert used is not None and used >= before
+    catalog.close()
+    assert token.encode() not in (tmp_path / "meta.db").read_bytes()
+
+
+def test_a_catalog_from_before_scopes_keeps_its_tokens_working(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE sources (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                              write_key TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
+        CREATE TABLE tokens (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
+                             created_at REAL NOT NULL);
+        """
+    )
+    old.execute("INSERT INTO sources VALUES ('src_1', 'web', 'old-web-key', 1.0)")
+    digest = hashlib.sha256(b"clew_from_last_year").hexdigest()
+    old.execute("INSERT INTO tokens VALUES ('ops', ?, 2.0)", (digest,))
+    old.commit()
+    old.close()
+
+    catalog = Catalog(path)
+    try:
+        found = catalog.token_for("clew_from_last_year")
+        assert found is not None and found.legacy and found.scopes == set(SCOPES)
+        src = catalog.source_for_key("old-web-key")
+        assert src is not None and src.name == "web"
+        new = catalog.create_token("new")
+        assert catalog.token_for(new).scopes == set(DEFAULT_SCOPES)  # type: ignore[union-attr]
+    finally:
+        catalog.close()
+    Catalog(path).close()  # a second opening finds the schema migrated already
+
+
+def test_a_rotated_key_stops_within_a_second_everywhere(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    old = a.create_source("web").write_key
+    assert b.source_for_key(old) is not None  # cached by the other process
+    new = a.rotate_write_key("WEB").write_key
+    assert new != old and b.source_for_key(new) is not None
+    assert _seconds_until(lambda: b.source_for_key(old) is None) <= KEY_RECHECK_S + 0.1 < 1
+
+
+def test_the_old_key_works_through_the_grace_period_only(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    old = a.create_source("web").write_key
+    rotated = a.rotate_write_key("web", grace_s=0.6)
+    current = b.source_for_key(rotated.write_key)
+    assert current is not None and b.source_for_key(old) == current
+    waited = _seconds_until(lambda: b.source_for_key(old) is None)
+    assert 0.45 <= waited <= 0.6 + KEY_RECHECK_S
+    assert b.source_for_key(rotated.write_key) is not None
+
+
+def test_a_removed_source_keeps_its_events_name_but_not_its_key(
+    two: tuple[Catalog, Catalog],
+) -> None:
+    a, b = two
+    src = a.create_source("web")
+    a.rotate_write_key("web", grace_s=3600)
+    assert b.source_for_key(src.write_key) is not None
+    a.remove_source("web")
+    assert _seconds_until(lambda: b.source_for_key(src.write_key) is None) < 1
+    assert [s.name for s in b.sources(include_removed=False)] == []
+    assert [s.id for s in b.sources()] == [src.id]  # old events still name their source
+    with pytest.raises(CatalogError, match="was removed; its name stays taken"):
+        a.create_source("Web")
+    with pytest.raises(CatalogError, match="already removed"):
+        a.remove_source("web")
+
+
+def test_source_names_are_unique_ignoring_case(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "meta.db")
+    try:
+        catalog.create_source("Web")
+        with pytest.raises(CatalogError, match=r"'Web' already exists .*ignoring case"):
+            catalog.create_source("web")
+        with pytest.raises(CatalogError, match="no source named 'ios'"):
+            catalog.rotate_write_key("ios")
+    finally:
+        catalog.close()
