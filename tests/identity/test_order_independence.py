@@ -8,10 +8,11 @@ and restarting at random points (before and after the serving store commits). Th
 
 - the speed layer (the real profiles stage over a SQLite serving store) equals the batch
   layer (``clew rebuild`` over a Delta lake of the same events: its own reconciliation);
-- both equal a small reference model written here, independently of Clew's code: profiles
-  are the connected components of the identifiers events carry together, each profile's id
-  is derived from its most trusted identifier, and totals, seen times and traits are sums,
-  minimums, maximums and latest values over the component's events.
+- both equal a small reference model written here, independently of Clew's code: events
+  applied one by one in event-time order, each joining the profiles of the identifiers it
+  carries unless that would give a profile two user ids (a shared family computer), each
+  profile's id derived from its most trusted identifier, and totals, seen times and traits
+  the sums, minimums, maximums and latest values over the profile's events.
 """
 
 from __future__ import annotations
@@ -65,9 +66,13 @@ class Person:
 @st.composite
 def people(draw: st.DrawFn) -> list[Person]:
     out: list[Person] = []
+    # A family computer: people who share it, each under their own user id, must never be
+    # merged through it (one user id per profile); who keeps it is decided by event time.
     for n in range(draw(st.integers(1, 4))):
         devices = tuple(f"dev-{n}-{d}" for d in range(draw(st.integers(1, 3))))
-        user_id = f"user-{n}" if draw(st.booleans()) else None
+        if draw(st.booleans()):
+            devices += ("family-pc",)
+        user_id = f"user-{n}" if draw(st.integers(0, 3)) else None
         email = f"p{n}@shop.test" if draw(st.booleans()) else None
         out.append(Person(devices, user_id, email))
     return out
@@ -79,7 +84,8 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for p in draw(people()):
         for _ in range(draw(st.integers(1, 6))):
-            device = draw(st.sampled_from(p.devices))
+            shared = "family-pc" in p.devices and draw(st.booleans())
+            device = "family-pc" if shared else draw(st.sampled_from(p.devices))
             kind = draw(st.sampled_from(["page", "identify", "order", "alias", "placeholder"]))
             if kind == "page":
                 events.append({"type": "page", "name": "Home", "anonymousId": device})
@@ -161,30 +167,58 @@ def identifiers_of(event: Mapping[str, Any]) -> list[str]:
 
 
 def model(events: Sequence[Mapping[str, Any]]) -> dict[frozenset[str], Expected]:
-    parent: dict[str, str] = {}
+    """The profiles the events make when applied one by one in event-time order: each
+    event's identifiers, most trusted first, join the profiles that own them unless that
+    would put two user ids in one profile (then the identifier is left out of the event)."""
+    owner: dict[str, int] = {}
+    members: dict[int, set[str]] = {}
+    into: dict[int, int] = {}
+    went: list[int | None] = []
 
-    def root(i: str) -> str:
-        while parent.setdefault(i, i) != i:
-            i = parent[i]
-        return i
+    def live(n: int) -> int:
+        while n in into:
+            n = into[n]
+        return n
+
+    def user_ids(ids: set[str]) -> int:
+        return sum(i.startswith("user_id:") for i in ids)
 
     for event in events:
-        ids = identifiers_of(event)
-        for other in ids[1:]:
-            parent[root(other)] = root(ids[0])
+        ids = sorted(identifiers_of(event), key=lambda i: TRUST[i.split(":")[0]])
+        joined: list[int] = []
+        new: list[str] = []
         for i in ids:
-            root(i)
-    groups: dict[str, set[str]] = {}
-    for i in parent:
-        groups.setdefault(root(i), set()).add(i)
-    out: dict[str, Expected] = {}
-    for event in events:  # event-time order
-        ids = identifiers_of(event)
-        if not ids:
+            held = live(owner[i]) if i in owner else None
+            if held is not None and held in joined:
+                continue
+            have = set(new).union(*(members[n] for n in joined))
+            adding = members[held] if held is not None else {i}
+            if user_ids(have | adding) > 1:
+                continue
+            if held is not None:
+                joined.append(held)
+            else:
+                new.append(i)
+        if not joined and not new:
+            went.append(None)
             continue
-        key = root(ids[0])
+        survivor = joined[0] if joined else len(went)
+        members.setdefault(survivor, set())
+        for n in joined[1:]:
+            members[survivor] |= members.pop(n)
+            into[n] = survivor
+        for i in new:
+            members[survivor].add(i)
+            owner[i] = survivor
+        went.append(survivor)
+
+    out: dict[int, Expected] = {}
+    for event, n in zip(events, went, strict=True):  # event-time order
+        if n is None:
+            continue
+        key = live(n)
         ts = event["timestamp"]
-        p = out.setdefault(key, Expected(frozenset(groups[key]), ts, ts))
+        p = out.setdefault(key, Expected(frozenset(members[key]), ts, ts))
         p.last = ts
         if event.get("event") == "Order Completed":
             p.revenue += event["properties"]["revenue"]
@@ -272,6 +306,7 @@ class Worker:
 class Schedule:
     workers: int
     partitions: int
+    drain_batch: int  # the batch size once the scheduled steps are done
     steps: list[tuple[int, int, str]]  # (worker, batch size, "ok" | "crash" | "crash-after")
 
 
@@ -289,7 +324,7 @@ def schedules(draw: st.DrawFn) -> Schedule:
             max_size=40,
         )
     )
-    return Schedule(workers, partitions, steps)
+    return Schedule(workers, partitions, draw(st.integers(1, 8)), steps)
 
 
 def run_speed_layer(
@@ -306,7 +341,8 @@ def run_speed_layer(
 
     running = [start(w) for w in range(plan.workers)]
     try:
-        steps = [*plan.steps, *((w, 50, "ok") for w in range(plan.workers) for _ in range(40))]
+        drain = ((w, plan.drain_batch, "ok") for _ in range(200) for w in range(plan.workers))
+        steps = [*plan.steps, *drain]
         for w, size, fate in steps:
             stage, consumer = running[w]
             records = consumer.poll(size)
@@ -353,7 +389,7 @@ def store_settings(request: pytest.FixtureRequest) -> Callable[[Path], Settings]
 
 
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -400,3 +436,77 @@ def test_speed_layer_equals_rebuild_equals_model_in_any_order(
 
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+# --- examples ------------------------------------------------------------------------------------
+
+
+def family_pc_events() -> list[dict[str, Any]]:
+    """Ada signs in on the family computer at 10:00, Bob at 10:05; Ada orders from it."""
+
+    def at(minute: int, mid: str, **fields: Any) -> dict[str, Any]:
+        ts = format_time(START + timedelta(minutes=minute))
+        return {"messageId": mid, "timestamp": ts, "receivedAt": ts, "sourceId": "src", **fields}
+
+    return [
+        at(
+            0,
+            "ada-1",
+            type="identify",
+            userId="ada",
+            anonymousId="family-pc",
+            traits={"plan": "pro"},
+        ),
+        at(
+            5,
+            "bob-1",
+            type="identify",
+            userId="bob",
+            anonymousId="family-pc",
+            traits={"plan": "free"},
+        ),
+        at(
+            7,
+            "ada-2",
+            type="track",
+            event="Order Completed",
+            anonymousId="family-pc",
+            properties={"revenue": 30},
+        ),
+    ]
+
+
+@pytest.mark.parametrize("arrival", [[0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0]])
+def test_a_shared_computer_stays_with_who_used_it_first_whatever_arrives_first(
+    tmp_path: Path, arrival: list[int]
+) -> None:
+    events = family_pc_events()
+    settings_ = Settings(data_dir=tmp_path)
+    run_speed_layer(settings_, [events[i] for i in arrival], Schedule(1, 1, 1, []))
+    profiles = {p.profile_id: p for p in speed_profiles(settings_)}
+    ada = profiles[str(uuid.uuid5(NAMESPACE, "user_id:ada"))]
+    bob = profiles[str(uuid.uuid5(NAMESPACE, "user_id:bob"))]
+    assert {f"{e.id_type}:{e.value}" for e in ada.identities} == {
+        "user_id:ada",
+        "anonymous_id:family-pc",
+    }
+    assert {f"{e.id_type}:{e.value}" for e in bob.identities} == {"user_id:bob"}
+    assert ada.computed["orders_count"] == 1 and bob.computed.get("orders_count", 0) == 0
+    assert (ada.traits["plan"], bob.traits["plan"]) == ("pro", "free")
+
+
+def test_a_profile_whose_history_may_be_incomplete_is_not_repaired(tmp_path: Path) -> None:
+    events = family_pc_events()
+    settings_ = Settings(data_dir=tmp_path)
+    settings_.identity.history = 1  # every profile's history is at the cap
+    run_speed_layer(settings_, [events[1], events[0], events[2]], Schedule(1, 1, 1, []))
+    holders = {
+        p.profile_id: {f"{e.id_type}:{e.value}" for e in p.identities}
+        for p in speed_profiles(settings_)
+    }
+    # Bob's late-arriving rival keeps the computer (arrival order), and the rebuild says so.
+    assert "anonymous_id:family-pc" in holders[str(uuid.uuid5(NAMESPACE, "user_id:bob"))]
+    table = to_arrow(EVENTS, [orjson.dumps(e) for e in events])
+    write_deltalake(str(settings_.lake_path / EVENTS.name), table, partition_by=["event_date"])
+    report = rebuild(settings_, dry_run=True)
+    assert report.reconciliation is not None and not report.reconciliation.agree

@@ -91,6 +91,10 @@ class Resolution:
     attached: tuple[Identifier, ...] = ()
     merged_from: tuple[str, ...] = ()
     dropped: tuple[Dropped, ...] = ()
+    # The part of ``dropped`` a rule refused (a limit, a cap, a separation), as opposed to
+    # values extraction never took (placeholders, unparseable): a decision that can depend
+    # on the order events are applied in.
+    refused: tuple[Dropped, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -187,15 +191,16 @@ class IdentityResolver:
         for attempt in range(_ATTEMPTS):
             plan = self._plan(candidates, time_ms, link, owners if attempt == 0 else None)
             dropped = (*extraction.dropped, *plan.dropped)
+            refused = tuple(plan.dropped)
             if not plan.profiles and not plan.new:
-                return Resolution(None, dropped=dropped)
+                return Resolution(None, dropped=dropped, refused=refused)
             try:
                 done = self._apply(plan, event, provenance, merged_from)
             except UnknownProfileError:
                 continue
             if done is not None:
                 profile_id, attached = done
-                return Resolution(profile_id, attached, tuple(merged_from), dropped)
+                return Resolution(profile_id, attached, tuple(merged_from), dropped, refused)
         raise ResolutionConflictError(
             f"event {event.message_id!r}: its identifiers kept moving between profiles "
             f"during {_ATTEMPTS} attempts; redeliver the event"

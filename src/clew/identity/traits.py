@@ -31,6 +31,13 @@ LIFETIME_VALUE = "total_lifetime_value"
 ORDERS_COUNT = "orders_count"
 LAST_PURCHASE = "last_purchase_date"
 ORDER_EVENT = "order completed"
+CONTESTED = "_contested"
+"""Computed key of a profile a rule refused an identifier for, or that owned one: the sorted
+identifiers (``type:value``) of every event in which that happened, the links along which
+its identity may depend on the order events arrive in (see :mod:`clew.identity.repair`)."""
+MAX_CONTESTED_LINKS = 1000
+TOO_MANY_LINKS = "*"
+"""The last entry of a :data:`CONTESTED` list cut at :data:`MAX_CONTESTED_LINKS`."""
 ORDER_AMOUNTS = ("revenue", "total")
 """The ``properties`` members an order's amount is read from, the first usable one wins."""
 
@@ -167,6 +174,11 @@ class TraitMerger:
             ):
                 times[name] = t
         out[TRAIT_TIMES] = times
+        if CONTESTED in into or CONTESTED in from_:
+            links = sorted({*into.get(CONTESTED, ()), *from_.get(CONTESTED, ())})
+            if len(links) > MAX_CONTESTED_LINKS:
+                links = [*links[: MAX_CONTESTED_LINKS - 1], TOO_MANY_LINKS]
+            out[CONTESTED] = links
         return out
 
     def add_order(self, computed: Traits, amount: float, when: str) -> Traits:

@@ -17,7 +17,16 @@ from clew.identity import consent
 from clew.identity.identifiers import Extraction, extract
 from clew.identity.resolver import IdentityResolver, MergeFunctions, Resolution
 from clew.identity.rules import IdentityRules
-from clew.identity.traits import TRAIT_TIMES, TraitMerger, TraitPolicy, is_order, revenue
+from clew.identity.traits import (
+    CONTESTED,
+    MAX_CONTESTED_LINKS,
+    TOO_MANY_LINKS,
+    TRAIT_TIMES,
+    TraitMerger,
+    TraitPolicy,
+    is_order,
+    revenue,
+)
 from clew.store.base import Profile, ProfileStore, StoredEvent, Traits
 
 if TYPE_CHECKING:
@@ -67,9 +76,11 @@ class Unifier:
         time_ms = _time_ms(event)
         resolution = self.resolver.resolve(event, extraction, time_ms=time_ms)
         pid = resolution.profile_id
+        store = self.store
+        if resolution.refused:
+            self._mark_contested(event, pid, resolution)
         if pid is None:
             return Outcome(None, resolution)
-        store = self.store
         if event.type == "identify" and event.traits:
             incoming = event.traits
             winners: list[str] = []
@@ -98,6 +109,28 @@ class Unifier:
         if self._keep_history and body:
             store.add_event(pid, StoredEvent(0, event.message_id, time_ms, body))
         return Outcome(pid, resolution)
+
+    def _mark_contested(self, event: Event, pid: str | None, resolution: Resolution) -> None:
+        """Record, on the profile the event went to and on every profile owning an
+        identifier a rule refused it, the event's identifiers: which of those profiles gets
+        a contested identifier can depend on the order events arrive in, and these links let
+        a repair find every profile involved (see :mod:`clew.identity.repair`)."""
+        store = self.store
+        owners = {store.lookup(d.id_type, d.value) for d in resolution.refused}
+        links = {f"{d.id_type}:{d.value}" for d in resolution.refused}
+        links.update(str(i) for i in extract(event, self.rules, table=self._table).identifiers)
+
+        def contest(computed: Traits) -> Traits:
+            held = computed.get(CONTESTED, [])
+            merged = sorted({*held, *links})
+            if len(merged) > MAX_CONTESTED_LINKS:
+                # Too many to follow: a repair gives up on this profile (see repair.py).
+                merged = [*merged[: MAX_CONTESTED_LINKS - 1], TOO_MANY_LINKS]
+            return computed if merged == held else {**computed, CONTESTED: merged}
+
+        for owner in {pid, *owners} - {None}:
+            assert owner is not None
+            store.update_computed(owner, contest)
 
     def profile_of(self, event: Event) -> str | None:
         """The profile the event's identifiers resolve to now, without changing anything."""

@@ -29,8 +29,10 @@ from clew.clock import Clock, SystemClock, to_datetime
 from clew.events import Event, parse_time
 from clew.identity.changes import deleted, encode_change, snapshot
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Extraction, extract
+from clew.identity.repair import Unrepairable, repair
+from clew.identity.resolver import Resolution
 from clew.identity.rules import IdentityRules
-from clew.identity.traits import TraitPolicy
+from clew.identity.traits import CONTESTED, TraitPolicy
 from clew.identity.unifier import Unifier
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
@@ -150,6 +152,7 @@ class ProfilesStage(Stage):
         # one store transaction, so that no other writer (a split, a deletion) can commit in
         # between and be overwritten by a stale working set.
         touched: dict[str, None] = {}
+        seeds: set[str] = set()
         fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
         live = self.audiences
         with self._store.transaction():
@@ -164,8 +167,20 @@ class ProfilesStage(Stage):
                     pid = unifier.profile_of(event)
                     counts["already_applied"] += 1
                 else:
+                    owners = _owners(work.store, event, extraction)
+                    time_ms = int(_time_key(event.timestamp).timestamp() * 1000)
+                    late = any(
+                        (seen := work.store.peek(o)) is not None and seen[0] > time_ms
+                        for o in owners
+                    )
                     outcome = unifier.apply(event, rec.value, extraction)
                     pid = outcome.profile_id
+                    if late and _contested(work.store, owners, pid, outcome.resolution):
+                        # Its identity may have been decided by arrival order: re-derive
+                        # the profiles involved in event-time order after the batch.
+                        seeds.update(owners)
+                        if pid is not None:
+                            seeds.add(pid)
                     counts["applied"] += 1
                     counts["merges"] += len(outcome.resolution.merged_from)
                     counts["dropped_identifiers"] += len(outcome.resolution.dropped)
@@ -184,6 +199,12 @@ class ProfilesStage(Stage):
                 self._store, profiles, touched, gone, now_ms, heirs=heirs
             )
             self._store.write_back(profiles, gone, history)
+            if seeds:
+                replaced, written, more = self._repair(seeds, counts, now_ms)
+                profiles = [p for p in profiles if p.profile_id not in replaced] + written
+                touched.update(dict.fromkeys(replaced))
+                touched.update(dict.fromkeys(p.profile_id for p in written))
+                produced = _combined(produced, more)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
         self._applied.update(fresh)
@@ -191,11 +212,45 @@ class ProfilesStage(Stage):
         counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)
         self._unflushed.update(counts)
-        messages = self._announce(touched, work.store, profiles, now) + produced.messages
+        messages = self._announce(touched, self._store, profiles, now) + produced.messages
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
         self.audiences.acknowledge(self._store, produced)
+
+    def _repair(
+        self, seeds: set[str], counts: Counter[str], now_ms: int
+    ) -> tuple[set[str], list[Profile], Produced]:
+        """Re-derive the contested components ``seeds`` reach, in event-time order (see
+        :mod:`clew.identity.repair`), inside the batch's transaction; returns the ids of the
+        profiles replaced, the re-derived profiles (evaluated for audiences) and their
+        audience records."""
+        replaced: set[str] = set()
+        written: list[Profile] = []
+        produced = Produced([])
+        live = self.audiences
+        for seed in sorted(seeds):
+            if seed in replaced:
+                continue
+            try:
+                done = repair(self._store, [seed], self._rules, self._traits, live.engine, now_ms)
+            except Unrepairable as exc:
+                counts["repairs_skipped"] += 1
+                logger.info("profile %s keeps its arrival-order identity: %s", seed, exc)
+                continue
+            counts["repairs"] += 1
+            replaced.update(p.profile_id for p in done.replaced)
+            replaced.update(done.retired)
+            heirs = {p.profile_id for p in done.written}
+            after, more = live.evaluate(
+                self._store, done.written, heirs, done.retired, now_ms, heirs=heirs
+            )
+            if live.engine is not None:
+                self._store.write_back(after, {}, [])
+            ids = {p.profile_id for p in after}
+            written = [p for p in written if p.profile_id not in ids] + after
+            produced = _combined(produced, more)
+        return replaced, written, produced
 
     def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
         keys: set[tuple[str, str]] = set()
@@ -232,6 +287,41 @@ class ProfilesStage(Stage):
                 change = encode_change(snapshot(profile, now))
                 messages.append(Message(value=change, key=pid.encode()))
         return messages
+
+
+def _owners(store: MemoryProfileStore, event: Event, extraction: Extraction) -> set[str]:
+    """The profiles that own any identifier the event carries (an alias's ``previousId`` as
+    either type)."""
+    keys = [(i.id_type, i.value) for i in extraction.identifiers]
+    if extraction.link is not None:
+        keys.append((extraction.link.id_type, extraction.link.value))
+    if event.type == "alias" and event.previous_id:
+        value = event.previous_id.strip()
+        keys += [(USER_ID, value), (ANONYMOUS_ID, value)]
+    return {o for key in keys if (o := store.lookup(*key)) is not None}
+
+
+def _contested(
+    store: MemoryProfileStore, owners: set[str], pid: str | None, resolution: Resolution
+) -> bool:
+    """Whether a rule refused one of the event's identifiers, or a profile it reached is
+    contested: then the order it arrived in may have decided its identity."""
+    if resolution.refused:
+        return True
+    for o in (*owners, pid):
+        seen = store.peek(o) if o is not None else None
+        if seen is not None and seen[1].get(CONTESTED):
+            return True
+    return False
+
+
+def _combined(a: Produced, b: Produced) -> Produced:
+    seqs = tuple(
+        seq
+        for p in (a, b)
+        for seq in (p.outbox_seqs or ((p.outbox_seq,) if p.outbox_seq is not None else ()))
+    )
+    return Produced(a.messages + b.messages, seqs[-1] if seqs else None, seqs)
 
 
 class _WorkingSet:

@@ -197,6 +197,17 @@ class MemoryProfileStore(ProfileStore):
             dict(rec.computed),
         )
 
+    def peek(self, profile_id: str) -> tuple[int, Traits] | None:
+        """The last seen time (ms) and the computed values of the profile ``profile_id``
+        resolves to, without copying anything (the caller must not change them); ``None``
+        for an unknown id. For a hot loop that reads one profile's state per event."""
+        with self._lock:
+            live = self._resolve(profile_id)
+            if live is None:
+                return None
+            rec = self._state.profiles[live]
+            return rec.last_ms, rec.computed
+
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._lock:
             rec = self._state.profiles[self._live(profile_id)]
