@@ -353,6 +353,18 @@ class Clew:
             [("", pr["dropped_identifiers"])],
         )
         metric(
+            "clew_profiles_repairs_total",
+            "counter",
+            "Contested components re-derived in event-time order after an event arrived late",
+            [("", pr["repairs"])],
+        )
+        metric(
+            "clew_profiles_repairs_skipped_total",
+            "counter",
+            "Contested components left in arrival order (a history at its cap, or too large)",
+            [("", pr["repairs_skipped"])],
+        )
+        metric(
             "clew_audience_changes_total",
             "counter",
             "Audience and computed-trait change records the profiles stage announced",
