@@ -51,8 +51,16 @@ class Server:
     """A server subprocess. ``with Server(...) as s`` waits for ``GET /health`` to answer 200
     and stops the process (SIGTERM, then SIGKILL after 15 s) on exit."""
 
-    def __init__(self, name: str, argv: Sequence[str | Path], port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        port: int,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = {**os.environ, **(env or {})}
         self.argv = [str(a) for a in argv]
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -80,7 +88,12 @@ class Server:
     def start(self, timeout: float = 60.0) -> None:
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -174,10 +187,13 @@ class RssSampler:
             self._stop.wait(self.every)
 
 
-def bare_server(log_dir: Path) -> Server:
+def bare_server(log_dir: Path, http_limits: bool = False) -> Server:
+    """The bare endpoint (bare_asgi.py); with ``http_limits``, served within Clew's."""
     port = free_port()
     argv = [PYTHON, BENCH / "bare_asgi.py", "--port", str(port)]
-    return Server("bare", argv, port, log_dir)
+    if http_limits:
+        argv.append("--http-limits")
+    return Server("bare-limits" if http_limits else "bare", argv, port, log_dir)
 
 
 def clew(*args: str | Path) -> str:
@@ -192,12 +208,15 @@ def clew(*args: str | Path) -> str:
     return done.stdout
 
 
-def clew_server(data_dir: Path, log_dir: Path) -> Server:
-    """``clew serve`` on a fresh data directory holding one source whose key is WRITE_KEY."""
+def clew_server(
+    data_dir: Path, log_dir: Path, name: str = "clew", env: dict[str, str] | None = None
+) -> Server:
+    """``clew serve`` on a fresh data directory holding one source whose key is WRITE_KEY;
+    ``env`` adds environment variables (``CLEW_*`` settings)."""
     clew("sources", "create", SOURCE, "--write-key", WRITE_KEY, "--data-dir", data_dir)
     port = free_port()
     argv = [CLEW, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir]
-    return Server("clew", argv, port, log_dir)
+    return Server(name, argv, port, log_dir, env)
 
 
 def create_token(data_dir: Path, name: str = "bench") -> str:

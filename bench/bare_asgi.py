@@ -1,7 +1,8 @@
 """The ceiling: a raw ASGI callable that reads the whole body, parses it with orjson and
 answers ``200 {"success":true}`` - what any Python collector must do at the least.
 
-Served exactly as ``clew serve`` is: uvicorn, one process, uvloop, httptools, no access log.
+Served as ``clew serve`` is: uvicorn, one process, uvloop, httptools, no access log; without
+Clew's HTTP limits unless ``--http-limits`` (what ``bench/http_limits.py`` compares).
 
     .venv/bin/python bench/bare_asgi.py --port 8099
 """
@@ -14,6 +15,9 @@ from typing import Any
 
 import orjson
 import uvicorn
+
+from clew.config import HttpSettings
+from clew.http_limits import uvicorn_config
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,7 +73,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument(
+        "--http-limits",
+        action="store_true",
+        help="serve with Clew's HTTP limits (clew.http_limits, default settings)",
+    )
     args = parser.parse_args()
+    if args.http_limits:
+        uvicorn.Server(uvicorn_config(app, args.host, args.port, HttpSettings())).run()
+        return
     uvicorn.run(
         app,
         host=args.host,

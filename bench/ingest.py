@@ -11,12 +11,19 @@ against Clew, back to back, so that other work on the machine skews both alike. 
 Also measured: ``clew serve`` RSS (with children) idle after start and peak under load, and
 whether every acknowledged event reached the ``events`` lake table.
 
+With ``--compare-http-limits`` a second ``clew serve`` runs with the HTTP limits off
+(``http.enforce = false``, docs/security.md) and each load is run against it too, right after
+the first, so that the cost of the limits is read from the same run: the ingest ratio with
+them over the ratio without.
+
     .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 16,64] [--json out.json]
+        [--compare-http-limits]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -43,6 +50,8 @@ from _serve import (
 BATCH = 100
 TARGET_RATIO = 0.50
 TARGET_IDLE_RSS_MB = 300
+# The HTTP limits may cost at most this share of the ingest ratio.
+TARGET_LIMITS_COST = 0.05
 LAKE_TIMEOUT_S = 120.0
 MB = 1024 * 1024
 
@@ -190,6 +199,36 @@ def report(runs: list[tuple[dict[str, Any], dict[str, Any]]], memory: dict[str, 
     out.print(targets)
 
 
+def report_limits_cost(
+    runs: list[tuple[dict[str, Any], dict[str, Any]]], unlimited: list[dict[str, Any]]
+) -> None:
+    """Each load's ingest ratio with the HTTP limits and without them (same run)."""
+    table = Table(title="HTTP limits: clew/bare with them vs without (http.enforce = false)")
+    for col in ("load", "clew events/s", "without limits events/s", "ratio", "ratio without"):
+        table.add_column(col, justify="right")
+    for (b, c), o in zip(runs, unlimited, strict=True):
+        table.add_row(
+            _load_name(c["events_per_request"], c["concurrency"]),
+            f"{c['events_per_s']:,.0f}",
+            f"{o['events_per_s']:,.0f}",
+            f"{c['events_per_s'] / b['events_per_s']:.1%}" if b["events_per_s"] else "-",
+            f"{o['events_per_s'] / b['events_per_s']:.1%}" if b["events_per_s"] else "-",
+        )
+    console().print(table)
+    batch = [
+        (b, c, o) for (b, c), o in zip(runs, unlimited, strict=True) if c["events_per_request"] > 1
+    ]
+    best_bare = max(b["events_per_s"] for b, _, _ in batch)
+    with_limits = max(c["events_per_s"] for _, c, _ in batch) / best_bare
+    without = max(o["events_per_s"] for _, _, o in batch) / best_bare
+    cost = 1 - with_limits / without if without else 0.0
+    console().print(
+        f"ingest ratio, 100-event batches: {with_limits:.1%} with the limits, {without:.1%} "
+        f"without: the limits cost {cost:.1%} of it (target <= {TARGET_LIMITS_COST:.0%}) "
+        + _verdict(cost <= TARGET_LIMITS_COST)
+    )
+
+
 def _cores(r: dict[str, Any]) -> str:
     return f"{r['server_cores']:.2f}/{r['client_cores']:.2f}/{r['other_cores']:.2f}"
 
@@ -203,11 +242,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load")
     parser.add_argument("--concurrency", default="16,64", help="comma-separated connection counts")
     parser.add_argument("--json", type=Path, help="also write all figures to this file")
+    parser.add_argument(
+        "--compare-http-limits",
+        action="store_true",
+        help="also measure a clew serve with the HTTP limits off, in the same run",
+    )
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     loads = [(events, c) for events in (BATCH, 1) for c in concurrencies]
 
     runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    unlimited: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="clew-bench-") as tmp:
@@ -216,9 +261,16 @@ def main() -> None:
             data_dir = work / "data"
             clew = clew_server(data_dir, work)
             token = create_token(data_dir)
-            with bare_server(work) as bare, clew:
+            off: contextlib.AbstractContextManager[Server | None] = contextlib.nullcontext()
+            if args.compare_http_limits:
+                off = clew_server(
+                    work / "data-off", work, "clew-off", {"CLEW_HTTP__ENFORCE": "false"}
+                )
+            with bare_server(work) as bare, clew, off as clew_off:
                 time.sleep(2.0)
                 clew.settle()
+                if clew_off is not None:
+                    clew_off.settle()
                 memory["idle_rss"] = clew.rss()
                 memory["peak_rss"] = memory["idle_rss"]
                 console().print(f"{args.seconds:.0f} s per load, bare endpoint then clew serve")
@@ -229,6 +281,12 @@ def main() -> None:
                     acked += c["acked_events"]
                     _lake_lag(c, clew, token, acked, args.seconds)
                     clew.settle()
+                    if clew_off is not None:
+                        # After clew has drained, so that its stages take no CPU from this.
+                        unlimited.append(
+                            measure(clew_off, loadgen, events, concurrency, args.seconds)
+                        )
+                        clew_off.settle()
                     memory["peak_rss"] = max(memory["peak_rss"], c["peak_rss"])
                     runs.append((b, c))
                 memory["after_rss"] = clew.rss()
@@ -241,10 +299,17 @@ def main() -> None:
         fail(error)
 
     report(runs, memory)
+    if unlimited:
+        report_limits_cost(runs, unlimited)
     stopped = "was killed" if clew.killed else f"exited with {clew.exit_code}"
     console().print(f"clew serve {stopped} {clew.stop_seconds:.1f} s after SIGTERM")
     if args.json:
-        figures = {"runs": [{"bare": b, "clew": c} for b, c in runs], "memory": memory}
+        figures: dict[str, Any] = {
+            "runs": [{"bare": b, "clew": c} for b, c in runs],
+            "memory": memory,
+        }
+        if unlimited:
+            figures["clew_without_http_limits"] = unlimited
         args.json.write_text(json.dumps(figures, indent=2))
 
 

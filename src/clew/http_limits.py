@@ -41,9 +41,9 @@ class _HeadTooLarge(Exception):
 
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the head bounds above. ``limits`` is set on the
-    subclass :func:`protocol_class` makes for one server."""
+    subclass :func:`protocol_class` makes for one server; use that, not this class."""
 
-    limits: ClassVar[HttpSettings] = HttpSettings()
+    limits: ClassVar[HttpSettings]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
