@@ -347,3 +347,25 @@ def test_stopping_while_waiting_for_the_stages_puts_the_request_back_in_the_queu
         assert again is not None and again.status == "received" and again.value == "ada-1815"
     finally:
         reopened.close()
+
+
+def test_a_suppression_that_cannot_be_lifted_runs_the_request_again_never_stays_running(
+    runner: PrivacyRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("clew.privacy.runner.RETRY_DELAYS_S", (0.01, 0.01))
+    lift = runner.suppressions.lift_request
+    calls: list[str] = []
+
+    def flaky(request_id: str) -> int:
+        calls.append(request_id)
+        if len(calls) == 1:
+            raise OSError("the suppression list is unreachable")
+        return lift(request_id)
+
+    monkeypatch.setattr(runner.suppressions, "lift_request", flaky)
+    req = runner.requests.create("delete", "user_id:ada-1815", requested_by="cli")
+    assert runner.run_pending() >= 1
+    done = runner.run(req.id)
+    assert done.status == "finished" and len(calls) == 2
+    assert not suppressed(runner, EMAIL), "the temporary suppression was lifted in the end"
+    assert done.audit is not None and done.audit["attempts"] == 2

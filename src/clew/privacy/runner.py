@@ -254,7 +254,18 @@ class PrivacyRunner:
                 status = "failed"
         finally:
             if request.type == "delete" and "suppression" in audit:
-                audit["suppression"]["lifted"] = self.suppressions.lift_request(request.id)
+                try:
+                    audit["suppression"]["lifted"] = self.suppressions.lift_request(request.id)
+                except Exception as exc:
+                    # The person's events stay refused until it is lifted: run the request
+                    # again (its erasure is idempotent), never leave it running.
+                    logger.exception(
+                        "privacy request %s: lifting its suppression failed", request.id
+                    )
+                    audit["suppression"]["error"] = redact(f"{type(exc).__name__}: {exc}")
+                    if status != "failed" or request.attempts < MAX_ATTEMPTS:
+                        status = None
+                        audit["retry_in_s"] = _retry_delay(request.attempts)
         audit["seconds"] = round(time.monotonic() - started, 3)
         audit["ended_at"] = format_time(datetime.now(UTC))
         if status is None:
