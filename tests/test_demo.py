@@ -23,6 +23,7 @@ from clew.demo import (
 )
 from clew.lake.query import Lake
 from clew.server import BackgroundServer, free_port
+from conftest import wait_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "questions.md"
 
@@ -77,6 +78,13 @@ def test_demo_uses_the_running_server(settings: Settings) -> None:
         result = run_demo(settings, Console(file=io.StringIO()), users=25, seed=11)
         assert result.url == srv.url
         check_answers(result, settings)
+        wait_for(srv.clew.drained, timeout_s=60)
+    # The demo's emails are real-looking addresses the default rules keep, so the README's
+    # quickstart query over customer_profiles shows them.
+    traffic = simulate(25, 11, datetime.now(UTC), "emails")  # the same people as the run
+    sent = {e["traits"]["email"] for e in traffic.events if "email" in e.get("traits", {})}
+    rows = Lake(settings.lake_path).sql("SELECT email FROM customer_profiles").rows
+    assert sent and {r[0] for r in rows if r[0] is not None} == sent
 
 
 def test_traffic_is_deterministic_and_spread_over_the_last_week() -> None:

@@ -35,7 +35,7 @@ from clew.sources import DEFAULT_SOURCE, Catalog
 
 BATCH_SIZE = 100
 LAKE_TIMEOUT_S = 60.0
-SITE = "https://shop.example.com"
+SITE = "https://shop.test"
 HERO_CTA = "hero_shop_now"
 FUNNEL = ("Product Viewed", "Product Added", "Checkout Started", "Order Completed")
 
@@ -252,7 +252,7 @@ class _Shop:
         p = _Person(
             user_id=f"user_{index + 1:05d}",
             name=f"{first} {last}",
-            email=f"{first}.{last}.{index + 1}@example.com".lower(),
+            email=f"{first}.{last}.{index + 1}@shop.test".lower(),
             wants_account=rng.random() < 0.45,
             devices=devices,
         )

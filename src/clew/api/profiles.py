@@ -41,7 +41,7 @@ PROFILE_ID_TYPES = frozenset({"profile_id", "segment_id"})
 _SEGMENT_PATH = "/v1/spaces/{space}/collections/users/profiles/{identifier:path}"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SCAN_BATCH = 100
-_SHAPE = "`id_type:value`, e.g. `user_id:42`, `email:ada@example.com` or `profile_id:<id>`"
+_SHAPE = "`id_type:value`, e.g. `user_id:42`, `email:ada@shop.test` or `profile_id:<id>`"
 
 
 class _Refused(Exception):
@@ -109,8 +109,8 @@ def profile_routes(
 def parse_identifier(text: str) -> tuple[str, str]:
     """Split ``id_type:value`` at its first colon (the value may hold more).
 
-    >>> parse_identifier("email:ada+news@example.com")
-    ('email', 'ada+news@example.com')
+    >>> parse_identifier("email:ada+news@shop.test")
+    ('email', 'ada+news@shop.test')
     >>> parse_identifier("user_id:urn:crm:42")
     ('user_id', 'urn:crm:42')
     """

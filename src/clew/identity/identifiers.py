@@ -65,8 +65,8 @@ def normalise_email(value: str) -> str:
     they hold for some domains only, a customer may use ``+tag`` addresses to keep accounts
     apart on purpose, and a wrong merge is as harmful as a missed one.
 
-    >>> normalise_email("  Ada.Lovelace+news@Example.ORG ")
-    'ada.lovelace+news@example.org'
+    >>> normalise_email("  Ada.Lovelace+news@Analytical.TEST ")
+    'ada.lovelace+news@analytical.test'
     """
     return value.strip().lower()
 
