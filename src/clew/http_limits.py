@@ -41,13 +41,21 @@ class _HeadTooLarge(Exception):
 
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the head bounds above. ``limits`` is set on the
-    subclass :func:`protocol_class` makes for one server; use that, not this class."""
+    subclass :func:`protocol_class` makes for one server; use that, not this class.
+
+    Each connection has one timer for its whole life, not one per request: it fires every
+    ``header_timeout_s`` or sooner, and closes the connection only if a head has been awaited
+    that long (``_head_since``); otherwise it sets itself again. A request then costs two
+    attribute writes instead of scheduling and cancelling a timer."""
 
     limits: ClassVar[HttpSettings]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: TimerHandle | None = None
+        # The loop time from which a head is awaited; None while none is (the app is
+        # answering, or the connection idles after a response: uvicorn's keep-alive timer).
+        self._head_since: float | None = None
         # True from a request's first byte until its headers are complete.
         self._reading_head = False
         # Exact bytes of the head's URL and complete headers, and how many headers.
@@ -56,20 +64,25 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # Bytes received in reads that ended with the head still incomplete: at least the
         # size of the part of the head the parser holds but has not handed over yet.
         self._received = 0
+        self._max_head_bytes = self.limits.max_header_bytes
+        self._max_headers = self.limits.max_headers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_since = self.loop.time()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_check)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         # What uvicorn's data_received does, but with a 431 for a head past its limits.
         self._unset_keepalive_if_required()
-        if self._head_timer is None and self._between_requests():
-            self._arm_head_timer()
+        if self._head_since is None and (self.cycle is None or self.cycle.response_complete):
+            self._head_since = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -89,57 +102,58 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if self._reading_head:
             self._received += len(data)
-            if self._received > self.limits.max_header_bytes:
+            if self._received > self._max_head_bytes:
                 self._refuse(431, HEADERS_TOO_LARGE, self._too_large_message())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_head = True
         self._head_bytes = self._header_count = self._received = 0
-        if self._head_timer is None:
-            self._arm_head_timer()
+        if self._head_since is None:
+            self._head_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+        self.url += url
         self._head_bytes += len(url)
-        if self._head_bytes > self.limits.max_header_bytes:
+        if self._head_bytes > self._max_head_bytes:
             raise _HeadTooLarge(self._too_large_message())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + _HEADER_OVERHEAD
         self._header_count += 1
-        limits = self.limits
-        if self._header_count > limits.max_headers:
-            raise _HeadTooLarge(f"a request may carry at most {limits.max_headers} headers")
-        if self._head_bytes > limits.max_header_bytes:
+        if self._header_count > self._max_headers:
+            raise _HeadTooLarge(f"a request may carry at most {self._max_headers} headers")
+        if self._head_bytes > self._max_head_bytes:
             raise _HeadTooLarge(self._too_large_message())
-        super().on_header(name, value)
+        # uvicorn's on_header, inline: this runs for every header of every request.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
-        self._disarm_head_timer()
+        self._head_since = None
         super().on_headers_complete()
 
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
     def _too_large_message(self) -> str:
-        return f"the request head is larger than {self.limits.max_header_bytes} bytes"
+        return f"the request head is larger than {self._max_head_bytes} bytes"
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_late)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_late(self) -> None:
+    def _head_check(self) -> None:
+        timeout = self.limits.header_timeout_s
+        since = self._head_since
+        waited = 0.0 if since is None else self.loop.time() - since
+        if waited < timeout:
+            self._head_timer = self.loop.call_later(timeout - waited, self._head_check)
+            return
         self._head_timer = None
         if self.transport.is_closing():
             return
         if self._reading_head and self._between_requests():
-            message = f"the request head did not arrive within {self.limits.header_timeout_s:g} s"
+            message = f"the request head did not arrive within {timeout:g} s"
             self._refuse(408, HEAD_TIMEOUT, message)
         else:
             # Nothing of a request came: close without an answer nobody asked for.
@@ -153,7 +167,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer ``status`` with a JSON error and close, unless a response is under way on
         this connection (then only close: bytes of two answers must not interleave)."""
-        self._disarm_head_timer()
+        self._head_since = None
         self._reading_head = False
         if self._between_requests():
             body = msgspec.json.encode({"code": code, "message": message})
