@@ -118,6 +118,7 @@ def test_backfill_state_of_the_current_version(admin: Admin) -> None:
         ("ltv", {"kind": "count"}, "'type': 'trait' or 'audience'"),
         ("ltv", [LTV], "one definition as a JSON object"),
         ("big", {**BIG, "condition": {"audience": "ghost"}}, "'ghost', which is not defined"),
+        ("big", BIG, "reads computed trait 'ltv', which is not defined"),
         ("loop", {"type": "audience", "condition": {"audience": "loop"}}, "cycle: loop -> loop"),
         ("bad-name", LTV, "use a letter then letters, digits or '_'"),
         ("audiences", LTV, "maintained by Clew"),

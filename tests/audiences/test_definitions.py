@@ -316,6 +316,42 @@ def test_duplicate_names_are_refused_even_across_traits_and_audiences() -> None:
 def test_an_unknown_audience_reference_is_refused() -> None:
     doc = {"audiences": [{"name": "a", "condition": {"audience": "ghosts"}}]}
     assert "audience 'a' refers to audience 'ghosts', which is not defined" in refused(doc)
+    doc["audiences"].append({"name": "ghost", "condition": {"trait": "x"}})
+    assert "'ghosts', which is not defined (did you mean 'ghost'?)" in refused(doc)
+
+
+def test_a_computed_trait_nothing_defines_is_refused_with_the_closest_name() -> None:
+    ltv = {"name": "ltv_365d", "kind": "sum", "event": "Order Completed", "property": "revenue"}
+    wrong = {"computed": "ltv_365", "op": "gte", "value": 500}
+    message = refused({"traits": [ltv], "audiences": [{"name": "vip", "condition": wrong}]})
+    assert message == (
+        "audience 'vip' reads computed trait 'ltv_365', which is not defined (did you mean "
+        "'ltv_365d'?); push the trait first (or in the same document), or read an event's "
+        "trait with 'trait:'"
+    )
+    nested = {"all": [{"trait": "plan"}, {"not": {"computed": "order_count"}}]}
+    assert "'order_count', which is not defined (did you mean 'orders_count'?)" in refused(
+        {"audiences": [{"name": "vip", "condition": nested}]}
+    )
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"computed": "ltv_365d", "op": "gte", "value": 500},
+        {"computed": "orders_count", "op": "gte", "value": 2},
+        {"consent": "marketing"},
+        {"computed": "consent.categoryPreferences.marketing", "value": True},
+        {"event": "Order Completed", "within": "30d"},
+        {"trait": "not_computed_so_not_checked"},
+    ],
+)
+def test_defined_reserved_and_hidden_computed_values_may_be_read(condition: Any) -> None:
+    ltv = {"name": "ltv_365d", "kind": "sum", "event": "Order Completed", "property": "revenue"}
+    catalog = Catalog.of(
+        parse_document({"traits": [ltv], "audiences": [{"name": "a", "condition": condition}]})
+    )
+    assert [a.name for a in catalog.audiences] == ["a"]
 
 
 def test_membership_cycles_are_refused_and_shown() -> None:

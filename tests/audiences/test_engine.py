@@ -199,7 +199,7 @@ def test_merging_two_profiles_combines_their_state() -> None:
 
 def test_state_does_not_depend_on_arrival_order() -> None:
     doc = {
-        "traits": KINDS["traits"]
+        "traits": KINDS["traits"] + CONDITIONS["traits"]
         + [{"name": "w", "kind": "unique_list", "event": "Order Completed",
             "property": "category", "window": "2h"}],
         "audiences": CONDITIONS["audiences"] + FUNNEL["audiences"],

@@ -8,6 +8,7 @@ the definition and the field, so ``clew audiences push`` can say exactly what to
 from __future__ import annotations
 
 import builtins
+import difflib
 import hashlib
 import json
 import re
@@ -397,9 +398,9 @@ def parse_document(doc: Any) -> list[Definition]:
 
 @dataclass(slots=True, frozen=True)
 class Catalog:
-    """A checked set of definitions: names unique, every referenced audience defined, no
-    membership cycles. ``audiences`` is in evaluation order (an audience after those it
-    refers to)."""
+    """A checked set of definitions: names unique, every referenced audience defined, every
+    ``computed:`` name a defined trait or a :data:`RESERVED` value, no membership cycles.
+    ``audiences`` is in evaluation order (an audience after those it refers to)."""
 
     traits: tuple[TraitDef, ...] = ()
     audiences: tuple[AudienceDef, ...] = ()
@@ -415,6 +416,7 @@ class Catalog:
                 traits[d.name] = d
             else:
                 audiences[d.name] = d
+        _check_computed(traits, audiences)
         return cls(tuple(traits.values()), tuple(_ordered(audiences)))
 
     def all_traits(self) -> tuple[TraitDef, ...]:
@@ -428,14 +430,47 @@ class Catalog:
         return [*self.traits, *self.audiences]
 
 
+def _closest(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the most similar of ``names``, or nothing."""
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _computed_names(cond: Condition) -> Iterable[str]:
+    if isinstance(cond, Compare) and cond.source == "computed":
+        yield cond.name
+    elif isinstance(cond, All | AnyOf):
+        for item in cond.items:
+            yield from _computed_names(item)
+    elif isinstance(cond, Not):
+        yield from _computed_names(cond.item)
+
+
+def _check_computed(traits: Mapping[str, TraitDef], audiences: Mapping[str, AudienceDef]) -> None:
+    """Raise if an audience reads a computed value nothing maintains: it would be stored and
+    never hold for anyone. A dotted name (``consent.categoryPreferences.x``) is checked by its
+    first part, the key in the profile's computed values."""
+    for a in audiences.values():
+        own = {t.name for t in a.traits}
+        for name in _computed_names(a.condition):
+            if name in own or name.split(".", 1)[0] in traits or name.split(".", 1)[0] in RESERVED:
+                continue
+            hint = _closest(name, [*traits, *RESERVED])
+            raise DefinitionError(
+                f"audience {a.name!r} reads computed trait {name!r}, which is not defined{hint}; "
+                "push the trait first (or in the same document), or read an event's trait "
+                "with 'trait:'"
+            )
+
+
 def _ordered(audiences: Mapping[str, AudienceDef]) -> list[AudienceDef]:
     """Audiences in dependency order; raises on an unknown reference or a cycle."""
     for a in audiences.values():
         for ref in sorted(a.references):
             if ref not in audiences:
                 raise DefinitionError(
-                    f"audience {a.name!r} refers to audience {ref!r}, which is not defined; "
-                    "push it first (or in the same document)"
+                    f"audience {a.name!r} refers to audience {ref!r}, which is not defined"
+                    f"{_closest(ref, audiences)}; push it first (or in the same document)"
                 )
     order: list[AudienceDef] = []
     state: dict[str, int] = {}
