@@ -8,16 +8,18 @@ import contextlib
 import json
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from clew.config import HttpSettings
 from clew.http_limits import HEAD_TIMEOUT, HEADERS_TOO_LARGE
-from clew.server import BackgroundServer
-from conftest import make_settings, wait_for
+from clew.server import BackgroundServer, free_port
+from conftest import clew_bin, make_settings, wait_for
 
 LIMITS = HttpSettings(header_timeout_s=1.5, keep_alive_timeout_s=1, max_connections=400)
 # What a normal client must keep getting while the server is under attack.
@@ -32,8 +34,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
         yield srv
 
 
-def connect(server: BackgroundServer) -> socket.socket:
-    return socket.create_connection((server.settings.host, server.settings.port), timeout=5)
+def connect(server: BackgroundServer | tuple[str, int]) -> socket.socket:
+    address = server if isinstance(server, tuple) else (server.settings.host, server.settings.port)
+    return socket.create_connection(address, timeout=5)
+
+
+def stall(sock: socket.socket, timeout_s: float) -> tuple[float, bytes]:
+    """Send a byte of an unfinished head every 0.2 s until the server closes the connection;
+    returns how long that took and what it answered."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    answer = b""
+    while time.monotonic() - started < timeout_s:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            with contextlib.suppress(OSError):
+                sock.send(b"a")
+            continue
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return time.monotonic() - started, answer
+        answer += chunk
+    pytest.fail(f"the server kept a stalled head open for more than {timeout_s} s")
 
 
 def read_until_closed(sock: socket.socket, timeout_s: float) -> bytes:
@@ -230,3 +254,48 @@ def test_beyond_the_connection_cap_requests_get_503(server: BackgroundServer) ->
             sock.close()
     # The held connections gone, the cap no longer bites.
     wait_for(lambda: normal_request(server) < NORMAL_LATENCY_S, timeout_s=5)
+
+
+def test_a_slow_head_after_a_response_on_a_kept_alive_connection_is_cut_off(
+    server: BackgroundServer,
+) -> None:
+    with connect(server) as sock:
+        sock.sendall(GET_HEALTH)
+        assert read_response(sock)[0] == 200
+        # Its bytes keep arriving, so the keep-alive timeout is not what ends it.
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: clew\r\nX-Drip: ")
+        took, answer = stall(sock, LIMITS.header_timeout_s + 3)
+    assert LIMITS.header_timeout_s * 0.9 <= took < LIMITS.header_timeout_s + 1.5
+    assert status_of(answer) == 408 and error_code(answer) == HEAD_TIMEOUT
+
+
+def test_clew_collector_enforces_the_limits_of_its_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "clew.toml"
+    config.write_text("[http]\nheader_timeout_s = 1.0\nmax_headers = 10\n")
+    port = free_port()
+    argv = [clew_bin(), "collector", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    log = tmp_path / "collector.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*argv, "--config", str(config)], stdout=out, stderr=out)
+    try:
+        url = f"http://127.0.0.1:{port}/health"
+        wait_for(lambda: _answers(url) or proc.poll() is not None, timeout_s=30)
+        assert proc.poll() is None, log.read_text()
+        with connect(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: clew\r\n")
+            took, answer = stall(sock, 4)
+        assert 0.9 <= took < 2.5 and status_of(answer) == 408
+        headers = b"".join(b"X-H%d: v\r\n" % i for i in range(11))
+        with connect(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: clew\r\n" + headers + b"\r\n")
+            assert status_of(read_until_closed(sock, 2)) == 431
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
