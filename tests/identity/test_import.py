@@ -22,7 +22,12 @@ from typer.testing import CliRunner, Result
 
 from clew.cli import app
 from clew.config import Settings
-from clew.identity.importer import ImportFileError, InvalidSourceError, import_profiles
+from clew.identity.importer import (
+    ImportFileError,
+    InvalidSourceError,
+    import_profiles,
+    pending_reviews,
+)
 from clew.lake.query import Lake
 from clew.log.factory import EVENTS_TOPIC
 from clew.server import BackgroundServer
@@ -358,3 +363,38 @@ def test_dry_run_reports_and_writes_nothing(tmp_path: Path) -> None:
     assert (report.rows_read, report.imported, len(report.invalid)) == (11, 9, 2)
     assert [(r.record_id, r.other_id, r.review_id) for r in report.reviews] == [("C-5", "C-6", 0)]
     assert not settings.data_dir.exists() or not any(settings.data_dir.iterdir())
+
+
+def test_a_pair_a_shared_identifier_joins_is_never_queued_for_review(
+    server: BackgroundServer,
+) -> None:
+    """C-1 shares only Ada's email: the matcher alone would rate it a probable match (a
+    review), but the email joins it to her profile anyway. C-2 and C-3 share only an email
+    within the file. Neither pair is linked or reviewed, and each ends up as one profile."""
+    response = httpx.post(
+        f"{server.url}/v1/batch", json={"batch": STORY}, auth=(WRITE_KEY, ""), timeout=10
+    )
+    assert response.status_code == 200, response.text
+    wait_for(server.clew.drained, timeout_s=30)
+    settings = server.settings
+    path = settings.data_dir.parent / "crm.csv"
+    path.write_text(
+        csv_text(
+            [
+                "C-1,,,Ada@Lovelace.test,,,,,,,",
+                "C-2,Grace,Hopper,grace@navy.test,,1966-12-09,BS1 4DJ,7 Cobol Road,Bristol,,",
+                "C-3,,,grace@navy.test,,,,,,,",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    report = import_profiles(settings, path, "crm")
+    assert (report.imported, report.merges, report.reviews) == (3, [], [])
+    assert pending_reviews(settings) == []
+    wait_for(server.clew.drained, timeout_s=30)
+    store = SQLiteProfileStore(settings.profiles_path)
+    try:
+        assert store.lookup("crm_id", "C-1") == store.lookup("user_id", "u-ada") is not None
+        assert store.lookup("crm_id", "C-3") == store.lookup("crm_id", "C-2") is not None
+    finally:
+        store.close()

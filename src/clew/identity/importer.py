@@ -203,13 +203,15 @@ def import_profiles(
 @dataclass(slots=True)
 class _Existing:
     """The serving store's profiles as the matcher sees them (``rows``, by id in
-    ``fields``), the identifier a record links to per profile (its most trusted), and which
-    profile holds each row id of this source already."""
+    ``fields``), the identifier a record links to per profile (its most trusted), which
+    profile holds each row id of this source already, and which profile holds each
+    identifier a record's columns can carry (``owner``: email, phone, loyalty id)."""
 
     rows: list[dict[str, str]] = field(default_factory=list)
     fields: dict[str, dict[str, str]] = field(default_factory=dict)
     link: dict[str, Identifier] = field(default_factory=dict)
     holder: dict[str, str] = field(default_factory=dict)
+    owner: dict[Identifier, str] = field(default_factory=dict)
 
 
 def _existing(settings: Settings, id_type: str) -> _Existing:
@@ -219,6 +221,7 @@ def _existing(settings: Settings, id_type: str) -> _Existing:
         return out
     rules = settings.identity.rules
     by_field = id_fields(rules)
+    column_types = set(by_field.values())
     try:
         after: str | None = None
         while page := store.scan(after, _SCAN_PAGE):
@@ -227,6 +230,11 @@ def _existing(settings: Settings, id_type: str) -> _Existing:
                 pid = profile.profile_id
                 out.holder.update(
                     (e.value, pid) for e in profile.identities if e.id_type == id_type
+                )
+                out.owner.update(
+                    (Identifier(e.id_type, e.value), pid)
+                    for e in profile.identities
+                    if e.id_type in column_types
                 )
                 row = _profile_row(profile, by_field, rules)
                 if len(row) > 1:
@@ -280,31 +288,37 @@ def _match(
     now_ms: int,
 ) -> tuple[dict[str, Merge], list[Merge], list[ReviewEntry]]:
     """Record id → its link, every link in file order, and the review candidates whose two
-    sides the links do not join anyway.
+    sides neither the links nor shared identifiers join anyway.
 
-    A record links through its best merge candidate: a profile, or an earlier record (a
-    record↔record candidate is listed under the earlier one). An event carries one link,
-    so the record's other merge candidates are queued for review."""
+    A record that shares an identifier (email, phone, loyalty id) with exactly one profile
+    or earlier record joins it deterministically, whatever the matcher says: the pair is
+    neither linked nor reviewed. Otherwise a record links through its best merge
+    candidate: a profile, or an earlier record (a record↔record candidate is listed under
+    the earlier one). An event carries one link, so the record's other merge candidates are
+    queued for review."""
     if not fresh:
         return {}, [], []
     existing = _existing(settings, id_type)
     by_id = {r.row_id: r for r in fresh}
+    parent: dict[tuple[bool, str], tuple[bool, str]] = {}  # union-find of what is joined
+
+    def root(node: tuple[bool, str]) -> tuple[bool, str]:
+        while parent.get(node, node) != node:
+            node = parent[node]
+        return node
+
+    _join_shared_identifiers(fresh, existing, id_fields(settings.identity.rules), root, parent)
     candidates = [
         c
         for c in match_records([r.match_row for r in fresh], existing.rows, thresholds)
         if not (c.other_is_profile and existing.holder.get(c.record_id) == c.other_id)
+        and root((False, c.record_id)) != root((c.other_is_profile, c.other_id))
     ]
     options: dict[str, list[Candidate]] = {}
     for c in candidates:
         if c.decision == "merge":
             options.setdefault(c.record_id if c.other_is_profile else c.other_id, []).append(c)
     left = [c for c in candidates if c.decision == "review"]
-    parent: dict[tuple[bool, str], tuple[bool, str]] = {}  # union-find of what links join
-
-    def root(node: tuple[bool, str]) -> tuple[bool, str]:
-        while parent.get(node, node) != node:
-            node = parent[node]
-        return node
 
     links: dict[str, Merge] = {}
     for rec in fresh:
@@ -346,3 +360,32 @@ def _match(
             )
         )
     return links, list(links.values()), reviews
+
+
+def _join_shared_identifiers(
+    fresh: Sequence[Record],
+    existing: _Existing,
+    by_field: dict[str, str],
+    root: Callable[[tuple[bool, str]], tuple[bool, str]],
+    parent: dict[tuple[bool, str], tuple[bool, str]],
+) -> None:
+    """Join in ``parent`` each record with what its identifiers already lead to, as the
+    profiles stage will: a profile holding one of them, or an earlier record of the file
+    carrying one. A record whose identifiers lead to two or more different profiles or
+    records is left alone: whether those merge depends on the identity rules, so pairs with
+    it still go to the matcher."""
+    anchor: dict[Identifier, tuple[bool, str]] = {
+        ident: (True, pid) for ident, pid in existing.owner.items()
+    }
+    for rec in fresh:
+        idents = [
+            Identifier(id_type, rec.match_row[name])
+            for name, id_type in by_field.items()
+            if name in rec.match_row
+        ]
+        node = (False, rec.row_id)
+        found = {root(anchor[i]) for i in idents if i in anchor}
+        if len(found) == 1:
+            parent[root(node)] = found.pop()
+        for ident in idents:
+            anchor.setdefault(ident, node)
