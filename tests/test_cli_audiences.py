@@ -82,6 +82,23 @@ def test_a_bad_file_exits_2_and_stores_nothing(tmp_path: Path) -> None:
     assert clew(d, "push", str(tmp_path / "missing.yaml")).exit_code == 2
 
 
+def test_push_refuses_an_audience_reading_an_undefined_trait(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "type: audience\nname: big\ncondition: {computed: ltv_365, op: gte, value: 500}\n"
+    )
+    out = clew(data_dir, "push", str(typo))
+    assert out.exit_code == 2
+    assert one_line(out.stderr) == (
+        "error: audience 'big' reads computed trait 'ltv_365', which is not defined (did you "
+        "mean 'ltv_365d'?); push the trait first (or in the same document), or read an "
+        "event's trait with 'trait:'"
+    )
+    assert "big" not in clew(data_dir, "list").stdout
+
+
 def test_list_shows_every_definition_with_its_backfill_state(data_dir: Path) -> None:
     out = clew(data_dir, "list", "--json")
     assert out.exit_code == 0, out.output
