@@ -449,3 +449,51 @@ def test_doctests() -> None:
     import clew.identity.split
 
     assert doctest.testmod(clew.identity.split).failed == 0
+
+
+SPLIT_DOC = Path(__file__).resolve().parents[2] / "docs" / "identity-split.md"
+
+
+def walkthrough() -> tuple[dict[str, Any], list[list[str]]]:
+    """The walkthrough's ``family.json`` and its commands, as docs/identity-split.md shows
+    them."""
+    text = SPLIT_DOC.read_text().split("## A walkthrough", 1)[1].split("\n## ", 1)[0]
+    batch = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    assert "-d @family.json" in text and "/v1/batch" in text
+    commands = [
+        c.replace("\n", " ").split()[1:] for c in text.split("`") if c.startswith("clew identity ")
+    ]
+    return batch, commands
+
+
+def test_the_walkthrough_works_as_written(server: BackgroundServer) -> None:
+    """docs/identity-split.md's walkthrough, run literally: its events, its two commands,
+    and what it says they show."""
+    s = server.settings
+    batch, commands = walkthrough()
+    assert [c[:2] for c in commands] == [["identity", "explain"], ["identity", "split"]]
+    send(server, *batch["batch"])
+    wait_for(server.clew.drained)
+
+    explained = clew_json(s, *commands[0])
+    held = {r["identifier"] for r in explained["reasons"] if r["kind"] == "identity"}
+    assert held == {"anonymous_id:laptop", f"email:{FAMILY}", "anonymous_id:tablet-7"}
+    assert [r["message_id"] for r in explained["reasons"] if r["kind"] == "merge"][-1] == "kid-2"
+    assert ltv(profile_of(s, "email", FAMILY)) == 80.0
+
+    split = clew(s, *commands[1])
+    assert split.exit_code == 0, split.output
+    assert "no profile holds" not in split.output
+    wait_for(server.clew.drained)
+    mum, kid = profile_of(s, "email", FAMILY), profile_of(s, "anonymous_id", "tablet-7")
+    assert ids(mum) == {"anonymous_id:laptop", f"email:{FAMILY}"}
+    assert ids(kid) == {"anonymous_id:tablet-7"}
+    assert (ltv(mum), ltv(kid)) == (30.0, 50.0)
+    assert mum is not None and kid is not None
+    assert (mum.traits.get("name"), kid.traits.get("name")) == ("Kid", None), "as documented"
+
+    correction = {"type": "identify", "anonymousId": "laptop", "traits": {"name": "Mum"}}
+    send(server, {**correction, "messageId": "mum-4", "timestamp": "2026-03-02T09:00:00Z"})
+    wait_for(server.clew.drained)
+    mum = profile_of(s, "email", FAMILY)
+    assert mum is not None and mum.traits["name"] == "Mum"
