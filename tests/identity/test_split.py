@@ -301,8 +301,8 @@ def test_split_refuses_wrong_references_and_leaves_the_profile_alone(
     wait_for(family.clew.drained)
     cases = [
         (
-            ["identity", "explain", "email:nobody@home.test"],
-            "no profile holds the identifier email:nobody@home.test",
+            ["identity", "explain", "email:stranger@home.test"],
+            "no profile holds the identifier email:stranger@home.test",
         ),
         (
             ["identity", "split", "no-such-profile", "--identifier", "anonymous_id:tablet"],
@@ -497,3 +497,16 @@ def test_the_walkthrough_works_as_written(server: BackgroundServer) -> None:
     wait_for(server.clew.drained)
     mum = profile_of(s, "email", FAMILY)
     assert mum is not None and mum.traits["name"] == "Mum"
+
+
+def test_explain_says_a_placeholder_is_never_an_identifier(server: BackgroundServer) -> None:
+    send(server, identify("m-p1", "phone-p", "2026-03-01T10:00:00Z", "ada@example.com", "Ada"))
+    wait_for(server.clew.drained)
+    out = clew(server.settings, "identity", "explain", "email:Ada@Example.com")
+    assert out.exit_code == 1
+    assert " ".join(out.stderr.split()) == (
+        "error: email:ada@example.com is a placeholder (DEFAULT_BLOCKED_EMAILS, always "
+        "blocked): never an identifier, so events carrying it are resolved without it and no "
+        "profile holds it; look the person up by another identifier"
+    )
+    assert profile_of(server.settings, "anonymous_id", "phone-p") is not None
