@@ -4,12 +4,13 @@ one process (``clew serve``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -455,14 +456,49 @@ def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
     return limited_uvicorn_config(clew.app, host, port, clew.settings.http)
 
 
-def serve(settings: Settings, on_ready: Any = None) -> None:
-    """Run Clew in the foreground until SIGINT/SIGTERM; stages drain before exit."""
+class _StoppedBySignal(uvicorn.Server):
+    """A uvicorn server that treats SIGINT and SIGTERM as a request to stop: it shuts down
+    gracefully and returns, instead of raising the signal again once it has stopped (which
+    ends the process with KeyboardInterrupt or 128 + the signal's number)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _log_access(config: uvicorn.Config) -> None:
+    """Log every request uvicorn answers: ``uvicorn.access`` at INFO, through the root
+    logger's handlers (so in the format the command line set up)."""
+    config.access_log = True
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(logging.INFO)
+    access.handlers = list(logging.getLogger().handlers)
+
+
+def serve(settings: Settings, on_ready: Any = None, access_log: bool = False) -> None:
+    """Run Clew in the foreground until SIGINT or SIGTERM, then stop taking requests, let the
+    stages drain and return (the caller exits 0). A second signal during the drain ends the
+    process at once: SIGTERM with exit 143, SIGINT with KeyboardInterrupt; what was not
+    drained stays in the log for the next start. ``access_log`` logs every HTTP request."""
     clew = Clew(settings, stage_mode="process")
-    # uvicorn re-raises the signal that stopped it; turn SIGTERM into SystemExit so the
-    # stages still drain below instead of the process dying on the spot.
+    # Before the server runs and after it stopped, SIGTERM is a SystemExit, so the stages
+    # are stopped below instead of the process dying on the spot.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     clew.start()
-    server = uvicorn.Server(uvicorn_config(clew, settings.host, settings.port))
+    config = uvicorn_config(clew, settings.host, settings.port)
+    if access_log:
+        _log_access(config)
+    server = _StoppedBySignal(config)
     try:
         if on_ready is not None:
 
