@@ -16,7 +16,13 @@ Each measurement runs in a fresh process, so its peak RSS is its own:
 - baseline ``union-find``: DuckDB reading each event's ids and emails, plus plain connected
   components over them in Python (identity stitching without any rule).
 
+With ``--audiences DIR`` (e.g. ``examples/audiences``), the cost of computed traits and
+audience memberships: the rebuild runs twice more against an (empty) serving store, so that
+it derives and compares them, first with no definition, then with the definitions of DIR
+pushed; the difference is their cost.
+
     .venv/bin/python bench/rebuild.py [--events 1000000] [--people 60000] [--data-dir DIR]
+        [--audiences DIR]
 """
 
 from __future__ import annotations
@@ -297,12 +303,27 @@ def _run(what: str, data_dir: Path) -> dict[str, Any]:
     return result
 
 
+def _audiences(
+    settings: Settings, definitions: Path, data_dir: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rebuild against an empty serving store without, then with, ``definitions``."""
+    from clew.audiences.repository import DefinitionRepository, load_file
+    from clew.store.factory import open_store
+
+    open_store(settings).close()
+    plain = _run("rebuild", data_dir)
+    found = [d for path in sorted(definitions.glob("*.y*ml")) for d in load_file(path)]
+    DefinitionRepository(settings.data_dir).push(found)
+    return plain, _run("rebuild", data_dir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--people", type=int, default=60_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--audiences", type=Path, default=None, help="definitions to push")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure is not None:
@@ -318,6 +339,8 @@ def main() -> None:
         scan = _run("scan", data_dir)
         components = _run("union-find", data_dir)
         result = _run("rebuild", data_dir)
+        if args.audiences is not None:
+            plain, with_audiences = _audiences(settings, args.audiences, data_dir)
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in result["phases"].items())
     print(
         f"events: {result['events']:,}; identifiers: {result['identities']:,}; "
@@ -343,6 +366,19 @@ def main() -> None:
         f"rebuild / union-find: {result['seconds'] / components['seconds']:.1f} (wall time)"
     )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if args.audiences is not None:
+        for name, r in (("without definitions", plain), ("with definitions", with_audiences)):
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in r["phases"].items())
+            print(
+                f"rebuild with a serving store, {name}: {r['seconds']:.1f} s wall, "
+                f"{r['cpu_seconds']:.1f} s CPU, peak RSS {r['peak_rss_mb']:.0f} MB ({phases})"
+            )
+        extra = with_audiences["seconds"] - plain["seconds"]
+        print(
+            f"computed traits and audiences cost: +{extra:.1f} s wall "
+            f"(+{100 * extra / plain['seconds']:.0f}%), "
+            f"+{with_audiences['peak_rss_mb'] - plain['peak_rss_mb']:.0f} MB peak RSS"
+        )
     if result["events"] >= 1_000_000:
         met = "met" if result["seconds"] < TARGET_S else "NOT met"
         print(f"target < {TARGET_S:.0f} s for 1M events: {met}")

@@ -67,8 +67,9 @@ def rebuild(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Rebuild customer_profiles and identities from the events in the lake, and reconcile
-    them with the serving store."""
+    """Rebuild customer_profiles and identities from the lake's events.
+
+    Then reconcile them with the serving store."""
     from clew.lake.rebuild import RebuildError
     from clew.lake.rebuild import rebuild as run
 
@@ -139,9 +140,12 @@ def _print(report: RebuildReport) -> None:
         f"identifiers; batch layer: {recon.batch_profiles:,} profiles, "
         f"{recon.batch_identifiers:,} identifiers"
     )
+    compared = "id, seen times, purchases, traits, consent"
+    if recon.computed:
+        compared += ", computed traits, audiences"
     console.print(
         f"  {recon.same_groups:,} profiles group the same identifiers, "
-        f"{recon.identical:,} of them identical (id, seen times, purchases, traits, consent)"
+        f"{recon.identical:,} of them identical ({compared})"
     )
     if recon.agree:
         console.print("[green]the batch and speed layers agree[/green]")

@@ -109,6 +109,12 @@ class Engine:
         return set(self._keys)
 
     @property
+    def trait_names(self) -> list[str]:
+        """The public computed traits (not hidden), sorted: each is kept in a profile's
+        computed values under its name."""
+        return list(self._public_names)
+
+    @property
     def empty(self) -> bool:
         return not self._traits and not self._funnels and not self.catalog.audiences
 

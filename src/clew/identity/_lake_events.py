@@ -32,13 +32,20 @@ _READ_BATCH = 500
 _event_decoder = msgspec.json.Decoder(Event)
 _object_decoder = msgspec.json.Decoder(dict[str, Any] | None)
 
-_SELECT = """
-SELECT message_id, type, event, name, category, user_id, anonymous_id, group_id, previous_id,
-       epoch_ms(timestamp), epoch_ms(original_timestamp), epoch_ms(sent_at),
-       epoch_ms(received_at), source_id, context, properties, traits, integrations
+EVENT_COLUMNS = (
+    *("message_id", "type", "event", "name", "category"),
+    *("user_id", "anonymous_id", "group_id", "previous_id"),
+    *("epoch_ms(timestamp)", "epoch_ms(original_timestamp)", "epoch_ms(sent_at)"),
+    *("epoch_ms(received_at)", "source_id", "context", "properties", "traits", "integrations"),
+)
+"""What :func:`row_to_event` reads, in its order: SQL expressions over the lake's ``events``
+table."""
+
+_SELECT = f"""
+SELECT {", ".join(EVENT_COLUMNS)}
 FROM (
     SELECT *, lower(concat_ws(' ', traits, context, properties)) AS _json
-    FROM {source}
+    FROM {{source}}
 )
 """
 _FILES = "read_parquet($files, hive_partitioning = true, union_by_name = true)"
@@ -75,7 +82,7 @@ def _object(text: str | None) -> dict[str, Any]:
 
 
 def row_to_event(row: tuple[Any, ...]) -> Event:
-    """The :class:`Event` of a row of :data:`_SELECT`'s columns (times as epoch ms, nested
+    """The :class:`Event` of a row of :data:`EVENT_COLUMNS` (times as epoch ms, nested
     objects as JSON text): what the lake stage wrote, turned back into the envelope."""
     (mid, etype, name_event, name, category, user_id, anon, group_id, previous_id) = row[:9]
     ts, original, sent, received, source_id, context, properties, traits, integrations = row[9:]

@@ -11,9 +11,11 @@ same payload text carry the same identifiers, whatever else they hold.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clew.identity._lake_events import EVENT_COLUMNS
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import ORDER_AMOUNTS, is_order
 
@@ -124,7 +126,19 @@ def _string_amounts(conn: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
+def _engine_row(types: Collection[str]) -> str:
+    """SQL: for an event of one of ``types``, a struct of :data:`EVENT_COLUMNS` (fields
+    ``c0``, ``c1``, ...), else NULL."""
+    if not types:
+        return ""
+    fields = ", ".join(f"c{i} := {c}" for i, c in enumerate(EVENT_COLUMNS))
+    listed = ", ".join(_sql_string(t) for t in sorted(types))
+    return f"CASE WHEN type IN ({listed}) THEN struct_pack({fields}) END AS engine_row,"
+
+
+def load_events(
+    conn: duckdb.DuckDBPyConnection, shape: PayloadShape, engine_types: Collection[str] = ()
+) -> int:
     """Materialise the temp tables ``ids`` (one row per distinct identity payload: ``key_id``;
     ``payload``, the JSON array ``[userId, anonymousId, [traits members], [context
     members], [properties members]]`` in ``shape``'s order; the ``key_id`` of its base
@@ -132,7 +146,9 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
     event carries one) and ``ev`` (one row per event:
     ``rn``, its position in event-time order, ties by ``received_at`` then ``message_id``;
     ``key_id``; what the unifier needs besides the payload; ``flags``; whether it is an
-    order and its amount). Returns the number of events."""
+    order and its amount; with ``engine_types``, ``engine_row``: for an event of one of those
+    types, what :func:`clew.identity._lake_events.row_to_event` needs, else NULL). Returns
+    the number of events."""
     conn.execute("CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END")
     # Which names are orders is decided by is_order() itself, over the distinct names.
     names = conn.execute("SELECT DISTINCT event FROM events WHERE type = 'track'").fetchall()
@@ -147,7 +163,7 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
                json_array(user_id, anonymous_id, {_members("traits", shape.traits)},
                           context_members, {_members("properties", shape.properties)})::VARCHAR
                    AS payload,
-               full_traits, consent,
+               full_traits, consent, {_engine_row(engine_types)}
                ((CASE WHEN full_traits IS NOT NULL THEN {HAS_TRAITS} ELSE 0 END) |
                 (CASE WHEN type = 'alias' OR {match} THEN {UNCACHEABLE} ELSE 0 END) |
                 (CASE WHEN consent IS NOT NULL THEN {HAS_CONSENT} ELSE 0 END))::TINYINT
@@ -200,7 +216,7 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
                    AS rn,
                i.key_id, r.flags, r.type, r.message_id, coalesce(r.source_id, '') AS source_id,
                r.timestamp, CASE WHEN r.type = 'alias' THEN r.previous_id END AS previous_id,
-               r.full_traits, r.consent, r.is_order,
+               r.full_traits, r.consent, r.is_order, {"r.engine_row," if engine_types else ""}
                CASE WHEN r.is_order
                     THEN coalesce({amounts}, 0.0)
                END AS revenue
@@ -213,12 +229,20 @@ def load_events(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> int:
     return int(count)
 
 
-AGGREGATES = """
+MAPPING = """
 WITH mapping AS (
     SELECT e.rn, CASE WHEN a.rn IS NOT NULL THEN a.profile_id ELSE k.profile_id END
                AS profile_id
     FROM ev e LEFT JOIN applied a USING (rn) LEFT JOIN decided k USING (key_id)
 )
+"""
+"""A CTE ``mapping`` (``rn``, ``profile_id``): each event's profile (its final survivor) is its
+own if the unifier applied it (``applied``: ``rn``, ``profile_id``), else that of its payload
+(``decided``: ``key_id``, ``profile_id``)."""
+
+AGGREGATES = (
+    MAPPING
+    + """
 SELECT m.profile_id,
        min(e.timestamp) AS first_seen,
        max(e.timestamp) AS last_seen,
@@ -229,7 +253,18 @@ FROM ev e JOIN mapping m USING (rn)
 WHERE m.profile_id IS NOT NULL
 GROUP BY m.profile_id
 """
-"""Per profile: first and last seen, and the purchase totals the speed layer keeps
-(``clew.identity.traits``). An event's profile (its final survivor) is its own if the
-unifier applied it (``applied``: ``rn``, ``profile_id``), else that of its payload
-(``decided``: ``key_id``, ``profile_id``)."""
+)
+"""Per profile (see :data:`MAPPING`): first and last seen, and the purchase totals the speed
+layer keeps (``clew.identity.traits``)."""
+
+ENGINE_EVENTS = (
+    MAPPING
+    + f"""
+SELECT m.profile_id, {", ".join(f"e.engine_row.c{i}" for i in range(len(EVENT_COLUMNS)))}
+FROM ev e JOIN mapping m USING (rn)
+WHERE e.engine_row IS NOT NULL AND m.profile_id IS NOT NULL
+ORDER BY e.rn
+"""
+)
+"""The events loaded with ``engine_types`` that ended in a profile, in event-time order: the
+profile (see :data:`MAPPING`), then the columns of :data:`EVENT_COLUMNS`."""

@@ -1,10 +1,11 @@
 """Reconciliation of the batch layer (``clew rebuild``) with the speed layer (the serving
 store): the same people (identifiers grouped into profiles the same way), under the same
-profile ids, with the same seen times, purchase totals, traits and consent."""
+profile ids, with the same seen times, purchase totals, traits and consent, and, when
+audience definitions exist, the same computed traits and audience memberships."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,15 @@ def _ms(value: datetime | None) -> int | None:
 
 
 @dataclass(slots=True, frozen=True)
+class Computed:
+    """A profile's public computed traits (by name) and audience memberships (sorted), as
+    the audience engine evaluates them at one point in time."""
+
+    traits: dict[str, Any]
+    audiences: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
 class Facts:
     """What both layers must agree on for one profile."""
 
@@ -41,9 +51,14 @@ class Facts:
     # The current consent state; ``None`` when this side does not carry it (the Spark
     # rebuild's rows), and then it is not compared.
     consent: dict[str, Any] | None = None
+    # Computed traits and memberships; ``None`` when not compared (no definitions, or the
+    # Spark rebuild's rows).
+    computed: Computed | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], profile: Profile) -> Facts:
+    def from_row(
+        cls, row: dict[str, Any], profile: Profile, computed: Computed | None = None
+    ) -> Facts:
         """From a ``customer_profiles`` row built by the rebuild and the re-derived profile."""
         return cls(
             row["profile_id"],
@@ -55,10 +70,11 @@ class Facts:
             _ms(row["last_purchase_date"]),
             profile.traits,
             profile.computed.get(CONSENT, {}),
+            computed,
         )
 
     @classmethod
-    def from_serving(cls, profile: Profile) -> Facts:
+    def from_serving(cls, profile: Profile, computed: Computed | None = None) -> Facts:
         """From a profile of the serving store (purchase totals in its computed values)."""
         c = profile.computed
         last = c.get(LAST_PURCHASE)
@@ -72,6 +88,7 @@ class Facts:
             _ms(parse_time(last)) if isinstance(last, str) else None,
             profile.traits,
             c.get(CONSENT, {}),
+            computed,
         )
 
 
@@ -90,6 +107,8 @@ class Reconciliation:
     identical: int = 0
     difference_count: int = 0
     differences: list[str] = field(default_factory=list)
+    # Whether computed traits and audience memberships were compared (definitions exist).
+    computed: bool = False
 
     @property
     def agree(self) -> bool:
@@ -131,17 +150,50 @@ def _fields(batch: Facts, speed: Facts) -> list[str]:
         out.append(f"traits differ in {', '.join(keys)}")
     if batch.consent is not None and speed.consent is not None and batch.consent != speed.consent:
         out.append(f"consent {batch.consent} (batch) vs {speed.consent} (speed)")
+    if batch.computed is not None and speed.computed is not None:
+        out += _computed(batch.computed, speed.computed)
     return out
 
 
-def reconcile(batch: list[Facts], store: ProfileStore, max_differences: int) -> Reconciliation:
-    """Compare the rebuilt profiles with every profile of the serving store ``store``."""
-    speed = [Facts.from_serving(p) for p in scan_all(store)]
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, or floats within :data:`LTV_TOLERANCE`: a sum or average depends on the order
+    its numbers were added in, which differs between the layers."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= LTV_TOLERANCE
+    return bool(a == b)
+
+
+def _computed(batch: Computed, speed: Computed) -> list[str]:
+    out = [
+        f"computed trait {name} {batch.traits.get(name)!r} (batch) vs "
+        f"{speed.traits.get(name)!r} (speed)"
+        for name in sorted(batch.traits.keys() | speed.traits.keys())
+        if not _same_value(batch.traits.get(name), speed.traits.get(name))
+    ]
+    b, s = set(batch.audiences), set(speed.audiences)
+    out += [f"audience {name}: member in the batch layer only" for name in sorted(b - s)]
+    out += [f"audience {name}: member in the speed layer only" for name in sorted(s - b)]
+    return out
+
+
+def reconcile(
+    batch: list[Facts],
+    store: ProfileStore,
+    max_differences: int,
+    computed: Callable[[Profile], Computed] | None = None,
+) -> Reconciliation:
+    """Compare the rebuilt profiles with every profile of the serving store ``store``;
+    ``computed`` gives a serving profile's computed traits and memberships, to compare with
+    the batch's (both sides must carry them)."""
+    speed = [
+        Facts.from_serving(p, None if computed is None else computed(p)) for p in scan_all(store)
+    ]
     report = Reconciliation(
         batch_profiles=len(batch),
         speed_profiles=len(speed),
         batch_identifiers=sum(len(p.identifiers) for p in batch),
         speed_identifiers=sum(len(p.identifiers) for p in speed),
+        computed=computed is not None,
     )
 
     def differ(text: str) -> None:

@@ -16,6 +16,11 @@ The unifier sees only what decides identities and traits: an event's identity pa
 are not applied there (orders are summed in SQL; the lake tables hold no history). Most
 events are not applied at all; ``_rebuild_resolve`` says why skipping them is exact.
 
+Computed traits and audience memberships: when audience definitions exist and there is a
+serving store to compare with, the events each definition may read are folded, per final
+profile, into the audience engine's state and evaluated once (``_rebuild_audiences``); without
+definitions nothing of this runs.
+
 Ordering: the speed layer applies events in arrival order (in event-time order within each
 batch it polls); the rebuild applies them in event-time order. The two agree whenever events
 arrive in time order; a late event (a phone that was offline, a backfill) can make them differ
@@ -27,17 +32,24 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from clew.audiences.definitions import DefinitionError
+from clew.audiences.engine import Engine
+from clew.audiences.repository import open_repository
+from clew.clock import Clock, clock_for
 from clew.config import Settings
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import IdentityColumns, profile_columns
+from clew.lake._rebuild_audiences import ServingComputed, evaluate_rebuilt, fold
 from clew.lake._rebuild_resolve import Resolved, resolve_events
-from clew.lake._rebuild_sql import AGGREGATES, PayloadShape, load_events
-from clew.lake._reconcile import Facts, Reconciliation, reconcile
+from clew.lake._rebuild_sql import AGGREGATES, ENGINE_EVENTS, PayloadShape, load_events
+from clew.lake._reconcile import Computed, Facts, Reconciliation, reconcile
 from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
 from clew.store.base import Profile
@@ -53,6 +65,7 @@ __all__ = ["RebuildError", "RebuildReport", "Reconciliation", "rebuild"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _WRITE_ATTEMPTS = 3
+_ENGINE_BATCH_ROWS = 8192
 
 
 class RebuildError(RuntimeError):
@@ -62,9 +75,9 @@ class RebuildError(RuntimeError):
 @dataclass(slots=True)
 class RebuildReport:
     """What a rebuild did: counts, seconds per phase (``read``, ``resolve``, ``sql``,
-    ``write``, ``reconcile``), and the comparison with the serving store (``None`` when
-    there is no serving store). ``withheld``: the tables were not written because the layers
-    disagree and agreement was required."""
+    ``audiences`` when definitions exist, ``write``, ``reconcile``), and the comparison with
+    the serving store (``None`` when there is no serving store). ``withheld``: the tables
+    were not written because the layers disagree and agreement was required."""
 
     events: int = 0
     applied: int = 0
@@ -86,12 +99,16 @@ def rebuild(
     dry_run: bool = False,
     max_differences: int = 20,
     require_agreement: bool = False,
+    clock: Clock | None = None,
 ) -> RebuildReport:
     """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` and
     overwrite both tables (not with ``dry_run``; with ``require_agreement``, only if the
     serving store agrees or there is none). Reads the configured serving store, if it
-    exists, for separations and the reconciliation; never writes it. Raises
-    :class:`RebuildError` if a table cannot be written.
+    exists, for separations and the reconciliation; never writes it. With audience
+    definitions (those the profiles stage evaluates) and a serving store, computed traits and
+    memberships are derived too and compared at the time of ``clock`` (by default the
+    profiles stage's clock, ``settings.clock``). Raises :class:`RebuildError` if a table
+    cannot be written or the definitions cannot be read.
 
     Python's cyclic garbage collector is paused meanwhile: the in-memory store holds millions
     of long-lived objects that each collection would walk again, for nothing to collect."""
@@ -100,7 +117,7 @@ def rebuild(
     from clew.lake.query import register_tables
 
     report = RebuildReport()
-    clock = _Clock(report.timings)
+    timed = _Clock(report.timings)
     rebuilt_at = datetime.now(UTC)
     speed = open_existing_store(settings)
     collecting = gc.isenabled()
@@ -113,30 +130,44 @@ def rebuild(
             for separation in speed.separations():
                 store.add_separation(separation)
         unifier.refresh_separations()
+        engine = _engine(settings) if speed is not None else None
         shape = PayloadShape.of(ident.rules)
         conn = duckdb.connect(":memory:")
+        states: dict[str, dict[str, Any]] = {}
         try:
             conn.execute("SET TimeZone = 'UTC'")
-            with clock("read"):
+            with timed("read"):
                 register_tables(conn, settings.lake_location, settings.cold_location)
-                report.events = load_events(conn, shape)
-            with clock("resolve"):
+                types = engine.event_types if engine is not None else ()
+                report.events = load_events(conn, shape, types)
+            with timed("resolve"):
                 resolved = resolve_events(conn, unifier, shape)
             report.applied = len(resolved.applied)
-            with clock("sql"):
-                batch = _assemble(conn, resolved, store, rebuilt_at)
+            with timed("sql"):
+                applied, decided = _mapping(resolved, store)
+                batch = _assemble(conn, applied, decided, store, rebuilt_at)
+            if engine is not None:
+                with timed("audiences"), _registered(conn, applied, decided):
+                    reader = conn.sql(ENGINE_EVENTS).to_arrow_reader(_ENGINE_BATCH_ROWS)
+                    states = fold(engine, reader)
             report.profiles = batch.table.num_rows
             report.identities = len(batch.identities)
         finally:
             conn.close()
         if speed is not None:
-            with clock("reconcile"):
-                report.reconciliation = reconcile(batch.facts(), speed, max_differences)
+            computed: ServingComputed | None = None
+            if engine is not None:
+                now_ms = (clock or clock_for(settings.clock, settings.data_dir)).now_ms()
+                with timed("audiences"):
+                    batch.evaluate(engine, states, now_ms)
+                computed = ServingComputed.of(engine, speed, now_ms)
+            with timed("reconcile"):
+                report.reconciliation = reconcile(batch.facts(), speed, max_differences, computed)
         if not dry_run:
             if require_agreement and not agreed(report):
                 report.withheld = True
             else:
-                with clock("write"):
+                with timed("write"):
                     _write(settings.lake_location, batch)
                 report.written = True
     finally:
@@ -145,6 +176,19 @@ def rebuild(
         if speed is not None:
             speed.close()
     return report
+
+
+def _engine(settings: Settings) -> Engine | None:
+    """The audience engine of the definitions the profiles stage evaluates, or None when
+    there is no definition."""
+    try:
+        catalog = open_repository(settings).catalog()
+    except DefinitionError as exc:
+        raise RebuildError(
+            f"the audience definitions cannot be read, so computed traits and audiences "
+            f"cannot be rebuilt: {exc}; fix or remove that definition (clew audiences)"
+        ) from None
+    return Engine(catalog) if catalog.definitions() else None
 
 
 def agreed(report: RebuildReport) -> bool:
@@ -177,21 +221,36 @@ class _Batch:
     profiles: list[Profile]
     table: pa.Table
     identities: IdentityColumns
+    # Per profile id, its computed traits and memberships (after evaluate()).
+    computed: dict[str, Computed] | None = None
+
+    def evaluate(self, engine: Engine, states: dict[str, dict[str, Any]], now_ms: int) -> None:
+        """Evaluate every profile's computed traits and memberships at ``now_ms``, from its
+        engine state in ``states`` (see ``_rebuild_audiences.fold``)."""
+        by_id = {p.profile_id: p for p in self.profiles}
+        self.computed = {
+            row["profile_id"]: evaluate_rebuilt(
+                engine, by_id[row["profile_id"]], row, states.get(row["profile_id"], {}), now_ms
+            )
+            for row in self.table.select(_TOTALS).to_pylist()
+        }
 
     def facts(self) -> list[Facts]:
         by_id = {p.profile_id: p for p in self.profiles}
-        return [Facts.from_row(row, by_id[row["profile_id"]]) for row in self.table.to_pylist()]
+        computed = self.computed or {}
+        return [
+            Facts.from_row(row, by_id[row["profile_id"]], computed.get(row["profile_id"]))
+            for row in self.table.to_pylist()
+        ]
 
 
-def _assemble(
-    conn: duckdb.DuckDBPyConnection,
-    resolved: Resolved,
-    store: MemoryProfileStore,
-    rebuilt_at: datetime,
-) -> _Batch:
-    """Map every event to its profile's final survivor and compute the per-profile
-    aggregates in SQL while Python collects the profiles' identities, traits and merges;
-    join both into the rows of the two tables."""
+_TOTALS = ["profile_id", "total_lifetime_value", "orders_count", "last_purchase_date"]
+
+
+def _mapping(resolved: Resolved, store: MemoryProfileStore) -> tuple[pa.Table, pa.Table]:
+    """Every event's profile as its final survivor: the tables ``applied`` (``rn``,
+    ``profile_id``) and ``decided`` (``key_id``, ``profile_id``) that
+    :data:`~clew.lake._rebuild_sql.MAPPING` reads."""
     import pyarrow as pa
 
     survivors: dict[str, str | None] = {}
@@ -206,7 +265,19 @@ def _assemble(
             {name: pa.array(list(pairs), pa.int64()), "profile_id": pa.array(live, pa.string())}
         )
 
-    applied, decided = table(resolved.applied, "rn"), table(resolved.decided, "key_id")
+    return table(resolved.applied, "rn"), table(resolved.decided, "key_id")
+
+
+def _assemble(
+    conn: duckdb.DuckDBPyConnection,
+    applied: pa.Table,
+    decided: pa.Table,
+    store: MemoryProfileStore,
+    rebuilt_at: datetime,
+) -> _Batch:
+    """Compute the per-profile aggregates in SQL (events mapped by ``applied`` and
+    ``decided``, see :func:`_mapping`) while Python collects the profiles' identities, traits
+    and merges; join both into the rows of the two tables."""
     with ThreadPoolExecutor(1) as pool:
         # DuckDB releases the GIL: the aggregates run while Python walks the profiles.
         future = pool.submit(_aggregates, conn, applied, decided)
@@ -232,10 +303,19 @@ def _assemble(
 
 
 def _aggregates(conn: duckdb.DuckDBPyConnection, applied: pa.Table, decided: pa.Table) -> pa.Table:
+    with _registered(conn, applied, decided):
+        return _arrow(conn, AGGREGATES)
+
+
+@contextmanager
+def _registered(
+    conn: duckdb.DuckDBPyConnection, applied: pa.Table, decided: pa.Table
+) -> Iterator[None]:
+    """``applied`` and ``decided`` registered in ``conn`` under those names meanwhile."""
     conn.register("applied", applied)
     conn.register("decided", decided)
     try:
-        return _arrow(conn, AGGREGATES)
+        yield
     finally:
         conn.unregister("applied")
         conn.unregister("decided")
