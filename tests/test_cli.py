@@ -13,6 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from clew._datadir import claim_data_dir
 from clew.cli import app
 from clew.sources import Catalog
 from conftest import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
@@ -51,6 +52,7 @@ def test_tokens_are_shown_once_and_stored_hashed(tmp_path: Path) -> None:
 
 def test_sql_formats_and_errors(tmp_path: Path) -> None:
     d = str(tmp_path)
+    claim_data_dir(tmp_path)
     q = "SELECT 1 AS one, 'a,b' AS text, DATE '2026-11-28' AS day"
     as_json = runner.invoke(app, ["sql", q, "--format", "json", "--data-dir", d])
     assert json.loads(as_json.stdout) == [{"one": 1, "text": "a,b", "day": "2026-11-28"}]
@@ -127,6 +129,7 @@ def test_sql_prints_at_most_a_thousand_rows_and_says_how_many_were_left_out(
     tmp_path: Path,
 ) -> None:
     d = str(tmp_path)
+    claim_data_dir(tmp_path)
     q = "SELECT i FROM range(2500) t(i) ORDER BY i"
     table = runner.invoke(app, ["sql", q, "--data-dir", d])
     assert table.exit_code == 0

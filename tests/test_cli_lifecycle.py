@@ -10,6 +10,7 @@ import orjson
 from deltalake import write_deltalake
 from typer.testing import CliRunner
 
+from clew._datadir import claim_data_dir
 from clew.cli import app
 from clew.config import Settings
 from clew.lake.tables import EVENTS, to_arrow
@@ -93,7 +94,7 @@ def test_run_refuses_a_bad_time_and_a_concurrent_run(tmp_path: Path) -> None:
     d = tmp_path / "data"
     bad = runner.invoke(app, ["lifecycle", "run", "--now", "yesterday", "--data-dir", str(d)])
     assert bad.exit_code == 2 and "ISO-8601" in bad.output
-    d.mkdir()
+    claim_data_dir(d)
     with lifecycle_lock(d):
         busy = runner.invoke(app, ["lifecycle", "run", "--dry-run", "--data-dir", str(d)])
     assert busy.exit_code == 1 and "another lifecycle run" in busy.output

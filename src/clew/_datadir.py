@@ -1,13 +1,23 @@
-"""The data directory: who may read it, its serve lock (one `clew serve` per data
-directory), and a way for other commands (the demo) to find the URL of the one that runs."""
+"""The data directory: who may read it, how a command knows a directory is one, its serve
+lock (one `clew serve` per data directory), and a way for other commands (the demo, an
+error message) to find the URL of the one that runs and the data directory it serves."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+# The file that makes a directory a Clew data directory. `clew serve`, `clew collector` and
+# the commands that provision a new data directory (`sources create`, `tokens create`, ...)
+# write it; a directory written before it existed is recognised by its catalog, log or lake.
+MARKER_FILE = "clew-data-dir"
+_RECOGNISED_FILES = (MARKER_FILE, "meta.db", "log.db", "lake")
 
 # The data directory holds every event, profile and write key: it and everything in it are
 # for the owner alone. Every `clew` command runs under this umask, so each file it, SQLite
@@ -40,6 +50,73 @@ def open_to_others(data_dir: Path) -> str | None:
     )
 
 
+class NoDataDirError(RuntimeError):
+    """A command that reads a data directory was pointed at one that does not exist or is not
+    a Clew data directory; the message names it, and the one a running `clew serve` uses."""
+
+    def __init__(self, data_dir: Path, serving: list[tuple[str, Path]]) -> None:
+        where = f"no Clew data directory at {data_dir.absolute()}"
+        if serving:
+            url, path = serving[0]
+            hint = f"clew serve on {url} uses {path}: pass --data-dir {path}"
+        else:
+            hint = "no clew serve is running: start one, or pass the --data-dir of an existing one"
+        super().__init__(f"{where} ({hint})")
+        self.data_dir = data_dir
+
+
+def is_data_dir(data_dir: Path) -> bool:
+    """Whether ``data_dir`` is a Clew data directory (holds :data:`MARKER_FILE`, or the
+    catalog, log or lake of a data directory written before the marker existed)."""
+    return any((data_dir / name).exists() for name in _RECOGNISED_FILES)
+
+
+def claim_data_dir(data_dir: Path) -> None:
+    """Create ``data_dir`` (owner-only) if needed and mark it as a Clew data directory."""
+    data_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    (data_dir / MARKER_FILE).touch()
+
+
+def require_data_dir(data_dir: Path, port: int | None = None) -> None:
+    """Return when ``data_dir`` is a Clew data directory; else raise :class:`NoDataDirError`
+    naming the data directory of a running `clew serve` (the one on ``port`` first)."""
+    if is_data_dir(data_dir):
+        return
+    serving = sorted(running_servers(), key=lambda s: not s[0].endswith(f":{port}"))
+    raise NoDataDirError(data_dir, serving)
+
+
+def _registry() -> Path:
+    # Per user, outside every data directory, so that a command run from any folder finds the
+    # servers of this user; entries of servers that stopped are ignored and removed.
+    return Path(tempfile.gettempdir()) / f"clew-{os.getuid()}" / "serving"
+
+
+def _register(data_dir: Path, url: str) -> None:
+    registry = _registry()
+    registry.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    path = data_dir.resolve()
+    entry = registry / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    entry.write_text(f"{path}\n")
+
+
+def running_servers() -> Iterator[tuple[str, Path]]:
+    """``(url, data directory)`` of every `clew serve` of this user running now."""
+    registry = _registry()
+    if not registry.is_dir():
+        return
+    for entry in sorted(registry.iterdir()):
+        try:
+            path = Path(entry.read_text().strip())
+        except OSError:
+            continue
+        url = serving_url(path)
+        if url is None:
+            entry.unlink(missing_ok=True)
+        elif url.startswith("http"):
+            yield url, path
+
+
 class DataDirInUseError(RuntimeError):
     def __init__(self, data_dir: Path, url: str | None) -> None:
         where = f" on {url}" if url else ""
@@ -67,15 +144,19 @@ def lock_data_dir(data_dir: Path, url: str) -> IO[str]:
     handle.truncate(0)
     handle.write(url)
     handle.flush()
+    if url.startswith("http"):
+        _register(data_dir, url)
     return handle
 
 
 def serving_url(data_dir: Path) -> str | None:
     """The URL of the `clew serve` holding ``data_dir``'s lock, or None when none does."""
     path = _lock_file(data_dir)
-    if not path.exists():
+    try:
+        handle = path.open("r")
+    except OSError:
         return None
-    with path.open("r") as handle:
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -12,11 +12,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from clew._ports import ensure_port_free
 from clew.cli_audiences import audiences_app
 from clew.cli_common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
+from clew.cli_config import config_app
 from clew.cli_credentials import sources_app, tokens_app
 from clew.cli_destinations import destinations_app
 from clew.cli_dlq import dlq_app
+from clew.cli_errors import ClewGroup, Debug, set_debug
 from clew.cli_identity import identity_app
 from clew.cli_import import import_app
 from clew.cli_lifecycle import lifecycle_app
@@ -25,10 +28,19 @@ from clew.cli_rebuild import rebuild
 from clew.cli_schema import plan_app, schema_app
 
 app = typer.Typer(
+    cls=ClewGroup,
     help="Clew, an open-source customer data platform.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _options(ctx: typer.Context, debug: Debug = False) -> None:
+    set_debug(ctx, debug)
+
+
+app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(plan_app, name="plan")
@@ -54,7 +66,8 @@ def serve(
     from clew.server import Clew
     from clew.server import serve as run_server
 
-    settings = settings_from(config, host=host, port=port, data_dir=data_dir)
+    settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
+    ensure_port_free(settings.host, settings.port)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -98,7 +111,8 @@ def collector(
     next to `clew worker` processes (docs/scale-out.md, "Process roles")."""
     from clew.collector.process import CollectorProcess, run_collector
 
-    settings = settings_from(config, host=host, port=port, data_dir=data_dir)
+    settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
+    ensure_port_free(settings.host, settings.port)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s [collector] %(name)s: %(message)s"
     )
@@ -138,7 +152,7 @@ def worker(
     if settings_fd is not None:
         settings = receive_settings(settings_fd)
     else:
-        settings = settings_from(config, data_dir=data_dir)
+        settings = settings_from(config, data="create", data_dir=data_dir)
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s [{'+'.join(stage)}] %(name)s: %(message)s",
@@ -228,7 +242,7 @@ def demo(
     from clew._datadir import DataDirInUseError
     from clew.demo import DemoError, run_demo
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data="create", data_dir=data_dir)
     try:
         run_demo(settings, console, users=users, seed=seed)
     except (DemoError, DataDirInUseError) as e:

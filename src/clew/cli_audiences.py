@@ -19,7 +19,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from clew._names import did_you_mean
 from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_errors import DataUse
 
 if TYPE_CHECKING:
     from clew.audiences.definitions import Definition
@@ -35,10 +37,12 @@ audiences_app = typer.Typer(
 PENDING = "pending"
 
 
-def _open(data_dir: Path | None, config: Path | None) -> tuple[DefinitionRepository, Settings]:
+def _open(
+    data_dir: Path | None, config: Path | None, data: DataUse = "read"
+) -> tuple[DefinitionRepository, Settings]:
     from clew.audiences.repository import open_repository
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data=data, data_dir=data_dir)
     return open_repository(settings), settings
 
 
@@ -72,8 +76,9 @@ def _definition(repository: DefinitionRepository, name: str) -> Definition:
     except DefinitionError as exc:
         raise fail(escape(str(exc))) from None
     if found is None:
+        close = did_you_mean(name, repository.storage.names())
         raise fail(
-            f"no trait or audience named {escape(repr(name))}; `clew audiences list` shows them"
+            escape(f"no trait or audience named {name!r}{close}; `clew audiences list` shows them")
         )
     return found
 
@@ -92,7 +97,7 @@ def push(
     from clew.audiences.definitions import DefinitionError
     from clew.audiences.repository import kind_of, load_file
 
-    repository, _ = _open(data_dir, config)
+    repository, _ = _open(data_dir, config, "provision")
     try:
         definitions = [d for path in files for d in load_file(path)]
         before = set(repository.storage.names())

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from clew.config import ConfigError, Settings, load_settings
+from clew.cli_errors import DataUse, command_settings, exit_with
+from clew.config import ConfigError, Settings
 
 console = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 Host = Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")]
@@ -27,13 +28,13 @@ ConfigFile = Annotated[
 ]
 
 
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    """The settings for a command, or exit 2 with the configuration error."""
+def settings_from(config: Path | None, *, data: DataUse = "read", **overrides: Any) -> Settings:
+    """The settings for a command, or exit 2 with one line per configuration error; ``data``
+    says whether the data directory must exist already (see :func:`command_settings`)."""
     try:
-        return load_settings(config, **overrides)
-    except (ConfigError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+        return command_settings(config, data=data, **overrides).settings
+    except ConfigError as e:
+        raise exit_with(e) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

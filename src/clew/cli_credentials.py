@@ -14,6 +14,7 @@ from rich.table import Table
 
 from clew.audiences.definitions import DefinitionError, parse_duration
 from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_errors import DataUse
 from clew.sources import ALL_SCOPES, SCOPES, Catalog, CatalogError, parse_scopes
 
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
@@ -28,10 +29,12 @@ WriteKey = Annotated[
 
 
 @contextmanager
-def _catalog(config: Path | None, data_dir: Path | None) -> Iterator[Catalog]:
-    """The catalog of the settings' data dir; a :class:`CatalogError` exits 1 with its
-    message."""
-    settings = settings_from(config, data_dir=data_dir)
+def _catalog(
+    config: Path | None, data_dir: Path | None, data: DataUse = "read"
+) -> Iterator[Catalog]:
+    """The catalog of the settings' data dir (``data``: see :func:`command_settings`); a
+    :class:`CatalogError` exits 1 with its message."""
+    settings = settings_from(config, data=data, data_dir=data_dir)
     catalog = Catalog(settings.meta_path)
     try:
         yield catalog
@@ -46,7 +49,7 @@ def sources_create(
     name: str, write_key: WriteKey = None, data_dir: DataDir = None, config: ConfigFile = None
 ) -> None:
     """Create a source and print its write key (names are unique ignoring case)."""
-    with _catalog(config, data_dir) as catalog:
+    with _catalog(config, data_dir, "provision") as catalog:
         src = catalog.create_source(name, write_key)
     print(src.write_key)
 
@@ -127,7 +130,7 @@ def tokens_create(
 ) -> None:
     """Create an access token and print it (it is shown only once; only its hash is kept)."""
     expires_in_s = None if expires is None else _duration_s(expires, "--expires")
-    with _catalog(config, data_dir) as catalog:
+    with _catalog(config, data_dir, "provision") as catalog:
         scopes = parse_scopes(scope or [])
         token = catalog.create_token(name, scopes, expires_in_s)
     lasting = f", expires in {expires}" if expires else ""

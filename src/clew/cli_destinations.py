@@ -94,7 +94,7 @@ def add(
     from clew.destinations.addresses import check_url
     from clew.destinations.config import destinations_dir, read_mapping
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data="provision", data_dir=data_dir)
     directory = DestinationDirectory(destinations_dir(settings.data_dir))
     options: dict[str, Any] = {
         "url": url,

@@ -142,7 +142,7 @@ def profiles(
     from clew.identity.importer import ProfileImportError, import_profiles
     from clew.identity.matching import MatchingUnavailableError, MatchThresholds
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data="provision", data_dir=data_dir)
     try:
         thresholds = MatchThresholds(merge=merge_threshold, review=review_threshold)
     except ValueError as e:

@@ -61,14 +61,15 @@ def run(
     from clew.lake.tiers import LifecycleBusyError, run_lifecycle
     from clew.log.factory import open_log
 
-    settings = settings_from(config, data_dir=data_dir)
-    if now is None:
-        now_ms = clock_for(settings.clock, settings.data_dir).now_ms()
-    else:
+    now_ms: int | None = None
+    if now is not None:
         try:
             now_ms = int(parse_time(now).timestamp() * 1000)
         except ValueError:
             raise fail("--now must be an ISO-8601 time such as 2026-01-05T14:00:00Z", 2) from None
+    settings = settings_from(config, data_dir=data_dir)
+    if now_ms is None:
+        now_ms = clock_for(settings.clock, settings.data_dir).now_ms()
 
     def progress(p: TierProgress) -> None:
         if not as_json:

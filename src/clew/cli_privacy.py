@@ -85,7 +85,7 @@ def request(
     from clew._datadir import DataDirInUseError, serving_url
     from clew.privacy.requests import InvalidRequestError
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data="provision", data_dir=data_dir)
     store = _store(settings)
     try:
         try:

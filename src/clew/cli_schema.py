@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_errors import DataUse
 
 plan_app = typer.Typer(
     help="Tracking plans kept as files in your repository.", no_args_is_help=True
@@ -19,10 +20,10 @@ schema_app = typer.Typer(help="The schema registry.", no_args_is_help=True)
 SourceOpt = Annotated[str, typer.Option("--source", help="The source whose plan to read.")]
 
 
-def _registry(data_dir: Path | None, config: Path | None):  # type: ignore[no-untyped-def]
+def _registry(data_dir: Path | None, config: Path | None, data: DataUse = "read"):  # type: ignore[no-untyped-def]
     from clew.schema import SchemaRegistry
 
-    settings = settings_from(config, data_dir=data_dir)
+    settings = settings_from(config, data=data, data_dir=data_dir)
     return SchemaRegistry(settings.registry_path)
 
 
@@ -37,7 +38,7 @@ def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = No
         plan = load_plan(directory)
     except PlanError as e:
         raise fail(str(e), 2) from None
-    with _registry(data_dir, config) as registry:
+    with _registry(data_dir, config, "provision") as registry:
         try:
             result = push(registry, plan)
         except IncompatibleSchemaError as e:

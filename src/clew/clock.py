@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Clock(Protocol):
@@ -28,7 +28,11 @@ class Clock(Protocol):
 class ClockSettings(BaseModel):
     """``speed``: clock seconds per real second (1 is the real clock)."""
 
-    speed: float = Field(default=1.0, gt=0)
+    model_config = ConfigDict(extra="forbid")
+
+    speed: float = Field(
+        default=1.0, gt=0, description="Clock seconds per real second (1 is the real clock)."
+    )
 
 
 class SystemClock:

@@ -6,22 +6,27 @@ Nothing here reads the environment at import time; call :func:`load_settings`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     SerializationInfo,
+    ValidationError,
     field_serializer,
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from clew._redact import redact_options, redact_url
 from clew.clock import ClockSettings
@@ -32,12 +37,11 @@ if TYPE_CHECKING:
     from clew.lake._storage import LakeLocation
     from clew.monitor.volume import MonitorPolicy
 
-from pydantic_settings import (
-    BaseSettings,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# How the environment names a setting: CLEW_PORT, CLEW_LAKE__FLUSH_ROWS.
+ENV_PREFIX = "CLEW_"
+ENV_NESTING = "__"
 
 # Serialization context under which secrets are written out in full; without it, printed and
 # JSON settings show a password in a URL and each secret value masked.
@@ -48,62 +52,134 @@ def _reveal(info: SerializationInfo) -> bool:
     return isinstance(info.context, dict) and bool(info.context.get(_REVEAL_SECRETS))
 
 
-class Limits(BaseModel):
+class Section(BaseModel):
+    """A table of the settings: an unknown key in it is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(Section):
     """Tracking API limits. Defaults match Segment's HTTP API."""
 
-    max_event_bytes: int = 32 * 1024
-    max_request_bytes: int = 500 * 1024
-    max_batch_events: int = 2500
-    # Requests waiting for a durable append; beyond this the collector answers 503.
-    max_pending_appends: int = 2000
+    max_event_bytes: int = Field(
+        default=32 * 1024, description="Largest event accepted, in bytes; a larger one is rejected."
+    )
+    max_request_bytes: int = Field(
+        default=500 * 1024,
+        description="Largest request body accepted, in bytes (answered 400 beyond it).",
+    )
+    max_batch_events: int = Field(default=2500, description="Most events in one batch request.")
+    max_pending_appends: int = Field(
+        default=2000,
+        description="Requests waiting for a durable append; beyond this the collector answers 503.",
+    )
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Section):
     """Limits of the HTTP server of `clew serve` and `clew collector`, so that no client can
     hold it hostage; see docs/security.md ("HTTP limits")."""
 
-    # Seconds a client has to send a whole request head (request line and headers), counted
-    # from the connection opening or from its first byte after the previous response.
-    header_timeout_s: float = Field(default=10.0, gt=0)
-    # A request head larger than this, or with more headers, is answered 431.
-    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
-    max_headers: int = Field(default=100, ge=1)
-    # Open connections served; a request on any connection beyond them is answered 503.
-    max_connections: int = Field(default=1000, ge=1)
-    # Whole seconds a kept-alive connection may stay idle after a response.
-    keep_alive_timeout_s: int = Field(default=5, ge=1)
-    # false: only the keep-alive timeout holds (for a proxy in front that enforces the rest).
-    enforce: bool = True
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds a client has to send a whole request head (request line and headers), counted "
+            "from the connection opening or from its first byte after the previous response."
+        ),
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="A request head larger than this many bytes is answered 431.",
+    )
+    max_headers: int = Field(
+        default=100, ge=1, description="A request with more headers than this is answered 431."
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "Open connections served; a request on any connection beyond them is answered 503."
+        ),
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        description="Whole seconds a kept-alive connection may stay idle after a response.",
+    )
+    enforce: bool = Field(
+        default=True,
+        description=(
+            "false: only the keep-alive timeout holds (for a proxy in front that enforces the "
+            "rest)."
+        ),
+    )
 
 
-class DestinationSettings(BaseModel):
+class DestinationSettings(Section):
     """Where destinations may send; see docs/destinations.md ("Addresses"). Link-local and
     cloud metadata addresses are refused always; ``block_private_networks`` refuses
     loopback, private and other non-public addresses too."""
 
-    block_private_networks: bool = False
+    block_private_networks: bool = Field(
+        default=False,
+        description=(
+            "Refuse loopback, private and other non-public addresses too (link-local and cloud "
+            "metadata addresses are refused always)."
+        ),
+    )
 
 
-class LogSettings(BaseModel):
-    """The log (DESIGN.md §2): ``embedded`` needs nothing; ``kafka`` needs a Kafka cluster and
+class LogSettings(Section):
+    """The log: ``embedded`` needs nothing; ``kafka`` needs a Kafka cluster and
     ``pip install 'clew[kafka]'`` (docs/scale-out.md)."""
 
-    backend: Literal["embedded", "kafka"] = "embedded"
-    partitions: int = 4
-    # Retention of each topic; ``None`` keeps records forever.
-    retention_hours: float | None = 7 * 24
-    retention_bytes: int | None = None
-    # Kafka: the cluster, and the replicas of each topic Clew creates (``None``: the cluster's
-    # default.replication.factor).
-    bootstrap_servers: str = "127.0.0.1:9092"
-    replication_factor: int | None = Field(default=None, ge=1)
-    # Seconds a request to the cluster may take before the log raises an error.
-    kafka_timeout_s: float = Field(default=30.0, gt=0)
-    # librdkafka properties for every client (security.protocol, sasl.*, ssl.*, client.id),
-    # then for producers or consumers only.
-    kafka_client: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    kafka_producer: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    kafka_consumer: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    backend: Literal["embedded", "kafka"] = Field(
+        default="embedded",
+        description=(
+            "`embedded` needs nothing; `kafka` needs a Kafka cluster and `pip install "
+            "'clew[kafka]'`."
+        ),
+    )
+    partitions: int = Field(default=4, description="Partitions of each topic.")
+    retention_hours: float | None = Field(
+        default=7 * 24, description="Hours each topic keeps records; unset keeps them forever."
+    )
+    retention_bytes: int | None = Field(
+        default=None, description="Bytes each topic partition keeps at most; unset: no size bound."
+    )
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="Kafka: the cluster's brokers, `host:port` separated by commas.",
+    )
+    replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Kafka: replicas of each topic Clew creates; unset: the cluster's "
+            "default.replication.factor."
+        ),
+    )
+    kafka_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Kafka: seconds a request to the cluster may take before the log raises an error."
+        ),
+    )
+    kafka_client: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description=(
+            "Kafka: librdkafka properties for every client (security.protocol, sasl.*, ssl.*, "
+            "client.id)."
+        ),
+    )
+    kafka_producer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Kafka: librdkafka properties for producers only."
+    )
+    kafka_consumer: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Kafka: librdkafka properties for consumers only."
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # sasl.password, ssl.key.password, ... stay out of logs and error messages.
@@ -116,22 +192,45 @@ class LogSettings(BaseModel):
         return value if _reveal(info) else redact_options(value)
 
 
-class StoreSettings(BaseModel):
-    """The serving store (DESIGN.md §3): ``sqlite`` is a file in the data directory; ``redis``
+class StoreSettings(Section):
+    """The serving store: ``sqlite`` is a file in the data directory; ``redis``
     needs a Redis server and ``pip install 'clew[redis]'`` (docs/scale-out.md)."""
 
-    backend: Literal["sqlite", "redis"] = "sqlite"
-    # Redis: the server (``redis://`` or ``rediss://`` URL, with database number, user and
-    # password as redis-py reads them), and the prefix of every key Clew writes, so that
-    # several Clew deployments can share one server without seeing each other's keys.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "clew"
-    # Redis Cluster: ``redis_url`` names any node (database 0); ``redis_cluster_nodes`` more
-    # ``host:port`` to discover the cluster from when that one is down. Cluster mode writes
-    # every key name with the hash tag ``{<redis_prefix>}`` (one slot, so one primary, per
-    # prefix), so a store written without it is not seen with it (docs/scale-out.md).
-    redis_cluster: bool = False
-    redis_cluster_nodes: list[str] = Field(default_factory=list)
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description=(
+            "`sqlite` is a file in the data directory; `redis` needs a Redis server and `pip "
+            "install 'clew[redis]'`."
+        ),
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description=(
+            "Redis: the server (`redis://` or `rediss://` URL, with database number, user and "
+            "password)."
+        ),
+    )
+    redis_prefix: str = Field(
+        default="clew",
+        description=(
+            "Redis: the prefix of every key Clew writes, so that several deployments can share one "
+            "server."
+        ),
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description=(
+            "Redis Cluster: every key is written with the hash tag `{<redis_prefix>}`, so a store "
+            "written without it is not seen with it."
+        ),
+    )
+    redis_cluster_nodes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Redis Cluster: more `host:port` nodes to discover the cluster from when the one in "
+            "`redis_url` is down."
+        ),
+    )
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # The URL's password stays out of logs and error messages.
@@ -181,21 +280,33 @@ def _option_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else value
 
 
-class LakeSettings(BaseModel):
+class LakeSettings(Section):
     """The lake's tables (docs/object-storage.md for object storage)."""
 
-    # Where the Delta tables live: ``None`` for ``data_dir/lake``, a local directory, or an
-    # S3-compatible URI ``s3://bucket/prefix``.
-    uri: str | None = None
-    # Object-store options (credentials, region, endpoint, ...), as deltalake's
-    # ``storage_options``; they win over the standard ``AWS_*`` environment variables.
-    storage_options: dict[str, str] = Field(default_factory=dict)
-    # A micro-batch is written when it holds this many rows or is this old.
-    flush_rows: int = 20_000
-    flush_interval_ms: int = 500
-    # Small files are compacted after this many appends; old versions vacuumed after.
-    compact_every_commits: int = 100
-    vacuum_retention_hours: float = 1.0
+    uri: str | None = Field(
+        default=None,
+        description=(
+            "Where the Delta tables live: unset for `data_dir/lake`, a local directory, or "
+            "`s3://bucket/prefix`."
+        ),
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Object-store options (credentials, region, endpoint, ...); they win over the `AWS_*` "
+            "environment variables."
+        ),
+    )
+    flush_rows: int = Field(
+        default=20_000, description="A micro-batch is written when it holds this many rows..."
+    )
+    flush_interval_ms: int = Field(default=500, description="... or is this many milliseconds old.")
+    compact_every_commits: int = Field(
+        default=100, description="Small files are compacted after this many appends."
+    )
+    vacuum_retention_hours: float = Field(
+        default=1.0, description="Old table versions are vacuumed after this many hours."
+    )
 
     @field_validator("uri")
     @classmethod
@@ -220,48 +331,89 @@ class LakeSettings(BaseModel):
         return value
 
 
-class StageSettings(BaseModel):
-    dedup_window_hours: float = 24.0
-    poll_max_records: int = 500
-    # Stage worker processes of `clew serve` run at this lower CPU priority (Unix nice), so
-    # that on a saturated machine acknowledging requests wins over processing them; the log
-    # absorbs the burst and the stages catch up when the load drops.
-    worker_nice: int = 10
+class StageSettings(Section):
+    """The stages that read the log: validation, lake, profiles, destinations, monitors."""
+
+    dedup_window_hours: float = Field(
+        default=24.0, description="Hours a messageId is remembered to drop a repeated event."
+    )
+    poll_max_records: int = Field(
+        default=500, description="Records a stage reads from the log at most at a time."
+    )
+    worker_nice: int = Field(
+        default=10,
+        description=(
+            "Unix nice of the stage worker processes of `clew serve`, so that on a saturated "
+            "machine acknowledging requests wins over processing them."
+        ),
+    )
 
 
-class IdentitySettings(BaseModel):
+class IdentitySettings(Section):
     """Identity resolution and profiles; see docs/identity.md."""
 
-    rules: IdentityRules = Field(default_factory=IdentityRules)
-    traits: TraitPolicy = Field(default_factory=TraitPolicy)
-    # Recent events kept per profile in the serving store (the Profile API's /events).
-    history: int = Field(default=100, ge=0)
+    rules: IdentityRules = Field(
+        default_factory=IdentityRules, description="Identity-resolution rules."
+    )
+    traits: TraitPolicy = Field(
+        default_factory=TraitPolicy, description="How profile traits are merged."
+    )
+    history: int = Field(
+        default=100,
+        ge=0,
+        description=(
+            "Recent events kept per profile in the serving store (the Profile API's /events)."
+        ),
+    )
 
 
 PiiAction = Literal["keep", "hash", "truncate", "drop"]
 
 
-class PrivacySettings(BaseModel):
+class PrivacySettings(Section):
     """Consent, PII policies and data-subject requests; see docs/privacy.md."""
 
-    # Secret salt for hashed PII fields and for the identifier hashes in suppression lists and
-    # audit records. Empty: generated on first use and kept in ``data_dir/privacy.salt``.
-    salt: SecretStr = SecretStr("")
-    # Field path (``context.ip``, ``traits.phone``, ``properties.card.last4``) -> what the
-    # validate stage does with it before anything reaches the lake.
-    pii: dict[str, PiiAction] = Field(default_factory=dict)
-    # Seconds between two looks for queued data-subject requests in `clew serve`.
-    poll_interval_s: float = Field(default=1.0, gt=0)
-    # Kafka log only: seal every record with data keys kept outside Kafka, so that a deletion
-    # destroys a person's keys and their records become unreadable (crypto-shredding). The
-    # embedded log deletes records physically and ignores this.
-    kafka_encryption: bool = True
-    # Secret that wraps the data keys and hashes record keys; the same on every process.
-    # Empty: derived from the salt above (then set ``salt`` on every machine alike).
-    master_key: SecretStr = SecretStr("")
-    # Seconds a process may keep using a data key it fetched (and a deletion waits after
-    # destroying keys, so that no cache outlives the request).
-    key_cache_s: float = Field(default=5.0, ge=0)
+    salt: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Secret salt for hashed PII fields and for the identifier hashes in suppression lists "
+            "and audit records; empty: generated on first use and kept in `data_dir/privacy.salt`."
+        ),
+    )
+    pii: dict[str, PiiAction] = Field(
+        default_factory=dict,
+        description=(
+            "Field path (`context.ip`, `traits.phone`, `properties.card.last4`) -> keep, hash, "
+            "truncate or drop, done by the validate stage before anything reaches the lake."
+        ),
+    )
+    poll_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between two looks for queued data-subject requests in `clew serve`.",
+    )
+    kafka_encryption: bool = Field(
+        default=True,
+        description=(
+            "Kafka log only: seal every record with data keys kept outside Kafka, so that a "
+            "deletion makes a person's records unreadable (crypto-shredding)."
+        ),
+    )
+    master_key: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "Secret that wraps the data keys and hashes record keys, the same on every process; "
+            "empty: derived from `salt` (then set `salt` on every machine alike)."
+        ),
+    )
+    key_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "Seconds a process may keep using a data key it fetched (a deletion waits as long after"
+            " destroying keys)."
+        ),
+    )
 
     @field_serializer("salt", "master_key", when_used="json")
     def _secret_json(self, value: SecretStr, info: SerializationInfo) -> str:
@@ -276,20 +428,42 @@ class PrivacySettings(BaseModel):
         return value
 
 
-class LifecycleSettings(BaseModel):
+class LifecycleSettings(Section):
     """Hot / warm / cold tiers and retention; see docs/lifecycle.md."""
 
-    # Lake partitions (event dates) younger than this stay warm (queried by default).
-    warm_days: float = Field(default=90.0, gt=0)
-    # Where cold tables live; default ``data_dir/cold``. An object-storage URI at scale.
-    cold_path: Path | None = None
-    # Or an S3-compatible URI ``s3://bucket/prefix`` for them (with ``lake.storage_options``);
-    # at most one of ``cold_path`` and ``cold_uri``.
-    cold_uri: str | None = None
-    # Cold data older than this (days since the event) is purged; ``None`` keeps it forever.
-    purge_after_days: float | None = Field(default=None, gt=0)
-    # Minutes between two lifecycle runs inside `clew serve` (0 turns the scheduler off).
-    run_every_minutes: float = Field(default=60.0, ge=0)
+    warm_days: float = Field(
+        default=90.0,
+        gt=0,
+        description=(
+            "Lake partitions (event dates) younger than this many days stay warm (queried by "
+            "default)."
+        ),
+    )
+    cold_path: Path | None = Field(
+        default=None, description="Where cold tables live; unset: `data_dir/cold`."
+    )
+    cold_uri: str | None = Field(
+        default=None,
+        description=(
+            "Or an S3-compatible URI `s3://bucket/prefix` for them (with `lake.storage_options`); "
+            "at most one of `cold_path` and `cold_uri`."
+        ),
+    )
+    purge_after_days: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Cold data older than this many days (since the event) is purged; unset keeps it "
+            "forever."
+        ),
+    )
+    run_every_minutes: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "Minutes between two lifecycle runs inside `clew serve`; 0 turns the scheduler off."
+        ),
+    )
 
     @field_validator("cold_uri")
     @classmethod
@@ -336,24 +510,50 @@ def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-class SqlSettings(BaseModel):
+class SqlSettings(Section):
     """Bounds on SQL over the lake (``POST /v1/sql`` and ``clew sql``); docs/security.md."""
 
-    # Seconds a ``POST /v1/sql`` query may run; then it is interrupted (code query_timeout).
-    timeout_s: float = Field(default=30.0, gt=0)
-    # Memory all running queries of one process may use together (DuckDB's memory_limit,
-    # split evenly between the ``max_concurrent`` slots); ``None``: a quarter of the RAM.
-    memory_limit: str | None = None
-    # Queries running at once in the HTTP API; one more waits up to ``queue_timeout_s`` for a
-    # slot, then gets 503 with Retry-After.
-    max_concurrent: int = Field(default=4, ge=1)
-    queue_timeout_s: float = Field(default=2.0, ge=0)
-    # Rows one ``POST /v1/sql`` answer holds; beyond them it says ``"truncated": true``.
-    max_rows: int = Field(default=100_000, ge=1)
-    # DuckDB worker threads per query; ``None``: DuckDB's default (one per core).
-    threads: int | None = Field(default=None, ge=1)
-    # Disk a query may spill to (inside the data dir) once its memory is used up.
-    max_spill: str = "10GB"
+    timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "Seconds a `POST /v1/sql` query may run; then it is interrupted (code query_timeout)."
+        ),
+    )
+    memory_limit: str | None = Field(
+        default=None,
+        description=(
+            "Memory all running queries of one process may use together (such as 4GB), split evenly"
+            " between the `max_concurrent` slots; unset: a quarter of the RAM."
+        ),
+    )
+    max_concurrent: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "Queries running at once in the HTTP API; one more waits up to `queue_timeout_s` for a "
+            "slot."
+        ),
+    )
+    queue_timeout_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Seconds a query waits for a slot, then gets 503 with Retry-After.",
+    )
+    max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            'Rows one `POST /v1/sql` answer holds; beyond them it says `"truncated": true`.'
+        ),
+    )
+    threads: int | None = Field(
+        default=None, ge=1, description="DuckDB worker threads per query; unset: one per core."
+    )
+    max_spill: str = Field(
+        default="10GB",
+        description="Disk a query may spill to (inside the data dir) once its memory is used up.",
+    )
 
     @field_validator("memory_limit", "max_spill")
     @classmethod
@@ -369,22 +569,45 @@ class SqlSettings(BaseModel):
         return parse_size(self.memory_limit)
 
 
-class MonitorSettings(BaseModel):
+class MonitorSettings(Section):
     """Volume monitors; see docs/monitoring.md for what each value does."""
 
-    threshold_pct: float = 15.0
-    min_expected: float = 20.0
-    noise_z: float = 3.0
-    seasonal_days: int = 7
-    weekly_weeks: int = 4
-    min_weekly_weeks: int = 2
-    trailing_hours: int = 24
-    min_trailing_hours: int = 3
-    grace_minutes: float = 5.0
-    catch_up_hours: int = 24
-    webhook_url: str | None = None
-    webhook_timeout_s: float = 5.0
-    webhook_retries: int = 2
+    threshold_pct: float = Field(
+        default=15.0, description="Change in an hour's volume, in percent either way, that alerts."
+    )
+    min_expected: float = Field(
+        default=20.0, description="No alert below this expected volume per hour."
+    )
+    noise_z: float = Field(
+        default=3.0,
+        description="Standard deviations of chance a change must also exceed; 0 turns it off.",
+    )
+    seasonal_days: int = Field(
+        default=7, description="Days of the same hour in the seasonal baseline."
+    )
+    weekly_weeks: int = Field(
+        default=4,
+        description="Weeks of the same weekday hour in the weekly baseline; 0 turns it off.",
+    )
+    min_weekly_weeks: int = Field(
+        default=2, description="Weeks of history the weekly baseline needs at least."
+    )
+    trailing_hours: int = Field(
+        default=24,
+        description="Hours of the trailing baseline, the fallback for series younger than a day.",
+    )
+    min_trailing_hours: int = Field(
+        default=3, description="Hours of history the trailing baseline needs at least."
+    )
+    grace_minutes: float = Field(
+        default=5.0, description="Minutes to wait after an hour ends before judging it."
+    )
+    catch_up_hours: int = Field(default=24, description="Most missed hours judged after downtime.")
+    webhook_url: str | None = Field(
+        default=None, description="POST each alert as JSON here; unset: no webhook."
+    )
+    webhook_timeout_s: float = Field(default=5.0, description="Seconds per webhook attempt.")
+    webhook_retries: int = Field(default=2, description="Webhook attempts after the first.")
 
     @model_validator(mode="after")
     def _usable(self) -> MonitorSettings:
@@ -405,37 +628,69 @@ class MonitorSettings(BaseModel):
         return MonitorPolicy(**fields, grace=timedelta(minutes=self.grace_minutes))
 
 
-class MetricsSettings(BaseModel):
+class MetricsSettings(Section):
     """``require_token``: ``/metrics`` needs an access token with the ``metrics`` scope (what
     Prometheus sends as ``bearer_token``), and ``/health`` tells only ``ok``/``status``
     without one. Off by default: ``/metrics`` names sources, events and destinations."""
 
-    require_token: bool = False
+    require_token: bool = Field(
+        default=False,
+        description=(
+            "`/metrics` needs an access token with the `metrics` scope, and `/health` tells only "
+            "ok/status without one (off by default: `/metrics` names sources, events and "
+            "destinations)."
+        ),
+    )
 
 
 class Settings(BaseSettings):
     """Clew configuration. Environment: ``CLEW_DATA_DIR``, ``CLEW_PORT``, and nested values as
     ``CLEW_LIMITS__MAX_BATCH_EVENTS`` and so on."""
 
-    model_config = SettingsConfigDict(env_prefix="CLEW_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTING, extra="forbid"
+    )
 
-    data_dir: Path = Path(".clew")
-    host: str = "127.0.0.1"
-    port: int = 8088
-    limits: Limits = Field(default_factory=Limits)
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    destinations: DestinationSettings = Field(default_factory=DestinationSettings)
-    log: LogSettings = Field(default_factory=LogSettings)
-    store: StoreSettings = Field(default_factory=StoreSettings)
-    lake: LakeSettings = Field(default_factory=LakeSettings)
-    sql: SqlSettings = Field(default_factory=SqlSettings)
-    stages: StageSettings = Field(default_factory=StageSettings)
-    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
-    identity: IdentitySettings = Field(default_factory=IdentitySettings)
-    clock: ClockSettings = Field(default_factory=ClockSettings)
-    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
-    lifecycle: LifecycleSettings = Field(default_factory=LifecycleSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    data_dir: Path = Field(
+        default=Path(".clew"),
+        description=(
+            "Where Clew keeps its data (log, catalog, lake, serving store); created by `clew "
+            "serve`."
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Interface the HTTP server of `clew serve` and `clew collector` listens on.",
+    )
+    port: int = Field(default=8088, description="Port the HTTP server listens on.")
+    limits: Limits = Field(default_factory=Limits, description="Tracking API limits.")
+    http: HttpSettings = Field(default_factory=HttpSettings, description="HTTP server limits.")
+    destinations: DestinationSettings = Field(
+        default_factory=DestinationSettings, description="Where destinations may send."
+    )
+    log: LogSettings = Field(default_factory=LogSettings, description="The log.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="The serving store.")
+    lake: LakeSettings = Field(default_factory=LakeSettings, description="The lake.")
+    sql: SqlSettings = Field(default_factory=SqlSettings, description="SQL over the lake.")
+    stages: StageSettings = Field(
+        default_factory=StageSettings, description="The processing stages."
+    )
+    monitor: MonitorSettings = Field(
+        default_factory=MonitorSettings, description="Volume monitors."
+    )
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings, description="Identity resolution and profiles."
+    )
+    clock: ClockSettings = Field(default_factory=ClockSettings, description="The clock.")
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings, description="Consent, PII and data-subject requests."
+    )
+    lifecycle: LifecycleSettings = Field(
+        default_factory=LifecycleSettings, description="Tiers and retention."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="The /metrics and /health endpoints."
+    )
 
     @property
     def log_path(self) -> Path:
@@ -511,32 +766,161 @@ def settings_json_with_secrets(settings: Settings) -> bytes:
     return settings.model_dump_json(context={_REVEAL_SECRETS: True}).encode()
 
 
+# Where a value came from, in the order each wins over the one before.
+ORIGINS = ("default", "config file", "environment", "option")
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings with where each value came from: ``origins`` maps a key path (``("lake",
+    "flush_rows")``) set anywhere but the defaults to a label such as ``config file clew.toml``,
+    ``environment CLEW_LAKE__FLUSH_ROWS`` or ``option --data-dir``."""
+
+    settings: Settings
+    origins: dict[tuple[str, ...], str]
+
+    def origin(self, key: str) -> str:
+        """Where the value of the dotted ``key`` came from (``default`` when nowhere else).
+
+        A key holding a table (``log.kafka_client``) takes the strongest origin of its
+        entries."""
+        path = tuple(key.split("."))
+        found = [
+            label
+            for where, label in self.origins.items()
+            if where[: len(path)] == path or path[: len(where)] == where
+        ]
+        return max(found, key=_strength, default="default")
+
+
+def _strength(label: str) -> int:
+    return next(i for i, origin in enumerate(ORIGINS) if label.startswith(origin))
+
+
+def _leaves(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, dict):
+            merged[key] = _merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def env_var(path: tuple[str, ...]) -> str:
+    """The environment variable that sets the setting at ``path``.
+
+    >>> env_var(("lake", "flush_rows"))
+    'CLEW_LAKE__FLUSH_ROWS'
+    """
+    return (ENV_PREFIX + ENV_NESTING.join(path)).upper()
+
+
+def _env_label(path: tuple[str, ...]) -> str:
+    # A whole table may be set as JSON (CLEW_LOG__KAFKA_CLIENT='{...}'): name the variable
+    # that is actually set, the longest prefix of the path.
+    names = {name.upper() for name in os.environ}
+    for end in range(len(path), 0, -1):
+        if env_var(path[:end]) in names:
+            return f"environment {env_var(path[:end])}"
+    return f"environment {env_var(path)}"
+
+
+def load_settings_with_origins(config_file: Path | None = None, **overrides: Any) -> LoadedSettings:
+    """Build the settings as :func:`load_settings` does, noting where each value came from.
+
+    Raises :class:`ConfigError` with one line per problem (an unknown key names the closest
+    valid one) when the file, the environment or an override is not valid."""
+    from pydantic_settings import EnvSettingsSource
+
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    file_values: dict[str, Any] = {}
+    file_label = f"config file {config_file}"
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        try:
+            file_values = tomllib.loads(config_file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file} is not valid TOML: {exc}") from None
+    env_values = EnvSettingsSource(Settings)()
+    origins: dict[tuple[str, ...], str] = {}
+    for path in _leaves(file_values):
+        origins[path] = file_label
+    for path in _leaves(env_values):
+        origins[path] = _env_label(path)
+    for name in explicit:
+        origins[(name,)] = f"option --{name.replace('_', '-')}"
+    merged = _merge(_merge(file_values, env_values), explicit)
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        loaded = LoadedSettings(Settings.model_construct(), origins)
+        lines = [_problem(error, loaded) for error in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    return LoadedSettings(settings, origins)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings: defaults < TOML file < environment < explicit ``overrides``.
 
     ``overrides`` whose value is ``None`` are ignored, so CLI options can be passed straight in.
+    Raises :class:`ConfigError` (see :func:`load_settings_with_origins`).
     """
-    explicit = {k: v for k, v in overrides.items() if v is not None}
-    if config_file is None:
-        return Settings(**explicit)
-    if not config_file.is_file():
-        raise ConfigError(f"config file {config_file} does not exist")
-    file_values = tomllib.loads(config_file.read_text())
+    return load_settings_with_origins(config_file, **overrides).settings
 
-    class _FromFile(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
 
-    return Settings.model_validate(_FromFile(**explicit).model_dump())
+def _section_model(path: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The settings model that holds the keys at ``path`` (a table of the settings), or None
+    when ``path`` leads into free-form values."""
+    model: Any = Settings
+    keyed = False
+    for part in path:
+        if keyed:
+            keyed = False
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        model = field.annotation
+        args = [a for a in get_args(model) if a is not type(None)]
+        if get_origin(model) in (dict, list) and args:
+            model, keyed = args[-1], True
+        elif len(args) == 1:
+            model = args[0]
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _problem(error: ErrorDetails, loaded: LoadedSettings) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(part) for part in loc)
+    where = loaded.origin(key)
+    if error["type"] == "extra_forbidden":
+        section = ".".join(str(part) for part in loc[:-1])
+        place = f"in [{section}]" if section else "at the top level"
+        model = _section_model(loc[:-1])
+        known = list(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(known)}"
+        return f"unknown key {loc[-1]!r} {place} ({where}); {hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    subject = f"{key}: " if key else ""
+    if where == "default":
+        return f"{subject}{message}"
+    return f"{subject}{message} (got {error['input']!r}; {where})"
 
 
 class ConfigError(ValueError):
-    """The configuration cannot be used; the message says which value to fix."""
+    """The configuration cannot be used; the message says which value to fix, one line per
+    problem."""

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clew._names import did_you_mean
 from clew._sqlite import open_sqlite
 
 _SCHEMA = """
@@ -209,7 +210,10 @@ class Catalog:
                 (name, name),
             ).fetchone()
         if row is None:
-            raise CatalogError(f"there is no source named {name!r} (see `clew sources list`)")
+            close = did_you_mean(name, (s.name for s in self.sources(include_removed=False)))
+            raise CatalogError(
+                f"there is no source named {name!r}{close}; `clew sources list` shows them"
+            )
         return Source(*row)
 
     def rotate_write_key(
@@ -336,7 +340,10 @@ class Catalog:
         with self._lock:
             deleted = self._conn.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount
         if not deleted:
-            raise CatalogError(f"there is no token named {name!r} (see `clew tokens list`)")
+            close = did_you_mean(name, (t.name for t in self.tokens()))
+            raise CatalogError(
+                f"there is no token named {name!r}{close}; `clew tokens list` shows them"
+            )
 
     def tokens(self) -> list[Token]:
         with self._lock:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clew._names import did_you_mean
 
 DESTINATIONS_DIR = "destinations"
 OUTBOX_FILE = "destinations.db"
@@ -57,9 +59,10 @@ class DestinationExistsError(DestinationError):
 
 
 class UnknownDestinationError(DestinationError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         super().__init__(
-            f"no destination named {name!r}; `clew destinations list` shows the configured ones"
+            f"no destination named {name!r}{did_you_mean(name, known)}; "
+            "`clew destinations list` shows the configured ones"
         )
 
 
@@ -237,11 +240,15 @@ class DestinationDirectory:
             found[p] = config
         return found, errors
 
+    def names(self) -> list[str]:
+        """The names of the destinations whose files load."""
+        return [config.name for config in self.load()[0].values()]
+
     def get(self, name: str) -> DestinationConfig:
         for config in self.load()[0].values():
             if config.name == name:
                 return config
-        raise UnknownDestinationError(name)
+        raise UnknownDestinationError(name, self.names())
 
     def file_of(self, name: str) -> Path | None:
         for p, config in self.load()[0].items():
@@ -274,6 +281,6 @@ class DestinationDirectory:
     def remove(self, name: str) -> Path:
         path = self.file_of(name)
         if path is None:
-            raise UnknownDestinationError(name)
+            raise UnknownDestinationError(name, self.names())
         path.unlink()
         return path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 # Values that mean "no id" in every tool we have seen, matched after trimming, whole value,
 # case-insensitive. "0", "-1" and all-zero UUIDs are what SDKs and databases send for unset ids.
@@ -40,10 +40,29 @@ class IdTypeRule(BaseModel):
     value, case-insensitive) that are never identifiers of this type.
     """
 
-    priority: int = 4
-    limit: int | None = Field(default=None, ge=1)
-    window_s: int | None = Field(default=None, ge=1)
-    blocked: list[str] = []
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(
+        default=4,
+        description=(
+            "Lower is more trusted: decides which identifier an event loses when a merge would "
+            "break a limit, and which profile survives a merge."
+        ),
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most identifiers of this type one profile may hold; unset: unlimited.",
+    )
+    window_s: int | None = Field(
+        default=None, ge=1, description="Seconds of event time the limit counts over; unset: ever."
+    )
+    blocked: list[str] = Field(
+        default=[],
+        description=(
+            "Extra regexes (whole value, case-insensitive) that are never identifiers of this type."
+        ),
+    )
 
     @field_validator("blocked")
     @classmethod
@@ -57,8 +76,15 @@ class CustomIdType(BaseModel):
     Paths are dotted, starting at ``traits``, ``properties`` or ``context``, e.g.
     ``traits.loyalty_id``."""
 
-    id_type: str
-    paths: list[str]
+    model_config = ConfigDict(extra="forbid")
+
+    id_type: str = Field(description="The identifier type.")
+    paths: list[str] = Field(
+        description=(
+            "Dotted event fields starting at traits, properties or context; the first non-empty one"
+            " wins."
+        ),
+    )
 
     @field_validator("paths")
     @classmethod
@@ -99,14 +125,49 @@ class IdentityRules(BaseModel):
     ``None`` drops such numbers.
     """
 
-    id_types: dict[str, IdTypeRule] = Field(default_factory=_default_id_types)
-    default_rule: IdTypeRule = IdTypeRule(priority=4)
-    blocked_values: list[str] = list(DEFAULT_BLOCKED_VALUES)
-    custom_ids: list[CustomIdType] = Field(default_factory=_default_custom_ids)
-    phone_region: str | None = None
-    previous_id_type: str | None = None
-    max_merges_per_profile: int = Field(default=100, ge=0)
-    max_identifiers_per_profile: int = Field(default=1000, ge=1)
+    model_config = ConfigDict(extra="forbid")
+
+    id_types: dict[str, IdTypeRule] = Field(
+        default_factory=_default_id_types,
+        description="Identifier type -> its rule (priority, limit, window_s, blocked).",
+    )
+    default_rule: IdTypeRule = Field(
+        default=IdTypeRule(priority=4),
+        description=(
+            "The rule of identifier types not listed in `id_types` (such as those from "
+            "`context.externalIds`)."
+        ),
+    )
+    blocked_values: list[str] = Field(
+        default=list(DEFAULT_BLOCKED_VALUES),
+        description=(
+            "Regexes (whole value, case-insensitive) that are never identifiers, such as "
+            "placeholder emails."
+        ),
+    )
+    custom_ids: list[CustomIdType] = Field(
+        default_factory=_default_custom_ids,
+        description="Identifier types read from event fields (id_type, paths).",
+    )
+    phone_region: str | None = Field(
+        default=None,
+        description=(
+            "ISO country code assumed for phone numbers without `+`; unset drops such numbers."
+        ),
+    )
+    previous_id_type: str | None = Field(
+        default=None,
+        description=(
+            "Id type of an alias's previousId; unset: user_id if that value is known as a user id, "
+            "else anonymous_id."
+        ),
+    )
+    max_merges_per_profile: int = Field(
+        default=100, ge=0, description="Most merges one profile may take part in."
+    )
+    max_identifiers_per_profile: int = Field(
+        default=1000, ge=1, description="Most identifiers one profile may hold."
+    )
 
     _blocked: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
     _table: RuleTable | None = PrivateAttr(default=None)

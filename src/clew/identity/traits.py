@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from clew.store.base import Traits
 
@@ -45,8 +45,12 @@ ORDER_AMOUNTS = ("revenue", "total")
 class TraitPolicy(BaseModel):
     """Per-field merge strategies; fields not listed use ``default``."""
 
-    default: Strategy = "latest"
-    fields: dict[str, Strategy] = {}
+    model_config = ConfigDict(extra="forbid")
+
+    default: Strategy = Field(
+        default="latest", description="Merge strategy of fields not listed in `fields`."
+    )
+    fields: dict[str, Strategy] = Field(default={}, description="Trait name -> merge strategy.")
 
     def strategy(self, name: str) -> Strategy:
         return self.fields.get(name, self.default)
