@@ -84,6 +84,14 @@ def test_run_moves_old_partitions_and_status_shows_both_tiers(tmp_path: Path) ->
     assert (after["cold"]["oldest"], after["cold"]["newest"]) == ("2024-01-15", "2024-02-20")
     assert _count(d) == 4
     assert _count(d, "--include-cold") == 9
+    q = "SELECT count(*) FROM events"
+    warm_only = runner.invoke(app, ["sql", q, "--data-dir", str(d)])
+    assert warm_only.stderr == (
+        "note: 5 more rows of the tables queried are in the cold tier; "
+        "--include-cold queries them too\n"
+    )
+    with_cold = runner.invoke(app, ["sql", q, "--include-cold", "--data-dir", str(d)])
+    assert with_cold.stderr == ""
 
     report = _json(["lifecycle", "run", "--now", NOW, "--json", "--data-dir", str(d)])
     assert report["dry_run"] is False and report["warm_before"] == "2024-03-03"

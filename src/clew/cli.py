@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
+import re
+import shutil
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 from clew._ports import ensure_port_free
 from clew.cli_audiences import audiences_app
-from clew.cli_common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    Host,
+    OutputFormat,
+    Port,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_json,
+    print_table,
+    settings_from,
+    write_csv,
+)
 from clew.cli_config import config_app
 from clew.cli_credentials import sources_app, tokens_app
 from clew.cli_destinations import destinations_app
@@ -26,11 +43,15 @@ from clew.cli_lifecycle import lifecycle_app
 from clew.cli_privacy import privacy_app
 from clew.cli_rebuild import rebuild
 from clew.cli_schema import plan_app, schema_app
+from clew.config import Settings
 
 app = typer.Typer(
     cls=ClewGroup,
     help="Clew, an open-source customer data platform.",
     no_args_is_help=True,
+    # Plain help: paragraphs rewrap to the terminal, no markup is interpreted in docstrings,
+    # and flags show no value type.
+    rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
 )
 
@@ -55,22 +76,49 @@ app.add_typer(privacy_app, name="privacy")
 app.command(name="rebuild")(rebuild)
 
 
+def _log_to_stderr(role: str = "") -> None:
+    """Log INFO and up to stderr, each line tagged with ``role`` when given. HTTP clients log
+    WARNING and up only (a webhook destination would log a line per delivery)."""
+    tag = f"[{role}] " if role else ""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
+    )
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _invoked_as() -> str:
+    """How to run `clew` from the shell this process was started from: ``clew`` when that
+    name finds this program on PATH, else the path it was started by (``.venv/bin/clew``
+    after `make run`, where the virtualenv is not activated)."""
+    argv0 = sys.argv[0]
+    found = shutil.which("clew")
+    if Path(argv0).name != "clew" or (found and Path(found).resolve() == Path(argv0).resolve()):
+        return "clew"
+    return argv0
+
+
 @app.command()
 def serve(
     host: Host = None,
     port: Port = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
+    access_log: Annotated[
+        bool,
+        typer.Option("--access-log", help="Log every HTTP request (method, path, status)."),
+    ] = False,
 ) -> None:
-    """Run the collector, every stage and the APIs in one process."""
+    """Run the collector, every stage and the APIs in one process.
+
+    Stops on Ctrl+C (SIGINT) or SIGTERM: it refuses new events, lets the stages drain and
+    exits 0."""
     from clew.server import Clew
     from clew.server import serve as run_server
 
     settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
     ensure_port_free(settings.host, settings.port)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr()
 
     from clew._datadir import DataDirInUseError, open_to_others
 
@@ -86,16 +134,19 @@ def serve(
         src = clew.default_source
         console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")
         console.print(f"  Tracking API:  {base}/v1/batch  (Segment / RudderStack SDK host: {base})")
-        sql_cmd = f'clew sql "SELECT count(*) FROM events" --data-dir {settings.data_dir}'
-        console.print(f"  SQL:           {sql_cmd}")
+        clew_cmd = _invoked_as()
+        sql_cmd = f'{clew_cmd} sql "SELECT count(*) FROM events" --data-dir {settings.data_dir}'
+        console.print(f"  SQL:           {escape(sql_cmd)}", highlight=False)
         console.print(
-            f"                 POST {base}/v1/sql with a token from `clew tokens create NAME`"
+            f"                 POST {base}/v1/sql with a token from "
+            f"`{escape(clew_cmd)} tokens create NAME --data-dir {settings.data_dir}`",
+            highlight=False,
         )
         console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
         console.print("Press Ctrl+C to stop.")
 
     try:
-        run_server(settings, on_ready=ready)
+        run_server(settings, on_ready=ready, access_log=access_log)
     except DataDirInUseError as e:
         raise fail(str(e)) from None
 
@@ -107,15 +158,15 @@ def collector(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Run only the Tracking API (no stages, no Profile/Admin API); run as many as you like,
-    next to `clew worker` processes (docs/scale-out.md, "Process roles")."""
+    """Run only the Tracking API (no stages, no Profile/Admin API).
+
+    Run as many as you like, next to `clew worker` processes (docs/scale-out.md, "Process
+    roles")."""
     from clew.collector.process import CollectorProcess, run_collector
 
     settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
     ensure_port_free(settings.host, settings.port)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [collector] %(name)s: %(message)s"
-    )
+    _log_to_stderr("collector")
 
     def ready(process: CollectorProcess) -> None:
         base = f"http://{settings.host}:{settings.port}"
@@ -153,10 +204,7 @@ def worker(
         settings = receive_settings(settings_fd)
     else:
         settings = settings_from(config, data="create", data_dir=data_dir)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s [{'+'.join(stage)}] %(name)s: %(message)s",
-    )
+    _log_to_stderr("+".join(stage))
     try:
         run_worker(settings, stage)
     except UnknownStageError as e:
@@ -169,8 +217,9 @@ TABLE_ROWS = 1_000
 
 @app.command()
 def sql(
-    query: str,
-    format: Annotated[str, typer.Option("--format", "-f", help="table, json or csv")] = "table",
+    query: Annotated[str, typer.Argument(help="One SELECT (or WITH … SELECT) statement.")],
+    format: Format = None,
+    as_json: AsJson = False,
     include_cold: Annotated[
         bool,
         typer.Option(
@@ -190,15 +239,17 @@ def sql(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Run a read-only SQL query over the lake (works while `clew serve` is writing), within
-    the `sql` memory limit. Rows past the limit are counted, not printed."""
+    """Run a read-only SQL query over the lake.
+
+    Works while `clew serve` is writing, within the memory limit of the [sql] settings.
+    Rows past --limit are counted, not printed. Without --include-cold, a note on stderr
+    says how many rows of the tables queried are in the cold tier."""
     from clew.api.sql import jsonable
     from clew.lake.query import Lake, QueryError, QueryLimits
 
-    if format not in ("table", "json", "csv"):
-        raise fail("--format must be table, json or csv", 2)
+    fmt = output_format(format, as_json)
     if limit is None:
-        limit = TABLE_ROWS if format == "table" else 0
+        limit = TABLE_ROWS if fmt is OutputFormat.table else 0
     settings = settings_from(config, data_dir=data_dir)
     try:
         lake = Lake(
@@ -207,20 +258,15 @@ def sql(
         result = lake.sql(query, limit or None, include_cold, count_rest=True)
     except QueryError as e:
         raise fail(str(e)) from None
-    if format == "json":
-        rows = [dict(zip(result.columns, map(jsonable, r), strict=True)) for r in result.rows]
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False) + "\n")
-    elif format == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(result.columns)
-        writer.writerows([[jsonable(v) for v in r] for r in result.rows])
-        sys.stdout.write(buf.getvalue())
+    if fmt is OutputFormat.json:
+        print_json([dict(zip(result.columns, map(jsonable, r), strict=True)) for r in result.rows])
+    elif fmt is OutputFormat.csv:
+        write_csv(result.columns, ([jsonable(v) for v in r] for r in result.rows))
     else:
-        table = Table(*result.columns)
+        table = listing(*result.columns)
         for r in result.rows:
-            table.add_row(*("NULL" if v is None else str(jsonable(v)) for v in r))
-        console.print(table)
+            table.add_row(*(Text("NULL" if v is None else str(jsonable(v))) for v in r))
+        print_table(table)
     if result.left_out:
         left_out = (
             f"{result.left_out:,} more row{'s' if result.left_out != 1 else ''} left out "
@@ -228,6 +274,24 @@ def sql(
         )
         # On stderr, so that the json and csv on stdout stay whole.
         typer.echo(left_out, err=True)
+    if not include_cold:
+        cold = _cold_rows(settings, query)
+        if cold:
+            typer.echo(
+                f"note: {cold:,} more row{'s' if cold != 1 else ''} of the tables queried "
+                "are in the cold tier; --include-cold queries them too",
+                err=True,
+            )
+
+
+def _cold_rows(settings: Settings, query: str) -> int:
+    """Rows the cold tier holds of the tiered tables ``query`` names."""
+    from clew.lake.tiers import tier_status
+
+    named = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)}
+    return sum(
+        s.rows for s in tier_status(settings) if s.tier == "cold" and s.table.lower() in named
+    )
 
 
 @app.command()
@@ -237,8 +301,9 @@ def demo(
     users: Annotated[int, typer.Option(help="Simulated visitors.")] = 300,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same traffic).")] = 7,
 ) -> None:
-    """Simulate a small e-commerce site through the HTTP API, then answer the README's
-    example questions in SQL."""
+    """Simulate a small e-commerce site through the HTTP API.
+
+    Then answer the README's example questions in SQL."""
     from clew._datadir import DataDirInUseError
     from clew.demo import DemoError, run_demo
 

@@ -17,10 +17,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from clew._names import did_you_mean
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 from clew.cli_errors import DataUse
 
 if TYPE_CHECKING:
@@ -92,8 +102,10 @@ def push(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Add or replace the definitions in FILES. All are checked together with the stored ones
-    first (names, references between audiences, cycles); if any is invalid, nothing is stored."""
+    """Add or replace the definitions in FILES.
+
+    All are checked together with the stored ones first (names, references between
+    audiences, cycles); if any is invalid, nothing is stored."""
     from clew.audiences.definitions import DefinitionError
     from clew.audiences.repository import kind_of, load_file
 
@@ -122,11 +134,20 @@ def push(
 
 
 @audiences_app.command("list")
-def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Stored traits and audiences (audiences in evaluation order) with their backfill state."""
+def list_(
+    format: Format = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Stored traits and audiences (audiences in evaluation order) with their backfill state.
+
+    As JSON: a list of {type, name, fingerprint, backfill, source}, source the definition as
+    pushed."""
     from clew.audiences.definitions import DefinitionError
     from clew.audiences.repository import kind_of
 
+    fmt = output_format(format, as_json)
     repository, settings = _open(data_dir, config)
     try:
         definitions = repository.catalog().definitions()
@@ -134,24 +155,25 @@ def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile 
         raise fail(escape(str(exc))) from None
     with _profiles(settings) as store:
         backfill = {d.name: _backfill(store, d) for d in definitions}
-    if as_json:
-        rows = [
-            {
-                "type": kind_of(d),
-                "name": d.name,
-                "fingerprint": d.fingerprint,
-                "backfill": backfill[d.name],
-                "source": dict(d.source),
-            }
-            for d in definitions
-        ]
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str) + "\n")
-        return
-    table = Table("type", "name", "kind / condition", "window", "fingerprint", "backfill")
-    table.columns[1].overflow = "fold"
-    table.columns[2].overflow = "fold"
-    table.columns[4].no_wrap = True
-    table.columns[4].min_width = 16
+    rows = [
+        {
+            "type": kind_of(d),
+            "name": d.name,
+            "fingerprint": d.fingerprint,
+            "backfill": backfill[d.name],
+            "source": dict(d.source),
+        }
+        for d in definitions
+    ]
+    table = listing(
+        "type",
+        "name",
+        "kind / condition",
+        "window",
+        "fingerprint",
+        "backfill",
+        prose=["kind / condition", "backfill"],
+    )
     for d in definitions:
         source = d.source
         window = str(source.get("window", "")) if kind_of(d) == "trait" else ""
@@ -163,7 +185,7 @@ def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile 
             d.fingerprint,
             backfill[d.name],
         )
-    console.print(table)
+    print_listing(table, fmt, rows)
 
 
 @audiences_app.command("show")

@@ -1,12 +1,20 @@
-"""What every `clew` command shares: consoles, the --data-dir/--config options, settings."""
+"""What every `clew` command shares: consoles, the --data-dir/--config options, settings,
+and how listings are printed (``--format table|json|csv``)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from clew.cli_errors import DataUse, command_settings, exit_with
 from clew.config import ConfigError, Settings
@@ -14,7 +22,28 @@ from clew.config import ConfigError, Settings
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+# Width of a table printed to a pipe or file: wide enough that no row is ever wrapped.
+_PIPE_WIDTH = 100_000
+
+
+class OutputFormat(StrEnum):
+    """How a listing prints: a table for people, JSON or CSV for programs."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+Format = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (for people), json or csv (for programs). [default: table]",
+        show_default=False,
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="The same as --format json.")]
 Host = Annotated[str | None, typer.Option(help="Interface to listen on [default: 127.0.0.1]")]
 Port = Annotated[int | None, typer.Option(help="Port to listen on [default: 8088]")]
 DataDir = Annotated[
@@ -41,3 +70,70 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` as an error; raise the returned exit."""
     err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     return typer.Exit(code)
+
+
+def output_format(fmt: OutputFormat | None, as_json: bool = False) -> OutputFormat:
+    """The format a listing asked for: ``--json`` is ``--format json``; asking for json and
+    another format at once is a usage error (exit 2)."""
+    if as_json and fmt not in (None, OutputFormat.json):
+        raise fail(f"--json and --format {fmt.value} disagree; give one of them", 2)
+    if as_json:
+        return OutputFormat.json
+    return fmt or OutputFormat.table
+
+
+def listing(*columns: str, prose: Iterable[str] = (), title: str | None = None) -> Table:
+    """An empty table whose columns keep their cells whole: names, ids, times and numbers
+    never wrap (on a narrow terminal the table grows past it instead of breaking one).
+    Columns named in ``prose`` hold sentences: they wrap between words, and fold a word only
+    when it is longer than the whole column."""
+    table = Table(title=title)
+    wrapping = set(prose)
+    for name in columns:
+        if name in wrapping:
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, no_wrap=True)
+    return table
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` on stdout. On a terminal it fits the terminal as well as its
+    unbreakable columns allow; to a pipe or file no row is wrapped at all, whatever
+    ``COLUMNS`` says."""
+    if console.is_terminal:
+        console.print(table)
+    else:
+        Console(file=sys.stdout, width=_PIPE_WIDTH, soft_wrap=True).print(table)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as one line of JSON on stdout (UTF-8 as is, not escaped); values JSON has
+    no type for (times, paths) as their ``str()``."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+
+
+def write_csv(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """A header line and one line per row on stdout, RFC 4180 quoting, LF line endings;
+    ``None`` is an empty field."""
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(["" if v is None else v for v in row] for row in rows)
+
+
+def print_listing(table: Table, fmt: OutputFormat, json_value: Any) -> None:
+    """Print a listing as ``fmt`` asks: ``table`` as a table, ``json_value`` as JSON, or the
+    table's columns and cells (their plain text, markup removed) as CSV."""
+    if fmt is OutputFormat.json:
+        print_json(json_value)
+    elif fmt is OutputFormat.csv:
+        cells = [[_plain(c) for c in column.cells] for column in table.columns]
+        write_csv([_plain(c.header) for c in table.columns], zip(*cells, strict=True))
+    else:
+        print_table(table)
+
+
+def _plain(cell: Any) -> str:
+    if isinstance(cell, Text):
+        return cell.plain
+    return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)

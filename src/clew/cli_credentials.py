@@ -10,10 +10,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from clew.audiences.definitions import DefinitionError, parse_duration
-from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    console,
+    err,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 from clew.cli_errors import DataUse
 from clew.sources import ALL_SCOPES, SCOPES, Catalog, CatalogError, parse_scopes
 
@@ -60,16 +71,26 @@ def sources_list(
         bool,
         typer.Option("--removed", help="Also list removed sources (their keys no longer work)."),
     ] = False,
+    format: Format = None,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """List sources with their write keys."""
+    """List sources with their write keys.
+
+    As JSON: a list of {name, id, write_key, removed_at}, removed_at an ISO-8601 time or
+    null."""
+    fmt = output_format(format, as_json)
     with _catalog(config, data_dir) as catalog:
         sources = catalog.sources(include_removed=removed)
-    table = Table("name", "id", "write key", *(["removed"] if removed else []))
+    table = listing("name", "id", "write key", *(["removed"] if removed else []))
     for s in sources:
         table.add_row(s.name, s.id, s.write_key, *([_when(s.removed_at)] if removed else []))
-    console.print(table)
+    docs = [
+        {"name": s.name, "id": s.id, "write_key": s.write_key, "removed_at": _iso(s.removed_at)}
+        for s in sources
+    ]
+    print_listing(table, fmt, docs)
 
 
 @sources_app.command("rotate")
@@ -88,8 +109,10 @@ def sources_rotate(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Give a source a new write key and print it; the old key stops working after the grace
-    period (within a second in every collector sharing this catalog)."""
+    """Give a source a new write key and print it.
+
+    The old key stops working after the grace period (within a second in every collector
+    sharing this catalog)."""
     grace_s = 0.0 if grace is None else _duration_s(grace, "--grace")
     with _catalog(config, data_dir) as catalog:
         src = catalog.rotate_write_key(name, grace_s, write_key)
@@ -100,8 +123,9 @@ def sources_rotate(
 
 @sources_app.command("remove")
 def sources_remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Stop a source's write keys (within a second in every collector). Its events stay, and
-    its name stays taken."""
+    """Stop a source's write keys (within a second in every collector).
+
+    Its events stay, and its name stays taken."""
     with _catalog(config, data_dir) as catalog:
         src = catalog.remove_source(name)
     console.print(f"removed source '{src.name}' ({src.id}); its events stay")
@@ -140,20 +164,41 @@ def tokens_create(
 
 @tokens_app.command("revoke")
 def tokens_revoke(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Revoke an access token: every Clew process sharing this catalog refuses it from its
-    next request."""
+    """Revoke an access token.
+
+    Every Clew process sharing this catalog refuses it from its next request."""
     with _catalog(config, data_dir) as catalog:
         catalog.revoke_token(name)
     console.print(f"revoked token '{name}'")
 
 
 @tokens_app.command("list")
-def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """List tokens: name, scopes, created, expires, last used (never the token: only its hash
-    is kept)."""
+def tokens_list(
+    format: Format = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """List tokens: name, scopes, created, expires, last used.
+
+    Never the token itself: only its hash is kept. As JSON: a list of {name, scopes,
+    legacy, created_at, expires_at, last_used_at}, times in ISO-8601 or null; a legacy
+    token (made before scopes existed) holds every scope."""
+    fmt = output_format(format, as_json)
     with _catalog(config, data_dir) as catalog:
         tokens = catalog.tokens()
-    table = Table("name", "scopes", "created", "expires", "last used")
+    docs = [
+        {
+            "name": t.name,
+            "scopes": [s for s in SCOPES if s in t.scopes],
+            "legacy": t.legacy,
+            "created_at": _iso(t.created_at),
+            "expires_at": _iso(t.expires_at),
+            "last_used_at": _iso(t.last_used_at),
+        }
+        for t in tokens
+    ]
+    table = listing("name", "scopes", "created", "expires", "last used", prose=["scopes"])
     for t in tokens:
         scopes = ", ".join(s for s in SCOPES if s in t.scopes)
         if t.legacy:
@@ -161,13 +206,19 @@ def tokens_list(data_dir: DataDir = None, config: ConfigFile = None) -> None:
         table.add_row(
             t.name, scopes, _when(t.created_at), _when(t.expires_at), _when(t.last_used_at)
         )
-    console.print(table)
+    print_listing(table, fmt, docs)
 
 
 def _when(at: float | None) -> str:
     if at is None:
         return "-"
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
 
 
 def _duration_s(text: str, option: str) -> float:

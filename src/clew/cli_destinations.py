@@ -8,7 +8,6 @@ about a second, and replayed dead letters within its next outbox poll.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,9 +16,22 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    err,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
+from clew.destinations.config import CHANGE_KINDS
 
 if TYPE_CHECKING:
     from clew.destinations import DestinationConfig, DestinationDirectory, Outbox
@@ -30,7 +42,29 @@ destinations_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Many = Annotated[list[str] | None, typer.Option(show_default=False)]
+
+def _many(help: str) -> Any:
+    """A repeatable option without a default shown."""
+    return typer.Option(help=f"{help} (repeatable)", show_default=False)
+
+
+Categories = Annotated[
+    list[str] | None,
+    _many(
+        "A consent category the destination belongs to: an event carrying consent "
+        "preferences is sent only when every category is granted"
+    ),
+]
+Events = Annotated[
+    list[str] | None, _many("Send events with this name or type; '*' is every event [*]")
+]
+Changes = Annotated[
+    list[str] | None, _many(f"Send profile change records of this kind: {', '.join(CHANGE_KINDS)}")
+]
+Audiences = Annotated[
+    list[str] | None, _many("Send audience changes of this audience only [all audiences]")
+]
+Traits = Annotated[list[str] | None, _many("Send trait changes of this trait only [all traits]")]
 
 
 def _when(ms: int | None) -> str:
@@ -52,10 +86,6 @@ def _outbox(path: Path) -> Outbox:
     return Outbox(path)
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
-
-
 @destinations_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="The destination's name (letters, digits, _-.).")],
@@ -67,11 +97,11 @@ def add(
         str | None,
         typer.Option(help="Read the HMAC key from this environment variable of `clew serve`."),
     ] = None,
-    category: Many = None,
-    event: Many = None,
-    change: Many = None,
-    audience: Many = None,
-    trait: Many = None,
+    category: Categories = None,
+    event: Events = None,
+    change: Changes = None,
+    audience: Audiences = None,
+    trait: Traits = None,
     batch_size: Annotated[int | None, typer.Option(help="Records per request [100].")] = None,
     max_batch_wait_ms: Annotated[
         int | None, typer.Option(help="Send a smaller batch after this wait [1000].")
@@ -88,8 +118,10 @@ def add(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Add a webhook destination (repeat --category, --event, --change, --audience, --trait
-    for several values; --event '*' is every event, the default)."""
+    """Add a webhook destination.
+
+    Repeat --category, --event, --change, --audience and --trait for several values; the
+    filters combine with AND (docs/destinations.md)."""
     from clew.destinations import DestinationDirectory, DestinationError, parse_destination
     from clew.destinations.addresses import check_url
     from clew.destinations.config import destinations_dir, read_mapping
@@ -140,10 +172,19 @@ def _summary(d: DestinationConfig) -> str:
 
 
 @destinations_app.command("list")
-def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Configured destinations with their filters, outbox and delivery counts. ``active
-    since``: when the destinations stage picked the destination up; it gets the records that
-    arrive from then on ("pending" until `clew serve` has seen it)."""
+def list_(
+    format: Format = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Configured destinations with their filters, outbox and delivery counts.
+
+    "active since" is when the destinations stage picked the destination up: it gets the
+    records that arrive from then on ("pending" until `clew serve` has seen it). As JSON:
+    {destinations: [...], problems: [...]}; as a table or CSV, files that do not parse are
+    reported after it (on stderr for CSV)."""
+    fmt = output_format(format, as_json)
     directory, db = _open(data_dir, config)
     found, problems = directory.load()
     outbox = _outbox(db)
@@ -168,14 +209,17 @@ def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile 
                 "dead_letters": dead.get(d.name, 0),
             }
         )
-    if as_json:
-        _print_json({"destinations": rows, "problems": [str(p) for p in problems.values()]})
-        return
-    table = Table(
-        "name", "url", "selects", "secret", "active since", "outbox", "delivered", "dead letters"
+    table = listing(
+        "name",
+        "url",
+        "selects",
+        "secret",
+        "active since",
+        "outbox",
+        "delivered",
+        "dead letters",
+        prose=["selects", "secret"],
     )
-    for column in table.columns[:3]:
-        column.overflow = "fold"
     for d, row in zip(sorted(found.values(), key=lambda c: c.name), rows, strict=True):
         table.add_row(
             escape(d.name),
@@ -187,9 +231,13 @@ def list_(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile 
             str(row["delivered_events"]),
             str(row["dead_letters"]),
         )
-    console.print(table)
-    for problem in problems.values():
-        console.print(f"[red]invalid:[/red] {escape(problem)}")
+    print_listing(
+        table, fmt, {"destinations": rows, "problems": [str(p) for p in problems.values()]}
+    )
+    if fmt is not OutputFormat.json:
+        out = console if fmt is OutputFormat.table else err
+        for problem in problems.values():
+            out.print(f"[red]invalid:[/red] {escape(problem)}")
 
 
 @destinations_app.command("remove")
@@ -216,12 +264,16 @@ def remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> No
 def deliveries(
     name: str,
     limit: Annotated[int, typer.Option(help="Finished deliveries to show.")] = 20,
+    format: Format = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """The batch being delivered (attempts, last error, next attempt) and the latest finished
-    deliveries, newest first."""
+    """The batch being delivered and the latest finished deliveries, newest first.
+
+    The batch being delivered shows its attempts, last error and next attempt. As JSON:
+    {outbox, in_flight, deliveries}; as CSV: the finished deliveries only."""
+    fmt = output_format(format, as_json)
     _, db = _open(data_dir, config)
     outbox = _outbox(db)
     try:
@@ -252,18 +304,25 @@ def deliveries(
         }
         for d in done
     ]
-    if as_json:
-        _print_json({"outbox": waiting, "in_flight": pending, "deliveries": finished})
-        return
-    console.print(f"{waiting} records in the outbox of {escape(name)}")
-    if pending is not None:
+    if fmt is OutputFormat.table:
+        console.print(f"{waiting} records in the outbox of {escape(name)}")
+    if fmt is OutputFormat.table and pending is not None:
         console.print(
             f"in flight: {pending['delivery_id']} ({pending['events']} records), "
             f"{pending['attempts']} failed attempts, next {pending['next_attempt']}"
             + (f", last: {escape(str(pending['last_error']))}" if pending["last_error"] else ""),
             highlight=False,
         )
-    table = Table("finished", "delivery id", "records", "outcome", "status", "attempts", "error")
+    table = listing(
+        "finished",
+        "delivery id",
+        "records",
+        "outcome",
+        "status",
+        "attempts",
+        "error",
+        prose=["error"],
+    )
     for d in done:
         table.add_row(
             _when(d.finished_ms),
@@ -274,7 +333,7 @@ def deliveries(
             str(d.attempts),
             escape(d.error or ""),
         )
-    console.print(table)
+    print_listing(table, fmt, {"outbox": waiting, "in_flight": pending, "deliveries": finished})
 
 
 @destinations_app.command("dlq")
@@ -286,11 +345,16 @@ def dlq(
     purge: Annotated[
         bool, typer.Option(help="Delete the destination's dead letters (needs NAME).")
     ] = False,
+    format: Format = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Deliveries that were refused or ran out of retries, with the reason."""
+    """Deliveries that were refused or ran out of retries, with the reason.
+
+    As JSON: a list of {destination, delivery_id, events, reason, status, attempts,
+    failed}."""
+    fmt = output_format(format, as_json)
     _, db = _open(data_dir, config)
     outbox = _outbox(db)
     try:
@@ -322,10 +386,9 @@ def dlq(
         }
         for x in letters
     ]
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table("failed", "destination", "delivery id", "records", "status", "reason")
+    table = listing(
+        "failed", "destination", "delivery id", "records", "status", "reason", prose=["reason"]
+    )
     for x in letters:
         table.add_row(
             _when(x.failed_ms),
@@ -335,7 +398,7 @@ def dlq(
             "" if x.status is None else str(x.status),
             escape(x.reason),
         )
-    console.print(table)
+    print_listing(table, fmt, rows)
 
 
 @destinations_app.command("replay")
@@ -347,8 +410,10 @@ def replay(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Send a destination's dead letters again: each goes back to its outbox as a batch with
-    its original delivery id, after the batch in flight."""
+    """Send a destination's dead letters again.
+
+    Each goes back to its outbox as a batch with its original delivery id, after the batch
+    in flight."""
     from clew.destinations import DestinationError
 
     directory, db = _open(data_dir, config)

@@ -15,7 +15,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from clew.cli_common import ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    OutputFormat,
+    console,
+    err,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
+from clew.cli_common import Format as ListingFormat
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -58,7 +71,7 @@ Until = Annotated[
 AllRows = Annotated[
     bool, typer.Option("--all", help="Include rows already replayed (hidden by default).")
 ]
-Format = Annotated[str, typer.Option("--format", "-f", help="table or json")]
+Format = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
 
 
 class _Context:
@@ -207,31 +220,40 @@ def list_rows(
     until: Until = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
     all_rows: AllRows = False,
-    format: Format = "table",
+    format: ListingFormat = None,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Dead letters, newest first; rows already replayed are hidden unless --all."""
-    from rich.table import Table
+    """Dead letters, newest first; rows already replayed are hidden unless --all.
 
-    ctx = _Context(data_dir, config, format)
+    As JSON: a list of rows with every field (the message whole, violations, where the raw
+    record is, the last replay); as CSV: the table's columns, the message cut as in the
+    table."""
+    fmt = output_format(format, as_json)
+    ctx = _Context(data_dir, config, "json" if fmt is OutputFormat.json else "table")
     try:
         f = ctx.filters(reason, source, event, since, until, limit, all_rows)
         rows = [r for batch in ctx.snapshot.rows(f) for r in batch]
-        if ctx.format == "json":
+        if fmt is OutputFormat.json:
             _print_json([_row_json(ctx, r) for r in rows])
             return
-        if not rows:
+        if not rows and fmt is OutputFormat.table:
             hint = "" if all_rows else " (rows already replayed are hidden; --all shows them)"
             console.print(f"No dead letters match{hint}.")
             return
         total = ctx.snapshot.count(f)
-        table = Table("id", "received (UTC)", "source", "reason", "event", "message")
-        if all_rows:
-            table.add_column("replayed")
-        # Ids and reasons stay whole on narrow terminals; the message is cut short (`clew dlq
-        # show ID` has it all).
-        table.columns[0].no_wrap = table.columns[3].no_wrap = True
+        # The message is cut short (`clew dlq show ID` has it all).
+        table = listing(
+            "id",
+            "received (UTC)",
+            "source",
+            "reason",
+            "event",
+            "message",
+            *(["replayed"] if all_rows else []),
+            prose=["message"],
+        )
         for r in rows:
             cells = [
                 escape(r.dlq_id),
@@ -244,11 +266,11 @@ def list_rows(
             if all_rows:
                 cells.append(r.replay.outcome if r.replay is not None else "")
             table.add_row(*cells)
-        out = console
-        out.print(table)
-        hidden = "" if all_rows else " not yet replayed"
-        more = "; use --limit to see more" if total > len(rows) else ""
-        out.print(f"{len(rows)} of {_count(total, 'dead letter')}{hidden}{more}")
+        print_listing(table, fmt, None)
+        if fmt is OutputFormat.table:
+            hidden = "" if all_rows else " not yet replayed"
+            more = "; use --limit to see more" if total > len(rows) else ""
+            console.print(f"{len(rows)} of {_count(total, 'dead letter')}{hidden}{more}")
     finally:
         ctx.close()
 

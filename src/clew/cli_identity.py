@@ -19,7 +19,20 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    err,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -100,12 +113,18 @@ def _separation(sep: Separation) -> dict[str, Any]:
 
 @identity_app.command("explain")
 def explain(
-    ref: Ref, as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None
+    ref: Ref,
+    format: Format = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
 ) -> None:
     """Why a profile holds each identifier, and which events merged profiles into it.
 
     Oldest first: the event that attached each identifier (message id, source, time, match
-    weight) and each merge with its event; then the separations that concern the profile."""
+    weight) and each merge with its event; then the separations that concern the profile.
+    As JSON: {profile_id, reasons, separations}; as CSV: the table of reasons only."""
+    fmt = output_format(format, as_json)
     from clew.identity.resolver import IdentityResolver
     from clew.identity.split import SplitError, find_profile
     from clew.store.factory import open_store
@@ -123,16 +142,12 @@ def explain(
     finally:
         store.close()
     names = _source_names(settings)
-    if as_json:
-        doc = {
-            "profile_id": pid,
-            "reasons": [_reason(line, names) for line in lines],
-            "separations": [_separation(s) for s in seps],
-        }
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        return
-    console.print(f"Profile [bold]{escape(pid)}[/bold]")
-    table = Table("time", "what", "event (message id)", "source", "match weight")
+    doc = {
+        "profile_id": pid,
+        "reasons": [_reason(line, names) for line in lines],
+        "separations": [_separation(s) for s in seps],
+    }
+    table = listing("time", "what", "event (message id)", "source", "match weight")
     for line in lines:
         p = line.provenance
         if line.identifier is not None:
@@ -147,7 +162,11 @@ def explain(
             escape(names.get(p.source_id, p.source_id)),
             weight,
         )
-    console.print(table)
+    if fmt is not OutputFormat.table:
+        print_listing(table, fmt, doc)
+        return
+    console.print(f"Profile [bold]{escape(pid)}[/bold]")
+    print_listing(table, fmt, doc)
     for sep in seps:
         s = _separation(sep)
         console.print(

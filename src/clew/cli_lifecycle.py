@@ -12,7 +12,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from clew.lake.tiers import LifecycleReport, TierProgress
@@ -54,8 +66,10 @@ def run(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Move lake partitions older than lifecycle.warm_days to the cold tier, purge cold ones
-    older than lifecycle.purge_after_days, and apply the raw log's retention."""
+    """Tier old lake partitions to cold, purge expired ones, apply log retention.
+
+    Moves lake partitions older than lifecycle.warm_days to the cold tier, purges cold ones
+    older than lifecycle.purge_after_days, and applies the raw log's retention."""
     from clew.clock import clock_for
     from clew.events import parse_time
     from clew.lake.tiers import LifecycleBusyError, run_lifecycle
@@ -148,16 +162,21 @@ def _print_report(report: LifecycleReport) -> None:
 
 
 @lifecycle_app.command("status")
-def status(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """What the warm and cold tiers of each table hold."""
+def status(
+    format: Format = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """What the warm and cold tiers of each table hold.
+
+    As JSON: a list of {table, tier, partitions, rows, bytes, oldest, newest}."""
     from clew.lake.tiers import tier_status
 
+    fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
     rows = tier_status(settings)
-    if as_json:
-        sys.stdout.write(json.dumps([_jsonable(asdict(r)) for r in rows]) + "\n")
-        return
-    table = Table("table", "tier", "partitions", "rows", "bytes", "oldest", "newest")
+    table = listing("table", "tier", "partitions", "rows", "bytes", "oldest", "newest")
     for r in rows:
         table.add_row(
             r.table,
@@ -168,7 +187,9 @@ def status(as_json: AsJson = False, data_dir: DataDir = None, config: ConfigFile
             str(r.oldest or "-"),
             str(r.newest or "-"),
         )
-    console.print(table)
+    print_listing(table, fmt, [_jsonable(asdict(r)) for r in rows])
+    if fmt is not OutputFormat.table:
+        return
     console.print(
         f"warm: {settings.lake_location} (younger than {settings.lifecycle.warm_days:g} days)\n"
         f"cold: {settings.cold_location}",

@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -80,8 +90,9 @@ def request(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Queue a data-subject request for the person behind IDENTIFIER (all of their
-    identifiers). Exit code with --wait: 0 finished, 1 partial or failed."""
+    """Queue a data-subject request for the person behind IDENTIFIER (all of their identifiers).
+
+    Exit code with --wait: 0 finished, 1 partial or failed."""
     from clew._datadir import DataDirInUseError, serving_url
     from clew.privacy.requests import InvalidRequestError
 
@@ -191,21 +202,22 @@ def list_requests(
         str | None, typer.Option(help="Only requests with this status.", show_default=False)
     ] = None,
     limit: Annotated[int, typer.Option(help="How many (newest first).", min=1)] = 50,
+    format: Format = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """List the newest requests."""
+    """List the newest requests.
+
+    As JSON: a list of requests as `clew privacy status ID --json` shows each."""
+    fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
     store = _store(settings)
     try:
         found = store.recent(limit, status)
     finally:
         store.close()
-    if as_json:
-        print(json.dumps([r.public() for r in found], ensure_ascii=False))
-        return
-    table = Table("id", "type", "status", "subject", "requested by", "created", "finished")
+    table = listing("id", "type", "status", "subject", "requested by", "created", "finished")
     for r in found:
         p = r.public()
         table.add_row(
@@ -217,7 +229,7 @@ def list_requests(
             p["created_at"],
             p["finished_at"] or "",
         )
-    console.print(table)
+    print_listing(table, fmt, [r.public() for r in found])
 
 
 @privacy_app.command("verify")
@@ -235,8 +247,10 @@ def verify(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Scan every store for the person behind IDENTIFIER (every identifier of their profile
-    while it exists) and print zero traces, or where something remains (exit 1)."""
+    """Scan every store for what is left of the person behind IDENTIFIER.
+
+    Every identifier of their profile is looked for while the profile exists. Prints zero
+    traces, or where something remains (exit 1)."""
     from clew.log.factory import open_log
     from clew.privacy.erase import Subject, resolve_person
     from clew.privacy.requests import InvalidRequestError, parse_identifier

@@ -7,9 +7,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_listing,
+    settings_from,
+)
 from clew.cli_errors import DataUse
 
 plan_app = typer.Typer(
@@ -29,8 +41,10 @@ def _registry(data_dir: Path | None, config: Path | None, data: DataUse = "read"
 
 @plan_app.command("push")
 def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Publish a tracking plan: a new version of every changed subject, refused as a whole
-    (exit 1) if any change breaks its subject's compatibility mode."""
+    """Publish a tracking plan: a new version of every changed subject.
+
+    The plan is refused as a whole (exit 1) if any change breaks its subject's compatibility
+    mode."""
     from clew.schema import IncompatibleSchemaError, PlanError, load_plan, push
     from clew.schema.report import render_check, render_push
 
@@ -57,8 +71,9 @@ def schema_check(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Exit 1 with an explanation of every breaking change the plan in DIRECTORY would make
-    (a CI gate); exit 0 when it is compatible."""
+    """Explain every breaking change the plan in DIRECTORY would make; exit 1 if any.
+
+    A CI gate: exit 0 when the plan is compatible."""
     from clew.schema import PlanError, load_plan
     from clew.schema.plan import check, compare
     from clew.schema.report import render_check
@@ -82,23 +97,59 @@ def schema_check(
 def schema_list(
     source: SourceOpt = "default",
     all_subjects: Annotated[bool, typer.Option("--all", help="Include retired subjects.")] = False,
+    format: Format = None,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Subjects of a source's plan with their latest version."""
+    """Subjects of a source's plan with their latest version.
+
+    A source that is neither in the catalog (`clew sources list`) nor has a plan exits 1.
+    As JSON: {source, enforcement, subjects: [{subject, version, schemaver, compatibility,
+    active}]}."""
+    from clew.sources import DEFAULT_SOURCE, Catalog
+
+    fmt = output_format(format, as_json)
+    settings = settings_from(config, data_dir=data_dir)
     with _registry(data_dir, config) as registry:
-        settings = registry.settings(source)
-        table = Table("subject", "version", "schemaver", "compatibility", "active")
-        for info in registry.subjects(source, include_retired=all_subjects):
-            table.add_row(
-                info.subject,
-                str(info.latest.version),
-                str(info.latest.schemaver),
-                str(info.compatibility.value),
-                "yes" if info.active else "retired",
-            )
-    console.print(f"source {source}: enforcement {settings.enforcement.value}")
-    console.print(table)
+        known = set(registry.sources()) | {DEFAULT_SOURCE}
+        if source not in known and settings.meta_path.exists():
+            catalog = Catalog(settings.meta_path)
+            try:
+                known |= {s.name for s in catalog.sources(include_removed=False)}
+            finally:
+                catalog.close()
+        if source not in known:
+            names = ", ".join(sorted(known))
+            raise fail(escape(f"there is no source named {source!r} (sources: {names})"), 1)
+        plan = registry.settings(source)
+        subjects = registry.subjects(source, include_retired=all_subjects)
+    table = listing("subject", "version", "schemaver", "compatibility", "active")
+    for info in subjects:
+        table.add_row(
+            info.subject,
+            str(info.latest.version),
+            str(info.latest.schemaver),
+            str(info.compatibility.value),
+            "yes" if info.active else "retired",
+        )
+    doc = {
+        "source": source,
+        "enforcement": plan.enforcement.value,
+        "subjects": [
+            {
+                "subject": info.subject,
+                "version": info.latest.version,
+                "schemaver": str(info.latest.schemaver),
+                "compatibility": info.compatibility.value,
+                "active": info.active,
+            }
+            for info in subjects
+        ],
+    }
+    if fmt is OutputFormat.table:
+        console.print(f"source {source}: enforcement {plan.enforcement.value}")
+    print_listing(table, fmt, doc)
 
 
 @schema_app.command("show")
