@@ -36,7 +36,7 @@ def clew(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def token(serve_process: ServeProcess) -> str:
-    out = clew(serve_process.data_dir, "tokens", "create", "dpo")
+    out = clew(serve_process.data_dir, "tokens", "create", "dpo", "--scope", "privacy,profiles")
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
