@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import orjson
 import pytest
 from deltalake import write_deltalake
@@ -22,14 +23,15 @@ from _services import ServiceUnavailable, unavailable
 from _spark import pom_versions, spark_session
 from clew.cli import app
 from clew.config import LakeSettings, Settings
-from clew.events import format_time
+from clew.events import Event, format_time
 from clew.identity import Identifier, profile_id_for
 from clew.identity.rules import IdentityRules, IdTypeRule
+from clew.identity.unifier import Unifier
 from clew.lake import _spark_session, spark_rebuild
 from clew.lake.query import Lake
 from clew.lake.rebuild import RebuildReport, rebuild
 from clew.lake.spark_rebuild import rebuild_spark
-from clew.lake.tables import EVENTS, to_arrow
+from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, EVENTS, to_arrow
 from clew.store import Provenance, Separation, SQLiteProfileStore
 
 if TYPE_CHECKING:
@@ -223,6 +225,85 @@ def test_story_equals_duckdb_through_the_cli(settings: Settings, spark: SparkSes
     }
     # The reconciliation with the (empty) serving store is reported by both engines alike.
     assert f"batch layer: {len(spark_profiles)} profiles" in result.output
+
+
+def consent(prefs: dict[str, Any]) -> dict[str, Any]:
+    """An event context carrying consent preferences."""
+    return {"consent": {"categoryPreferences": prefs}}
+
+
+def consent_story() -> list[dict[str, Any]]:
+    """People choosing and changing their consent: a later choice that arrives before an
+    earlier one, an anonymous visitor's choice kept when they log in, preferences that are
+    not true/false or not an object, and a person who never chose."""
+    viewed = {"event": "Viewed"}
+    return [
+        ev("page", 1, anonymousId="c-1", context=consent({"marketing": True, "analytics": True})),
+        ev("identify", 2, userId="cu-1", anonymousId="c-1", traits={"email": "cu1@mail.test"}),
+        ev("track", 20, userId="cu-1", **viewed, context=consent({"marketing": False})),
+        # older than the choice above, received after it: the choice at 20 s stays
+        ev("track", 10, received=30, userId="cu-1", **viewed, context=consent({"ads": True})),
+        ev("identify", 3, userId="cu-2", anonymousId="c-3", traits={"name": "Bo"}),
+        ev("page", 4, anonymousId="c-2", context=consent({"ads": False, "note": "later"})),
+        ev("identify", 5, userId="cu-2", anonymousId="c-2"),
+        ev("page", 6, userId="cu-3", context={"consent": {"categoryPreferences": "all"}}),
+        ev("page", 7, userId="cu-3", context=consent({"ads": "yes"})),
+        ev("track", 8, userId="cu-4", event="Order Completed", properties={"revenue": 5}),
+    ]
+
+
+def serve(settings: Settings, docs: list[dict[str, Any]]) -> SQLiteProfileStore:
+    """A serving store holding what the speed layer makes of ``docs`` (in arrival order)."""
+    store = SQLiteProfileStore(settings.profiles_path)
+    unifier = Unifier(store, settings.identity.rules, settings.identity.traits)
+    for doc in sorted(docs, key=lambda d: d["receivedAt"]):
+        unifier.apply(msgspec.convert(doc, Event))
+    return store
+
+
+def test_consent_is_derived_and_compared_like_duckdb(
+    settings: Settings, spark: SparkSession
+) -> None:
+    """The Spark rebuild derives each profile's current consent (the latest by event time)
+    and compares it with the serving store's, as the DuckDB rebuild does; consent is no
+    column of `customer_profiles`."""
+    docs = consent_story()
+    to_lake(settings, docs)
+    store = serve(settings, docs)
+    want = {
+        "cu-1": {"categoryPreferences": {"marketing": False}},
+        "cu-2": {"categoryPreferences": {"ads": False}},
+        "cu-3": {},
+        "cu-4": {},
+    }
+    for user, state in want.items():
+        profile = store.get(store.lookup("user_id", user) or "")
+        assert profile is not None and profile.computed.get("consent", {}) == state, user
+    store.close()
+
+    duck, spark_report, _, _ = both_engines(settings, spark)
+    for report in (duck, spark_report):
+        recon = report.reconciliation
+        assert recon is not None and recon.agree, recon and recon.differences
+        assert recon.identical == recon.batch_profiles == len(want)
+    columns = Lake(settings.lake_location).sql("SELECT * FROM customer_profiles").columns
+    assert columns == CUSTOMER_PROFILES_SCHEMA.names
+
+    # The serving store says cu-2 agreed to ads: both engines report that profile.
+    store = SQLiteProfileStore(settings.profiles_path)
+    pid = store.lookup("user_id", "cu-2")
+    assert pid is not None
+    store.update_computed(pid, lambda c: {**c, "consent": {"categoryPreferences": {"ads": True}}})
+    store.close()
+    for report in (
+        rebuild(settings, dry_run=True),
+        rebuild_spark(settings, session=spark, dry_run=True),
+    ):
+        recon = report.reconciliation
+        assert recon is not None and recon.difference_count == 1
+        (difference,) = recon.differences
+        assert "consent {'categoryPreferences': {'ads': False}} (batch)" in difference
+        assert "{'categoryPreferences': {'ads': True}} (speed)" in difference
 
 
 def shop(people: int, n: int, seed: int) -> Iterator[dict[str, Any]]:

@@ -48,8 +48,8 @@ class Facts:
     orders: int
     last_purchase_ms: int | None
     traits: dict[str, Any]
-    # The current consent state; ``None`` when this side does not carry it (the Spark
-    # rebuild's rows), and then it is not compared.
+    # The current consent state; ``None`` when this side does not carry it, and then it is
+    # not compared.
     consent: dict[str, Any] | None = None
     # Computed traits and memberships; ``None`` when not compared (no definitions, or the
     # Spark rebuild's rows).

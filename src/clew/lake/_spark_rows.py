@@ -1,10 +1,10 @@
 """What the Spark engine of ``clew rebuild`` runs in its Python workers, on Arrow batches.
 
 :func:`prepare` turns each lake event into what identity resolution needs (its identity
-payload, as in ``_rebuild_sql``), its order amount (``clew.identity.traits``) and the nodes of
-the identifier graph: every identifier the event could attach or look up. Identifiers that
-never share an event can never share a profile, so the graph's connected components bound
-every profile.
+payload, as in ``_rebuild_sql``, and the consent preferences it carries), its order amount
+(``clew.identity.traits``) and the nodes of the identifier graph: every identifier the event
+could attach or look up. Identifiers that never share an event can never share a profile, so
+the graph's connected components bound every profile.
 
 :func:`resolve` runs the same :class:`~clew.identity.unifier.Unifier` as the DuckDB rebuild
 over the events of whole components, in event-time order. Components are independent: every
@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from clew.config import IdentitySettings
 from clew.events import Event
+from clew.identity.consent import CONSENT
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
 from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
@@ -64,6 +65,8 @@ PREPARED = pa.schema(
         ("previous_id", pa.string()),
         ("payload", pa.string()),
         ("full_traits", pa.string()),
+        # The event's ``context.consent.categoryPreferences`` object as JSON, if it has one.
+        ("consent", pa.string()),
         ("is_order", pa.bool_()),
         ("revenue", pa.float64()),
         ("nodes", _TEXTS),
@@ -88,6 +91,9 @@ RESOLVED = pa.schema(
         ("email", pa.string()),
         ("traits", pa.string()),
         ("merged_ids", _TEXTS),
+        # PROFILE rows, for the reconciliation only (no customer_profiles column): the
+        # profile's current consent as JSON.
+        ("consent", pa.string()),
         # IDENTITY rows: the identities columns.
         ("id_type", pa.string()),
         ("value", pa.string()),
@@ -127,6 +133,14 @@ def _object(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _preferences(context: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``context.consent.categoryPreferences`` when it is an object (what the DuckDB rebuild
+    selects; the unifier keeps its true/false categories)."""
+    consent = None if context is None else context.get("consent")
+    prefs = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    return prefs if isinstance(prefs, dict) else None
+
+
 def _members(obj: dict[str, Any] | None, keys: tuple[str, ...]) -> list[Any]:
     return [None if obj is None else obj.get(k) for k in keys]
 
@@ -140,14 +154,18 @@ def _event(
     when: str,
     previous_id: str | None,
     full_traits: dict[str, Any] | None,
+    consent: dict[str, Any] | None,
 ) -> Event:
     """The event the unifier sees, built as the DuckDB rebuild builds it (see
-    ``_rebuild_resolve``): the identity payload, and an identify's whole traits."""
+    ``_rebuild_resolve``): the identity payload, an identify's whole traits and the consent
+    preferences."""
     traits, context, properties = shape.objects(payload)
     if full_traits is not None:
         traits = full_traits
     elif type_ == "identify":
         traits = {}
+    if consent is not None:
+        context = {**context, "consent": {"categoryPreferences": consent}}
     return Event(
         type=type_,
         message_id=message_id,
@@ -161,6 +179,12 @@ def _event(
         context=context,
         properties=properties,
     )
+
+
+def _consent_json(computed: dict[str, Any]) -> str:
+    """A profile's current consent (from its computed values) as JSON with sorted keys;
+    ``{}`` when it has none, as the reconciliation reads it."""
+    return orjson.dumps(computed.get(CONSENT, {}), option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _utc(column: pa.Array) -> pa.Array:
@@ -200,9 +224,9 @@ def prepare(batches: Iterable[pa.RecordBatch], job: Job) -> Iterator[pa.RecordBa
             full = traits if type_ == "identify" and traits else None
             previous = cols["previous_id"][i] if type_ == "alias" else None
             source = cols["source_id"][i] or ""
-            event = _event(
-                shape, payload, type_, cols["message_id"][i], source, whens[i], previous, full
-            )
+            prefs = _preferences(context)
+            mid = cols["message_id"][i]
+            event = _event(shape, payload, type_, mid, source, whens[i], previous, full, prefs)
             found: dict[str, None] = {}
             # An alias's previousId is a user id or an anonymous id depending on what the
             # store knows when it is applied: both are nodes.
@@ -221,6 +245,7 @@ def prepare(batches: Iterable[pa.RecordBatch], job: Job) -> Iterator[pa.RecordBa
             out["previous_id"].append(previous)
             out["payload"].append(encode(payload).decode())
             out["full_traits"].append(None if full is None else cols["traits"][i])
+            out["consent"].append(None if prefs is None else encode(prefs).decode())
             out["is_order"].append(order)
             out["revenue"].append(revenue(properties or {}) if order else None)
             out["nodes"].append(list(found))
@@ -251,11 +276,15 @@ def resolve(batches: Iterable[pa.RecordBatch], job: Job) -> Iterator[pa.RecordBa
             batch.column("previous_id").to_pylist(),
             batch.column("payload").to_pylist(),
             batch.column("full_traits").to_pylist(),
+            batch.column("consent").to_pylist(),
             strict=True,
         )
-        for type_, mid, source, when, previous, payload, traits in rows:
+        for type_, mid, source, when, previous, payload, traits, consent in rows:
             full = None if traits is None else orjson.loads(traits)
-            event = _event(shape, orjson.loads(payload), type_, mid, source, when, previous, full)
+            prefs = None if consent is None else orjson.loads(consent)
+            event = _event(
+                shape, orjson.loads(payload), type_, mid, source, when, previous, full, prefs
+            )
             pids.append(unifier.apply(event).profile_id)
         times.append(_utc(batch.column("timestamp")))
         orders.append(batch.column("is_order"))
@@ -287,13 +316,16 @@ def _event_rows(
 
 
 def _profile_rows(store: MemoryProfileStore, rebuilt_ms: int) -> Iterator[pa.RecordBatch]:
-    columns, identities = profile_columns(store.scan(None, 1 << 62), rebuilt_ms)
+    profiles = store.scan(None, 1 << 62)
+    columns, identities = profile_columns(profiles, rebuilt_ms)
     part = columns.store_part()
     n = part.num_rows
+    consent = [_consent_json(p.computed) for p in profiles]
     yield _batch(
         {
             "kind": pa.array([PROFILE] * n, pa.int8()),
             **{name: part.column(name).combine_chunks() for name in part.column_names},
+            "consent": pa.array(consent, pa.string()),
         },
         n,
     )

@@ -14,7 +14,8 @@ How, in four steps, each a Spark job:
    separations, alias typing, probabilistic links) and trait policy applies exactly as in the
    DuckDB rebuild, because it is the same code over the same events in the same order;
 4. first/last seen and purchase totals per profile with DataFrame aggregates, joined to the
-   profiles' identifiers, traits and merges; both tables are overwritten with Spark.
+   profiles' identifiers, traits, merges and current consent (which the reconciliation
+   compares; it is no ``customer_profiles`` column); both tables are overwritten with Spark.
 
 Nothing but counts is collected to the driver, except for the reconciliation with a serving
 store, which reads the rebuilt profiles back (the serving store is one machine's anyway).
@@ -153,6 +154,8 @@ def _active_session() -> SparkSession | None:
 
 
 class _Tables:
+    """The rebuilt tables; ``profiles`` has the ``customer_profiles`` columns and ``consent``."""
+
     def __init__(self, resolved: DataFrame, profiles: DataFrame, identities: DataFrame) -> None:
         self.resolved, self.profiles, self.identities = resolved, profiles, identities
 
@@ -216,13 +219,13 @@ def _compute(
             )
         )
         store_part = resolved.where(F.col("kind") == PROFILE).select(
-            "profile_id", "identifiers", "user_id", "email", "traits", "merged_ids"
+            "profile_id", "identifiers", "user_id", "email", "traits", "merged_ids", "consent"
         )
         updated = F.lit(rebuilt_at).cast("timestamp")
         profiles = (
             store_part.join(activity, "profile_id")
             .withColumn("updated_at", updated)
-            .select(*_typed(CUSTOMER_PROFILES_SCHEMA))
+            .select(*_typed(CUSTOMER_PROFILES_SCHEMA), "consent")
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         joined = profiles.count()
@@ -294,10 +297,12 @@ def _hadoop_options(table: TableLocation) -> dict[str, str]:
 
 
 def _write(tables: _Tables, lake: LakeLocation) -> None:
-    """Overwrite both tables, as two Spark jobs at once (each commit waits on little else)."""
+    """Overwrite both tables, as two Spark jobs at once (each commit waits on little else).
+    Only the tables' own columns are written."""
+    profiles = tables.profiles.select(*CUSTOMER_PROFILES_SCHEMA.names)
     with ThreadPoolExecutor(2) as pool:
         done = [
-            pool.submit(_overwrite, tables.profiles, lake.table(CUSTOMER_PROFILES.name)),
+            pool.submit(_overwrite, profiles, lake.table(CUSTOMER_PROFILES.name)),
             pool.submit(_overwrite, tables.identities, lake.table(IDENTITIES.name)),
         ]
         for future in done:
@@ -326,7 +331,7 @@ def _overwrite(frame: DataFrame, table: TableLocation) -> None:
 
 def _facts(tables: _Tables) -> Iterator[Facts]:
     """The rebuilt profiles as the reconciliation reads them (identifiers from
-    ``identities``, traits from their JSON)."""
+    ``identities``, traits and consent from their JSON)."""
     from pyspark.sql import functions as F
 
     ids = tables.identities.groupBy("profile_id").agg(
@@ -344,6 +349,7 @@ def _facts(tables: _Tables) -> Iterator[Facts]:
         "total_lifetime_value",
         "orders_count",
         "traits",
+        "consent",
     )
     for row in _collect(rows):
         values = row.asDict()
@@ -357,6 +363,7 @@ def _facts(tables: _Tables) -> Iterator[Facts]:
             values["orders_count"],
             None if last_purchase is None else int(last_purchase),
             orjson.loads(values["traits"]),
+            orjson.loads(values["consent"]),
         )
 
 
