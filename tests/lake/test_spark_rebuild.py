@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from _s3 import S3
 from _services import ServiceUnavailable, unavailable
 from _spark import pom_versions, spark_session
+from clew._datadir import claim_data_dir
 from clew.cli import app
 from clew.config import LakeSettings, Settings
 from clew.events import Event, format_time
@@ -434,6 +435,7 @@ def test_missing_jars_name_the_command_that_fetches_them(
     monkeypatch.setattr(spark_rebuild, "_active_session", lambda: None)
     reason = _spark_session.missing()
     assert reason is not None and "sh scripts/spark.sh" in reason
+    claim_data_dir(tmp_path / "data")
     result = CliRunner().invoke(
         app, ["rebuild", "--engine", "spark", "--data-dir", str(tmp_path / "data")]
     )
@@ -442,6 +444,7 @@ def test_missing_jars_name_the_command_that_fetches_them(
 
 
 def test_spark_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    claim_data_dir(tmp_path / "data")
     data = ["--data-dir", str(tmp_path / "data")]
     result = CliRunner().invoke(app, ["rebuild", "--spark-conf", "a=b", *data])
     assert result.exit_code == 1
