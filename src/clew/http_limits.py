@@ -1,6 +1,6 @@
 """The HTTP server every Clew role runs (`clew serve`, `clew collector`): uvicorn with
 httptools on uvloop, bounded so that no client can hold it hostage (docs/security.md,
-"HTTP limits").
+"HTTP limits"), and stopped quietly by SIGINT or SIGTERM (:class:`StoppedBySignal`).
 
 uvicorn closes a kept-alive connection left idle after a response (``timeout_keep_alive``)
 and answers 503 on connections beyond a number (``limit_concurrency``); it does not bound the
@@ -17,7 +17,11 @@ any size and number are parsed. :class:`LimitedHttpProtocol` adds those bounds:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
 from asyncio import TimerHandle
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import httptools
@@ -206,3 +210,31 @@ def uvicorn_config(app: Any, host: str, port: int, limits: HttpSettings) -> uvic
         timeout_keep_alive=limits.keep_alive_timeout_s,
         limit_concurrency=limits.max_connections + 1 if limits.enforce else None,
     )
+
+
+class StoppedBySignal(uvicorn.Server):
+    """A uvicorn server that treats SIGINT and SIGTERM as a request to stop: it shuts down
+    gracefully and returns, instead of raising the signal again once it has stopped (which
+    ends the process with KeyboardInterrupt or 128 + the signal's number). Every role that
+    runs in the foreground (`clew serve`, `clew collector`) uses it, so each exits 0 once
+    it has stopped cleanly."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A SIGTERM handler for before the server runs and after it stopped: a SystemExit, so
+    ``finally`` blocks still close what the role opened instead of the process dying."""
+    raise SystemExit(128 + signum)

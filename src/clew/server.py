@@ -4,13 +4,12 @@ one process (``clew serve``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -23,6 +22,7 @@ from clew.audiences.repository import open_repository
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
+from clew.http_limits import StoppedBySignal, exit_on_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.lake.query import Lake, QueryLimits
@@ -442,10 +442,6 @@ class Clew:
         return "\n".join(lines) + "\n"
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -454,26 +450,6 @@ def free_port() -> int:
 
 def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
     return limited_uvicorn_config(clew.app, host, port, clew.settings.http)
-
-
-class _StoppedBySignal(uvicorn.Server):
-    """A uvicorn server that treats SIGINT and SIGTERM as a request to stop: it shuts down
-    gracefully and returns, instead of raising the signal again once it has stopped (which
-    ends the process with KeyboardInterrupt or 128 + the signal's number)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {
-            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _log_access(config: uvicorn.Config) -> None:
@@ -493,12 +469,12 @@ def serve(settings: Settings, on_ready: Any = None, access_log: bool = False) ->
     clew = Clew(settings, stage_mode="process")
     # Before the server runs and after it stopped, SIGTERM is a SystemExit, so the stages
     # are stopped below instead of the process dying on the spot.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     clew.start()
     config = uvicorn_config(clew, settings.host, settings.port)
     if access_log:
         _log_access(config)
-    server = _StoppedBySignal(config)
+    server = StoppedBySignal(config)
     try:
         if on_ready is not None:
 

@@ -17,14 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import uvicorn
 import uvloop
 from starlette.requests import Request
 
 from clew.api._auth import check_token
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
-from clew.http_limits import uvicorn_config
+from clew.http_limits import StoppedBySignal, exit_on_signal, uvicorn_config
 from clew.log.base import Log
 from clew.log.factory import open_log
 from clew.privacy.suppression import Suppression
@@ -149,18 +148,16 @@ async def _respond(send: Send, status: int, body: bytes, content_type: str) -> N
     await send({"type": "http.response.body", "body": body})
 
 
-def _exit_on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run_collector(
     settings: Settings, on_ready: Callable[[CollectorProcess], None] | None = None
 ) -> None:
-    """Serve the Tracking API on ``settings.host:port`` until SIGINT/SIGTERM; requests in
-    flight are answered (their appends made durable) before the log closes."""
+    """Serve the Tracking API on ``settings.host:port`` until SIGINT or SIGTERM, then return
+    (the caller exits 0); requests in flight are answered (their appends made durable)
+    before the log closes. A signal before the server runs or during the close is a
+    SystemExit with 128 + the signal's number."""
     process = CollectorProcess(settings)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    server = uvicorn.Server(
+    signal.signal(signal.SIGTERM, exit_on_signal)
+    server = StoppedBySignal(
         uvicorn_config(process.app, settings.host, settings.port, settings.http)
     )
 
