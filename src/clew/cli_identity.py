@@ -31,11 +31,13 @@ from clew.cli_common import (
     listing,
     output_format,
     print_listing,
+    print_table,
     settings_from,
 )
 
 if TYPE_CHECKING:
     from clew.config import Settings
+    from clew.identity.dropped import DroppedIdentifiers
     from clew.identity.resolver import Explanation
     from clew.identity.split import SplitResult
     from clew.store.base import Profile, Provenance, Separation
@@ -102,6 +104,20 @@ def _reason(line: Explanation, names: dict[str, str]) -> dict[str, Any]:
     return {**out, **_event(line.provenance, names), "text": line.text}
 
 
+def _dropped(found: DroppedIdentifiers) -> list[dict[str, Any]]:
+    return [
+        {"identifier": str(d.identifier), "reason": d.reason, "message_id": d.message_id}
+        for d in found.items
+    ]
+
+
+def _history_note(found: DroppedIdentifiers) -> str:
+    return (
+        f"only the profile's {found.events_read} most recent events were read "
+        "(identity.history); identifiers of older events are not shown"
+    )
+
+
 def _separation(sep: Separation) -> dict[str, Any]:
     return {
         "identifier": f"{sep.a[0]}:{sep.a[1]}",
@@ -122,9 +138,14 @@ def explain(
     """Why a profile holds each identifier, and which events merged profiles into it.
 
     Oldest first: the event that attached each identifier (message id, source, time, match
-    weight) and each merge with its event; then the separations that concern the profile.
-    As JSON: {profile_id, reasons, separations}; as CSV: the table of reasons only."""
+    weight) and each merge with its event; then the separations that concern the profile;
+    then the identifiers the profile's recent events carried that it does not hold, with why
+    (a placeholder, held by another profile, refused by an identity rule).
+
+    As JSON: {profile_id, reasons, separations, dropped, history_full}; as CSV: the table of
+    reasons only."""
     fmt = output_format(format, as_json)
+    from clew.identity.dropped import dropped_identifiers
     from clew.identity.resolver import IdentityResolver
     from clew.identity.split import SplitError, find_profile
     from clew.store.factory import open_store
@@ -137,6 +158,7 @@ def explain(
         lines = IdentityResolver(store, rules).explain(pid)
         held = {(i.id_type, i.value) for i in (line.identifier for line in lines) if i}
         seps = [s for s in store.separations() if s.a in held or s.b in held]
+        found = dropped_identifiers(store, pid, rules)
     except SplitError as e:
         raise fail(escape(str(e))) from None
     finally:
@@ -146,6 +168,8 @@ def explain(
         "profile_id": pid,
         "reasons": [_reason(line, names) for line in lines],
         "separations": [_separation(s) for s in seps],
+        "dropped": _dropped(found),
+        "history_full": found.history_full,
     }
     table = listing("time", "what", "event (message id)", "source", "match weight")
     for line in lines:
@@ -174,6 +198,14 @@ def explain(
                 f"{s['identifier']} is kept apart from {s['apart_from']} ({s['by']}, {s['time']})"
             )
         )
+    if found.items:
+        dropped = listing("dropped identifier", "why", "event (message id)", prose=["why"])
+        for d in found.items:
+            dropped.add_row(escape(str(d.identifier)), escape(d.reason), escape(d.message_id))
+        console.print("Dropped (carried by its recent events, not held by this profile):")
+        print_table(dropped)
+    if found.history_full:
+        console.print(escape(_history_note(found)))
 
 
 def _default_operator() -> str:

@@ -510,3 +510,77 @@ def test_explain_says_a_placeholder_is_never_an_identifier(server: BackgroundSer
         "profile holds it; look the person up by another identifier"
     )
     assert profile_of(server.settings, "anonymous_id", "phone-p") is not None
+
+
+def user(mid: str, user_id: str, anon: str, ts: str) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": user_id,
+        "anonymousId": anon,
+        "messageId": mid,
+        "timestamp": ts,
+        "traits": {"name": user_id},
+    }
+
+
+def test_explain_lists_an_identifier_a_rule_refused_with_the_profile_holding_it(
+    server: BackgroundServer,
+) -> None:
+    # One family computer, two accounts: a profile holds one user id, so the second
+    # account's profile cannot take the computer's anonymous id.
+    send(server, user("pc-1", "u-mum", "family-pc", "2026-03-01T10:00:00Z"))
+    wait_for(server.clew.drained)
+    send(server, user("pc-2", "u-kid", "family-pc", "2026-03-01T11:00:00Z"))
+    wait_for(server.clew.drained)
+    mum = profile_of(server.settings, "user_id", "u-mum")
+    assert ids(mum) == {"user_id:u-mum", "anonymous_id:family-pc"} and mum is not None
+    kid = clew_json(server.settings, "identity", "explain", "user_id:u-kid")
+    reason = (
+        f"held by profile {mum.profile_id}; refused by an identity rule (a limit or a "
+        "separation) here"
+    )
+    assert kid["dropped"] == [
+        {"identifier": "anonymous_id:family-pc", "reason": reason, "message_id": "pc-2"}
+    ]
+    assert kid["history_full"] is False
+    assert clew_json(server.settings, "identity", "explain", "user_id:u-mum")["dropped"] == []
+    table = clew(server.settings, "identity", "explain", "user_id:u-kid")
+    assert table.exit_code == 0, table.output
+    assert "Dropped (carried by its recent events, not held by this profile):" in table.stdout
+    assert "anonymous_id:family-pc" in table.stdout and mum.profile_id in table.stdout
+
+
+def test_explain_lists_a_placeholder_its_events_carried_with_the_rule(
+    server: BackgroundServer,
+) -> None:
+    send(server, identify("m-q1", "phone-q", "2026-03-01T10:00:00Z", "Ada@Example.com", "Ada"))
+    wait_for(server.clew.drained)
+    doc = clew_json(server.settings, "identity", "explain", "anonymous_id:phone-q")
+    assert doc["dropped"] == [
+        {
+            "identifier": "email:ada@example.com",
+            "reason": "blocked value (placeholder, not an id): DEFAULT_BLOCKED_EMAILS, always "
+            "blocked",
+            "message_id": "m-q1",
+        }
+    ]
+
+
+def test_explain_says_when_it_read_a_full_history(tmp_path: Path) -> None:
+    config = tmp_path / "clew.toml"
+    config.write_text("[identity]\nhistory = 2\n")
+    settings = make_settings(tmp_path / "data")
+    settings = settings.model_copy(
+        update={"identity": settings.identity.model_copy(update={"history": 2})}
+    )
+    with BackgroundServer(settings) as srv:
+        srv.clew.catalog.create_source("tests", WRITE_KEY)
+        send(srv, *(page(f"h-{i}", "kiosk", f"2026-03-01T10:0{i}:00Z") for i in range(3)))
+        wait_for(srv.clew.drained)
+        args = ("identity", "explain", "anonymous_id:kiosk", "--config", str(config))
+        doc = clew_json(settings, *args)
+        table = clew(settings, *args)
+    assert doc["history_full"] is True and doc["dropped"] == []
+    assert "only the profile's 2 most recent events were read (identity.history)" in " ".join(
+        table.stdout.split()
+    )
