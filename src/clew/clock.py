@@ -1,4 +1,4 @@
-"""Clocks: what "now" is for windows, audiences and timers (DESIGN.md §3, Time).
+"""Clocks: what "now" is for windows, audiences and timers.
 
 Production uses :class:`SystemClock`. :class:`ScaledClock` runs time faster than real time for
 demos and end-to-end tests (``CLEW_CLOCK__SPEED=3600`` makes an hour pass in a second); its

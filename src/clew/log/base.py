@@ -1,4 +1,4 @@
-"""The log contract (DESIGN.md §2), shaped after Kafka so a Kafka backend is a thin adapter.
+"""The log contract, shaped after Kafka so a Kafka backend is a thin adapter.
 
 - A topic has a fixed number of partitions. A record with a key always lands in the same
   partition (``partition_for``), in append order; a record without a key is spread round-robin.

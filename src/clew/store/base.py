@@ -1,4 +1,4 @@
-"""The serving-store contract (DESIGN.md §3): the identity graph and profiles that identity
+"""The serving-store contract: the identity graph and profiles that identity
 resolution reads and writes on every event.
 
 Per profile id the store holds identities with their provenance, a JSON-able traits dict, and
