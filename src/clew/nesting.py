@@ -1,5 +1,6 @@
-"""How deep JSON may nest: the limit the Tracking API enforces, a fast check of raw JSON text
-against it, and an encoding that cannot fail on depth for values stored before the limit.
+"""How deep JSON may nest and how large its integers may be: the limits the Tracking API
+enforces, fast checks of raw JSON text against them, and an encoding that cannot fail on depth
+for values stored before the depth limit.
 
 Depth counts containers (objects and arrays) from the root: ``{}`` is 1 level deep,
 ``{"a": [1]}`` is 2. The collector refuses a request body deeper than :data:`MAX_DEPTH`
@@ -9,6 +10,7 @@ far below the 254 levels the lake's JSON encoder can write.
 
 from __future__ import annotations
 
+import re
 from array import array
 from itertools import accumulate
 from typing import Any
@@ -30,6 +32,14 @@ _STEPS = bytes.maketrans(b"()", b"\x01\xff")
 # Rounds of dropping innermost pairs before the running sum takes over: enough for any
 # ordinary body, few enough that a crafted one costs a handful of passes at most.
 _ROUNDS = 8
+
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+"""The integers every stage can write (orjson's range: signed and unsigned 64 bits)."""
+
+# No integer of fewer digits can fall outside [INT_MIN, INT_MAX].
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class UnencodableJsonError(ValueError):
@@ -122,3 +132,45 @@ def encode(value: Any, option: int = 0) -> bytes:
             raise UnencodableJsonError(
                 f"a value cannot be written as JSON ({e}); set its record aside"
             ) from None
+
+
+def may_hold_huge_int(text: bytes) -> bool:
+    """Whether the JSON ``text`` may hold an integer outside [:data:`INT_MIN`,
+    :data:`INT_MAX`]: a cheap scan for a run of 19 digits (inside strings too, so a true
+    answer only says that :func:`huge_int_at` is worth calling)."""
+    return _LONG_DIGITS.search(text) is not None
+
+
+def huge_int_at(value: Any, path: str = "") -> str | None:
+    """The path (``properties.amount``, ``traits.scores[2]``) of the first integer in the
+    decoded JSON ``value`` outside [:data:`INT_MIN`, :data:`INT_MAX`], or None.
+
+    >>> huge_int_at({"a": [1, 2**64]})
+    'a[1]'
+    """
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = huge_int_at(v, f"{path}.{k}" if path else str(k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = huge_int_at(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        return path or "(the event)"
+    return None
+
+
+def bounded_sum(a: int | float, b: int | float) -> int | float:
+    """``a + b``, as a float when an integer sum would leave [:data:`INT_MIN`,
+    :data:`INT_MAX`] (so that a total of in-range values can always be written).
+
+    >>> bounded_sum(2**63, 2**63)
+    1.8446744073709552e+19
+    """
+    total = a + b
+    if isinstance(total, int) and not INT_MIN <= total <= INT_MAX:
+        return float(total)
+    return total

@@ -47,3 +47,17 @@ def test_documented_example_loads_and_keeps_other_defaults(tmp_path: Path) -> No
     assert ident.traits.strategy("name") == "latest"
     docs = (Path(__file__).parents[2] / "docs" / "profiles.md").read_text()
     assert EXAMPLE.strip() in docs, "docs/profiles.md shows this example"
+
+
+def test_a_summed_trait_that_outgrows_64_bit_integers_becomes_a_float() -> None:
+    # Each value is in range (validation refuses the others); their total must still be
+    # writable as JSON by the stages after the profiles stage.
+    from clew.identity.traits import TraitMerger, TraitPolicy
+    from clew.nesting import encode
+
+    merger = TraitMerger(TraitPolicy(fields={"credits": "sum"}))
+    big = 2**64 - 1
+    traits = merger.values({"credits": big}, {"credits": big}, [])
+    assert traits["credits"] == float(2 * big)
+    assert encode(traits)
+    assert merger.merge_traits({"credits": 2}, {"credits": 3}, {}, {})["credits"] == 5

@@ -105,6 +105,29 @@ def test_a_poison_record_is_set_aside_and_every_other_record_is_processed_once(
     ledger.close()
 
 
+def test_poison_records_at_the_end_of_a_partition_leave_no_lag(log: Log, tmp_path: Path) -> None:
+    # Nothing after them for the stage to commit: the runner commits past them itself, once
+    # the stage has committed what came before (so nothing unfinished is skipped).
+    good = [Message(f"ok-{i}".encode(), key=b"k") for i in range(5)]
+    poison = [Message(f"poison-{i}".encode(), key=b"k") for i in range(2)]
+    log.append_sync(EVENTS_TOPIC, [*good, *poison])
+    stage = _Picky()
+    ledger = StageLedger(tmp_path / "state.db")
+    runner = _run(
+        log,
+        stage,
+        ledger,
+        lambda: len(stage.done) == 5 and log.lag("picky", EVENTS_TOPIC).total == 0,
+    )
+    assert [r.value for r in runner.set_aside] == [m.value for m in poison]
+    # After a restart the ledger keeps them away, and the commit stays past them.
+    log.append_sync(EVENTS_TOPIC, [Message(b"ok-late", key=b"k")])
+    _run(log, stage, ledger, lambda: b"ok-late" in stage.done)
+    assert log.lag("picky", EVENTS_TOPIC).total == 0
+    assert len(_letters(log)) == 2
+    ledger.close()
+
+
 def test_an_outage_is_retried_and_never_blamed_on_a_record(log: Log, tmp_path: Path) -> None:
     log.append_sync(EVENTS_TOPIC, [Message(f"ok-{i}".encode()) for i in range(5)])
     stage = _Picky()

@@ -431,3 +431,27 @@ def test_a_stored_request_nested_too_deep_loses_only_its_deep_event(
     assert [(d["index"], d["reason"]) for d in dead] == [(-1, "invalid_json"), (1, "invalid_json")]
     assert dead[1]["message_id"] == "deep"
     assert f"{MAX_DEPTH} levels" in dead[1]["message"]
+
+
+def test_an_integer_beyond_64_bits_dead_letters_its_event_alone(
+    log: EmbeddedLog, dedup: DedupIndex
+) -> None:
+    # Such an integer decodes, but the stages after this one could not write it as JSON.
+    huge = (
+        b'{"type":"identify","userId":"u","messageId":"huge",'
+        b'"traits":{"s":[1,18446744073709551616]}}'
+    )
+    edge = (
+        b'{"type":"track","event":"Big","userId":"u","messageId":"edge",'
+        b'"properties":{"max":18446744073709551615,"min":-9223372036854775808,'
+        b'"id":"123456789012345678901234567890"}}'
+    )
+    append_request(log, b'{"batch": [' + huge + b", " + edge + b"]}")
+
+    run_once(log, ValidateStage(dedup))
+
+    assert message_ids(log) == ["edge"]
+    (dead,) = topic_docs(log, DLQ_TOPIC)
+    assert (dead["index"], dead["reason"], dead["message_id"]) == (0, "invalid_json", "huge")
+    assert "integer beyond 64 bits at traits.s[1]" in dead["message"]
+    assert dead["payload"].encode() == huge

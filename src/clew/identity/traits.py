@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clew.nesting import bounded_sum
 from clew.store.base import Traits
 
 Strategy = Literal["latest", "first", "sum", "union"]
@@ -98,7 +99,7 @@ def _add(current: Any, incoming: Any) -> Any:
         return current
     if isinstance(current, bool) or not isinstance(current, int | float):
         return incoming
-    return current + incoming
+    return bounded_sum(current, incoming)
 
 
 def _wins(strategy: Strategy, time_ms: int, held_ms: int | None) -> bool:

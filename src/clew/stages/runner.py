@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from clew._errors import describe
-from clew.log.base import Consumer, Log, Record
+from clew.log.base import Consumer, Log, Record, TopicPartition
 from clew.log.factory import DLQ_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
@@ -28,6 +28,10 @@ _ISOLATION_BACKOFF_S = 0.05
 # record's (a timer in ``tick``, say).
 _ISOLATION_IDLE_S = 1.0
 _FORGET_S = 10.0
+# How often the runner looks whether set-aside records end a partition, and how many
+# offsets after the commit it inspects.
+_TAIL_CHECK_S = 0.5
+_TAIL_SPAN = 10_000
 
 # Counter names in the counter store, read by /health and /metrics.
 STAGE_FAILURES = "stage_errors"
@@ -78,6 +82,10 @@ class StageRunner:
         self._probe: int | None = None
         self._part: list[Record] = []
         self._record_failures: Counter[tuple[str, int, int]] = Counter()
+        # Per partition, the last set-aside record that no later record of its partition has
+        # followed yet: nothing the stage handles will commit past it, so the runner does.
+        self._tail_skips: dict[TopicPartition, int] = {}
+        self._tail_checked = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -205,9 +213,9 @@ class StageRunner:
                     owned = set(assignment)
                     records = [r for r in records if (r.topic, r.partition) in owned]
                 if self._skip:
-                    records = [
-                        r for r in records if (r.topic, r.partition, r.offset) not in self._skip
-                    ]
+                    records = self._without_skipped(records)
+                if self._tail_skips:
+                    self._commit_past_tail_skips(consumer)
                 if self._probe is not None:
                     if records:
                         self._isolate(records, consumer)
@@ -223,6 +231,46 @@ class StageRunner:
         finally:
             if self._stop.is_set():
                 stage.close(consumer)
+
+    def _without_skipped(self, records: list[Record]) -> list[Record]:
+        """``records`` without those set aside, noting a set-aside record that ends what was
+        polled of its partition."""
+        kept: list[Record] = []
+        for r in records:
+            tp = (r.topic, r.partition)
+            if (r.topic, r.partition, r.offset) in self._skip:
+                if r.offset > self._tail_skips.get(tp, -1):
+                    self._tail_skips[tp] = r.offset
+            else:
+                kept.append(r)
+                if r.offset > self._tail_skips.get(tp, r.offset):
+                    # The stage commits past this record, and so past the skipped ones.
+                    del self._tail_skips[tp]
+        return kept
+
+    def _commit_past_tail_skips(self, consumer: Consumer) -> None:
+        """Commit past set-aside records at the end of their partitions, once the stage has
+        committed everything before them; otherwise the group would show them as lag until
+        the next record of the partition arrives. Checked at most every half second."""
+        now = time.monotonic()
+        if now - self._tail_checked < _TAIL_CHECK_S:
+            return
+        self._tail_checked = now
+        owned = set(consumer.assignment())
+        for topic in {tp[0] for tp in self._tail_skips}:
+            committed = self._log.committed(self.stage.group, topic)
+            for tp, last in list(self._tail_skips.items()):
+                if tp[0] != topic:
+                    continue
+                done = committed.get(tp[1], 0)
+                if done > last or tp not in owned:
+                    del self._tail_skips[tp]
+                elif done + _TAIL_SPAN > last and all(
+                    (topic, tp[1], o) in self._skip for o in range(done, last + 1)
+                ):
+                    # Everything from the commit on is set aside: nothing is left to lose.
+                    consumer.commit({tp: last + 1})
+                    del self._tail_skips[tp]
 
     def _isolate(self, records: list[Record], consumer: Consumer) -> None:
         """Hand ``records`` over in parts of the probe size, each made durable before the

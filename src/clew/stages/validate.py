@@ -16,7 +16,7 @@ import msgspec
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
-from clew.nesting import MAX_DEPTH, nests_deeper, too_deep
+from clew.nesting import MAX_DEPTH, huge_int_at, may_hold_huge_int, nests_deeper, too_deep
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
@@ -212,6 +212,9 @@ class ValidateStage(Stage):
         # MAX_DEPTH (counted from the request's root, as the collector does), which the
         # stages after this one cannot all write: each is dead-lettered alone.
         room = MAX_DEPTH - (2 if path_type == "batch" else 0) if too_deep(rec.value) else None
+        # An integer no 64-bit type holds would stop the stages that write JSON after this
+        # one (the profiles lake, the warehouse tables): such an event is dead-lettered.
+        huge = may_hold_huge_int(rec.value)
         for i, raw in enumerate(raws):
             try:
                 item = _decoder.decode(raw)
@@ -232,6 +235,8 @@ class ValidateStage(Stage):
             )
             if room is not None and isinstance(result, Event):
                 result = within_depth(result, room)
+            if huge and isinstance(result, Event):
+                result = within_int_range(result)
             if suppression is not None and (
                 suppression.is_suppressed(result)
                 if isinstance(result, Event)
@@ -330,6 +335,27 @@ def within_depth(ev: Event, room: int) -> Event | Rejection:
         event_type=ev.type,
         event_name=ev.event,
     )
+
+
+def within_int_range(ev: Event) -> Event | Rejection:
+    """``ev``, or its rejection when it holds an integer outside the 64-bit range."""
+    for name, part in (
+        ("properties", ev.properties),
+        ("traits", ev.traits),
+        ("context", ev.context),
+        ("integrations", ev.integrations),
+    ):
+        where = huge_int_at(part, name)
+        if where is not None:
+            return Rejection(
+                "invalid_json",
+                f"the event holds an integer beyond 64 bits at {where}; "
+                "send it as a string, or as a number with a decimal point",
+                message_id=ev.message_id,
+                event_type=ev.type,
+                event_name=ev.event,
+            )
+    return ev
 
 
 def _text(data: bytes) -> str:
