@@ -28,6 +28,7 @@ from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
 from clew.log.factory import DLQ_TOPIC, RAW_TOPIC
 from clew.nesting import MAX_DEPTH, too_deep
+from clew.raw_records import raw_message
 from clew.sources import Catalog
 
 if TYPE_CHECKING:
@@ -283,15 +284,7 @@ class Collector:
             raise _Refusal(
                 503, "overloaded", "too many requests are waiting to be stored", retry_after=1
             )
-        message = Message(
-            value=body,
-            headers=(
-                ("source", source_id.encode()),
-                ("received_at", str(time.time_ns() // 1000).encode()),
-                ("type", path_type.encode()),
-                ("request_id", uuid.uuid4().hex.encode()),
-            ),
-        )
+        message = raw_message(body, source_id, path_type, time.time_ns() // 1000, uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not self._queued:

@@ -23,7 +23,7 @@ given to :class:`Matcher` hears of every log record that could not be read as re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -34,6 +34,7 @@ from clew.identity.rules import IdentityRules
 from clew.lake.person_index import MIN_LITERAL, literals
 from clew.log.base import Record
 from clew.privacy._verify_bytes import find, needles
+from clew.raw_records import UNREADABLE, read_headers, split_request
 
 if TYPE_CHECKING:
     from clew.privacy.pii import PiiPolicy
@@ -86,18 +87,6 @@ class _WrongShapeError(ValueError):
     """A readable record without the fields its topic's records have (matched as bytes)."""
 
 
-class _Envelope(msgspec.Struct):
-    """A batch request as the validate stage reads it: each event is decoded on its own."""
-
-    batch: list[msgspec.Raw]
-    context: Any = None
-    integrations: Any = None
-    sentAt: Any = None
-
-
-_envelope = msgspec.json.Decoder(_Envelope)
-
-
 def _loads(data: bytes | str | None) -> Any:
     """The JSON document, or None when there is none or it cannot be read."""
     if not data:
@@ -116,11 +105,6 @@ def _text_bytes(text: str) -> bytes:
 def record_bytes(rec: Record) -> bytes:
     """A record's key, value and header values, as the byte test reads them."""
     return b"\x00".join((rec.key or b"", rec.value, *(v for _, v in rec.headers)))
-
-
-def _header(rec: Record, name: str) -> str | None:
-    value = rec.header(name)
-    return None if value is None else value.decode("utf-8", errors="replace")
 
 
 class Matcher:
@@ -222,28 +206,13 @@ class Matcher:
             return (1, 1) if self.whole and self.in_bytes(record_bytes(rec)) else (0, 1)
 
     def _raw(self, rec: Record) -> tuple[int, int]:
-        path_type = _header(rec, "type") or "batch"
-        source_id = _header(rec, "source") or ""
-        request_id = _header(rec, "request_id") or f"{rec.partition}-{rec.offset}"
+        head = read_headers(rec)
         try:
-            received_us = int(rec.header("received_at") or rec.timestamp_ms * 1000)
-        except ValueError:
-            received_us = rec.timestamp_ms * 1000
-        received_at = datetime.fromtimestamp(received_us / 1e6, tz=UTC)
-        ctx = ints = sent = None
-        raws: list[bytes]
-        if path_type == "batch":
-            try:
-                envelope = _envelope.decode(rec.value)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                self._unreadable(rec)
-                return (1, 1) if self.whole and self.in_bytes(record_bytes(rec)) else (0, 1)
-            raws = [bytes(r) for r in envelope.batch]
-            ctx = envelope.context if isinstance(envelope.context, dict) else None
-            ints = envelope.integrations if isinstance(envelope.integrations, dict) else None
-            sent = envelope.sentAt if isinstance(envelope.sentAt, str) else None
-        else:
-            raws = [rec.value]
+            request = split_request(head.path_type, rec.value)
+        except UNREADABLE:
+            self._unreadable(rec)
+            return (1, 1) if self.whole and self.in_bytes(record_bytes(rec)) else (0, 1)
+        raws = [bytes(r) for r in request.events]
         mine = 0
         unreadable = False
         for i, raw in enumerate(raws):
@@ -251,14 +220,14 @@ class Matcher:
                 item = msgspec.json.decode(raw)
                 result = normalise(
                     item,
-                    path_type=path_type,
+                    path_type=head.path_type,
                     index=i,
-                    request_id=request_id,
-                    source_id=source_id,
-                    received_at=received_at,
-                    batch_context=ctx,
-                    batch_integrations=ints,
-                    batch_sent_at=sent,
+                    request_id=head.request_id,
+                    source_id=head.source_id,
+                    received_at=head.received_at,
+                    batch_context=request.context,
+                    batch_integrations=request.integrations,
+                    batch_sent_at=request.sent_at,
                 )
                 if isinstance(result, Event):
                     mine += self.event(result)

@@ -25,6 +25,7 @@ import msgspec
 
 from clew._sqlite import open_sqlite
 from clew.log.base import Log, LogError, Message, Record
+from clew.raw_records import SOURCE
 from clew.stages.validate import DeadLetter
 from clew.store.base import StoreError
 
@@ -70,7 +71,7 @@ def dead_letter(stage: str, rec: Record, error: str) -> Message:
         reason=STAGE_FAILURE,
         message=error,
         payload=payload,
-        source_id=(rec.header("source") or b"").decode(errors="replace"),
+        source_id=(rec.header(SOURCE) or b"").decode(errors="replace"),
         received_at=received,
         raw_partition=rec.partition,
         raw_offset=rec.offset,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,6 +16,7 @@ from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.nesting import MAX_DEPTH, huge_int_at, may_hold_huge_int, nests_deeper, too_deep
+from clew.raw_records import UNREADABLE, read_headers, split_request
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
@@ -59,14 +59,6 @@ class DeadLetter(msgspec.Struct, omit_defaults=True):
     payload_encoding: str | None = None
 
 
-class _BatchEnvelope(msgspec.Struct):
-    batch: list[msgspec.Raw]
-    context: Any = None
-    integrations: Any = None
-    sentAt: Any = None
-
-
-_batch_decoder = msgspec.json.Decoder(_BatchEnvelope)
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -151,11 +143,8 @@ class ValidateStage(Stage):
         dead: list[DeadLetter],
         counts: Counter[str],
     ) -> None:
-        source_id = (rec.header("source") or b"").decode()
-        path_type = (rec.header("type") or b"batch").decode()
-        request_id = (rec.header("request_id") or f"{rec.partition}-{rec.offset}".encode()).decode()
-        received_us = int(rec.header("received_at") or rec.timestamp_ms * 1000)
-        received_at = datetime.fromtimestamp(received_us / 1e6, tz=UTC)
+        head = read_headers(rec)
+        source_id, path_type, received_at = head.source_id, head.path_type, head.received_at
         received_iso = received_at.isoformat()
 
         plan = self._plans.plan_for(source_id) if self._plans is not None else None
@@ -185,29 +174,17 @@ class ValidateStage(Stage):
         # Each event is decoded on its own, so one the collector's scan let through but that
         # cannot become Python values (invalid UTF-8 in a string, a number out of range) is
         # dead-lettered alone with its exact bytes, not with the whole request.
-        raws: list[msgspec.Raw]
-        batch_ctx = batch_int = batch_sent = None
-        if path_type == "batch":
-            try:
-                envelope = _batch_decoder.decode(rec.value)
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
-                reason = (
-                    "protocol_violation"
-                    if isinstance(e, msgspec.ValidationError)
-                    else "invalid_json"
-                )
-                to_dlq(
-                    -1,
-                    Rejection(reason, f"the batch request cannot be read: {e}"),
-                    _text(rec.value),
-                )
-                return
-            raws = envelope.batch
-            batch_ctx = envelope.context if isinstance(envelope.context, dict) else None
-            batch_int = envelope.integrations if isinstance(envelope.integrations, dict) else None
-            batch_sent = envelope.sentAt if isinstance(envelope.sentAt, str) else None
-        else:
-            raws = [msgspec.Raw(rec.value)]
+        try:
+            request = split_request(path_type, rec.value)
+        except UNREADABLE as e:
+            reason = (
+                "protocol_violation" if isinstance(e, msgspec.ValidationError) else "invalid_json"
+            )
+            to_dlq(
+                -1, Rejection(reason, f"the batch request cannot be read: {e}"), _text(rec.value)
+            )
+            return
+        raws = request.events
         # A record stored before the collector bounded nesting may hold events deeper than
         # MAX_DEPTH (counted from the request's root, as the collector does), which the
         # stages after this one cannot all write: each is dead-lettered alone.
@@ -218,7 +195,7 @@ class ValidateStage(Stage):
         for i, raw in enumerate(raws):
             try:
                 item = _decoder.decode(raw)
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            except UNREADABLE as e:
                 rej = Rejection("invalid_json", f"the event cannot be read: {e}")
                 to_dlq(i, rej, _text(bytes(raw)))
                 continue
@@ -226,12 +203,12 @@ class ValidateStage(Stage):
                 item,
                 path_type=path_type,
                 index=i,
-                request_id=request_id,
+                request_id=head.request_id,
                 source_id=source_id,
                 received_at=received_at,
-                batch_context=batch_ctx,
-                batch_integrations=batch_int,
-                batch_sent_at=batch_sent,
+                batch_context=request.context,
+                batch_integrations=request.integrations,
+                batch_sent_at=request.sent_at,
             )
             if room is not None and isinstance(result, Event):
                 result = within_depth(result, room)
@@ -240,7 +217,7 @@ class ValidateStage(Stage):
             if suppression is not None and (
                 suppression.is_suppressed(result)
                 if isinstance(result, Event)
-                else suppression.is_suppressed_raw(raw, path_type, batch_ctx)
+                else suppression.is_suppressed_raw(raw, path_type, request.context)
             ):
                 counts["suppressed"] += 1
                 continue
