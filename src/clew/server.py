@@ -20,6 +20,7 @@ from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
 from clew.audiences.repository import open_repository
 from clew.collector.app import Collector, Receive, Scope, Send
+from clew.collector.metrics import collector_families, suppressed_family
 from clew.config import Settings
 from clew.destinations import metric_families as destination_metric_families
 from clew.http_limits import StoppedBySignal, exit_on_signal
@@ -263,38 +264,17 @@ class Clew:
             lines.extend(f"{name}{labels} {value}" for labels, value in samples)
 
         c = self.collector.counters
-        metric(
-            "clew_collector_requests_total",
-            "counter",
-            "Tracking API requests accepted",
-            [("", c["requests_accepted"])],
-        )
-        metric(
-            "clew_collector_events_total",
-            "counter",
-            "Events accepted by the Tracking API",
-            [("", c["events_accepted"])],
-        )
-        metric(
-            "clew_collector_refused_total",
-            "counter",
-            "Tracking API requests refused, by error code",
-            [
-                (f'{{code="{k.removeprefix("refused_")}"}}', v)
-                for k, v in sorted(c.items())
-                if k.startswith("refused_")
-            ],
-        )
         v = self._counters.read("validate")
-        metric(
-            "clew_suppressed_events_total",
-            "counter",
-            "Events of suppressed people answered but not stored, by where they were dropped",
-            [
-                ('{stage="collector"}', c["events_suppressed"]),
-                ('{stage="validate"}', v["suppressed"]),
-            ],
-        )
+        for family in (
+            *collector_families(c),
+            suppressed_family(
+                [
+                    ('{stage="collector"}', c["events_suppressed"]),
+                    ('{stage="validate"}', v["suppressed"]),
+                ]
+            ),
+        ):
+            metric(*family)
         requests = self.privacy.requests.counts()
         metric(
             "clew_privacy_requests",

@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from clew.api._auth import check_token
 from clew.collector.app import Collector, Receive, Scope, Send
+from clew.collector.metrics import SUPPRESSED, collector_families, render, suppressed_family
 from clew.config import Settings
 from clew.http_limits import StoppedBySignal, exit_on_signal, uvicorn_config
 from clew.log.base import Log
@@ -89,37 +90,18 @@ class CollectorProcess:
         """The collector's own counters in the Prometheus text format; every collector counts
         only its own requests, so sum them across instances."""
         c = self.collector.counters
-        families = [
-            (
-                "clew_collector_requests_total",
-                "Tracking API requests accepted",
-                [("", c["requests_accepted"])],
-            ),
-            (
-                "clew_collector_events_total",
-                "Events accepted by the Tracking API",
-                [("", c["events_accepted"])],
-            ),
-            (
-                "clew_collector_refused_total",
-                "Tracking API requests refused, by error code",
-                [
-                    (f'{{code="{k.removeprefix("refused_")}"}}', v)
-                    for k, v in sorted(c.items())
-                    if k.startswith("refused_")
-                ],
-            ),
-            (
-                "clew_collector_suppressed_events_total",
-                "Events of suppressed people answered but not stored",
-                [("", c["events_suppressed"])],
-            ),
-        ]
-        lines: list[str] = []
-        for name, help_text, samples in families:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-            lines += [f"{name}{labels} {value}" for labels, value in samples]
-        return "\n".join(lines) + "\n"
+        return render(
+            [
+                *collector_families(c),
+                suppressed_family([('{stage="collector"}', c["events_suppressed"])]),
+                (
+                    "clew_collector_suppressed_events_total",
+                    "counter",
+                    f"The collector's sample of {SUPPRESSED}, under its earlier name",
+                    [("", c["events_suppressed"])],
+                ),
+            ]
+        )
 
     def close(self) -> None:
         """Refuse new events, then close what was opened (the log last but one: it waits for
