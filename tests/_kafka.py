@@ -1,9 +1,14 @@
-"""A real single-node Apache Kafka for tests and benchmarks: broker and KRaft controller in one
+r"""A real single-node Apache Kafka for tests and benchmarks: broker and KRaft controller in one
 JVM on free loopback ports, in a fresh storage directory, stopped afterwards.
 
 ``scripts/kafka.sh`` fetches Kafka's jars with Maven into ``kafka_home()``; ``make test``
 runs it first. Without Java, the jars or confluent-kafka, :func:`missing` says which command
-installs what is missing, and the Kafka tests skip with that message.
+installs what is missing, and the Kafka tests skip with that message (fail under CI).
+
+The suite starts one broker per session (the ``kafka_broker`` fixture in tests/conftest.py).
+Tests share it by using topics and groups of their own; a test that needs Clew's fixed topic
+names, or reads every topic, asks for ``empty_kafka``, which first :meth:`KafkaBroker.clear`\ s
+what earlier tests left.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 
 import pytest
+
+from _services import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "scripts" / "kafka" / "pom.xml"
@@ -195,6 +202,46 @@ class KafkaBroker:
         finally:
             consumer.close()
 
+    def clear(self, timeout_s: float = 60.0) -> None:
+        """Delete every topic and consumer group (but Kafka's internal ones), and return once
+        the broker no longer lists them. A group whose members have not all left yet (a
+        killed process's session has not timed out) is retried until ``timeout_s``."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+
+        def topics() -> set[str]:
+            listed = admin.list_topics(timeout=10).topics
+            return {t for t in listed if not t.startswith("__")}
+
+        if present := sorted(topics()):
+            for done in admin.delete_topics(present, operation_timeout=30).values():
+                with contextlib.suppress(KafkaException):  # already being deleted
+                    done.result()
+        groups = [g.group_id for g in admin.list_consumer_groups(request_timeout=10).result().valid]
+        while groups:
+            futures = admin.delete_consumer_groups(groups, request_timeout=10)
+            left = []
+            for group, done in futures.items():
+                try:
+                    done.result()
+                except KafkaException as exc:
+                    code = exc.args[0].code()
+                    if code == KafkaError.NON_EMPTY_GROUP:
+                        left.append(group)
+                    elif code != KafkaError.GROUP_ID_NOT_FOUND:
+                        raise
+            if left and time.monotonic() > deadline:
+                raise AssertionError(f"consumer groups still have members: {left}")
+            groups = left
+            if groups:
+                time.sleep(0.2)
+        while remaining := topics():
+            assert time.monotonic() < deadline, f"Kafka did not delete {sorted(remaining)}"
+            time.sleep(0.1)
+
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 30 s). Safe to call twice."""
         process, self._process = self._process, None
@@ -221,9 +268,10 @@ class KafkaBroker:
 
 
 def kafka_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """Body of a session fixture: a running broker, or a skip saying what to install."""
+    """Body of a session fixture: a running broker; without one, a skip saying what to
+    install, or a failure under CI (:func:`_services.unavailable`)."""
     reason = missing()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
     with KafkaBroker(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker

@@ -4,17 +4,20 @@ temporary directory, and is stopped when its ``with`` block ends.
 A ``<service>_server(workdir)`` context manager yields a :class:`Service`, or raises
 :class:`ServiceUnavailable` with a message naming the command that installs what is missing.
 A session fixture turns that into :func:`unavailable`: a skip for a newcomer who has not
-installed the server, a failure under CI (``CI`` set), where ``make test`` installs every
-server first, so that a broken install step cannot pass as skipped tests.
+installed the server, a failure under CI (``CI`` set; ``.ci/run`` sets it), where ``make test``
+installs every server first, so that a broken install step cannot pass as skipped tests.
+Optional Python packages (redis, confluent-kafka, pyspark, recordlinkage) go through
+:func:`require_module` the same way.
 
-To add a server (Kafka), write ``kafka_server`` beside :func:`redis_server` with
-:func:`start` and its own readiness probe, and a session fixture in the conftest of the
-tests that need it.
+To add a server, write ``<name>_server`` beside :func:`redis_server` with :func:`start` and
+its own readiness probe, and a session fixture in ``tests/conftest.py``. Kafka has its own
+module (``tests/_kafka.py``) and the session fixture ``kafka_broker``.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shutil
 import socket
@@ -24,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -47,11 +51,28 @@ class Service:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+def under_ci() -> bool:
+    """Whether the suite runs under CI (``CI`` set to 1, true or yes, as ``.ci/run`` does)."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def unavailable(reason: str) -> NoReturn:
-    """Skip the test that needs the server, or fail it under CI (see the module docstring)."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{reason} (CI must run these tests: install the server in `make test`)")
-    pytest.skip(reason)
+    """Skip what needs the server or package, or fail it under CI (see the module docstring).
+    Works in a test, a fixture, or at module level (there, a skip skips the whole module and
+    a failure is a collection error)."""
+    if under_ci():
+        pytest.fail(f"{reason} (CI must run these tests: `make test` installs it)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, install: str = "pip install -e '.[dev]'") -> ModuleType:
+    """Import and return the optional package ``name`` a test module needs; without it,
+    :func:`unavailable` with ``install``, the command that installs it. Use this, not
+    ``pytest.importorskip``, which would skip under CI too."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"{name} is not installed ({exc}): {install}")
 
 
 def free_port() -> int:

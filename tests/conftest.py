@@ -1,4 +1,5 @@
-"""Shared fixtures: Clew in-process on a free port, and `clew serve` as a real subprocess."""
+"""Shared fixtures: Clew in-process on a free port, `clew serve` as a real subprocess, and one
+server of each kind (Redis, Redis Cluster, S3, Kafka) for the whole session."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _kafka import KafkaBroker, kafka_session
 from _redis_cluster import ClusterService, redis_cluster
 from _s3 import S3, s3_server
 from _services import ServiceUnavailable, redis_server, unavailable
@@ -213,3 +215,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
         except ServiceUnavailable as exc:
             unavailable(str(exc))
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One Kafka broker for the whole session (skips, or fails under CI, without one). Tests
+    share it: each creates topics and groups with names of its own (a uuid), or asks for
+    :func:`empty_kafka`."""
+    yield from kafka_session(tmp_path_factory)
+
+
+@pytest.fixture
+def empty_kafka(kafka_broker: KafkaBroker) -> KafkaBroker:
+    """The session's broker without the topics and consumer groups earlier tests left: for a
+    test that uses Clew's fixed topic and group names, or reads every topic. Put it first
+    (``pytestmark = pytest.mark.usefixtures("empty_kafka")``) so it runs before the fixtures
+    that create topics."""
+    kafka_broker.clear()
+    return kafka_broker

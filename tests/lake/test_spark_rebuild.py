@@ -19,7 +19,7 @@ from deltalake import write_deltalake
 from typer.testing import CliRunner
 
 from _s3 import S3
-from _services import ServiceUnavailable, unavailable
+from _services import ServiceUnavailable, require_module, unavailable
 from _spark import pom_versions, spark_session
 from clew._datadir import claim_data_dir
 from clew.cli import app
@@ -406,7 +406,7 @@ def test_the_fetch_script_and_the_engine_agree_on_versions() -> None:
     assert versions["delta.version"] == _spark_session.DELTA_VERSION
     assert versions["spark.version"] == _spark_session.SPARK_VERSION
     assert versions["hadoop.version"] == _spark_session.HADOOP_VERSION
-    pyspark = pytest.importorskip("pyspark")
+    pyspark = require_module("pyspark")
     # hadoop-aws only works with the Hadoop it was built with: the one inside pyspark.
     jars = Path(pyspark.__file__).parent / "jars"
     assert (jars / f"hadoop-client-api-{_spark_session.HADOOP_VERSION}.jar").is_file()
@@ -415,12 +415,12 @@ def test_the_fetch_script_and_the_engine_agree_on_versions() -> None:
 def test_a_lake_on_object_storage_needs_the_s3a_jars(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    pytest.importorskip("pyspark")
+    require_module("pyspark")
     monkeypatch.setenv("CLEW_SPARK_JARS", str(tmp_path))
     for name in _spark_session.DELTA_JARS:
         (tmp_path / name).touch()
     if (base := _spark_session.missing()) is not None:
-        pytest.skip(base)  # no Java here: nothing else to check
+        unavailable(base)  # no Java here: nothing else to check
     reason = _spark_session.missing(object_storage=True)
     assert reason is not None
     assert "hadoop-aws" in reason and "sh scripts/spark.sh" in reason
@@ -429,7 +429,7 @@ def test_a_lake_on_object_storage_needs_the_s3a_jars(
 def test_missing_jars_name_the_command_that_fetches_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    pytest.importorskip("pyspark")
+    require_module("pyspark")
     monkeypatch.setenv("CLEW_SPARK_JARS", str(tmp_path))
     # The module's session is still running: the command must start its own.
     monkeypatch.setattr(spark_rebuild, "_active_session", lambda: None)

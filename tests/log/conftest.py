@@ -4,10 +4,10 @@ A backend is a factory that opens a :class:`Log` on one storage location; callin
 opens another handle on the same storage (that is how the durability tests "restart"). To add
 a backend, add its name to ``BACKENDS`` and a branch in ``open_log`` that yields handles
 connected to the broker. Every test creates its own topics and groups with unique names, so
-a shared broker works too: ``kafka`` runs against one real broker started for the session
-(``tests/_kafka.py``), and skips, naming the install command, where it cannot start. Handles
-and consumers are closed at teardown even when a test closed them already, so ``close`` must
-be safe to call twice.
+a shared broker works too: ``kafka`` runs against the session's real broker (the
+``kafka_broker`` fixture of ``tests/conftest.py``), and skips, naming the install command,
+where it cannot start (fails under CI). Handles and consumers are closed at teardown even
+when a test closed them already, so ``close`` must be safe to call twice.
 
 ``UNSUPPORTED`` is the one place a backend may differ from the contract: a test listed for a
 backend must fail on it with exactly the error named (a strict xfail), so the refusal itself
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from _kafka import KafkaBroker, kafka_session
+from _kafka import KafkaBroker
 from clew.log.base import Consumer, Log, LogError, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.log.kafka import KafkaLog, UnsupportedOperationError
@@ -48,11 +48,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if error is not None:
             reason = f"{backend} refuses this with {error.__name__}"
             item.add_marker(pytest.mark.xfail(raises=error, strict=True, reason=reason))
-
-
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    yield from kafka_session(tmp_path_factory)
 
 
 @pytest.fixture(params=BACKENDS)

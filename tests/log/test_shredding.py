@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from _kafka import KafkaBroker
+from _services import require_module
 from clew.log.base import Log, Message, Record, TopicSpec, partition_for
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog, ShredRefusedError, TamperedRecordError
-
-pytest.importorskip("redis", reason="the Redis key store needs pip install 'clew[redis]'")
-
 from clew.privacy._keystore_redis import RedisKeyStore
 from clew.privacy._keystore_sqlite import SqliteKeyStore
 from clew.privacy.keys import KeyRing, KeyStore, KeyStoreError
+
+require_module("redis", "pip install -e '.[redis]'")
 
 ADA = b"ada@example.test"
 BOB = b"bob@example.test"

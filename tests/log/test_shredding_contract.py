@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from _kafka import KafkaBroker
+from _services import require_module
 from clew.log.base import Log
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
-from log import test_contract
-
-pytest.importorskip("redis", reason="the Redis key store needs pip install 'clew[redis]'")
-
 from clew.privacy._keystore_redis import RedisKeyStore
 from clew.privacy.keys import KeyRing
+from log import test_contract
+
+require_module("redis", "pip install -e '.[redis]'")
 
 # Every contract test, collected here a second time with this module's ``open_log``.
 globals().update({k: v for k, v in vars(test_contract).items() if k.startswith("test_")})

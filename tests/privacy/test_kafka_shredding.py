@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from _kafka import KafkaBroker, kafka_session
+from _kafka import KafkaBroker
+from _services import require_module
 from clew.cli import app
 from clew.config import LogSettings, PrivacySettings, Settings, StoreSettings
 from clew.identity.identifiers import USER_ID
@@ -27,17 +27,13 @@ from clew.log.shredding import ShreddingLog
 from clew.server import BackgroundServer
 from conftest import WRITE_KEY, make_settings, wait_for
 
-pytest.importorskip("redis", reason="the Redis serving store needs pip install 'clew[redis]'")
+require_module("redis", "pip install -e '.[redis]'")
 
-pytestmark = pytest.mark.slow
+# Clew's fixed topic names: on the session's broker, emptied first.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("empty_kafka")]
 
 ADA_EMAIL, ADA, ADA_PHONE = "ada.lovelace@analytical.test", "ada-1815", "ada-phone-7f3c"
 BOB_EMAIL, BOB = "bob.babbage@engine.test", "bob-1791"
-
-
-@pytest.fixture(scope="module")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    yield from kafka_session(tmp_path_factory)
 
 
 @pytest.fixture

@@ -11,36 +11,33 @@ from collections.abc import Iterator
 import msgspec
 import pytest
 
-from _kafka import KafkaBroker, kafka_session
+from _kafka import KafkaBroker
+from _services import require_module
 from clew.config import Settings
 from clew.log.base import Message, Record, TopicSpec
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_kafka import erase_log
 from clew.privacy._erase_match import Matcher
+from clew.privacy._keystore_redis import RedisKeyStore
 from clew.privacy._verify_bytes import needles
 from clew.privacy._verify_kafka import verify_log
 from clew.privacy.erase import Subject
-
-pytest.importorskip("redis", reason="the Redis key store needs pip install 'clew[redis]'")
-
-from clew.privacy._keystore_redis import RedisKeyStore
 from clew.privacy.keys import KeyRing
+
+require_module("redis", "pip install -e '.[redis]'")
 
 ADA, ADA_EMAIL, BOB = "ada-1815", "ada.lovelace@analytical.test", "bob-1791"
 SUBJECT = Subject((), (("user_id", ADA), ("email", ADA_EMAIL)))
 MAY, JUNE = 1_714_521_600_000, 1_717_200_000_000  # 2024-05-01, 2024-06-01
 
 
-@pytest.fixture(scope="module")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    yield from kafka_session(tmp_path_factory)
-
-
 @pytest.fixture
-def log(kafka_broker: KafkaBroker, redis_url: str) -> Iterator[ShreddingLog]:
+def log(empty_kafka: KafkaBroker, redis_url: str) -> Iterator[ShreddingLog]:
+    """A sealed log on the session's broker, emptied first: verify and erase read every
+    topic."""
     ring = KeyRing(RedisKeyStore(redis_url, prefix=f"v-{uuid.uuid4().hex[:8]}"), b"k" * 32)
-    handle = ShreddingLog(KafkaLog(kafka_broker.bootstrap, replication_factor=1), ring)
+    handle = ShreddingLog(KafkaLog(empty_kafka.bootstrap, replication_factor=1), ring)
     handle.keys.cache_s = 0.2
     yield handle
     handle.close()
@@ -119,7 +116,6 @@ def test_malformed_raw_records_are_shredded_by_their_bytes_and_verify_lists_them
 
     assert "raw 1" in report.detail, report.detail
     unreadable.clear()
-    # (The topics of the test before stay on the module's broker.)
     assert [w for w in scan(log, whole) if w.startswith("topic raw")] == []
     offsets = sorted(r.offset for r in unreadable if r.topic == "raw")
     assert offsets == [1, 2], "the stranger's two, still readable"
