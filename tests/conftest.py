@@ -29,6 +29,23 @@ from clew.server import BackgroundServer, free_port
 WRITE_KEY = "test-write-key"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """``@pytest.mark.xfail_match(pattern)`` beside a strict xfail: the failure must also say
+    what is expected (``re.search`` on its message). Another message fails the test, as
+    another exception type fails a strict ``xfail(raises=...)``."""
+    marker = item.get_closest_marker("xfail_match")
+    try:
+        return (yield)
+    except Exception as exc:
+        if marker is not None and not re.search(marker.args[0], str(exc)):
+            pytest.fail(
+                f"expected a failure matching {marker.args[0]!r}, got {type(exc).__name__}: {exc}",
+                pytrace=False,
+            )
+        raise
+
+
 def make_settings(data_dir: Path, **updates: object) -> Settings:
     """Settings for tests: a fresh data dir and a short lake flush interval."""
     s = Settings(data_dir=data_dir, port=free_port())

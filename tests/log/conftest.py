@@ -10,12 +10,14 @@ where it cannot start (fails under CI). Handles and consumers are closed at tear
 when a test closed them already, so ``close`` must be safe to call twice.
 
 ``UNSUPPORTED`` is the one place a backend may differ from the contract: a test listed for a
-backend must fail on it with exactly the error named (a strict xfail), so the refusal itself
-is tested and a backend that starts supporting the operation is noticed.
+backend must fail on it with exactly the error and message named (a strict xfail with
+``xfail_match``), so the refusal itself is tested and a backend that starts supporting the
+operation is noticed.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,10 +31,15 @@ from clew.log.kafka import KafkaLog, UnsupportedOperationError
 
 BACKENDS = ["embedded", "kafka"]
 
-UNSUPPORTED: dict[str, dict[str, type[LogError]]] = {
+UNSUPPORTED: dict[str, dict[str, tuple[type[LogError], str]]] = {
     # Kafka removes a partition's oldest records or compacts by key, never one record in
     # the middle; see clew.log.kafka and docs/scale-out.md.
-    "kafka": {"test_delete_where_removes_matching_records_only": UnsupportedOperationError},
+    "kafka": {
+        "test_delete_where_removes_matching_records_only": (
+            UnsupportedOperationError,
+            "the Kafka log cannot physically delete single records of 'topic-",
+        )
+    },
 }
 
 OpenLog = Callable[[], Log]
@@ -44,10 +51,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("open_log") if callspec is not None else None
-        error = UNSUPPORTED.get(str(backend), {}).get(getattr(item, "originalname", ""))
-        if error is not None:
+        expected = UNSUPPORTED.get(str(backend), {}).get(getattr(item, "originalname", ""))
+        if expected is not None:
+            error, message = expected
             reason = f"{backend} refuses this with {error.__name__}"
             item.add_marker(pytest.mark.xfail(raises=error, strict=True, reason=reason))
+            item.add_marker(pytest.mark.xfail_match(re.escape(message)))
 
 
 @pytest.fixture(params=BACKENDS)
