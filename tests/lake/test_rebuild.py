@@ -153,44 +153,53 @@ def test_check_fails_and_lists_differences_when_the_layers_disagree(settings: Se
     assert rows(settings, "SELECT count(*) FROM customer_profiles") == [(2,)]
 
 
-REVENUES: list[Any] = [
-    19.9,
-    "19.90",
-    " 7 ",
-    "1_000",
-    "\u0661\u0662",  # Arabic-Indic digits: float() reads 12
-    "\u00a05",  # a no-break space: float() strips it
-    "+-5",
-    "inf",
-    "nan",
-    "1e400",
-    True,
-    None,
-    {"amount": 3},
-    [4],
-    -2,
-    10**6,
-    "abc",
-    "",
+# Order events as SDKs send them: (event name, properties, what the order adds to the lifetime
+# value). The speed layer's definition, written out: an order is "Order Completed" in any case,
+# with "_" for " " and surrounding blanks; its amount is ``revenue``, else ``total``, when
+# float() reads a finite number from it (not a bool); else 0. None: not an order.
+PURCHASES: list[tuple[str, dict[str, Any], float | None]] = [
+    ("Order Completed", {"revenue": 19.9}, 19.9),
+    ("order_completed", {"revenue": "19.90", "total": 1.5}, 19.9),
+    (" ORDER COMPLETED\t", {"revenue": " 7 "}, 7.0),
+    ("Order Complete", {"revenue": "1_000", "total": 1.5}, None),
+    # Arabic-Indic digits: float() reads 12; it strips a no-break space.
+    ("Order Completed", {"revenue": "\u0661\u0662"}, 12.0),
+    ("order_completed", {"revenue": "\u00a05", "total": 1.5}, 5.0),
+    (" ORDER COMPLETED\t", {"revenue": "+-5"}, 0.0),
+    ("Order Complete", {"revenue": "inf", "total": 1.5}, None),
+    ("Order Completed", {"revenue": "nan"}, 0.0),
+    ("order_completed", {"revenue": "1e400", "total": 1.5}, 1.5),  # inf: the total instead
+    (" ORDER COMPLETED\t", {"revenue": True}, 0.0),
+    ("Order Complete", {"revenue": None, "total": 1.5}, None),
+    ("Order Completed", {"revenue": {"amount": 3}}, 0.0),
+    ("order_completed", {"revenue": [4], "total": 1.5}, 1.5),
+    (" ORDER COMPLETED\t", {"revenue": -2}, -2.0),
+    ("Order Complete", {"revenue": 10**6, "total": 1.5}, None),
+    ("Order Completed", {"revenue": "abc"}, 0.0),
+    ("order_completed", {"revenue": "", "total": 1.5}, 1.5),
 ]
 
 
 def test_purchase_totals_follow_the_speed_layers_definition(settings: Settings) -> None:
-    docs = []
-    expected = 0.0
-    for n, value in enumerate(REVENUES):
-        props = {"revenue": value, "total": 1.5} if n % 2 else {"revenue": value}
-        name = ("Order Completed", "order_completed", " ORDER COMPLETED\t", "Order Complete")[n % 4]
-        docs.append(ev("track", n, userId="u-1", event=name, properties=props))
-        if is_order("track", name):
-            expected += revenue(props)
+    docs = [
+        ev("track", n, userId="u-1", event=name, properties=props)
+        for n, (name, props, _) in enumerate(PURCHASES)
+    ]
     to_lake(settings, docs)
     rebuild(settings)
     ((ltv, orders),) = rows(
         settings, "SELECT total_lifetime_value, orders_count FROM customer_profiles"
     )
-    assert orders == sum(1 for d in docs if is_order("track", d["event"]))
-    assert math.isclose(ltv, expected, abs_tol=1e-9)
+    # 14 orders; 19.9 + 19.9 + 7 + 12 + 5 + 1.5 + 1.5 - 2 + 1.5, the table's amounts summed.
+    assert orders == 14
+    assert math.isclose(ltv, 66.3, abs_tol=1e-9)
+    # The speed layer agrees with the same table, row by row.
+    assert [is_order("track", name) for name, _, _ in PURCHASES] == [
+        amount is not None for _, _, amount in PURCHASES
+    ]
+    assert [revenue(props) for _, props, amount in PURCHASES if amount is not None] == [
+        amount for _, _, amount in PURCHASES if amount is not None
+    ]
 
 
 class Shop:
