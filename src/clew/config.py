@@ -757,6 +757,11 @@ class Settings(BaseSettings):
     def privacy_path(self) -> Path:
         return self.data_dir / "privacy.db"
 
+    @property
+    def imports_path(self) -> Path:
+        """The ledger of `clew import` runs and their match reviews."""
+        return self.data_dir / "imports.db"
+
 
 def settings_json_with_secrets(settings: Settings) -> bytes:
     """``settings`` as JSON that :meth:`Settings.model_validate_json` turns back into equal

@@ -15,7 +15,7 @@ from clew.events import Event
 from clew.identity._lake_events import events_to_replay, read_lake_types
 from clew.lake._storage import LakeLocation
 from clew.log.base import Log
-from clew.log.factory import EVENTS_TOPIC
+from clew.topics import EVENTS_TOPIC
 
 
 class LakeHistory:

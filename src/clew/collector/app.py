@@ -26,10 +26,10 @@ import msgspec
 from clew.config import Limits
 from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
-from clew.log.factory import DLQ_TOPIC, RAW_TOPIC
 from clew.nesting import MAX_DEPTH, too_deep
 from clew.raw_records import raw_message
 from clew.sources import Catalog
+from clew.topics import DLQ_TOPIC, RAW_TOPIC
 
 if TYPE_CHECKING:
     from clew.privacy.suppression import Suppression

@@ -28,8 +28,9 @@ from clew.config import Settings
 from clew.events import Event, format_time
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Identifier
 from clew.log.base import Message
-from clew.log.factory import EVENTS_TOPIC, open_log
+from clew.log.factory import open_log
 from clew.store.factory import open_existing_store
+from clew.topics import EVENTS_TOPIC
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS imported_rows (
@@ -372,7 +373,7 @@ def _now() -> datetime:
 
 
 def _ledger(settings: Settings) -> ImportLedger:
-    path = settings.data_dir / "imports.db"
+    path = settings.imports_path
     if not path.exists():
         raise ReviewNotFoundError(
             f"no import has run in {settings.data_dir} (is --data-dir right?)"
@@ -382,7 +383,7 @@ def _ledger(settings: Settings) -> ImportLedger:
 
 def pending_reviews(settings: Settings, source: str | None = None) -> list[ReviewEntry]:
     """Review candidates waiting for a decision, oldest first (``source``: only its)."""
-    if not (settings.data_dir / "imports.db").exists():
+    if not (settings.imports_path).exists():
         return []
     ledger = _ledger(settings)
     try:

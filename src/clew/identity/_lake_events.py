@@ -23,7 +23,7 @@ from clew.events import Event, format_time, parse_time
 from clew.identity.identifiers import ANONYMOUS_ID, PHONE, USER_ID, Identifier
 from clew.lake._storage import LakeLocation, as_location
 from clew.log.base import Log
-from clew.log.factory import EVENTS_TOPIC
+from clew.topics import EVENTS_TOPIC
 
 _COLUMN_IDS = (USER_ID, ANONYMOUS_ID)
 _PHONE_DIGITS = 7

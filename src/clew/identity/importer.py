@@ -152,7 +152,7 @@ def import_profiles(
     started = clock().astimezone(UTC)
     import_id = str(uuid.uuid4())
     report = ImportReport(import_id, source, dry_run, rows_read, invalid=invalid)
-    ledger_path = settings.data_dir / "imports.db"
+    ledger_path = settings.imports_path
     ledger = ImportLedger(ledger_path) if not dry_run or ledger_path.exists() else None
     try:
         before = ledger.hashes(source) if ledger is not None else {}

@@ -50,9 +50,9 @@ from clew.identity.identifiers import (
 from clew.identity.rules import DEFAULT_BLOCKED_EMAILS, IdentityRules, IdTypeRule
 from clew.identity.unifier import Unifier
 from clew.log.base import Log, Message
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
 from clew.store.base import Profile, ProfileStore, Provenance, Separation, StoredEvent
 from clew.store.memory import MemoryProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
 if TYPE_CHECKING:
     from clew.audiences.engine import Engine

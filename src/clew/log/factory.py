@@ -7,17 +7,21 @@ from typing import TYPE_CHECKING
 from clew.config import Settings
 from clew.log.base import Log, TopicSpec
 from clew.log.embedded import EmbeddedLog
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, RECORD_KEYED, TOPICS
 
 if TYPE_CHECKING:
     from clew.log.shredding import ShreddingLog
 
-RAW_TOPIC = "raw"
-EVENTS_TOPIC = "events"
-DLQ_TOPIC = "dlq"
-CHANGES_TOPIC = "changes"
-TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
-# Topics whose record key is not a person: each record gets its own data key.
-RECORD_KEYED = (RAW_TOPIC, DLQ_TOPIC)
+# Re-exported: the names live in clew.topics, which loads no backend.
+__all__ = [
+    "CHANGES_TOPIC",
+    "DLQ_TOPIC",
+    "EVENTS_TOPIC",
+    "RAW_TOPIC",
+    "TOPICS",
+    "open_log",
+    "shredding",
+]
 
 
 def open_log(settings: Settings) -> Log:

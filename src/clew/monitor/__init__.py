@@ -1,7 +1,6 @@
 """Volume monitors: per event name, source and app version, hourly counts of accepted and
 dead-lettered events compared with a seasonal baseline; alerts on the ``changes`` topic."""
 
-from clew.log.factory import CHANGES_TOPIC
 from clew.monitor.alerts import (
     ALERT_KIND,
     VolumeAlert,
@@ -28,6 +27,7 @@ from clew.monitor.volume import (
     assess,
     assess_group,
 )
+from clew.topics import CHANGES_TOPIC
 
 __all__ = [
     "ALERT_KIND",

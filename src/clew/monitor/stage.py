@@ -26,7 +26,6 @@ from pathlib import Path
 from clew._sqlite import open_sqlite
 from clew.events import format_time
 from clew.log.base import Consumer, Message, Record, TopicPartition
-from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.monitor.alerts import (
     ALERT_KIND,
     VolumeAlert,
@@ -52,6 +51,7 @@ from clew.monitor.volume import (
 )
 from clew.stages.base import Stage
 from clew.stages.setaside import STAGE_FAILURE
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 
 logger = logging.getLogger(__name__)
 

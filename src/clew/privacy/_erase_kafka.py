@@ -28,7 +28,8 @@ from collections.abc import Callable, Collection
 
 from clew.log.base import Record
 from clew.log.shredding import ShreddingLog
-from clew.privacy.erase import RAW_TOPIC, StoreReport
+from clew.privacy.erase import StoreReport
+from clew.topics import RAW_TOPIC
 
 
 def erase_log(

@@ -14,7 +14,7 @@ from clew.log.base import Record
 from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_match import Matcher
 from clew.privacy._verify_bytes import Needles, find
-from clew.privacy.erase import RAW_TOPIC
+from clew.topics import RAW_TOPIC
 
 
 def _bytes(rec: Record) -> bytes:

@@ -56,12 +56,11 @@ from clew.privacy._salt import normalise_identifier
 from clew.privacy._verify_bytes import needles
 from clew.privacy.subject import Subject as Subject
 from clew.store.base import ProfileStore
+from clew.topics import RAW_TOPIC
 
 if TYPE_CHECKING:
     from clew.privacy.pii import PiiPolicy
 
-RAW_TOPIC = "raw"
-IMPORTS_FILE = "imports.db"
 _MASK = "<redacted>"
 # Rounds of widening a subject through the lake (each follows one more link).
 _MAX_ROUNDS = 8
@@ -407,7 +406,7 @@ class _Eraser:
     def imports(self) -> StoreReport:
         from clew.identity._import_ledger import ImportLedger
 
-        path = self.settings.data_dir / IMPORTS_FILE
+        path = self.settings.imports_path
         if not path.exists():
             return StoreReport("imports", 0, "no imports")
         ledger = ImportLedger(path)

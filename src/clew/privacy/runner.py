@@ -45,7 +45,6 @@ from typing import Any, Protocol
 from clew.config import Settings
 from clew.events import format_time
 from clew.log.base import Log
-from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.privacy._salt import hash_normalised, load_salt
 from clew.privacy.requests import DELETING, PrivacyRequest, RequestStore
 from clew.privacy.subject import Subject, SubjectLike
@@ -56,6 +55,7 @@ from clew.privacy.suppression import (
     open_suppression_list,
 )
 from clew.store.base import ProfileStore
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 
 logger = logging.getLogger(__name__)
 

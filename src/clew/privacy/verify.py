@@ -51,9 +51,9 @@ from clew.privacy._verify_bytes import (
     re2_escape,
     scan_objects,
 )
-from clew.privacy.erase import IMPORTS_FILE, RAW_TOPIC
 from clew.privacy.subject import Subject
 from clew.store.base import ProfileStore
+from clew.topics import RAW_TOPIC
 
 _SQLITE_SUFFIXES = (".db", ".db-wal", ".db-journal", ".sqlite", ".sqlite-wal", ".sqlite3")
 _SIDECARS = ("-wal", "-shm", "-journal")
@@ -252,7 +252,7 @@ class _Verifier:
     def imports(self) -> None:
         from clew.identity._import_ledger import ImportLedger
 
-        path = self.settings.data_dir / IMPORTS_FILE
+        path = self.settings.imports_path
         if path.exists():
             ledger = ImportLedger(path)
             try:

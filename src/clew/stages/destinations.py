@@ -42,8 +42,8 @@ from clew.destinations.outbox import Outbox
 from clew.destinations.routing import Item, Route, read_change, read_event
 from clew.destinations.sender import POLL_S, Sender
 from clew.log.base import Consumer, Record, TopicPartition
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
 from clew.stages.base import Stage
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
 logger = logging.getLogger(__name__)
 

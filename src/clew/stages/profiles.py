@@ -35,11 +35,11 @@ from clew.identity.rules import IdentityRules
 from clew.identity.traits import CONTESTED, TraitPolicy
 from clew.identity.unifier import Unifier
 from clew.log.base import Consumer, Message, Record, TopicPartition
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.store.base import Profile, ProfileStore, StoredEvent
 from clew.store.memory import MemoryProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
 logger = logging.getLogger(__name__)
 

@@ -59,9 +59,9 @@ from clew.lake.tables import (
     StateTable,
 )
 from clew.log.base import Consumer, Record, TopicPartition
-from clew.log.factory import CHANGES_TOPIC
 from clew.stages.base import Stage
 from clew.stages.lake_sink import maintain_table
+from clew.topics import CHANGES_TOPIC
 
 logger = logging.getLogger(__name__)
 

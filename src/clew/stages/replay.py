@@ -53,11 +53,11 @@ from clew._errors import describe
 from clew.config import Settings
 from clew.events import EVENT_TYPES, Event, Rejection, normalise
 from clew.log.base import Log, Message, Position
-from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC
 from clew.nesting import MAX_DEPTH
 from clew.stages._dedup import Dedup, open_dedup
 from clew.stages.setaside import STAGE_FAILURE
 from clew.stages.validate import Blocked, DeadLetter, apply_plan, within_depth
+from clew.topics import DLQ_TOPIC, EVENTS_TOPIC
 
 if TYPE_CHECKING:
     import duckdb

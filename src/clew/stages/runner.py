@@ -9,10 +9,10 @@ from collections import Counter
 
 from clew._errors import describe
 from clew.log.base import Consumer, Log, Record, TopicPartition
-from clew.log.factory import DLQ_TOPIC
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter
+from clew.topics import DLQ_TOPIC
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ import msgspec
 
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
-from clew.log.factory import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from clew.nesting import MAX_DEPTH, huge_int_at, may_hold_huge_int, nests_deeper, too_deep
 from clew.raw_records import UNREADABLE, read_headers, split_request
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
 from clew.stages.base import Stage
+from clew.topics import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 
 if TYPE_CHECKING:
     from clew.privacy.pii import PiiPolicy

@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import IO
 
 from clew.config import Settings, settings_json_with_secrets
-from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
+from clew.log.factory import open_log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 
 logger = logging.getLogger(__name__)
 
