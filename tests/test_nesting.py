@@ -3,7 +3,6 @@ keeps everything within the limit, and docs/tracking-api.md states the limit in 
 
 from __future__ import annotations
 
-import doctest
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import clew.nesting
 from clew.nesting import MAX_DEPTH, TOO_DEEP, UnencodableJsonError, cut, encode, too_deep
 
 DOCS = Path(__file__).parents[1] / "docs" / "tracking-api.md"
@@ -40,10 +38,6 @@ def nested(levels: int) -> dict[str, Any]:
     for _ in range(levels - 1):
         value = {"k": value}
     return value
-
-
-def test_the_examples_in_the_docstrings_hold() -> None:
-    assert doctest.testmod(clew.nesting).failed == 0
 
 
 @settings(max_examples=300, deadline=None)

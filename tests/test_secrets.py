@@ -141,11 +141,3 @@ def test_printed_settings_mask_secrets_and_the_worker_format_keeps_them(
     again = Settings.model_validate_json(settings_json_with_secrets(settings))
     assert again == settings
     assert again.privacy.master_key.get_secret_value() == hidden["master_key"]
-
-
-def test_redaction_examples_hold() -> None:
-    import doctest
-
-    import clew._redact
-
-    assert doctest.testmod(clew._redact).failed == 0

@@ -470,11 +470,3 @@ def test_reads_offloaded_to_threads_answer_the_same(tmp_path: Path) -> None:
     finally:
         store.close()
         catalog.close()
-
-
-def test_doctests() -> None:
-    import doctest
-
-    import clew.api.profiles
-
-    assert doctest.testmod(clew.api.profiles).failed == 0

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import doctest
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-import clew.identity.identifiers
 from clew.events import Event
 from clew.identity import (
     CustomIdType,
@@ -27,11 +25,6 @@ def event(**fields: Any) -> Event:
         "source_id": "web",
     }
     return Event(**{**base, **fields})
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(clew.identity.identifiers)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_extracts_every_kind_of_identifier() -> None:

@@ -443,14 +443,6 @@ def test_identifiers_other_profiles_own_stay_with_them(tmp_path: Path) -> None:
         log.close()
 
 
-def test_doctests() -> None:
-    import doctest
-
-    import clew.identity.split
-
-    assert doctest.testmod(clew.identity.split).failed == 0
-
-
 SPLIT_DOC = Path(__file__).resolve().parents[2] / "docs" / "identity-split.md"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import threading
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clew.config import Settings, SqlSettings, parse_size
+from clew.config import Settings, SqlSettings
 from clew.lake.query import Interrupt, Lake, QueryError, QueryInterrupted, QueryLimits
 
 # Never finishes in a test's lifetime; grows DuckDB's memory while it runs.
@@ -125,11 +124,3 @@ def test_sql_settings_defaults_and_sizes() -> None:
     assert SqlSettings(memory_limit="2GiB").memory_limit_bytes() == 2 * 2**30
     with pytest.raises(ValueError, match="not a size"):
         SqlSettings(memory_limit="lots")
-
-
-def test_size_examples_in_the_docstring_hold() -> None:
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner()
-    for test in finder.find(parse_size):
-        runner.run(test)
-    assert runner.summarize(verbose=False).failed == 0

@@ -3,12 +3,10 @@ counterpart is accepted."""
 
 from __future__ import annotations
 
-import doctest
 from typing import Any
 
 import pytest
 
-from clew.schema import _jsonschema, _subsume, compat, schemaver, subjects
 from clew.schema.changes import ChangeKind as K
 from clew.schema.changes import Direction
 from clew.schema.compat import Compatibility, check, check_mode, diff
@@ -482,9 +480,3 @@ def test_mode_parse_names_valid_modes() -> None:
     assert Compatibility.parse("full_transitive") is Compatibility.FULL_TRANSITIVE
     with pytest.raises(ValueError, match="BACKWARD_TRANSITIVE"):
         Compatibility.parse("sideways")
-
-
-@pytest.mark.parametrize("module", [compat, schemaver, subjects, _jsonschema, _subsume])
-def test_doctests(module: Any) -> None:
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
