@@ -6,7 +6,7 @@ DATA_DIR ?= ./.clew
 HOST ?= 127.0.0.1
 PORT ?= 8088
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test test-fast lint typecheck services pytest pytest-fast bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	$(BIN)/clew serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
+# Everything CI runs (.ci/run). `make test-fast` is the edit loop: the same without the
+# tests marked slow (end-to-end suites that start `clew serve` processes, the bench runs).
 test: lint typecheck pytest
+
+test-fast: lint typecheck pytest-fast
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
@@ -32,11 +36,17 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-dev
+# The servers the suite starts (Redis, Kafka, Spark's jars): installed, or a hint (CI fails).
+services: $(VENV)/.installed-dev
 	sh scripts/redis.sh
 	sh scripts/kafka.sh
 	sh scripts/spark.sh
+
+pytest: services
 	$(BIN)/pytest
+
+pytest-fast: services
+	$(BIN)/pytest -m "not slow"
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
