@@ -190,7 +190,7 @@ class RssSampler:
 def bare_server(log_dir: Path, http_limits: bool = False) -> Server:
     """The bare endpoint (bare_asgi.py); with ``http_limits``, served within Clew's."""
     port = free_port()
-    argv = [PYTHON, BENCH / "bare_asgi.py", "--port", str(port)]
+    argv: list[str | Path] = [PYTHON, BENCH / "bare_asgi.py", "--port", str(port)]
     if http_limits:
         argv.append("--http-limits")
     return Server("bare-limits" if http_limits else "bare", argv, port, log_dir)
@@ -215,7 +215,8 @@ def clew_server(
     ``env`` adds environment variables (``CLEW_*`` settings)."""
     clew("sources", "create", SOURCE, "--write-key", WRITE_KEY, "--data-dir", data_dir)
     port = free_port()
-    argv = [CLEW, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir]
+    argv: list[str | Path] = [CLEW, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--data-dir", data_dir]
     return Server(name, argv, port, log_dir, env)
 
 

@@ -78,7 +78,7 @@ def main() -> None:
         live_s = time.perf_counter() - started
         repo.push(parse_document(DEFINITIONS))
         started = time.perf_counter()
-        stage.audiences.reload(store, settings.identity.rules, {}, force=True)
+        stage.audiences.reload(store, settings.identity.rules, lambda: {}, force=True)
         backfill_s = time.perf_counter() - started
         profiles = len(store.scan(None, 1 << 30))
         consumer.close()

@@ -60,7 +60,7 @@ def _busy_cores_since(before: Any, seconds: float) -> float:
     after = psutil.cpu_times()
     idle = (after.idle - before.idle) + (after.iowait - before.iowait)
     total = sum(after) - sum(before)
-    return (total - idle) / seconds
+    return float(total - idle) / seconds
 
 
 def measure(

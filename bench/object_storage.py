@@ -30,6 +30,7 @@ through an object store API, not as S3's speed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -97,6 +98,10 @@ def _write(location: LakeLocation, log: EmbeddedLog, data_dir: Path) -> tuple[fl
     seconds = time.perf_counter() - started
     consumer.close()
     return seconds, stage.rows_written["events"]
+
+
+def _rows(lake: Lake, sql: str) -> object:
+    return lake.sql(sql).rows
 
 
 def _median(run: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -175,8 +180,8 @@ def _run(args: argparse.Namespace, work: Path, log: EmbeddedLog, s3: S3) -> dict
         location = settings.lake_location
         seconds, rows = _write(location, log, settings.data_dir)
         lake = Lake(location)
-        count_s, count = _median(lambda lake=lake: lake.sql(COUNT).rows, args.repeat)
-        agg_s, agg = _median(lambda lake=lake: lake.sql(AGGREGATE).rows, args.repeat)
+        count_s, count = _median(functools.partial(_rows, lake, COUNT), args.repeat)
+        agg_s, agg = _median(functools.partial(_rows, lake, AGGREGATE), args.repeat)
         answers[name] = (count, agg)
         out[name] = {
             "write_s": round(seconds, 3),
@@ -188,7 +193,8 @@ def _run(args: argparse.Namespace, work: Path, log: EmbeddedLog, s3: S3) -> dict
             ),
         }
         if name == "local":
-            ds_s, ds = _median(lambda loc=location: _dataset_route(loc, AGGREGATE), args.repeat)
+            route = functools.partial(_dataset_route, location, AGGREGATE)
+            ds_s, ds = _median(route, args.repeat)
             assert ds == agg, "the dataset route disagrees with the Parquet route"
             out[name]["aggregate_dataset_route_ms"] = round(ds_s * 1000, 1)
     assert answers["local"] == answers["s3"], "local and object-storage lakes disagree"

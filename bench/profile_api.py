@@ -173,7 +173,8 @@ def serve(mode: str, data_dir: Path, port: int) -> None:
 
 def server(mode: str, data_dir: Path, log_dir: Path) -> Server:
     port = free_port()
-    argv = [PYTHON, BENCH / "profile_api.py", "serve", mode, str(data_dir), str(port)]
+    argv: list[str | Path] = [PYTHON, BENCH / "profile_api.py", "serve", mode, str(data_dir)]
+    argv.append(str(port))
     return Server(mode, argv, port, log_dir)
 
 

@@ -48,6 +48,7 @@ def push(settings: Settings, extra_required: str | None) -> None:
     for s in plan.subjects.values():
         schema = s.schema
         if extra_required and s.subject.startswith("track:"):
+            assert isinstance(schema, dict), s.subject
             schema = {**schema, "required": [*schema.get("required", []), extra_required]}
         updates.append(SubjectUpdate(s.subject, schema))
     with SchemaRegistry(settings.registry_path) as registry:

@@ -418,7 +418,9 @@ def redis_info(url: str) -> tuple[int, int]:
 
     client = redis.Redis.from_url(url)
     try:
-        return int(client.info("memory")["used_memory"]), int(client.zcard("clew:{g}:profiles"))
+        memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        profiles: int = client.zcard("clew:{g}:profiles")  # type: ignore[assignment]
+        return int(memory["used_memory"]), int(profiles)
     finally:
         client.close()
 

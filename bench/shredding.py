@@ -245,10 +245,11 @@ def main() -> None:
     for workload in results["plain"]:
         base = results["plain"][workload].rate
         for name, by_workload in results.items():
-            r = by_workload[workload]
-            p50 = f"{r.percentile(50):9.2f}" if r.latencies_ms else f"{'':>9}"
-            p99 = f"{r.percentile(99):9.2f}" if r.latencies_ms else f"{'':>9}"
-            print(f"{workload:<14}{name:<13}{r.rate:>11,.0f}{p50}{p99}{r.rate / base:>7.2f}x")
+            res = by_workload[workload]
+            p50 = f"{res.percentile(50):9.2f}" if res.latencies_ms else f"{'':>9}"
+            p99 = f"{res.percentile(99):9.2f}" if res.latencies_ms else f"{'':>9}"
+            rate = f"{res.rate:>11,.0f}{p50}{p99}{res.rate / base:>7.2f}x"
+            print(f"{workload:<14}{name:<13}{rate}")
     print(f"\nCPU per record, key cached: seal {seal_us:.1f} µs, open {open_us:.1f} µs")
 
 

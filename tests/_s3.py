@@ -11,6 +11,7 @@ Without moto installed it raises :class:`ServiceUnavailable` naming the install 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import uuid
@@ -87,7 +88,7 @@ def s3_server(workdir: Path) -> Iterator[S3]:
         url = f"http://{LOOPBACK}:{port}"
         argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
         try:
-            proc = start("moto", argv, workdir, lambda url=url: _ready(url))
+            proc = start("moto", argv, workdir, functools.partial(_ready, url))
         except ServiceUnavailable as exc:
             failure = exc
             continue
