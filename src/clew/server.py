@@ -36,14 +36,9 @@ from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_FAILURES, StageRunner
 from clew.stages.setaside import RECENT_S, StageLedger
-from clew.stages.workers import (
-    SERVE_WORKERS,
-    STAGE_NAMES,
-    STAGE_TOPICS,
-    WorkerProcess,
-    build_stage,
-)
+from clew.stages.workers import SERVE_WORKERS, WorkerProcess, build_stage
 from clew.store.factory import open_store
+from clew.topics import STAGE_NAMES, STAGE_TOPICS
 
 logger = logging.getLogger(__name__)
 

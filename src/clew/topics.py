@@ -15,3 +15,14 @@ CHANGES_TOPIC = "changes"
 TOPICS = (RAW_TOPIC, EVENTS_TOPIC, DLQ_TOPIC, CHANGES_TOPIC)
 # Topics whose record key is not a person: each record gets its own data key.
 RECORD_KEYED = (RAW_TOPIC, DLQ_TOPIC)
+
+# Every stage's consumer group and the topics it consumes (for lag and drain checks).
+STAGE_TOPICS: dict[str, tuple[str, ...]] = {
+    "validate": (RAW_TOPIC,),
+    "lake": (EVENTS_TOPIC, DLQ_TOPIC),
+    "monitor": (EVENTS_TOPIC, DLQ_TOPIC),
+    "profiles": (EVENTS_TOPIC,),
+    "profiles-lake": (CHANGES_TOPIC,),
+    "destinations": (EVENTS_TOPIC, CHANGES_TOPIC),
+}
+STAGE_NAMES = tuple(STAGE_TOPICS)

@@ -18,10 +18,11 @@ from clew.config import LakeSettings, Settings
 from clew.identity.rules import CustomIdType, IdentityRules
 from clew.lake.person_index import PersonIndex, day_number, index_path
 from clew.lake.query import Lake
+from clew.lake.tables import sink_app_id
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.privacy.erase import Subject, erase
-from clew.stages.lake_sink import LakeSinkStage, app_id
+from clew.stages.lake_sink import LakeSinkStage
 from clew.store import MemoryProfileStore
 
 ADA = ("user_id", "user-ada-1815")
@@ -80,7 +81,7 @@ def _run_sink(
 
 def _versions(lake: Path, table: str = "events") -> dict[int, int]:
     dt = DeltaTable(str(lake / table))
-    found = {p: dt.transaction_version(app_id(table, p)) for p in range(2)}
+    found = {p: dt.transaction_version(sink_app_id(table, p)) for p in range(2)}
     return {p: v for p, v in found.items() if v is not None}
 
 

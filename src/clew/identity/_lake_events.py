@@ -173,15 +173,14 @@ def _snapshot(
 ) -> LakeSnapshot:
     import duckdb
 
-    from clew.lake.tables import EVENTS
-    from clew.stages.lake_sink import app_id
+    from clew.lake.tables import EVENTS, sink_app_id
 
     offsets = dict.fromkeys(partitions, -1)
     table = as_location(lake_path).table(EVENTS.name).open_if_exists()
     if table is None:
         return LakeSnapshot([], offsets)
     for p in offsets:
-        version = table.transaction_version(app_id(EVENTS_TOPIC, p))
+        version = table.transaction_version(sink_app_id(EVENTS_TOPIC, p))
         offsets[p] = -1 if version is None else version
     # Cold rows were moved out of the warm table, which had applied them: they are history
     # the warm offsets already cover.

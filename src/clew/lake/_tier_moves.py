@@ -77,7 +77,7 @@ class PartitionStat:
     bytes: int
 
 
-def app_id(table: TableDef, day: date) -> str:
+def tier_app_id(table: TableDef, day: date) -> str:
     return f"clew-tier:{table.name}:{day.isoformat()}"
 
 
@@ -173,7 +173,7 @@ def _move(
         for d in present
         if cold is not None and d in in_cold and _unfinished(table, warm, cold, d)
     ]
-    txns = [Transaction(app_id(table, d), version) for d in present]
+    txns = [Transaction(tier_app_id(table, d), version) for d in present]
     metadata = {"clew.operation": "tier-move", "clew.warm_version": str(version)}
     write_deltalake(
         cold if cold is not None else cold_path.uri,
@@ -203,8 +203,8 @@ def _move(
 
 
 def _unfinished(table: TableDef, warm: DeltaTable, cold: DeltaTable, day: date) -> bool:
-    copied = cold.transaction_version(app_id(table, day))
-    deleted = warm.transaction_version(app_id(table, day))
+    copied = cold.transaction_version(tier_app_id(table, day))
+    deleted = warm.transaction_version(tier_app_id(table, day))
     return copied is not None and (deleted is None or copied > deleted)
 
 

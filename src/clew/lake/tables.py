@@ -174,6 +174,13 @@ DLQ = TableDef("dlq", DLQ_SCHEMA, "received_date", _dlq_columns)
 TABLES_BY_TOPIC = {"events": EVENTS, "dlq": DLQ}
 
 
+def sink_app_id(topic: str, partition: int) -> str:
+    """The Delta transaction id under which the lake stage records, in each commit to a
+    topic's table, the last offset of ``partition`` it wrote: its progress, read back after a
+    restart so that no record is written twice."""
+    return f"clew:{topic}:{partition}"
+
+
 def to_arrow(table: TableDef, values: Sequence[bytes]) -> pa.Table:
     return pa.table(table.to_columns(values), schema=table.schema)
 

@@ -362,7 +362,7 @@ class _Eraser:
     def _gap(
         self, index: PersonIndex, table: str, needed: set[str], custom: dict[str, list[str]]
     ) -> str | None:
-        from clew.stages.lake_sink import app_id
+        from clew.lake.tables import sink_app_id
 
         path = self.settings.lake_location.table(table)
         versions: dict[int, int] = {}
@@ -370,7 +370,7 @@ class _Eraser:
             dt = path.open()
             spec = self.log.topics().get(table)
             for p in range(spec.partitions if spec else self.settings.log.partitions):
-                v = dt.transaction_version(app_id(table, p))
+                v = dt.transaction_version(sink_app_id(table, p))
                 if v is not None:
                     versions[p] = v
         return index.gaps(table, versions, needed, custom)

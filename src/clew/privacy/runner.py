@@ -55,7 +55,7 @@ from clew.privacy.suppression import (
     open_suppression_list,
 )
 from clew.store.base import ProfileStore
-from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC, STAGE_TOPICS
 
 logger = logging.getLogger(__name__)
 
@@ -383,8 +383,6 @@ class PrivacyRunner:
         self._stop.wait(RELOAD_S + 0.1)
         groups = self._stage_topics
         if groups is None:
-            from clew.stages.workers import STAGE_TOPICS
-
             groups = STAGE_TOPICS
         settled = True
         for topic in _FLOW:

@@ -27,15 +27,11 @@ from clew.config import LakeSettings
 from clew.identity.rules import IdentityRules
 from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import PersonIndex, index_path
-from clew.lake.tables import TABLES_BY_TOPIC, TableDef, to_arrow
+from clew.lake.tables import TABLES_BY_TOPIC, TableDef, sink_app_id, to_arrow
 from clew.log.base import Consumer, Record, TopicPartition
 from clew.stages.base import Stage
 
 logger = logging.getLogger(__name__)
-
-
-def app_id(topic: str, partition: int) -> str:
-    return f"clew:{topic}:{partition}"
 
 
 class _Buffer:
@@ -111,7 +107,7 @@ class LakeSinkStage(Stage):
             dt = self.table_path(TABLES_BY_TOPIC[topic]).open_if_exists()
             if dt is None:
                 continue
-            version = dt.transaction_version(app_id(topic, partition))
+            version = dt.transaction_version(sink_app_id(topic, partition))
             if version is not None:
                 self._last[(topic, partition)] = version
                 consumer.seek(topic, partition, version + 1)
@@ -150,7 +146,7 @@ class LakeSinkStage(Stage):
         table = TABLES_BY_TOPIC[topic]
         values = buf.values()
         data = to_arrow(table, values)
-        txns = [Transaction(app_id(topic, p), off) for p, off in buf.last_offsets.items()]
+        txns = [Transaction(sink_app_id(topic, p), off) for p, off in buf.last_offsets.items()]
         path = self.table_path(table)
         if self._index is None:
             self._index = PersonIndex(

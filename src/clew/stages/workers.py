@@ -37,20 +37,9 @@ from clew.config import Settings, settings_json_with_secrets
 from clew.log.factory import open_log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
-from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
+from clew.topics import STAGE_NAMES
 
 logger = logging.getLogger(__name__)
-
-# Every stage and the topics it consumes (for lag and drain checks).
-STAGE_TOPICS: dict[str, tuple[str, ...]] = {
-    "validate": (RAW_TOPIC,),
-    "lake": (EVENTS_TOPIC, DLQ_TOPIC),
-    "monitor": (EVENTS_TOPIC, DLQ_TOPIC),
-    "profiles": (EVENTS_TOPIC,),
-    "profiles-lake": (CHANGES_TOPIC,),
-    "destinations": (EVENTS_TOPIC, CHANGES_TOPIC),
-}
-STAGE_NAMES = tuple(STAGE_TOPICS)
 
 
 class UnknownStageError(ValueError):
