@@ -119,8 +119,9 @@ def test_list_filters_by_reason_source_event_and_time(filled: Clew) -> None:
     assert "2 of 6 dead letters not yet replayed; use --limit to see more" in table.stdout
     assert sum(r["dlq_id"] in table.stdout for r in rows) == 2
 
-    unknown = filled("dlq", "list", "--source", "ios")
-    assert unknown.exit_code == 2 and "no source named 'ios'" in unknown.stderr
+    unknown = filled("dlq", "list", "--source", "test")
+    assert unknown.exit_code == 1
+    assert "there is no source named 'test' (did you mean 'tests'?)" in unknown.stderr
     bad_time = filled("dlq", "list", "--since", "last tuesday")
     assert bad_time.exit_code == 2 and "--since must be an ISO-8601 time" in bad_time.stderr
 

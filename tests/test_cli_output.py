@@ -82,6 +82,8 @@ def test_every_listing_takes_format_and_json(data_dir: str) -> None:
         ["tokens", "list"],
         ["schema", "list"],
         ["dlq", "list"],
+        ["dlq", "stats"],
+        ["import", "reviews"],
         ["audiences", "list"],
         ["destinations", "list"],
         ["privacy", "list"],

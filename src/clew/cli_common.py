@@ -13,10 +13,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from clew.cli_errors import DataUse, command_settings, exit_with
+from clew._names import did_you_mean
+from clew.cli_errors import DataUse, ExitCode, command_settings, exit_with
 from clew.config import ConfigError, Settings
 
 console = Console(soft_wrap=True)
@@ -72,6 +74,32 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def unknown_name(
+    kind: str, name: str, known: Iterable[str], *, plural: str | None = None, hint: str = ""
+) -> typer.Exit:
+    """Print that there is no ``kind`` named ``name``; return the exit to raise
+    (:attr:`ExitCode.FAILED`, as for anything named that does not exist).
+
+    The message names the known name closest to ``name``; when none is close, up to ten of
+    the ``known`` names (``plural`` is the noun for them, ``kind + "s"`` by default), or says
+    there are none. ``hint`` (e.g. "`clew sources list` shows them") ends the line:
+    ``error: there is no source named 'wbe' (did you mean 'web'?)``."""
+    names = sorted(set(known), key=str.lower)
+    nouns = plural or f"{kind}s"
+    detail = did_you_mean(name, names)
+    if not detail and names:
+        more = ", …" if len(names) > _NAMES_SHOWN else ""
+        detail = f" ({nouns}: {', '.join(names[:_NAMES_SHOWN])}{more})"
+    elif not names:
+        detail = f" (there are no {nouns} yet)"
+    end = f"; {hint}" if hint else ""
+    return fail(escape(f"there is no {kind} named {name!r}{detail}{end}"), ExitCode.FAILED)
+
+
+# Known names an unknown-name error lists when none of them is close.
+_NAMES_SHOWN = 10
+
+
 def output_format(fmt: OutputFormat | None, as_json: bool = False) -> OutputFormat:
     """The format a listing asked for: ``--json`` is ``--format json``; asking for json and
     another format at once is a usage error (exit 2)."""
@@ -97,14 +125,16 @@ def listing(*columns: str, prose: Iterable[str] = (), title: str | None = None) 
     return table
 
 
-def print_table(table: Table) -> None:
-    """Print ``table`` on stdout. On a terminal it fits the terminal as well as its
-    unbreakable columns allow; to a pipe or file no row is wrapped at all, whatever
+def print_table(table: Table, *, stderr: bool = False) -> None:
+    """Print ``table`` on stdout (or stderr). On a terminal it fits the terminal as well as
+    its unbreakable columns allow; to a pipe or file no row is wrapped at all, whatever
     ``COLUMNS`` says."""
-    if console.is_terminal:
-        console.print(table)
+    out = err if stderr else console
+    if out.is_terminal:
+        out.print(table)
     else:
-        Console(file=sys.stdout, width=_PIPE_WIDTH, soft_wrap=True).print(table)
+        file = sys.stderr if stderr else sys.stdout
+        Console(file=file, width=_PIPE_WIDTH, soft_wrap=True).print(table)
 
 
 def print_json(value: Any) -> None:

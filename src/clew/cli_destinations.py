@@ -30,6 +30,7 @@ from clew.cli_common import (
     output_format,
     print_listing,
     settings_from,
+    unknown_name,
 )
 from clew.destinations.config import CHANGE_KINDS
 
@@ -84,6 +85,20 @@ def _outbox(path: Path) -> Outbox:
     from clew.destinations import Outbox
 
     return Outbox(path)
+
+
+def _require_destination(directory: DestinationDirectory, outbox: Outbox, name: str) -> None:
+    """Exit 1 naming the closest destination unless ``name`` is configured (its file may not
+    parse) or has left something in the outbox: removed destinations keep their deliveries
+    and dead letters."""
+    known = set(directory.names()) | {p.stem for p in directory.files()} | set(outbox.known())
+    if name in known:
+        return
+    known |= {x.dest for x in outbox.dead_letters()}
+    if name not in known:
+        raise unknown_name(
+            "destination", name, known, hint="`clew destinations list` shows the configured ones"
+        )
 
 
 @destinations_app.command("add")
@@ -274,9 +289,10 @@ def deliveries(
     The batch being delivered shows its attempts, last error and next attempt. As JSON:
     {outbox, in_flight, deliveries}; as CSV: the finished deliveries only."""
     fmt = output_format(format, as_json)
-    _, db = _open(data_dir, config)
+    directory, db = _open(data_dir, config)
     outbox = _outbox(db)
     try:
+        _require_destination(directory, outbox, name)
         head = outbox.head(name)
         waiting = outbox.waiting().get(name, 0)
         done = outbox.deliveries(name, limit)
@@ -355,9 +371,11 @@ def dlq(
     As JSON: a list of {destination, delivery_id, events, reason, status, attempts,
     failed}."""
     fmt = output_format(format, as_json)
-    _, db = _open(data_dir, config)
+    directory, db = _open(data_dir, config)
     outbox = _outbox(db)
     try:
+        if name is not None:
+            _require_destination(directory, outbox, name)
         if show is not None:
             body = outbox.dead_letter_body(show)
             if body is None:

@@ -7,7 +7,6 @@ rows its lake stage has written).
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,16 +18,20 @@ from clew.cli_common import (
     AsJson,
     ConfigFile,
     DataDir,
+    Format,
     OutputFormat,
     console,
     err,
     fail,
     listing,
     output_format,
+    print_json,
     print_listing,
+    print_table,
     settings_from,
+    unknown_name,
+    write_csv,
 )
-from clew.cli_common import Format as ListingFormat
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -50,7 +53,12 @@ Reason = Annotated[
     ),
 ]
 SourceName = Annotated[
-    str | None, typer.Option("--source", help="Only this source (name or id).", show_default=False)
+    str | None,
+    typer.Option(
+        "--source",
+        help="Only this source (name or id); one that does not exist exits 1, naming the closest.",
+        show_default=False,
+    ),
 ]
 EventName = Annotated[
     str | None,
@@ -71,19 +79,15 @@ Until = Annotated[
 AllRows = Annotated[
     bool, typer.Option("--all", help="Include rows already replayed (hidden by default).")
 ]
-Format = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
 
 
 class _Context:
     """Settings, the ledger and one lake snapshot for a command, and source names."""
 
-    def __init__(self, data_dir: Path | None, config: Path | None, fmt: str) -> None:
+    def __init__(self, data_dir: Path | None, config: Path | None) -> None:
         from clew.sources import Catalog
         from clew.stages.replay import ReplayLedger
 
-        if fmt not in ("table", "json"):
-            raise fail("--format must be table or json", 2)
-        self.format = fmt
         self.settings: Settings = settings_from(config, data_dir=data_dir)
         catalog = Catalog(self.settings.meta_path)
         try:
@@ -123,11 +127,13 @@ class _Context:
 
         source_id = None
         if source is not None:
+            # Removed sources too: their dead letters still name them.
             by_name = {name: sid for sid, name in self.names.items()}
             source_id = by_name.get(source, source if source in self.names else None)
             if source_id is None:
-                known = ", ".join(sorted(by_name)) or "none yet"
-                raise fail(escape(f"no source named {source!r} (sources: {known})"), 2)
+                raise unknown_name(
+                    "source", source, by_name, hint="`clew sources list --removed` shows them"
+                )
         if limit is not None and limit < 1:
             raise fail("--limit must be at least 1", 2)
         return DlqFilter(
@@ -207,10 +213,6 @@ def _row_json(ctx: _Context, row: DlqRow) -> dict[str, Any]:
     }
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
-
-
 @dlq_app.command("list")
 def list_rows(
     reason: Reason = None,
@@ -220,7 +222,7 @@ def list_rows(
     until: Until = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
     all_rows: AllRows = False,
-    format: ListingFormat = None,
+    format: Format = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
@@ -231,12 +233,12 @@ def list_rows(
     record is, the last replay); as CSV: the table's columns, the message cut as in the
     table."""
     fmt = output_format(format, as_json)
-    ctx = _Context(data_dir, config, "json" if fmt is OutputFormat.json else "table")
+    ctx = _Context(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, limit, all_rows)
         rows = [r for batch in ctx.snapshot.rows(f) for r in batch]
         if fmt is OutputFormat.json:
-            _print_json([_row_json(ctx, r) for r in rows])
+            print_json([_row_json(ctx, r) for r in rows])
             return
         if not rows and fmt is OutputFormat.table:
             hint = "" if all_rows else " (rows already replayed are hidden; --all shows them)"
@@ -278,16 +280,21 @@ def list_rows(
 @dlq_app.command("show")
 def show(
     dlq_id: Annotated[str, typer.Argument(help="The row's id, as `clew dlq list` shows it.")],
-    format: Format = "table",
+    format: Format = None,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
     """Everything about one dead letter.
 
     Its reason, each violation with JSON path, keyword and message, the schema versions used,
-    the payload, and what replays made of it."""
+    the payload, and what replays made of it.
 
-    ctx = _Context(data_dir, config, format)
+    As JSON: the row as `clew dlq list --json` gives it, with its replay history; as CSV: a
+    header of the same fields and one line, violations, schema_versions, replayed and history
+    as JSON text, the payload as kept."""
+    fmt = output_format(format, as_json)
+    ctx = _Context(data_dir, config)
     try:
         row = ctx.snapshot.get(dlq_id)
         if row is None:
@@ -295,7 +302,9 @@ def show(
                 escape(f"no dead letter with id {dlq_id!r}; `clew dlq list --all` shows the ids")
             )
         history = ctx.ledger.history(dlq_id)
-        if ctx.format == "json":
+        if fmt is OutputFormat.table:
+            _show_table(ctx, row, history)
+        else:
             doc = _row_json(ctx, row)
             doc["history"] = [
                 {
@@ -308,11 +317,19 @@ def show(
                 }
                 for h in history
             ]
-            _print_json(doc)
-        else:
-            _show_table(ctx, row, history)
+            if fmt is OutputFormat.json:
+                print_json(doc)
+            else:
+                write_csv(doc, [[_csv_cell(v) for v in doc.values()]])
     finally:
         ctx.close()
+
+
+def _csv_cell(value: Any) -> Any:
+    """A scalar as is; a list or object as its JSON text."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
 
 
 def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
@@ -339,9 +356,10 @@ def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
         facts.add_row("replay of", escape(row.replay_of))
     if row.replay is not None:
         facts.add_row("replayed", f"{row.replay.outcome} by {row.replay.replay_id}")
-    out.print(facts)
+    print_table(facts)
     if row.violations:
-        table = Table("path", "keyword", "message", "schema", title="Violations")
+        table = listing("path", "keyword", "message", "schema", prose=["message"])
+        table.title = "Violations"
         for v in row.violations:
             schema = f"{v.get('subject', '')} {v.get('version', '')}".strip()
             table.add_row(
@@ -350,7 +368,7 @@ def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
                 escape(v.get("message", "")),
                 escape(schema),
             )
-        out.print(table)
+        print_table(table)
     if row.schema_versions:
         versions = ", ".join(f"{s} {v}" for s, v in sorted(row.schema_versions.items()))
         out.print(f"[bold]Schema versions:[/bold] {escape(versions)}")
@@ -361,7 +379,7 @@ def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
     except ValueError:
         out.print(row.payload, markup=False, highlight=False)
     if history:
-        table = Table("row", "replay", "outcome", "new reason", "new row", "at", title="Replays")
+        table = listing("row", "replay", "outcome", "new reason", "new row", "at", title="Replays")
         for h in history:
             table.add_row(
                 escape(h.dlq_id),
@@ -371,7 +389,7 @@ def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
                 escape(h.new_dlq_id or ""),
                 _short_time(h.replayed_at),
             )
-        out.print(table)
+        print_table(table)
     else:
         out.print("Not replayed yet.")
 
@@ -384,42 +402,44 @@ def stats(
     since: Since = None,
     until: Until = None,
     all_rows: AllRows = False,
-    format: Format = "table",
+    format: Format = None,
+    as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Dead letters by reason, source and event, and by hour received."""
-    from rich.table import Table
+    """Dead letters by reason, source and event, and by hour received.
 
-    ctx = _Context(data_dir, config, format)
+    As JSON: {total, by_kind: [{reason, source, event, count}], by_hour: [{hour, count}]};
+    as CSV: the counts by reason, source and event (reason,source,event,count)."""
+    fmt = output_format(format, as_json)
+    ctx = _Context(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, None, all_rows)
         result = ctx.snapshot.stats(f)
-        if ctx.format == "json":
-            _print_json(
-                {
-                    "total": result.total,
-                    "by_kind": [
-                        {"reason": r, "source": ctx.source(s), "event": e, "count": n}
-                        for r, s, e, n in result.by_kind
-                    ],
-                    "by_hour": [{"hour": _iso(h), "count": n} for h, n in result.by_hour],
-                }
-            )
+        by_kind = [
+            {"reason": r, "source": ctx.source(s), "event": e, "count": n}
+            for r, s, e, n in result.by_kind
+        ]
+        if fmt is OutputFormat.json:
+            by_hour = [{"hour": _iso(h), "count": n} for h, n in result.by_hour]
+            print_json({"total": result.total, "by_kind": by_kind, "by_hour": by_hour})
+            return
+        if fmt is OutputFormat.csv:
+            write_csv(("reason", "source", "event", "count"), (k.values() for k in by_kind))
             return
         out = console
-        kinds = Table("reason", "source", "event", "count", title="By reason, source and event")
+        kinds = listing("reason", "source", "event", "count", title="By reason, source and event")
         kinds.columns[3].justify = "right"
         for r, s, e, n in result.by_kind:
             kinds.add_row(r, escape(ctx.source(s)), escape(e or ""), str(n))
-        out.print(kinds)
-        hours = Table("hour (UTC)", "count", "", title="By hour received")
+        print_table(kinds)
+        hours = listing("hour (UTC)", "count", "", title="By hour received")
         hours.columns[1].justify = "right"
         peak = max((n for _, n in result.by_hour), default=0)
         for h, n in result.by_hour:
             bar = "█" * max(1, round(30 * n / peak)) if peak else ""
             hours.add_row(h.strftime("%Y-%m-%d %H:00"), str(n), bar)
-        out.print(hours)
+        print_table(hours)
         scope = "" if all_rows else " not yet replayed"
         out.print(f"{_count(result.total, 'dead letter')}{scope}")
     finally:
@@ -459,7 +479,7 @@ def replay(
     from clew._datadir import serving_url
     from clew.stages.replay import ReplayError, replay_dlq
 
-    ctx = _Context(data_dir, config, "table")
+    ctx = _Context(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, limit, False)
     finally:

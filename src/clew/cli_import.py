@@ -10,7 +10,9 @@ events when it runs.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,9 +21,25 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import AsJson, ConfigFile, DataDir, console, err, fail, settings_from
+from clew.cli_common import (
+    AsJson,
+    ConfigFile,
+    DataDir,
+    Format,
+    OutputFormat,
+    console,
+    fail,
+    listing,
+    output_format,
+    print_json,
+    print_table,
+    settings_from,
+    unknown_name,
+    write_csv,
+)
 
 if TYPE_CHECKING:
+    from clew.config import Settings
     from clew.identity.importer import ImportReport, ReviewEntry
 
 import_app = typer.Typer(
@@ -92,7 +110,9 @@ def _sides(doc: dict[str, Any]) -> tuple[str, str]:
 
 
 def _reviews_table(docs: list[dict[str, Any]]) -> Table:
-    table = Table("review", "record", "matches", "probability", "weight", "record fields", "other")
+    table = listing(
+        "review", "record", "matches", "probability", "weight", "record fields", "other"
+    )
     for d in docs:
         mine, theirs = _sides(d)
         other = f"{d['other_kind']} {d['other_id']}\n(via {d['link']})"
@@ -106,6 +126,64 @@ def _reviews_table(docs: list[dict[str, Any]]) -> Table:
             theirs,
         )
     return table
+
+
+# The columns of `clew import reviews --format csv` before the fields of either side.
+_REVIEW_COLUMNS = (
+    "review_id",
+    "source",
+    "record_id",
+    "other_kind",
+    "other_id",
+    "link",
+    "probability",
+    "match_weight",
+    "import_id",
+    "created",
+    "status",
+)
+# Fields of a side that repeat a column (record_id, other_id).
+_ID_FIELDS = ("id", "profile_id")
+
+
+def _write_reviews_csv(docs: list[dict[str, Any]]) -> None:
+    """One line per review: :data:`_REVIEW_COLUMNS`, then ``record.<field>`` for every
+    field a record has and ``other.<field>`` for every field the other side has (in the
+    order first seen; empty where a review lacks the field)."""
+
+    def fields(side: str) -> list[str]:
+        seen = dict.fromkeys(k for d in docs for k in d[side] if k not in _ID_FIELDS)
+        return list(seen)
+
+    mine, theirs = fields("record"), fields("other")
+    header = [*_REVIEW_COLUMNS, *(f"record.{f}" for f in mine), *(f"other.{f}" for f in theirs)]
+    write_csv(
+        header,
+        (
+            [
+                *(d[c] for c in _REVIEW_COLUMNS),
+                *(d["record"].get(f) for f in mine),
+                *(d["other"].get(f) for f in theirs),
+            ]
+            for d in docs
+        ),
+    )
+
+
+def _import_sources(settings: Settings) -> set[str]:
+    """The sources earlier imports used (none when no import has run), read without
+    changing ``imports.db``."""
+    path = settings.imports_path
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows: Iterable[tuple[str]] = conn.execute(
+            "SELECT source FROM imports UNION SELECT source FROM reviews"
+        )
+        return {r[0] for r in rows}
+    finally:
+        conn.close()
 
 
 @import_app.command("profiles")
@@ -163,12 +241,12 @@ def profiles(
         f"{len(report.reviews)} to review."
     )
     if report.invalid:
-        table = Table("line", "id", "skipped because")
+        table = listing("line", "id", "skipped because", prose=["skipped because"])
         for p in report.invalid:
             table.add_row(str(p.line), escape(p.row_id or ""), escape(p.reason))
-        err.print(table)
+        print_table(table, stderr=True)
     if report.merges:
-        table = Table("record", "merged into", "via", "probability", "weight")
+        table = listing("record", "merged into", "via", "probability", "weight")
         for m in doc["merges"]:
             table.add_row(
                 escape(f"{source}_id:{m['record_id']}"),
@@ -177,9 +255,9 @@ def profiles(
                 f"{m['probability']:.4f}",
                 f"{m['match_weight']:.2f}",
             )
-        console.print(table)
+        print_table(table)
     if report.reviews:
-        console.print(_reviews_table(doc["reviews"]))
+        print_table(_reviews_table(doc["reviews"]))
         if not report.dry_run:
             console.print("Decide each with `clew import confirm ID` or `clew import reject ID`.")
 
@@ -187,23 +265,42 @@ def profiles(
 @import_app.command("reviews")
 def reviews(
     source: Annotated[
-        str | None, typer.Option("--source", help="Only this source's.", show_default=False)
+        str | None,
+        typer.Option(
+            "--source",
+            help="Only this source's (the --source of `clew import profiles`); one no import "
+            "used exits 1, naming the closest.",
+            show_default=False,
+        ),
     ] = None,
+    format: Format = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """List the probable matches waiting for a decision, oldest first."""
+    """List the probable matches waiting for a decision, oldest first.
+
+    As JSON: a list of {review_id, source, record_id, other_kind, other_id, link,
+    probability, match_weight, record, other, import_id, created, status}, record and other
+    each side's fields; as CSV: the same columns with the sides' fields spread into
+    record.FIELD and other.FIELD columns."""
     from clew.identity.importer import pending_reviews
 
+    fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
+    if source is not None:
+        known = _import_sources(settings)
+        if source not in known:
+            raise unknown_name("import source", source, known)
     docs = [_review_doc(r) for r in pending_reviews(settings, source)]
-    if as_json:
-        sys.stdout.write(json.dumps(docs, ensure_ascii=False) + "\n")
+    if fmt is OutputFormat.json:
+        print_json(docs)
+    elif fmt is OutputFormat.csv:
+        _write_reviews_csv(docs)
     elif not docs:
         console.print("No reviews pending.")
     else:
-        console.print(_reviews_table(docs))
+        print_table(_reviews_table(docs))
 
 
 @import_app.command("confirm")

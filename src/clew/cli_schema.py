@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -21,8 +21,13 @@ from clew.cli_common import (
     output_format,
     print_listing,
     settings_from,
+    unknown_name,
 )
 from clew.cli_errors import DataUse
+
+if TYPE_CHECKING:
+    from clew.config import Settings
+    from clew.schema import SchemaRegistry
 
 plan_app = typer.Typer(
     help="Tracking plans kept as files in your repository.", no_args_is_help=True
@@ -39,6 +44,24 @@ def _registry(data_dir: Path | None, config: Path | None, data: DataUse = "read"
     return SchemaRegistry(settings.registry_path)
 
 
+def _require_source(registry: SchemaRegistry, settings: Settings, source: str) -> None:
+    """Exit 1 naming the closest source unless ``source`` has a plan or is in the catalog
+    (the ``default`` source always is)."""
+    from clew.sources import DEFAULT_SOURCE, Catalog
+
+    known = set(registry.sources()) | {DEFAULT_SOURCE}
+    if source in known:
+        return
+    if settings.meta_path.exists():
+        catalog = Catalog(settings.meta_path)
+        try:
+            known |= {s.name for s in catalog.sources(include_removed=False)}
+        finally:
+            catalog.close()
+    if source not in known:
+        raise unknown_name("source", source, known)
+
+
 @plan_app.command("push")
 def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = None) -> None:
     """Publish a tracking plan: a new version of every changed subject.
@@ -51,7 +74,7 @@ def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = No
     try:
         plan = load_plan(directory)
     except PlanError as e:
-        raise fail(str(e), 2) from None
+        raise fail(escape(str(e)), 2) from None
     with _registry(data_dir, config, "provision") as registry:
         try:
             result = push(registry, plan)
@@ -82,7 +105,7 @@ def schema_check(
         plan = load_plan(directory)
         old = load_plan(against) if against is not None else None
     except PlanError as e:
-        raise fail(str(e), 2) from None
+        raise fail(escape(str(e)), 2) from None
     if old is not None:
         problems = compare(old, plan)
     else:
@@ -104,24 +127,15 @@ def schema_list(
 ) -> None:
     """Subjects of a source's plan with their latest version.
 
-    A source that is neither in the catalog (`clew sources list`) nor has a plan exits 1.
-    As JSON: {source, enforcement, subjects: [{subject, version, schemaver, compatibility,
-    active}]}."""
-    from clew.sources import DEFAULT_SOURCE, Catalog
+    A source that is neither in the catalog (`clew sources list`) nor has a plan exits 1,
+    naming the closest one. As JSON: {source, enforcement, subjects: [{subject, version,
+    schemaver, compatibility, active}]}; as CSV: the subjects."""
+    from clew.schema import SchemaRegistry
 
     fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
-    with _registry(data_dir, config) as registry:
-        known = set(registry.sources()) | {DEFAULT_SOURCE}
-        if source not in known and settings.meta_path.exists():
-            catalog = Catalog(settings.meta_path)
-            try:
-                known |= {s.name for s in catalog.sources(include_removed=False)}
-            finally:
-                catalog.close()
-        if source not in known:
-            names = ", ".join(sorted(known))
-            raise fail(escape(f"there is no source named {source!r} (sources: {names})"), 1)
+    with SchemaRegistry(settings.registry_path) as registry:
+        _require_source(registry, settings, source)
         plan = registry.settings(source)
         subjects = registry.subjects(source, include_retired=all_subjects)
     table = listing("subject", "version", "schemaver", "compatibility", "active")
@@ -163,13 +177,15 @@ def schema_show(
     config: ConfigFile = None,
 ) -> None:
     """Print one version of a subject's JSON Schema."""
-    from clew.schema import SchemaError
+    from clew.schema import SchemaError, SchemaRegistry
 
-    with _registry(data_dir, config) as registry:
+    settings = settings_from(config, data_dir=data_dir)
+    with SchemaRegistry(settings.registry_path) as registry:
+        _require_source(registry, settings, source)
         try:
             v = registry.get(source, subject, int(version) if version.isdigit() else version)
         except SchemaError as e:
-            raise fail(str(e)) from None
+            raise fail(escape(str(e))) from None
     print(json.dumps(v.schema, indent=2, sort_keys=True))
 
 
@@ -183,13 +199,15 @@ def schema_diff(
     config: ConfigFile = None,
 ) -> None:
     """Show what changed between two versions of a subject, and whether it breaks data."""
-    from clew.schema import SchemaError
+    from clew.schema import SchemaError, SchemaRegistry
     from clew.schema.report import render_diff
 
-    with _registry(data_dir, config) as registry:
+    settings = settings_from(config, data_dir=data_dir)
+    with SchemaRegistry(settings.registry_path) as registry:
+        _require_source(registry, settings, source)
         try:
             a = registry.get(source, subject, int(old) if old.isdigit() else old)
             b = registry.get(source, subject, int(new) if new.isdigit() else new)
         except SchemaError as e:
-            raise fail(str(e)) from None
+            raise fail(escape(str(e))) from None
     console.print(render_diff(a, b), markup=False)
