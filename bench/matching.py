@@ -33,7 +33,7 @@ from itertools import combinations
 from multiprocessing import get_context
 from typing import Any
 
-from clew.identity.matching import BLOCKING_KEYS, MatchThresholds, match_records, normalise
+from clew.imports.matching import BLOCKING_KEYS, MatchThresholds, match_records, normalise
 
 THRESHOLDS = MatchThresholds()
 EXACT_RULE = ("first_name", "last_name", "date_of_birth")

@@ -10,7 +10,7 @@ it without logging the other out; a few type placeholder emails.
 
 Each measurement runs in a fresh process, so its peak RSS is its own:
 
-- ``rebuild``: :func:`clew.lake.rebuild.rebuild` writing both tables, with its phases;
+- ``rebuild``: :func:`clew.batch.rebuild.rebuild` writing both tables, with its phases;
 - baseline ``scan``: DuckDB reading the same events and grouping them per user or device id
   with first/last seen and summed revenue (the cost of reading and aggregating the lake);
 - baseline ``union-find``: DuckDB reading each event's ids and emails, plus plain connected
@@ -222,7 +222,7 @@ def measure(what: str, data_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     out: dict[str, Any] = {}
     if what == "rebuild":
-        from clew.lake.rebuild import rebuild
+        from clew.batch.rebuild import rebuild
 
         report = rebuild(settings)
         out = {

@@ -4,8 +4,8 @@ generated lake: events per second of each engine, and their ratio.
 Setup (not timed): the web shop of bench/rebuild.py writes its traffic into a lake ``events``
 Delta table. Then, in this process:
 
-- ``duckdb``: :func:`clew.lake.rebuild.rebuild`, writing both tables;
-- ``spark``: :func:`clew.lake.spark_rebuild.rebuild_spark` on ``local[*]`` (every core of
+- ``duckdb``: :func:`clew.batch.rebuild.rebuild`, writing both tables;
+- ``spark``: :func:`clew.batch.spark_rebuild.rebuild_spark` on ``local[*]`` (every core of
   this machine), writing both tables, twice on one session: the first run pays for the JVM's
   warm-up (class loading, code generation), the second is what a long-lived session gets.
   Starting the session is timed apart.
@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from clew.batch._spark_session import build_session
+from clew.batch.rebuild import RebuildReport, rebuild
+from clew.batch.spark_rebuild import rebuild_spark
 from clew.config import Settings
-from clew.lake._spark_session import build_session
-from clew.lake.rebuild import RebuildReport, rebuild
-from clew.lake.spark_rebuild import rebuild_spark
 from rebuild import write_lake
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from _services import ServiceUnavailable
-from clew.lake._spark_session import build_session, missing
+from clew.batch._spark_session import build_session, missing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -36,10 +36,10 @@ from clew.cli_common import (
 )
 
 if TYPE_CHECKING:
+    from clew.batch.split import SplitResult
     from clew.config import Settings
     from clew.identity.dropped import DroppedIdentifiers
     from clew.identity.resolver import Explanation
-    from clew.identity.split import SplitResult
     from clew.store.base import Profile, Provenance, Separation
 
 identity_app = typer.Typer(
@@ -145,9 +145,9 @@ def explain(
     As JSON: {profile_id, reasons, separations, dropped, history_full}; as CSV: the table of
     reasons only."""
     fmt = output_format(format, as_json)
+    from clew.batch.split import SplitError, find_profile
     from clew.identity.dropped import dropped_identifiers
     from clew.identity.resolver import IdentityResolver
-    from clew.identity.split import SplitError, find_profile
     from clew.store.factory import open_store
 
     settings = _settings(data_dir, config)
@@ -271,7 +271,7 @@ def split(
 
     The identifier is kept apart from the profile's most trusted other identifier from now
     on, and the profile is re-derived from its events into the profiles they now give."""
-    from clew.identity.split import SplitError, parse_identifier, split_profile
+    from clew.batch.split import SplitError, parse_identifier, split_profile
 
     settings = _settings(data_dir, config)
     try:

@@ -40,7 +40,7 @@ from clew.cli_common import (
 
 if TYPE_CHECKING:
     from clew.config import Settings
-    from clew.identity.importer import ImportReport, ReviewEntry
+    from clew.imports.importer import ImportReport, ReviewEntry
 
 import_app = typer.Typer(
     help="Import customer records (CSV) and decide the probable matches they raised.",
@@ -217,8 +217,8 @@ def profiles(
     Rows that match an existing profile (or an earlier row) with a probability of at least
     --merge-threshold are merged into it; pairs from --review-threshold on are listed for
     `clew import confirm` / `reject`. Unchanged rows of an earlier import are skipped."""
-    from clew.identity.importer import ProfileImportError, import_profiles
-    from clew.identity.matching import MatchingUnavailableError, MatchThresholds
+    from clew.imports.importer import ProfileImportError, import_profiles
+    from clew.imports.matching import MatchingUnavailableError, MatchThresholds
 
     settings = settings_from(config, data="provision", data_dir=data_dir)
     try:
@@ -284,7 +284,7 @@ def reviews(
     probability, match_weight, record, other, import_id, created, status}, record and other
     each side's fields; as CSV: the same columns with the sides' fields spread into
     record.FIELD and other.FIELD columns."""
-    from clew.identity.importer import pending_reviews
+    from clew.imports.importer import pending_reviews
 
     fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
@@ -314,7 +314,7 @@ def confirm(
 
     Sends an identify event with the link and the match weight; the profiles stage applies
     it under the usual identity rules."""
-    from clew.identity.importer import ProfileImportError, confirm_review
+    from clew.imports.importer import ProfileImportError, confirm_review
 
     settings = settings_from(config, data_dir=data_dir)
     try:
@@ -340,7 +340,7 @@ def reject(
     config: ConfigFile = None,
 ) -> None:
     """Dismiss the review: nothing merges, and later imports do not suggest the pair again."""
-    from clew.identity.importer import ProfileImportError, reject_review
+    from clew.imports.importer import ProfileImportError, reject_review
 
     settings = settings_from(config, data_dir=data_dir)
     try:

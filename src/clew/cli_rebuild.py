@@ -18,7 +18,7 @@ from rich.markup import escape
 from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
 
 if TYPE_CHECKING:
-    from clew.lake.rebuild import RebuildReport
+    from clew.batch.rebuild import RebuildReport
 
 
 class Engine(StrEnum):
@@ -70,15 +70,15 @@ def rebuild(
     """Rebuild customer_profiles and identities from the lake's events.
 
     Then reconcile them with the serving store."""
-    from clew.lake.rebuild import RebuildError
-    from clew.lake.rebuild import rebuild as run
+    from clew.batch.rebuild import RebuildError
+    from clew.batch.rebuild import rebuild as run
 
     settings = settings_from(config, data_dir=data_dir)
     if engine is Engine.duckdb and spark_conf:
         raise fail("--spark-conf needs --engine spark")
     try:
         if engine is Engine.spark:
-            from clew.lake.spark_rebuild import SparkUnavailableError, rebuild_spark
+            from clew.batch.spark_rebuild import SparkUnavailableError, rebuild_spark
 
             try:
                 report = rebuild_spark(

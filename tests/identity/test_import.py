@@ -22,7 +22,7 @@ from typer.testing import CliRunner, Result
 
 from clew.cli import app
 from clew.config import Settings
-from clew.identity.importer import (
+from clew.imports.importer import (
     ImportFileError,
     InvalidSourceError,
     import_profiles,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from _services import require_module
-from clew.identity.matching import (
+from clew.imports.matching import (
     MIN_TRAINING_ROWS,
     Candidate,
     InvalidRecordIdError,

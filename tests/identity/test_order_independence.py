@@ -30,9 +30,9 @@ from deltalake import write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clew.batch.rebuild import rebuild
 from clew.config import Settings, StoreSettings
 from clew.events import format_time
-from clew.lake.rebuild import rebuild
 from clew.lake.tables import EVENTS, to_arrow
 from clew.log.base import Consumer, Message, Record, TopicPartition, partition_for
 from clew.log.factory import EVENTS_TOPIC

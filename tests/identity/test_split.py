@@ -14,12 +14,12 @@ import msgspec
 import pytest
 from typer.testing import CliRunner, Result
 
+from clew.batch.split import split_profile
 from clew.cli import app
 from clew.config import Settings
 from clew.events import Event
 from clew.identity import Identifier, profile_id_for
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
-from clew.identity.split import split_profile
 from clew.lake.query import Lake
 from clew.log.base import Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log

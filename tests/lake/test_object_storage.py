@@ -285,7 +285,7 @@ def test_sql_over_object_storage_is_read_only_and_filters_push_down(
 def test_rebuild_writes_customer_profiles_to_the_bucket(
     settings: Settings, log: Log, s3: S3, bucket: str
 ) -> None:
-    from clew.lake.rebuild import rebuild
+    from clew.batch.rebuild import rebuild
 
     log.append_sync("events", _story())
     _sink(settings, log)
@@ -307,7 +307,7 @@ def test_rebuild_writes_customer_profiles_to_the_bucket(
 
 
 def test_a_backfill_reads_its_history_from_the_bucket(settings: Settings, log: Log) -> None:
-    from clew.identity._lake_events import read_lake_types
+    from clew.batch._lake_events import read_lake_types
 
     log.append_sync("events", _story())
     _sink(settings, log)

@@ -19,6 +19,7 @@ import pytest
 from deltalake import write_deltalake
 from typer.testing import CliRunner
 
+from clew.batch.rebuild import rebuild
 from clew.cli import app
 from clew.config import Settings
 from clew.events import Event, format_time
@@ -26,7 +27,6 @@ from clew.identity.rules import IdentityRules, IdTypeRule
 from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
 from clew.lake.query import Lake
-from clew.lake.rebuild import rebuild
 from clew.lake.tables import EVENTS, to_arrow
 from clew.server import BackgroundServer
 from clew.store import MemoryProfileStore, Provenance, Separation, SQLiteProfileStore

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from clew.audiences.definitions import parse_document
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository, load_file
+from clew.batch.rebuild import RebuildReport, rebuild
 from clew.cli import app
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.events import Event, format_time
-from clew.lake.rebuild import RebuildReport, rebuild
 from clew.lake.tables import EVENTS, to_arrow
 from clew.log.base import Message
 from clew.log.factory import EVENTS_TOPIC, open_log

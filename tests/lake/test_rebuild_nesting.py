@@ -11,9 +11,9 @@ import msgspec
 import orjson
 from deltalake import write_deltalake
 
+from clew.batch.rebuild import rebuild
 from clew.config import Settings
 from clew.lake.query import Lake
-from clew.lake.rebuild import rebuild
 from clew.lake.tables import EVENTS, to_arrow
 from clew.nesting import TOO_DEEP
 

@@ -22,16 +22,16 @@ from _s3 import S3
 from _services import ServiceUnavailable, require_module, unavailable
 from _spark import pom_versions, spark_session
 from clew._datadir import claim_data_dir
+from clew.batch import _spark_session, spark_rebuild
+from clew.batch.rebuild import RebuildReport, rebuild
+from clew.batch.spark_rebuild import rebuild_spark
 from clew.cli import app
 from clew.config import LakeSettings, Settings
 from clew.events import Event, format_time
 from clew.identity import Identifier, profile_id_for
 from clew.identity.rules import IdentityRules, IdTypeRule
 from clew.identity.unifier import Unifier
-from clew.lake import _spark_session, spark_rebuild
 from clew.lake.query import Lake
-from clew.lake.rebuild import RebuildReport, rebuild
-from clew.lake.spark_rebuild import rebuild_spark
 from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, EVENTS, to_arrow
 from clew.store import Provenance, Separation, SQLiteProfileStore
 

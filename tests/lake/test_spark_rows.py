@@ -10,9 +10,9 @@ import msgspec
 import orjson
 import pyarrow as pa
 
+from clew.batch._spark_rows import EVENT_COLUMNS, Job, prepare, resolve
 from clew.config import Settings
 from clew.lake._profile_rows import traits_json
-from clew.lake._spark_rows import EVENT_COLUMNS, Job, prepare, resolve
 from clew.lake.tables import EVENTS, to_arrow
 from clew.nesting import TOO_DEEP
 

@@ -9,7 +9,7 @@ import psutil
 
 from _services import unavailable
 from _spark import TEST_CONF
-from clew.lake._spark_session import build_session, missing
+from clew.batch._spark_session import build_session, missing
 
 
 def test_s3_credentials_stay_off_the_jvm_command_line() -> None:

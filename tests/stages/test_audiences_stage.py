@@ -18,11 +18,11 @@ from clew.audiences.changes import AudienceChange, decode
 from clew.audiences.definitions import parse_document
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository
+from clew.batch.split import split_profile
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.events import Event, format_time
 from clew.identity.identifiers import ANONYMOUS_ID, Identifier
-from clew.identity.split import split_profile
 from clew.log.base import Log, Message
 from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clew.audiences.engine import AUDIENCES, STATE, Engine
+from clew.batch._lake_events import row_to_event
+from clew.batch._reconcile import Computed
 from clew.events import format_time
-from clew.identity._lake_events import row_to_event
 from clew.identity.traits import LAST_PURCHASE, LIFETIME_VALUE, ORDERS_COUNT
-from clew.lake._reconcile import Computed
 from clew.store.base import Profile, ProfileStore, Traits
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ _ALL_TIMERS = 1 << 40
 
 def fold(engine: Engine, batches: Iterable[pa.RecordBatch]) -> dict[str, Traits]:
     """Per profile, computed values holding only its engine state, from ``batches`` of
-    :data:`clew.lake._rebuild_sql.ENGINE_EVENTS` rows (profile id, then the columns
+    :data:`clew.batch._rebuild_sql.ENGINE_EVENTS` rows (profile id, then the columns
     :func:`row_to_event` reads). Profiles with no matching event are absent."""
     states: dict[str, Traits] = {}
     empty: Traits = {}

@@ -31,10 +31,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clew.batch._rebuild_sql import UNCACHEABLE, PayloadShape
 from clew.events import Event
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
 from clew.identity.unifier import Unifier
-from clew.lake._rebuild_sql import UNCACHEABLE, PayloadShape
 
 if TYPE_CHECKING:
     import duckdb

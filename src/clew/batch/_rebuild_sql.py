@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from clew.identity._lake_events import EVENT_COLUMNS
+from clew.batch._lake_events import EVENT_COLUMNS
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import ORDER_AMOUNTS, is_order
 
@@ -147,7 +147,7 @@ def load_events(
     ``rn``, its position in event-time order, ties by ``received_at`` then ``message_id``;
     ``key_id``; what the unifier needs besides the payload; ``flags``; whether it is an
     order and its amount; with ``engine_types``, ``engine_row``: for an event of one of those
-    types, what :func:`clew.identity._lake_events.row_to_event` needs, else NULL). Returns
+    types, what :func:`clew.batch._lake_events.row_to_event` needs, else NULL). Returns
     the number of events."""
     conn.execute("CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END")
     # Which names are orders is decided by is_order() itself, over the distinct names.

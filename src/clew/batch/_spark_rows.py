@@ -24,6 +24,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clew.batch._rebuild_sql import PayloadShape
 from clew.config import IdentitySettings
 from clew.events import Event
 from clew.identity.consent import CONSENT
@@ -31,7 +32,6 @@ from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
 from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import profile_columns
-from clew.lake._rebuild_sql import PayloadShape
 from clew.nesting import encode
 from clew.store.base import Separation
 from clew.store.memory import MemoryProfileStore

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from clew.audiences.engine import Engine
+from clew.batch._lake_events import events_to_replay, read_lake_types
 from clew.events import Event
-from clew.identity._lake_events import events_to_replay, read_lake_types
 from clew.lake._storage import LakeLocation
 from clew.log.base import Log
 from clew.topics import EVENTS_TOPIC

@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING, Any
 from clew.audiences.definitions import DefinitionError
 from clew.audiences.engine import Engine
 from clew.audiences.repository import open_repository
+from clew.batch._rebuild_audiences import ServingComputed, evaluate_rebuilt, fold
+from clew.batch._rebuild_resolve import Resolved, resolve_events
+from clew.batch._rebuild_sql import AGGREGATES, ENGINE_EVENTS, PayloadShape, load_events
+from clew.batch._reconcile import Computed, Facts, Reconciliation, reconcile
 from clew.clock import Clock, clock_for
 from clew.config import Settings
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import IdentityColumns, profile_columns
-from clew.lake._rebuild_audiences import ServingComputed, evaluate_rebuilt, fold
-from clew.lake._rebuild_resolve import Resolved, resolve_events
-from clew.lake._rebuild_sql import AGGREGATES, ENGINE_EVENTS, PayloadShape, load_events
-from clew.lake._reconcile import Computed, Facts, Reconciliation, reconcile
 from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
 from clew.store.base import Profile
@@ -250,7 +250,7 @@ _TOTALS = ["profile_id", "total_lifetime_value", "orders_count", "last_purchase_
 def _mapping(resolved: Resolved, store: MemoryProfileStore) -> tuple[pa.Table, pa.Table]:
     """Every event's profile as its final survivor: the tables ``applied`` (``rn``,
     ``profile_id``) and ``decided`` (``key_id``, ``profile_id``) that
-    :data:`~clew.lake._rebuild_sql.MAPPING` reads."""
+    :data:`~clew.batch._rebuild_sql.MAPPING` reads."""
     import pyarrow as pa
 
     survivors: dict[str, str | None] = {}

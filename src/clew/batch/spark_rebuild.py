@@ -1,5 +1,5 @@
 """The batch layer on Spark (``clew rebuild --engine spark``): the same ``customer_profiles``
-and ``identities`` as the DuckDB rebuild (:mod:`clew.lake.rebuild`), computed by PySpark over
+and ``identities`` as the DuckDB rebuild (:mod:`clew.batch.rebuild`), computed by PySpark over
 the lake's Delta tables and written back by Spark's Delta writer.
 
 How, in four steps, each a Spark job:
@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from clew.config import Settings
-from clew.lake._reconcile import Facts, reconcile
-from clew.lake._spark_components import ComponentsError, components
-from clew.lake._spark_rows import (
+from clew.batch._reconcile import Facts, reconcile
+from clew.batch._spark_components import ComponentsError, components
+from clew.batch._spark_rows import (
     EVENT,
     EVENT_COLUMNS,
     IDENTITY,
@@ -50,15 +49,16 @@ from clew.lake._spark_rows import (
     prepare,
     resolve,
 )
-from clew.lake._spark_session import (
+from clew.batch._spark_session import (
     LOCAL_MASTER,
     SparkUnavailableError,
     build_session,
     s3a_options,
     spark_path,
 )
+from clew.batch.rebuild import RebuildError, RebuildReport, agreed
+from clew.config import Settings
 from clew.lake._storage import LakeLocation, TableLocation
-from clew.lake.rebuild import RebuildError, RebuildReport, agreed
 from clew.lake.tables import (
     CUSTOMER_PROFILES,
     CUSTOMER_PROFILES_SCHEMA,
@@ -92,7 +92,7 @@ def rebuild_spark(
     """Re-derive ``customer_profiles`` and ``identities`` from the lake's ``events`` with
     Spark and overwrite both tables (not with ``dry_run``; with ``require_agreement``, only
     if the serving store agrees or there is none); the result equals
-    :func:`clew.lake.rebuild.rebuild`'s. Uses ``session`` if given (it is left running),
+    :func:`clew.batch.rebuild.rebuild`'s. Uses ``session`` if given (it is left running),
     else starts one on ``master`` with ``conf`` and stops it at the end.
 
     An active session of this process is used like ``session`` (``master`` and ``conf``

@@ -26,16 +26,15 @@ replay and applied by it afterwards, on top of the split, so nothing is counted 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from clew.batch._lake_events import LakeSnapshot, events_to_replay, read_lake
 from clew.config import IdentitySettings, Settings
 from clew.events import Event
-from clew.identity._lake_events import LakeSnapshot, events_to_replay, read_lake
 from clew.identity.changes import ProfileDeleted, deleted, encode_change, snapshot
 from clew.identity.identifiers import (
     ANONYMOUS_ID,
@@ -47,7 +46,7 @@ from clew.identity.identifiers import (
     normalise_email,
     normalise_phone,
 )
-from clew.identity.rules import DEFAULT_BLOCKED_EMAILS, IdentityRules, IdTypeRule
+from clew.identity.rules import IdentityRules, placeholder_rule
 from clew.identity.unifier import Unifier
 from clew.log.base import Log, Message
 from clew.store.base import Profile, ProfileStore, Provenance, Separation, StoredEvent
@@ -197,31 +196,6 @@ def find_profile(store: ProfileStore, ref: str, rules: IdentityRules) -> str:
         f"no profile has the id {ref!r} (never created, deleted, or split away); give a "
         "profile id or an identifier as id_type:value, e.g. email:ada@shop.test"
     )
-
-
-def placeholder_rule(ident: Identifier, rules: IdentityRules) -> str | None:
-    """The setting that makes ``ident`` a placeholder (events carrying it drop it), or
-    ``None`` if it is a usable identifier.
-
-    >>> placeholder_rule(Identifier("email", "ada@example.com"), IdentityRules())
-    'DEFAULT_BLOCKED_EMAILS, always blocked'
-    >>> placeholder_rule(Identifier("email", "ada@shop.test"), IdentityRules()) is None
-    True
-    """
-    if not rules.is_blocked(ident.id_type, ident.value):
-        return None
-    value = ident.value.strip()
-
-    def matches(patterns: Sequence[str]) -> bool:
-        return any(re.fullmatch(p, value, re.IGNORECASE) for p in patterns)
-
-    if ident.id_type == EMAIL and matches(DEFAULT_BLOCKED_EMAILS):
-        return "DEFAULT_BLOCKED_EMAILS, always blocked"
-    if matches(rules.blocked_values):
-        return "identity.rules.blocked_values"
-    rule: IdTypeRule = rules.rule(ident.id_type)
-    where = f"id_types.{ident.id_type}" if ident.id_type in rules.id_types else "default_rule"
-    return f"identity.rules.{where}.blocked" if matches(rule.blocked) else "identity rules"
 
 
 def identifiers_of(profile: Profile) -> frozenset[Identifier]:

@@ -17,8 +17,7 @@ import msgspec
 
 from clew.events import Event
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Identifier, extract
-from clew.identity.rules import IdentityRules
-from clew.identity.split import placeholder_rule
+from clew.identity.rules import IdentityRules, placeholder_rule
 from clew.identity.traits import CONTESTED
 from clew.store.base import ProfileStore, UnknownProfileError
 

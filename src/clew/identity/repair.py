@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -34,12 +33,9 @@ from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract
 from clew.identity.resolver import canonical_key
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import CONTESTED, TOO_MANY_LINKS, TraitPolicy
-from clew.identity.unifier import Unifier
+from clew.identity.unifier import ComputedEngine, Unifier
 from clew.store.base import Profile, ProfileStore, Provenance, Redirect, StoredEvent
 from clew.store.memory import MemoryProfileStore
-
-if TYPE_CHECKING:
-    from clew.audiences.engine import Engine
 
 MAX_PROFILES = 50
 """The largest component a repair re-derives."""
@@ -74,7 +70,7 @@ def repair(
     seeds: Iterable[str],
     rules: IdentityRules,
     traits: TraitPolicy,
-    engine: Engine | None,
+    engine: ComputedEngine | None,
     now_ms: int,
 ) -> Repair:
     """Re-derive the component of the profiles ``seeds`` resolve to, in event-time order,
@@ -152,7 +148,7 @@ def _replay(
     events: Collection[tuple[Event, bytes]],
     rules: IdentityRules,
     traits: TraitPolicy,
-    engine: Engine | None,
+    engine: ComputedEngine | None,
 ) -> list[tuple[Profile, list[StoredEvent]]]:
     memory = MemoryProfileStore(history=store.history)
     unifier = Unifier(memory, rules, traits, keep_history=True, engine=engine)

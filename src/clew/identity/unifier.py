@@ -10,7 +10,7 @@ two layers cannot drift apart by construction of their rules, only by their inpu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from clew.events import Event, format_time, parse_time
 from clew.identity import consent
@@ -29,8 +29,17 @@ from clew.identity.traits import (
 )
 from clew.store.base import Profile, ProfileStore, StoredEvent, Traits
 
-if TYPE_CHECKING:
-    from clew.audiences.engine import Engine
+
+class ComputedEngine(Protocol):
+    """What the unifier needs of the audience engine (:class:`clew.audiences.engine.Engine`)
+    to keep computed-trait and audience state with each profile; a protocol, so identity does
+    not import audiences."""
+
+    def relevant(self, event: Event) -> bool: ...
+
+    def observe(self, computed: Traits, event: Event, time_ms: int) -> Traits | None: ...
+
+    def merge(self, out: Traits, into: Traits, from_: Traits) -> Traits: ...
 
 
 @dataclass(slots=True, frozen=True)
@@ -54,7 +63,7 @@ class Unifier:
         traits: TraitPolicy | None = None,
         *,
         keep_history: bool = True,
-        engine: Engine | None = None,
+        engine: ComputedEngine | None = None,
     ) -> None:
         self.store = store
         self.rules = rules if rules is not None else IdentityRules()

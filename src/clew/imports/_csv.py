@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from clew.identity._import_ledger import ProfileImportError
 from clew.identity.identifiers import EMAIL, PHONE, normalise_email, normalise_phone
-from clew.identity.matching import FIELDS, normalise
 from clew.identity.rules import IdentityRules
+from clew.imports.ledger import ProfileImportError
+from clew.imports.matching import FIELDS, normalise
 
 
 class ImportFileError(ProfileImportError, ValueError):

@@ -1,7 +1,7 @@
 """``clew import profiles``: customer records from a CSV file (a CRM export) become identify
 events on the ``events`` topic, linked to the profiles they probably belong to.
 
-Each new or changed row is matched (:func:`~clew.identity.matching.match_records`) against
+Each new or changed row is matched (:func:`~clew.imports.matching.match_records`) against
 the profiles in the serving store and against the other rows. A pair at or above the merge
 threshold is linked: the row's event carries ``context.clew.match``, an identifier of the
 matched profile (its most trusted one) or of the earlier matched row, with the match weight,
@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from clew.config import Settings
-from clew.identity._import_csv import ImportFileError, Record, RowProblem, id_fields, read_records
-from clew.identity._import_ledger import (
+from clew.identity.identifiers import Identifier
+from clew.identity.rules import IdentityRules
+from clew.imports._csv import ImportFileError, Record, RowProblem, id_fields, read_records
+from clew.imports.ledger import (
     ImportLedger,
     LedgerRow,
     ProfileImportError,
@@ -44,9 +46,7 @@ from clew.identity._import_ledger import (
     reject_review,
     to_ms,
 )
-from clew.identity.identifiers import Identifier
-from clew.identity.matching import FIELDS, Candidate, MatchThresholds, match_records
-from clew.identity.rules import IdentityRules
+from clew.imports.matching import FIELDS, Candidate, MatchThresholds, match_records
 from clew.log.base import Message
 from clew.store.base import Profile
 from clew.store.factory import open_existing_store
@@ -145,7 +145,7 @@ def import_profiles(
     applies the events asynchronously. ``dry_run`` matches and reports, writing nothing.
 
     Raises :class:`InvalidSourceError`, :class:`ImportFileError` (nothing is imported) and
-    :class:`~clew.identity.matching.MatchingUnavailableError`."""
+    :class:`~clew.imports.matching.MatchingUnavailableError`."""
     rules = settings.identity.rules
     id_type = source_id_type(source, rules)
     rows_read, records, invalid = read_records(path, id_type, rules)

@@ -404,7 +404,7 @@ class _Eraser:
         return any(s.lower() in lowered for s in self._secrets if len(s) >= 5)
 
     def imports(self) -> StoreReport:
-        from clew.identity._import_ledger import ImportLedger
+        from clew.imports.ledger import ImportLedger
 
         path = self.settings.imports_path
         if not path.exists():

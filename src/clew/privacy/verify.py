@@ -250,7 +250,7 @@ class _Verifier:
         return any(v.lower() in lowered for v in values if len(v) >= MIN_RAW)
 
     def imports(self) -> None:
-        from clew.identity._import_ledger import ImportLedger
+        from clew.imports.ledger import ImportLedger
 
         path = self.settings.imports_path
         if path.exists():

@@ -89,9 +89,9 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         )
         return monitor, [monitor.shutdown]
     if name == "profiles":
-        from clew.audiences.history import LakeHistory
         from clew.audiences.live import LiveAudiences
         from clew.audiences.repository import open_repository
+        from clew.batch.history import LakeHistory
         from clew.clock import clock_for
         from clew.log.factory import open_log
         from clew.stages._counters import CounterStore
