@@ -35,7 +35,9 @@ from clew.cli_common import (
 
 if TYPE_CHECKING:
     from clew.config import Settings
-    from clew.stages.replay import DlqFilter, DlqRow, DlqSnapshot, ReplayLedger, ReplayReport
+    from clew.dlq.ledger import ReplayLedger
+    from clew.dlq.replay import ReplayReport
+    from clew.dlq.snapshot import DlqFilter, DlqRow, DlqSnapshot
 
 dlq_app = typer.Typer(
     help="The dead-letter queue: events Clew refused, with the reason; replay them once fixed.",
@@ -85,8 +87,8 @@ class _Context:
     """Settings, the ledger and one lake snapshot for a command, and source names."""
 
     def __init__(self, data_dir: Path | None, config: Path | None) -> None:
+        from clew.dlq.ledger import ReplayLedger
         from clew.sources import Catalog
-        from clew.stages.replay import ReplayLedger
 
         self.settings: Settings = settings_from(config, data_dir=data_dir)
         catalog = Catalog(self.settings.meta_path)
@@ -99,7 +101,7 @@ class _Context:
 
     @property
     def snapshot(self) -> DlqSnapshot:
-        from clew.stages.replay import DlqSnapshot
+        from clew.dlq.snapshot import DlqSnapshot
 
         if self._snapshot is None:
             self._snapshot = DlqSnapshot(self.settings.lake_location, self.ledger)
@@ -123,7 +125,7 @@ class _Context:
         limit: int | None,
         include_replayed: bool,
     ) -> DlqFilter:
-        from clew.stages.replay import DlqFilter
+        from clew.dlq.snapshot import DlqFilter
 
         source_id = None
         if source is not None:
@@ -477,7 +479,7 @@ def replay(
     )
 
     from clew._datadir import serving_url
-    from clew.stages.replay import ReplayError, replay_dlq
+    from clew.dlq.replay import ReplayError, replay_dlq
 
     ctx = _Context(data_dir, config)
     try:

@@ -12,13 +12,13 @@ import msgspec
 import pytest
 
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
+from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.log.base import Log, Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.stages.destinations import DestinationsStage
 from clew.stages.runner import StageRunner
-from clew.stages.setaside import STAGE_FAILURE, StageLedger
-from clew.stages.validate import DeadLetter
+from clew.stages.setaside import StageLedger
 from conftest import wait_for
 from destinations._receiver import Receiver
 

@@ -14,6 +14,9 @@ import httpx
 import msgspec
 import pytest
 
+from clew.dlq.ledger import ReplayLedger
+from clew.dlq.records import STAGE_FAILURE, DeadLetter
+from clew.dlq.snapshot import DlqFilter, DlqSnapshot
 from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
 from clew.log.base import Consumer, Log, Message, Record, TopicSpec
@@ -21,10 +24,8 @@ from clew.log.embedded import EmbeddedLog
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.server import BackgroundServer
 from clew.stages.base import Stage
-from clew.stages.replay import DlqFilter, DlqSnapshot, ReplayLedger
 from clew.stages.runner import BATCH_ATTEMPTS, StageRunner
-from clew.stages.setaside import STAGE_FAILURE, StageLedger
-from clew.stages.validate import DeadLetter
+from clew.stages.setaside import StageLedger
 from conftest import wait_for
 
 

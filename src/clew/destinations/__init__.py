@@ -18,7 +18,7 @@ from clew.destinations.config import (
     outbox_path,
     parse_destination,
 )
-from clew.destinations.outbox import Batch, DeadLetter, Delivery, Outbox
+from clew.destinations.outbox import Batch, Delivery, Outbox, UndeliverableBatch
 from clew.destinations.routing import Item, Route, consent_allows, read_change, read_event
 from clew.destinations.sender import Sender
 from clew.destinations.status import metric_families
@@ -29,7 +29,6 @@ __all__ = [
     "DELIVERY_HEADER",
     "SIGNATURE_HEADER",
     "Batch",
-    "DeadLetter",
     "Delivery",
     "DestinationConfig",
     "DestinationConfigError",
@@ -41,6 +40,7 @@ __all__ = [
     "Route",
     "SecretUnavailableError",
     "Sender",
+    "UndeliverableBatch",
     "UnknownDestinationError",
     "consent_allows",
     "destinations_dir",

@@ -74,7 +74,11 @@ class Delivery:
 
 
 @dataclass(slots=True, frozen=True)
-class DeadLetter:
+class UndeliverableBatch:
+    """A batch the destination refused or that expired, kept in the outbox's ``dead_letters``
+    table until it is redriven or purged. Not a :class:`clew.dlq.records.DeadLetter` (an event
+    Clew itself refused)."""
+
     delivery_id: str
     dest: str
     events: int
@@ -347,7 +351,7 @@ class Outbox:
         )
         return [Delivery(*r) for r in rows]
 
-    def dead_letters(self, dest: str | None = None) -> list[DeadLetter]:
+    def dead_letters(self, dest: str | None = None) -> list[UndeliverableBatch]:
         """Dead letters (of ``dest``, or all), oldest first."""
         query = (
             "SELECT delivery_id, dest, events, reason, status, attempts, failed_ms "
@@ -358,7 +362,7 @@ class Outbox:
             if dest is not None
             else self._db.execute(query + " ORDER BY seq")
         )
-        return [DeadLetter(*r) for r in rows]
+        return [UndeliverableBatch(*r) for r in rows]
 
     def dead_letter_body(self, delivery_id: str) -> bytes | None:
         row = self._db.execute(

@@ -2,14 +2,14 @@
 
 The runner (:mod:`clew.stages.runner`) retries a failing batch a few times, then looks for the
 record that makes it fail and sets it aside: to the ``dlq`` topic as a dead letter with the
-reason :data:`STAGE_FAILURE`, the stage, the error and the record's original bytes and headers
-(so `clew dlq list` shows it), and into :class:`StageLedger` in ``state.db``. The ledger is what
-keeps a set-aside record away from its stage for good: a stage that resumes from its own
-progress (the lake from its Delta commits, destinations from the outbox) reads it again after
-a restart, and the runner drops it before the stage sees it. It also tells ``/health`` and
-``/metrics`` which stages are failing now and which set records aside recently. An entry is
-kept while the log holds its record (:meth:`StageLedger.forget_retired`, run by `clew serve`
-after each round of log retention).
+reason :data:`~clew.dlq.records.STAGE_FAILURE`, the stage, the error and the record's
+original bytes and headers (so `clew dlq list` shows it), and into :class:`StageLedger` in
+``state.db``. The ledger is what keeps a set-aside record away from its stage for good: a
+stage that resumes from its own progress (the lake from its Delta commits, destinations from
+the outbox) reads it again after a restart, and the runner drops it before the stage sees it.
+It also tells ``/health`` and ``/metrics`` which stages are failing now and which set records
+aside recently. An entry is kept while the log holds its record
+(:meth:`StageLedger.forget_retired`, run by `clew serve` after each round of log retention).
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ from pathlib import Path
 import msgspec
 
 from clew._sqlite import open_sqlite
+from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.log.base import Log, LogError, Message, Record
 from clew.raw_records import SOURCE
-from clew.stages.validate import DeadLetter
 from clew.store.base import StoreError
 
-# The dead letter's ``reason`` when a stage set the record aside (validation has its own).
-STAGE_FAILURE = "stage_failure"
 # How long a stage that set records aside stays ``degraded`` in /health.
 RECENT_S = 900.0
 # Errors of what a stage talks to (disk, network, the log, the serving store): retried until

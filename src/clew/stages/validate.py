@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from clew.dlq.records import DeadLetter
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
-from clew.nesting import MAX_DEPTH, huge_int_at, may_hold_huge_int, nests_deeper, too_deep
+from clew.nesting import MAX_DEPTH, may_hold_huge_int, too_deep
 from clew.raw_records import UNREADABLE, read_headers, split_request
+from clew.schema.event_checks import Blocked, apply_plan, within_depth, within_int_range
 from clew.stages._counters import CounterStore
 from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
@@ -25,38 +27,8 @@ from clew.topics import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 if TYPE_CHECKING:
     from clew.privacy.pii import PiiPolicy
     from clew.privacy.suppression import Suppression
-    from clew.schema import CompiledPlan
 
 _COUNTER_FLUSH_S = 0.25
-
-
-class DeadLetter(msgspec.Struct, omit_defaults=True):
-    """A row of the dead-letter queue, as written to the ``dlq`` topic."""
-
-    reason: str
-    message: str
-    payload: str
-    source_id: str
-    received_at: str
-    raw_partition: int
-    raw_offset: int
-    index: int
-    message_id: str | None = None
-    event_type: str | None = None
-    event_name: str | None = None
-    # Set when the envelope was valid but the tracking plan blocked the event.
-    violations: list[dict[str, str]] = []
-    schema_versions: dict[str, str] = {}
-    normalized: str | None = None
-    # Unique per row: "partition:offset:index" of the raw record; replays add "~replay id".
-    dlq_id: str = ""
-    replay_of: str | None = None
-    # Set when a stage could not process a record and set it aside (``raw_partition`` and
-    # ``raw_offset`` then locate it in ``topic``; ``message`` is the error).
-    stage: str | None = None
-    topic: str | None = None
-    headers: dict[str, str] = {}
-    payload_encoding: str | None = None
 
 
 _decoder = msgspec.json.Decoder()
@@ -238,101 +210,6 @@ class ValidateStage(Stage):
                 )
             else:
                 to_dlq(i, result, _text(bytes(raw)))
-
-
-class Blocked(msgspec.Struct):
-    """An event the tracking plan blocked: why, and the normalised event for a replay."""
-
-    rejection: Rejection
-    violations: list[dict[str, str]]
-    schema_versions: dict[str, str]
-    normalized: str
-
-
-def apply_plan(plan: CompiledPlan, ev: Event, counts: Counter[str]) -> Event | Blocked:
-    """Enforce ``plan`` on one normalised event: the event to emit (possibly with unplanned
-    properties omitted, or violations recorded in ``context.violations``), or why it is
-    blocked. Counts violations and omissions in ``counts``."""
-    verdict = plan.enforce(
-        {
-            "type": ev.type,
-            "event": ev.event,
-            "properties": ev.properties,
-            "traits": ev.traits,
-            "context": ev.context,
-        }
-    )
-    if verdict.violations:
-        counts["violations"] += len(verdict.violations)
-    if verdict.omitted:
-        counts["omitted_properties"] += len(verdict.omitted)
-    if verdict.accepted:
-        out = verdict.event
-        if out is not None and (
-            out.get("properties") is not ev.properties
-            or out.get("traits") is not ev.traits
-            or out.get("context") is not ev.context
-        ):
-            return msgspec.structs.replace(
-                ev,
-                properties=out.get("properties") or {},
-                traits=out.get("traits") or {},
-                context=out.get("context") or {},
-            )
-        return ev
-    violations = [msgspec.to_builtins(v) for v in verdict.violations]
-    first = verdict.violations[0] if verdict.violations else None
-    detail = f"{first.path}: {first.message}" if first is not None else "blocked by the plan"
-    more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
-    reason = verdict.reason or "schema_violation"
-    return Blocked(
-        rejection=Rejection(
-            reason,
-            f"{detail}{more}",
-            message_id=ev.message_id,
-            event_type=ev.type,
-            event_name=ev.event,
-        ),
-        violations=violations,
-        schema_versions=dict(verdict.schema_versions),
-        normalized=_encoder.encode(ev).decode(),
-    )
-
-
-def within_depth(ev: Event, room: int) -> Event | Rejection:
-    """``ev``, or its rejection when its objects (the event itself being one level) nest
-    deeper than ``room`` levels."""
-    if not nests_deeper((ev.properties, ev.traits, ev.context, ev.integrations), room):
-        return ev
-    return Rejection(
-        "invalid_json",
-        f"the event nests objects and arrays deeper than {MAX_DEPTH} levels "
-        "(counted from its request's root)",
-        message_id=ev.message_id,
-        event_type=ev.type,
-        event_name=ev.event,
-    )
-
-
-def within_int_range(ev: Event) -> Event | Rejection:
-    """``ev``, or its rejection when it holds an integer outside the 64-bit range."""
-    for name, part in (
-        ("properties", ev.properties),
-        ("traits", ev.traits),
-        ("context", ev.context),
-        ("integrations", ev.integrations),
-    ):
-        where = huge_int_at(part, name)
-        if where is not None:
-            return Rejection(
-                "invalid_json",
-                f"the event holds an integer beyond 64 bits at {where}; "
-                "send it as a string, or as a number with a decimal point",
-                message_id=ev.message_id,
-                event_type=ev.type,
-                event_name=ev.event,
-            )
-    return ev
 
 
 def _text(data: bytes) -> str:
