@@ -1,5 +1,8 @@
 """Volume monitors: per event name, source and app version, hourly counts of accepted and
-dead-lettered events compared with a seasonal baseline; alerts on the ``changes`` topic."""
+dead-lettered events compared with a seasonal baseline; alerts on the ``changes`` topic.
+
+The stage that counts and judges is :class:`clew.stages.monitor.MonitorStage`; this package
+holds the policy and judgement, the alerts, the database schema and the status reader."""
 
 from clew.monitor.alerts import (
     ALERT_KIND,
@@ -8,14 +11,7 @@ from clew.monitor.alerts import (
     WebhookUrlError,
     decode_alert,
 )
-from clew.monitor.stage import (
-    Clock,
-    MonitorStage,
-    MonitorStatus,
-    SeriesState,
-    read_status,
-    system_clock,
-)
+from clew.monitor.status import MonitorStatus, SeriesState, read_status
 from clew.monitor.volume import (
     ALL_VERSIONS,
     Assessment,
@@ -34,11 +30,9 @@ __all__ = [
     "ALL_VERSIONS",
     "CHANGES_TOPIC",
     "Assessment",
-    "Clock",
     "HourCount",
     "MonitorPolicy",
     "MonitorPolicyError",
-    "MonitorStage",
     "MonitorStatus",
     "SeriesHistory",
     "SeriesKey",
@@ -50,5 +44,4 @@ __all__ = [
     "assess_group",
     "decode_alert",
     "read_status",
-    "system_clock",
 ]

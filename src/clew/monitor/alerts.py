@@ -8,11 +8,13 @@ import logging
 import queue
 import threading
 import uuid
+from datetime import datetime, timedelta
 
 import httpx
 import msgspec
 
-from clew.monitor.volume import SeriesKey
+from clew.events import format_time
+from clew.monitor.volume import HOUR_S, VOLUME, Assessment, SeriesKey, hour_start
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,76 @@ def encode_alert(alert: VolumeAlert) -> bytes:
 
 def decode_alert(data: bytes) -> VolumeAlert:
     return _decoder.decode(data)
+
+
+def volume_alert(
+    key: SeriesKey,
+    bucket: int,
+    a: Assessment,
+    *,
+    top_dlq: tuple[str | None, str | None],
+    top_version: str | None,
+    now: datetime,
+) -> VolumeAlert:
+    """The alert of series ``key`` for hour ``bucket``, from its assessment ``a`` (whose
+    status is ``alert``); ``top_dlq`` is the hour's most frequent DLQ reason of the series
+    with an example message, ``top_version`` the app version with the most dead letters."""
+    assert a.expected is not None and a.change_pct is not None and a.direction
+    reason, example = top_dlq
+    start = hour_start(bucket)
+    return VolumeAlert(
+        alert_id=alert_id(key, bucket),
+        event_name=key.event_name,
+        source_id=key.source_id,
+        app_version=key.app_version,
+        bucket_start=format_time(start),
+        bucket_end=format_time(start + timedelta(seconds=HOUR_S)),
+        expected=a.expected,
+        observed=a.observed,
+        change_pct=a.change_pct,
+        direction=a.direction,
+        signals=list(a.signals),
+        baseline=a.baseline,
+        dlq_count=a.dlq,
+        dlq_share=a.dlq_share,
+        expected_dlq_share=a.expected_dlq_share,
+        top_dlq_reason=reason,
+        top_dlq_message=example or None,
+        top_dlq_app_version=top_version,
+        detected_at=format_time(now),
+    )
+
+
+def log_key(alert: VolumeAlert) -> bytes:
+    """The alert's key on the ``changes`` topic: one series' alerts share a partition, in
+    order."""
+    return f"{alert.event_name}\0{alert.source_id}\0{alert.app_version}".encode()
+
+
+def log_alert(a: VolumeAlert) -> None:
+    """Log the alert as one warning line."""
+    dlq = (
+        f"; {a.dlq_count} dead-lettered ({a.dlq_share:.0%}), mostly {a.top_dlq_reason}"
+        + (f" from app version {a.top_dlq_app_version}" if a.top_dlq_app_version else "")
+        + (f": {a.top_dlq_message}" if a.top_dlq_message else "")
+        if a.dlq_count
+        else ""
+    )
+    logger.warning(
+        "volume %s: %r from source %s, app version %s, %s to %s: %d accepted, %.1f expected "
+        "(%+.1f%%, %s)%s",
+        a.direction,
+        a.event_name,
+        a.source_id,
+        a.app_version,
+        a.bucket_start,
+        a.bucket_end,
+        a.observed,
+        a.expected,
+        a.change_pct,
+        f"{a.baseline} baseline" if a.signals[0] == VOLUME else "expected of what arrived",
+        dlq,
+    )
 
 
 _RETRY_STATUS = frozenset({408, 425, 429})

@@ -1,6 +1,6 @@
 """Volume monitors, the pure part: which series a record counts in, the baseline an hour is
 compared with, and whether the difference is an alert. No I/O and no clock; the monitor
-stage (:mod:`clew.monitor.stage`) stores the hourly counts and calls :func:`assess_group`
+stage (:mod:`clew.stages.monitor`) stores the hourly counts and calls :func:`assess_group`
 when an hour closes.
 
 A series is (event name, source and app version); every event also counts in its event's

@@ -77,7 +77,7 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         )
         return lake, []
     if name == "monitor":
-        from clew.monitor import MonitorStage
+        from clew.stages.monitor import MonitorStage
 
         m = settings.monitor
         monitor = MonitorStage(
