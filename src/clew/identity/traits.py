@@ -1,5 +1,6 @@
 """Profile traits and purchase totals: how an event's traits update a profile, and how two
-profiles' values combine when they merge.
+profiles' values combine when they merge. The policy (:class:`TraitPolicy`, the
+``[identity.traits]`` settings) is defined in :mod:`clew.config.identity`.
 
 Traits come from ``identify`` events. Each field has a strategy: ``latest`` (default; the value
 with the latest event time wins, so a late event never overwrites a newer value), ``first``
@@ -18,14 +19,12 @@ order's event time.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from clew.config.identity import Strategy as Strategy
+from clew.config.identity import TraitPolicy as TraitPolicy
 from clew.nesting import bounded_sum
 from clew.store.base import Traits
-
-Strategy = Literal["latest", "first", "sum", "union"]
 
 TRAIT_TIMES = "_trait_times"
 LIFETIME_VALUE = "total_lifetime_value"
@@ -41,20 +40,6 @@ TOO_MANY_LINKS = "*"
 """The last entry of a :data:`CONTESTED` list cut at :data:`MAX_CONTESTED_LINKS`."""
 ORDER_AMOUNTS = ("revenue", "total")
 """The ``properties`` members an order's amount is read from, the first usable one wins."""
-
-
-class TraitPolicy(BaseModel):
-    """Per-field merge strategies; fields not listed use ``default``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    default: Strategy = Field(
-        default="latest", description="Merge strategy of fields not listed in `fields`."
-    )
-    fields: dict[str, Strategy] = Field(default={}, description="Trait name -> merge strategy.")
-
-    def strategy(self, name: str) -> Strategy:
-        return self.fields.get(name, self.default)
 
 
 def is_order(event_type: str, event_name: str | None) -> bool:

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from clew.config.monitor import NOT_POLICY, MonitorSettings, monitor_problem
+
 HOUR_S = 3600
 ALL_VERSIONS = "*"
 UNKNOWN = "unknown"
@@ -76,24 +78,27 @@ class MonitorPolicy:
     catch_up_hours: int = 24
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.threshold_pct > 0, "threshold_pct must be above 0"),
-            (self.min_expected >= 1, "min_expected must be at least 1"),
-            (self.noise_z >= 0, "noise_z must be 0 or more"),
-            (self.seasonal_days >= 1, "seasonal_days must be at least 1"),
-            (self.weekly_weeks >= 0, "weekly_weeks must be 0 (off) or more"),
-            (self.min_weekly_weeks >= 1, "min_weekly_weeks must be at least 1"),
-            (self.trailing_hours >= 1, "trailing_hours must be at least 1"),
-            (
-                1 <= self.min_trailing_hours <= self.trailing_hours,
-                "min_trailing_hours must be between 1 and trailing_hours",
-            ),
-            (self.grace >= timedelta(0), "grace must not be negative"),
-            (self.catch_up_hours >= 1, "catch_up_hours must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MonitorPolicyError(message)
+        # The same checks as the [monitor] settings, so a policy built in code fails alike.
+        problem = monitor_problem(
+            threshold_pct=self.threshold_pct,
+            min_expected=self.min_expected,
+            noise_z=self.noise_z,
+            seasonal_days=self.seasonal_days,
+            weekly_weeks=self.weekly_weeks,
+            min_weekly_weeks=self.min_weekly_weeks,
+            trailing_hours=self.trailing_hours,
+            min_trailing_hours=self.min_trailing_hours,
+            grace_minutes=self.grace / timedelta(minutes=1),
+            catch_up_hours=self.catch_up_hours,
+        )
+        if problem is not None:
+            raise MonitorPolicyError(problem)
+
+    @classmethod
+    def from_settings(cls, settings: MonitorSettings) -> MonitorPolicy:
+        """The policy of the ``[monitor]`` settings (checked when they were loaded)."""
+        fields = settings.model_dump(exclude={"grace_minutes", *NOT_POLICY})
+        return cls(**fields, grace=timedelta(minutes=settings.grace_minutes))
 
     @property
     def threshold(self) -> float:

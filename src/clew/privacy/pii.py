@@ -30,10 +30,12 @@ from typing import Any
 
 import msgspec
 
+from clew.config.privacy import PII_ACTIONS, PII_ROOTS, pii_path_problem
 from clew.events import Event
 
-ROOTS = ("properties", "traits", "context")
-ACTIONS = ("keep", "hash", "truncate", "drop")
+# The ``[privacy] pii`` settings check the same paths (clew.config.privacy).
+ROOTS = PII_ROOTS
+ACTIONS: tuple[str, ...] = PII_ACTIONS
 
 
 class PiiPolicyError(ValueError):
@@ -45,12 +47,10 @@ class PiiPolicy:
         self._salt = salt
         self._rules: list[tuple[tuple[str, ...], str]] = []
         for path, action in rules.items():
+            problem = pii_path_problem(path)
+            if problem is not None:
+                raise PiiPolicyError(problem)
             parts = tuple(path.split("."))
-            if parts[0] not in ROOTS or len(parts) < 2 or not all(parts):
-                raise PiiPolicyError(
-                    f"PII path {path!r}: start at one of {', '.join(ROOTS)} and name a field, "
-                    "e.g. 'context.ip' or 'traits.phone'"
-                )
             if action not in ACTIONS:
                 raise PiiPolicyError(
                     f"PII path {path!r}: action {action!r} is not one of {', '.join(ACTIONS)}"

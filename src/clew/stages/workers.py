@@ -77,12 +77,13 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
         )
         return lake, []
     if name == "monitor":
+        from clew.monitor.volume import MonitorPolicy
         from clew.stages.monitor import MonitorStage
 
         m = settings.monitor
         monitor = MonitorStage(
             settings.monitor_path,
-            m.policy(),
+            MonitorPolicy.from_settings(m),
             webhook_url=m.webhook_url,
             webhook_timeout_s=m.webhook_timeout_s,
             webhook_retries=m.webhook_retries,
