@@ -240,6 +240,44 @@ def test_redelivered_batch_after_crash_counts_orders_once(h: Harness) -> None:
     )
 
 
+def test_a_worker_that_missed_a_reassignment_applies_nothing_twice(h: Harness) -> None:
+    # Worker A heard of its assignment; then the partition went to worker B and came back to
+    # A without A hearing of it (two rebalances between its looks). B applied two orders and
+    # died before the log committed them: A reads them again from the log's commit.
+    def order(ts: str) -> Event:
+        props = {"revenue": 10}
+        return event("track", ts, user_id="u-8", event="Order Completed", properties=props)
+
+    h.send(order("2026-03-03T09:00:00Z"), order("2026-03-03T09:01:00Z"))
+    consumer = h.log.consumer(h.stage.group, h.stage.topics)
+    a, b = ProfilesStage(h.store), ProfilesStage(h.store)
+    a.on_assign(consumer, consumer.assignment())
+    records = consumer.poll(500, timeout_s=0.5)
+    assert len(records) == 2
+
+    class Died(Exception):
+        pass
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise Died
+
+    b.on_assign(consumer, consumer.assignment())
+    consumer.commit = die  # type: ignore[method-assign]
+    with pytest.raises(Died):
+        b.handle(records, consumer)
+    del consumer.commit
+    applied = h.store.load_offsets(h.stage.group)
+
+    a.handle(records[:1], consumer)
+    owner = h.profile("user_id", "u-8")
+    assert owner is not None
+    profile = h.store.get(owner)
+    assert profile is not None and profile.computed["orders_count"] == 2
+    assert a.counts["already_applied"] == 1 and a.counts["applied"] == 0
+    assert h.store.load_offsets(h.stage.group) == applied, "the store's offsets never go back"
+    consumer.close()
+
+
 def test_stage_runs_under_the_runner(h: Harness) -> None:
     h.send(event("identify", "2026-03-01T10:00:00Z", user_id="u-r", traits={"a": 1}))
     runner = StageRunner(h.log, h.stage, 500)

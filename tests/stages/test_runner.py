@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.dlq.snapshot import DlqFilter, DlqSnapshot
 from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
-from clew.log.base import Consumer, Log, Message, Record, TopicSpec
+from clew.log.base import Consumer, Log, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.server import BackgroundServer
@@ -161,6 +161,58 @@ def test_a_failing_stage_does_not_hold_up_shutdown(log: Log, tmp_path: Path) -> 
     started = time.monotonic()
     runner.stop()
     assert not runner.alive and time.monotonic() - started < 2
+
+
+class _LostPartitionOne(Consumer):
+    """A member that reports only partition 0 as its own, always, while its polls return
+    records of partition 1 too: as after two rebalances between two looks at the assignment
+    (partition 1 gained inside a poll, lost again in the next look)."""
+
+    def __init__(self, inner: Consumer) -> None:
+        self.inner = inner
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        return self.inner.poll(max_records, timeout_s)
+
+    def commit(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        produce: Mapping[str, Sequence[Message]] | None = None,
+    ) -> None:
+        self.inner.commit(offsets, produce)
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self.inner.seek(topic, partition, offset)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [(EVENTS_TOPIC, 0)]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_stage_never_handles_records_of_a_partition_its_member_does_not_own(
+    log: Log, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The assignment looks unchanged between two looks, yet a poll returned records of a
+    # partition another member owns now: handling them would apply what that member applies
+    # (the profiles stage counted orders twice) and commit its partition's offsets.
+    log.append_sync(
+        EVENTS_TOPIC, [Message(f"ok-{i}".encode(), key=str(i).encode()) for i in range(20)]
+    )
+    mine = [r.value for r in log.read(EVENTS_TOPIC, 0, 0)]
+    assert mine and len(mine) < 20, "records in both partitions"
+    consumer = log.consumer
+    monkeypatch.setattr(log, "consumer", lambda *a, **k: _LostPartitionOne(consumer(*a, **k)))
+    stage = _Picky()
+    runner = StageRunner(log, stage, 50)
+    runner.start()
+    try:
+        wait_for(lambda: log.lag("picky", EVENTS_TOPIC).committed.get(0) == len(mine))
+    finally:
+        runner.stop()
+    assert sorted(stage.done) == sorted(mine)
+    assert log.lag("picky", EVENTS_TOPIC).committed.get(1, 0) == 0
 
 
 def _unencodable_change(pid: str) -> ProfileChange:

@@ -11,7 +11,9 @@ Exactly once: the write-back of a batch is one serving-store transaction that al
 per log partition, the last offset applied. After a crash the log redelivers from
 its own committed offset, which may be behind the store's: records the store already applied
 are not applied again (an order is never counted twice), only their profiles are announced
-again, which consumers of snapshots absorb.
+again, which consumers of snapshots absorb. Each batch reads those offsets from the store
+afresh: a worker that did not hear of a partition leaving it and coming back (two rebalances
+between its looks at the assignment) must not trust what it knew of the partition before.
 """
 
 from __future__ import annotations
@@ -73,11 +75,9 @@ class ProfilesStage(Stage):
         self._traits = traits if traits is not None else TraitPolicy()
         self._clock = clock if clock is not None else SystemClock()
         self.audiences = audiences if audiences is not None else LiveAudiences(None, self._clock)
-        self._applied: dict[tuple[str, int], int] = {}
         self.counts: Counter[str] = Counter()
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
-        self._applied = self._store.load_offsets(self.group)
         # Change records an earlier run committed to the store but may not have produced.
         self._produce(consumer, LiveAudiences.unsent(self._store))
         # The definitions must be live before the first batch, or its events would miss them.
@@ -153,7 +153,12 @@ class ProfilesStage(Stage):
         # between and be overwritten by a stale working set.
         touched: dict[str, None] = {}
         seeds: set[str] = set()
-        fresh = {tp: off for tp, off in progress.items() if off > self._applied.get(tp, -1)}
+        # What the store has applied, read for each batch: another worker may have applied
+        # records of these partitions since this one last owned them, and its log commit may
+        # not have followed (it died in between). Applying them again would count an order
+        # twice, and saving this batch's offsets would move the store's back.
+        applied = self._store.load_offsets(self.group)
+        fresh = {tp: off for tp, off in progress.items() if off > applied.get(tp, -1)}
         live = self.audiences
         with self._store.transaction():
             now_ms = live.now_ms()
@@ -163,7 +168,7 @@ class ProfilesStage(Stage):
             # Separations change only when an operator splits a profile.
             unifier.resolver.set_separations(self._store.separations())
             for (rec, event), extraction in zip(batch, work.extractions, strict=True):
-                if rec.offset <= self._applied.get((rec.topic, rec.partition), -1):
+                if rec.offset <= applied.get((rec.topic, rec.partition), -1):
                     pid = unifier.profile_of(event)
                     counts["already_applied"] += 1
                 else:
@@ -207,7 +212,6 @@ class ProfilesStage(Stage):
                 produced = _combined(produced, more)
             if fresh:
                 self._store.save_offsets(self.group, fresh)
-        self._applied.update(fresh)
         counts["batches"] += 1
         counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)

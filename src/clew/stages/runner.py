@@ -190,15 +190,16 @@ class StageRunner:
     def _count_shredded(self, consumer: Consumer) -> None:
         """Records of erased people the consumer skipped (crypto-shredding on Kafka), counted
         where `clew serve` reads them for /metrics."""
-        skipped = getattr(consumer, "shredded", 0)
+        skipped = consumer.shredded
         if skipped and self._counters is not None:
-            consumer.shredded = 0  # type: ignore[attr-defined]
+            consumer.shredded = 0
             self._counters.add(self.stage.group, Counter({SHREDDED_RECORDS: skipped}))
 
     def _loop(self, consumer: Consumer) -> None:
         stage = self.stage
         assignment = consumer.assignment()
         stage.on_assign(consumer, assignment)
+        owned = set(assignment)
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -211,7 +212,10 @@ class StageRunner:
                     assignment = current
                     stage.on_assign(consumer, assignment)
                     owned = set(assignment)
-                    records = [r for r in records if (r.topic, r.partition) in owned]
+                # Filtered even when the assignment looks unchanged: a partition gained and
+                # lost again since the last look (two rebalances) leaves polled records of a
+                # partition another member owns.
+                records = [r for r in records if (r.topic, r.partition) in owned]
                 if self._skip:
                     records = self._without_skipped(records)
                 if self._tail_skips:
