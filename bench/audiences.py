@@ -81,12 +81,13 @@ from clew.audiences.changes import AudienceChange, decode
 from clew.audiences.definitions import parse_document, parse_duration
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository
+from clew.backends import open_log
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.log.base import Message
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
 from clew.store import SQLiteProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
 TARGET_RATE = 10_000
 TARGET_P99_MS = 100.0

@@ -24,13 +24,14 @@ from _shop import DEFINITIONS, Shop, iso
 from clew.audiences.definitions import parse_document
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository
+from clew.backends import open_log
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.events import Event
 from clew.log.base import Message
-from clew.log.factory import EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
 from clew.store import SQLiteProfileStore
+from clew.topics import EVENTS_TOPIC
 
 T0 = 1_767_225_600_000
 

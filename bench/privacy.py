@@ -35,11 +35,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import write_deltalake
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.lake.person_index import TABLE_IDS, PersonIndex, day_number, index_path
 from clew.lake.tables import EVENTS
 from clew.log.base import Message
-from clew.log.factory import open_log
 from clew.privacy.erase import ErasureReport, Subject, erase, resolve_subject
 from clew.store import Provenance, SQLiteProfileStore
 

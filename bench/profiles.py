@@ -25,12 +25,13 @@ from pathlib import Path
 
 import msgspec
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.events import Event, format_time
 from clew.log.base import Consumer, Log, Message, Record
-from clew.log.factory import EVENTS_TOPIC, open_log
 from clew.stages.base import Stage
 from clew.stages.workers import build_stage
+from clew.topics import EVENTS_TOPIC
 
 TARGET = 20_000
 _decoder = msgspec.json.Decoder(Event)

@@ -35,13 +35,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from clew.keys import KeyRing
+from clew.keys._redis import RedisKeyStore
+from clew.keys._sqlite import SqliteKeyStore
 from clew.log.base import Log, Message, Record, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
-from clew.privacy._keystore_redis import RedisKeyStore
-from clew.privacy._keystore_sqlite import SqliteKeyStore
-from clew.privacy.keys import KeyRing
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

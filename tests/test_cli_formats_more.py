@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from clew.backends import open_log
 from clew.cli import app
 from clew.cli_errors import ExitCode
 from clew.log.base import Message
-from clew.log.factory import open_log
 from clew.stages.workers import build_stage
 from conftest import make_settings
 

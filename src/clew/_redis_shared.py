@@ -1,9 +1,10 @@
 """A plain Redis client for the state that processes on several machines must share besides
 the serving store: the validate stage's deduplication claims and the suppression list.
 
-Used when ``store.backend = "redis"``: the deployment then has a Redis every machine reaches,
-so these live there too, under the store's key prefix (``<prefix>:dedup:...``,
-``<prefix>:{supp}:...``), instead of in SQLite files of one machine's data directory.
+Used when ``store.backend = "redis"`` (decided in :mod:`clew.backends`): the deployment then
+has a Redis every machine reaches, so these live there too, under the store's key prefix
+(``<prefix>:dedup:...``, ``<prefix>:{supp}:...``), instead of in SQLite files of one
+machine's data directory.
 """
 
 from __future__ import annotations
@@ -12,11 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from clew.config import Settings
-
-
-def shared_in_redis(settings: Settings) -> bool:
-    """Whether shared state lives in Redis (the serving store is Redis)."""
-    return settings.store.backend == "redis"
 
 
 def redis_client(settings: Settings) -> Any:

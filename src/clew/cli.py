@@ -162,6 +162,7 @@ def collector(
 
     Run as many as you like, next to `clew worker` processes (docs/scale-out.md, "Process
     roles")."""
+    from clew.backends import describe_log
     from clew.collector.process import CollectorProcess, run_collector
 
     settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
@@ -170,12 +171,7 @@ def collector(
 
     def ready(process: CollectorProcess) -> None:
         base = f"http://{settings.host}:{settings.port}"
-        backend = settings.log.backend
-        where = (
-            f"Kafka at {settings.log.bootstrap_servers}"
-            if backend == "kafka"
-            else f"the embedded log in {settings.data_dir} (this machine only)"
-        )
+        where = describe_log(settings)
         console.print(f"[bold green]Clew collector[/bold green] on {base}, appending to {where}")
         src = process.default_source
         console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")

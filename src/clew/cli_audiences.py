@@ -59,7 +59,7 @@ def _open(
 @contextmanager
 def _profiles(settings: Settings) -> Iterator[ProfileStore | None]:
     """The serving store, or None before `clew serve` has written any profile."""
-    from clew.store.factory import open_existing_store
+    from clew.backends import open_existing_store
 
     store = open_existing_store(settings)
     if store is None:

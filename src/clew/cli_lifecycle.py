@@ -70,10 +70,10 @@ def run(
 
     Moves lake partitions older than lifecycle.warm_days to the cold tier, purges cold ones
     older than lifecycle.purge_after_days, and applies the raw log's retention."""
+    from clew.backends import open_log
     from clew.clock import clock_for
     from clew.events import parse_time
     from clew.lake.tiers import LifecycleBusyError, run_lifecycle
-    from clew.log.factory import open_log
 
     now_ms: int | None = None
     if now is not None:

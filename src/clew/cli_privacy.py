@@ -143,9 +143,8 @@ def _queued(created: PrivacyRequest, url: str | None, as_json: bool) -> None:
 def _run_here(settings: Settings, store: RequestStore, request_id: str) -> PrivacyRequest:
     """Run the request in this process, holding the data directory's serve lock."""
     from clew._datadir import lock_data_dir
-    from clew.log.factory import open_log
+    from clew.backends import open_log, open_store
     from clew.privacy.runner import PrivacyRunner
-    from clew.store.factory import open_store
 
     lock = lock_data_dir(settings.data_dir, "(clew privacy request --wait: no server)")
     try:
@@ -251,11 +250,10 @@ def verify(
 
     Every identifier of their profile is looked for while the profile exists. Prints zero
     traces, or where something remains (exit 1)."""
-    from clew.log.factory import open_log
+    from clew.backends import open_log, open_store
     from clew.privacy.erase import Subject, resolve_person
     from clew.privacy.requests import InvalidRequestError, parse_identifier
     from clew.privacy.verify import verify as run_verify
-    from clew.store.factory import open_store
 
     settings = settings_from(config, data_dir=data_dir)
     try:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
 from clew.audiences.repository import open_repository
+from clew.backends import open_log, open_store
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.collector.metrics import collector_families, suppressed_family
 from clew.config import Settings
@@ -27,7 +28,6 @@ from clew.http_limits import StoppedBySignal, exit_on_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.lake.query import Lake, QueryLimits
-from clew.log.factory import open_log
 from clew.monitor import read_status
 from clew.privacy.requests import STATUSES
 from clew.privacy.runner import PrivacyRunner
@@ -37,7 +37,6 @@ from clew.stages._counters import CounterStore
 from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_FAILURES, StageRunner
 from clew.stages.setaside import RECENT_S, StageLedger
 from clew.stages.workers import SERVE_WORKERS, WorkerProcess, build_stage
-from clew.store.factory import open_store
 from clew.topics import STAGE_NAMES, STAGE_TOPICS
 
 logger = logging.getLogger(__name__)
@@ -95,7 +94,8 @@ class Clew:
         self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
         # The Profile API reads through its own handle: SQLite WAL readers never wait for the
         # profiles stage's write transactions, so reads on the event loop stay fast. A Redis
-        # read is a network round trip, so with Redis they run in the thread pool instead.
+        # read is a network round trip, so with Redis they run in the thread pool instead
+        # (the store's reads_over_network).
         self.profiles = open_store(settings)
         # Data-subject requests run in a thread of this process, with their own serving-store
         # handle (erasure writes; the Profile API's handle stays free for reads).
@@ -111,7 +111,7 @@ class Clew:
             open_repository(settings),
             self.privacy.requests,
             self.privacy.wake,
-            offload_profiles=settings.store.backend != "sqlite",
+            offload_profiles=self.profiles.reads_over_network,
             sql=settings.sql,
             metrics_token=settings.metrics.require_token,
         )

@@ -20,10 +20,10 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from clew.collector.process import CollectorProcess
 from clew.events import PATH_TYPES
-from clew.log.factory import RAW_TOPIC
 from clew.nesting import MAX_DEPTH
 from clew.stages._dedup import DedupIndex
 from clew.stages.validate import ValidateStage
+from clew.topics import RAW_TOPIC
 from conftest import WRITE_KEY, make_settings
 
 with warnings.catch_warnings():

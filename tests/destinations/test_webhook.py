@@ -21,8 +21,8 @@ from clew.cli import app
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.log.base import Message
-from clew.log.factory import CHANGES_TOPIC
 from clew.server import BackgroundServer, free_port
+from clew.topics import CHANGES_TOPIC
 from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 from destinations._receiver import Receiver
 

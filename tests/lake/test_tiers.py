@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from clew.backends import open_log
 from clew.clock import ManualClock
 from clew.config import LakeSettings, LifecycleSettings, Settings
 from clew.lake import _tier_moves
@@ -26,7 +27,6 @@ from clew.lake.tiers import (
     tier_status,
 )
 from clew.log.base import Message
-from clew.log.factory import open_log
 from clew.server import BackgroundServer
 from conftest import make_settings, wait_for
 

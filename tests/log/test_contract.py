@@ -613,3 +613,32 @@ def test_poll_wakes_up_when_a_record_arrives(
 
     assert [r.value for r in records] == [b"hello"]
     assert time.monotonic() - started < WAIT_S / 2
+
+
+# -- capabilities ----------------------------------------------------------------------------
+
+# What each backend states about itself (``Log`` capabilities, asked instead of its class or
+# the configured backend name), written out per backend name of the ``open_log`` fixture
+# (``kafka+shredding`` is ``test_shredding_contract``'s). A new backend adds its row here.
+CAPABILITIES: dict[str, dict[str, bool]] = {
+    "embedded": {"encrypts_per_person": False, "shares_groups_across_processes": False},
+    "kafka": {"encrypts_per_person": False, "shares_groups_across_processes": True},
+    "kafka+shredding": {"encrypts_per_person": True, "shares_groups_across_processes": True},
+}
+
+
+def test_capabilities_are_the_backends(
+    request: pytest.FixtureRequest,
+    log: Log,
+    new_topic: NewTopic,
+    new_consumer: NewConsumer,
+    group: str,
+) -> None:
+    expected = CAPABILITIES[request.node.callspec.params["open_log"]]
+    assert {name: getattr(log, name) for name in expected} == expected
+    # Every consumer counts shredded records (Consumer.shredded); readable ones are not.
+    topic = new_topic()
+    log.append_sync(topic, [Message(b"a", key=b"k"), Message(b"b")])
+    consumer = new_consumer(group, [topic])
+    assert len(drain(consumer, 2)) == 2
+    assert consumer.shredded == 0

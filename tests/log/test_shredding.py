@@ -13,12 +13,12 @@ import pytest
 
 from _kafka import KafkaBroker
 from _services import require_module
+from clew.keys import KeyRing, KeyStore, KeyStoreError
+from clew.keys._redis import RedisKeyStore
+from clew.keys._sqlite import SqliteKeyStore
 from clew.log.base import Log, Message, Record, TopicSpec, partition_for
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog, ShredRefusedError, TamperedRecordError
-from clew.privacy._keystore_redis import RedisKeyStore
-from clew.privacy._keystore_sqlite import SqliteKeyStore
-from clew.privacy.keys import KeyRing, KeyStore, KeyStoreError
 
 require_module("redis", "pip install -e '.[redis]'")
 

@@ -17,11 +17,11 @@ import pytest
 
 from _kafka import KafkaBroker
 from _services import require_module
+from clew.keys import KeyRing
+from clew.keys._redis import RedisKeyStore
 from clew.log.base import Log
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
-from clew.privacy._keystore_redis import RedisKeyStore
-from clew.privacy.keys import KeyRing
 from log import test_contract
 
 require_module("redis", "pip install -e '.[redis]'")

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.identity import Identifier, profile_id_for
 from clew.lake.query import Lake
 from clew.lake.tables import CUSTOMER_PROFILES_SCHEMA, IDENTITIES_SCHEMA
 from clew.log.base import Log
-from clew.log.factory import open_log
 from clew.privacy._erase_match import Matcher
 from clew.privacy.erase import Subject, erase, resolve_person, resolve_subject
 from clew.privacy.verify import verify

@@ -14,16 +14,16 @@ import pytest
 from _kafka import KafkaBroker
 from _services import require_module
 from clew.config import Settings
+from clew.keys import KeyRing
+from clew.keys._redis import RedisKeyStore
 from clew.log.base import Message, Record, TopicSpec
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_kafka import erase_log
 from clew.privacy._erase_match import Matcher
-from clew.privacy._keystore_redis import RedisKeyStore
 from clew.privacy._verify_bytes import needles
 from clew.privacy._verify_kafka import verify_log
 from clew.privacy.erase import Subject
-from clew.privacy.keys import KeyRing
 
 require_module("redis", "pip install -e '.[redis]'")
 

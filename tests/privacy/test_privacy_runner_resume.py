@@ -12,10 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
+from clew.backends import open_log
 from clew.config import LakeSettings, Settings
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
-from clew.log.factory import open_log
 from clew.privacy.erase import erase
 from clew.privacy.runner import Operations, PrivacyRunner, default_operations
 from clew.privacy.subject import Subject

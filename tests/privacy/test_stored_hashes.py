@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from clew.audiences.definitions import fingerprint as definition_fingerprint
 from clew.destinations.webhook import sign
+from clew.keys import KeyRing, KeyStore, StoredKey
 from clew.lake.person_index import PersonIndex
 from clew.log.base import partition_for
 from clew.privacy._salt import digest_normalised, hash_normalised, identifier_hash
-from clew.privacy.keys import KeyRing, KeyStore, StoredKey
 from clew.privacy.pii import PiiPolicy
 from clew.schema._jsonschema import fingerprint as schema_fingerprint
 from clew.sources import _hash as write_key_hash

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from clew.backends import open_log
 from clew.config import LakeSettings, Settings
 from clew.log.base import Log, Message
-from clew.log.factory import open_log
 from clew.privacy.erase import Subject, erase, resolve_subject
 from clew.privacy.verify import VerifyReport, verify
 from clew.stages.lake_sink import LakeSinkStage

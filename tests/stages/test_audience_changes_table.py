@@ -20,9 +20,9 @@ from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import CHANGES_TOPIC
 from clew.stages.profiles_sink import ProfilesSinkStage
 from clew.store.base import IdentityEdge, Profile, Provenance
+from clew.topics import CHANGES_TOPIC
 
 DOCS = Path(__file__).parents[2] / "docs" / "audiences.md"
 SECTION = "## The `audience_changes` table"

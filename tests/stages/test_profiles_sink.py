@@ -21,9 +21,9 @@ from clew.identity.changes import (
 from clew.lake.query import Lake
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import CHANGES_TOPIC
 from clew.server import BackgroundServer
 from clew.stages.profiles_sink import ProfilesSinkStage
+from clew.topics import CHANGES_TOPIC
 from conftest import WRITE_KEY, make_settings, wait_for
 
 DOCS = Path(__file__).parents[2] / "docs" / "identity.md"

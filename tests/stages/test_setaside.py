@@ -8,8 +8,8 @@ from pathlib import Path
 
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import EVENTS_TOPIC
 from clew.stages.setaside import StageLedger
+from clew.topics import EVENTS_TOPIC
 
 HOUR_MS = 3_600_000
 

@@ -279,6 +279,30 @@ def test_delete_removes_every_trace(store: ProfileStore) -> None:
     assert store.lookup("anonymous_id", vk) == keep
 
 
+# -- capabilities ---------------------------------------------------------------------------
+
+# What each backend states about itself (``ProfileStore`` capabilities, asked instead of its
+# class or the configured backend name), per backend name of the ``open_store`` fixture
+# (``redis-cluster`` is ``test_contract_cluster``'s): whether reads go over the network, and
+# whether the store is a file on this machine. A new backend adds its row here.
+CAPABILITIES: dict[str, tuple[bool, bool]] = {
+    "sqlite": (False, True),
+    "memory": (False, False),
+    "redis": (True, False),
+    "redis-cluster": (True, False),
+}
+
+
+def test_capabilities_are_the_backends(request: pytest.FixtureRequest, store: ProfileStore) -> None:
+    over_network, has_file = CAPABILITIES[request.node.callspec.params["open_store"]]
+    assert store.reads_over_network is over_network
+    path = store.local_file
+    assert (path is not None) is has_file
+    if path is not None:
+        store.attach(unique("p"), "email", unique("e"), prov())
+        assert path.is_file()  # the file the store writes, which erasure scrubs
+
+
 # -- concurrency, durability, lifecycle ------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""``open_store``: the settings choose the serving store's backend."""
+"""``open_store`` (``clew.backends``): the settings choose the serving store's backend."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from clew.backends import open_existing_store, open_store, serving_store_file
 from clew.config import Settings
-from clew.store import SQLiteProfileStore, open_existing_store, open_store
+from clew.store import SQLiteProfileStore
 from clew.store.base import Provenance
 
 PROV = Provenance("m1", "src", 1_000)
@@ -21,6 +22,7 @@ def test_sqlite_is_the_default_and_lives_in_the_data_dir(tmp_path: Path) -> None
     store = open_store(settings)
     try:
         assert isinstance(store, SQLiteProfileStore)
+        assert store.local_file == serving_store_file(settings) == settings.profiles_path
         store.attach("p1", "user_id", "u1", PROV)
     finally:
         store.close()
@@ -46,6 +48,7 @@ def test_the_environment_selects_redis(
     writer = open_store(settings)
     try:
         assert isinstance(writer, RedisProfileStore)
+        assert writer.local_file is serving_store_file(settings) is None
         pid = writer.attach("p1", "user_id", "u1", PROV)
     finally:
         writer.close()
@@ -67,3 +70,12 @@ def test_the_environment_selects_redis(
 def test_a_prefix_with_braces_is_refused() -> None:
     with pytest.raises(ValidationError, match="free of braces"):
         Settings.model_validate({"store": {"backend": "redis", "redis_prefix": "a{b}"}})
+
+
+def test_the_old_opener_names_still_open_the_store(tmp_path: Path) -> None:
+    """``clew.store.open_store`` and ``clew.store.factory`` are kept for older callers."""
+    import clew.store
+    import clew.store.factory
+
+    assert clew.store.open_store is clew.store.factory.open_store is open_store
+    assert clew.store.open_existing_store is open_existing_store

@@ -227,14 +227,10 @@ class DirectoryStorage:
 def open_repository(settings: Settings) -> DefinitionRepository:
     """The definitions of this deployment: in Redis when the serving store is Redis (every
     machine's profiles workers, CLI and Admin API then see one set), else in the data
-    directory."""
-    from clew._redis_shared import shared_in_redis
+    directory (chosen in :func:`clew.backends.open_definitions_storage`)."""
+    from clew.backends import open_definitions_storage
 
-    if shared_in_redis(settings):
-        from clew.audiences._repository_redis import RedisStorage
-
-        return DefinitionRepository(settings.data_dir, RedisStorage.open(settings))
-    return DefinitionRepository(settings.data_dir)
+    return DefinitionRepository(settings.data_dir, open_definitions_storage(settings))
 
 
 class DefinitionRepository:

@@ -21,12 +21,12 @@ import uvloop
 from starlette.requests import Request
 
 from clew.api._auth import check_token
+from clew.backends import open_log
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.collector.metrics import SUPPRESSED, collector_families, render, suppressed_family
 from clew.config import Settings
 from clew.http_limits import StoppedBySignal, exit_on_signal, uvicorn_config
 from clew.log.base import Log
-from clew.log.factory import open_log
 from clew.privacy.suppression import Suppression
 from clew.sources import DEFAULT_SOURCE, METRICS, Catalog, CatalogError, Source
 

@@ -198,9 +198,7 @@ def run_lifecycle(
         warm_before=_cutoff(now_ms, lc.warm_days),
         purge_before=_cutoff(now_ms, lc.purge_after_days) if lc.purge_after_days else None,
         hot_history_per_profile=settings.identity.history,
-        hot_bytes=(
-            _file_bytes(settings.profiles_path) if settings.store.backend == "sqlite" else None
-        ),
+        hot_bytes=_hot_bytes(settings),
     )
     notify = progress or (lambda _: None)
     with lifecycle_lock(settings.data_dir):
@@ -310,6 +308,14 @@ def tier_status(settings: Settings) -> list[TierStatus]:
 
 def _bytes(stats: dict[date | None, PartitionStat]) -> int:
     return sum(s.bytes for s in stats.values())
+
+
+def _hot_bytes(settings: Settings) -> int | None:
+    """The serving store's size when it is a file on this machine (else not known here)."""
+    from clew.backends import serving_store_file
+
+    path = serving_store_file(settings)
+    return None if path is None else _file_bytes(path)
 
 
 def _file_bytes(path: Path) -> int:

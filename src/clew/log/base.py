@@ -102,6 +102,11 @@ def partition_for(key: bytes, partitions: int) -> int:
 class Consumer(ABC):
     """A member of a consumer group. Not thread-safe: use it from one thread."""
 
+    #: Records skipped since the reader last reset this to 0 because they are unreadable by
+    #: design (crypto-shredded: their data key was destroyed); their offsets still count for
+    #: the position. Always 0 on a log that does not shred (capability, see :class:`Log`).
+    shredded: int = 0
+
     @abstractmethod
     def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records from the assigned partitions, waiting up to
@@ -132,7 +137,29 @@ class Consumer(ABC):
 
 
 class Log(ABC):
-    """A set of partitioned, durable topics with consumer groups."""
+    """A set of partitioned, durable topics with consumer groups.
+
+    Besides the operations, a log states its *capabilities*: what a caller may need to know
+    of the backend behind it, asked instead of its class or the configured backend name
+    (docs/architecture.md, "Contracts and their backends"). The defaults here are the
+    embedded log's; each backend overrides what differs, and the contract suite checks each
+    backend's values."""
+
+    @property
+    def encrypts_per_person(self) -> bool:
+        """Whether records are sealed under data keys shared by a person's records
+        (crypto-shredding, :class:`clew.log.shredding.ShreddingLog`): a person is then erased
+        by destroying keys and checked by decrypting, not by :meth:`delete_where` and reading
+        stored bytes."""
+        return False
+
+    @property
+    def shares_groups_across_processes(self) -> bool:
+        """Whether members of one consumer group may live in different processes, the log
+        sharing the group's partitions among them (Kafka). When not, a group is coordinated
+        only inside the process that opened the log, so at most one process may run a stage
+        of a data directory at a time."""
+        return False
 
     @abstractmethod
     def create_topic(self, spec: TopicSpec) -> None:

@@ -173,6 +173,11 @@ class KafkaLog(Log):
         )
         self._deliveries.start()
 
+    @property
+    def shares_groups_across_processes(self) -> bool:
+        """Kafka's group coordinator shares a group's partitions among every member."""
+        return True
+
     # -- topics ---------------------------------------------------------------------------
 
     def create_topic(self, spec: TopicSpec) -> None:

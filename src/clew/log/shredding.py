@@ -26,7 +26,7 @@ backend that cannot delete single records (Kafka; docs/privacy.md, "Kafka").
 
 Retention, offsets and groups are the inner log's. The key ring is consulted once per
 ``append``, ``commit`` or ``poll`` for all the keys it needs, and caches keys for a short time
-(see :mod:`clew.privacy.keys`).
+(see :mod:`clew.keys`).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ _Append = tuple[str, Sequence[Message], Future[list[Position]]]
 
 
 class KeyRing(Protocol):
-    """Where the data keys live (``clew.privacy.keys.KeyRing``). Its methods raise an
+    """Where the data keys live (``clew.keys.KeyRing``). Its methods raise an
     exception of its own when the key store cannot be reached; the log turns it into a
     :class:`LogError`."""
 
@@ -164,6 +164,14 @@ class ShreddingLog(Log):
         self._sealer: threading.Thread | None = None
         self._queue: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self.shredded: Counter[str] = Counter()
+
+    @property
+    def encrypts_per_person(self) -> bool:
+        return True
+
+    @property
+    def shares_groups_across_processes(self) -> bool:
+        return self.inner.shares_groups_across_processes
 
     # -- topics -------------------------------------------------------------------------
 

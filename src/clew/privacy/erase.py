@@ -40,7 +40,8 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from clew.config import Settings
 from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
@@ -48,7 +49,6 @@ from clew.identity.rules import IdentityRules
 from clew.lake._storage import LakeLocation
 from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
 from clew.log.base import Log, Record
-from clew.log.shredding import ShreddingLog
 from clew.privacy._erase_lake import DLQ, EVENTS, LakeEraser, is_table
 from clew.privacy._erase_match import Matcher
 from clew.privacy._erase_sqlite import scrub
@@ -59,6 +59,7 @@ from clew.store.base import ProfileStore
 from clew.topics import RAW_TOPIC
 
 if TYPE_CHECKING:
+    from clew.log.shredding import ShreddingLog
     from clew.privacy.pii import PiiPolicy
 
 _MASK = "<redacted>"
@@ -219,8 +220,9 @@ class _Eraser:
         except Exception as exc:
             return StoreReport(name, 0, error=self.redact(f"{type(exc).__name__}: {exc}"))
 
-    def scrubbed(self, report: StoreReport, name: str) -> StoreReport:
-        """``report`` after cleaning the SQLite file ``name`` of the data directory."""
+    def scrubbed(self, report: StoreReport, name: str | Path) -> StoreReport:
+        """``report`` after cleaning the SQLite file ``name`` of the data directory (or at
+        the path ``name``)."""
         # After a time-range deletion the person is still there: only the WAL is truncated.
         found = self.needles if self.whole else needles((), ())
         try:
@@ -237,8 +239,10 @@ class _Eraser:
     def log_records(self) -> StoreReport:
         counts: dict[str, int] = {}
         kept: list[Record] = []
-        if isinstance(self.log, ShreddingLog):
-            return self._shred_log(self.log, kept)
+        if self.log.encrypts_per_person:
+            # Sealed under per-person data keys: shred instead of delete. The capability
+            # belongs to the shredding wrapper, whose key operations _erase_kafka uses.
+            return self._shred_log(cast("ShreddingLog", self.log), kept)
         for topic in sorted(self.log.topics()):
             if topic == RAW_TOPIC:
                 match = self._raw_match(self.log.committed("validate", RAW_TOPIC), kept)
@@ -307,9 +311,10 @@ class _Eraser:
         return self._scrub_serving(report)
 
     def _scrub_serving(self, report: StoreReport) -> StoreReport:
-        if self.settings.store.backend != "sqlite":
+        path = self.store.local_file
+        if path is None:
             return report
-        return self.scrubbed(report, self.settings.profiles_path.name)
+        return self.scrubbed(report, path)
 
     def lake(self) -> StoreReport:
         from clew.lake.tiers import lifecycle_lock

@@ -88,15 +88,10 @@ class ListSource(Protocol):
 
 
 def open_suppression_list(settings: Settings) -> ListWriter:
-    """The configured list's writer: Redis when ``store.backend = "redis"``, else
-    ``privacy.db``."""
-    from clew._redis_shared import shared_in_redis
+    """The configured list's writer (chosen in :func:`clew.backends.open_suppression_list`)."""
+    from clew.backends import open_suppression_list as opened
 
-    if shared_in_redis(settings):
-        from clew.privacy._suppression_redis import RedisSuppressionList
-
-        return RedisSuppressionList.open(settings)
-    return SuppressionList(settings.privacy_path)
+    return opened(settings)
 
 
 class SuppressionList:
@@ -243,7 +238,7 @@ class Suppression:
     the list changes: a person's next events cost a lookup, a new person a few HMACs."""
 
     def __init__(self, source: Path | ListSource, salt: bytes, rules: IdentityRules) -> None:
-        self._source = _SqliteSource(source) if isinstance(source, Path) else source
+        self._source = SqliteListSource(source) if isinstance(source, Path) else source
         self._salt = salt
         self._rules = rules
         self._table = rules.table()
@@ -256,14 +251,10 @@ class Suppression:
 
     @classmethod
     def open(cls, settings: Settings) -> Suppression:
-        from clew._redis_shared import shared_in_redis
+        """The checker of the configured list (:func:`clew.backends.open_suppression_source`)."""
+        from clew.backends import open_suppression_source
 
-        source: Path | ListSource = settings.privacy_path
-        if shared_in_redis(settings):
-            from clew.privacy._suppression_redis import RedisSuppressionList
-
-            source = RedisSuppressionList.open(settings)
-        return cls(source, load_salt(settings), settings.identity.rules)
+        return cls(open_suppression_source(settings), load_salt(settings), settings.identity.rules)
 
     def refresh(self, force: bool = False) -> None:
         """Reload the list if it changed; looks at most every :data:`RELOAD_S` seconds unless
@@ -405,7 +396,9 @@ class Suppression:
         self._source.close()
 
 
-class _SqliteSource:
+class SqliteListSource:
+    """The list in ``privacy.db``, as a checker reads it."""
+
     def __init__(self, path: Path) -> None:
         self._conn = open_sqlite(path, SCHEMA)
 

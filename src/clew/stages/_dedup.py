@@ -40,13 +40,10 @@ class Dedup(Protocol):
 
 
 def open_dedup(settings: Settings) -> Dedup:
-    """The configured index: Redis when ``store.backend = "redis"``, else ``state.db``."""
-    from clew._redis_shared import key, redis_client, shared_in_redis
+    """The configured index (chosen in :func:`clew.backends.open_dedup`)."""
+    from clew.backends import open_dedup as opened
 
-    if shared_in_redis(settings):
-        window_ms = int(settings.stages.dedup_window_hours * 3600_000)
-        return RedisDedupIndex(redis_client(settings), key(settings, "dedup"), window_ms)
-    return DedupIndex(settings.state_path)
+    return opened(settings)
 
 
 class DedupIndex:

@@ -33,8 +33,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from clew.backends import open_log
 from clew.config import Settings, settings_json_with_secrets
-from clew.log.factory import open_log
+from clew.log.base import Log
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
 from clew.topics import STAGE_NAMES
@@ -52,11 +53,11 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     # Imported here so a worker loads only its own stage's libraries (the lake's pyarrow and
     # deltalake are large).
     if name == "validate":
+        from clew.backends import open_dedup
         from clew.privacy._salt import load_salt
         from clew.privacy.pii import PiiPolicy
         from clew.privacy.suppression import Suppression
         from clew.stages._counters import CounterStore
-        from clew.stages._dedup import open_dedup
         from clew.stages._plans import PlanCache
         from clew.stages.validate import ValidateStage
 
@@ -92,12 +93,11 @@ def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[],
     if name == "profiles":
         from clew.audiences.live import LiveAudiences
         from clew.audiences.repository import open_repository
+        from clew.backends import open_store
         from clew.batch.history import LakeHistory
         from clew.clock import clock_for
-        from clew.log.factory import open_log
         from clew.stages._counters import CounterStore
         from clew.stages.profiles import ProfilesStage
-        from clew.store.factory import open_store
 
         ident = settings.identity
         store = open_store(settings)
@@ -153,6 +153,26 @@ def _acquire_stage_lock(settings: Settings, stage: str, stop: threading.Event) -
     return None
 
 
+def stage_locks(
+    settings: Settings, log: Log, stage_names: Sequence[str], stop: threading.Event
+) -> list[IO[bytes]] | None:
+    """The stage locks a process running ``stage_names`` on ``log`` holds while it runs them,
+    waiting for each; ``None`` when ``stop`` is set first (nothing is held then). A log whose
+    groups span processes (Kafka) shares a stage's partitions among its workers itself, so
+    none are needed; otherwise one process per stage and data directory, by a file lock."""
+    locks: list[IO[bytes]] = []
+    if log.shares_groups_across_processes:
+        return locks
+    for name in stage_names:
+        lock = _acquire_stage_lock(settings, name, stop)
+        if lock is None:
+            for held in locks:
+                held.close()
+            return None
+        locks.append(lock)
+    return locks
+
+
 def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
     """Run the named stages (one thread each) in the foreground until SIGTERM or SIGINT,
     then finish their current batches (the lake flushes what it holds) and exit."""
@@ -169,17 +189,11 @@ def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     if os.environ.get("CLEW_WORKER_OF_SERVE") and settings.stages.worker_nice:
         os.nice(settings.stages.worker_nice)
-    locks: list[IO[bytes]] = []
-    # Kafka's consumer groups share a stage's partitions among its workers themselves.
-    exclusive = settings.log.backend == "embedded"
-    for name in stage_names if exclusive else ():
-        lock = _acquire_stage_lock(settings, name, stop)
-        if lock is None:
-            for held in locks:
-                held.close()
-            return
-        locks.append(lock)
     log = open_log(settings)
+    locks = stage_locks(settings, log, stage_names, stop)
+    if locks is None:
+        log.close()
+        return
     from clew.stages._counters import CounterStore
     from clew.stages.setaside import StageLedger
 

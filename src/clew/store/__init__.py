@@ -1,7 +1,8 @@
 """The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
 backends, and Redis in ``redis``, which needs ``pip install 'clew[redis]'``: it is imported
 only when first named, so importing this package never imports the Redis driver).
-:func:`open_store` opens the backend the settings choose."""
+:func:`clew.backends.open_store` opens the backend the settings choose (``open_store`` and
+``open_existing_store`` are still reachable here, for older callers)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,15 @@ from clew.store.base import (
     UnknownProfileError,
     keep_existing,
 )
-from clew.store.factory import open_existing_store, open_store
 from clew.store.memory import MemoryProfileStore
 from clew.store.sqlite import SQLiteProfileStore
 
 if TYPE_CHECKING:
+    from clew.backends import open_existing_store, open_store
     from clew.store.redis import RedisConflictError, RedisProfileStore, RedisUnavailableError
 
 _REDIS = ("RedisConflictError", "RedisProfileStore", "RedisUnavailableError")
+_OPENERS = ("open_existing_store", "open_store")
 
 __all__ = [
     "IdentityEdge",
@@ -62,4 +64,9 @@ def __getattr__(name: str) -> Any:
         from clew.store import redis
 
         return getattr(redis, name)
+    if name in _OPENERS:
+        # Kept for older callers; the backend is chosen in clew.backends.
+        from clew import backends
+
+        return getattr(backends, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

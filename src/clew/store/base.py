@@ -31,6 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Traits = dict[str, Any]
@@ -134,9 +135,29 @@ class ProfileStore(ABC):
     """Profiles, their identities and the identity index. Safe to use from several threads.
 
     ``history`` is the most events :meth:`add_event` keeps per profile (the oldest go first).
+
+    Besides the operations, a store states its *capabilities*: what a caller may need to
+    know of the backend behind it, asked instead of its class or the configured backend name
+    (docs/architecture.md, "Contracts and their backends"). The defaults here are the
+    in-memory store's; each backend overrides what differs, and the contract suite checks
+    each backend's values.
     """
 
     history: int = 100
+
+    @property
+    def reads_over_network(self) -> bool:
+        """Whether a read is a network round trip (Redis), so that a caller on an event loop
+        runs reads in a thread pool; when not, a read is fast enough to run inline (memory, a
+        local SQLite file whose readers never wait for writers)."""
+        return False
+
+    @property
+    def local_file(self) -> Path | None:
+        """The file on this machine that holds the store (with its ``-wal`` beside it), for
+        what is done to files: measuring the hot tier, scrubbing an erased person's bytes out
+        of free pages. ``None`` when the store is kept elsewhere (memory, a server)."""
+        return None
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:

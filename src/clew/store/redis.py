@@ -141,6 +141,10 @@ class RedisProfileStore(ProfileStore):
         self._closed = False
         self.history = history
 
+    @property
+    def reads_over_network(self) -> bool:
+        return True
+
     # -- transactions -----------------------------------------------------------------------
 
     def _check_open(self) -> None:

@@ -142,6 +142,11 @@ class SQLiteProfileStore(ProfileStore):
         self._lock = threading.RLock()
         self._depth = 0
         self.history = history
+        self._path = path
+
+    @property
+    def local_file(self) -> Path:
+        return self._path
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

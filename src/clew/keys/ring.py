@@ -1,4 +1,5 @@
-"""Data keys for crypto-shredding the Kafka log (docs/privacy.md, "Kafka").
+"""Data keys for crypto-shredding the Kafka log (docs/privacy.md, "Kafka"). Opened by
+:func:`clew.backends.open_keyring`.
 
 A :class:`KeyRing` hands the shredding log (``clew.log.shredding``) its data keys: one per
 record key (a person's identifier or profile id, shared by all their records) or one per
@@ -7,7 +8,7 @@ serving store's Redis, or ``keys.db`` in the data directory) *wrapped*: encrypte
 derived from the master secret, so a copy of the key store alone opens nothing.
 
 The master secret is ``privacy.master_key`` when set, else the privacy salt
-(``clew.privacy._salt``). Two keys are derived from it with HKDF: one wraps data keys, one
+(``clew.keys.salt``). Two keys are derived from it with HKDF: one wraps data keys, one
 hashes record keys into key ids (so the key store holds no identifier either). Every process
 must use the same secret: the key store keeps a check value of it, and a process whose secret
 differs refuses to start rather than write records nobody else can read.
@@ -30,15 +31,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from clew.config import Settings
+from clew.keys.salt import load_salt
 from clew.log.shredding import DataKey
+
+if TYPE_CHECKING:
+    from clew.config import Settings
 
 __all__ = [
     "KEYS_FILE",
@@ -47,8 +51,6 @@ __all__ = [
     "KeyStoreError",
     "StoredKey",
     "master_secret",
-    "open_keyring",
-    "open_keystore",
 ]
 
 KEYS_FILE = "keys.db"
@@ -252,33 +254,4 @@ def master_secret(settings: Settings) -> bytes:
             return bytes.fromhex(configured) if len(configured) == 64 else configured.encode()
         except ValueError:
             return configured.encode()
-    from clew.privacy._salt import load_salt
-
     return load_salt(settings)
-
-
-def open_keystore(settings: Settings) -> KeyStore:
-    """The key store beside the serving store: Redis when ``store.backend`` is ``redis``,
-    else ``keys.db`` in the data directory."""
-    if settings.store.backend == "redis":
-        from clew._redis_shared import redis_client
-        from clew.privacy._keystore_redis import RedisKeyStore
-
-        return RedisKeyStore(
-            prefix=settings.store.redis_prefix,
-            client=redis_client(settings),
-            cluster=settings.store.redis_cluster,
-        )
-    from clew.privacy._keystore_sqlite import SqliteKeyStore
-
-    return SqliteKeyStore(Path(settings.data_dir) / KEYS_FILE)
-
-
-def open_keyring(settings: Settings) -> KeyRing:
-    """The deployment's key ring (:func:`open_keystore`, :func:`master_secret`)."""
-    store = open_keystore(settings)
-    try:
-        return KeyRing(store, master_secret(settings), cache_s=settings.privacy.key_cache_s)
-    except BaseException:
-        store.close()
-        raise

@@ -1,4 +1,4 @@
-"""The key store in Redis, beside the Redis serving store (``clew.privacy.keys``).
+"""The key store in Redis, beside the Redis serving store (``clew.keys``).
 
 One Redis string per data key, ``<prefix>:dk:<key id, hex>``, holding
 ``<generation>:<wrapped key>`` (``<generation>:`` once destroyed); keys of single records
@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 
-from clew.privacy.keys import KeyStore, KeyStoreError, StoredKey
+from clew.keys.ring import KeyStore, KeyStoreError, StoredKey
 
 try:
     import redis as redis_py
@@ -31,7 +31,7 @@ _UNREACHABLE = (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
 
 
 def _script(name: str) -> str:
-    return resources.files("clew.privacy").joinpath(name).read_text()
+    return resources.files("clew.keys").joinpath(name).read_text()
 
 
 def _parse(value: bytes) -> StoredKey:

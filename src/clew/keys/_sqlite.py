@@ -1,5 +1,5 @@
 """The key store in a SQLite file of the data directory (``keys.db``), for deployments whose
-serving store is SQLite (``clew.privacy.keys``). Several processes on one machine share it.
+serving store is SQLite (``clew.keys``). Several processes on one machine share it.
 
 Destroyed key material is overwritten in place (``secure_delete``) and the write-ahead log is
 checkpointed and truncated right after, so no byte of a destroyed key stays in the files.
@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from clew._sqlite import open_sqlite
-from clew.privacy.keys import KeyStore, StoredKey
+from clew.keys.ring import KeyStore, StoredKey
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data_keys (
