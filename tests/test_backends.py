@@ -16,10 +16,10 @@ import pytest
 from clew import backends
 from clew.audiences.repository import DirectoryStorage
 from clew.config import Settings
+from clew.dedup import DedupIndex, RedisDedupIndex
 from clew.keys._sqlite import SqliteKeyStore
 from clew.log.embedded import EmbeddedLog
 from clew.privacy.suppression import SqliteListSource, SuppressionList
-from clew.stages._dedup import DedupIndex, RedisDedupIndex
 from clew.stages.workers import stage_locks
 
 

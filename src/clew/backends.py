@@ -12,8 +12,8 @@ Adding a backend means a branch here and the capabilities of its class.
 
 Every implementation is imported inside the function that opens it: the optional extras
 (confluent-kafka, redis-py, cryptography) load only when chosen, and importing this module
-loads no backend at all. The suppression list, dedup and definitions storages still live in
-their domain packages (``privacy``, ``stages``, ``audiences``); those lazy imports are the
+loads no backend at all. The suppression list's and the audience definitions' storages still
+live in their domain packages (``privacy``, ``audiences``); those lazy imports are the
 backends layer's last upward edges, until they move below it.
 """
 
@@ -27,11 +27,11 @@ from clew.topics import RECORD_KEYED, TOPICS
 if TYPE_CHECKING:
     from clew.audiences.repository import Storage
     from clew.config import Settings
+    from clew.dedup import Dedup
     from clew.keys import KeyRing, KeyStore
     from clew.log.base import Log
     from clew.log.shredding import ShreddingLog
     from clew.privacy.suppression import ListSource, ListWriter
-    from clew.stages._dedup import Dedup
     from clew.store.base import ProfileStore
 
 __all__ = [
@@ -179,7 +179,7 @@ def _in_redis(settings: Settings) -> bool:
 
 def open_dedup(settings: Settings) -> Dedup:
     """The validate stage's dedup claims: Redis (``<prefix>:dedup:…``), else ``state.db``."""
-    from clew.stages._dedup import DedupIndex, RedisDedupIndex
+    from clew.dedup import DedupIndex, RedisDedupIndex
 
     if _in_redis(settings):
         from clew._redis_shared import key, redis_client

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
 from clew.collector.process import CollectorProcess
+from clew.dedup import DedupIndex
 from clew.events import PATH_TYPES
 from clew.nesting import MAX_DEPTH
-from clew.stages._dedup import DedupIndex
 from clew.stages.validate import ValidateStage
 from clew.topics import RAW_TOPIC
 from conftest import WRITE_KEY, make_settings

@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from clew.config import Settings
+from clew.dedup import DedupIndex
 from clew.events import Event
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.privacy.pii import PiiPolicy, PiiPolicyError
-from clew.stages._dedup import DedupIndex
 from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
 
 

@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from clew.dedup import DedupIndex
 from clew.identity.rules import IdentityRules
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.privacy._salt import identifier_hash
 from clew.privacy.suppression import SuppressedHash, Suppression, SuppressionList
 from clew.stages._counters import CounterStore
-from clew.stages._dedup import DedupIndex
 from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
 
 SALT = b"salt"

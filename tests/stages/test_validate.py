@@ -13,10 +13,10 @@ import msgspec
 import orjson
 import pytest
 
+from clew.dedup import DedupIndex, RedisDedupIndex
 from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.nesting import MAX_DEPTH
-from clew.stages._dedup import DedupIndex, RedisDedupIndex
 from clew.stages.validate import DLQ_TOPIC, EVENTS_TOPIC, ValidateStage
 
 RAW = "raw"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from clew.dedup import Dedup
 from clew.dlq.records import DeadLetter
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
@@ -19,7 +20,6 @@ from clew.nesting import MAX_DEPTH, may_hold_huge_int, too_deep
 from clew.raw_records import UNREADABLE, read_headers, split_request
 from clew.schema.event_checks import Blocked, apply_plan, within_depth, within_int_range
 from clew.stages._counters import CounterStore
-from clew.stages._dedup import Dedup
 from clew.stages._plans import PlanCache
 from clew.stages.base import Stage
 from clew.topics import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
