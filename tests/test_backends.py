@@ -19,8 +19,8 @@ from clew.config import Settings
 from clew.dedup import DedupIndex, RedisDedupIndex
 from clew.keys._sqlite import SqliteKeyStore
 from clew.log.embedded import EmbeddedLog
-from clew.privacy.suppression import SqliteListSource, SuppressionList
 from clew.stages.workers import stage_locks
+from clew.suppression_list import SqliteListSource, SuppressionList
 
 
 def test_the_small_stores_are_files_of_the_data_dir_beside_a_sqlite_store(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_the_small_stores_are_files_of_the_data_dir_beside_a_sqlite_store(tmp_pa
 def test_the_small_stores_follow_a_redis_store_into_redis(tmp_path: Path, redis_url: str) -> None:
     from clew.audiences._repository_redis import RedisStorage
     from clew.keys._redis import RedisKeyStore
-    from clew.privacy._suppression_redis import RedisSuppressionList
+    from clew.suppression_list._redis import RedisSuppressionList
 
     prefix = f"wiring-{uuid.uuid4().hex[:8]}"
     settings = Settings.model_validate(

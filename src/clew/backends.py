@@ -12,9 +12,9 @@ Adding a backend means a branch here and the capabilities of its class.
 
 Every implementation is imported inside the function that opens it: the optional extras
 (confluent-kafka, redis-py, cryptography) load only when chosen, and importing this module
-loads no backend at all. The suppression list's and the audience definitions' storages still
-live in their domain packages (``privacy``, ``audiences``); those lazy imports are the
-backends layer's last upward edges, until they move below it.
+loads no backend at all. The audience definitions' storage still lives in its domain package
+(``audiences``); those lazy imports are the backends layer's last upward edge, until it moves
+below it.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from clew.keys import KeyRing, KeyStore
     from clew.log.base import Log
     from clew.log.shredding import ShreddingLog
-    from clew.privacy.suppression import ListSource, ListWriter
     from clew.store.base import ProfileStore
+    from clew.suppression_list import ListSource, ListWriter
 
 __all__ = [
     "describe_log",
@@ -192,10 +192,10 @@ def open_dedup(settings: Settings) -> Dedup:
 def open_suppression_list(settings: Settings) -> ListWriter:
     """The suppression list's writer: Redis (``<prefix>:{supp}:…``), else ``privacy.db``."""
     if _in_redis(settings):
-        from clew.privacy._suppression_redis import RedisSuppressionList
+        from clew.suppression_list._redis import RedisSuppressionList
 
         return RedisSuppressionList.open(settings)
-    from clew.privacy.suppression import SuppressionList
+    from clew.suppression_list import SuppressionList
 
     return SuppressionList(settings.privacy_path)
 
@@ -204,10 +204,10 @@ def open_suppression_source(settings: Settings) -> ListSource:
     """What a suppression checker (``clew.privacy.suppression.Suppression``) reads the list
     from: the same place :func:`open_suppression_list` writes it."""
     if _in_redis(settings):
-        from clew.privacy._suppression_redis import RedisSuppressionList
+        from clew.suppression_list._redis import RedisSuppressionList
 
         return RedisSuppressionList.open(settings)
-    from clew.privacy.suppression import SqliteListSource
+    from clew.suppression_list import SqliteListSource
 
     return SqliteListSource(settings.privacy_path)
 

@@ -15,7 +15,6 @@ import pytest
 from clew.events import Event
 from clew.identity.rules import IdentityRules
 from clew.privacy._salt import identifier_hash
-from clew.privacy._suppression_redis import RedisSuppressionList
 from clew.privacy.suppression import (
     RELOAD_S,
     ListWriter,
@@ -23,6 +22,7 @@ from clew.privacy.suppression import (
     Suppression,
     SuppressionList,
 )
+from clew.suppression_list._redis import RedisSuppressionList
 
 SALT = b"test-salt"
 

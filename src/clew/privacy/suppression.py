@@ -1,12 +1,12 @@
 """The suppression list: salted hashes of identifiers whose events Clew refuses to store.
 
-:class:`SuppressionList` writes the list (in ``privacy.db``; :class:`RedisSuppressionList` in
+:class:`SuppressionList` writes the list (in ``privacy.db``; ``RedisSuppressionList`` in
 Redis when the serving store is Redis, so that collectors and validate workers on every machine
-see one list); :class:`Suppression` answers "is this event suppressed?" from memory, for the
-collector and the validate stage. Every
-change to the list bumps a generation counter in the same transaction; a checker looks at the
-counter at most every :data:`RELOAD_S` seconds and reloads the hashes when it moved, so a
-suppression reaches every process within about half a second and no event costs a query.
+see one list; both in :mod:`clew.suppression_list`); :class:`Suppression` answers "is this
+event suppressed?" from memory, for the collector and the validate stage. Every change to the
+list bumps a generation counter in the same transaction; a checker looks at the counter at
+most every :data:`RELOAD_S` seconds and reloads the hashes when it moved, so a suppression
+reaches every process within about half a second and no event costs a query.
 
 Entries are grouped by the request that added them, so an ``unsuppress`` by any one
 identifier lifts every identifier suppressed with it, even after the profile that tied them
@@ -15,76 +15,44 @@ together was deleted. A deletion's own entries are marked temporary (see the run
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
-from clew._sqlite import open_sqlite
 from clew.config import Settings
 from clew.events import Event
 from clew.identity.identifiers import ANONYMOUS_ID, extract
 from clew.identity.rules import IdentityRules
 from clew.privacy._salt import digest_normalised, load_salt
 
+# The stored list is a small store of the backends layer; its names are re-exported here.
+from clew.suppression_list import (
+    SCHEMA,
+    ListSource,
+    ListWriter,
+    SqliteListSource,
+    SuppressedHash,
+    SuppressionList,
+)
+
+__all__ = [
+    "RELOAD_S",
+    "SCHEMA",
+    "ListSource",
+    "ListWriter",
+    "SqliteListSource",
+    "SuppressedHash",
+    "Suppression",
+    "SuppressionList",
+    "open_suppression_list",
+]
+
 # Longest a checker goes without looking for changes to the list.
 RELOAD_S = 0.5
 # Answers a checker remembers (one per distinct set of identifier fields; ~10 MB at most).
 _SEEN_MAX = 20_000
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS suppressed (
-    hash TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    id_type TEXT NOT NULL,
-    temporary INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (hash, request_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS suppressed_request ON suppressed (request_id);
-CREATE TABLE IF NOT EXISTS suppression_generation (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO suppression_generation VALUES (1, 0);
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class SuppressedHash:
-    """One identifier to suppress: its type (kept in the clear for counts) and salted hash."""
-
-    id_type: str
-    hash: str
-
-
-class ListWriter(Protocol):
-    def add(self, request_id: str, hashes: Iterable[SuppressedHash], *, temporary: bool) -> int: ...
-
-    def lift_request(self, request_id: str) -> int: ...
-
-    def lift(self, hashes: Iterable[str]) -> int: ...
-
-    def contains(self, hash_: str) -> bool: ...
-
-    def counts(self) -> Counter[str]: ...
-
-    def close(self) -> None: ...
-
-
-class ListSource(Protocol):
-    """What a checker reads: the generation counter and every suppressed hash (hex)."""
-
-    def generation(self) -> int: ...
-
-    def hashes(self) -> Iterable[str]: ...
-
-    def close(self) -> None: ...
 
 
 def open_suppression_list(settings: Settings) -> ListWriter:
@@ -92,88 +60,6 @@ def open_suppression_list(settings: Settings) -> ListWriter:
     from clew.backends import open_suppression_list as opened
 
     return opened(settings)
-
-
-class SuppressionList:
-    """The list's writer; thread-safe, and several processes may open the same file."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = open_sqlite(path, SCHEMA, synchronous="FULL")
-        self._lock = threading.Lock()
-
-    def add(self, request_id: str, hashes: Iterable[SuppressedHash], *, temporary: bool) -> int:
-        """Suppress ``hashes`` on behalf of ``request_id``; the number of new entries."""
-        now = time.time()
-        rows = [(h.hash, request_id, h.id_type, int(temporary), now) for h in hashes]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._conn.total_changes
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)", rows
-                )
-                added = self._conn.total_changes - before
-                if added:
-                    self._bump()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return added
-
-    def lift_request(self, request_id: str) -> int:
-        """Remove the entries ``request_id`` added; the number removed."""
-        return self._delete("DELETE FROM suppressed WHERE request_id = ?", (request_id,))
-
-    def lift(self, hashes: Iterable[str]) -> int:
-        """Lift every permanent suppression that includes one of ``hashes``: all entries of
-        each request that suppressed one of them. Temporary entries of running deletions stay.
-        The number of entries removed."""
-        wanted = sorted(set(hashes))
-        if not wanted:
-            return 0
-        marks = ",".join("?" * len(wanted))
-        return self._delete(
-            "DELETE FROM suppressed WHERE temporary = 0 AND request_id IN "
-            f"(SELECT request_id FROM suppressed WHERE temporary = 0 AND hash IN ({marks}))",
-            wanted,
-        )
-
-    def _delete(self, sql: str, params: Sequence[Any]) -> int:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = self._conn.execute(sql, params).rowcount
-                if removed:
-                    self._bump()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return int(removed)
-
-    def _bump(self) -> None:
-        self._conn.execute("UPDATE suppression_generation SET value = value + 1 WHERE id = 1")
-
-    def contains(self, hash_: str) -> bool:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT 1 FROM suppressed WHERE hash = ? LIMIT 1", (hash_,)
-            ).fetchone()
-        return row is not None
-
-    def counts(self) -> Counter[str]:
-        """Distinct suppressed hashes: ``permanent`` and ``temporary`` (a hash held by both
-        counts as permanent)."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT p, count(*) FROM "
-                "(SELECT max(temporary = 0) AS p FROM suppressed GROUP BY hash) GROUP BY p"
-            ).fetchall()
-        return Counter({("permanent" if p else "temporary"): n for p, n in rows})
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 class _Ids(msgspec.Struct):
@@ -394,25 +280,6 @@ class Suppression:
 
     def close(self) -> None:
         self._source.close()
-
-
-class SqliteListSource:
-    """The list in ``privacy.db``, as a checker reads it."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = open_sqlite(path, SCHEMA)
-
-    def generation(self) -> int:
-        (value,) = self._conn.execute(
-            "SELECT value FROM suppression_generation WHERE id = 1"
-        ).fetchone()
-        return int(value)
-
-    def hashes(self) -> list[str]:
-        return [r[0] for r in self._conn.execute("SELECT DISTINCT hash FROM suppressed")]
-
-    def close(self) -> None:
-        self._conn.close()
 
 
 def _text(value: Any) -> str | None:

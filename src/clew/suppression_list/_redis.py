@@ -1,4 +1,4 @@
-"""The suppression list in Redis (see :mod:`clew.privacy.suppression`).
+"""The suppression list in Redis (see :mod:`clew.suppression_list`).
 
 Two keys under the store's prefix, sharing one Redis Cluster hash tag so that a change and its
 generation bump are one ``MULTI``/``EXEC``::
@@ -26,7 +26,7 @@ from clew._redis_shared import key, redis_client
 
 if TYPE_CHECKING:
     from clew.config import Settings
-    from clew.privacy.suppression import SuppressedHash
+    from clew.suppression_list import SuppressedHash
 
 _encode = msgspec.json.encode
 _field = msgspec.json.Decoder(tuple[str, str])
