@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from clew import backends
-from clew.audiences.repository import DirectoryStorage
 from clew.config import Settings
 from clew.dedup import DedupIndex, RedisDedupIndex
+from clew.definition_store import DirectoryStorage
 from clew.keys._sqlite import SqliteKeyStore
 from clew.log.embedded import EmbeddedLog
 from clew.stages.workers import stage_locks
@@ -50,7 +50,7 @@ def test_the_small_stores_are_files_of_the_data_dir_beside_a_sqlite_store(tmp_pa
 
 
 def test_the_small_stores_follow_a_redis_store_into_redis(tmp_path: Path, redis_url: str) -> None:
-    from clew.audiences._repository_redis import RedisStorage
+    from clew.definition_store._redis import RedisStorage
     from clew.keys._redis import RedisKeyStore
     from clew.suppression_list._redis import RedisSuppressionList
 

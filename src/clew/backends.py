@@ -12,9 +12,9 @@ Adding a backend means a branch here and the capabilities of its class.
 
 Every implementation is imported inside the function that opens it: the optional extras
 (confluent-kafka, redis-py, cryptography) load only when chosen, and importing this module
-loads no backend at all. The audience definitions' storage still lives in its domain package
-(``audiences``); those lazy imports are the backends layer's last upward edge, until it moves
-below it.
+loads no backend at all. Every one of them is in the backends layer (``clew.log``,
+``clew.store``, ``clew.dedup``, ``clew.suppression_list``, ``clew.keys``,
+``clew.definition_store``), so this module imports nothing of the domain.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from clew.topics import RECORD_KEYED, TOPICS
 
 if TYPE_CHECKING:
-    from clew.audiences.repository import Storage
     from clew.config import Settings
     from clew.dedup import Dedup
+    from clew.definition_store import Storage
     from clew.keys import KeyRing, KeyStore
     from clew.log.base import Log
     from clew.log.shredding import ShreddingLog
@@ -247,9 +247,9 @@ def open_definitions_storage(settings: Settings) -> Storage:
     profiles workers, CLI and Admin API then see one set), else ``audiences/`` in the data
     directory."""
     if _in_redis(settings):
-        from clew.audiences._repository_redis import RedisStorage
+        from clew.definition_store._redis import RedisStorage
 
         return RedisStorage.open(settings)
-    from clew.audiences.repository import DirectoryStorage
+    from clew.definition_store import DirectoryStorage
 
     return DirectoryStorage(settings.data_dir)

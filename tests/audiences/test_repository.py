@@ -255,7 +255,7 @@ def test_a_trait_counting_one_event_type_reads_back(repo: DefinitionRepository) 
 def _redis_repo(url: str, prefix: str, data_dir: Path) -> DefinitionRepository:
     import redis
 
-    from clew.audiences._repository_redis import RedisStorage
+    from clew.definition_store._redis import RedisStorage
 
     return DefinitionRepository(data_dir, RedisStorage(redis.Redis.from_url(url), prefix))
 
@@ -311,3 +311,23 @@ def test_redis_writers_take_turns(redis_url: str, tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert len(repos[1].catalog().definitions()) == 21
+
+
+def test_a_writer_that_waits_too_long_for_the_lock_gets_a_definition_error(
+    tmp_path: Path,
+) -> None:
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from clew.definition_store import DirectoryStorage, StorageBusyError
+
+    class Busy(DirectoryStorage):
+        @contextmanager
+        def locked(self) -> Iterator[None]:
+            raise StorageBusyError("another writer has held the lock for 60 s; try again")
+            yield  # pragma: no cover - a generator that never yields
+
+    repo = DefinitionRepository(tmp_path, Busy(tmp_path))
+    with pytest.raises(DefinitionError, match="another writer has held the lock"):
+        repo.push(defs(traits=[LTV]))
+    assert repo.get("ltv") is None

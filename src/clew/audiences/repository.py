@@ -11,13 +11,11 @@ content gives the definition back. Hidden files and files of other types are ign
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,12 +34,13 @@ from clew.audiences.definitions import (
     parse_document,
 )
 
-AUDIENCES_DIR = "audiences"
-# Counts the writes made through this module: file times are too coarse (milliseconds on
-# some file systems) to tell apart two quick rewrites of the same size.
-_GENERATION = ".generation"
-
-Version = tuple[tuple[str, int, int], ...]
+# The stored documents are a small store of the backends layer; its names are re-exported.
+from clew.definition_store import (
+    DirectoryStorage,
+    Storage,
+    StorageBusyError,
+    Version,
+)
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -125,105 +124,6 @@ def _reads(definition: Definition) -> set[str]:
     return out
 
 
-class Storage(Protocol):
-    """Named definition documents (JSON bytes), a version that changes with every change,
-    and a writers' lock."""
-
-    def names(self) -> list[str]: ...
-
-    def read(self, name: str) -> bytes:
-        """The document ``name``; ``FileNotFoundError`` when there is none."""
-        ...
-
-    def write(self, name: str, content: bytes) -> None: ...
-
-    def delete(self, name: str) -> None: ...
-
-    def version(self) -> Version: ...
-
-    def bump(self) -> None: ...
-
-    def where(self, name: str | None = None) -> str:
-        """Where ``name`` (or the whole set) is kept, for messages."""
-        ...
-
-    def locked(self) -> AbstractContextManager[None]: ...
-
-
-class DirectoryStorage:
-    """The ``audiences/`` folder of a data directory. Safe to use from several processes:
-    writers take a lock, and every file is replaced atomically."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / AUDIENCES_DIR
-        self._lock_path = data_dir / "locks" / "audiences.lock"
-
-    def files(self) -> list[Path]:
-        if not self.path.is_dir():
-            return []
-        return sorted(
-            p
-            for p in self.path.iterdir()
-            if p.suffix == ".json" and not p.name.startswith(".") and p.is_file()
-        )
-
-    def names(self) -> list[str]:
-        return [p.stem for p in self.files()]
-
-    def read(self, name: str) -> bytes:
-        return (self.path / f"{name}.json").read_bytes()
-
-    def write(self, name: str, content: bytes) -> None:
-        self._replace(self.path / f"{name}.json", content)
-
-    def delete(self, name: str) -> None:
-        (self.path / f"{name}.json").unlink(missing_ok=True)
-
-    def where(self, name: str | None = None) -> str:
-        return str(self.path if name is None else self.path / f"{name}.json")
-
-    def version(self) -> Version:
-        """A cheap value that changes whenever a definition file is added, changed or
-        removed (names, modification times and sizes, and a count of writes made here)."""
-        out = [(_GENERATION, self._generation(), 0)]
-        for p in self.files():
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            out.append((p.name, st.st_mtime_ns, st.st_size))
-        return tuple(out)
-
-    def _replace(self, target: Path, content: bytes) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{target.name}.tmp"
-        with tmp.open("wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(target)
-
-    def _generation(self) -> int:
-        try:
-            return int((self.path / _GENERATION).read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def bump(self) -> None:
-        self._replace(self.path / _GENERATION, str(self._generation() + 1).encode())
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Serialise writers (the CLI and a running server's Admin API may push at once)."""
-        self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def open_repository(settings: Settings) -> DefinitionRepository:
     """The definitions of this deployment: in Redis when the serving store is Redis (every
     machine's profiles workers, CLI and Admin API then see one set), else in the data
@@ -238,6 +138,15 @@ class DefinitionRepository:
 
     def __init__(self, data_dir: Path, storage: Storage | None = None) -> None:
         self.storage: Storage = storage if storage is not None else DirectoryStorage(data_dir)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The storage's writers' lock; waiting too long for it is a :class:`DefinitionError`."""
+        try:
+            with self.storage.locked():
+                yield
+        except StorageBusyError as exc:
+            raise DefinitionError(str(exc)) from None
 
     @property
     def path(self) -> Path:
@@ -323,7 +232,7 @@ class DefinitionRepository:
             if d.name in incoming:
                 raise DefinitionError(f"{d.name!r} is defined twice; names must be unique")
             incoming[d.name] = d
-        with nullcontext() if dry_run else self.storage.locked():
+        with nullcontext() if dry_run else self._locked():
             stored, broken = self._load()
             for name, exc in broken.items():
                 if name not in incoming:
@@ -349,7 +258,7 @@ class DefinitionRepository:
         """Delete the definition ``name``. Raises :class:`UnknownDefinitionError` if there is
         none, :class:`DefinitionInUseError` if an audience reads it (as a member audience or
         a computed trait): those must be changed or removed first."""
-        with self.storage.locked():
+        with self._locked():
             stored, broken = self._load()
             if name not in stored and name not in broken:
                 raise UnknownDefinitionError(name)

@@ -1,4 +1,4 @@
-"""Audience and trait definitions in Redis (see :mod:`clew.audiences.repository`), used when
+"""Audience and trait definitions in Redis (see :mod:`clew.definition_store`), used when
 the serving store is Redis, so that `clew audiences push` on any machine reaches the profiles
 workers, CLI and Admin API of every machine at once.
 
@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from clew._redis_shared import key, redis_client
-from clew.audiences.definitions import DefinitionError
-from clew.audiences.repository import Version
+from clew.definition_store import StorageBusyError, Version
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -78,7 +77,7 @@ class RedisStorage:
         deadline = time.monotonic() + _LOCK_WAIT_S
         while not self._client.set(self._lock, token, nx=True, px=_LOCK_MS):
             if time.monotonic() > deadline:
-                raise DefinitionError(
+                raise StorageBusyError(
                     f"another writer has held {self._lock} for {_LOCK_WAIT_S:.0f} s; try again"
                 )
             time.sleep(0.05)
