@@ -308,7 +308,7 @@ def _audiences(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The rebuild against an empty serving store without, then with, ``definitions``."""
     from clew.audiences.repository import DefinitionRepository, load_file
-    from clew.store.factory import open_store
+    from clew.backends import open_store
 
     open_store(settings).close()
     plain = _run("rebuild", data_dir)

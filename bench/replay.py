@@ -28,12 +28,12 @@ from typing import Any
 
 import orjson
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.demo import simulate
 from clew.dlq.replay import replay_dlq
 from clew.dlq.snapshot import DlqFilter
 from clew.log.base import Log, Message
-from clew.log.factory import open_log
 from clew.schema import Compatibility, SchemaRegistry, SubjectUpdate, load_plan
 from clew.sources import DEFAULT_SOURCE, Catalog
 from clew.stages.workers import build_stage

@@ -145,10 +145,10 @@ def explain(
     As JSON: {profile_id, reasons, separations, dropped, history_full}; as CSV: the table of
     reasons only."""
     fmt = output_format(format, as_json)
+    from clew.backends import open_store
     from clew.batch.split import SplitError, find_profile
     from clew.identity.dropped import dropped_identifiers
     from clew.identity.resolver import IdentityResolver
-    from clew.store.factory import open_store
 
     settings = _settings(data_dir, config)
     rules = settings.identity.rules

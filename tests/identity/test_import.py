@@ -29,9 +29,9 @@ from clew.imports.importer import (
     pending_reviews,
 )
 from clew.lake.query import Lake
-from clew.log.factory import EVENTS_TOPIC
 from clew.server import BackgroundServer
 from clew.store import Profile, SQLiteProfileStore
+from clew.topics import EVENTS_TOPIC
 from conftest import WRITE_KEY, make_settings, wait_for
 
 runner = CliRunner()

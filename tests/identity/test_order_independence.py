@@ -30,15 +30,15 @@ from deltalake import write_deltalake
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clew.backends import open_store
 from clew.batch.rebuild import rebuild
 from clew.config import Settings, StoreSettings
 from clew.events import format_time
 from clew.lake.tables import EVENTS, to_arrow
 from clew.log.base import Consumer, Message, Record, TopicPartition, partition_for
-from clew.log.factory import EVENTS_TOPIC
 from clew.stages.profiles import ProfilesStage
 from clew.store import Profile, ProfileStore
-from clew.store.factory import open_store
+from clew.topics import EVENTS_TOPIC
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 # The id rule, restated: a profile's id is the UUIDv5 (in Clew's profile namespace) of

@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from _kafka import KafkaBroker, kafka_session
+from clew.backends import open_log, open_store
 from clew.config import LogSettings, Settings, StoreSettings
 from clew.events import Event
 from clew.log.base import Consumer, Log, LogError, Message, Record, TopicPartition
-from clew.log.factory import EVENTS_TOPIC, TOPICS, open_log
 from clew.stages.profiles import ProfilesStage
-from clew.store.factory import open_store
+from clew.topics import EVENTS_TOPIC, TOPICS
 from identity.test_order_independence import (
     Crash,
     Schedule,

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from typer.testing import CliRunner, Result
 
+from clew.backends import open_log
 from clew.batch.split import split_profile
 from clew.cli import app
 from clew.config import Settings
@@ -22,11 +23,11 @@ from clew.identity import Identifier, profile_id_for
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.lake.query import Lake
 from clew.log.base import Message
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, RAW_TOPIC, open_log
 from clew.server import BackgroundServer
 from clew.stages.runner import StageRunner
 from clew.stages.workers import build_stage
 from clew.store import Profile, SQLiteProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 runner = CliRunner()

@@ -18,11 +18,11 @@ import orjson
 import pytest
 
 from _s3 import S3
+from clew.backends import open_log
 from clew.config import LakeSettings, LifecycleSettings, Settings, load_settings
 from clew.lake._storage import ObjectStorageUnsupported
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
-from clew.log.factory import open_log
 from clew.server import free_port
 from clew.stages.lake_sink import LakeSinkStage
 from conftest import WRITE_KEY, ServeProcess, clew_bin, wait_for

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from clew.audiences.definitions import parse_document
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository, load_file
+from clew.backends import open_log
 from clew.batch.rebuild import RebuildReport, rebuild
 from clew.cli import app
 from clew.clock import ManualClock
@@ -25,9 +26,9 @@ from clew.config import Settings
 from clew.events import Event, format_time
 from clew.lake.tables import EVENTS, to_arrow
 from clew.log.base import Message
-from clew.log.factory import EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
 from clew.store import SQLiteProfileStore
+from clew.topics import EVENTS_TOPIC
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE

@@ -18,15 +18,16 @@ from clew.audiences.changes import AudienceChange, decode
 from clew.audiences.definitions import parse_document
 from clew.audiences.live import LiveAudiences
 from clew.audiences.repository import DefinitionRepository
+from clew.backends import open_log
 from clew.batch.split import split_profile
 from clew.clock import ManualClock
 from clew.config import Settings
 from clew.events import Event, format_time
 from clew.identity.identifiers import ANONYMOUS_ID, Identifier
 from clew.log.base import Log, Message
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.stages.profiles import ProfilesStage
 from clew.store import SQLiteProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
 HOUR = 3_600_000
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -15,10 +15,10 @@ from clew.destinations import DestinationConfig, DestinationDirectory, destinati
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.log.base import Log, Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.stages.destinations import DestinationsStage
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from conftest import wait_for
 from destinations._receiver import Receiver
 

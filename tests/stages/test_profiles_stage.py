@@ -12,15 +12,16 @@ import httpx
 import msgspec
 import pytest
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.events import Event
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.log.base import Log, Message
-from clew.log.factory import CHANGES_TOPIC, EVENTS_TOPIC, open_log
 from clew.server import BackgroundServer
 from clew.stages.profiles import ProfilesStage
 from clew.stages.runner import StageRunner
 from clew.store import SQLiteProfileStore
+from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 from conftest import WRITE_KEY, wait_for
 
 _ids = itertools.count()

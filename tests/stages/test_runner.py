@@ -21,11 +21,11 @@ from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
 from clew.log.base import Consumer, Log, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from clew.server import BackgroundServer
 from clew.stages.base import Stage
 from clew.stages.runner import BATCH_ATTEMPTS, StageRunner
 from clew.stages.setaside import StageLedger
+from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
 from conftest import wait_for
 
 
