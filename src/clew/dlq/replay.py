@@ -36,11 +36,11 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import msgspec
 
@@ -62,9 +62,6 @@ from clew.log.base import Log, Message, Position
 from clew.schema.event_checks import Blocked
 from clew.topics import DLQ_TOPIC, EVENTS_TOPIC
 
-if TYPE_CHECKING:
-    from clew.stages._dedup import Dedup
-
 logger = logging.getLogger(__name__)
 
 # The ``stage`` of a row put back because revalidating it raised (reason ``stage_failure``).
@@ -73,6 +70,12 @@ REPLAY_STAGE = "dlq-replay"
 _UNREADABLE_IDS = 20
 
 _encoder = msgspec.json.Encoder()
+
+
+class _Claims(Protocol):
+    """What a replay needs of the dedup index (:func:`clew.backends.open_dedup`)."""
+
+    def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]: ...
 
 
 class ReplayError(RuntimeError):
@@ -186,11 +189,7 @@ def replay_dlq(
 
     Raises :class:`ReplayInProgressError` when another replay runs on the data directory;
     any other exception leaves finished batches recorded, so running again resumes."""
-    from clew.log.factory import open_log
-
-    # The dedup index is a backend still kept in ``stages`` (docs/architecture.md, "The edges
-    # that must go", 8); imported here so that importing this module loads no stage.
-    from clew.stages._dedup import open_dedup
+    from clew.backends import open_dedup, open_log
 
     started = time.monotonic()
     lock = _ReplayLock(settings.data_dir)
@@ -292,7 +291,7 @@ def _replay_batch(
     report: ReplayReport,
     rows: list[DlqRow],
     plans: Plans,
-    dedup: Dedup,
+    dedup: _Claims,
     ledger: ReplayLedger,
     log: Log,
     batch_id: str,
