@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from _s3 import S3, s3_server  # noqa: E402
+from clew._locations import LakeLocation  # noqa: E402
 from clew.config import LakeSettings, Settings  # noqa: E402
-from clew.lake._storage import LakeLocation  # noqa: E402
 from clew.lake.query import Lake, _queryable, _register_datasets  # noqa: E402
 from clew.log.base import Message, TopicSpec  # noqa: E402
 from clew.log.embedded import EmbeddedLog  # noqa: E402

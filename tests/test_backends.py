@@ -11,8 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from clew import backends
 from clew.config import Settings
 from clew.dedup import DedupIndex, RedisDedupIndex
@@ -141,11 +139,3 @@ def test_a_worker_locks_its_stages_only_when_the_log_keeps_groups_in_one_process
     finally:
         log.close()
         spanning.close()
-
-
-@pytest.mark.parametrize("name", ["open_log", "shredding"])
-def test_the_log_factory_module_still_offers_the_openers(name: str) -> None:
-    """``clew.log.factory`` is kept for callers not moved yet."""
-    import clew.log.factory
-
-    assert getattr(clew.log.factory, name) is getattr(backends, name)

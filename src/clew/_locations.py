@@ -1,8 +1,7 @@
 """Where the lake's Delta tables live: a local directory or an S3-compatible bucket.
 
 A core module (it imports nothing of Clew), so that the settings can name the lake's and the
-cold tier's locations (:attr:`clew.config.Settings.lake_location`) without importing the lake;
-:mod:`clew.lake._storage` re-exports it for the lake's own modules.
+cold tier's locations (:attr:`clew.config.Settings.lake_location`) without importing the lake.
 
 A :class:`LakeLocation` is the root (``data_dir/lake``, ``/mnt/lake`` or
 ``s3://bucket/prefix``) plus the object-store options every deltalake call needs; each

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
+from clew.backends import open_log
 from clew.config import Settings
 from clew.dlq.replay import ReplayInProgressError, ReplayReport, replay_dlq
 from clew.dlq.snapshot import DlqFilter
 from clew.lake.query import Lake
 from clew.log.base import Message, Position
 from clew.log.embedded import EmbeddedLog
-from clew.log.factory import open_log
 from clew.schema import Compatibility, Enforcement, SchemaRegistry, SubjectUpdate
 from clew.sources import Catalog
 from clew.stages.workers import build_stage

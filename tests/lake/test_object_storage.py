@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from _s3 import S3
+from clew._locations import ObjectStorageUnsupported
 from clew.backends import open_log
 from clew.config import LakeSettings, LifecycleSettings, Settings, load_settings
-from clew.lake._storage import ObjectStorageUnsupported
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
 from clew.server import free_port

@@ -70,12 +70,3 @@ def test_the_environment_selects_redis(
 def test_a_prefix_with_braces_is_refused() -> None:
     with pytest.raises(ValidationError, match="free of braces"):
         Settings.model_validate({"store": {"backend": "redis", "redis_prefix": "a{b}"}})
-
-
-def test_the_old_opener_names_still_open_the_store(tmp_path: Path) -> None:
-    """``clew.store.open_store`` and ``clew.store.factory`` are kept for older callers."""
-    import clew.store
-    import clew.store.factory
-
-    assert clew.store.open_store is clew.store.factory.open_store is open_store
-    assert clew.store.open_existing_store is open_existing_store

@@ -25,6 +25,7 @@ from redis.crc import key_slot
 
 from _redis_cluster import ClusterService, redis_cluster
 from _services import LOOPBACK, ServiceUnavailable, free_port, unavailable
+from clew.backends import open_store
 from clew.config import Settings
 from clew.store import (
     Provenance,
@@ -33,7 +34,6 @@ from clew.store import (
     RedisUnavailableError,
     StoredEvent,
     StoreError,
-    open_store,
 )
 
 

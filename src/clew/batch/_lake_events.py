@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from clew._locations import LakeLocation, as_location
 from clew.events import Event, format_time, parse_time
 from clew.identity.identifiers import ANONYMOUS_ID, PHONE, USER_ID, Identifier
-from clew.lake._storage import LakeLocation, as_location
 from clew.log.base import Log
 from clew.topics import EVENTS_TOPIC
 

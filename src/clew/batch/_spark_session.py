@@ -108,7 +108,7 @@ def s3a_options(options: Mapping[str, str]) -> dict[str, str]:
     >>> conf["fs.s3a.connection.ssl.enabled"]
     'false'
     """
-    from clew.lake._storage import s3_settings
+    from clew._locations import s3_settings
 
     s3 = s3_settings(options)
     out: dict[str, str] = {}

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from clew._locations import LakeLocation
 from clew.audiences.engine import Engine
 from clew.batch._lake_events import events_to_replay, read_lake_types
 from clew.events import Event
-from clew.lake._storage import LakeLocation
 from clew.log.base import Log
 from clew.topics import EVENTS_TOPIC
 

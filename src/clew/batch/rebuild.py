@@ -39,9 +39,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from clew._locations import LakeLocation, TableLocation
 from clew.audiences.definitions import DefinitionError
 from clew.audiences.engine import Engine
 from clew.audiences.repository import open_repository
+from clew.backends import open_existing_store
 from clew.batch._rebuild_audiences import ServingComputed, evaluate_rebuilt, fold
 from clew.batch._rebuild_resolve import Resolved, resolve_events
 from clew.batch._rebuild_sql import AGGREGATES, ENGINE_EVENTS, PayloadShape, load_events
@@ -50,10 +52,8 @@ from clew.clock import Clock, clock_for
 from clew.config import Settings
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import IdentityColumns, profile_columns
-from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
 from clew.store.base import Profile
-from clew.store.factory import open_existing_store
 from clew.store.memory import MemoryProfileStore
 
 if TYPE_CHECKING:

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from clew._locations import LakeLocation, TableLocation
+from clew.backends import open_existing_store
 from clew.batch._reconcile import Facts, reconcile
 from clew.batch._spark_components import ComponentsError, components
 from clew.batch._spark_rows import (
@@ -58,7 +60,6 @@ from clew.batch._spark_session import (
 )
 from clew.batch.rebuild import RebuildError, RebuildReport, agreed
 from clew.config import Settings
-from clew.lake._storage import LakeLocation, TableLocation
 from clew.lake.tables import (
     CUSTOMER_PROFILES,
     CUSTOMER_PROFILES_SCHEMA,
@@ -66,7 +67,6 @@ from clew.lake.tables import (
     IDENTITIES,
     IDENTITIES_SCHEMA,
 )
-from clew.store.factory import open_existing_store
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -45,8 +45,9 @@ from clew.identity.identifiers import (
     extract,
     normalise_email,
     normalise_phone,
+    placeholder_rule,
 )
-from clew.identity.rules import IdentityRules, placeholder_rule
+from clew.identity.rules import IdentityRules
 from clew.identity.unifier import Unifier
 from clew.log.base import Log, Message
 from clew.store.base import Profile, ProfileStore, Provenance, Separation, StoredEvent
@@ -247,12 +248,12 @@ def split_profile(
     opened: list[Callable[[], None]] = []
     try:
         if store is None:
-            from clew.store.factory import open_store
+            from clew.backends import open_store
 
             store = open_store(settings)
             opened.append(store.close)
         if log is None:
-            from clew.log.factory import open_log
+            from clew.backends import open_log
 
             log = open_log(settings)
             opened.append(log.close)

@@ -17,7 +17,7 @@ from clew.dlq.ledger import ReplayEntry, ReplayLedger
 if TYPE_CHECKING:
     import duckdb
 
-    from clew.lake._storage import LakeLocation
+    from clew._locations import LakeLocation
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from clew.backends import open_existing_store
 from clew.config import Settings
 from clew.identity.identifiers import Identifier
 from clew.identity.rules import IdentityRules
@@ -49,7 +50,6 @@ from clew.imports.ledger import (
 from clew.imports.matching import FIELDS, Candidate, MatchThresholds, match_records
 from clew.log.base import Message
 from clew.store.base import Profile
-from clew.store.factory import open_existing_store
 
 __all__ = [
     "ImportFileError",

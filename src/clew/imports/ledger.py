@@ -24,12 +24,11 @@ from typing import Any, Literal
 import msgspec
 
 from clew._sqlite import open_sqlite
+from clew.backends import open_existing_store, open_log
 from clew.config import Settings
 from clew.events import Event, format_time
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Identifier
 from clew.log.base import Message
-from clew.log.factory import open_log
-from clew.store.factory import open_existing_store
 from clew.topics import EVENTS_TOPIC
 
 _SCHEMA = """

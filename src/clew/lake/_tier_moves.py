@@ -49,7 +49,7 @@ from deltalake import (
 )
 from deltalake.exceptions import CommitFailedError
 
-from clew.lake._storage import TableLocation
+from clew._locations import TableLocation
 from clew.lake.tables import TableDef
 
 logger = logging.getLogger(__name__)

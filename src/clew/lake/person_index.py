@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from clew._locations import LakeLocation, as_location
 from clew._sqlite import open_sqlite
 from clew.identity.rules import IdentityRules
 from clew.lake._index_keys import (
@@ -51,7 +52,6 @@ from clew.lake._index_keys import (
     phone_bucket,
     subject_keys,
 )
-from clew.lake._storage import LakeLocation, as_location
 
 __all__ = [
     "MIN_LITERAL",

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import duckdb
 
+    from clew._locations import LakeLocation, TableLocation
     from clew.config import Settings
-    from clew.lake._storage import LakeLocation, TableLocation
 
 # duckdb, deltalake and pyarrow are imported on first use: together they are most of an idle
 # process's memory, and processes that never query (stage workers) should not pay for them.
@@ -129,7 +129,7 @@ def register_tables(
     A root on object storage is read through deltalake (DuckDB's own S3 reader is an extension
     Clew does not rely on): each snapshot is registered as a pyarrow dataset, which DuckDB
     scans with projections and filters pushed down."""
-    from clew.lake._storage import as_location
+    from clew._locations import as_location
 
     warm_root = as_location(root)
     cold = as_location(cold_root) if cold_root is not None else None
@@ -226,7 +226,7 @@ class Lake:
         cold_root: Path | LakeLocation | None = None,
         limits: QueryLimits | None = None,
     ) -> None:
-        from clew.lake._storage import as_location
+        from clew._locations import as_location
 
         self.location = as_location(root)
         self.cold_location = as_location(cold_root) if cold_root is not None else None

@@ -33,7 +33,7 @@ from clew.config import Settings
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef
 
 if TYPE_CHECKING:
-    from clew.lake._storage import LakeLocation
+    from clew._locations import LakeLocation
     from clew.lake._tier_moves import PartitionStat
     from clew.log.base import Log
 

@@ -37,8 +37,8 @@ import pyarrow.dataset as pds
 from deltalake.exceptions import CommitFailedError
 from pyarrow import fs as pafs
 
+from clew._locations import LakeLocation, TableLocation, as_location
 from clew.events import Event
-from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import NULL_DAY, day_date
 from clew.privacy._erase_match import MALFORMED, Matcher
 from clew.privacy._verify_bytes import re2_escape

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from clew.lake._storage import LakeLocation
+    from clew._locations import LakeLocation
 
 MIN_RAW = 5
 _CHUNK = 32 * 1024 * 1024

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from clew._locations import LakeLocation
 from clew.config import Settings
 from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
 from clew.identity.rules import IdentityRules
-from clew.lake._storage import LakeLocation
 from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
 from clew.log.base import Log, Record
 from clew.privacy._erase_lake import DLQ, EVENTS, LakeEraser, is_table

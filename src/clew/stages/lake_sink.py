@@ -23,9 +23,9 @@ from pathlib import Path
 
 from deltalake import CommitProperties, Transaction, write_deltalake
 
+from clew._locations import LakeLocation, TableLocation, as_location
 from clew.config import LakeSettings
 from clew.identity.rules import IdentityRules
-from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.person_index import PersonIndex, index_path
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef, sink_app_id, to_arrow
 from clew.log.base import Consumer, Record, TopicPartition

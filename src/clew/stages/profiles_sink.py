@@ -40,6 +40,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 
+from clew._locations import LakeLocation, TableLocation, as_location
 from clew.audiences.changes import KINDS as AUDIENCE_KINDS
 from clew.audiences.changes import decode as decode_audience_change
 from clew.config import LakeSettings
@@ -48,7 +49,6 @@ from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.identity.traits import LAST_PURCHASE, LIFETIME_VALUE, ORDERS_COUNT
 from clew.lake._change_rows import AudienceChangeColumns
 from clew.lake._profile_rows import IdentityColumns, ProfileColumns
-from clew.lake._storage import LakeLocation, TableLocation, as_location
 from clew.lake.tables import (
     AUDIENCE_CHANGES,
     CUSTOMER_PROFILES,

@@ -1,8 +1,7 @@
 """The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
 backends, and Redis in ``redis``, which needs ``pip install 'clew[redis]'``: it is imported
 only when first named, so importing this package never imports the Redis driver).
-:func:`clew.backends.open_store` opens the backend the settings choose (``open_store`` and
-``open_existing_store`` are still reachable here, for older callers)."""
+:func:`clew.backends.open_store` opens the backend the settings choose."""
 
 from __future__ import annotations
 
@@ -28,11 +27,9 @@ from clew.store.memory import MemoryProfileStore
 from clew.store.sqlite import SQLiteProfileStore
 
 if TYPE_CHECKING:
-    from clew.backends import open_existing_store, open_store
     from clew.store.redis import RedisConflictError, RedisProfileStore, RedisUnavailableError
 
 _REDIS = ("RedisConflictError", "RedisProfileStore", "RedisUnavailableError")
-_OPENERS = ("open_existing_store", "open_store")
 
 __all__ = [
     "IdentityEdge",
@@ -54,8 +51,6 @@ __all__ = [
     "TraitsUpdate",
     "UnknownProfileError",
     "keep_existing",
-    "open_existing_store",
-    "open_store",
 ]
 
 
@@ -64,9 +59,4 @@ def __getattr__(name: str) -> Any:
         from clew.store import redis
 
         return getattr(redis, name)
-    if name in _OPENERS:
-        # Kept for older callers; the backend is chosen in clew.backends.
-        from clew import backends
-
-        return getattr(backends, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
