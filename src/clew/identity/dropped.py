@@ -16,8 +16,14 @@ from dataclasses import dataclass
 import msgspec
 
 from clew.events import Event
-from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, Identifier, extract
-from clew.identity.rules import IdentityRules, placeholder_rule
+from clew.identity.identifiers import (
+    ANONYMOUS_ID,
+    USER_ID,
+    Identifier,
+    extract,
+    placeholder_rule,
+)
+from clew.identity.rules import IdentityRules
 from clew.identity.traits import CONTESTED
 from clew.store.base import ProfileStore, UnknownProfileError
 

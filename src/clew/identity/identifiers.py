@@ -7,11 +7,13 @@ the same identifiers as the speed layer.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clew.events import Event
-from clew.identity.rules import IdentityRules, RuleTable
+from clew.identity.rules import DEFAULT_BLOCKED_EMAILS, IdentityRules, IdTypeRule, RuleTable
 
 USER_ID = "user_id"
 ANONYMOUS_ID = "anonymous_id"
@@ -186,6 +188,31 @@ def extract(
         link, weight = _match(context["clew"])
         return Extraction(tuple(found), tuple(dropped), link, weight)
     return Extraction(tuple(found), tuple(dropped))
+
+
+def placeholder_rule(ident: Identifier, rules: IdentityRules) -> str | None:
+    """The setting that makes ``ident`` a placeholder (events carrying it drop it), or
+    ``None`` if it is a usable identifier.
+
+    >>> placeholder_rule(Identifier("email", "ada@example.com"), IdentityRules())
+    'DEFAULT_BLOCKED_EMAILS, always blocked'
+    >>> placeholder_rule(Identifier("email", "ada@shop.test"), IdentityRules()) is None
+    True
+    """
+    if not rules.is_blocked(ident.id_type, ident.value):
+        return None
+    value = ident.value.strip()
+
+    def matches(patterns: Sequence[str]) -> bool:
+        return any(re.fullmatch(p, value, re.IGNORECASE) for p in patterns)
+
+    if ident.id_type == "email" and matches(DEFAULT_BLOCKED_EMAILS):
+        return "DEFAULT_BLOCKED_EMAILS, always blocked"
+    if matches(rules.blocked_values):
+        return "identity.rules.blocked_values"
+    rule: IdTypeRule = rules.rule(ident.id_type)
+    where = f"id_types.{ident.id_type}" if ident.id_type in rules.id_types else "default_rule"
+    return f"identity.rules.{where}.blocked" if matches(rule.blocked) else "identity rules"
 
 
 def _match(clew: object) -> tuple[Identifier | None, float | None]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from clew.log._kafka_driver import (
     KafkaError,
     KafkaException,
+    KafkaHandle,
     Producer,
     RawConsumer,
     RawMessage,
@@ -23,9 +24,6 @@ from clew.log._kafka_driver import (
     to_record,
 )
 from clew.log.base import Consumer, LogError, Message, Record, TopicPartition
-
-if TYPE_CHECKING:
-    from clew.log.kafka import KafkaLog
 
 _MAX_STASH = 5000
 
@@ -39,7 +37,7 @@ class KafkaConsumer(Consumer):
     or while ``assignment`` served group events are kept for the next ``poll``.
     """
 
-    def __init__(self, log: KafkaLog, group: str, topics: list[str]) -> None:
+    def __init__(self, log: KafkaHandle, group: str, topics: list[str]) -> None:
         self._log = log
         self._group = group
         self._consumer = RawConsumer(

@@ -1,6 +1,7 @@
 """confluent-kafka for the Kafka log (``clew.log.kafka``), imported in this one place, and
 what every part of that backend shares: Kafka errors mapped to the contract's, records
-converted, the reserved epoch header.
+converted, the reserved epoch header, and :class:`KafkaHandle` (what the reader and the
+consumer use of the log, so that they need not import ``clew.log.kafka``).
 
 The driver is an optional extra: this module imports without it and sets :data:`missing`
 to the ``ImportError``; the other ``_kafka_*`` modules take the driver's names from here, so
@@ -10,8 +11,8 @@ they are imported only when :data:`missing` is ``None``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, TypeVar, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 from clew.log.base import LogClosedError, LogError, Message, Record, UnknownTopicError
 
@@ -39,6 +40,7 @@ __all__ = [
     "IsolationLevel",
     "KafkaError",
     "KafkaException",
+    "KafkaHandle",
     "Producer",
     "RawConsumer",
     "RawMessage",
@@ -55,6 +57,35 @@ __all__ = [
 EPOCH_HEADER = "clew.epoch"
 
 _T = TypeVar("_T")
+
+
+class KafkaHandle(Protocol):
+    """What the group consumer and the readers use of the Kafka log that made them
+    (:class:`clew.log.kafka.KafkaLog`)."""
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def producer_config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def consumer_config(self) -> Mapping[str, Any]: ...
+
+    def partition_count(self, topic: str) -> int: ...
+
+    def produce(
+        self,
+        producer: Producer,
+        topic: str,
+        partitions: int,
+        m: Message,
+        on_delivery: Callable[[KafkaError | None, RawMessage], None],
+    ) -> None: ...
+
+    def list_offsets(
+        self, topic: str, spec: Any, committed_only: bool = False
+    ) -> dict[int, int]: ...
 
 
 def raise_for(err: KafkaError, doing: str, topic: str | None = None) -> NoReturn:

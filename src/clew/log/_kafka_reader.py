@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from clew.log._kafka_driver import (
     KafkaError,
     KafkaException,
+    KafkaHandle,
     RawConsumer,
     RawTopicPartition,
     raise_for,
@@ -22,15 +22,12 @@ from clew.log._kafka_driver import (
 )
 from clew.log.base import LogError, Record
 
-if TYPE_CHECKING:
-    from clew.log.kafka import KafkaLog
-
 
 class Reader:
     """Reads partitions outside any group (``Log.read``) with one assign-only consumer.
     A read that continues where the previous one stopped reuses what is already fetched."""
 
-    def __init__(self, log: KafkaLog) -> None:
+    def __init__(self, log: KafkaHandle) -> None:
         self._log = log
         self._lock = threading.Lock()
         self._consumer: RawConsumer | None = None
@@ -116,7 +113,7 @@ class CommittedOffsets:
     it: librdkafka's admin call for this crashes the process when the group coordinator
     moves (librdkafka issue 5040). Thread-safe."""
 
-    def __init__(self, log: KafkaLog) -> None:
+    def __init__(self, log: KafkaHandle) -> None:
         self._log = log
         self._lock = threading.Lock()
         self._readers: dict[str, RawConsumer] = {}

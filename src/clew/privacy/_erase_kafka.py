@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection
 
 from clew.log.base import Record
 from clew.log.shredding import ShreddingLog
-from clew.privacy.erase import StoreReport
+from clew.privacy._erase_report import StoreReport
 from clew.topics import RAW_TOPIC
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,6 +50,8 @@ from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
 from clew.log.base import Log, Record
 from clew.privacy._erase_lake import DLQ, EVENTS, LakeEraser, is_table
 from clew.privacy._erase_match import Matcher
+from clew.privacy._erase_report import ErasureReport as ErasureReport
+from clew.privacy._erase_report import StoreReport as StoreReport
 from clew.privacy._erase_sqlite import scrub
 from clew.privacy._salt import normalise_identifier
 from clew.privacy._verify_bytes import needles
@@ -156,23 +157,6 @@ def _strings(table: Any) -> Any:
             t = pa.list_(pa.string())
         fields.append(pa.field(f.name, t))
     return table.cast(pa.schema(fields))
-
-
-@dataclass
-class StoreReport:
-    store: str
-    removed: int
-    detail: str = ""
-    error: str | None = None
-
-
-@dataclass
-class ErasureReport:
-    stores: list[StoreReport] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(s.error is None for s in self.stores)
 
 
 def _pii(settings: Settings) -> PiiPolicy | None:

@@ -1,4 +1,5 @@
-"""What a compatibility check reports: one :class:`Change` per breaking change."""
+"""What a compatibility check is asked and reports: the :class:`Direction` checked (from a
+subject's :class:`Compatibility` mode) and one :class:`Change` per breaking change."""
 
 from __future__ import annotations
 
@@ -16,6 +17,38 @@ class Direction(StrEnum):
     BACKWARD = "BACKWARD"
     FORWARD = "FORWARD"
     FULL = "FULL"
+
+
+class Compatibility(StrEnum):
+    """A subject's compatibility mode (default ``BACKWARD``)."""
+
+    BACKWARD = "BACKWARD"
+    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
+    FORWARD = "FORWARD"
+    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
+    FULL = "FULL"
+    FULL_TRANSITIVE = "FULL_TRANSITIVE"
+    NONE = "NONE"
+
+    @property
+    def direction(self) -> Direction | None:
+        """The direction checked, ``None`` for ``NONE``."""
+        if self is Compatibility.NONE:
+            return None
+        return Direction(self.value.removesuffix("_TRANSITIVE"))
+
+    @property
+    def transitive(self) -> bool:
+        return self.value.endswith("_TRANSITIVE")
+
+    @classmethod
+    def parse(cls, text: str) -> Compatibility:
+        """Case-insensitive; raises ``ValueError`` naming the valid modes."""
+        try:
+            return cls(text.strip().upper())
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ValueError(f"unknown compatibility mode {text!r}; use one of {valid}") from None
 
 
 class ChangeKind(StrEnum):

@@ -25,14 +25,13 @@ change is reported.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 
 import jsonschema_rs
 from jsonschema_rs.canonical import Containment, Satisfiability
 
 from clew.schema._jsonschema import Schema, canonical_json
 from clew.schema._subsume import Subsumption
-from clew.schema.changes import Change, ChangeKind, Direction
+from clew.schema.changes import Change, ChangeKind, Compatibility, Direction
 
 __all__ = [
     "Change",
@@ -44,38 +43,6 @@ __all__ = [
     "diff",
     "disjoint",
 ]
-
-
-class Compatibility(StrEnum):
-    """A subject's compatibility mode (default ``BACKWARD``)."""
-
-    BACKWARD = "BACKWARD"
-    BACKWARD_TRANSITIVE = "BACKWARD_TRANSITIVE"
-    FORWARD = "FORWARD"
-    FORWARD_TRANSITIVE = "FORWARD_TRANSITIVE"
-    FULL = "FULL"
-    FULL_TRANSITIVE = "FULL_TRANSITIVE"
-    NONE = "NONE"
-
-    @property
-    def direction(self) -> Direction | None:
-        """The direction checked, ``None`` for ``NONE``."""
-        if self is Compatibility.NONE:
-            return None
-        return Direction(self.value.removesuffix("_TRANSITIVE"))
-
-    @property
-    def transitive(self) -> bool:
-        return self.value.endswith("_TRANSITIVE")
-
-    @classmethod
-    def parse(cls, text: str) -> Compatibility:
-        """Case-insensitive; raises ``ValueError`` naming the valid modes."""
-        try:
-            return cls(text.strip().upper())
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ValueError(f"unknown compatibility mode {text!r}; use one of {valid}") from None
 
 
 def check(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from clew.schema.compat import Change, Compatibility
+    from clew.schema.changes import Change, Compatibility
 
 
 class SchemaError(ValueError):
