@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from clew._datadir import NoDataDirError, lock_data_dir
 from clew.cli import app
-from clew.cli_errors import EXIT_CODES, ExitCode
+from clew.cli._errors import EXIT_CODES, ExitCode
 
 runner = CliRunner()
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 
 from clew.backends import open_log
 from clew.cli import app
-from clew.cli_errors import ExitCode
+from clew.cli._errors import ExitCode
 from clew.log.base import Message
 from clew.stages.workers import build_stage
 from conftest import make_settings

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -27,6 +27,7 @@ from clew.cli_common import (
     fail,
     listing,
     output_format,
+    print_json,
     print_listing,
     settings_from,
 )
@@ -307,7 +308,7 @@ def _print_verify(
 def _show(found: PrivacyRequest, as_json: bool) -> None:
     public = found.public()
     if as_json:
-        print(json.dumps(public, ensure_ascii=False))
+        print_json(public)
         return
     colour = {"finished": "green", "partial": "yellow", "failed": "red"}.get(found.status, "cyan")
     console.print(f"request [bold]{found.id}[/bold] ({found.type}): [{colour}]{found.status}[/]")

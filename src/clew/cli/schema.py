@@ -1,4 +1,5 @@
-"""`clew plan …` and `clew schema …`: tracking plans and the schema registry."""
+"""`clew schema`: check a tracking plan, and read the schema registry (`clew plan push`
+publishes plans: :mod:`clew.cli.plan`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -18,30 +19,20 @@ from clew.cli_common import (
     console,
     fail,
     listing,
+    open_registry,
     output_format,
     print_listing,
     settings_from,
     unknown_name,
 )
-from clew.cli_errors import DataUse
 
 if TYPE_CHECKING:
     from clew.config import Settings
     from clew.schema import SchemaRegistry
 
-plan_app = typer.Typer(
-    help="Tracking plans kept as files in your repository.", no_args_is_help=True
-)
 schema_app = typer.Typer(help="The schema registry.", no_args_is_help=True)
 
 SourceOpt = Annotated[str, typer.Option("--source", help="The source whose plan to read.")]
-
-
-def _registry(data_dir: Path | None, config: Path | None, data: DataUse = "read"):  # type: ignore[no-untyped-def]
-    from clew.schema import SchemaRegistry
-
-    settings = settings_from(config, data=data, data_dir=data_dir)
-    return SchemaRegistry(settings.registry_path)
 
 
 def _require_source(registry: SchemaRegistry, settings: Settings, source: str) -> None:
@@ -60,28 +51,6 @@ def _require_source(registry: SchemaRegistry, settings: Settings, source: str) -
             catalog.close()
     if source not in known:
         raise unknown_name("source", source, known)
-
-
-@plan_app.command("push")
-def plan_push(directory: Path, data_dir: DataDir = None, config: ConfigFile = None) -> None:
-    """Publish a tracking plan: a new version of every changed subject.
-
-    The plan is refused as a whole (exit 1) if any change breaks its subject's compatibility
-    mode."""
-    from clew.schema import IncompatibleSchemaError, PlanError, load_plan, push
-    from clew.schema.report import render_check, render_push
-
-    try:
-        plan = load_plan(directory)
-    except PlanError as e:
-        raise fail(escape(str(e)), 2) from None
-    with _registry(data_dir, config, "provision") as registry:
-        try:
-            result = push(registry, plan)
-        except IncompatibleSchemaError as e:
-            console.print(render_check(e.changes, source=e.source, modes=e.modes), markup=False)
-            raise typer.Exit(1) from None
-    console.print(render_push(result), markup=False)
 
 
 @schema_app.command("check")
@@ -109,7 +78,7 @@ def schema_check(
     if old is not None:
         problems = compare(old, plan)
     else:
-        with _registry(data_dir, config) as registry:
+        with open_registry(data_dir, config) as registry:
             problems = check(registry, plan)
     console.print(render_check(problems, source=plan.source, modes=plan.modes()), markup=False)
     if problems:

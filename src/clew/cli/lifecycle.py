@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -24,6 +24,7 @@ from clew.cli_common import (
     output_format,
     print_listing,
     settings_from,
+    time_option,
 )
 
 if TYPE_CHECKING:
@@ -72,17 +73,13 @@ def run(
     older than lifecycle.purge_after_days, and applies the raw log's retention."""
     from clew.backends import open_log
     from clew.clock import clock_for
-    from clew.events import parse_time
     from clew.lake.tiers import LifecycleBusyError, run_lifecycle
 
-    now_ms: int | None = None
-    if now is not None:
-        try:
-            now_ms = int(parse_time(now).timestamp() * 1000)
-        except ValueError:
-            raise fail("--now must be an ISO-8601 time such as 2026-01-05T14:00:00Z", 2) from None
+    pretend = time_option("--now", now)
     settings = settings_from(config, data_dir=data_dir)
-    if now_ms is None:
+    if pretend is not None:
+        now_ms = int(pretend.timestamp() * 1000)
+    else:
         now_ms = clock_for(settings.clock, settings.data_dir).now_ms()
 
     def progress(p: TierProgress) -> None:

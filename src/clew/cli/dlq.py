@@ -6,15 +6,12 @@ rows its lake stage has written).
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -25,194 +22,36 @@ from clew.cli_common import (
     fail,
     listing,
     output_format,
+    plural,
     print_json,
     print_listing,
     print_table,
-    settings_from,
-    unknown_name,
     write_csv,
+)
+from clew.cli._dlq_rows import (
+    AllRows,
+    DlqContext,
+    EventName,
+    Reason,
+    Since,
+    SourceName,
+    Until,
+    csv_cell,
+    cut,
+    event_label,
+    iso,
+    row_json,
+    short_time,
+    show_table,
 )
 
 if TYPE_CHECKING:
-    from clew.config import Settings
-    from clew.dlq.ledger import ReplayLedger
     from clew.dlq.replay import ReplayReport
-    from clew.dlq.snapshot import DlqFilter, DlqRow, DlqSnapshot
 
 dlq_app = typer.Typer(
     help="The dead-letter queue: events Clew refused, with the reason; replay them once fixed.",
     no_args_is_help=True,
 )
-
-Reason = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--reason",
-        help="Only rows with this reason (repeat for several): invalid_json, size_violation, "
-        "no_identity, schema_violation, unplanned_event, protocol_violation, stage_failure "
-        "(a stage could not process the record and set it aside).",
-        show_default=False,
-    ),
-]
-SourceName = Annotated[
-    str | None,
-    typer.Option(
-        "--source",
-        help="Only this source (name or id); one that does not exist exits 1, naming the closest.",
-        show_default=False,
-    ),
-]
-EventName = Annotated[
-    str | None,
-    typer.Option("--event", help="Only this track event name (or event type).", show_default=False),
-]
-Since = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="Received at or after this ISO-8601 time (UTC if no offset).",
-        show_default=False,
-    ),
-]
-Until = Annotated[
-    str | None,
-    typer.Option("--until", help="Received before this ISO-8601 time.", show_default=False),
-]
-AllRows = Annotated[
-    bool, typer.Option("--all", help="Include rows already replayed (hidden by default).")
-]
-
-
-class _Context:
-    """Settings, the ledger and one lake snapshot for a command, and source names."""
-
-    def __init__(self, data_dir: Path | None, config: Path | None) -> None:
-        from clew.dlq.ledger import ReplayLedger
-        from clew.sources import Catalog
-
-        self.settings: Settings = settings_from(config, data_dir=data_dir)
-        catalog = Catalog(self.settings.meta_path)
-        try:
-            self.names = {s.id: s.name for s in catalog.sources()}
-        finally:
-            catalog.close()
-        self.ledger: ReplayLedger = ReplayLedger(self.settings.state_path)
-        self._snapshot: DlqSnapshot | None = None
-
-    @property
-    def snapshot(self) -> DlqSnapshot:
-        from clew.dlq.snapshot import DlqSnapshot
-
-        if self._snapshot is None:
-            self._snapshot = DlqSnapshot(self.settings.lake_location, self.ledger)
-        return self._snapshot
-
-    def close(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot.close()
-        self.ledger.close()
-
-    def source(self, source_id: str) -> str:
-        return self.names.get(source_id, source_id)
-
-    def filters(
-        self,
-        reason: list[str] | None,
-        source: str | None,
-        event: str | None,
-        since: str | None,
-        until: str | None,
-        limit: int | None,
-        include_replayed: bool,
-    ) -> DlqFilter:
-        from clew.dlq.snapshot import DlqFilter
-
-        source_id = None
-        if source is not None:
-            # Removed sources too: their dead letters still name them.
-            by_name = {name: sid for sid, name in self.names.items()}
-            source_id = by_name.get(source, source if source in self.names else None)
-            if source_id is None:
-                raise unknown_name(
-                    "source", source, by_name, hint="`clew sources list --removed` shows them"
-                )
-        if limit is not None and limit < 1:
-            raise fail("--limit must be at least 1", 2)
-        return DlqFilter(
-            reasons=tuple(reason or ()),
-            source_id=source_id,
-            event=event,
-            since=_time("--since", since),
-            until=_time("--until", until),
-            limit=limit,
-            include_replayed=include_replayed,
-        )
-
-
-def _time(option: str, value: str | None) -> datetime | None:
-    from clew.events import parse_time
-
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError:
-        raise fail(f"{option} must be an ISO-8601 time such as 2026-01-05T14:00:00Z", 2) from None
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def _short_time(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _event_label(row: DlqRow) -> str:
-    if row.event_name:
-        return row.event_name
-    return row.event_type or ""
-
-
-def _row_json(ctx: _Context, row: DlqRow) -> dict[str, Any]:
-    replay = row.replay
-    return {
-        "dlq_id": row.dlq_id,
-        "received_at": _iso(row.received_at),
-        "source_id": row.source_id,
-        "source": ctx.source(row.source_id),
-        "reason": row.reason,
-        "message": row.message,
-        "message_id": row.message_id,
-        "event_type": row.event_type,
-        "event_name": row.event_name,
-        "violations": row.violations,
-        "schema_versions": row.schema_versions,
-        "raw_partition": row.raw_partition,
-        "raw_offset": row.raw_offset,
-        "index": row.index,
-        "replay_of": row.replay_of,
-        "stage": row.stage,
-        "topic": row.topic,
-        "replayed": None
-        if replay is None
-        else {
-            "replay_id": replay.replay_id,
-            "outcome": replay.outcome,
-            "reason": replay.reason,
-            "new_dlq_id": replay.new_dlq_id,
-            "replayed_at": _iso(replay.replayed_at),
-        },
-        "payload": row.payload,
-    }
 
 
 @dlq_app.command("list")
@@ -235,12 +74,12 @@ def list_rows(
     record is, the last replay); as CSV: the table's columns, the message cut as in the
     table."""
     fmt = output_format(format, as_json)
-    ctx = _Context(data_dir, config)
+    ctx = DlqContext(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, limit, all_rows)
         rows = [r for batch in ctx.snapshot.rows(f) for r in batch]
         if fmt is OutputFormat.json:
-            print_json([_row_json(ctx, r) for r in rows])
+            print_json([row_json(ctx, r) for r in rows])
             return
         if not rows and fmt is OutputFormat.table:
             hint = "" if all_rows else " (rows already replayed are hidden; --all shows them)"
@@ -261,11 +100,11 @@ def list_rows(
         for r in rows:
             cells = [
                 escape(r.dlq_id),
-                _short_time(r.received_at),
+                short_time(r.received_at),
                 escape(ctx.source(r.source_id)),
                 r.reason,
-                escape(_event_label(r)),
-                escape(_cut(r.message, 120)),
+                escape(event_label(r)),
+                escape(cut(r.message, 120)),
             ]
             if all_rows:
                 cells.append(r.replay.outcome if r.replay is not None else "")
@@ -274,7 +113,7 @@ def list_rows(
         if fmt is OutputFormat.table:
             hidden = "" if all_rows else " not yet replayed"
             more = "; use --limit to see more" if total > len(rows) else ""
-            console.print(f"{len(rows)} of {_count(total, 'dead letter')}{hidden}{more}")
+            console.print(f"{len(rows)} of {plural(total, 'dead letter')}{hidden}{more}")
     finally:
         ctx.close()
 
@@ -296,7 +135,7 @@ def show(
     header of the same fields and one line, violations, schema_versions, replayed and history
     as JSON text, the payload as kept."""
     fmt = output_format(format, as_json)
-    ctx = _Context(data_dir, config)
+    ctx = DlqContext(data_dir, config)
     try:
         row = ctx.snapshot.get(dlq_id)
         if row is None:
@@ -305,9 +144,9 @@ def show(
             )
         history = ctx.ledger.history(dlq_id)
         if fmt is OutputFormat.table:
-            _show_table(ctx, row, history)
+            show_table(ctx, row, history)
         else:
-            doc = _row_json(ctx, row)
+            doc = row_json(ctx, row)
             doc["history"] = [
                 {
                     "dlq_id": h.dlq_id,
@@ -315,85 +154,16 @@ def show(
                     "outcome": h.outcome,
                     "reason": h.reason,
                     "new_dlq_id": h.new_dlq_id,
-                    "replayed_at": _iso(h.replayed_at),
+                    "replayed_at": iso(h.replayed_at),
                 }
                 for h in history
             ]
             if fmt is OutputFormat.json:
                 print_json(doc)
             else:
-                write_csv(doc, [[_csv_cell(v) for v in doc.values()]])
+                write_csv(doc, [[csv_cell(v) for v in doc.values()]])
     finally:
         ctx.close()
-
-
-def _csv_cell(value: Any) -> Any:
-    """A scalar as is; a list or object as its JSON text."""
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def _show_table(ctx: _Context, row: DlqRow, history: list[Any]) -> None:
-    from rich.json import JSON
-    from rich.table import Table
-
-    out = console
-    out.print(f"[bold]Dead letter {escape(row.dlq_id)}[/bold]")
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
-    facts.add_row("reason", row.reason)
-    facts.add_row("message", escape(row.message))
-    facts.add_row("source", escape(f"{ctx.source(row.source_id)} ({row.source_id})"))
-    facts.add_row("received at", row.received_at.isoformat())
-    event = " ".join(escape(p) for p in (row.event_type, row.event_name) if p)
-    facts.add_row("event", event or "-")
-    facts.add_row("message id", escape(row.message_id or "-"))
-    if row.stage:
-        facts.add_row("set aside by", escape(f"the {row.stage} stage"))
-    where = f"{row.topic or 'raw'} partition {row.raw_partition}, offset {row.raw_offset}"
-    facts.add_row("record", where + (f", event {row.index}" if row.index >= 0 else ""))
-    if row.replay_of:
-        facts.add_row("replay of", escape(row.replay_of))
-    if row.replay is not None:
-        facts.add_row("replayed", f"{row.replay.outcome} by {row.replay.replay_id}")
-    print_table(facts)
-    if row.violations:
-        table = listing("path", "keyword", "message", "schema", prose=["message"])
-        table.title = "Violations"
-        for v in row.violations:
-            schema = f"{v.get('subject', '')} {v.get('version', '')}".strip()
-            table.add_row(
-                escape(v.get("path", "")),
-                escape(v.get("keyword", "")),
-                escape(v.get("message", "")),
-                escape(schema),
-            )
-        print_table(table)
-    if row.schema_versions:
-        versions = ", ".join(f"{s} {v}" for s, v in sorted(row.schema_versions.items()))
-        out.print(f"[bold]Schema versions:[/bold] {escape(versions)}")
-    out.print("[bold]Payload:[/bold]")
-    try:
-        json.loads(row.payload)
-        out.print(JSON(row.payload))
-    except ValueError:
-        out.print(row.payload, markup=False, highlight=False)
-    if history:
-        table = listing("row", "replay", "outcome", "new reason", "new row", "at", title="Replays")
-        for h in history:
-            table.add_row(
-                escape(h.dlq_id),
-                h.replay_id,
-                h.outcome,
-                h.reason or "",
-                escape(h.new_dlq_id or ""),
-                _short_time(h.replayed_at),
-            )
-        print_table(table)
-    else:
-        out.print("Not replayed yet.")
 
 
 @dlq_app.command("stats")
@@ -414,7 +184,7 @@ def stats(
     As JSON: {total, by_kind: [{reason, source, event, count}], by_hour: [{hour, count}]};
     as CSV: the counts by reason, source and event (reason,source,event,count)."""
     fmt = output_format(format, as_json)
-    ctx = _Context(data_dir, config)
+    ctx = DlqContext(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, None, all_rows)
         result = ctx.snapshot.stats(f)
@@ -423,7 +193,7 @@ def stats(
             for r, s, e, n in result.by_kind
         ]
         if fmt is OutputFormat.json:
-            by_hour = [{"hour": _iso(h), "count": n} for h, n in result.by_hour]
+            by_hour = [{"hour": iso(h), "count": n} for h, n in result.by_hour]
             print_json({"total": result.total, "by_kind": by_kind, "by_hour": by_hour})
             return
         if fmt is OutputFormat.csv:
@@ -443,7 +213,7 @@ def stats(
             hours.add_row(h.strftime("%Y-%m-%d %H:00"), str(n), bar)
         print_table(hours)
         scope = "" if all_rows else " not yet replayed"
-        out.print(f"{_count(result.total, 'dead letter')}{scope}")
+        out.print(f"{plural(result.total, 'dead letter')}{scope}")
     finally:
         ctx.close()
 
@@ -481,7 +251,7 @@ def replay(
     from clew._datadir import serving_url
     from clew.dlq.replay import ReplayError, replay_dlq
 
-    ctx = _Context(data_dir, config)
+    ctx = DlqContext(data_dir, config)
     try:
         f = ctx.filters(reason, source, event, since, until, limit, False)
     finally:
@@ -538,7 +308,7 @@ def _print_report(report: ReplayReport, serving: bool) -> None:
             + more
         )
     out.print(
-        f"{verb} {_count(report.replayed, 'dead letter')} in {report.elapsed_s:.2f}s "
+        f"{verb} {plural(report.replayed, 'dead letter')} in {report.elapsed_s:.2f}s "
         f"({report.events_per_s:,.0f} events/s)"
     )
     if report.dry_run:

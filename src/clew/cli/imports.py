@@ -9,11 +9,8 @@ events when it runs.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -34,6 +31,7 @@ from clew.cli_common import (
     print_json,
     print_table,
     settings_from,
+    time_of_ms,
     unknown_name,
     write_csv,
 )
@@ -52,12 +50,6 @@ ReviewId = Annotated[
 ]
 
 
-def _time(ms: int) -> str:
-    from clew.events import format_time
-
-    return format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
-
-
 def _review_doc(r: ReviewEntry) -> dict[str, Any]:
     return {
         "review_id": r.review_id,
@@ -71,7 +63,7 @@ def _review_doc(r: ReviewEntry) -> dict[str, Any]:
         "record": r.record,
         "other": r.other,
         "import_id": r.import_id,
-        "created": _time(r.created_ms),
+        "created": time_of_ms(r.created_ms),
         "status": r.status,
     }
 
@@ -231,7 +223,7 @@ def profiles(
         raise fail(escape(str(e))) from None
     doc = _report_doc(report)
     if as_json:
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        print_json(doc)
         return
     verb = "Would import" if report.dry_run else "Imported"
     console.print(
@@ -322,7 +314,7 @@ def confirm(
     except ProfileImportError as e:
         raise fail(escape(str(e))) from None
     if as_json:
-        sys.stdout.write(json.dumps(_review_doc(entry), ensure_ascii=False) + "\n")
+        print_json(_review_doc(entry))
         return
     console.print(
         escape(
@@ -348,6 +340,6 @@ def reject(
     except ProfileImportError as e:
         raise fail(escape(str(e))) from None
     if as_json:
-        sys.stdout.write(json.dumps(_review_doc(entry), ensure_ascii=False) + "\n")
+        print_json(_review_doc(entry))
         return
     console.print(escape(f"Rejected review {review_id}; the pair stays apart."))

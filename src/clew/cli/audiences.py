@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 
 from clew._names import did_you_mean
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -31,7 +31,7 @@ from clew.cli_common import (
     print_listing,
     settings_from,
 )
-from clew.cli_errors import DataUse
+from clew.cli._errors import DataUse
 
 if TYPE_CHECKING:
     from clew.audiences.definitions import Definition

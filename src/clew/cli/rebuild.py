@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from clew.cli_common import ConfigFile, DataDir, console, fail, settings_from
+from clew.cli._common import ConfigFile, DataDir, console, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.batch.rebuild import RebuildReport
+    from clew.config import Settings
 
 
 class Engine(StrEnum):
@@ -71,39 +72,61 @@ def rebuild(
 
     Then reconcile them with the serving store."""
     from clew.batch.rebuild import RebuildError
-    from clew.batch.rebuild import rebuild as run
 
     settings = settings_from(config, data_dir=data_dir)
     if engine is Engine.duckdb and spark_conf:
         raise fail("--spark-conf needs --engine spark")
     try:
-        if engine is Engine.spark:
-            from clew.batch.spark_rebuild import SparkUnavailableError, rebuild_spark
-
-            try:
-                report = rebuild_spark(
-                    settings,
-                    master=spark_master,
-                    conf=_conf(spark_conf or []),
-                    dry_run=dry_run,
-                    max_differences=show,
-                    require_agreement=check and not force,
-                )
-            except SparkUnavailableError as e:
-                raise fail(escape(str(e))) from None
-        else:
-            report = run(
-                settings,
-                dry_run=dry_run,
-                max_differences=show,
-                require_agreement=check and not force,
-            )
+        report = _run(
+            settings,
+            engine,
+            spark_master,
+            spark_conf or [],
+            dry_run=dry_run,
+            max_differences=show,
+            require_agreement=check and not force,
+        )
     except RebuildError as e:
         raise fail(str(e)) from None
     _print(report)
     recon = report.reconciliation
     if check and recon is not None and not recon.agree:
         raise typer.Exit(1)
+
+
+def _run(
+    settings: Settings,
+    engine: Engine,
+    spark_master: str,
+    spark_conf: list[str],
+    *,
+    dry_run: bool,
+    max_differences: int,
+    require_agreement: bool,
+) -> RebuildReport:
+    """Rebuild on ``engine``; an unusable Spark exits 1 with its message."""
+    from clew.batch.rebuild import rebuild as run
+
+    if engine is Engine.duckdb:
+        return run(
+            settings,
+            dry_run=dry_run,
+            max_differences=max_differences,
+            require_agreement=require_agreement,
+        )
+    from clew.batch.spark_rebuild import SparkUnavailableError, rebuild_spark
+
+    try:
+        return rebuild_spark(
+            settings,
+            master=spark_master,
+            conf=_conf(spark_conf),
+            dry_run=dry_run,
+            max_differences=max_differences,
+            require_agreement=require_agreement,
+        )
+    except SparkUnavailableError as e:
+        raise fail(escape(str(e))) from None
 
 
 def _conf(pairs: list[str]) -> dict[str, str]:

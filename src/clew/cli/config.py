@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from clew.cli_common import AsJson, ConfigFile, DataDir
+from clew.cli._common import AsJson, ConfigFile, DataDir
 from clew.config import load_settings_with_origins
 from clew.settings_reference import effective, render_docs, render_show
 

@@ -1,15 +1,18 @@
 """What every `clew` command shares: consoles, the --data-dir/--config options, settings,
-and how listings are printed (``--format table|json|csv``)."""
+how listings are printed (``--format table|json|csv``), how times and durations are read and
+shown, and the stores several command groups open (the catalog, the schema registry)."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,8 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from clew._names import did_you_mean
-from clew.cli_errors import DataUse, ExitCode, command_settings, exit_with
+from clew.cli._errors import DataUse, ExitCode, command_settings, exit_with
 from clew.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from clew.schema import SchemaRegistry
+    from clew.sources import Catalog
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -167,3 +174,91 @@ def _plain(cell: Any) -> str:
     if isinstance(cell, Text):
         return cell.plain
     return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+
+
+def plural(n: int, noun: str) -> str:
+    """``n`` (with thousands separators) and ``noun``, an ``s`` added unless ``n`` is 1:
+    ``1,204 dead letters``, ``1 more row``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def time_of_ms(ms: int) -> str:
+    """An epoch time in milliseconds as Clew prints event times (ISO-8601, UTC)."""
+    from clew.events import format_time
+
+    return format_time(dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC))
+
+
+def minute_of_s(at: float | None) -> str:
+    """An epoch time in seconds to the minute, ``2026-01-05 14:00 UTC``; ``-`` for None."""
+    if at is None:
+        return "-"
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def iso_of_s(at: float | None) -> str | None:
+    """An epoch time in seconds as ISO-8601 (UTC), None for None."""
+    if at is None:
+        return None
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
+
+
+def time_option(option: str, value: str | None) -> dt.datetime | None:
+    """The ISO-8601 time an option gave (None when left out), or exit 2 naming ``option``."""
+    from clew.events import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise fail(f"{option} must be an ISO-8601 time such as 2026-01-05T14:00:00Z", 2) from None
+
+
+def duration_option(option: str, text: str) -> float:
+    """The seconds a duration option gave (``30d``, ``12h``), or exit 2 naming ``option``."""
+    from clew.audiences.definitions import DefinitionError, parse_duration
+
+    try:
+        return parse_duration(text, option) / 1000
+    except DefinitionError as e:
+        raise fail(str(e), 2) from None
+
+
+def source_names(settings: Settings) -> dict[str, str]:
+    """Every source's name by its id, removed sources too (their events still name them)."""
+    from clew.sources import Catalog
+
+    catalog = Catalog(settings.meta_path)
+    try:
+        return {s.id: s.name for s in catalog.sources()}
+    finally:
+        catalog.close()
+
+
+@contextmanager
+def open_catalog(
+    config: Path | None, data_dir: Path | None, data: DataUse = "read"
+) -> Iterator[Catalog]:
+    """The catalog of the settings' data dir (``data``: see :func:`command_settings`); a
+    :class:`~clew.sources.CatalogError` exits 1 with its message."""
+    from clew.sources import Catalog, CatalogError
+
+    settings = settings_from(config, data=data, data_dir=data_dir)
+    catalog = Catalog(settings.meta_path)
+    try:
+        yield catalog
+    except CatalogError as e:
+        raise fail(str(e)) from None
+    finally:
+        catalog.close()
+
+
+def open_registry(
+    data_dir: Path | None, config: Path | None, data: DataUse = "read"
+) -> SchemaRegistry:
+    """The schema registry of the settings' data dir (a context manager that closes it)."""
+    from clew.schema import SchemaRegistry
+
+    settings = settings_from(config, data=data, data_dir=data_dir)
+    return SchemaRegistry(settings.registry_path)

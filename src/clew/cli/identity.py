@@ -9,9 +9,6 @@ waits for it).
 from __future__ import annotations
 
 import getpass
-import json
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -30,9 +27,12 @@ from clew.cli_common import (
     fail,
     listing,
     output_format,
+    print_json,
     print_listing,
     print_table,
     settings_from,
+    source_names,
+    time_of_ms,
 )
 
 if TYPE_CHECKING:
@@ -57,12 +57,6 @@ Ref = Annotated[
 ]
 
 
-def _time(ms: int) -> str:
-    from clew.events import format_time
-
-    return format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
-
-
 def _settings(data_dir: Path | None, config: Path | None) -> Settings:
     settings = settings_from(config, data_dir=data_dir)
     if not settings.profiles_path.exists():
@@ -75,22 +69,12 @@ def _settings(data_dir: Path | None, config: Path | None) -> Settings:
     return settings
 
 
-def _source_names(settings: Settings) -> dict[str, str]:
-    from clew.sources import Catalog
-
-    catalog = Catalog(settings.meta_path)
-    try:
-        return {s.id: s.name for s in catalog.sources()}
-    finally:
-        catalog.close()
-
-
 def _event(p: Provenance, names: dict[str, str]) -> dict[str, Any]:
     return {
         "message_id": p.message_id,
         "source_id": p.source_id,
         "source": names.get(p.source_id, p.source_id),
-        "time": _time(p.time_ms),
+        "time": time_of_ms(p.time_ms),
         "match_weight": p.match_weight,
     }
 
@@ -123,8 +107,29 @@ def _separation(sep: Separation) -> dict[str, Any]:
         "identifier": f"{sep.a[0]}:{sep.a[1]}",
         "apart_from": f"{sep.b[0]}:{sep.b[1]}",
         "by": sep.provenance.source_id,
-        "time": _time(sep.provenance.time_ms),
+        "time": time_of_ms(sep.provenance.time_ms),
     }
+
+
+def _reasons_table(lines: list[Explanation], names: dict[str, str]) -> Table:
+    """One row per reason: when, what (an identifier attached, a profile merged in), by
+    which event of which source, with what match weight."""
+    table = listing("time", "what", "event (message id)", "source", "match weight")
+    for line in lines:
+        p = line.provenance
+        if line.identifier is not None:
+            what = f"{line.identifier} attached"
+        else:
+            what = f"profile {line.merged_profile} merged in"
+        weight = "" if p.match_weight is None else f"{p.match_weight:g}"
+        table.add_row(
+            time_of_ms(p.time_ms),
+            escape(what),
+            escape(p.message_id),
+            escape(names.get(p.source_id, p.source_id)),
+            weight,
+        )
+    return table
 
 
 @identity_app.command("explain")
@@ -163,7 +168,7 @@ def explain(
         raise fail(escape(str(e))) from None
     finally:
         store.close()
-    names = _source_names(settings)
+    names = source_names(settings)
     doc = {
         "profile_id": pid,
         "reasons": [_reason(line, names) for line in lines],
@@ -171,21 +176,7 @@ def explain(
         "dropped": _dropped(found),
         "history_full": found.history_full,
     }
-    table = listing("time", "what", "event (message id)", "source", "match weight")
-    for line in lines:
-        p = line.provenance
-        if line.identifier is not None:
-            what = f"{line.identifier} attached"
-        else:
-            what = f"profile {line.merged_profile} merged in"
-        weight = "" if p.match_weight is None else f"{p.match_weight:g}"
-        table.add_row(
-            _time(p.time_ms),
-            escape(what),
-            escape(p.message_id),
-            escape(names.get(p.source_id, p.source_id)),
-            weight,
-        )
+    table = _reasons_table(lines, names)
     if fmt is not OutputFormat.table:
         print_listing(table, fmt, doc)
         return
@@ -221,8 +212,8 @@ def _profile_doc(p: Profile) -> dict[str, Any]:
         "identifiers": [f"{e.id_type}:{e.value}" for e in p.identities],
         "orders_count": p.computed.get("orders_count", 0),
         "total_lifetime_value": p.computed.get("total_lifetime_value", 0.0),
-        "first_seen": _time(p.first_seen_ms),
-        "last_seen": _time(p.last_seen_ms),
+        "first_seen": time_of_ms(p.first_seen_ms),
+        "last_seen": time_of_ms(p.last_seen_ms),
     }
 
 
@@ -281,7 +272,7 @@ def split(
         raise fail(escape(str(e))) from None
     doc = _result_doc(result)
     if as_json:
-        sys.stdout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        print_json(doc)
         return
     console.print(
         escape(

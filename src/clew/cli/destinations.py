@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from clew.cli_common import (
+from clew.cli._common import (
     AsJson,
     ConfigFile,
     DataDir,
@@ -30,6 +29,7 @@ from clew.cli_common import (
     output_format,
     print_listing,
     settings_from,
+    time_of_ms,
     unknown_name,
 )
 from clew.destinations.config import CHANGE_KINDS
@@ -69,9 +69,7 @@ Traits = Annotated[list[str] | None, _many("Send trait changes of this trait onl
 
 
 def _when(ms: int | None) -> str:
-    from clew.events import format_time
-
-    return "" if ms is None else format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
+    return "" if ms is None else time_of_ms(ms)
 
 
 def _open(data_dir: Path | None, config: Path | None) -> tuple[DestinationDirectory, Path]:

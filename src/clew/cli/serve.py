@@ -1,0 +1,144 @@
+"""`clew serve`, `clew collector` and `clew worker`: the commands that run Clew's processes
+(docs/scale-out.md, "Process roles")."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from clew._ports import ensure_port_free
+from clew.cli._common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
+
+
+def _log_to_stderr(role: str = "") -> None:
+    """Log INFO and up to stderr, each line tagged with ``role`` when given. HTTP clients log
+    WARNING and up only (a webhook destination would log a line per delivery)."""
+    tag = f"[{role}] " if role else ""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
+    )
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _invoked_as() -> str:
+    """How to run `clew` from the shell this process was started from: ``clew`` when that
+    name finds this program on PATH, else the path it was started by (``.venv/bin/clew``
+    after `make run`, where the virtualenv is not activated)."""
+    argv0 = sys.argv[0]
+    found = shutil.which("clew")
+    if Path(argv0).name != "clew" or (found and Path(found).resolve() == Path(argv0).resolve()):
+        return "clew"
+    return argv0
+
+
+def serve(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    access_log: Annotated[
+        bool,
+        typer.Option("--access-log", help="Log every HTTP request (method, path, status)."),
+    ] = False,
+) -> None:
+    """Run the collector, every stage and the APIs in one process.
+
+    Stops on Ctrl+C (SIGINT) or SIGTERM: it refuses new events, lets the stages drain and
+    exits 0."""
+    from clew.server import Clew
+    from clew.server import serve as run_server
+
+    settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
+    ensure_port_free(settings.host, settings.port)
+    _log_to_stderr()
+
+    from clew._datadir import DataDirInUseError, open_to_others
+
+    warning = open_to_others(settings.data_dir)
+    if warning is not None:
+        logging.getLogger("clew.serve").warning(warning)
+
+    def ready(clew: Clew) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        console.print(
+            f"[bold green]Clew is running[/bold green] on {base} (data in {settings.data_dir})"
+        )
+        src = clew.default_source
+        console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")
+        console.print(f"  Tracking API:  {base}/v1/batch  (Segment / RudderStack SDK host: {base})")
+        clew_cmd = _invoked_as()
+        sql_cmd = f'{clew_cmd} sql "SELECT count(*) FROM events" --data-dir {settings.data_dir}'
+        console.print(f"  SQL:           {escape(sql_cmd)}", highlight=False)
+        console.print(
+            f"                 POST {base}/v1/sql with a token from "
+            f"`{escape(clew_cmd)} tokens create NAME --data-dir {settings.data_dir}`",
+            highlight=False,
+        )
+        console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
+        console.print("Press Ctrl+C to stop.")
+
+    try:
+        run_server(settings, on_ready=ready, access_log=access_log)
+    except DataDirInUseError as e:
+        raise fail(str(e)) from None
+
+
+def collector(
+    host: Host = None,
+    port: Port = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run only the Tracking API (no stages, no Profile/Admin API).
+
+    Run as many as you like, next to `clew worker` processes (docs/scale-out.md, "Process
+    roles")."""
+    from clew.backends import describe_log
+    from clew.collector.process import CollectorProcess, run_collector
+
+    settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
+    ensure_port_free(settings.host, settings.port)
+    _log_to_stderr("collector")
+
+    def ready(process: CollectorProcess) -> None:
+        base = f"http://{settings.host}:{settings.port}"
+        where = describe_log(settings)
+        console.print(f"[bold green]Clew collector[/bold green] on {base}, appending to {where}")
+        src = process.default_source
+        console.print(f"  write key of source '{src.name}': [bold]{src.write_key}[/bold]")
+        console.print(f"  Health: {base}/health   Metrics: {base}/metrics")
+
+    run_collector(settings, on_ready=ready)
+
+
+def worker(
+    stage: Annotated[
+        list[str],
+        typer.Option(
+            "--stage",
+            help="validate, lake, monitor, profiles, profiles-lake or destinations (repeatable)",
+        ),
+    ],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    settings_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run one stage in the foreground (`clew serve` starts one worker per stage itself)."""
+    from clew.stages.workers import UnknownStageError, receive_settings, run_worker
+
+    if settings_fd is not None:
+        settings = receive_settings(settings_fd)
+    else:
+        settings = settings_from(config, data="create", data_dir=data_dir)
+    _log_to_stderr("+".join(stage))
+    try:
+        run_worker(settings, stage)
+    except UnknownStageError as e:
+        raise fail(str(e), 2) from None
