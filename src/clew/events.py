@@ -115,6 +115,15 @@ def _opt_time(obj: dict[str, Any], key: str) -> tuple[datetime | None, str | Non
         return None, f"{key} is outside the years 1 to 9999 in UTC: {value[:64]!r}"
 
 
+class _Invalid(Exception):
+    """One envelope check failed: the dead-letter reason and its message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 def normalise(
     obj: Any,
     *,
@@ -140,107 +149,35 @@ def normalise(
     if path_type != "batch":
         etype = path_type
     event_name = obj.get("event") if isinstance(obj.get("event"), str) else None
-
-    def reject(reason: str, message: str) -> Rejection:
+    try:
+        if not isinstance(etype, str) or etype not in EVENT_TYPES:
+            raise _Invalid(
+                "protocol_violation",
+                f"unknown event type {etype!r}; expected one of {', '.join(sorted(EVENT_TYPES))}",
+            )
+        ids = _id_fields(obj)
+        strings = _string_fields(obj)
+        objects = _object_fields(obj, batch_context, batch_integrations)
+        _check_identity(etype, ids, strings)
+        received_at, original, sent_at = _times(obj, received_at, batch_sent_at)
+    except _Invalid as exc:
         return Rejection(
-            reason,
-            message,
+            exc.reason,
+            exc.message,
             message_id=message_id,
             event_type=etype if isinstance(etype, str) else None,
             event_name=event_name,
         )
-
-    if not isinstance(etype, str) or etype not in EVENT_TYPES:
-        return reject(
-            "protocol_violation",
-            f"unknown event type {etype!r}; expected one of {', '.join(sorted(EVENT_TYPES))}",
-        )
-    ids: dict[str, str | None] = {}
-    for key in _ID_FIELDS:
-        value = obj.get(key)
-        if value is None or value == "":
-            ids[key] = None
-        elif isinstance(value, str):
-            ids[key] = value
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            ids[key] = str(value)
-        else:
-            return reject("protocol_violation", f"{key} must be a string, got {_kind(value)}")
-    strings: dict[str, str | None] = {}
-    for key in _STRING_FIELDS:
-        value = obj.get(key)
-        if value is not None and not isinstance(value, str):
-            if key in ("groupId", "previousId") and isinstance(value, int | float):
-                value = str(value)
-            else:
-                return reject("protocol_violation", f"{key} must be a string, got {_kind(value)}")
-        strings[key] = value or None
-    objects: dict[str, dict[str, Any]] = {}
-    for key in _OBJECT_FIELDS:
-        value = obj.get(key)
-        if value is None:
-            value = {}
-        elif not isinstance(value, dict):
-            return reject("protocol_violation", f"{key} must be an object, got {_kind(value)}")
-        objects[key] = value
-    if batch_context:
-        objects["context"] = {**batch_context, **objects["context"]}
-    if batch_integrations:
-        objects["integrations"] = {**batch_integrations, **objects["integrations"]}
-
-    if etype == "track" and not strings["event"]:
-        return reject("protocol_violation", "a track event needs a non-empty event name")
-    if etype == "alias":
-        if not strings["previousId"]:
-            return reject("no_identity", "an alias event needs previousId")
-        if not ids["userId"]:
-            return reject("no_identity", "an alias event needs userId (the new id)")
-    elif etype == "group" and not strings["groupId"]:
-        return reject("no_identity", "a group event needs groupId")
-    if etype != "alias" and not ids["userId"] and not ids["anonymousId"]:
-        return reject("no_identity", "the event has neither userId nor anonymousId")
     if etype == "identify" and not objects["traits"]:
         # analytics.js < 2 sent identify traits in context.traits.
         ctx_traits = objects["context"].get("traits")
         if isinstance(ctx_traits, dict):
             objects["traits"] = ctx_traits
 
-    original, err = _opt_time(obj, "timestamp")
-    if err:
-        return reject("protocol_violation", err)
-    if original is None:
-        original, err = _opt_time(obj, "originalTimestamp")
-        if err:
-            return reject("protocol_violation", err)
-    sent_at, err = _opt_time(obj, "sentAt")
-    if err:
-        return reject("protocol_violation", err)
-    if sent_at is None and batch_sent_at is not None:
-        sent_at, err = _opt_time({"sentAt": batch_sent_at}, "sentAt")
-        if err:
-            return reject("protocol_violation", err)
-    # Work in whole milliseconds, the precision every time is stored with, so the stored
-    # values satisfy timestamp = receivedAt - (sentAt - originalTimestamp) exactly.
-    received_at = _to_ms(received_at)
-    original = _to_ms(original) if original is not None else None
-    sent_at = _to_ms(sent_at) if sent_at is not None else None
-    if original is None:
-        corrected = received_at
-    elif sent_at is None:
-        corrected = original
-    else:
-        try:
-            corrected = received_at - (sent_at - original)
-        except OverflowError:
-            corrected = received_at
-    # A corrupt device clock can push the correction outside any sane range.
-    if not (_EPOCH <= corrected <= received_at + _MAX_FUTURE):
-        corrected = received_at
-
     return Event(
         type=etype,
         message_id=message_id,
-        timestamp=format_time(corrected),
+        timestamp=format_time(_corrected_time(received_at, original, sent_at)),
         received_at=format_time(received_at),
         source_id=source_id,
         original_timestamp=format_time(original) if original is not None else None,
@@ -257,6 +194,121 @@ def normalise(
         context=objects["context"],
         integrations=objects["integrations"],
     )
+
+
+def _id_fields(obj: dict[str, Any]) -> dict[str, str | None]:
+    """``userId`` and ``anonymousId``: a string, or a number taken as its text; empty is unset."""
+    ids: dict[str, str | None] = {}
+    for key in _ID_FIELDS:
+        value = obj.get(key)
+        if value is None or value == "":
+            ids[key] = None
+        elif isinstance(value, str):
+            ids[key] = value
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            ids[key] = str(value)
+        else:
+            raise _Invalid("protocol_violation", f"{key} must be a string, got {_kind(value)}")
+    return ids
+
+
+def _string_fields(obj: dict[str, Any]) -> dict[str, str | None]:
+    """``event``, ``name``, ``category``, ``groupId``, ``previousId``: strings (the two ids
+    may be numbers); empty is unset."""
+    strings: dict[str, str | None] = {}
+    for key in _STRING_FIELDS:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            if key in ("groupId", "previousId") and isinstance(value, int | float):
+                value = str(value)
+            else:
+                raise _Invalid("protocol_violation", f"{key} must be a string, got {_kind(value)}")
+        strings[key] = value or None
+    return strings
+
+
+def _object_fields(
+    obj: dict[str, Any],
+    batch_context: dict[str, Any] | None,
+    batch_integrations: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """``properties``, ``traits``, ``context``, ``integrations``: objects, empty when unset;
+    a batch's ``context`` and ``integrations`` fill in what the event leaves out."""
+    objects: dict[str, dict[str, Any]] = {}
+    for key in _OBJECT_FIELDS:
+        value = obj.get(key)
+        if value is None:
+            value = {}
+        elif not isinstance(value, dict):
+            raise _Invalid("protocol_violation", f"{key} must be an object, got {_kind(value)}")
+        objects[key] = value
+    if batch_context:
+        objects["context"] = {**batch_context, **objects["context"]}
+    if batch_integrations:
+        objects["integrations"] = {**batch_integrations, **objects["integrations"]}
+    return objects
+
+
+def _check_identity(etype: str, ids: dict[str, str | None], strings: dict[str, str | None]) -> None:
+    """The fields each type needs: a track its name, an alias both ids, a group its id, and
+    every other type a userId or an anonymousId."""
+    if etype == "track" and not strings["event"]:
+        raise _Invalid("protocol_violation", "a track event needs a non-empty event name")
+    if etype == "alias":
+        if not strings["previousId"]:
+            raise _Invalid("no_identity", "an alias event needs previousId")
+        if not ids["userId"]:
+            raise _Invalid("no_identity", "an alias event needs userId (the new id)")
+    elif etype == "group" and not strings["groupId"]:
+        raise _Invalid("no_identity", "a group event needs groupId")
+    if etype != "alias" and not ids["userId"] and not ids["anonymousId"]:
+        raise _Invalid("no_identity", "the event has neither userId nor anonymousId")
+
+
+def _times(
+    obj: dict[str, Any], received_at: datetime, batch_sent_at: str | None
+) -> tuple[datetime, datetime | None, datetime | None]:
+    """``receivedAt``, the original timestamp (``timestamp``, else ``originalTimestamp``) and
+    ``sentAt`` (else the batch's), in whole milliseconds: the precision every time is stored
+    with, so the stored values satisfy timestamp = receivedAt - (sentAt - originalTimestamp)
+    exactly."""
+    original = _time_field(obj, "timestamp")
+    if original is None:
+        original = _time_field(obj, "originalTimestamp")
+    sent_at = _time_field(obj, "sentAt")
+    if sent_at is None and batch_sent_at is not None:
+        sent_at = _time_field({"sentAt": batch_sent_at}, "sentAt")
+    return (
+        _to_ms(received_at),
+        _to_ms(original) if original is not None else None,
+        _to_ms(sent_at) if sent_at is not None else None,
+    )
+
+
+def _time_field(obj: dict[str, Any], key: str) -> datetime | None:
+    value, err = _opt_time(obj, key)
+    if err:
+        raise _Invalid("protocol_violation", err)
+    return value
+
+
+def _corrected_time(
+    received_at: datetime, original: datetime | None, sent_at: datetime | None
+) -> datetime:
+    """The event's time with the device's clock skew removed."""
+    if original is None:
+        corrected = received_at
+    elif sent_at is None:
+        corrected = original
+    else:
+        try:
+            corrected = received_at - (sent_at - original)
+        except OverflowError:
+            corrected = received_at
+    # A corrupt device clock can push the correction outside any sane range.
+    if not (_EPOCH <= corrected <= received_at + _MAX_FUTURE):
+        corrected = received_at
+    return corrected
 
 
 # An unset device clock reads 1970-01-01.
