@@ -9,7 +9,7 @@ from typing import Any
 
 from clew.audiences.changes import records
 from clew.audiences.definitions import Catalog, parse_document
-from clew.audiences.engine import Change, Engine
+from clew.audiences.engine import ComputedChange, Engine
 from clew.destinations.routing import consent_allows, read_change
 from clew.events import Event
 from clew.identity.consent import CONSENT, CONSENT_HISTORY
@@ -92,13 +92,13 @@ def test_change_records_carry_the_profiles_consent_to_destinations() -> None:
     assert pid is not None
     before = store.get(pid)
     assert before is not None
-    entered = records(before, [Change("audience_entered", "vip")], 0, "event")[0]
+    entered = records(before, [ComputedChange("audience_entered", "vip")], 0, "event")[0]
     item = read_change(entered.value)
     assert item is not None and consent_allows(frozenset({"Advertising"}), item.consent)
     # Revoked on the next event: the next change is not for advertising destinations.
     u.apply(event("2026-03-01T11:00:00Z", {"Advertising": False}, user_id="c"))
     after = store.get(pid)
     assert after is not None
-    exited = records(after, [Change("audience_exited", "vip")], 0, "event")[0]
+    exited = records(after, [ComputedChange("audience_exited", "vip")], 0, "event")[0]
     item = read_change(exited.value)
     assert item is not None and not consent_allows(frozenset({"Advertising"}), item.consent)

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from clew.audiences.changes import AudienceChange, records
-from clew.audiences.engine import Change
+from clew.audiences.engine import ComputedChange
 from clew.config import LakeSettings
 from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
@@ -76,13 +76,15 @@ def test_changes_are_rows_with_typed_columns(log: EmbeddedLog, tmp_path: Path) -
         records(
             ADA,
             [
-                Change("audience_entered", "cart_abandoner"),
-                Change("trait_changed", "lifetime_value", {"amount": 42.5, "currency": "EUR"}, 10),
+                ComputedChange("audience_entered", "cart_abandoner"),
+                ComputedChange(
+                    "trait_changed", "lifetime_value", {"amount": 42.5, "currency": "EUR"}, 10
+                ),
             ],
             now,
             "event",
         )
-        + records(BOB, [Change("audience_exited", "cart_abandoner")], now + 1, "timer"),
+        + records(BOB, [ComputedChange("audience_exited", "cart_abandoner")], now + 1, "timer"),
     )
     _run_stage(log, tmp_path / "lake")
 
@@ -158,7 +160,10 @@ def test_redelivered_and_resent_changes_are_stored_once(
     now = _now_ms()
     first = records(
         ADA,
-        [Change("audience_entered", "cart_abandoner"), Change("audience_entered", "vip")],
+        [
+            ComputedChange("audience_entered", "cart_abandoner"),
+            ComputedChange("audience_entered", "vip"),
+        ],
         now,
         "event",
     )
@@ -182,7 +187,7 @@ def test_redelivered_and_resent_changes_are_stored_once(
 
     # The profiles stage re-sends its outbox after its own crash: copies at new offsets, one of
     # them twice, beside a new change.
-    later = records(BOB, [Change("audience_entered", "cart_abandoner")], now + 5, "event")
+    later = records(BOB, [ComputedChange("audience_entered", "cart_abandoner")], now + 5, "event")
     log.append_sync(CHANGES_TOPIC, first + first[:1] + later)
 
     # A new member of the group gets the uncommitted records again, and the copies.
@@ -328,20 +333,24 @@ def test_views_give_current_members_and_trait_values(log: EmbeddedLog, tmp_path:
         for pid, uid in (("p-ada", "u-ada"), ("p-bob", "u-bob"))
     ]
     log.append_sync(CHANGES_TOPIC, snapshots)
-    log.append_sync(CHANGES_TOPIC, records(ADA, [Change("audience_entered", "vip")], now, "event"))
+    log.append_sync(
+        CHANGES_TOPIC, records(ADA, [ComputedChange("audience_entered", "vip")], now, "event")
+    )
     log.append_sync(
         CHANGES_TOPIC,
-        records(ADA, [Change("audience_entered", "cart"), Change("trait_changed", "n", 1, 0)],
-                now + 1, "event"),
+        records(ADA, [ComputedChange("audience_entered", "cart"),
+                      ComputedChange("trait_changed", "n", 1, 0)], now + 1, "event"),
     )  # fmt: skip
     log.append_sync(
         CHANGES_TOPIC,
-        records(ADA, [Change("audience_exited", "cart"), Change("trait_changed", "n", 2, 1)],
-                now + 2, "timer"),
+        records(ADA, [ComputedChange("audience_exited", "cart"),
+                      ComputedChange("trait_changed", "n", 2, 1)], now + 2, "timer"),
     )  # fmt: skip
     # A profile the lake does not know as live (merged away or deleted) is left out.
     gone = _profile("p-gone", user_id="u-gone")
-    log.append_sync(CHANGES_TOPIC, records(gone, [Change("audience_entered", "vip")], now, "event"))
+    log.append_sync(
+        CHANGES_TOPIC, records(gone, [ComputedChange("audience_entered", "vip")], now, "event")
+    )
     _run_stage(log, tmp_path / "lake")
     assert _sql(tmp_path / "lake", "SELECT profile_id, audience FROM audience_members") == [
         ("p-ada", "vip")

@@ -9,13 +9,13 @@ from clew.audiences.definitions import (
     TraitDef,
     parse_document,
 )
-from clew.audiences.engine import AUDIENCES, Change, Engine, Evaluation
+from clew.audiences.engine import AUDIENCES, ComputedChange, Engine, Evaluation
 
 __all__ = [
     "AUDIENCES",
     "AudienceDef",
     "Catalog",
-    "Change",
+    "ComputedChange",
     "Definition",
     "DefinitionError",
     "Engine",

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from clew.audiences.engine import Change
+from clew.audiences.engine import ComputedChange
 from clew.clock import to_datetime
 from clew.events import format_time
 from clew.identity.identifiers import USER_ID
@@ -49,7 +49,9 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AudienceChange)
 
 
-def records(profile: Profile, changes: list[Change], now_ms: int, cause: str) -> list[Message]:
+def records(
+    profile: Profile, changes: list[ComputedChange], now_ms: int, cause: str
+) -> list[Message]:
     """The change records of one profile's evaluation, keyed by profile id."""
     if not changes:
         return []

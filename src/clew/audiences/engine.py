@@ -26,7 +26,7 @@ from clew.audiences.definitions import Catalog
 from clew.events import Event
 from clew.store.base import Traits
 
-__all__ = ["AUDIENCES", "MAX_DISTINCT", "MAX_WINDOW_ENTRIES", "STATE", "Change", "Engine"]
+__all__ = ["AUDIENCES", "MAX_DISTINCT", "MAX_WINDOW_ENTRIES", "STATE", "ComputedChange", "Engine"]
 
 STATE = "_aud"
 AUDIENCES = "audiences"
@@ -38,7 +38,7 @@ _NAMES = "n"
 
 
 @dataclass(slots=True, frozen=True)
-class Change:
+class ComputedChange:
     """One announced change: ``kind`` is ``audience_entered``, ``audience_exited`` or
     ``trait_changed`` (``name`` the audience or trait; ``value``/``previous`` for traits)."""
 
@@ -51,7 +51,7 @@ class Change:
 @dataclass(slots=True, frozen=True)
 class Evaluation:
     computed: Traits
-    changes: list[Change]
+    changes: list[ComputedChange]
     next_due_ms: int | None
 
 
@@ -197,25 +197,25 @@ class Engine:
                 due.append(when)
 
         out = {k: v for k, v in computed.items() if k not in state.get(_NAMES, [])}
-        changes: list[Change] = []
+        changes: list[ComputedChange] = []
         for name in self._public_names:
             previous = computed.get(name)
             value = values[name]
             if (previous != value) if name in computed else (value not in _EMPTY):
-                changes.append(Change("trait_changed", name, value, previous))
+                changes.append(ComputedChange("trait_changed", name, value, previous))
             out[name] = values[name]
         for name in state.get(_NAMES, []):
             if name not in self._by_name and name in computed:
-                changes.append(Change("trait_changed", name, None, computed[name]))
+                changes.append(ComputedChange("trait_changed", name, None, computed[name]))
         members: set[str] = set()
         for name, test in self._tests:
             if test(traits, values, computed, members, funnel_members):
                 members.add(name)
         before = set(computed.get(AUDIENCES) or [])
         for name in sorted(members - before):
-            changes.append(Change("audience_entered", name))
+            changes.append(ComputedChange("audience_entered", name))
         for name in sorted(before - members):
-            changes.append(Change("audience_exited", name))
+            changes.append(ComputedChange("audience_exited", name))
         out[AUDIENCES] = sorted(members)
         out[STATE] = {_TRAITS: new_traits, _FUNNELS: new_funnels, _NAMES: self._public_names}
         return Evaluation(out, changes, min(due) if due else None)
@@ -233,8 +233,8 @@ class Engine:
         for name in self._public_names:
             value = computed.get(name)
             if value not in _EMPTY and ("trait_changed", name) not in announced:
-                changes.append(Change("trait_changed", name, value, None))
+                changes.append(ComputedChange("trait_changed", name, value, None))
         for name in computed.get(AUDIENCES) or []:
             if ("audience_entered", name) not in announced:
-                changes.append(Change("audience_entered", name))
+                changes.append(ComputedChange("audience_entered", name))
         return Evaluation(computed, changes, evaluation.next_due_ms)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from clew.config import Settings
 
 
-class Engine(StrEnum):
+class RebuildEngine(StrEnum):
     duckdb = "duckdb"
     spark = "spark"
 
@@ -44,12 +44,12 @@ def rebuild(
     ] = False,
     show: Annotated[int, typer.Option("--show", help="How many differences to list.", min=0)] = 20,
     engine: Annotated[
-        Engine,
+        RebuildEngine,
         typer.Option(
             "--engine",
             help="duckdb: in this process. spark: PySpark over the Delta tables (docs/spark.md).",
         ),
-    ] = Engine.duckdb,
+    ] = RebuildEngine.duckdb,
     spark_master: Annotated[
         str,
         typer.Option(
@@ -74,7 +74,7 @@ def rebuild(
     from clew.batch.rebuild import RebuildError
 
     settings = settings_from(config, data_dir=data_dir)
-    if engine is Engine.duckdb and spark_conf:
+    if engine is RebuildEngine.duckdb and spark_conf:
         raise fail("--spark-conf needs --engine spark")
     try:
         report = _run(
@@ -96,7 +96,7 @@ def rebuild(
 
 def _run(
     settings: Settings,
-    engine: Engine,
+    engine: RebuildEngine,
     spark_master: str,
     spark_conf: list[str],
     *,
@@ -107,7 +107,7 @@ def _run(
     """Rebuild on ``engine``; an unusable Spark exits 1 with its message."""
     from clew.batch.rebuild import rebuild as run
 
-    if engine is Engine.duckdb:
+    if engine is RebuildEngine.duckdb:
         return run(
             settings,
             dry_run=dry_run,
