@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -17,7 +18,7 @@ from clew.dlq.records import DeadLetter
 from clew.events import Event, Rejection, normalise
 from clew.log.base import Consumer, Message, Record
 from clew.nesting import MAX_DEPTH, may_hold_huge_int, too_deep
-from clew.raw_records import UNREADABLE, read_headers, split_request
+from clew.raw_records import UNREADABLE, RawHeaders, Request, read_headers, split_request
 from clew.schema.event_checks import Blocked, apply_plan, within_depth, within_int_range
 from clew.stages._counters import CounterStore
 from clew.stages._plans import PlanCache
@@ -27,6 +28,7 @@ from clew.topics import DLQ_TOPIC, EVENTS_TOPIC, RAW_TOPIC
 if TYPE_CHECKING:
     from clew.privacy.pii import PiiPolicy
     from clew.privacy.suppression import Suppression
+    from clew.schema import CompiledPlan
 
 _COUNTER_FLUSH_S = 0.25
 
@@ -116,38 +118,18 @@ class ValidateStage(Stage):
         counts: Counter[str],
     ) -> None:
         head = read_headers(rec)
-        source_id, path_type, received_at = head.source_id, head.path_type, head.received_at
-        received_iso = received_at.isoformat()
-
-        plan = self._plans.plan_for(source_id) if self._plans is not None else None
-        suppression = self._suppression
-        if suppression is not None and not suppression.active:
-            suppression = None
+        received_iso = head.received_at.isoformat()
 
         def to_dlq(index: int, rej: Rejection, payload: str, **extra: Any) -> None:
             dead.append(
-                DeadLetter(
-                    dlq_id=f"{rec.partition}:{rec.offset}:{index}",
-                    reason=rej.reason,
-                    message=rej.message,
-                    payload=payload,
-                    source_id=source_id,
-                    received_at=received_iso,
-                    raw_partition=rec.partition,
-                    raw_offset=rec.offset,
-                    index=index,
-                    message_id=rej.message_id,
-                    event_type=rej.event_type,
-                    event_name=rej.event_name,
-                    **extra,
-                )
+                _dead_letter(rec, head.source_id, received_iso, index, rej, payload, **extra)
             )
 
         # Each event is decoded on its own, so one the collector's scan let through but that
         # cannot become Python values (invalid UTF-8 in a string, a number out of range) is
         # dead-lettered alone with its exact bytes, not with the whole request.
         try:
-            request = split_request(path_type, rec.value)
+            request = split_request(head.path_type, rec.value)
         except UNREADABLE as e:
             reason = (
                 "protocol_violation" if isinstance(e, msgspec.ValidationError) else "invalid_json"
@@ -156,47 +138,17 @@ class ValidateStage(Stage):
                 -1, Rejection(reason, f"the batch request cannot be read: {e}"), _text(rec.value)
             )
             return
-        raws = request.events
-        # A record stored before the collector bounded nesting may hold events deeper than
-        # MAX_DEPTH (counted from the request's root, as the collector does), which the
-        # stages after this one cannot all write: each is dead-lettered alone.
-        room = MAX_DEPTH - (2 if path_type == "batch" else 0) if too_deep(rec.value) else None
-        # An integer no 64-bit type holds would stop the stages that write JSON after this
-        # one (the profiles lake, the warehouse tables): such an event is dead-lettered.
-        huge = may_hold_huge_int(rec.value)
-        for i, raw in enumerate(raws):
+        checks = self._request_checks(rec, head, request)
+        for i, raw in enumerate(request.events):
             try:
                 item = _decoder.decode(raw)
             except UNREADABLE as e:
                 rej = Rejection("invalid_json", f"the event cannot be read: {e}")
                 to_dlq(i, rej, _text(bytes(raw)))
                 continue
-            result: Event | Rejection | Blocked = normalise(
-                item,
-                path_type=path_type,
-                index=i,
-                request_id=head.request_id,
-                source_id=source_id,
-                received_at=received_at,
-                batch_context=request.context,
-                batch_integrations=request.integrations,
-                batch_sent_at=request.sent_at,
-            )
-            if room is not None and isinstance(result, Event):
-                result = within_depth(result, room)
-            if huge and isinstance(result, Event):
-                result = within_int_range(result)
-            if suppression is not None and (
-                suppression.is_suppressed(result)
-                if isinstance(result, Event)
-                else suppression.is_suppressed_raw(raw, path_type, request.context)
-            ):
-                counts["suppressed"] += 1
+            result = self._check_event(checks, item, raw, i, counts)
+            if result is None:
                 continue
-            if isinstance(result, Event) and plan is not None:
-                result = apply_plan(plan, result, counts)
-            if isinstance(result, Event) and self._pii:
-                result = self._pii.apply(result)
             if isinstance(result, Event):
                 events.append((result, f"{rec.partition}:{rec.offset}:{i}"))
             elif isinstance(result, Blocked):
@@ -210,6 +162,99 @@ class ValidateStage(Stage):
                 )
             else:
                 to_dlq(i, result, _text(bytes(raw)))
+
+    def _request_checks(self, rec: Record, head: RawHeaders, request: Request) -> _RequestChecks:
+        """What applies to every event of one raw record, looked up once per record."""
+        suppression = self._suppression
+        if suppression is not None and not suppression.active:
+            suppression = None
+        return _RequestChecks(
+            head=head,
+            request=request,
+            plan=self._plans.plan_for(head.source_id) if self._plans is not None else None,
+            suppression=suppression,
+            # A record stored before the collector bounded nesting may hold events deeper
+            # than MAX_DEPTH (counted from the request's root, as the collector does), which
+            # the stages after this one cannot all write: each is dead-lettered alone.
+            room=(
+                MAX_DEPTH - (2 if head.path_type == "batch" else 0) if too_deep(rec.value) else None
+            ),
+            # An integer no 64-bit type holds would stop the stages that write JSON after
+            # this one (the profiles lake, the warehouse tables): such an event is
+            # dead-lettered.
+            huge=may_hold_huge_int(rec.value),
+        )
+
+    def _check_event(
+        self, checks: _RequestChecks, item: Any, raw: Any, index: int, counts: Counter[str]
+    ) -> Event | Rejection | Blocked | None:
+        """One decoded event normalised, bounded, checked against the source's plan and with
+        its personal fields handled; None when its person is suppressed (counted)."""
+        head, request = checks.head, checks.request
+        result: Event | Rejection | Blocked = normalise(
+            item,
+            path_type=head.path_type,
+            index=index,
+            request_id=head.request_id,
+            source_id=head.source_id,
+            received_at=head.received_at,
+            batch_context=request.context,
+            batch_integrations=request.integrations,
+            batch_sent_at=request.sent_at,
+        )
+        if checks.room is not None and isinstance(result, Event):
+            result = within_depth(result, checks.room)
+        if checks.huge and isinstance(result, Event):
+            result = within_int_range(result)
+        suppression = checks.suppression
+        if suppression is not None and (
+            suppression.is_suppressed(result)
+            if isinstance(result, Event)
+            else suppression.is_suppressed_raw(raw, head.path_type, request.context)
+        ):
+            counts["suppressed"] += 1
+            return None
+        if isinstance(result, Event) and checks.plan is not None:
+            result = apply_plan(checks.plan, result, counts)
+        if isinstance(result, Event) and self._pii:
+            result = self._pii.apply(result)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestChecks:
+    head: RawHeaders
+    request: Request
+    plan: CompiledPlan | None
+    suppression: Suppression | None
+    room: int | None
+    huge: bool
+
+
+def _dead_letter(
+    rec: Record,
+    source_id: str,
+    received_iso: str,
+    index: int,
+    rej: Rejection,
+    payload: str,
+    **extra: Any,
+) -> DeadLetter:
+    return DeadLetter(
+        dlq_id=f"{rec.partition}:{rec.offset}:{index}",
+        reason=rej.reason,
+        message=rej.message,
+        payload=payload,
+        source_id=source_id,
+        received_at=received_iso,
+        raw_partition=rec.partition,
+        raw_offset=rec.offset,
+        index=index,
+        message_id=rej.message_id,
+        event_type=rej.event_type,
+        event_name=rej.event_name,
+        **extra,
+    )
 
 
 def _text(data: bytes) -> str:
