@@ -133,20 +133,8 @@ class ProfilesStage(Stage):
         if not records:
             return
         started = time.perf_counter_ns()
-        progress: dict[tuple[str, int], int] = {}
         counts: Counter[str] = Counter()
-        batch: list[tuple[Record, Event]] = []
-        for rec in records:
-            tp = (rec.topic, rec.partition)
-            progress[tp] = max(rec.offset, progress.get(tp, -1))
-            try:
-                batch.append((rec, _decoder.decode(rec.value)))
-            except msgspec.DecodeError as exc:
-                logger.error("skipping undecodable event at %s/%d@%d: %s", *tp, rec.offset, exc)
-                counts["undecodable"] += 1
-        # A poll interleaves partitions; applying its events in event-time order (ties in
-        # arrival order) brings the speed layer closer to the batch layer's order.
-        batch.sort(key=lambda item: _time_key(item[1].timestamp))
+        progress, batch = _decode_batch(records, counts)
 
         # The batch is loaded, resolved in memory and written back with the offsets inside
         # one store transaction, so that no other writer (a split, a deletion) can commit in
@@ -172,30 +160,9 @@ class ProfilesStage(Stage):
                     pid = unifier.profile_of(event)
                     counts["already_applied"] += 1
                 else:
-                    owners = _owners(work.store, event, extraction)
-                    time_ms = int(_time_key(event.timestamp).timestamp() * 1000)
-                    late = any(
-                        (seen := work.store.peek(o)) is not None and seen[0] > time_ms
-                        for o in owners
+                    pid = _apply_event(
+                        work, unifier, rec, event, extraction, counts, touched, seeds
                     )
-                    outcome = unifier.apply(event, rec.value, extraction)
-                    pid = outcome.profile_id
-                    if late and _contested(work.store, owners, pid, outcome.resolution):
-                        # Its identity may have been decided by arrival order: re-derive
-                        # the profiles involved in event-time order after the batch.
-                        seeds.update(owners)
-                        if pid is not None:
-                            seeds.add(pid)
-                    counts["applied"] += 1
-                    counts["merges"] += len(outcome.resolution.merged_from)
-                    counts["dropped_identifiers"] += len(outcome.resolution.dropped)
-                    # A profile created and merged away within this batch was never seen
-                    # outside it: nothing to announce.
-                    touched.update(
-                        dict.fromkeys(m for m in outcome.resolution.merged_from if m in work.loaded)
-                    )
-                    if pid is None:
-                        counts["unresolved"] += 1
                 if pid is not None:
                     touched[pid] = None
             profiles, gone, history = work.result()
@@ -291,6 +258,62 @@ class ProfilesStage(Stage):
                 change = encode_change(snapshot(profile, now))
                 messages.append(Message(value=change, key=pid.encode()))
         return messages
+
+
+def _decode_batch(
+    records: list[Record], counts: Counter[str]
+) -> tuple[dict[tuple[str, int], int], list[tuple[Record, Event]]]:
+    """The last offset of each partition in the poll, and its events decoded, in event-time
+    order (an undecodable one is logged, counted and skipped)."""
+    progress: dict[tuple[str, int], int] = {}
+    batch: list[tuple[Record, Event]] = []
+    for rec in records:
+        tp = (rec.topic, rec.partition)
+        progress[tp] = max(rec.offset, progress.get(tp, -1))
+        try:
+            batch.append((rec, _decoder.decode(rec.value)))
+        except msgspec.DecodeError as exc:
+            logger.error("skipping undecodable event at %s/%d@%d: %s", *tp, rec.offset, exc)
+            counts["undecodable"] += 1
+    # A poll interleaves partitions; applying its events in event-time order (ties in
+    # arrival order) brings the speed layer closer to the batch layer's order.
+    batch.sort(key=lambda item: _time_key(item[1].timestamp))
+    return progress, batch
+
+
+def _apply_event(
+    work: _WorkingSet,
+    unifier: Unifier,
+    rec: Record,
+    event: Event,
+    extraction: Extraction,
+    counts: Counter[str],
+    touched: dict[str, None],
+    seeds: set[str],
+) -> str | None:
+    """Apply one event not applied before to the working set: its profile id (None when
+    unresolved); the profiles it merged away go to ``touched``, and the profiles whose
+    identity arrival order may have decided to ``seeds``."""
+    owners = _owners(work.store, event, extraction)
+    time_ms = int(_time_key(event.timestamp).timestamp() * 1000)
+    late = any((seen := work.store.peek(o)) is not None and seen[0] > time_ms for o in owners)
+    outcome = unifier.apply(event, rec.value, extraction)
+    pid = outcome.profile_id
+    if late and _contested(work.store, owners, pid, outcome.resolution):
+        # Its identity may have been decided by arrival order: re-derive the profiles
+        # involved in event-time order after the batch.
+        seeds.update(owners)
+        if pid is not None:
+            seeds.add(pid)
+    counts["applied"] += 1
+    counts["merges"] += len(outcome.resolution.merged_from)
+    counts["dropped_identifiers"] += len(outcome.resolution.dropped)
+    # A profile created and merged away within this batch was never seen outside it:
+    # nothing to announce.
+    touched.update(dict.fromkeys(m for m in outcome.resolution.merged_from if m in work.loaded))
+    if pid is None:
+        counts["unresolved"] += 1
+    return pid
 
 
 def _owners(store: MemoryProfileStore, event: Event, extraction: Extraction) -> set[str]:
