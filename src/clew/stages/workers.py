@@ -50,85 +50,114 @@ class UnknownStageError(ValueError):
 
 def build_stage(name: str, settings: Settings) -> tuple[Stage, list[Callable[[], None]]]:
     """The stage called ``name`` and the functions that release what it opened."""
-    # Imported here so a worker loads only its own stage's libraries (the lake's pyarrow and
-    # deltalake are large).
-    if name == "validate":
-        from clew.backends import open_dedup
-        from clew.privacy._salt import load_salt
-        from clew.privacy.pii import PiiPolicy
-        from clew.privacy.suppression import Suppression
-        from clew.stages._counters import CounterStore
-        from clew.stages._plans import PlanCache
-        from clew.stages.validate import ValidateStage
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise UnknownStageError(name)
+    return builder(settings)
 
-        dedup = open_dedup(settings)
-        counters = CounterStore(settings.state_path)
-        plans = PlanCache(settings.registry_path, settings.meta_path)
-        suppression = Suppression.open(settings)
-        pii = PiiPolicy(settings.privacy.pii, load_salt(settings)) if settings.privacy.pii else None
-        stage = ValidateStage(
-            dedup, settings.stages.dedup_window_hours, counters, plans, suppression, pii
-        )
-        return stage, [dedup.close, counters.close, plans.close, suppression.close]
-    if name == "lake":
-        from clew.stages.lake_sink import LakeSinkStage
 
-        lake = LakeSinkStage(
-            settings.lake_location, settings.lake, settings.identity.rules, settings.data_dir
-        )
-        return lake, []
-    if name == "monitor":
-        from clew.monitor.volume import MonitorPolicy
-        from clew.stages.monitor import MonitorStage
+_Built = tuple[Stage, list[Callable[[], None]]]
 
-        m = settings.monitor
-        monitor = MonitorStage(
-            settings.monitor_path,
-            MonitorPolicy.from_settings(m),
-            webhook_url=m.webhook_url,
-            webhook_timeout_s=m.webhook_timeout_s,
-            webhook_retries=m.webhook_retries,
-        )
-        return monitor, [monitor.shutdown]
-    if name == "profiles":
-        from clew.audiences.live import LiveAudiences
-        from clew.audiences.repository import open_repository
-        from clew.backends import open_store
-        from clew.batch.history import LakeHistory
-        from clew.clock import clock_for
-        from clew.stages._counters import CounterStore
-        from clew.stages.profiles import ProfilesStage
+# Each builder imports its stage's modules inside it, so a worker loads only its own stage's
+# libraries (the lake's pyarrow and deltalake are large).
 
-        ident = settings.identity
-        store = open_store(settings)
-        counters = CounterStore(settings.state_path)
-        clock = clock_for(settings.clock, settings.data_dir)
-        history = LakeHistory(
-            settings.lake_location, lambda: open_log(settings), settings.cold_location
-        )
-        audiences = LiveAudiences(open_repository(settings), clock, history)
-        profiles = ProfilesStage(
-            store,
-            ident.rules,
-            ident.traits,
-            clock=clock,
-            counter_store=counters,
-            audiences=audiences,
-        )
-        return profiles, [store.close, counters.close, history.close]
-    if name == "profiles-lake":
-        from clew.stages.profiles_sink import ProfilesSinkStage
 
-        return ProfilesSinkStage(settings.lake_location, settings.lake), []
-    if name == "destinations":
-        from clew.stages.destinations import DestinationsStage
+def _build_validate(settings: Settings) -> _Built:
+    from clew.backends import open_dedup
+    from clew.privacy._salt import load_salt
+    from clew.privacy.pii import PiiPolicy
+    from clew.privacy.suppression import Suppression
+    from clew.stages._counters import CounterStore
+    from clew.stages._plans import PlanCache
+    from clew.stages.validate import ValidateStage
 
-        destinations = DestinationsStage(
-            settings.data_dir,
-            block_private_networks=settings.destinations.block_private_networks,
-        )
-        return destinations, [destinations.shutdown]
-    raise UnknownStageError(name)
+    dedup = open_dedup(settings)
+    counters = CounterStore(settings.state_path)
+    plans = PlanCache(settings.registry_path, settings.meta_path)
+    suppression = Suppression.open(settings)
+    pii = PiiPolicy(settings.privacy.pii, load_salt(settings)) if settings.privacy.pii else None
+    stage = ValidateStage(
+        dedup, settings.stages.dedup_window_hours, counters, plans, suppression, pii
+    )
+    return stage, [dedup.close, counters.close, plans.close, suppression.close]
+
+
+def _build_lake(settings: Settings) -> _Built:
+    from clew.stages.lake_sink import LakeSinkStage
+
+    lake = LakeSinkStage(
+        settings.lake_location, settings.lake, settings.identity.rules, settings.data_dir
+    )
+    return lake, []
+
+
+def _build_monitor(settings: Settings) -> _Built:
+    from clew.monitor.volume import MonitorPolicy
+    from clew.stages.monitor import MonitorStage
+
+    m = settings.monitor
+    monitor = MonitorStage(
+        settings.monitor_path,
+        MonitorPolicy.from_settings(m),
+        webhook_url=m.webhook_url,
+        webhook_timeout_s=m.webhook_timeout_s,
+        webhook_retries=m.webhook_retries,
+    )
+    return monitor, [monitor.shutdown]
+
+
+def _build_profiles(settings: Settings) -> _Built:
+    from clew.audiences.live import LiveAudiences
+    from clew.audiences.repository import open_repository
+    from clew.backends import open_store
+    from clew.batch.history import LakeHistory
+    from clew.clock import clock_for
+    from clew.stages._counters import CounterStore
+    from clew.stages.profiles import ProfilesStage
+
+    ident = settings.identity
+    store = open_store(settings)
+    counters = CounterStore(settings.state_path)
+    clock = clock_for(settings.clock, settings.data_dir)
+    history = LakeHistory(
+        settings.lake_location, lambda: open_log(settings), settings.cold_location
+    )
+    audiences = LiveAudiences(open_repository(settings), clock, history)
+    profiles = ProfilesStage(
+        store,
+        ident.rules,
+        ident.traits,
+        clock=clock,
+        counter_store=counters,
+        audiences=audiences,
+    )
+    return profiles, [store.close, counters.close, history.close]
+
+
+def _build_profiles_lake(settings: Settings) -> _Built:
+    from clew.stages.profiles_sink import ProfilesSinkStage
+
+    return ProfilesSinkStage(settings.lake_location, settings.lake), []
+
+
+def _build_destinations(settings: Settings) -> _Built:
+    from clew.stages.destinations import DestinationsStage
+
+    destinations = DestinationsStage(
+        settings.data_dir,
+        block_private_networks=settings.destinations.block_private_networks,
+    )
+    return destinations, [destinations.shutdown]
+
+
+_BUILDERS: dict[str, Callable[[Settings], _Built]] = {
+    "validate": _build_validate,
+    "lake": _build_lake,
+    "monitor": _build_monitor,
+    "profiles": _build_profiles,
+    "profiles-lake": _build_profiles_lake,
+    "destinations": _build_destinations,
+}
 
 
 def _lock_path(settings: Settings, stage: str) -> Path:
