@@ -149,6 +149,20 @@ def load_events(
     order and its amount; with ``engine_types``, ``engine_row``: for an event of one of those
     types, what :func:`clew.batch._lake_events.row_to_event` needs, else NULL). Returns
     the number of events."""
+    _create_raw(conn, shape, engine_types)
+    _create_ids(conn, shape)
+    _create_ev(conn, engine_types)
+    conn.execute("DROP TABLE raw")
+    conn.execute("DROP TABLE amounts")
+    (count,) = conn.execute("SELECT count(*) FROM ev").fetchone() or (0,)
+    return int(count)
+
+
+def _create_raw(
+    conn: duckdb.DuckDBPyConnection, shape: PayloadShape, engine_types: Collection[str]
+) -> None:
+    """The temp table ``raw``: each event with a timestamp, its identity payload, flags, and
+    whether it is an order with its amounts."""
     conn.execute("CREATE OR REPLACE MACRO nullif_infinite(x) AS CASE WHEN isfinite(x) THEN x END")
     # Which names are orders is decided by is_order() itself, over the distinct names.
     names = conn.execute("SELECT DISTINCT event FROM events WHERE type = 'track'").fetchall()
@@ -184,6 +198,11 @@ def load_events(
         """
     )
 
+
+def _create_ids(conn: duckdb.DuckDBPyConnection, shape: PayloadShape) -> None:
+    """The temp table ``ids``: one row per distinct payload of ``raw``, with its base
+    payloads."""
+
     def base(user_id: str, anonymous_id: str) -> str:
         # Built exactly as an event's payload is, for an event without any other member.
         return (
@@ -207,6 +226,11 @@ def load_events(
         LEFT JOIN n a ON a.payload = {base("NULL", "n.anonymous_id")}
         """
     )
+
+
+def _create_ev(conn: duckdb.DuckDBPyConnection, engine_types: Collection[str]) -> None:
+    """The temp table ``ev``: one row per event of ``raw`` in event-time order, with its
+    ``key_id`` and revenue."""
     _string_amounts(conn)
     amounts = ", ".join(_amount(f"r.amounts[{i + 1}]") for i in range(len(ORDER_AMOUNTS)))
     conn.execute(
@@ -223,10 +247,6 @@ def load_events(
         FROM raw r JOIN ids i USING (payload)
         """
     )
-    conn.execute("DROP TABLE raw")
-    conn.execute("DROP TABLE amounts")
-    (count,) = conn.execute("SELECT count(*) FROM ev").fetchone() or (0,)
-    return int(count)
 
 
 MAPPING = """

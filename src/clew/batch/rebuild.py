@@ -53,7 +53,7 @@ from clew.config import Settings
 from clew.identity.unifier import Unifier
 from clew.lake._profile_rows import IdentityColumns, profile_columns
 from clew.lake.tables import CUSTOMER_PROFILES, CUSTOMER_PROFILES_SCHEMA, IDENTITIES
-from clew.store.base import Profile
+from clew.store.base import Profile, ProfileStore
 from clew.store.memory import MemoryProfileStore
 
 if TYPE_CHECKING:
@@ -112,10 +112,6 @@ def rebuild(
 
     Python's cyclic garbage collector is paused meanwhile: the in-memory store holds millions
     of long-lived objects that each collection would walk again, for nothing to collect."""
-    import duckdb
-
-    from clew.lake.query import register_tables
-
     report = RebuildReport()
     timed = _Clock(report.timings)
     rebuilt_at = datetime.now(UTC)
@@ -123,37 +119,8 @@ def rebuild(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        store = MemoryProfileStore(history=0)
-        ident = settings.identity
-        unifier = Unifier(store, ident.rules, ident.traits, keep_history=False)
-        if speed is not None:
-            for separation in speed.separations():
-                store.add_separation(separation)
-        unifier.refresh_separations()
         engine = _engine(settings) if speed is not None else None
-        shape = PayloadShape.of(ident.rules)
-        conn = duckdb.connect(":memory:")
-        states: dict[str, dict[str, Any]] = {}
-        try:
-            conn.execute("SET TimeZone = 'UTC'")
-            with timed("read"):
-                register_tables(conn, settings.lake_location, settings.cold_location)
-                types = engine.event_types if engine is not None else ()
-                report.events = load_events(conn, shape, types)
-            with timed("resolve"):
-                resolved = resolve_events(conn, unifier, shape)
-            report.applied = len(resolved.applied)
-            with timed("sql"):
-                applied, decided = _mapping(resolved, store)
-                batch = _assemble(conn, applied, decided, store, rebuilt_at)
-            if engine is not None:
-                with timed("audiences"), _registered(conn, applied, decided):
-                    reader = conn.sql(ENGINE_EVENTS).to_arrow_reader(_ENGINE_BATCH_ROWS)
-                    states = fold(engine, reader)
-            report.profiles = batch.table.num_rows
-            report.identities = len(batch.identities)
-        finally:
-            conn.close()
+        batch, states = _derive(settings, speed, engine, report, timed, rebuilt_at)
         if speed is not None:
             computed: ServingComputed | None = None
             if engine is not None:
@@ -176,6 +143,55 @@ def rebuild(
         if speed is not None:
             speed.close()
     return report
+
+
+def _derive(
+    settings: Settings,
+    speed: ProfileStore | None,
+    engine: Engine | None,
+    report: RebuildReport,
+    timed: _Clock,
+    rebuilt_at: datetime,
+) -> tuple[_Batch, dict[str, dict[str, Any]]]:
+    """Resolve the lake's events over an in-memory store (with the separations of the
+    serving store ``speed``) into the rows of the two tables, and with ``engine`` fold each
+    profile's audience state; counts and timings go to ``report``. The rows are stamped
+    ``rebuilt_at``."""
+    import duckdb
+
+    from clew.lake.query import register_tables
+
+    store = MemoryProfileStore(history=0)
+    ident = settings.identity
+    unifier = Unifier(store, ident.rules, ident.traits, keep_history=False)
+    if speed is not None:
+        for separation in speed.separations():
+            store.add_separation(separation)
+    unifier.refresh_separations()
+    shape = PayloadShape.of(ident.rules)
+    conn = duckdb.connect(":memory:")
+    states: dict[str, dict[str, Any]] = {}
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        with timed("read"):
+            register_tables(conn, settings.lake_location, settings.cold_location)
+            types = engine.event_types if engine is not None else ()
+            report.events = load_events(conn, shape, types)
+        with timed("resolve"):
+            resolved = resolve_events(conn, unifier, shape)
+        report.applied = len(resolved.applied)
+        with timed("sql"):
+            applied, decided = _mapping(resolved, store)
+            batch = _assemble(conn, applied, decided, store, rebuilt_at)
+        if engine is not None:
+            with timed("audiences"), _registered(conn, applied, decided):
+                reader = conn.sql(ENGINE_EVENTS).to_arrow_reader(_ENGINE_BATCH_ROWS)
+                states = fold(engine, reader)
+        report.profiles = batch.table.num_rows
+        report.identities = len(batch.identities)
+    finally:
+        conn.close()
+    return batch, states
 
 
 def _engine(settings: Settings) -> Engine | None:
