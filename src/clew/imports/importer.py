@@ -333,33 +333,45 @@ def _match(
             rec.row_id, other, best.other_is_profile, link, best.match_weight, best.probability
         )
         parent[root((False, rec.row_id))] = root((best.other_is_profile, other))
-    reviews = []
-    for c in left:
-        if root((False, c.record_id)) == root((c.other_is_profile, c.other_id)):
-            continue
-        if c.other_is_profile:
-            link, other_row = existing.link[c.other_id], existing.fields[c.other_id]
-        else:
-            link, other_row = Identifier(id_type, c.other_id), by_id[c.other_id].match_row
-        kind: Literal["profile", "record"] = "profile" if c.other_is_profile else "record"
-        reviews.append(
-            ReviewEntry(
-                review_id=0,
-                source=source,
-                record_id=c.record_id,
-                other_kind=kind,
-                other_id=c.other_id,
-                link_type=link.id_type,
-                link_value=link.value,
-                probability=c.probability,
-                match_weight=c.match_weight,
-                record=by_id[c.record_id].match_row,
-                other=other_row,
-                import_id=import_id,
-                created_ms=now_ms,
-            )
-        )
+    reviews = [
+        _review_entry(c, existing, by_id, id_type, source, import_id, now_ms)
+        for c in left
+        if root((False, c.record_id)) != root((c.other_is_profile, c.other_id))
+    ]
     return links, list(links.values()), reviews
+
+
+def _review_entry(
+    c: Candidate,
+    existing: _Existing,
+    by_id: dict[str, Record],
+    id_type: str,
+    source: str,
+    import_id: str,
+    now_ms: int,
+) -> ReviewEntry:
+    """The review queue entry of candidate ``c``: the record and its other side, a profile
+    (by its link identifier) or an earlier record of the file."""
+    if c.other_is_profile:
+        link, other_row = existing.link[c.other_id], existing.fields[c.other_id]
+    else:
+        link, other_row = Identifier(id_type, c.other_id), by_id[c.other_id].match_row
+    kind: Literal["profile", "record"] = "profile" if c.other_is_profile else "record"
+    return ReviewEntry(
+        review_id=0,
+        source=source,
+        record_id=c.record_id,
+        other_kind=kind,
+        other_id=c.other_id,
+        link_type=link.id_type,
+        link_value=link.value,
+        probability=c.probability,
+        match_weight=c.match_weight,
+        record=by_id[c.record_id].match_row,
+        other=other_row,
+        import_id=import_id,
+        created_ms=now_ms,
+    )
 
 
 def _join_shared_identifiers(
