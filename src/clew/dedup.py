@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dedup (
@@ -48,34 +48,27 @@ class DedupIndex:
         """Claim each ``(message_id, origin)``; returns the indexes of ``items`` that are
         duplicates (claimed before by another origin, or earlier in ``items``)."""
         dupes: set[int] = set()
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                owners: dict[str, str] = {}
-                ids = list({mid for mid, _ in items})
-                for i in range(0, len(ids), _CHUNK):
-                    chunk = ids[i : i + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    owners.update(
-                        conn.execute(
-                            f"SELECT message_id, origin FROM dedup WHERE message_id IN ({marks})",
-                            chunk,
-                        ).fetchall()
-                    )
-                new_rows = []
-                for idx, (mid, origin) in enumerate(items):
-                    owner = owners.get(mid)
-                    if owner is None:
-                        owners[mid] = origin
-                        new_rows.append((mid, origin, now_ms))
-                    elif owner != origin:
-                        dupes.add(idx)
-                conn.executemany("INSERT INTO dedup VALUES (?, ?, ?)", new_rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn) as conn:
+            owners: dict[str, str] = {}
+            ids = list({mid for mid, _ in items})
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                owners.update(
+                    conn.execute(
+                        f"SELECT message_id, origin FROM dedup WHERE message_id IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                )
+            new_rows = []
+            for idx, (mid, origin) in enumerate(items):
+                owner = owners.get(mid)
+                if owner is None:
+                    owners[mid] = origin
+                    new_rows.append((mid, origin, now_ms))
+                elif owner != origin:
+                    dupes.add(idx)
+            conn.executemany("INSERT INTO dedup VALUES (?, ?, ?)", new_rows)
         return dupes
 
     def prune(self, older_than_ms: int) -> int:

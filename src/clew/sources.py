@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clew._names import did_you_mean
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -171,8 +171,7 @@ class Catalog:
         src = Source(
             id=f"src_{secrets.token_hex(8)}", name=name, write_key=key, created_at=time.time()
         )
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock, transaction(self._conn):
             same = self._conn.execute(
                 "SELECT name, removed_at FROM sources WHERE name = ? COLLATE NOCASE", (name,)
             ).fetchone()
@@ -225,8 +224,7 @@ class Catalog:
             raise CatalogError("the grace period cannot be negative")
         key = write_key or secrets.token_urlsafe(24)
         _check_key(key)
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock, transaction(self._conn):
             src = self.source(name)
             if src.removed_at is not None:
                 raise CatalogError(f"source {src.name!r} was removed; it has no key to rotate")
@@ -243,8 +241,7 @@ class Catalog:
     def remove_source(self, name: str) -> Source:
         """Stop source ``name``'s write keys (within :data:`KEY_RECHECK_S` everywhere). Its
         events stay, and its name stays taken."""
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._lock, transaction(self._conn):
             src = self.source(name)
             if src.removed_at is not None:
                 raise CatalogError(f"source {src.name!r} was already removed")

@@ -18,14 +18,14 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 from clew.destinations._schema import SCHEMA
 
 # Finished deliveries kept per destination for `clew destinations deliveries`.
@@ -108,15 +108,8 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db)
 
     def _count(self, dest: str, deltas: Mapping[str, int]) -> None:
         self._db.executemany(

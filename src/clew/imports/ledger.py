@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 from clew.backends import open_existing_store, open_log
 from clew.config import Settings
 from clew.events import Event, format_time
@@ -145,14 +145,8 @@ class ImportLedger:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, transaction(self._conn) as conn:
+            yield conn
 
     def hashes(self, source: str) -> dict[str, str]:
         """Row id → content hash last imported, for every row ``source`` ever imported."""

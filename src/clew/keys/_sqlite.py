@@ -12,7 +12,7 @@ import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 from clew.keys.ring import KeyStore, StoredKey
 
 _SCHEMA = """
@@ -54,55 +54,42 @@ class SqliteKeyStore(KeyStore):
 
     def get_or_create(self, candidates: Mapping[bytes, bytes]) -> dict[bytes, StoredKey]:
         out: dict[bytes, StoredKey] = {}
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for kid, wrapped in candidates.items():
-                    row = self._conn.execute(
-                        "SELECT generation, wrapped FROM data_keys WHERE id = ?", (kid,)
-                    ).fetchone()
-                    if row is not None and row[1] is not None:
-                        out[kid] = StoredKey(row[0], row[1])
-                        continue
-                    generation = 1 if row is None else row[0] + 1
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO data_keys (id, generation, wrapped) VALUES (?,?,?)",
-                        (kid, generation, wrapped),
-                    )
-                    out[kid] = StoredKey(generation, wrapped)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            for kid, wrapped in candidates.items():
+                row = self._conn.execute(
+                    "SELECT generation, wrapped FROM data_keys WHERE id = ?", (kid,)
+                ).fetchone()
+                if row is not None and row[1] is not None:
+                    out[kid] = StoredKey(row[0], row[1])
+                    continue
+                generation = 1 if row is None else row[0] + 1
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO data_keys (id, generation, wrapped) VALUES (?,?,?)",
+                    (kid, generation, wrapped),
+                )
+                out[kid] = StoredKey(generation, wrapped)
         return out
 
     def put(self, entries: Mapping[bytes, bytes], ttl_ms: int | None) -> None:
         now = time.time()
         expires = None if ttl_ms is None else now + ttl_ms / 1000
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT INTO data_keys (id, generation, wrapped, expires_at) VALUES (?,1,?,?)",
-                    [(kid, wrapped, expires) for kid, wrapped in entries.items()],
+        with self._lock, transaction(self._conn):
+            self._conn.executemany(
+                "INSERT INTO data_keys (id, generation, wrapped, expires_at) VALUES (?,1,?,?)",
+                [(kid, wrapped, expires) for kid, wrapped in entries.items()],
+            )
+            if now - self._purged > _PURGE_EVERY_S:
+                self._purged = now
+                self._conn.execute(
+                    "DELETE FROM data_keys WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                    (now,),
                 )
-                if now - self._purged > _PURGE_EVERY_S:
-                    self._purged = now
-                    self._conn.execute(
-                        "DELETE FROM data_keys WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                        (now,),
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
 
     def destroy(self, key_ids: Collection[bytes]) -> int:
         ids = list(key_ids)
         n = 0
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._conn):
                 for at in range(0, len(ids), 500):
                     chunk = ids[at : at + 500]
                     cur = self._conn.execute(
@@ -111,10 +98,6 @@ class SqliteKeyStore(KeyStore):
                         chunk,
                     )
                     n += cur.rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
 

@@ -29,7 +29,8 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import date, timedelta
 from hashlib import blake2b
 from pathlib import Path
@@ -37,7 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from clew._locations import LakeLocation, as_location
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 from clew.identity.rules import IdentityRules
 from clew.lake._index_keys import (
     MIN_LITERAL,
@@ -149,8 +150,10 @@ class PersonIndex:
         with self._lock:
             self._conn.close()
 
-    def _tx(self) -> _Tx:
-        return _Tx(self._conn, self._lock)
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, transaction(self._conn) as conn:
+            yield conn
 
     def token(self, id_type: str, value: str) -> bytes:
         return blake2b(f"{id_type}\x00{value}".encode(), key=self._key, digest_size=8).digest()
@@ -324,22 +327,6 @@ _LAKE_COLUMNS = {
     "events": ("user_id", "anonymous_id", "previous_id", "traits", "context", "properties"),
     "dlq": ("payload", "normalized"),
 }
-
-
-class _Tx:
-    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
-        self._conn, self._lock = conn, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        self._conn.execute("BEGIN IMMEDIATE")
-        return self._conn
-
-    def __exit__(self, kind: object, *rest: object) -> None:
-        try:
-            self._conn.execute("ROLLBACK" if kind is not None else "COMMIT")
-        finally:
-            self._lock.release()
 
 
 def _has_table(root: Path | LakeLocation, table: str) -> bool:

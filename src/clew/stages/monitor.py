@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clew._sqlite import transaction
 from clew.dlq.records import STAGE_FAILURE
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.monitor.alerts import (
@@ -214,42 +215,40 @@ class MonitorStage(Stage):
         self, batch: CountBatch, offsets: dict[TopicPartition, int], tally: Counter[str]
     ) -> None:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            spans: dict[int, tuple[int, int]] = {}
-            rows = []
-            for (key, bucket), (accepted, dlq) in batch.counts.items():
-                sid = self._series_id(key, bucket)
-                lo, hi = spans.get(sid, (bucket, bucket))
-                spans[sid] = (min(lo, bucket), max(hi, bucket))
-                rows.append((bucket, sid, accepted, dlq))
-            db.executemany(
-                "INSERT INTO counts VALUES (?, ?, ?, ?) ON CONFLICT (bucket, series) DO UPDATE "
-                "SET accepted = accepted + excluded.accepted, dlq = dlq + excluded.dlq",
-                rows,
-            )
-            db.executemany(
-                "UPDATE series SET first_bucket = min(first_bucket, ?), "
-                "last_bucket = max(last_bucket, ?) WHERE id = ?",
-                [(lo, hi, sid) for sid, (lo, hi) in spans.items()],
-            )
-            db.executemany(
-                "INSERT INTO dlq_reasons VALUES (?, ?, ?, ?, ?) ON CONFLICT (bucket, series, "
-                "reason) DO UPDATE SET n = n + excluded.n",
-                [
-                    (bucket, self._ids[key], reason, n, batch.examples[(key, bucket, reason)])
-                    for (key, bucket, reason), n in batch.reasons.items()
-                ],
-            )
-            db.executemany(
-                "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
-                "DO UPDATE SET next_offset = excluded.next_offset",
-                [(t, p, off) for (t, p), off in offsets.items()],
-            )
-            db.executemany(ADD_COUNTER, list(tally.items()))
-            db.execute("COMMIT")
+            with transaction(db):
+                spans: dict[int, tuple[int, int]] = {}
+                rows = []
+                for (key, bucket), (accepted, dlq) in batch.counts.items():
+                    sid = self._series_id(key, bucket)
+                    lo, hi = spans.get(sid, (bucket, bucket))
+                    spans[sid] = (min(lo, bucket), max(hi, bucket))
+                    rows.append((bucket, sid, accepted, dlq))
+                db.executemany(
+                    "INSERT INTO counts VALUES (?, ?, ?, ?) ON CONFLICT (bucket, series) DO UPDATE "
+                    "SET accepted = accepted + excluded.accepted, dlq = dlq + excluded.dlq",
+                    rows,
+                )
+                db.executemany(
+                    "UPDATE series SET first_bucket = min(first_bucket, ?), "
+                    "last_bucket = max(last_bucket, ?) WHERE id = ?",
+                    [(lo, hi, sid) for sid, (lo, hi) in spans.items()],
+                )
+                db.executemany(
+                    "INSERT INTO dlq_reasons VALUES (?, ?, ?, ?, ?) ON CONFLICT (bucket, series, "
+                    "reason) DO UPDATE SET n = n + excluded.n",
+                    [
+                        (bucket, self._ids[key], reason, n, batch.examples[(key, bucket, reason)])
+                        for (key, bucket, reason), n in batch.reasons.items()
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
+                    "DO UPDATE SET next_offset = excluded.next_offset",
+                    [(t, p, off) for (t, p), off in offsets.items()],
+                )
+                db.executemany(ADD_COUNTER, list(tally.items()))
         except BaseException:
-            db.execute("ROLLBACK")
             # Ids handed out in the rolled-back transaction no longer exist.
             self._ids.clear()
             raise
@@ -345,8 +344,7 @@ class MonitorStage(Stage):
                 )
         alerts = self._alerts(bucket, now, [v for v in verdicts if v[2].status == "alert"])
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.executemany(
                 "INSERT OR REPLACE INTO series_state VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -374,10 +372,6 @@ class MonitorStage(Stage):
                 list(Counter(f"alerts:{a.signals[0]}:{a.direction}" for a in alerts).items()),
             )
             db.execute("UPDATE meta SET value = ? WHERE name = 'judged_through'", (bucket,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         for a in alerts:
             log_alert(a)
 
@@ -413,8 +407,7 @@ class MonitorStage(Stage):
     def _prune(self, closed_through: int) -> None:
         cutoff = closed_through - self.policy.lookback_hours - 24
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.execute("DELETE FROM counts WHERE bucket < ?", (cutoff,))
             db.execute("DELETE FROM dlq_reasons WHERE bucket < ?", (cutoff,))
             gone = db.execute("DELETE FROM series WHERE last_bucket < ?", (cutoff,)).rowcount
@@ -423,10 +416,6 @@ class MonitorStage(Stage):
                 "DELETE FROM alerts WHERE bucket < ? AND published = 1 AND webhook != 'pending'",
                 (cutoff,),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         if gone:
             self._ids.clear()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from clew._sqlite import open_sqlite
+from clew._sqlite import open_sqlite, transaction
 
 __all__ = [
     "SCHEMA",
@@ -89,20 +89,12 @@ class SuppressionList:
         """Suppress ``hashes`` on behalf of ``request_id``; the number of new entries."""
         now = time.time()
         rows = [(h.hash, request_id, h.id_type, int(temporary), now) for h in hashes]
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._conn.total_changes
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)", rows
-                )
-                added = self._conn.total_changes - before
-                if added:
-                    self._bump()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            before = self._conn.total_changes
+            self._conn.executemany("INSERT OR IGNORE INTO suppressed VALUES (?, ?, ?, ?, ?)", rows)
+            added = self._conn.total_changes - before
+            if added:
+                self._bump()
         return added
 
     def lift_request(self, request_id: str) -> int:
@@ -124,16 +116,10 @@ class SuppressionList:
         )
 
     def _delete(self, sql: str, params: Sequence[Any]) -> int:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                removed = self._conn.execute(sql, params).rowcount
-                if removed:
-                    self._bump()
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            removed = self._conn.execute(sql, params).rowcount
+            if removed:
+                self._bump()
         return int(removed)
 
     def _bump(self) -> None:
