@@ -6,8 +6,9 @@ appends cost one disk flush. ``synchronous=FULL`` makes a committed transaction 
 loss; ``secure_delete`` overwrites deleted records so that physically deleted bytes are gone.
 
 Consumer groups are coordinated inside the process that opened the log: members of a group
-share its partitions (range assignment) and rebalance when one joins or leaves. Several
-processes may append to the same database; only one process should consume a given group.
+share its partitions (range assignment) and rebalance when one joins or leaves
+(``_embedded_groups``). Several processes may append to the same database; only one process
+should consume a given group. The tables are in ``_embedded_tables``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
+from clew._sqlite import transaction
+from clew.log._embedded_groups import EmbeddedConsumer, Group
+from clew.log._embedded_tables import SCHEMA, encode_headers, read_records, trim_to_bytes
 from clew.log._queue import batches
 from clew.log.base import (
     Consumer,
@@ -40,41 +42,6 @@ from clew.log.base import (
     UnknownTopicError,
     partition_for,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (
-    name TEXT PRIMARY KEY,
-    partitions INTEGER NOT NULL,
-    retention_ms INTEGER,
-    retention_bytes INTEGER
-);
-CREATE TABLE IF NOT EXISTS partitions (
-    tp INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    partition INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (topic, partition)
-);
-CREATE TABLE IF NOT EXISTS records (
-    tp INTEGER NOT NULL,
-    off INTEGER NOT NULL,
-    ts INTEGER NOT NULL,
-    key BLOB,
-    value BLOB NOT NULL,
-    headers BLOB,
-    PRIMARY KEY (tp, off)
-);
-CREATE INDEX IF NOT EXISTS records_ts ON records (tp, ts);
-CREATE TABLE IF NOT EXISTS offsets (
-    grp TEXT NOT NULL,
-    tp INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    PRIMARY KEY (grp, tp)
-);
-"""
-
-_headers_encoder = msgspec.msgpack.Encoder()
-_headers_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
 
 _MAX_OPS_PER_TRANSACTION = 512
 # How often a consumer looks for records another process appended: each hop between
@@ -115,7 +82,7 @@ class EmbeddedLog(Log):
         self._conn = _connect(path)
         self._inspect: sqlite3.Connection | None = None
         self._inspect_lock = threading.Lock()
-        self._conn.executescript(_SCHEMA)
+        self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
         self._topics: dict[str, TopicSpec] = {}
         self._parts: dict[TopicPartition, _Partition] = {}
@@ -125,7 +92,7 @@ class EmbeddedLog(Log):
         # in memory are then stale and must be reloaded before appending.
         self._data_version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
         self._appended = threading.Condition()
-        self._groups: dict[str, _Group] = {}
+        self._groups: dict[str, Group] = {}
         self._ops: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
         self._closing = threading.Lock()
         self._closed = False
@@ -211,27 +178,24 @@ class EmbeddedLog(Log):
     ) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version != self._data_version:
-                self._data_version = version
-                self._reload_offsets(conn)
-            for op, fut in batch:
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    results.append((fut, True, op(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+            with transaction(conn):
+                (version,) = conn.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    self._data_version = version
                     self._reload_offsets(conn)
-                    results.append((fut, False, exc))
-            conn.execute("COMMIT")
+                for op, fut in batch:
+                    if not fut.set_running_or_notify_cancel():
+                        continue
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append((fut, True, op(conn)))
+                        conn.execute("RELEASE op")
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        self._reload_offsets(conn)
+                        results.append((fut, False, exc))
         except Exception as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             # In-memory offsets advanced by the rolled-back ops must be reloaded.
             self._reload_offsets(conn)
             for _, fut in batch:
@@ -273,7 +237,7 @@ class EmbeddedLog(Log):
                         m.timestamp_ms if m.timestamp_ms is not None else now,
                         m.key,
                         m.value,
-                        _headers_encoder.encode(list(m.headers)) if m.headers else None,
+                        encode_headers(m.headers),
                     )
                 )
                 positions.append(Position(p, off))
@@ -314,7 +278,7 @@ class EmbeddedLog(Log):
 
     # -- reading --------------------------------------------------------------------------
 
-    def _reader(self) -> sqlite3.Connection:
+    def open_reader(self) -> sqlite3.Connection:
         return _connect(self._path)
 
     @contextlib.contextmanager
@@ -323,37 +287,23 @@ class EmbeddedLog(Log):
         metrics scrape does not open a connection per query."""
         with self._inspect_lock:
             if self._inspect is None:
-                self._inspect = self._reader()
+                self._inspect = self.open_reader()
             yield self._inspect
 
-    def _read(
+    def read_from(
         self, conn: sqlite3.Connection, topic: str, partition: int, offset: int, limit: int
     ) -> list[Record]:
+        """Up to ``limit`` records of ``topic``/``partition`` from ``offset``, read on
+        ``conn`` (a connection of :meth:`open_reader`)."""
         part = self._parts.get((topic, partition))
         if part is None:
             raise UnknownTopicError(topic)
-        rows = conn.execute(
-            "SELECT off, ts, key, value, headers FROM records WHERE tp = ? AND off >= ? "
-            "ORDER BY off LIMIT ?",
-            (part.tp, offset, limit),
-        ).fetchall()
-        return [
-            Record(
-                topic,
-                partition,
-                off,
-                key,
-                value,
-                tuple(_headers_decoder.decode(h)) if h else (),
-                ts,
-            )
-            for off, ts, key, value, h in rows
-        ]
+        return read_records(conn, part.tp, topic, partition, offset, limit)
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 500) -> list[Record]:
         self._spec(topic)
         with self._inspecting() as conn:
-            return self._read(conn, topic, partition, offset, max_records)
+            return self.read_from(conn, topic, partition, offset, max_records)
 
     def _query_offsets(self, sql: str, topic: str, *args: Any) -> dict[int, int]:
         spec = self._spec(topic)
@@ -393,8 +343,8 @@ class EmbeddedLog(Log):
         for t in topics:
             self._spec(t)
         with self._lock:
-            grp = self._groups.setdefault(group, _Group(group))
-        member = _EmbeddedConsumer(self, grp, list(topics))
+            grp = self._groups.setdefault(group, Group(group))
+        member = EmbeddedConsumer(self, grp, list(topics))
         grp.join(member)
         return member
 
@@ -414,7 +364,7 @@ class EmbeddedLog(Log):
                         )
                         removed += cur.rowcount
                     if spec.retention_bytes is not None:
-                        removed += _trim_to_bytes(conn, tp, spec.retention_bytes)
+                        removed += trim_to_bytes(conn, tp, spec.retention_bytes)
             return removed
 
         removed: int = self._submit(op).result()
@@ -425,13 +375,13 @@ class EmbeddedLog(Log):
     def delete_where(self, topic: str, match: Callable[[Record], bool]) -> int:
         spec = self._spec(topic)
         doomed: list[tuple[int, int]] = []
-        conn = self._reader()
+        conn = self.open_reader()
         try:
             for p in range(spec.partitions):
                 tp = self._parts[(topic, p)].tp
                 offset = 0
                 while True:
-                    batch = self._read(conn, topic, p, offset, 2000)
+                    batch = self.read_from(conn, topic, p, offset, 2000)
                     if not batch:
                         break
                     doomed.extend((tp, r.offset) for r in batch if match(r))
@@ -457,7 +407,7 @@ class EmbeddedLog(Log):
         """Copy the WAL into the database and truncate it, so deleted bytes leave the WAL.
         False when a reader kept it from completing."""
         self._submit(lambda c: None).result()
-        conn = self._reader()
+        conn = self.open_reader()
         try:
             (busy, _, _) = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             return bool(busy == 0)
@@ -477,139 +427,25 @@ class EmbeddedLog(Log):
                 self._inspect.close()
                 self._inspect = None
 
-    # For consumers -----------------------------------------------------------------------
+    # For consumers (clew.log._embedded_groups) -----------------------------------------
 
-    def _wait_for_append(self, timeout_s: float) -> None:
+    def partition_count(self, topic: str) -> int:
+        return self._topics[topic].partitions
+
+    def commit_offsets(
+        self,
+        group: str,
+        offsets: Mapping[TopicPartition, int],
+        produce: Mapping[str, Sequence[Message]] | None,
+    ) -> None:
+        """Store ``group``'s offsets, appending ``produce`` in the same transaction."""
+        for topic in produce or {}:
+            self._spec(topic)
+        self._submit(self._commit_op(group, offsets, produce)).result()
+
+    def wait_for_append(self, timeout_s: float) -> None:
         with self._appended:
             self._appended.wait(min(timeout_s, _CROSS_PROCESS_POLL_S))
-
-
-def _trim_to_bytes(conn: sqlite3.Connection, tp: int, limit: int) -> int:
-    total = 0
-    cutoff: int | None = None
-    for off, size in conn.execute(
-        "SELECT off, length(value) + coalesce(length(key), 0) FROM records WHERE tp = ? "
-        "ORDER BY off DESC",
-        (tp,),
-    ):
-        total += size
-        if total > limit:
-            cutoff = off
-            break
-    if cutoff is None:
-        return 0
-    return conn.execute("DELETE FROM records WHERE tp = ? AND off <= ?", (tp, cutoff)).rowcount
-
-
-class _Group:
-    """In-process coordinator: range-assigns each topic's partitions to the live members."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.members: list[_EmbeddedConsumer] = []
-        self.generation = 0
-        self.lock = threading.Lock()
-
-    def join(self, member: _EmbeddedConsumer) -> None:
-        with self.lock:
-            self.members.append(member)
-            self.generation += 1
-
-    def leave(self, member: _EmbeddedConsumer) -> None:
-        with self.lock:
-            if member in self.members:
-                self.members.remove(member)
-                self.generation += 1
-
-    def assignment_of(
-        self, member: _EmbeddedConsumer, log: EmbeddedLog
-    ) -> tuple[int, list[TopicPartition]]:
-        with self.lock:
-            out: list[TopicPartition] = []
-            for topic in member.topics:
-                readers = [m for m in self.members if topic in m.topics]
-                n = log._topics[topic].partitions
-                idx = readers.index(member)
-                out.extend((topic, p) for p in range(n) if p % len(readers) == idx)
-            return self.generation, out
-
-
-class _EmbeddedConsumer(Consumer):
-    def __init__(self, log: EmbeddedLog, group: _Group, topics: list[str]) -> None:
-        self._log = log
-        self._group = group
-        self.topics = topics
-        self._conn = log._reader()
-        self._generation = -1
-        self._assigned: list[TopicPartition] = []
-        self._positions: dict[TopicPartition, int] = {}
-        self._next_start = 0
-        self._closed = False
-
-    def _refresh(self) -> None:
-        if self._generation == self._group.generation:
-            return
-        self._generation, self._assigned = self._group.assignment_of(self, self._log)
-        committed: dict[TopicPartition, int] = {}
-        for topic in self.topics:
-            for p, off in self._log.committed(self._group.name, topic).items():
-                committed[(topic, p)] = off
-        self._positions = {tp: committed.get(tp, 0) for tp in self._assigned}
-
-    def assignment(self) -> list[TopicPartition]:
-        self._refresh()
-        return list(self._assigned)
-
-    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
-        if self._closed:
-            raise LogError("this consumer is closed")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._refresh()
-            out: list[Record] = []
-            n = len(self._assigned)
-            for i in range(n):
-                tp = self._assigned[(self._next_start + i) % n]
-                if len(out) >= max_records:
-                    break
-                recs = self._log._read(
-                    self._conn, tp[0], tp[1], self._positions[tp], max_records - len(out)
-                )
-                if recs:
-                    self._positions[tp] = recs[-1].offset + 1
-                    out.extend(recs)
-            if n:
-                self._next_start = (self._next_start + 1) % n
-            if out:
-                return out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return out
-            self._log._wait_for_append(remaining)
-
-    def commit(
-        self,
-        offsets: Mapping[TopicPartition, int] | None = None,
-        produce: Mapping[str, Sequence[Message]] | None = None,
-    ) -> None:
-        self._refresh()
-        to_commit = dict(self._positions if offsets is None else offsets)
-        for topic in produce or {}:
-            self._log._spec(topic)
-        self._log._submit(self._log._commit_op(self._group.name, to_commit, produce)).result()
-
-    def seek(self, topic: str, partition: int, offset: int) -> None:
-        self._refresh()
-        if (topic, partition) not in self._positions:
-            raise LogError(f"{topic}[{partition}] is not assigned to this consumer")
-        self._positions[(topic, partition)] = offset
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._group.leave(self)
-        self._conn.close()
 
 
 def open_log(path: Path) -> EmbeddedLog:
