@@ -37,8 +37,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Protocol
 
 from clew.log._queue import batches
 from clew.log._shred_codec import (
@@ -51,6 +49,7 @@ from clew.log._shred_codec import (
     open_sealed,
     seal,
 )
+from clew.log._shred_types import KeyRing, ShredOutcome, ShredRefusedError
 from clew.log.base import (
     Consumer,
     Log,
@@ -86,58 +85,7 @@ _MAX_CACHED_KEYS = 100_000
 # Appends sealed together at most (each may hold many records).
 _MAX_COALESCED = 256
 
-KeyRef = tuple[bytes, int]
 _Append = tuple[str, Sequence[Message], Future[list[Position]]]
-
-
-class KeyRing(Protocol):
-    """Where the data keys live (``clew.keys.KeyRing``). Its methods raise an
-    exception of its own when the key store cannot be reached; the log turns it into a
-    :class:`LogError`."""
-
-    def key_id(self, record_key: bytes) -> bytes:
-        """The keyed hash naming the data key of ``record_key``; equal in every process."""
-        ...
-
-    def person_keys(self, record_keys: Collection[bytes]) -> Mapping[bytes, DataKey]:
-        """The live data key of each record key, created where there is none."""
-        ...
-
-    def record_keys(self, n: int, ttl_ms: int | None) -> list[DataKey]:
-        """``n`` new data keys of one record each, forgotten after ``ttl_ms``."""
-        ...
-
-    def lookup(self, refs: Collection[KeyRef], *, fresh: bool = False) -> Mapping[KeyRef, DataKey]:
-        """The data keys of ``refs`` (id, generation) that are live; a missing one is
-        destroyed. ``fresh`` bypasses the cache."""
-        ...
-
-    def destroy(self, key_ids: Collection[bytes]) -> int:
-        """Destroy the data keys; how many were live."""
-        ...
-
-    def settle(self) -> float:
-        """Wait until no process can still use a key destroyed through this ring (their
-        caches expired); the seconds waited."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class ShredRefusedError(LogError):
-    """``delete_where`` matched some records of a person's data key but not all of them: a
-    data key cannot make only some of its records unreadable."""
-
-
-@dataclass(frozen=True, slots=True)
-class ShredOutcome:
-    """What :meth:`ShreddingLog.shred_where` did: records made unreadable, data keys
-    destroyed, and matching records kept (with why)."""
-
-    removed: int
-    keys: int
-    kept_shared: int
-    kept_clear: int
 
 
 class ShreddingLog(Log):
