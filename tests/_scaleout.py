@@ -20,10 +20,10 @@ import pytest
 from clew.audiences.definitions import Definition, parse_document
 from clew.audiences.repository import DefinitionRepository
 from clew.backends import open_existing_store
+from clew.background import BackgroundServer, free_port
 from clew.config import Settings, StoreSettings, load_settings
 from clew.identity.identifiers import USER_ID
 from clew.lake.query import Lake
-from clew.server import BackgroundServer, free_port
 
 WRITE_KEY = "scale-out-write-key"
 # About half the people spend this much. No definition has a time window, so the result does

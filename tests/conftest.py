@@ -22,9 +22,9 @@ from _kafka import KafkaBroker, kafka_session
 from _redis_cluster import ClusterService, redis_cluster
 from _s3 import S3, s3_server
 from _services import ServiceUnavailable, redis_server, unavailable
+from clew.background import BackgroundServer, free_port
 from clew.config import Settings
 from clew.lake.query import Lake
-from clew.server import BackgroundServer, free_port
 
 WRITE_KEY = "test-write-key"
 

@@ -33,6 +33,7 @@ import pytest
 from clew.audiences.changes import ENTERED, EXITED, AudienceChange, decode
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.backends import open_log
+from clew.background import free_port
 from clew.clock import ScaledClock, to_datetime
 from clew.config import Settings
 from clew.destinations import (
@@ -43,7 +44,6 @@ from clew.destinations import (
     parse_destination,
 )
 from clew.events import format_time
-from clew.server import free_port
 from clew.sources import Catalog
 from clew.store import SQLiteProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.cli import app
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY
 
 runner = CliRunner()

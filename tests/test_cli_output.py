@@ -17,8 +17,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from clew.background import free_port
 from clew.cli import app
-from clew.server import free_port
 from conftest import clew_bin
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.privacy.runner import Operations
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, drained, lake_count, make_settings, wait_for
 from privacy._fakes import FakeOperations
 

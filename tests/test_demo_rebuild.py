@@ -15,10 +15,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from clew.audiences.status import audience_size
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.demo import run_demo
 from clew.lake.query import Lake
-from clew.server import BackgroundServer
 from clew.store import SQLiteProfileStore
 from conftest import make_settings, wait_for
 

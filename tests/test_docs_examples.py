@@ -36,11 +36,11 @@ from _docblocks import ROOT, Block, blocks, documents, problem
 from _services import unavailable
 from clew.audiences.definitions import Catalog as Definitions
 from clew.audiences.definitions import parse_audience, parse_document, parse_trait
+from clew.background import free_port
 from clew.config import Settings, load_settings
 from clew.destinations.config import parse_destination
 from clew.lake.query import Lake
 from clew.monitor.alerts import decode_alert, encode_alert
-from clew.server import free_port
 from clew.sources import Catalog
 from conftest import ServeProcess, clew_bin, drained, wait_for
 

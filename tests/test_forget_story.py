@@ -16,12 +16,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.lake.query import Lake
 from clew.lake.tiers import run_lifecycle
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, drained, make_settings, wait_for
 from destinations._receiver import Receiver
 

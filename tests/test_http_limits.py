@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clew.background import BackgroundServer, free_port
 from clew.config import HttpSettings
 from clew.http_limits import HEAD_TIMEOUT, HEADERS_TOO_LARGE
-from clew.server import BackgroundServer, free_port
 from conftest import clew_bin, make_settings, wait_for
 
 LIMITS = HttpSettings(header_timeout_s=1.5, keep_alive_timeout_s=1, max_connections=400)

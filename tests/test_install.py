@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from clew.server import free_port
+from clew.background import free_port
 from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

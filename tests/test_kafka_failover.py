@@ -36,8 +36,8 @@ from _scaleout import (
 )
 from _services import require_module
 from clew.audiences.repository import open_repository
+from clew.background import free_port
 from clew.config import StoreSettings, load_settings
-from clew.server import free_port
 
 require_module("redis", "pip install -e '.[redis]'")
 

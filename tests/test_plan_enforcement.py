@@ -11,9 +11,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.lake.query import Lake
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, lake_count, wait_for
 
 PLAN = Path(__file__).parents[1] / "examples" / "tracking-plan"

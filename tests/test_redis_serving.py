@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from _services import require_module
 from clew.audiences.repository import load_file, open_repository
+from clew.background import free_port
 from clew.cli import app
 from clew.clock import ScaledClock, to_datetime
 from clew.config import Settings
 from clew.events import format_time
-from clew.server import free_port
 from clew.sources import Catalog
 from conftest import WRITE_KEY, ServeProcess, drained, wait_for
 

@@ -43,8 +43,8 @@ from _scaleout import (
 )
 from _services import require_module
 from clew.audiences.repository import open_repository
+from clew.background import free_port
 from clew.config import Settings, load_settings
-from clew.server import free_port
 
 require_module("redis", "pip install -e '.[redis]'")
 

@@ -27,10 +27,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from clew._datadir import serving_url
+from clew.background import BackgroundServer
 from clew.config import Settings
 from clew.events import format_time
 from clew.lake.query import Lake, QueryResult
-from clew.server import BackgroundServer
 from clew.sources import DEFAULT_SOURCE, Catalog
 
 BATCH_SIZE = 100

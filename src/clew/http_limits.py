@@ -21,12 +21,13 @@ import contextlib
 import signal
 import threading
 from asyncio import TimerHandle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import httptools
 import msgspec
 import uvicorn
+import uvloop
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from clew.config import HttpSettings
@@ -238,3 +239,21 @@ def exit_on_signal(signum: int, frame: object) -> None:
     """A SIGTERM handler for before the server runs and after it stopped: a SystemExit, so
     ``finally`` blocks still close what the role opened instead of the process dying."""
     raise SystemExit(128 + signum)
+
+
+def serve_until_signal(config: uvicorn.Config, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve ``config`` on a uvloop event loop (:class:`StoppedBySignal`) until SIGINT or
+    SIGTERM, then return once the server has stopped. ``on_ready`` is called once, on the
+    event loop, as soon as the server listens (never if it fails to start)."""
+    server = StoppedBySignal(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started and on_ready is not None:
+            on_ready()
+        await task
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())

@@ -3,35 +3,30 @@ one process (``clew serve``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-import uvloop
 from starlette.applications import Starlette
 
+from clew import server_metrics
 from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
 from clew.audiences.repository import open_repository
 from clew.backends import open_log, open_store
 from clew.collector.app import Collector, Receive, Scope, Send
-from clew.collector.metrics import collector_families, suppressed_family
 from clew.config import Settings
-from clew.destinations import metric_families as destination_metric_families
-from clew.http_limits import StoppedBySignal, exit_on_signal
+from clew.http_limits import exit_on_signal, serve_until_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.lake.query import Lake, QueryLimits
-from clew.monitor import read_status
-from clew.privacy.requests import STATUSES
 from clew.privacy.runner import PrivacyRunner
 from clew.privacy.suppression import Suppression
+from clew.server_metrics import MetricSources
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
 from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_FAILURES, StageRunner
@@ -248,179 +243,18 @@ class Clew:
         return {"ok": ok, "status": status, "stages": stages, "lifecycle": lifecycle}
 
     def metrics_text(self) -> str:
-        lines: list[str] = []
-
-        def metric(
-            name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]
-        ) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            # A sample's "labels" may also be a suffix such as "_sum" (summaries).
-            lines.extend(f"{name}{labels} {value}" for labels, value in samples)
-
-        c = self.collector.counters
-        v = self._counters.read("validate")
-        for family in (
-            *collector_families(c),
-            suppressed_family(
-                [
-                    ('{stage="collector"}', c["events_suppressed"]),
-                    ('{stage="validate"}', v["suppressed"]),
-                ]
-            ),
-        ):
-            metric(*family)
-        requests = self.privacy.requests.counts()
-        metric(
-            "clew_privacy_requests",
-            "gauge",
-            "Data-subject requests, by status",
-            [(f'{{status="{s}"}}', requests[s]) for s in STATUSES],
+        """``/metrics``: every family of this process in the Prometheus text format."""
+        return server_metrics.metrics_text(
+            MetricSources(
+                collector=self.collector.counters,
+                counters=self._counters,
+                privacy=self.privacy,
+                log=self.log,
+                lifecycle=self.lifecycle,
+                monitor_path=self.settings.monitor_path,
+                data_dir=self.settings.data_dir,
+            )
         )
-        suppressed = self.privacy.suppressions.counts()
-        metric(
-            "clew_suppressed_identifiers",
-            "gauge",
-            "Identifiers on the suppression list (temporary: held by a running deletion)",
-            [(f'{{kind="{k}"}}', suppressed[k]) for k in ("permanent", "temporary")],
-        )
-        outcomes = ("events", "duplicates", "violations", "omitted_properties")
-        metric(
-            "clew_validate_events_total",
-            "counter",
-            "Events routed by the validate stage, by outcome",
-            [(f'{{outcome="{k}"}}', v[k]) for k in outcomes if k in v]
-            + [(f'{{outcome="{k}"}}', n) for k, n in sorted(v.items()) if k.startswith("dlq_")],
-        )
-        metric(
-            "clew_rejected_events_total",
-            "counter",
-            "Events sent to the dead-letter queue, by reason",
-            [
-                (f'{{reason="{k.removeprefix("dlq_")}"}}', n)
-                for k, n in sorted(v.items())
-                if k.startswith("dlq_")
-            ],
-        )
-        metric(
-            "clew_validate_batch_seconds",
-            "summary",
-            "Time the validate stage spends per polled batch",
-            [("_sum", v["validate_us"] / 1e6), ("_count", v["validate_batches"])],
-        )
-        pr = self._counters.read("profiles")
-        outcomes = ("applied", "already_applied", "unresolved", "undecodable")
-        metric(
-            "clew_profiles_events_total",
-            "counter",
-            "Events read by the profiles stage, by outcome",
-            [(f'{{outcome="{k}"}}', pr[k]) for k in outcomes],
-        )
-        metric(
-            "clew_profiles_merges_total",
-            "counter",
-            "Profiles merged into another by identity resolution",
-            [("", pr["merges"])],
-        )
-        metric(
-            "clew_profiles_dropped_identifiers_total",
-            "counter",
-            "Identifiers an event carried that a rule kept out of its profile",
-            [("", pr["dropped_identifiers"])],
-        )
-        metric(
-            "clew_profiles_repairs_total",
-            "counter",
-            "Contested components re-derived in event-time order after an event arrived late",
-            [("", pr["repairs"])],
-        )
-        metric(
-            "clew_profiles_repairs_skipped_total",
-            "counter",
-            "Contested components left in arrival order (a history at its cap, or too large)",
-            [("", pr["repairs_skipped"])],
-        )
-        metric(
-            "clew_audience_changes_total",
-            "counter",
-            "Audience and computed-trait change records the profiles stage announced",
-            [("", pr["audience_changes"])],
-        )
-        metric(
-            "clew_audience_timers_fired_total",
-            "counter",
-            "Per-profile timers that fired (a window moved, a funnel matured)",
-            [("", pr["audience_timers_fired"])],
-        )
-        metric(
-            "clew_audience_backfilled_events_total",
-            "counter",
-            "History events read to backfill new definitions",
-            [("", pr["audience_backfilled_events"])],
-        )
-        metric(
-            "clew_profiles_batch_seconds",
-            "summary",
-            "Time the profiles stage spends per polled batch",
-            [("_sum", pr["batch_us"] / 1e6), ("_count", pr["batches"])],
-        )
-        dlq_end = self.log.end_offsets("dlq")
-        dlq_start = self.log.start_offsets("dlq")
-        metric(
-            "clew_dlq_records",
-            "gauge",
-            "Records in the dead-letter topic (within log retention)",
-            [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
-        )
-        metric(
-            "clew_shredded_records_total",
-            "counter",
-            "Kafka records a stage skipped because their person's data key was destroyed",
-            [(f'{{stage="{g}"}}', self._counters.read(g)["shredded_records"]) for g in STAGE_NAMES],
-        )
-        failures = [
-            (f'{{stage="{g}"}}', self._counters.read(g)[STAGE_FAILURES]) for g in STAGE_NAMES
-        ]
-        metric(
-            "clew_stage_failures_total",
-            "counter",
-            "Attempts of a stage that failed (it resumes at its last commit)",
-            failures,
-        )
-        metric(
-            "clew_stage_errors_total",
-            "counter",
-            "The same count as clew_stage_failures_total, under its earlier name",
-            failures,
-        )
-        metric(
-            "clew_records_set_aside_total",
-            "counter",
-            "Records a stage could not process and set aside to the dlq",
-            [(f'{{stage="{g}"}}', self._counters.read(g)[RECORDS_SET_ASIDE]) for g in STAGE_NAMES],
-        )
-        lag: list[tuple[str, float]] = []
-        for group, topics in STAGE_TOPICS.items():
-            for topic in topics:
-                info = self.log.lag(group, topic)
-                for p, end in sorted(info.end.items()):
-                    behind = max(0, end - info.committed.get(p, 0))
-                    lag.append((f'{{group="{group}",topic="{topic}",partition="{p}"}}', behind))
-        metric("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
-        families = read_status(self.settings.monitor_path).metric_families()
-        for name, kind, help_text, samples in families:
-            metric(name, kind, help_text, samples)
-        for name, kind, help_text, samples in destination_metric_families(self.settings.data_dir):
-            metric(name, kind, help_text, samples)
-        for name, kind, help_text, samples in self.lifecycle.metric_families():
-            metric(name, kind, help_text, samples)
-        return "\n".join(lines) + "\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def uvicorn_config(clew: Clew, host: str, port: int) -> uvicorn.Config:
@@ -436,7 +270,11 @@ def _log_access(config: uvicorn.Config) -> None:
     access.handlers = list(logging.getLogger().handlers)
 
 
-def serve(settings: Settings, on_ready: Any = None, access_log: bool = False) -> None:
+def serve(
+    settings: Settings,
+    on_ready: Callable[[Clew], None] | None = None,
+    access_log: bool = False,
+) -> None:
     """Run Clew in the foreground until SIGINT or SIGTERM, then stop taking requests, let the
     stages drain and return (the caller exits 0). A second signal during the drain ends the
     process at once: SIGTERM with exit 143, SIGINT with KeyboardInterrupt; what was not
@@ -449,52 +287,7 @@ def serve(settings: Settings, on_ready: Any = None, access_log: bool = False) ->
     config = uvicorn_config(clew, settings.host, settings.port)
     if access_log:
         _log_access(config)
-    server = StoppedBySignal(config)
     try:
-        if on_ready is not None:
-
-            async def run() -> None:
-                task = asyncio.create_task(server.serve())
-                while not server.started and not task.done():
-                    await asyncio.sleep(0.02)
-                if server.started:
-                    on_ready(clew)
-                await task
-
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(run())
-        else:
-            server.run()
+        serve_until_signal(config, None if on_ready is None else lambda: on_ready(clew))
     finally:
         clew.stop()
-
-
-class BackgroundServer:
-    """Clew serving on a free loopback port in a background thread (demo, tests)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings.model_copy(update={"port": settings.port or free_port()})
-        self.clew = Clew(self.settings)
-        self._server = uvicorn.Server(
-            uvicorn_config(self.clew, self.settings.host, self.settings.port)
-        )
-        self._thread = threading.Thread(target=self._server.run, name="clew-http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.host}:{self.settings.port}"
-
-    def __enter__(self) -> BackgroundServer:
-        self.clew.start()
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"Clew did not start on {self.url}")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(15)
-        self.clew.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from clew.server import BackgroundServer
+from clew.background import BackgroundServer
 from conftest import WRITE_KEY
 
 ORDER_V1 = {

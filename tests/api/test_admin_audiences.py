@@ -15,7 +15,7 @@ from clew.api.audiences import audience_routes
 from clew.audiences.definitions import parse_document
 from clew.audiences.repository import DefinitionRepository
 from clew.audiences.status import BACKFILL_GROUP, backfill_key
-from clew.server import BackgroundServer
+from clew.background import BackgroundServer
 from clew.sources import Catalog
 from clew.store import MemoryProfileStore
 from conftest import WRITE_KEY

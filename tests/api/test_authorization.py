@@ -22,9 +22,9 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Route
 
+from clew.background import BackgroundServer
 from clew.collector.process import CollectorProcess
 from clew.events import PATH_TYPES
-from clew.server import BackgroundServer
 from clew.sources import ADMIN, METRICS, PRIVACY, PROFILES, SCOPES, SQL
 from conftest import WRITE_KEY, make_settings
 

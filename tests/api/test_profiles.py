@@ -19,7 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from clew.api.profiles import iso_time, profile_routes
-from clew.server import free_port
+from clew.background import free_port
 from clew.sources import Catalog
 from clew.store import (
     MemoryProfileStore,

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
+from clew.background import BackgroundServer
 from clew.config import SqlSettings
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 # Never finish in a test's lifetime; GREEDY grows DuckDB's memory while it runs.

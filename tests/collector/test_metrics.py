@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
+from clew.background import BackgroundServer
 from clew.collector.process import CollectorProcess
 from clew.config import Settings
-from clew.server import BackgroundServer
 
 
 def _families(text: str) -> dict[str, set[str]]:

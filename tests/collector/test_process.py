@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clew.server import free_port
+from clew.background import free_port
 from conftest import clew_bin, wait_for
 
 

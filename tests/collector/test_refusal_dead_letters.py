@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
+from clew.background import BackgroundServer
 from clew.lake.query import Lake
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, lake_count, wait_for
 
 

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import DestinationSettings, Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.destinations.addresses import DestinationAddressError, pin, refusal
 from clew.destinations.notices import send_deletion_notice
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, make_settings, wait_for
 from destinations._receiver import Receiver
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.imports.importer import (
@@ -29,7 +30,6 @@ from clew.imports.importer import (
     pending_reviews,
 )
 from clew.lake.query import Lake
-from clew.server import BackgroundServer
 from clew.store import Profile, SQLiteProfileStore
 from clew.topics import EVENTS_TOPIC
 from conftest import WRITE_KEY, make_settings, wait_for

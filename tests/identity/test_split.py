@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from clew.backends import open_log
+from clew.background import BackgroundServer
 from clew.batch.split import split_profile
 from clew.cli import app
 from clew.config import Settings
@@ -23,7 +24,6 @@ from clew.identity import Identifier, profile_id_for
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.lake.query import Lake
 from clew.log.base import Message
-from clew.server import BackgroundServer
 from clew.stages.runner import StageRunner
 from clew.stages.workers import build_stage
 from clew.store import Profile, SQLiteProfileStore

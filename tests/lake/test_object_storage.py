@@ -20,10 +20,10 @@ import pytest
 from _s3 import S3
 from clew._locations import ObjectStorageUnsupported
 from clew.backends import open_log
+from clew.background import free_port
 from clew.config import LakeSettings, LifecycleSettings, Settings, load_settings
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
-from clew.server import free_port
 from clew.stages.lake_sink import LakeSinkStage
 from conftest import WRITE_KEY, ServeProcess, clew_bin, wait_for
 

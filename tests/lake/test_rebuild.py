@@ -19,6 +19,7 @@ import pytest
 from deltalake import write_deltalake
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.batch.rebuild import rebuild
 from clew.cli import app
 from clew.config import Settings
@@ -28,7 +29,6 @@ from clew.identity.traits import is_order, revenue
 from clew.identity.unifier import Unifier
 from clew.lake.query import Lake
 from clew.lake.tables import EVENTS, to_arrow
-from clew.server import BackgroundServer
 from clew.store import MemoryProfileStore, Provenance, Separation, SQLiteProfileStore
 from conftest import WRITE_KEY, make_settings, wait_for
 

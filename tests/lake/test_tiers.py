@@ -13,6 +13,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from clew.backends import open_log
+from clew.background import BackgroundServer
 from clew.clock import ManualClock
 from clew.config import LakeSettings, LifecycleSettings, Settings
 from clew.lake import _tier_moves
@@ -27,7 +28,6 @@ from clew.lake.tiers import (
     tier_status,
 )
 from clew.log.base import Message
-from clew.server import BackgroundServer
 from conftest import make_settings, wait_for
 
 # Partitions dated before 2024-03-03 are older than the default 90 warm days.

@@ -8,9 +8,9 @@ import time
 
 import httpx
 
+from clew.background import BackgroundServer
 from clew.privacy._salt import identifier_hash, load_salt
 from clew.privacy.suppression import RELOAD_S, SuppressedHash, SuppressionList
-from clew.server import BackgroundServer
 from clew.topics import RAW_TOPIC
 from conftest import WRITE_KEY, drained, lake_count, wait_for
 

@@ -19,6 +19,7 @@ import pytest
 from deltalake import write_deltalake
 
 from clew.backends import open_log
+from clew.background import BackgroundServer
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.identity import Identifier, profile_id_for
@@ -28,7 +29,6 @@ from clew.log.base import Log
 from clew.privacy._erase_match import Matcher
 from clew.privacy.erase import Subject, erase, resolve_person, resolve_subject
 from clew.privacy.verify import verify
-from clew.server import BackgroundServer
 from clew.store import SQLiteProfileStore
 from conftest import WRITE_KEY, drained, make_settings, wait_for
 from destinations._receiver import Receiver

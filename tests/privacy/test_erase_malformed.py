@@ -17,11 +17,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
-from clew.server import BackgroundServer
 from conftest import WRITE_KEY, drained, make_settings, wait_for
 
 ADA_EMAIL = "ada.lovelace@analytical.test"

@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 from _kafka import KafkaBroker
 from _services import require_module
 from clew.backends import open_log
+from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import LogSettings, PrivacySettings, Settings, StoreSettings
 from clew.identity.identifiers import USER_ID
 from clew.log.base import Record
 from clew.log.shredding import ShreddingLog
-from clew.server import BackgroundServer
 from clew.topics import EVENTS_TOPIC, TOPICS
 from conftest import WRITE_KEY, make_settings, wait_for
 

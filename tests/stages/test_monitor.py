@@ -15,11 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from clew.background import free_port
 from clew.events import format_time
 from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.monitor import ALL_VERSIONS, VolumeAlert, decode_alert
-from clew.server import free_port
 from clew.stages.monitor import MonitorStage
 from clew.stages.setaside import dead_letter
 from conftest import wait_for

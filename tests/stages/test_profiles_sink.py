@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from clew.background import BackgroundServer
 from clew.config import LakeSettings
 from clew.identity.changes import (
     IdentityRow,
@@ -21,7 +22,6 @@ from clew.identity.changes import (
 from clew.lake.query import Lake
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.server import BackgroundServer
 from clew.stages.profiles_sink import ProfilesSinkStage
 from clew.topics import CHANGES_TOPIC
 from conftest import WRITE_KEY, make_settings, wait_for

@@ -13,11 +13,11 @@ import msgspec
 import pytest
 
 from clew.backends import open_log
+from clew.background import BackgroundServer
 from clew.config import Settings
 from clew.events import Event
 from clew.identity.changes import ProfileChange, ProfileDeleted, decode_change
 from clew.log.base import Log, Message
-from clew.server import BackgroundServer
 from clew.stages.profiles import ProfilesStage
 from clew.stages.runner import StageRunner
 from clew.store import SQLiteProfileStore

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pytest
 
+from clew.background import BackgroundServer
 from clew.dlq.ledger import ReplayLedger
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.dlq.snapshot import DlqFilter, DlqSnapshot
@@ -21,7 +22,6 @@ from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
 from clew.log.base import Consumer, Log, Message, Record, TopicPartition, TopicSpec
 from clew.log.embedded import EmbeddedLog
-from clew.server import BackgroundServer
 from clew.stages.base import Stage
 from clew.stages.runner import BATCH_ATTEMPTS, StageRunner
 from clew.stages.setaside import StageLedger

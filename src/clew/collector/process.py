@@ -10,14 +10,12 @@ machine append to the same SQLite file; collectors on other machines need the Ka
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-import uvloop
 from starlette.requests import Request
 
 from clew.api._auth import check_token
@@ -25,7 +23,7 @@ from clew.backends import open_log
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.collector.metrics import SUPPRESSED, collector_families, render, suppressed_family
 from clew.config import Settings
-from clew.http_limits import StoppedBySignal, exit_on_signal, uvicorn_config
+from clew.http_limits import exit_on_signal, serve_until_signal, uvicorn_config
 from clew.log.base import Log
 from clew.privacy.suppression import Suppression
 from clew.sources import DEFAULT_SOURCE, METRICS, Catalog, CatalogError, Source
@@ -139,20 +137,8 @@ def run_collector(
     SystemExit with 128 + the signal's number."""
     process = CollectorProcess(settings)
     signal.signal(signal.SIGTERM, exit_on_signal)
-    server = StoppedBySignal(
-        uvicorn_config(process.app, settings.host, settings.port, settings.http)
-    )
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if server.started and on_ready is not None:
-            on_ready(process)
-        await task
-
+    config = uvicorn_config(process.app, settings.host, settings.port, settings.http)
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run())
+        serve_until_signal(config, None if on_ready is None else lambda: on_ready(process))
     finally:
         process.close()
