@@ -14,7 +14,7 @@ A plan body: ``{"enforcement": "block_violations", "compatibility": "BACKWARD",
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from clew.api._auth import check_token, error
+from clew.api._auth import error, token_guard
 from clew.sources import ADMIN, Catalog
 
 
@@ -47,149 +47,148 @@ def _version(v: Any) -> dict[str, Any]:
 
 
 def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
-    def registry() -> Any:
-        from clew.schema import SchemaRegistry
-
-        return SchemaRegistry(registry_path)
-
-    def guarded(
-        handler: Callable[[Request], Any],
-    ) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            refused = check_token(request, catalog, ADMIN)
-            if refused is not None:
-                return refused
-            result: Response = await handler(request)
-            return result
-
-        return endpoint
-
-    async def list_subjects(request: Request) -> Response:
-        source = request.path_params["source"]
-
-        def run() -> dict[str, Any]:
-            with registry() as reg:
-                settings = reg.settings(source)
-                return {
-                    "source": source,
-                    "enforcement": settings.enforcement.value,
-                    "compatibility": settings.compatibility.value,
-                    "subjects": [
-                        {
-                            "subject": i.subject,
-                            "compatibility": i.compatibility.value,
-                            "active": i.active,
-                            "versions": i.versions,
-                            "latest": _version(i.latest),
-                        }
-                        for i in reg.subjects(source, include_retired=True)
-                    ],
-                }
-
-        return JSONResponse(await run_in_threadpool(run))
-
-    async def get_version(request: Request) -> Response:
-        from clew.schema import SchemaError
-
-        p = request.path_params
-        raw = p["version"]
-        version: int | str = int(raw) if raw.isdigit() else raw
-
-        def run() -> Any:
-            with registry() as reg:
-                return reg.get(p["source"], p["subject"], version)
-
-        try:
-            return JSONResponse(_version(await run_in_threadpool(run)))
-        except SchemaError as e:
-            return error(404, "schema_not_found", str(e))
-
-    async def _parse_plan(request: Request) -> tuple[str, Any, dict[str, Any]] | Response:
-        """The source, subject updates and plan options of a plan request, or the 400."""
-        from clew.schema import Compatibility, Enforcement, SubjectUpdate
-
-        try:
-            body = json.loads(await request.body())
-            updates = [
-                SubjectUpdate(
-                    s["subject"],
-                    s["schema"],
-                    Compatibility.parse(s["compatibility"]) if s.get("compatibility") else None,
-                )
-                for s in body["subjects"]
-            ]
-            options: dict[str, Any] = {}
-            if body.get("enforcement"):
-                options["enforcement"] = Enforcement(body["enforcement"])
-            if body.get("compatibility"):
-                options["compatibility"] = Compatibility.parse(body["compatibility"])
-        except (ValueError, KeyError, TypeError) as e:
-            return error(400, "invalid_plan", f"the plan body is not valid: {e}")
-        return request.path_params["source"], updates, options
-
-    async def publish(request: Request) -> Response:
-        from clew.schema import IncompatibleSchemaError, SchemaError
-
-        parsed = await _parse_plan(request)
-        if isinstance(parsed, Response):
-            return parsed
-        source, updates, options = parsed
-
-        def run() -> Any:
-            with registry() as reg:
-                return reg.publish_all(source, updates, retire_missing=True, **options)
-
-        try:
-            result = await run_in_threadpool(run)
-        except IncompatibleSchemaError as e:
-            return JSONResponse(
-                {
-                    "code": "incompatible_schema",
-                    "message": f"{len(e.changes)} breaking change(s); nothing was published",
-                    "changes": [_change(s, c) for s, c in e.changes],
-                },
-                status_code=409,
-            )
-        except SchemaError as e:
-            return error(400, "invalid_schema", str(e))
-        return JSONResponse(
-            {
-                "revision": result.settings.revision,
-                "published": [
-                    {**_version(p.version), "created": p.created} for p in result.published
-                ],
-                "retired": list(result.retired),
-            }
-        )
-
-    async def check(request: Request) -> Response:
-        from clew.schema import SchemaError
-
-        parsed = await _parse_plan(request)
-        if isinstance(parsed, Response):
-            return parsed
-        source, updates, options = parsed
-
-        def run() -> Any:
-            with registry() as reg:
-                return reg.check_all(source, updates, compatibility=options.get("compatibility"))
-
-        try:
-            problems = await run_in_threadpool(run)
-        except SchemaError as e:
-            return error(400, "invalid_schema", str(e))
-        return JSONResponse(
-            {"compatible": not problems, "changes": [_change(s, c) for s, c in problems]}
-        )
-
+    """The routes over the schema registry at ``registry_path``, for ``Starlette(routes=…)``;
+    each needs an access token with the ``admin`` scope."""
+    guarded = token_guard(catalog, ADMIN)
     base = "/v1/admin/sources/{source}"
     return [
-        Route(f"{base}/schemas", guarded(list_subjects), methods=["GET"]),
+        Route(f"{base}/schemas", guarded(partial(list_subjects, registry_path)), methods=["GET"]),
         Route(
             f"{base}/schemas/{{subject}}/versions/{{version}}",
-            guarded(get_version),
+            guarded(partial(get_version, registry_path)),
             methods=["GET"],
         ),
-        Route(f"{base}/plan", guarded(publish), methods=["POST"]),
-        Route(f"{base}/plan/check", guarded(check), methods=["POST"]),
+        Route(f"{base}/plan", guarded(partial(publish, registry_path)), methods=["POST"]),
+        Route(f"{base}/plan/check", guarded(partial(check, registry_path)), methods=["POST"]),
     ]
+
+
+def _registry(registry_path: Path) -> Any:
+    from clew.schema import SchemaRegistry
+
+    return SchemaRegistry(registry_path)
+
+
+async def list_subjects(registry_path: Path, request: Request) -> Response:
+    """``GET …/schemas``: the source's plan settings and every subject, retired ones too."""
+    source = request.path_params["source"]
+    return JSONResponse(await run_in_threadpool(_subjects, registry_path, source))
+
+
+def _subjects(registry_path: Path, source: str) -> dict[str, Any]:
+    with _registry(registry_path) as reg:
+        settings = reg.settings(source)
+        return {
+            "source": source,
+            "enforcement": settings.enforcement.value,
+            "compatibility": settings.compatibility.value,
+            "subjects": [
+                {
+                    "subject": i.subject,
+                    "compatibility": i.compatibility.value,
+                    "active": i.active,
+                    "versions": i.versions,
+                    "latest": _version(i.latest),
+                }
+                for i in reg.subjects(source, include_retired=True)
+            ],
+        }
+
+
+async def get_version(registry_path: Path, request: Request) -> Response:
+    """``GET …/schemas/{subject}/versions/{version}``: one schema, 404 when there is none."""
+    from clew.schema import SchemaError
+
+    p = request.path_params
+    raw = p["version"]
+    version: int | str = int(raw) if raw.isdigit() else raw
+
+    def run() -> Any:
+        with _registry(registry_path) as reg:
+            return reg.get(p["source"], p["subject"], version)
+
+    try:
+        return JSONResponse(_version(await run_in_threadpool(run)))
+    except SchemaError as e:
+        return error(404, "schema_not_found", str(e))
+
+
+async def _parse_plan(request: Request) -> tuple[str, Any, dict[str, Any]] | Response:
+    """The source, subject updates and plan options of a plan request, or the 400."""
+    from clew.schema import Compatibility, Enforcement, SubjectUpdate
+
+    try:
+        body = json.loads(await request.body())
+        updates = [
+            SubjectUpdate(
+                s["subject"],
+                s["schema"],
+                Compatibility.parse(s["compatibility"]) if s.get("compatibility") else None,
+            )
+            for s in body["subjects"]
+        ]
+        options: dict[str, Any] = {}
+        if body.get("enforcement"):
+            options["enforcement"] = Enforcement(body["enforcement"])
+        if body.get("compatibility"):
+            options["compatibility"] = Compatibility.parse(body["compatibility"])
+    except (ValueError, KeyError, TypeError) as e:
+        return error(400, "invalid_plan", f"the plan body is not valid: {e}")
+    return request.path_params["source"], updates, options
+
+
+async def publish(registry_path: Path, request: Request) -> Response:
+    """``POST …/plan``: publish a plan; 409 with every breaking change when it is refused."""
+    from clew.schema import IncompatibleSchemaError, SchemaError
+
+    parsed = await _parse_plan(request)
+    if isinstance(parsed, Response):
+        return parsed
+    source, updates, options = parsed
+
+    def run() -> Any:
+        with _registry(registry_path) as reg:
+            return reg.publish_all(source, updates, retire_missing=True, **options)
+
+    try:
+        result = await run_in_threadpool(run)
+    except IncompatibleSchemaError as e:
+        return JSONResponse(
+            {
+                "code": "incompatible_schema",
+                "message": f"{len(e.changes)} breaking change(s); nothing was published",
+                "changes": [_change(s, c) for s, c in e.changes],
+            },
+            status_code=409,
+        )
+    except SchemaError as e:
+        return error(400, "invalid_schema", str(e))
+    return JSONResponse(
+        {
+            "revision": result.settings.revision,
+            "published": [{**_version(p.version), "created": p.created} for p in result.published],
+            "retired": list(result.retired),
+        }
+    )
+
+
+async def check(registry_path: Path, request: Request) -> Response:
+    """``POST …/plan/check``: what publishing the plan would refuse (a dry run)."""
+    from clew.schema import SchemaError
+
+    parsed = await _parse_plan(request)
+    if isinstance(parsed, Response):
+        return parsed
+    source, updates, options = parsed
+
+    def run() -> Any:
+        with _registry(registry_path) as reg:
+            return reg.check_all(source, updates, compatibility=options.get("compatibility"))
+
+    try:
+        problems = await run_in_threadpool(run)
+    except SchemaError as e:
+        return error(400, "invalid_schema", str(e))
+    return JSONResponse(
+        {"compatible": not problems, "changes": [_change(s, c) for s, c in problems]}
+    )
