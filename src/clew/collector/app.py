@@ -28,7 +28,7 @@ from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
 from clew.nesting import MAX_DEPTH, too_deep
 from clew.raw_records import raw_message
-from clew.sources import Catalog
+from clew.sources import Catalog, Source
 from clew.topics import DLQ_TOPIC, RAW_TOPIC
 
 if TYPE_CHECKING:
@@ -187,43 +187,19 @@ class Collector:
     async def _handle(
         self, path_type: str, headers: dict[bytes, bytes], receive: Receive, seen: _Seen
     ) -> int:
-        limits = self._limits
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if ctype not in _JSON_TYPES:
-            raise _Refusal(
-                415,
-                "unsupported_media_type",
-                f"send application/json or text/plain, not {ctype.decode(errors='replace')}",
-            )
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding not in (b"gzip", b"identity", b""):
-            raise _Refusal(
-                415,
-                "unsupported_encoding",
-                f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip",
-            )
+        """Check and append one request; the number of events stored (0 for an empty batch
+        or one whose events are all of suppressed people). Refusals are raised, in the
+        order: media type, encoding, header write key, size, text, JSON, body write key,
+        batch shape and sizes."""
+        cap = self._limits.max_request_bytes
+        encoding = _content_encoding(headers)
         header_key = _basic_auth_user(headers.get(b"authorization"))
-        source = None
-        if header_key is not None:
-            source = self._catalog.source_for_key(header_key)
-            if source is None:
-                raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
-            seen.source_id = source.id
-
-        body = await _read_body(receive, limits.max_request_bytes, seen)
+        source = None if header_key is None else self._source_for(header_key, seen)
+        body = await _read_body(receive, cap, seen)
         if encoding == b"gzip":
-            body = _gunzip(body, limits.max_request_bytes)
+            body = _gunzip(body, cap)
         seen.body = body
-
-        _check_text(body)
-        decoder = _batch_decoder if path_type == "batch" else _single_decoder
-        try:
-            parsed: _Batch | _Single = decoder.decode(body)
-        except msgspec.ValidationError as e:
-            raise _decode_refusal(e) from None
-        except msgspec.DecodeError as e:
-            raise _unreadable(body, e) from None
-
+        parsed = _parse(body, path_type)
         if source is None:
             if not parsed.writeKey:
                 raise _Refusal(
@@ -231,40 +207,10 @@ class Collector:
                     "missing_write_key",
                     "send the write key as HTTP Basic user name or as writeKey in the body",
                 )
-            source = self._catalog.source_for_key(parsed.writeKey)
-            if source is None:
-                raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
-            seen.source_id = source.id
-
-        if isinstance(parsed, _Batch):
-            if parsed.batch is None:
-                raise _Refusal(400, "invalid_batch", "a batch request needs a list in `batch`")
-            n_events = len(parsed.batch)
-            if n_events > limits.max_batch_events:
-                raise _Refusal(
-                    400,
-                    "batch_too_large",
-                    f"a batch may hold at most {limits.max_batch_events} events, not {n_events}",
-                )
-            for i, raw in enumerate(parsed.batch):
-                if len(raw) > limits.max_event_bytes:
-                    raise _Refusal(
-                        400,
-                        "event_too_large",
-                        f"event {i} of the batch is {len(raw)} bytes; the limit is "
-                        f"{limits.max_event_bytes}",
-                    )
-            if n_events == 0:
-                return 0
-        else:
-            n_events = 1
-            if len(body) > limits.max_event_bytes:
-                raise _Refusal(
-                    400,
-                    "event_too_large",
-                    f"the event is {len(body)} bytes; the limit is {limits.max_event_bytes}",
-                )
-
+            source = self._source_for(parsed.writeKey, seen)
+        n_events = _count_events(parsed, body, self._limits)
+        if n_events == 0:
+            return 0
         if self._suppression is not None and self._suppression.active:
             kept, suppressed = _without_suppressed(self._suppression, body, parsed, path_type)
             if suppressed:
@@ -273,9 +219,16 @@ class Collector:
                 if kept is None:
                     return 0
                 body = kept
-
         await self._append(body, source.id, path_type)
         return n_events
+
+    def _source_for(self, write_key: str, seen: _Seen) -> Source:
+        """The source of ``write_key``; 401 when it is no source's key."""
+        source = self._catalog.source_for_key(write_key)
+        if source is None:
+            raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+        seen.source_id = source.id
+        return source
 
     async def _append(self, body: bytes, source_id: str, path_type: str) -> None:
         if not self.accepting:
@@ -315,6 +268,71 @@ class Collector:
                     )
 
         written.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, f))
+
+
+def _content_encoding(headers: dict[bytes, bytes]) -> bytes:
+    """The request's Content-Encoding, after refusing a media type or an encoding the
+    collector does not read (415)."""
+    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if ctype not in _JSON_TYPES:
+        raise _Refusal(
+            415,
+            "unsupported_media_type",
+            f"send application/json or text/plain, not {ctype.decode(errors='replace')}",
+        )
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding not in (b"gzip", b"identity", b""):
+        raise _Refusal(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip",
+        )
+    return encoding
+
+
+def _parse(body: bytes, path_type: str) -> _Batch | _Single:
+    """The envelope of ``body`` (a batch's events left raw), or the 400 (401 for a
+    ``writeKey`` that is not a string)."""
+    _check_text(body)
+    decoder = _batch_decoder if path_type == "batch" else _single_decoder
+    try:
+        parsed: _Batch | _Single = decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise _decode_refusal(e) from None
+    except msgspec.DecodeError as e:
+        raise _unreadable(body, e) from None
+    return parsed
+
+
+def _count_events(parsed: _Batch | _Single, body: bytes, limits: Limits) -> int:
+    """How many events the request holds, after refusing a batch without a list, one of
+    too many events, or an event over ``max_event_bytes``."""
+    if not isinstance(parsed, _Batch):
+        if len(body) > limits.max_event_bytes:
+            raise _Refusal(
+                400,
+                "event_too_large",
+                f"the event is {len(body)} bytes; the limit is {limits.max_event_bytes}",
+            )
+        return 1
+    if parsed.batch is None:
+        raise _Refusal(400, "invalid_batch", "a batch request needs a list in `batch`")
+    n_events = len(parsed.batch)
+    if n_events > limits.max_batch_events:
+        raise _Refusal(
+            400,
+            "batch_too_large",
+            f"a batch may hold at most {limits.max_batch_events} events, not {n_events}",
+        )
+    for i, raw in enumerate(parsed.batch):
+        if len(raw) > limits.max_event_bytes:
+            raise _Refusal(
+                400,
+                "event_too_large",
+                f"event {i} of the batch is {len(raw)} bytes; the limit is "
+                f"{limits.max_event_bytes}",
+            )
+    return n_events
 
 
 def _without_suppressed(
