@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from clew.monitor.records import RecordReader
 from clew.monitor.volume import (
     ALL_VERSIONS,
     DLQ_SHARE,
@@ -15,7 +16,6 @@ from clew.monitor.volume import (
     HourCount,
     MonitorPolicy,
     MonitorPolicyError,
-    RecordReader,
     SeriesHistory,
     SeriesKey,
     assess,

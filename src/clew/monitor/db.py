@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clew._sqlite import open_sqlite
-from clew.monitor.volume import Observation, SeriesKey
+from clew.monitor.records import Observation
+from clew.monitor.volume import SeriesKey
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (

@@ -34,13 +34,13 @@ from clew.monitor.alerts import (
     volume_alert,
 )
 from clew.monitor.db import ADD_COUNTER, CountBatch, open_monitor_db
+from clew.monitor.records import RecordReader
 from clew.monitor.status import MonitorStatus, read_status
 from clew.monitor.volume import (
     ALL_VERSIONS,
     Assessment,
     HourCount,
     MonitorPolicy,
-    RecordReader,
     SeriesHistory,
     SeriesKey,
     assess_group,
