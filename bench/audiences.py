@@ -77,6 +77,7 @@ from _shop import (
     iso,
     timer_definitions,
 )
+from clew._datadir import CLOCK_FILE
 from clew.audiences.changes import AudienceChange, decode
 from clew.audiences.definitions import parse_document, parse_duration
 from clew.audiences.live import LiveAudiences
@@ -333,7 +334,7 @@ class Anchor:
 
     @classmethod
     def read(cls, data_dir: Path, timeout: float = 30.0) -> Anchor:
-        path = data_dir / "clock.json"
+        path = data_dir / CLOCK_FILE
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

@@ -47,6 +47,7 @@ import msgspec
 from rich.table import Table
 
 from _serve import BENCH, PYTHON, BenchError, RssSampler, Server, console, fail, free_port
+from clew._datadir import META_FILE, PROFILES_FILE
 
 TARGET_P99_MS = 5.0
 MODES = ("bare", "direct", "offload")
@@ -67,10 +68,10 @@ def populate(data_dir: Path, profiles: int, seed: int = 7) -> tuple[str, list[st
     from clew.store import IdentityEdge, Profile, Provenance, SQLiteProfileStore, StoredEvent
 
     rng = random.Random(seed)
-    catalog = Catalog(data_dir / "meta.db")
+    catalog = Catalog(data_dir / META_FILE)
     token = catalog.create_token("bench")
     catalog.close()
-    store = SQLiteProfileStore(data_dir / "profiles.db")
+    store = SQLiteProfileStore(data_dir / PROFILES_FILE)
     idents: list[str] = []
     for start in range(0, profiles, 1000):
         with store.transaction():
@@ -155,8 +156,8 @@ def serve(mode: str, data_dir: Path, port: int) -> None:
         from clew.sources import Catalog
         from clew.store import SQLiteProfileStore
 
-        store = SQLiteProfileStore(data_dir / "profiles.db")
-        catalog = Catalog(data_dir / "meta.db")
+        store = SQLiteProfileStore(data_dir / PROFILES_FILE)
+        catalog = Catalog(data_dir / META_FILE)
         routes += profile_routes(store, catalog, offload=mode == "offload")
     uvicorn.run(
         Starlette(routes=routes),

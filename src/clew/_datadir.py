@@ -1,4 +1,5 @@
-"""The data directory: who may read it, how a command knows a directory is one, its serve
+"""The data directory: its layout (every file, folder and lock in it, named once), who may
+read it, how a command knows a directory is one, its serve
 lock (one `clew serve` per data directory), and a way for other commands (the demo, an
 error message) to find the URL of the one that runs and the data directory it serves."""
 
@@ -13,11 +14,55 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+# The layout of a data directory: every file, folder and lock Clew keeps in it, named here
+# once. The path properties of `Settings` (clew.config.settings) join these to its
+# `data_dir`; code handed a data directory rather than settings joins them itself.
+LOG_FILE = "log.db"
+META_FILE = "meta.db"  # the source catalog and API tokens
+STATE_FILE = "state.db"
+MONITOR_FILE = "monitor.db"
+REGISTRY_FILE = "registry.db"  # the schema registry
+PROFILES_FILE = "profiles.db"  # the SQLite serving store
+PRIVACY_FILE = "privacy.db"
+IMPORTS_FILE = "imports.db"
+KEYS_FILE = "keys.db"  # the per-person keys of crypto-shredding (SQLite key store)
+SALT_FILE = "privacy.salt"
+LAKE_INDEX_FILE = "lake_index.db"  # which lake files hold which person
+OUTBOX_FILE = "destinations.db"  # destination outboxes, delivery history, dead letters
+CLOCK_FILE = "clock.json"  # the anchor of a scaled clock
+LAKE_DIR = "lake"
+COLD_DIR = "cold"
+SQL_SPILL_DIR = "sql-spill"
+DESTINATIONS_DIR = "destinations"  # one file per destination
+AUDIENCES_DIR = "audiences"  # the audience definitions
+LOCKS_DIR = "locks"
+
+# The locks, each a file ``locks/<name>.lock`` (:func:`lock_path`).
+SERVE_LOCK = "serve"  # one `clew serve` per data directory
+DLQ_REPLAY_LOCK = "dlq-replay"
+LIFECYCLE_LOCK = "lifecycle"
+AUDIENCES_LOCK = "audiences"
+
+
+def stage_lock(stage: str) -> str:
+    """The lock a process holds while it runs ``stage`` (one process per stage)."""
+    return f"stage-{stage}"
+
+
+def lock_path(data_dir: Path, name: str) -> Path:
+    """The file of lock ``name`` (:data:`SERVE_LOCK`, ...) in ``data_dir``.
+
+    >>> lock_path(Path("d"), DLQ_REPLAY_LOCK).as_posix()
+    'd/locks/dlq-replay.lock'
+    """
+    return data_dir / LOCKS_DIR / f"{name}.lock"
+
+
 # The file that makes a directory a Clew data directory. `clew serve`, `clew collector` and
 # the commands that provision a new data directory (`sources create`, `tokens create`, ...)
 # write it; a directory written before it existed is recognised by its catalog, log or lake.
 MARKER_FILE = "clew-data-dir"
-_RECOGNISED_FILES = (MARKER_FILE, "meta.db", "log.db", "lake")
+_RECOGNISED_FILES = (MARKER_FILE, META_FILE, LOG_FILE, LAKE_DIR)
 
 # The data directory holds every event, profile and write key: it and everything in it are
 # for the owner alone. Every `clew` command runs under this umask, so each file it, SQLite
@@ -126,14 +171,10 @@ class DataDirInUseError(RuntimeError):
         self.url = url
 
 
-def _lock_file(data_dir: Path) -> Path:
-    return data_dir / "locks" / "serve.lock"
-
-
 def lock_data_dir(data_dir: Path, url: str) -> IO[str]:
     """Hold the serve lock of ``data_dir`` (released when the returned file is closed, or
     when the process dies) and record ``url`` in it."""
-    path = _lock_file(data_dir)
+    path = lock_path(data_dir, SERVE_LOCK)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a+")
     try:
@@ -151,7 +192,7 @@ def lock_data_dir(data_dir: Path, url: str) -> IO[str]:
 
 def serving_url(data_dir: Path) -> str | None:
     """The URL of the `clew serve` holding ``data_dir``'s lock, or None when none does."""
-    path = _lock_file(data_dir)
+    path = lock_path(data_dir, SERVE_LOCK)
     try:
         handle = path.open("r")
     except OSError:

@@ -223,10 +223,9 @@ def open_keystore(settings: Settings) -> KeyStore:
             client=redis_client(settings),
             cluster=settings.store.redis_cluster,
         )
-    from clew.keys import KEYS_FILE
     from clew.keys._sqlite import SqliteKeyStore
 
-    return SqliteKeyStore(Path(settings.data_dir) / KEYS_FILE)
+    return SqliteKeyStore(settings.keys_path)
 
 
 def open_keyring(settings: Settings) -> KeyRing:

@@ -18,6 +18,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clew._datadir import CLOCK_FILE
+
 
 class Clock(Protocol):
     def now_ms(self) -> int:
@@ -93,7 +95,7 @@ class ScaledClock:
 def clock_for(settings: ClockSettings, data_dir: Path) -> Clock:
     if settings.speed == 1.0:
         return SystemClock()
-    return ScaledClock.anchored(settings.speed, data_dir / "clock.json")
+    return ScaledClock.anchored(settings.speed, data_dir / CLOCK_FILE)
 
 
 def to_datetime(ms: int) -> datetime:

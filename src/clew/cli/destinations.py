@@ -73,10 +73,10 @@ def _when(ms: int | None) -> str:
 
 
 def _open(data_dir: Path | None, config: Path | None) -> tuple[DestinationDirectory, Path]:
-    from clew.destinations import DestinationDirectory, destinations_dir, outbox_path
+    from clew.destinations import DestinationDirectory
 
     settings = settings_from(config, data_dir=data_dir)
-    return DestinationDirectory(destinations_dir(settings.data_dir)), outbox_path(settings.data_dir)
+    return DestinationDirectory(settings.destinations_path), settings.outbox_path
 
 
 def _outbox(path: Path) -> Outbox:
@@ -137,10 +137,10 @@ def add(
     filters combine with AND (docs/destinations.md)."""
     from clew.destinations import DestinationDirectory, DestinationError, parse_destination
     from clew.destinations.addresses import check_url
-    from clew.destinations.config import destinations_dir, read_mapping
+    from clew.destinations.config import read_mapping
 
     settings = settings_from(config, data="provision", data_dir=data_dir)
-    directory = DestinationDirectory(destinations_dir(settings.data_dir))
+    directory = DestinationDirectory(settings.destinations_path)
     options: dict[str, Any] = {
         "url": url,
         "secret": secret,

@@ -9,6 +9,24 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clew._datadir import (
+    COLD_DIR,
+    DESTINATIONS_DIR,
+    IMPORTS_FILE,
+    KEYS_FILE,
+    LAKE_DIR,
+    LAKE_INDEX_FILE,
+    LOG_FILE,
+    META_FILE,
+    MONITOR_FILE,
+    OUTBOX_FILE,
+    PRIVACY_FILE,
+    PROFILES_FILE,
+    REGISTRY_FILE,
+    SALT_FILE,
+    SQL_SPILL_DIR,
+    STATE_FILE,
+)
 from clew._locations import LakeLocation
 from clew.clock import ClockSettings
 from clew.config._base import ENV_NESTING, ENV_PREFIX, REVEAL_SECRETS
@@ -77,28 +95,28 @@ class Settings(BaseSettings):
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "log.db"
+        return self.data_dir / LOG_FILE
 
     @property
     def meta_path(self) -> Path:
-        return self.data_dir / "meta.db"
+        return self.data_dir / META_FILE
 
     @property
     def state_path(self) -> Path:
-        return self.data_dir / "state.db"
+        return self.data_dir / STATE_FILE
 
     @property
     def monitor_path(self) -> Path:
-        return self.data_dir / "monitor.db"
+        return self.data_dir / MONITOR_FILE
 
     @property
     def registry_path(self) -> Path:
-        return self.data_dir / "registry.db"
+        return self.data_dir / REGISTRY_FILE
 
     @property
     def profiles_path(self) -> Path:
         """The SQLite serving store (``store.backend = "sqlite"``; unused with Redis)."""
-        return self.data_dir / "profiles.db"
+        return self.data_dir / PROFILES_FILE
 
     @property
     def lake_path(self) -> Path:
@@ -109,7 +127,7 @@ class Settings(BaseSettings):
     @property
     def sql_spill_path(self) -> Path:
         """Where SQL queries spill to disk: one private directory each, removed after it."""
-        return self.data_dir / "sql-spill"
+        return self.data_dir / SQL_SPILL_DIR
 
     @property
     def cold_path(self) -> Path:
@@ -121,7 +139,7 @@ class Settings(BaseSettings):
         """Where the lake's Delta tables live, local or on object storage."""
         uri = self.lake.uri
         if uri is None:
-            return LakeLocation(self.data_dir / "lake")
+            return LakeLocation(self.data_dir / LAKE_DIR)
         return LakeLocation(uri, self.lake.storage_options, setting="lake.uri")
 
     @property
@@ -130,16 +148,41 @@ class Settings(BaseSettings):
         cold = self.lifecycle
         if cold.cold_uri is not None:
             return LakeLocation(cold.cold_uri, self.lake.storage_options, "lifecycle.cold_uri")
-        return LakeLocation(cold.cold_path or self.data_dir / "cold")
+        return LakeLocation(cold.cold_path or self.data_dir / COLD_DIR)
 
     @property
     def privacy_path(self) -> Path:
-        return self.data_dir / "privacy.db"
+        return self.data_dir / PRIVACY_FILE
 
     @property
     def imports_path(self) -> Path:
         """The ledger of `clew import` runs and their match reviews."""
-        return self.data_dir / "imports.db"
+        return self.data_dir / IMPORTS_FILE
+
+    @property
+    def keys_path(self) -> Path:
+        """The per-person keys of crypto-shredding (the SQLite key store)."""
+        return self.data_dir / KEYS_FILE
+
+    @property
+    def salt_path(self) -> Path:
+        """The salt generated on first use when ``privacy.salt`` is not set."""
+        return self.data_dir / SALT_FILE
+
+    @property
+    def lake_index_path(self) -> Path:
+        """Which lake files hold which person (:mod:`clew.lake.person_index`)."""
+        return self.data_dir / LAKE_INDEX_FILE
+
+    @property
+    def outbox_path(self) -> Path:
+        """The SQLite file holding destination outboxes, delivery history and dead letters."""
+        return self.data_dir / OUTBOX_FILE
+
+    @property
+    def destinations_path(self) -> Path:
+        """The folder holding one file per destination."""
+        return self.data_dir / DESTINATIONS_DIR
 
 
 def settings_json_with_secrets(settings: Settings) -> bytes:

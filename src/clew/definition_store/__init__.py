@@ -14,9 +14,10 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["AUDIENCES_DIR", "DirectoryStorage", "Storage", "StorageBusyError", "Version"]
+from clew._datadir import AUDIENCES_DIR, AUDIENCES_LOCK, lock_path
 
-AUDIENCES_DIR = "audiences"
+__all__ = ["DirectoryStorage", "Storage", "StorageBusyError", "Version"]
+
 # Counts the writes made through this module: file times are too coarse (milliseconds on
 # some file systems) to tell apart two quick rewrites of the same size.
 _GENERATION = ".generation"
@@ -59,7 +60,7 @@ class DirectoryStorage:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / AUDIENCES_DIR
-        self._lock_path = data_dir / "locks" / "audiences.lock"
+        self._lock_path = lock_path(data_dir, AUDIENCES_LOCK)
 
     def files(self) -> list[Path]:
         if not self.path.is_dir():

@@ -20,10 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clew._datadir import DESTINATIONS_DIR, OUTBOX_FILE
 from clew._names import did_you_mean
-
-DESTINATIONS_DIR = "destinations"
-OUTBOX_FILE = "destinations.db"
 
 # Kinds of records on the ``changes`` topic a destination can ask for.
 CHANGE_KINDS = (

@@ -44,6 +44,7 @@ from typing import Protocol
 
 import msgspec
 
+from clew._datadir import DLQ_REPLAY_LOCK, lock_path
 from clew._errors import describe
 from clew.config import Settings
 from clew.dlq.ledger import (
@@ -158,7 +159,7 @@ def _dead_letter(row: DlqRow, refused: Blocked | Rejection, replay_id: str) -> D
 
 class _ReplayLock:
     def __init__(self, data_dir: Path) -> None:
-        path = data_dir / "locks" / "dlq-replay.lock"
+        path = lock_path(data_dir, DLQ_REPLAY_LOCK)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = path.open("a")
         try:

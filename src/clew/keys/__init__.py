@@ -9,6 +9,6 @@ backend is chosen in :mod:`clew.backends` (:func:`~clew.backends.open_keystore`,
 
 from __future__ import annotations
 
-from clew.keys.ring import KEYS_FILE, KeyRing, KeyStore, KeyStoreError, StoredKey, master_secret
+from clew.keys.ring import KeyRing, KeyStore, KeyStoreError, StoredKey, master_secret
 
-__all__ = ["KEYS_FILE", "KeyRing", "KeyStore", "KeyStoreError", "StoredKey", "master_secret"]
+__all__ = ["KeyRing", "KeyStore", "KeyStoreError", "StoredKey", "master_secret"]

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from clew.config import Settings
 
 __all__ = [
-    "KEYS_FILE",
     "KeyRing",
     "KeyStore",
     "KeyStoreError",
@@ -53,7 +52,6 @@ __all__ = [
     "master_secret",
 ]
 
-KEYS_FILE = "keys.db"
 _WRAP_INFO = b"clew data key wrapping"
 _ID_INFO = b"clew record key ids"
 _CHECK = b"clew master key check"

@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from clew.config import Settings
 
-__all__ = ["SALT_FILE", "SaltError", "load_salt"]
-
-SALT_FILE = "privacy.salt"
+__all__ = ["SaltError", "load_salt"]
 
 
 def load_salt(settings: Settings) -> bytes:
@@ -30,12 +28,12 @@ def load_salt(settings: Settings) -> bytes:
     configured = settings.privacy.salt.get_secret_value()
     if configured:
         return configured.encode()
-    path = settings.data_dir / SALT_FILE
+    path = settings.salt_path
     existing = _read(path)
     if existing is not None:
         return existing
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SALT_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from clew._datadir import LAKE_INDEX_FILE
 from clew._locations import LakeLocation, as_location
 from clew._sqlite import open_sqlite, transaction
 from clew.identity.rules import IdentityRules
@@ -68,7 +69,6 @@ __all__ = [
     "phone_bucket",
 ]
 
-INDEX_FILE = "lake_index.db"
 # Lake tables the index covers, and their ids in the file.
 TABLE_IDS = {"events": 1, "dlq": 2}
 # Entries a writer remembers having written (skipped when they come again).
@@ -93,7 +93,7 @@ CREATE TABLE IF NOT EXISTS offsets (
 
 
 def index_path(data_dir: Path) -> Path:
-    return data_dir / INDEX_FILE
+    return data_dir / LAKE_INDEX_FILE
 
 
 def day_number(value: date) -> int:

@@ -28,6 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from clew._datadir import LIFECYCLE_LOCK, lock_path
 from clew._errors import describe
 from clew.config import Settings
 from clew.lake.tables import TABLES_BY_TOPIC, TableDef
@@ -159,7 +160,7 @@ def lifecycle_lock(data_dir: Path, *, wait: bool = False) -> Iterator[None]:
     """Hold the data directory's lifecycle lock: lifecycle runs take it, and so may anything
     that must not interleave with a move (a deletion of rows a move is copying). Raises
     :class:`LifecycleBusyError` if it is held and ``wait`` is false."""
-    path = data_dir / "locks" / "lifecycle.lock"
+    path = lock_path(data_dir, LIFECYCLE_LOCK)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         try:

@@ -17,10 +17,9 @@ import hmac
 from clew.identity.identifiers import normalise_identifier
 
 # Re-exported: the salt file is read by the key ring too, so it lives in clew.keys.salt.
-from clew.keys.salt import SALT_FILE, SaltError, load_salt
+from clew.keys.salt import SaltError, load_salt
 
 __all__ = [
-    "SALT_FILE",
     "SaltError",
     "hash_normalised",
     "identifier_hash",

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from clew._locations import LakeLocation
 from clew.config import Settings
-from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
+from clew.destinations.config import DestinationDirectory
 from clew.identity.rules import IdentityRules
-from clew.lake.person_index import NULL_DAY, PersonIndex, index_path
+from clew.lake.person_index import NULL_DAY, PersonIndex
 from clew.log.base import Log, Record
 from clew.privacy._erase_lake import DLQ, EVENTS, LakeEraser, is_table
 from clew.privacy._erase_match import Matcher
@@ -311,7 +311,7 @@ class _Eraser:
     def _lake(self) -> StoreReport:
         settings, m = self.settings, self.matcher
         roots = [settings.lake_location, settings.cold_location]
-        index = PersonIndex(index_path(settings.data_dir), roots)
+        index = PersonIndex(settings.lake_index_path, roots)
         try:
             days = index.partitions(self.subject.identifiers)
             custom = {c.id_type: c.paths for c in self.rules.custom_ids}
@@ -365,18 +365,18 @@ class _Eraser:
         return index.gaps(table, versions, needed, custom)
 
     def lake_index(self) -> StoreReport:
-        index = PersonIndex(index_path(self.settings.data_dir))
+        index = PersonIndex(self.settings.lake_index_path)
         try:
             removed = index.forget(self.subject.identifiers)
         finally:
             index.close()
         report = StoreReport("lake index", removed, f"{removed} entries")
-        return self.scrubbed(report, index_path(self.settings.data_dir).name)
+        return self.scrubbed(report, self.settings.lake_index_path.name)
 
     def outbox(self) -> StoreReport:
         from clew.destinations.outbox import Outbox
 
-        path = outbox_path(self.settings.data_dir)
+        path = self.settings.outbox_path
         if not path.exists():
             return StoreReport("destinations outbox", 0, "no outbox")
         outbox = Outbox(path)
@@ -408,7 +408,7 @@ class _Eraser:
     def notices(self) -> StoreReport:
         from clew.destinations.notices import send_deletion_notice
 
-        configs, _ = DestinationDirectory(destinations_dir(self.settings.data_dir)).load()
+        configs, _ = DestinationDirectory(self.settings.destinations_path).load()
         wanted = [c for c in configs.values() if c.deletion_notices]
         outcomes = [
             send_deletion_notice(

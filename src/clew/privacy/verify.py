@@ -38,8 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clew.config import Settings
-from clew.destinations.config import outbox_path
-from clew.lake.person_index import PersonIndex, index_path
+from clew.lake.person_index import PersonIndex
 from clew.log.base import Log, Record
 from clew.privacy._erase_match import Matcher, record_bytes
 from clew.privacy._verify_bytes import (
@@ -238,7 +237,7 @@ class _Verifier:
     def outbox(self) -> None:
         from clew.destinations.outbox import Outbox
 
-        path = outbox_path(self.settings.data_dir)
+        path = self.settings.outbox_path
         if path.exists():
             outbox = Outbox(path)
             try:
@@ -269,7 +268,7 @@ class _Verifier:
             self.report.checked.append("imports ledger and review queue")
 
     def lake_index(self) -> None:
-        path = index_path(self.settings.data_dir)
+        path = self.settings.lake_index_path
         if path.exists():
             index = PersonIndex(path)
             try:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
+from clew._datadir import lock_path, stage_lock
 from clew.backends import open_log
 from clew.config import Settings, settings_json_with_secrets
 from clew.log.base import Log
@@ -161,7 +162,7 @@ _BUILDERS: dict[str, Callable[[Settings], _Built]] = {
 
 
 def _lock_path(settings: Settings, stage: str) -> Path:
-    return settings.data_dir / "locks" / f"stage-{stage}.lock"
+    return lock_path(settings.data_dir, stage_lock(stage))
 
 
 def _acquire_stage_lock(settings: Settings, stage: str, stop: threading.Event) -> IO[bytes] | None:
