@@ -17,11 +17,25 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from clew._sqlite import transaction
 from clew.schema._jsonschema import Schema, canonical_json, check_schema, fingerprint
+from clew.schema._registry_model import (
+    DDL,
+    DEFAULT_COMPATIBILITY,
+    DEFAULT_ENFORCEMENT,
+    SCHEMA_VERSION,
+    Evaluation,
+    PlanSettings,
+    Published,
+    PublishResult,
+    SchemaVersion,
+    SubjectInfo,
+    SubjectUpdate,
+    version_from_row,
+)
 from clew.schema.changes import Change
 from clew.schema.compat import Compatibility, check_mode, diff
 from clew.schema.enforcement import Enforcement
@@ -31,132 +45,20 @@ from clew.schema.errors import (
     SchemaError,
     SubjectNotFoundError,
 )
-from clew.schema.schemaver import Bump, SchemaVer, bump_for
+from clew.schema.schemaver import SchemaVer, bump_for
 from clew.schema.subjects import subject_order, validate_subject
 
-DEFAULT_COMPATIBILITY = Compatibility.BACKWARD
-DEFAULT_ENFORCEMENT = Enforcement.ALLOW
-_SCHEMA_VERSION = 1
-_DDL = """
-CREATE TABLE IF NOT EXISTS plans (
-    source TEXT PRIMARY KEY,
-    enforcement TEXT NOT NULL,
-    compatibility TEXT NOT NULL,
-    revision INTEGER NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS subjects (
-    source TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    compatibility TEXT,
-    active INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (source, subject)
-);
-CREATE TABLE IF NOT EXISTS versions (
-    source TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    schemaver TEXT NOT NULL,
-    bump TEXT,
-    fingerprint TEXT NOT NULL,
-    schema TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (source, subject, version)
-);
-CREATE TRIGGER IF NOT EXISTS versions_immutable BEFORE UPDATE ON versions
-BEGIN SELECT RAISE(ABORT, 'published schema versions are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS versions_permanent BEFORE DELETE ON versions
-BEGIN SELECT RAISE(ABORT, 'published schema versions are immutable'); END;
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class SchemaVersion:
-    """One immutable published version. ``version`` counts 1, 2, 3… per subject;
-    ``schemaver`` says what the change did to data written earlier; ``bump`` is ``None`` for
-    the first version."""
-
-    source: str
-    subject: str
-    version: int
-    schemaver: SchemaVer
-    schema: Schema
-    fingerprint: str
-    created_at: float
-    bump: Bump | None
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectInfo:
-    source: str
-    subject: str
-    compatibility: Compatibility
-    compatibility_override: Compatibility | None
-    active: bool
-    versions: int
-    latest: SchemaVersion
-
-
-@dataclass(frozen=True, slots=True)
-class PlanSettings:
-    """A source's plan-wide settings. ``revision`` grows whenever anything about the source's
-    plan changes (a version, a mode, a retired subject): compare it to rebuild caches."""
-
-    source: str
-    enforcement: Enforcement
-    compatibility: Compatibility
-    revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectUpdate:
-    """A schema to publish. ``compatibility`` overrides the plan's default mode for this
-    subject; ``None`` follows the default."""
-
-    subject: str
-    schema: Schema
-    compatibility: Compatibility | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    """The outcome for one subject: the version now latest, whether it was created, and the
-    breaking changes against the previous version that its mode allowed."""
-
-    version: SchemaVersion
-    created: bool
-    reactivated: bool = False
-    allowed_changes: tuple[Change, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    settings: PlanSettings
-    published: tuple[Published, ...]
-    retired: tuple[str, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.retired) or any(p.created or p.reactivated for p in self.published)
-
-
-@dataclass(slots=True)
-class _Evaluation:
-    update: SubjectUpdate
-    mode: Compatibility
-    fingerprint: str
-    history: list[SchemaVersion] = field(default_factory=list)
-    active: bool = True
-    problems: list[Change] = field(default_factory=list)
-
-    @property
-    def latest(self) -> SchemaVersion | None:
-        return self.history[-1] if self.history else None
-
-    @property
-    def unchanged(self) -> bool:
-        return self.latest is not None and self.latest.fingerprint == self.fingerprint
+__all__ = [
+    "DEFAULT_COMPATIBILITY",
+    "DEFAULT_ENFORCEMENT",
+    "PlanSettings",
+    "PublishResult",
+    "Published",
+    "SchemaRegistry",
+    "SchemaVersion",
+    "SubjectInfo",
+    "SubjectUpdate",
+]
 
 
 class SchemaRegistry:
@@ -170,8 +72,8 @@ class SchemaRegistry:
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_DDL)
-        self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._conn.executescript(DDL)
+        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -386,29 +288,19 @@ class SchemaRegistry:
                 "WHERE w.source = v.source AND w.subject = v.subject)",
                 (source,),
             ).fetchall()
-        return {r[0]: _version(source, *r) for r in rows}
+        return {r[0]: version_from_row(source, *r) for r in rows}
 
     # -- internals -----------------------------------------------------------------------
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                yield self._conn
-            finally:
-                self._conn.execute("COMMIT")
+        with self._lock, transaction(self._conn, immediate=False):
+            yield self._conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, transaction(self._conn):
+            yield self._conn
 
     def _publish(
         self,
@@ -456,7 +348,7 @@ class SchemaRegistry:
         updates: Sequence[SubjectUpdate],
         default: Compatibility,
         keep_overrides: bool,
-    ) -> list[_Evaluation]:
+    ) -> list[Evaluation]:
         seen: set[str] = set()
         out = []
         for update in updates:
@@ -475,7 +367,7 @@ class SchemaRegistry:
             override = update.compatibility
             if override is None and keep_overrides and row is not None and row[0]:
                 override = Compatibility(row[0])
-            evaluation = _Evaluation(
+            evaluation = Evaluation(
                 update=update,
                 mode=override or default,
                 fingerprint=fingerprint(update.schema),
@@ -490,7 +382,7 @@ class SchemaRegistry:
         return out
 
     def _store(
-        self, conn: sqlite3.Connection, source: str, e: _Evaluation, keep_overrides: bool
+        self, conn: sqlite3.Connection, source: str, e: Evaluation, keep_overrides: bool
     ) -> tuple[Published, bool]:
         """Store one evaluated update; also say whether the subject's mode changed."""
         subject = e.update.subject
@@ -548,7 +440,7 @@ class SchemaRegistry:
             "FROM versions WHERE source = ? AND subject = ? ORDER BY version",
             (source, subject),
         ).fetchall()
-        return [_version(source, *r) for r in rows]
+        return [version_from_row(source, *r) for r in rows]
 
     def _settings(self, conn: sqlite3.Connection, source: str) -> PlanSettings:
         row = conn.execute(
@@ -576,28 +468,6 @@ class SchemaRegistry:
         ).fetchone()
         if row is None:
             raise SubjectNotFoundError(f"source {source!r} has no subject {subject!r}")
-
-
-def _version(
-    source: str,
-    subject: str,
-    version: int,
-    schemaver: str,
-    schema: str,
-    fp: str,
-    created_at: float,
-    bump: str | None,
-) -> SchemaVersion:
-    return SchemaVersion(
-        source,
-        subject,
-        version,
-        SchemaVer.parse(schemaver),
-        json.loads(schema),
-        fp,
-        created_at,
-        Bump(bump) if bump else None,
-    )
 
 
 def _check_source(source: str) -> None:
