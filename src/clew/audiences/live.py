@@ -25,7 +25,7 @@ from clew.events import Event, parse_time
 from clew.identity.identifiers import extract
 from clew.identity.rules import IdentityRules, RuleTable
 from clew.log.base import Message
-from clew.store.base import Profile, ProfileStore
+from clew.store.base import OutboxStore, Profile, ProfileReader, ProfileStore
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +118,13 @@ class LiveAudiences:
         store.set_timers(timers)
         return out, self._stash(store, messages)
 
-    def _stash(self, store: ProfileStore, messages: list[Message]) -> Produced:
+    def _stash(self, store: OutboxStore, messages: list[Message]) -> Produced:
         if not messages:
             return Produced([])
         self.counts["changes"] = self.counts.get("changes", 0) + len(messages)
         return Produced(messages, store.outbox_put(OUTBOX, pack(messages)))
 
-    def acknowledge(self, store: ProfileStore, produced: Produced) -> None:
+    def acknowledge(self, store: OutboxStore, produced: Produced) -> None:
         """Forget outbox entries once produced. Several profiles workers share the outbox (on
         Kafka), and acknowledging removes every entry up to a number: only entries this worker
         has produced are acknowledged, up to the first one another worker has not produced
@@ -144,7 +144,7 @@ class LiveAudiences:
             self._produced = {seq for seq in self._produced if seq > upto}
 
     @staticmethod
-    def unsent(store: ProfileStore) -> Produced:
+    def unsent(store: OutboxStore) -> Produced:
         """What is stored but may not have been produced (sent again on start and on every
         rebalance: a worker that died leaves its entries to the others)."""
         pending = store.outbox_pending(OUTBOX)
@@ -296,7 +296,9 @@ class LiveAudiences:
         return produced
 
 
-def _owner(store: ProfileStore, rules: IdentityRules, table: RuleTable, event: Event) -> str | None:
+def _owner(
+    store: ProfileReader, rules: IdentityRules, table: RuleTable, event: Event
+) -> str | None:
     for ident in extract(event, rules, table=table).identifiers:
         owner = store.lookup(ident.id_type, ident.value)
         if owner is not None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from clew.audiences.definitions import Definition
 from clew.events import format_time
-from clew.store.base import ProfileStore
+from clew.store.base import BulkStore, OffsetStore
 
 BACKFILL_GROUP = "audiences-backfill"
 """The offsets group in which the engine records, per definition version, when its backfill
@@ -28,7 +28,7 @@ def backfill_key(definition: Definition) -> tuple[str, int]:
     return (f"{definition.name}@{definition.fingerprint}", 0)
 
 
-def audience_size(store: ProfileStore, name: str) -> int:
+def audience_size(store: BulkStore, name: str) -> int:
     """The number of profiles currently in the audience ``name`` (0 for an unknown one).
     Reads every profile, page by page: its cost grows with the number of profiles."""
     size = 0
@@ -44,7 +44,7 @@ def audience_size(store: ProfileStore, name: str) -> int:
         after = page[-1].profile_id
 
 
-def backfill_state(store: ProfileStore, definition: Definition) -> str | None:
+def backfill_state(store: OffsetStore, definition: Definition) -> str | None:
     """When the backfill of this version of ``definition`` finished (ISO-8601 UTC), or None
     while it is pending."""
     done_ms = store.load_offsets(BACKFILL_GROUP).get(backfill_key(definition))

@@ -50,7 +50,14 @@ from clew.identity.identifiers import (
 from clew.identity.rules import IdentityRules
 from clew.identity.unifier import Unifier
 from clew.log.base import Log, Message
-from clew.store.base import Profile, ProfileStore, Provenance, Separation, StoredEvent
+from clew.store.base import (
+    Profile,
+    ProfileReader,
+    ProfileStore,
+    Provenance,
+    Separation,
+    StoredEvent,
+)
 from clew.store.memory import MemoryProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
@@ -171,7 +178,7 @@ def parse_identifier(text: str, rules: IdentityRules) -> Identifier:
     return Identifier(id_type, value)
 
 
-def find_profile(store: ProfileStore, ref: str, rules: IdentityRules) -> str:
+def find_profile(store: ProfileReader, ref: str, rules: IdentityRules) -> str:
     """The live profile id ``ref`` names: a profile id (an old, merged-away one too) or an
     identifier as ``id_type:value``. Raises :class:`ProfileNotFoundError`."""
     live = store.resolve(ref)

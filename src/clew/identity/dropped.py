@@ -25,7 +25,7 @@ from clew.identity.identifiers import (
 )
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import CONTESTED
-from clew.store.base import ProfileStore, UnknownProfileError
+from clew.store.base import ProfileReader, ProfileStore, UnknownProfileError
 
 REFUSED = "refused by an identity rule (a limit or a separation)"
 
@@ -102,7 +102,7 @@ def dropped_identifiers(
 
 
 def _why_not_held(
-    store: ProfileStore,
+    store: ProfileReader,
     ident: Identifier,
     contested: set[str],
     kept_apart_from: tuple[str, str] | None,
@@ -118,7 +118,7 @@ def _why_not_held(
     return f"held by profile {owner}"
 
 
-def _previous_id_type(store: ProfileStore, event: Event, rules: IdentityRules) -> str:
+def _previous_id_type(store: ProfileReader, event: Event, rules: IdentityRules) -> str:
     # As the resolver reads an alias's previousId: a known user id, otherwise an anonymous id
     # (today's index decides, which may differ from the one the event met).
     if rules.previous_id_type is not None:

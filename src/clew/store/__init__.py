@@ -1,6 +1,7 @@
-"""The serving store: identity graph and profiles (contract in ``base``; SQLite and in-memory
-backends, and Redis in ``redis``, which needs ``pip install 'clew[redis]'``: it is imported
-only when first named, so importing this package never imports the Redis driver).
+"""The serving store: identity graph and profiles (contract in ``base``: one protocol per
+concern, ``ProfileStore`` their combination; SQLite and in-memory backends, and Redis in
+``redis``, which needs ``pip install 'clew[redis]'``: it is imported only when first named,
+so importing this package never imports the Redis driver).
 :func:`clew.backends.open_store` opens the backend the settings choose."""
 
 from __future__ import annotations
@@ -8,17 +9,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from clew.store.base import (
+    BulkStore,
+    GraphStore,
+    HistoryStore,
     IdentityEdge,
+    OffsetStore,
+    OutboxStore,
     Profile,
+    ProfileReader,
     ProfileStore,
     Provenance,
     Redirect,
     Separation,
+    SeparationStore,
     StoreClosedError,
     StoredEvent,
     StoreError,
+    TimerStore,
     Traits,
     TraitsMerge,
+    TraitStore,
     TraitsUpdate,
     UnknownProfileError,
     keep_existing,
@@ -32,9 +42,15 @@ if TYPE_CHECKING:
 _REDIS = ("RedisConflictError", "RedisProfileStore", "RedisUnavailableError")
 
 __all__ = [
+    "BulkStore",
+    "GraphStore",
+    "HistoryStore",
     "IdentityEdge",
     "MemoryProfileStore",
+    "OffsetStore",
+    "OutboxStore",
     "Profile",
+    "ProfileReader",
     "ProfileStore",
     "Provenance",
     "Redirect",
@@ -43,9 +59,12 @@ __all__ = [
     "RedisUnavailableError",
     "SQLiteProfileStore",
     "Separation",
+    "SeparationStore",
     "StoreClosedError",
     "StoreError",
     "StoredEvent",
+    "TimerStore",
+    "TraitStore",
     "Traits",
     "TraitsMerge",
     "TraitsUpdate",

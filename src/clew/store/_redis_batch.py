@@ -1,6 +1,7 @@
-"""The writes of the Redis serving store that span profiles (used by ``clew.store.redis``):
-``merge``, ``put_profile`` and ``write_back``, each over one transaction (nothing here
-commits). Each reads everything it needs in as few round trips as it can before writing."""
+"""The Redis serving store's operations over many profiles (used by ``clew.store.redis``): the
+bulk reads ``scan`` and ``load``, and the writes that span profiles, ``merge``,
+``put_profile`` and ``write_back``, each over one transaction (nothing here commits). Each
+reads everything it needs in as few round trips as it can before writing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from clew.store import _redis_graph as graph
+from clew.store import _redis_history as hist
 from clew.store import _redis_timers as timers
 from clew.store._redis_keys import (
     TO,
@@ -28,6 +30,31 @@ from clew.store.base import (
     TraitsMerge,
     UnknownProfileError,
 )
+
+# Profile ids read per round trip by scan.
+_SCAN_BATCH = 500
+
+
+def scan(tx: Tx, k: Keys, after: str | None, limit: int) -> list[Profile]:
+    out: list[Profile] = []
+    cursor = after
+    while len(out) < limit:
+        ids = tx.lex_range(k.profiles, cursor, min(limit - len(out), _SCAN_BATCH))
+        if not ids:
+            break
+        graph.fetch_nodes(tx, k, ids)
+        out.extend(graph.snapshots(tx, k, [i for i in ids if graph.is_live(tx, k, i)]))
+        cursor = ids[-1]
+    return out
+
+
+def load(tx: Tx, k: Keys, identities: Sequence[tuple[str, str]]) -> list[Profile]:
+    """:meth:`ProfileStore.load` of distinct ``identities``."""
+    index = [k.index(t, v) for t, v in identities]
+    tx.fetch([(key, "str") for key in index])
+    owners = dict.fromkeys(o.decode() for key in index if (o := tx.string(key)))
+    lives = graph.resolve_many(tx, k, list(owners))
+    return graph.snapshots(tx, k, list(dict.fromkeys(v for v in lives.values() if v)))
 
 
 def merge(
@@ -101,7 +128,7 @@ def put(
     stamp = time.time_ns()
     for i, r in enumerate(profile.merged):
         graph.redirect(tx, k, r.from_id, r.into_id, r.provenance, stamp + i)
-    graph.append(tx, k, [(pid, event) for event in history], keep)
+    hist.append(tx, k, [(pid, event) for event in history], keep)
 
 
 def write(
@@ -174,7 +201,7 @@ def write(
         if live is None:
             raise UnknownProfileError(pid)
         appended.append((live, event))
-    graph.append(tx, k, appended, keep)
+    hist.append(tx, k, appended, keep)
     for into in set(gone.values()) - {live for live, _ in appended}:
         tx.ztrim(k.hist(into), keep)
     timers.drop(tx, k, list(gone))

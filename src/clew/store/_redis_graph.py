@@ -1,5 +1,6 @@
 """The identity graph over a Redis transaction (used by ``clew.store.redis``): resolving ids
-through redirects, profile snapshots, writing and erasing redirects and profiles.
+through redirects, profile snapshots, writing and erasing redirects and profiles, and the
+operations on one profile (its identities, traits, deletion).
 
 Each function reads what it needs with :meth:`Tx.fetch`, batching the nodes of many ids into
 one round trip, and writes through the transaction; nothing here commits. Node fields are
@@ -8,8 +9,9 @@ described in ``clew.store._redis_keys``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping
 
+from clew.store import _redis_timers as timers
 from clew.store._redis_keys import (
     ROW,
     TO,
@@ -19,14 +21,24 @@ from clew.store._redis_keys import (
     decode_provenance,
     decode_redirect,
     decode_traits,
-    encode_event,
+    encode_provenance,
     encode_redirect,
+    encode_traits,
+    identity_field,
     is_identity_field,
     redirect_field,
     redirect_fields,
 )
 from clew.store._redis_tx import Kind, Tx
-from clew.store.base import IdentityEdge, Profile, Provenance, StoredEvent, StoreError
+from clew.store.base import (
+    IdentityEdge,
+    Profile,
+    Provenance,
+    StoreError,
+    Traits,
+    TraitsUpdate,
+    UnknownProfileError,
+)
 
 # A longer chain of redirects than any run of merges makes: the data are corrupt (a cycle).
 _MAX_HOPS = 10_000
@@ -77,6 +89,26 @@ def resolve_many(
 
 def resolve(tx: Tx, k: Keys, profile_id: str, also: Iterable[tuple[str, Kind]] = ()) -> str | None:
     return resolve_many(tx, k, [profile_id], also)[profile_id]
+
+
+def live(tx: Tx, k: Keys, profile_id: str) -> str:
+    """The surviving id; raises :class:`UnknownProfileError` if there is none."""
+    found = resolve(tx, k, profile_id)
+    if found is None:
+        raise UnknownProfileError(profile_id)
+    return found
+
+
+def lookup(tx: Tx, k: Keys, id_type: str, value: str) -> str | None:
+    key = k.index(id_type, value)
+    tx.fetch([(key, "str")])
+    owner = tx.string(key)
+    return None if owner is None else owner.decode()
+
+
+def get(tx: Tx, k: Keys, profile_id: str) -> Profile | None:
+    found = resolve(tx, k, profile_id)
+    return None if found is None else snapshots(tx, k, [found])[0]
 
 
 def redirect_trees(tx: Tx, k: Keys, roots: Collection[str]) -> dict[str, list[RedirectRecord]]:
@@ -203,17 +235,55 @@ def erase(tx: Tx, k: Keys, live: str) -> None:
     tx.zrem(k.profiles, [live.encode()])
 
 
-def append(tx: Tx, k: Keys, events: Sequence[tuple[str, StoredEvent]], keep: int) -> None:
-    """Append ``(live profile id, event)`` pairs, oldest first, to the histories, keeping the
-    ``keep`` newest of each. Seqs come from one store-wide counter, handed out in the order
-    given, so that they order every history (and histories merged later) by arrival."""
-    if not events:
-        return
-    seq = int(tx.call("INCRBY", k.sequence, len(events))) - len(events)
-    members: dict[str, dict[bytes, float]] = {}
-    for pid, event in events:
-        seq += 1
-        members.setdefault(pid, {})[encode_event(seq, event)] = float(seq)
-    for pid, new in members.items():
-        tx.zadd(k.hist(pid), new)
-        tx.ztrim(k.hist(pid), keep)
+# -- the operations on one profile ---------------------------------------------------------
+
+
+def touch(tx: Tx, k: Keys, profile_id: str, time_ms: int) -> str:
+    found = resolve(tx, k, profile_id) or profile_id
+    widen(tx, k, found, time_ms, time_ms)
+    return found
+
+
+def attach(
+    tx: Tx, k: Keys, profile_id: str, id_type: str, value: str, provenance: Provenance
+) -> str:
+    key = k.index(id_type, value)
+    found = resolve(tx, k, profile_id, also=[(key, "str")]) or profile_id
+    fetch_nodes(tx, k, [found])
+    owner = tx.string(key)
+    if owner is not None and owner.decode() != found:
+        return owner.decode()
+    widen(tx, k, found, provenance.time_ms, provenance.time_ms)
+    if owner is None:
+        tx.set(key, found.encode())
+        tx.hset(k.node(found), {identity_field(id_type, value): encode_provenance(provenance)})
+    return found
+
+
+def detach(tx: Tx, k: Keys, id_type: str, value: str) -> str | None:
+    key = k.index(id_type, value)
+    tx.fetch([(key, "str")])
+    owner = tx.string(key)
+    if owner is None:
+        return None
+    tx.delete(key)
+    tx.hdel(k.node(owner.decode()), [identity_field(id_type, value)])
+    return owner.decode()
+
+
+def update_column(tx: Tx, k: Keys, column: bytes, profile_id: str, update: TraitsUpdate) -> Traits:
+    """Replace the profile's ``traits`` or ``computed`` by ``update`` of them."""
+    key = k.node(live(tx, k, profile_id))
+    values = update(decode_traits(tx.hash(key)[column]))
+    tx.hset(key, {column: encode_traits(values)})
+    return values
+
+
+def delete_profile(tx: Tx, k: Keys, profile_id: str) -> bool:
+    found = resolve(tx, k, profile_id)
+    if found is None:
+        return False
+    chain = redirect_trees(tx, k, [found])[found]
+    timers.drop(tx, k, [found, *(r.redirect.from_id for r in chain)])
+    erase(tx, k, found)
+    return True

@@ -7,6 +7,13 @@ redirects map merged-away profile ids to the profile they were merged into. Besi
 profiles, the stages keep a timer per profile id and an outbox of messages per group in it, so
 that both commit together with the writes that made them.
 
+The contract is one protocol per concern: :class:`ProfileReader` and :class:`GraphStore` (the
+identity graph), :class:`TraitStore`, :class:`HistoryStore`, :class:`BulkStore` (whole
+profiles, a batch's working set), :class:`SeparationStore`, :class:`TimerStore`,
+:class:`OutboxStore` and :class:`OffsetStore`. :class:`ProfileStore` combines them with
+transactions, ``close`` and the capabilities; every backend subclasses it, and a caller that
+needs one concern only may be typed by that concern's protocol.
+
 Guarantees every backend gives:
 
 - Each operation is atomic: concurrent callers (threads or processes) never see half of an
@@ -27,12 +34,12 @@ Lua script per slot applied in an order whose intermediate states still resolve 
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 Traits = dict[str, Any]
 TraitsUpdate = Callable[[Traits], Traits]
@@ -131,10 +138,248 @@ def keep_existing(into: Traits, from_: Traits) -> Traits:
     return {**from_, **into}
 
 
-class ProfileStore(ABC):
-    """Profiles, their identities and the identity index. Safe to use from several threads.
+class ProfileReader(Protocol):
+    """Reading the identity graph: who owns an identifier, which profile an id resolves to,
+    and a profile's snapshot."""
 
-    ``history`` is the most events :meth:`add_event` keeps per profile (the oldest go first).
+    @abstractmethod
+    def lookup(self, id_type: str, value: str) -> str | None:
+        """The surviving profile id that owns the identity, or ``None``."""
+
+    @abstractmethod
+    def resolve(self, profile_id: str) -> str | None:
+        """The surviving profile id, following redirects through any chain of merges; the id
+        itself for a live profile; ``None`` for an unknown or deleted id."""
+
+    @abstractmethod
+    def get(self, profile_id: str) -> Profile | None:
+        """A consistent snapshot of the profile ``profile_id`` resolves to, or ``None``."""
+
+
+class GraphStore(ProfileReader, Protocol):
+    """The identity graph: profiles, their identities with provenance, the identity index and
+    the redirects merges leave. :meth:`merge` and :meth:`delete_profile` act on everything of
+    a profile (traits, history, timers too)."""
+
+    @abstractmethod
+    def touch(self, profile_id: str, time_ms: int) -> str:
+        """Widen the profile's first/last seen to include ``time_ms``, creating the profile
+        (no identities, empty traits) if ``profile_id`` does not resolve. Returns the
+        surviving id."""
+
+    @abstractmethod
+    def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
+        """Claim the identity for the profile (created if ``profile_id`` does not resolve) and
+        widen its seen times by ``provenance.time_ms``. Returns the identity's owner after
+        the call: the surviving id of ``profile_id`` when the claim succeeded or the identity
+        was already its own (its first provenance is kept), or another profile's id, in which
+        case nothing changed and the caller decides whether to merge."""
+
+    @abstractmethod
+    def detach(self, id_type: str, value: str) -> str | None:
+        """Remove the identity and its index entry; returns the profile it belonged to, or
+        ``None`` if it was not known. The profile itself stays, even if now without ids."""
+
+    @abstractmethod
+    def merge(
+        self,
+        into: str,
+        from_: str,
+        provenance: Provenance,
+        traits: TraitsMerge = keep_existing,
+        computed: TraitsMerge = keep_existing,
+    ) -> str:
+        """Merge the profile ``from_`` resolves to into the one ``into`` resolves to, in one
+        atomic step: identities (with their provenance), index entries and history move,
+        traits become ``traits(into_traits, from_traits)`` and computed values
+        ``computed(into_computed, from_computed)`` (same rules as ``update_traits``'
+        function), seen times widen, and a redirect from the merged-away id to the survivor
+        records ``provenance``. Afterwards
+        ``from_`` and every id that resolved to it resolve to the survivor. Returns the
+        surviving id; merging a profile with itself changes nothing. Raises
+        :class:`UnknownProfileError` if either id does not resolve."""
+
+    @abstractmethod
+    def delete_profile(self, profile_id: str) -> bool:
+        """Remove every trace of the profile ``profile_id`` resolves to: identities, index
+        entries, traits, computed values, history, seen times and every redirect leading to
+        it, so that no old id resolves any more. Returns whether there was anything to
+        delete."""
+
+
+class TraitStore(Protocol):
+    """A profile's traits and computed values, each replaced atomically by a function of the
+    current ones."""
+
+    @abstractmethod
+    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        """Atomically replace the profile's traits by ``update(current)`` and return them.
+
+        ``update`` must be a pure, quick function of its argument and must not call the
+        store: a backend may call it more than once (optimistic retry) or while holding a
+        lock. If it raises, nothing changes and the exception propagates. Raises
+        :class:`UnknownProfileError` if ``profile_id`` does not resolve."""
+
+    @abstractmethod
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        """Like :meth:`update_traits`, for the profile's computed values."""
+
+
+class HistoryStore(Protocol):
+    """Each profile's recent events. ``history`` is the most events :meth:`add_event` keeps per
+    profile (the oldest go first)."""
+
+    history: int
+
+    @abstractmethod
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        """Append the event (its ``seq`` is ignored and assigned by the store) to the
+        history of the profile ``profile_id`` resolves to, dropping the oldest beyond
+        :attr:`history`. Raises :class:`UnknownProfileError` if the id does not resolve."""
+
+    @abstractmethod
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        """Up to ``limit`` events of the profile's history, newest first, with ``seq`` below
+        ``before`` when given; empty for an unknown id."""
+
+    @abstractmethod
+    def delete_history(
+        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
+    ) -> int:
+        """Remove the events of the history of the profile ``profile_id`` resolves to whose
+        ``time_ms`` is at or after ``since_ms`` and before ``until_ms`` (``None``: unbounded
+        on that side), leaving the profile and its other events as they were. Returns how
+        many were removed; 0 for an unknown or deleted id."""
+
+
+class BulkStore(Protocol):
+    """Whole profiles at a time: paging through all of them, loading a batch's working set and
+    writing it back, writing one profile as given."""
+
+    @abstractmethod
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        """Up to ``limit`` surviving profiles with ids greater than ``after``, in id order:
+        page through every profile by passing the last id seen."""
+
+    @abstractmethod
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        """Snapshots of the surviving profiles that own any of ``identities`` (``(id_type,
+        value)`` pairs), each once: a bulk :meth:`lookup` + :meth:`get` for a stage that
+        resolves a whole batch in memory and writes it back with :meth:`write_back`."""
+
+    @abstractmethod
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        """Write a whole profile as given (identities with provenance, traits, computed,
+        seen times, redirects in ``profile.merged``, and ``history``, oldest first), replacing any
+        profile of that id. The identities must not belong to another profile (raises
+        :class:`StoreError`). Used to re-derive profiles (``clew identity split``)."""
+
+    @abstractmethod
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+    ) -> None:
+        """Write back a working set, atomically: each profile id in ``gone`` was merged into
+        the profile it maps to (its history moves there, its row goes); every profile in
+        ``profiles`` then holds exactly its seen times, traits, computed values and
+        identities as given (identities move to it from wherever they were; redirects in
+        ``merged`` are written); ``events`` (``(profile_id, event)``, oldest first) are
+        appended to the histories, trimmed to :attr:`history`. Unlike :meth:`put_profile`,
+        the existing history is kept."""
+
+
+class SeparationStore(Protocol):
+    """Pairs of identifiers an operator split apart (``clew identity split``)."""
+
+    @abstractmethod
+    def add_separation(self, separation: Separation) -> None:
+        """Record that the two identifiers must never share a profile (idempotent)."""
+
+    @abstractmethod
+    def separations(self) -> list[Separation]:
+        """Every recorded separation, oldest first."""
+
+    @abstractmethod
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        """Remove every separation that names one of ``identities`` (``(id_type, value)``
+        pairs) on either side; returns how many. Used when the person behind an identifier
+        is forgotten: :meth:`delete_profile` leaves separations alone (``clew identity
+        split`` deletes and re-writes profiles and must keep them)."""
+
+
+class TimerStore(Protocol):
+    """One timer per profile id (the audiences' time-based re-evaluation), set and read in the
+    transaction of the work it triggers."""
+
+    @abstractmethod
+    def set_timers(self, due: Mapping[str, int | None]) -> None:
+        """Per profile id, the time (ms, in the caller's clock) its timer is next due, replacing
+        the profile's earlier timer; ``None`` removes it. One timer per profile. Ids are stored
+        as given (not resolved through redirects). :meth:`merge` and :meth:`write_back` remove
+        the timers of merged-away ids, :meth:`delete_profile` those of every id it removes."""
+
+    @abstractmethod
+    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
+        """``(profile_id, due_ms)`` of timers due at or before ``now_ms``, earliest first, at
+        most ``limit``. Reading does not remove them: the caller replaces or removes each with
+        :meth:`set_timers` in the same transaction as the work the timer triggered (so a crash
+        before that commit leaves the timer to fire again, and after it never fires twice; when
+        several workers share the timers, each reads them in that transaction too)."""
+
+    @abstractmethod
+    def next_timer(self) -> int | None:
+        """The earliest due time of any timer, or ``None``."""
+
+
+class OutboxStore(Protocol):
+    """Per group, payloads a stage must produce to the log, stored in the transaction that made
+    them."""
+
+    @abstractmethod
+    def outbox_put(self, group: str, payload: bytes) -> int:
+        """Store an opaque payload for ``group`` (a stage's messages that must reach the log
+        even if the process dies right after the store commits); returns its sequence number,
+        higher than that of every payload the group had before, acknowledged or not."""
+
+    @abstractmethod
+    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` unacknowledged ``(seq, payload)`` of ``group``, in sequence order."""
+
+    @abstractmethod
+    def outbox_ack(self, group: str, seq: int) -> None:
+        """Remove every payload of ``group`` with sequence number ``<= seq``."""
+
+
+class OffsetStore(Protocol):
+    """A consumer group's applied offsets, saved in the transaction of their effects."""
+
+    @abstractmethod
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        """The ``(topic, partition) -> last applied offset`` that :meth:`save_offsets` stored
+        for the consumer group; empty if none."""
+
+    @abstractmethod
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Record the last offset applied per partition (in the same transaction as the
+        effects, this makes a stage exactly-once)."""
+
+
+class ProfileStore(
+    GraphStore,
+    TraitStore,
+    HistoryStore,
+    BulkStore,
+    SeparationStore,
+    TimerStore,
+    OutboxStore,
+    OffsetStore,
+):
+    """The serving store: every concern above on one storage, with transactions spanning
+    them. Safe to use from several threads. A caller that needs one concern only may be typed
+    by its protocol (e.g. :class:`ProfileReader`, :class:`TimerStore`); every backend
+    subclasses this class.
 
     Besides the operations, a store states its *capabilities*: what a caller may need to
     know of the backend behind it, asked instead of its class or the configured backend name
@@ -165,189 +410,6 @@ class ProfileStore(ABC):
         either all of its writes happen or, if the block raises, none. Other handles see the
         block's writes only when it ends. Blocks nest (the outermost decides). A stage wraps
         each polled batch, together with :meth:`save_offsets`, in one block."""
-
-    @abstractmethod
-    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
-        """The ``(topic, partition) -> last applied offset`` that :meth:`save_offsets` stored
-        for the consumer group; empty if none."""
-
-    @abstractmethod
-    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Record the last offset applied per partition (in the same transaction as the
-        effects, this makes a stage exactly-once)."""
-
-    @abstractmethod
-    def touch(self, profile_id: str, time_ms: int) -> str:
-        """Widen the profile's first/last seen to include ``time_ms``, creating the profile
-        (no identities, empty traits) if ``profile_id`` does not resolve. Returns the
-        surviving id."""
-
-    @abstractmethod
-    def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
-        """Claim the identity for the profile (created if ``profile_id`` does not resolve) and
-        widen its seen times by ``provenance.time_ms``. Returns the identity's owner after
-        the call: the surviving id of ``profile_id`` when the claim succeeded or the identity
-        was already its own (its first provenance is kept), or another profile's id, in which
-        case nothing changed and the caller decides whether to merge."""
-
-    @abstractmethod
-    def detach(self, id_type: str, value: str) -> str | None:
-        """Remove the identity and its index entry; returns the profile it belonged to, or
-        ``None`` if it was not known. The profile itself stays, even if now without ids."""
-
-    @abstractmethod
-    def lookup(self, id_type: str, value: str) -> str | None:
-        """The surviving profile id that owns the identity, or ``None``."""
-
-    @abstractmethod
-    def resolve(self, profile_id: str) -> str | None:
-        """The surviving profile id, following redirects through any chain of merges; the id
-        itself for a live profile; ``None`` for an unknown or deleted id."""
-
-    @abstractmethod
-    def get(self, profile_id: str) -> Profile | None:
-        """A consistent snapshot of the profile ``profile_id`` resolves to, or ``None``."""
-
-    @abstractmethod
-    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        """Atomically replace the profile's traits by ``update(current)`` and return them.
-
-        ``update`` must be a pure, quick function of its argument and must not call the
-        store: a backend may call it more than once (optimistic retry) or while holding a
-        lock. If it raises, nothing changes and the exception propagates. Raises
-        :class:`UnknownProfileError` if ``profile_id`` does not resolve."""
-
-    @abstractmethod
-    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        """Like :meth:`update_traits`, for the profile's computed values."""
-
-    @abstractmethod
-    def add_event(self, profile_id: str, event: StoredEvent) -> None:
-        """Append the event (its ``seq`` is ignored and assigned by the store) to the
-        history of the profile ``profile_id`` resolves to, dropping the oldest beyond
-        :attr:`history`. Raises :class:`UnknownProfileError` if the id does not resolve."""
-
-    @abstractmethod
-    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
-        """Up to ``limit`` events of the profile's history, newest first, with ``seq`` below
-        ``before`` when given; empty for an unknown id."""
-
-    @abstractmethod
-    def scan(self, after: str | None, limit: int) -> list[Profile]:
-        """Up to ``limit`` surviving profiles with ids greater than ``after``, in id order:
-        page through every profile by passing the last id seen."""
-
-    @abstractmethod
-    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
-        """Write a whole profile as given (identities with provenance, traits, computed,
-        seen times, redirects in ``profile.merged``, and ``history``, oldest first), replacing any
-        profile of
-        that id. The identities must not belong to another profile (raises
-        :class:`StoreError`). Used to re-derive profiles (``clew identity split``)."""
-
-    @abstractmethod
-    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
-        """Snapshots of the surviving profiles that own any of ``identities`` (``(id_type,
-        value)`` pairs), each once: a bulk :meth:`lookup` + :meth:`get` for a stage that
-        resolves a whole batch in memory and writes it back with :meth:`write_back`."""
-
-    @abstractmethod
-    def write_back(
-        self,
-        profiles: Sequence[Profile],
-        gone: Mapping[str, str],
-        events: Sequence[tuple[str, StoredEvent]],
-    ) -> None:
-        """Write back a working set, atomically: each profile id in ``gone`` was merged into
-        the profile it maps to (its history moves there, its row goes); every profile in
-        ``profiles`` then holds exactly its seen times, traits, computed values and
-        identities as given (identities move to it from wherever they were; redirects in
-        ``merged`` are written); ``events`` (``(profile_id, event)``, oldest first) are
-        appended to the histories, trimmed to :attr:`history`. Unlike :meth:`put_profile`,
-        the existing history is kept."""
-
-    @abstractmethod
-    def add_separation(self, separation: Separation) -> None:
-        """Record that the two identifiers must never share a profile (idempotent)."""
-
-    @abstractmethod
-    def separations(self) -> list[Separation]:
-        """Every recorded separation, oldest first."""
-
-    @abstractmethod
-    def merge(
-        self,
-        into: str,
-        from_: str,
-        provenance: Provenance,
-        traits: TraitsMerge = keep_existing,
-        computed: TraitsMerge = keep_existing,
-    ) -> str:
-        """Merge the profile ``from_`` resolves to into the one ``into`` resolves to, in one
-        atomic step: identities (with their provenance), index entries and history move,
-        traits become ``traits(into_traits, from_traits)`` and computed values
-        ``computed(into_computed, from_computed)`` (same rules as ``update_traits``'
-        function), seen times widen, and a redirect from the merged-away id to the survivor
-        records ``provenance``. Afterwards
-        ``from_`` and every id that resolved to it resolve to the survivor. Returns the
-        surviving id; merging a profile with itself changes nothing. Raises
-        :class:`UnknownProfileError` if either id does not resolve."""
-
-    @abstractmethod
-    def delete_profile(self, profile_id: str) -> bool:
-        """Remove every trace of the profile ``profile_id`` resolves to: identities, index
-        entries, traits, computed values, history, seen times and every redirect leading to
-        it, so that no old id resolves any more. Returns whether there was anything to
-        delete."""
-
-    @abstractmethod
-    def delete_history(
-        self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
-    ) -> int:
-        """Remove the events of the history of the profile ``profile_id`` resolves to whose
-        ``time_ms`` is at or after ``since_ms`` and before ``until_ms`` (``None``: unbounded
-        on that side), leaving the profile and its other events as they were. Returns how
-        many were removed; 0 for an unknown or deleted id."""
-
-    @abstractmethod
-    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
-        """Remove every separation that names one of ``identities`` (``(id_type, value)``
-        pairs) on either side; returns how many. Used when the person behind an identifier
-        is forgotten: :meth:`delete_profile` leaves separations alone (``clew identity
-        split`` deletes and re-writes profiles and must keep them)."""
-
-    @abstractmethod
-    def set_timers(self, due: Mapping[str, int | None]) -> None:
-        """Per profile id, the time (ms, in the caller's clock) its timer is next due, replacing
-        the profile's earlier timer; ``None`` removes it. One timer per profile. Ids are stored
-        as given (not resolved through redirects). :meth:`merge` and :meth:`write_back` remove
-        the timers of merged-away ids, :meth:`delete_profile` those of every id it removes."""
-
-    @abstractmethod
-    def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
-        """``(profile_id, due_ms)`` of timers due at or before ``now_ms``, earliest first, at
-        most ``limit``. Reading does not remove them: the caller replaces or removes each with
-        :meth:`set_timers` in the same transaction as the work the timer triggered (so a crash
-        before that commit leaves the timer to fire again, and after it never fires twice; when
-        several workers share the timers, each reads them in that transaction too)."""
-
-    @abstractmethod
-    def next_timer(self) -> int | None:
-        """The earliest due time of any timer, or ``None``."""
-
-    @abstractmethod
-    def outbox_put(self, group: str, payload: bytes) -> int:
-        """Store an opaque payload for ``group`` (a stage's messages that must reach the log
-        even if the process dies right after the store commits); returns its sequence number,
-        higher than that of every payload the group had before, acknowledged or not."""
-
-    @abstractmethod
-    def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` unacknowledged ``(seq, payload)`` of ``group``, in sequence order."""
-
-    @abstractmethod
-    def outbox_ack(self, group: str, seq: int) -> None:
-        """Remove every payload of ``group`` with sequence number ``<= seq``."""
 
     @abstractmethod
     def close(self) -> None:

@@ -14,8 +14,12 @@ until the block ends, and then all at once. A block cannot be re-run by the stor
 another client changed what it read, the block raises :class:`RedisConflictError` and nothing
 of it is written (a stage re-polls its batch and tries again).
 
-Timers and outboxes follow the same rules; what they watch, and why blocks putting to one
-outbox group conflict, is in ``clew.store._redis_timers``.
+This module holds the connections and the transactions; the operations of each concern are
+functions over a transaction, in a module of their own: ``_redis_graph`` (profiles,
+identities, redirects, traits), ``_redis_history``, ``_redis_batch`` (bulk reads and the writes
+that span profiles), ``_redis_separations`` and ``_redis_timers`` (timers and outboxes, which
+follow the same rules; what they watch, and why blocks putting to one outbox group conflict,
+is there).
 
 One Redis primary serves every key of a store (with replicas or Sentinel for failover), so
 one ``MULTI``/``EXEC`` may span profiles. On Redis Cluster (``cluster=True`` or a
@@ -44,20 +48,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from clew.store import _redis_batch as batch
 from clew.store import _redis_graph as graph
+from clew.store import _redis_history as hist
+from clew.store import _redis_separations as separations
 from clew.store import _redis_timers as timers
-from clew.store._redis_keys import (
-    Keys,
-    decode_event,
-    decode_offset_field,
-    decode_separation,
-    decode_traits,
-    encode_provenance,
-    encode_separation,
-    encode_traits,
-    identity_field,
-    offset_field,
-    separation_field,
-)
+from clew.store._redis_keys import Keys, decode_offset_field, encode_traits, offset_field
 from clew.store._redis_route import ClusterRoute, NodeRoute, Route, cluster_client
 from clew.store._redis_tx import (
     Conflict,
@@ -76,7 +70,6 @@ from clew.store.base import (
     Traits,
     TraitsMerge,
     TraitsUpdate,
-    UnknownProfileError,
     keep_existing,
 )
 
@@ -91,8 +84,6 @@ T = TypeVar("T")
 # longer (random, at most _BACKOFF_S), so that contenders spread out.
 _ATTEMPTS = 200
 _BACKOFF_S = 0.02
-# Profile ids read per round trip by scan.
-_SCAN_BATCH = 500
 # How long one operation keeps trying while Redis Cluster redirects it (the store's slot is
 # moving to another node, or a replica is taking over a failed primary), and the pause
 # between tries once the slot map has been reloaded.
@@ -250,184 +241,28 @@ class RedisProfileStore(ProfileStore):
         finally:
             self._end(tx)
 
-    # -- offsets and separations ------------------------------------------------------------
-
-    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
-        key = self._keys.offsets(group)
-
-        def op(tx: Tx) -> dict[tuple[str, int], int]:
-            tx.fetch([(key, "hash")])
-            return {decode_offset_field(f): int(o) for f, o in tx.hash(key).items()}
-
-        return self._run(op, write=False)
-
-    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
-        fields = {offset_field(t, p): b"%d" % o for (t, p), o in offsets.items()}
-        # Not read first: workers of one group save different partitions concurrently.
-        self._run(lambda tx: tx.hset(self._keys.offsets(group), fields), write=True)
-
-    def add_separation(self, separation: Separation) -> None:
-        key, field = self._keys.separations, separation_field(separation.a, separation.b)
-
-        def op(tx: Tx) -> None:
-            tx.fetch([(key, "hash")])
-            known = tx.hash(key)
-            if field not in known:
-                order = 1 + max((decode_separation(f, r)[0] for f, r in known.items()), default=0)
-                tx.hset(key, {field: encode_separation(order, separation.provenance)})
-
-        self._run(op, write=True)
-
-    def separations(self) -> list[Separation]:
-        key = self._keys.separations
-
-        def op(tx: Tx) -> list[Separation]:
-            tx.fetch([(key, "hash")])
-            rows = sorted(decode_separation(f, r) for f, r in tx.hash(key).items())
-            return [Separation(a, b, p) for _, a, b, p in rows]
-
-        return self._run(op, write=False)
-
-    # -- identities -------------------------------------------------------------------------
+    # -- the identity graph -----------------------------------------------------------------
 
     def touch(self, profile_id: str, time_ms: int) -> str:
-        def op(tx: Tx) -> str:
-            live = graph.resolve(tx, self._keys, profile_id) or profile_id
-            graph.widen(tx, self._keys, live, time_ms, time_ms)
-            return live
-
-        return self._run(op, write=True)
+        return self._run(lambda tx: graph.touch(tx, self._keys, profile_id, time_ms), write=True)
 
     def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
-        k = self._keys
-        key = k.index(id_type, value)
-
         def op(tx: Tx) -> str:
-            live = graph.resolve(tx, k, profile_id, also=[(key, "str")]) or profile_id
-            graph.fetch_nodes(tx, k, [live])
-            owner = tx.string(key)
-            if owner is not None and owner.decode() != live:
-                return owner.decode()
-            graph.widen(tx, k, live, provenance.time_ms, provenance.time_ms)
-            if owner is None:
-                tx.set(key, live.encode())
-                field = identity_field(id_type, value)
-                tx.hset(k.node(live), {field: encode_provenance(provenance)})
-            return live
+            return graph.attach(tx, self._keys, profile_id, id_type, value, provenance)
 
         return self._run(op, write=True)
 
     def detach(self, id_type: str, value: str) -> str | None:
-        k = self._keys
-        key = k.index(id_type, value)
-
-        def op(tx: Tx) -> str | None:
-            tx.fetch([(key, "str")])
-            owner = tx.string(key)
-            if owner is None:
-                return None
-            tx.delete(key)
-            tx.hdel(k.node(owner.decode()), [identity_field(id_type, value)])
-            return owner.decode()
-
-        return self._run(op, write=True)
+        return self._run(lambda tx: graph.detach(tx, self._keys, id_type, value), write=True)
 
     def lookup(self, id_type: str, value: str) -> str | None:
-        key = self._keys.index(id_type, value)
-
-        def op(tx: Tx) -> str | None:
-            tx.fetch([(key, "str")])
-            owner = tx.string(key)
-            return None if owner is None else owner.decode()
-
-        return self._run(op, write=False)
+        return self._run(lambda tx: graph.lookup(tx, self._keys, id_type, value), write=False)
 
     def resolve(self, profile_id: str) -> str | None:
         return self._run(lambda tx: graph.resolve(tx, self._keys, profile_id), write=False)
 
-    def _live(self, tx: Tx, profile_id: str) -> str:
-        live = graph.resolve(tx, self._keys, profile_id)
-        if live is None:
-            raise UnknownProfileError(profile_id)
-        return live
-
     def get(self, profile_id: str) -> Profile | None:
-        def op(tx: Tx) -> Profile | None:
-            live = graph.resolve(tx, self._keys, profile_id)
-            return None if live is None else graph.snapshots(tx, self._keys, [live])[0]
-
-        return self._run(op, write=False)
-
-    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
-        k = self._keys
-        index = [k.index(t, v) for t, v in dict.fromkeys(identities)]
-
-        def op(tx: Tx) -> list[Profile]:
-            tx.fetch([(key, "str") for key in index])
-            owners = dict.fromkeys(o.decode() for key in index if (o := tx.string(key)))
-            lives = graph.resolve_many(tx, k, list(owners))
-            return graph.snapshots(tx, k, list(dict.fromkeys(v for v in lives.values() if v)))
-
-        return self._run(op, write=False, bulk=True)
-
-    def scan(self, after: str | None, limit: int) -> list[Profile]:
-        k = self._keys
-
-        def op(tx: Tx) -> list[Profile]:
-            out: list[Profile] = []
-            cursor = after
-            while len(out) < limit:
-                ids = tx.lex_range(k.profiles, cursor, min(limit - len(out), _SCAN_BATCH))
-                if not ids:
-                    break
-                graph.fetch_nodes(tx, k, ids)
-                out.extend(graph.snapshots(tx, k, [i for i in ids if graph.is_live(tx, k, i)]))
-                cursor = ids[-1]
-            return out
-
-        return self._run(op, write=False, bulk=True)
-
-    # -- traits -----------------------------------------------------------------------------
-
-    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        return self._update(b"traits", profile_id, update)
-
-    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        return self._update(b"computed", profile_id, update)
-
-    def _update(self, column: bytes, profile_id: str, update: TraitsUpdate) -> Traits:
-        def op(tx: Tx) -> Traits:
-            live = self._live(tx, profile_id)
-            key = self._keys.node(live)
-            values = update(decode_traits(tx.hash(key)[column]))
-            tx.hset(key, {column: encode_traits(values)})
-            return values
-
-        return self._run(op, write=True)
-
-    # -- history ----------------------------------------------------------------------------
-
-    def add_event(self, profile_id: str, event: StoredEvent) -> None:
-        def op(tx: Tx) -> None:
-            graph.append(tx, self._keys, [(self._live(tx, profile_id), event)], self.history)
-
-        self._run(op, write=True)
-
-    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
-        k = self._keys
-
-        def op(tx: Tx) -> list[StoredEvent]:
-            live = graph.resolve(tx, k, profile_id, also=[(k.hist(profile_id), "zset")])
-            if live is None:
-                return []
-            tx.fetch([(k.hist(live), "zset")])
-            newest_first = sorted(tx.zset(k.hist(live)).items(), key=lambda ms: -ms[1])
-            picked = [m for m, s in newest_first if before is None or s < before]
-            return [decode_event(m) for m in picked[:limit]]
-
-        return self._run(op, write=False)
-
-    # -- merge, delete, whole profiles ------------------------------------------------------
+        return self._run(lambda tx: graph.get(tx, self._keys, profile_id), write=False)
 
     def merge(
         self,
@@ -445,54 +280,54 @@ class RedisProfileStore(ProfileStore):
         return self._run(op, write=True)
 
     def delete_profile(self, profile_id: str) -> bool:
-        def op(tx: Tx) -> bool:
-            live = graph.resolve(tx, self._keys, profile_id)
-            if live is None:
-                return False
-            chain = graph.redirect_trees(tx, self._keys, [live])[live]
-            timers.drop(tx, self._keys, [live, *(r.redirect.from_id for r in chain)])
-            graph.erase(tx, self._keys, live)
-            return True
+        return self._run(lambda tx: graph.delete_profile(tx, self._keys, profile_id), write=True)
+
+    # -- traits -----------------------------------------------------------------------------
+
+    def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        def op(tx: Tx) -> Traits:
+            return graph.update_column(tx, self._keys, b"traits", profile_id, update)
 
         return self._run(op, write=True)
+
+    def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
+        def op(tx: Tx) -> Traits:
+            return graph.update_column(tx, self._keys, b"computed", profile_id, update)
+
+        return self._run(op, write=True)
+
+    # -- history ----------------------------------------------------------------------------
+
+    def add_event(self, profile_id: str, event: StoredEvent) -> None:
+        def op(tx: Tx) -> None:
+            hist.add_event(tx, self._keys, profile_id, event, self.history)
+
+        self._run(op, write=True)
+
+    def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
+        def op(tx: Tx) -> list[StoredEvent]:
+            return hist.events(tx, self._keys, profile_id, limit, before)
+
+        return self._run(op, write=False)
 
     def delete_history(
         self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> int:
-        k = self._keys
-
         def op(tx: Tx) -> int:
-            live = graph.resolve(tx, k, profile_id)
-            if live is None:
-                return 0
-            key = k.hist(live)
-            tx.fetch([(key, "zset")])
-            doomed = [
-                member
-                for member in tx.zset(key)
-                if _within(decode_event(member).time_ms, since_ms, until_ms)
-            ]
-            if doomed:
-                tx.zrem(key, doomed)
-            return len(doomed)
+            return hist.delete_history(tx, self._keys, profile_id, since_ms, until_ms)
 
         return self._run(op, write=True)
 
-    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
-        key, wanted = self._keys.separations, set(identities)
+    # -- whole profiles ---------------------------------------------------------------------
 
-        def op(tx: Tx) -> int:
-            tx.fetch([(key, "hash")])
-            doomed = [
-                field
-                for field, raw in tx.hash(key).items()
-                if not wanted.isdisjoint(decode_separation(field, raw)[1:3])
-            ]
-            if doomed:
-                tx.hdel(key, doomed)
-            return len(doomed)
+    def scan(self, after: str | None, limit: int) -> list[Profile]:
+        return self._run(
+            lambda tx: batch.scan(tx, self._keys, after, limit), write=False, bulk=True
+        )
 
-        return self._run(op, write=True)
+    def load(self, identities: Collection[tuple[str, str]]) -> list[Profile]:
+        wanted = list(dict.fromkeys(identities))
+        return self._run(lambda tx: batch.load(tx, self._keys, wanted), write=False, bulk=True)
 
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         fields = graph.row(
@@ -525,6 +360,18 @@ class RedisProfileStore(ProfileStore):
             write=True,
         )
 
+    # -- separations ------------------------------------------------------------------------
+
+    def add_separation(self, separation: Separation) -> None:
+        self._run(lambda tx: separations.add(tx, self._keys, separation), write=True)
+
+    def separations(self) -> list[Separation]:
+        return self._run(lambda tx: separations.every(tx, self._keys), write=False)
+
+    def delete_separations(self, identities: Collection[tuple[str, str]]) -> int:
+        wanted = set(identities)
+        return self._run(lambda tx: separations.delete(tx, self._keys, wanted), write=True)
+
     # -- timers and outboxes ----------------------------------------------------------------
 
     def set_timers(self, due: Mapping[str, int | None]) -> None:
@@ -545,11 +392,23 @@ class RedisProfileStore(ProfileStore):
     def outbox_ack(self, group: str, seq: int) -> None:
         self._run(lambda tx: timers.ack(tx, self._keys, group, seq), write=True)
 
+    # -- offsets ----------------------------------------------------------------------------
+
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        key = self._keys.offsets(group)
+
+        def op(tx: Tx) -> dict[tuple[str, int], int]:
+            tx.fetch([(key, "hash")])
+            return {decode_offset_field(f): int(o) for f, o in tx.hash(key).items()}
+
+        return self._run(op, write=False)
+
+    def save_offsets(self, group: str, offsets: Mapping[tuple[str, int], int]) -> None:
+        fields = {offset_field(t, p): b"%d" % o for (t, p), o in offsets.items()}
+        # Not read first: workers of one group save different partitions concurrently.
+        self._run(lambda tx: tx.hset(self._keys.offsets(group), fields), write=True)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._route.close()
-
-
-def _within(time_ms: int, since_ms: int | None, until_ms: int | None) -> bool:
-    return (since_ms is None or time_ms >= since_ms) and (until_ms is None or time_ms < until_ms)
