@@ -13,8 +13,8 @@ from clew.log.base import LogError
 KeyRef = tuple[bytes, int]
 
 
-class KeyRing(Protocol):
-    """Where the data keys live (``clew.keys.KeyRing``). Its methods raise an
+class DataKeySource(Protocol):
+    """Where the data keys live (``clew.keys.KeyRing`` implements it). Its methods raise an
     exception of its own when the key store cannot be reached; the log turns it into a
     :class:`LogError`."""
 

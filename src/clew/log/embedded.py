@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import queue
 import sqlite3
 import threading
@@ -446,8 +445,3 @@ class EmbeddedLog(Log):
     def wait_for_append(self, timeout_s: float) -> None:
         with self._appended:
             self._appended.wait(min(timeout_s, _CROSS_PROCESS_POLL_S))
-
-
-def open_log(path: Path) -> EmbeddedLog:
-    """Open (or create) the embedded log at ``path``."""
-    return EmbeddedLog(Path(os.fspath(path)))

@@ -4,12 +4,12 @@ backend that cannot delete single records (Kafka; docs/privacy.md, "Kafka").
 :class:`ShreddingLog` wraps another log and keeps the contract (``clew.log.base``):
 
 - ``append`` seals every record (``clew.log._shred_codec``): key, headers and value are
-  encrypted with AES-256-GCM under a data key held by a :class:`KeyRing`, outside the log.
+  encrypted with AES-256-GCM under a data key held by a :class:`DataKeySource`, outside the log.
   A keyed record of a person-keyed topic uses the data key of its key (one per identifier or
   profile id: every record of that key shares it); a keyless record, or any record of a
   topic named in ``record_keyed`` (their key is not a person, ``dlq`` is keyed by source),
   gets a data key of its own. The key the inner log stores is a keyed hash of the original
-  (:meth:`KeyRing.key_id`) plus two bytes chosen so that ``partition_for`` places it in the
+  (:meth:`DataKeySource.key_id`) plus two bytes chosen so that ``partition_for`` places it in the
   partition the original key would have: placement is the contract's, and no identifier is
   stored in clear.
 - ``poll`` and ``read`` return records decrypted, with their original key and headers. A
@@ -49,7 +49,7 @@ from clew.log._shred_codec import (
     open_sealed,
     seal,
 )
-from clew.log._shred_types import KeyRing, ShredOutcome, ShredRefusedError
+from clew.log._shred_types import DataKeySource, ShredOutcome, ShredRefusedError
 from clew.log.base import (
     Consumer,
     Log,
@@ -66,7 +66,7 @@ from clew.log.base import (
 
 __all__ = [
     "DataKey",
-    "KeyRing",
+    "DataKeySource",
     "ShredOutcome",
     "ShredRefusedError",
     "ShreddingConsumer",
@@ -95,7 +95,7 @@ class ShreddingLog(Log):
     def __init__(
         self,
         inner: Log,
-        keys: KeyRing,
+        keys: DataKeySource,
         *,
         record_keyed: Collection[str] = (),
         owns_keys: bool = True,
