@@ -34,7 +34,7 @@ import yaml
 
 from _docblocks import ROOT, Block, blocks, documents, problem
 from _services import unavailable
-from clew.audiences.definitions import Catalog as Definitions
+from clew.audiences.definitions import AudienceCatalog as Definitions
 from clew.audiences.definitions import parse_audience, parse_document, parse_trait
 from clew.background import free_port
 from clew.config import Settings, load_settings

@@ -10,8 +10,8 @@ import pytest
 from clew.audiences.definitions import (
     All,
     AnyOf,
+    AudienceCatalog,
     AudienceDef,
-    Catalog,
     Compare,
     DefinitionError,
     InFunnel,
@@ -52,7 +52,7 @@ def audience(condition: Any, name: str = "a") -> AudienceDef:
 
 def refused(doc: Any) -> str:
     with pytest.raises(DefinitionError) as caught:
-        Catalog.of(parse_document(doc))
+        AudienceCatalog.of(parse_document(doc))
     return str(caught.value)
 
 
@@ -348,7 +348,7 @@ def test_a_computed_trait_nothing_defines_is_refused_with_the_closest_name() -> 
 )
 def test_defined_reserved_and_hidden_computed_values_may_be_read(condition: Any) -> None:
     ltv = {"name": "ltv_365d", "kind": "sum", "event": "Order Completed", "property": "revenue"}
-    catalog = Catalog.of(
+    catalog = AudienceCatalog.of(
         parse_document({"traits": [ltv], "audiences": [{"name": "a", "condition": condition}]})
     )
     assert [a.name for a in catalog.audiences] == ["a"]
@@ -375,7 +375,7 @@ def test_a_catalog_orders_audiences_after_those_they_refer_to() -> None:
             {"name": "base", "condition": {"trait": "x"}},
         ]
     }
-    catalog = Catalog.of(parse_document(doc))
+    catalog = AudienceCatalog.of(parse_document(doc))
     assert [a.name for a in catalog.audiences] == ["base", "mid", "top"]
 
 

@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
-from clew.audiences.definitions import Catalog, parse_document
+from clew.audiences.definitions import AudienceCatalog, parse_document
 from clew.audiences.engine import Engine
 from clew.events import Event, format_time
 
@@ -20,7 +20,7 @@ _ids = itertools.count()
 
 
 def engine(doc: dict[str, Any]) -> Engine:
-    return Engine(Catalog.of(parse_document(doc)))
+    return Engine(AudienceCatalog.of(parse_document(doc)))
 
 
 def ev(name: str, ms: int, type_: str = "track", **props: Any) -> Event:

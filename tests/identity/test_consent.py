@@ -8,7 +8,7 @@ import itertools
 from typing import Any
 
 from clew.audiences.changes import records
-from clew.audiences.definitions import Catalog, parse_document
+from clew.audiences.definitions import AudienceCatalog, parse_document
 from clew.audiences.engine import ComputedChange, Engine
 from clew.destinations.routing import consent_allows, read_change
 from clew.events import Event
@@ -76,7 +76,7 @@ def test_audiences_can_require_consent() -> None:
             {"name": "ads_refused", "condition": {"consent": "Advertising", "granted": False}},
         ]
     }
-    engine = Engine(Catalog.of(parse_document(doc)))
+    engine = Engine(AudienceCatalog.of(parse_document(doc)))
     granted = {CONSENT: {"categoryPreferences": {"Advertising": True}}}
     refused = {CONSENT: {"categoryPreferences": {"Advertising": False}}}
     assert engine.evaluate({}, granted, 0).computed["audiences"] == ["ads_ok"]

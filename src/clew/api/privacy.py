@@ -30,7 +30,7 @@ from clew.privacy.requests import (
     InvalidRequestError,
     PrivacyRequest,
     RequestStore,
-    parse_identifier,
+    parse_subject_identifier,
 )
 from clew.sources import PRIVACY, Catalog
 
@@ -142,7 +142,7 @@ def _native_request(body: dict[str, Any]) -> _Wanted:
     for name, value in times.items():
         if value is not None and not isinstance(value, str):
             raise InvalidRequestError("invalid_time", f"{name} must be an ISO-8601 string")
-    parse_identifier(identifier)
+    parse_subject_identifier(identifier)
     return kind, identifier, times
 
 
@@ -169,5 +169,5 @@ def _segment_requests(body: dict[str, Any]) -> list[_Wanted]:
         )
     wanted: list[_Wanted] = [(kind, f"{id_type}:{i}", {}) for i in ids]
     for _, identifier, _ in wanted:
-        parse_identifier(identifier)
+        parse_subject_identifier(identifier)
     return wanted

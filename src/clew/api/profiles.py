@@ -85,7 +85,7 @@ def profile_routes(
             if refused is not None:
                 return refused
             try:
-                id_type, value = parse_identifier(request.path_params["identifier"])
+                id_type, value = parse_lookup_identifier(request.path_params["identifier"])
                 ask = _Ask(id_type, value, request.query_params, request.url.path if paged else "")
                 if offload:
                     body = await run_in_threadpool(handler, store, ask)
@@ -106,12 +106,12 @@ def profile_routes(
     ]
 
 
-def parse_identifier(text: str) -> tuple[str, str]:
+def parse_lookup_identifier(text: str) -> tuple[str, str]:
     """Split ``id_type:value`` at its first colon (the value may hold more).
 
-    >>> parse_identifier("email:ada+news@shop.test")
+    >>> parse_lookup_identifier("email:ada+news@shop.test")
     ('email', 'ada+news@shop.test')
-    >>> parse_identifier("user_id:urn:crm:42")
+    >>> parse_lookup_identifier("user_id:urn:crm:42")
     ('user_id', 'urn:crm:42')
     """
     id_type, colon, value = text.partition(":")

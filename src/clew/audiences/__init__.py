@@ -2,8 +2,8 @@
 stage, timers for conditions that change with time alone, and backfill from the lake."""
 
 from clew.audiences.definitions import (
+    AudienceCatalog,
     AudienceDef,
-    Catalog,
     Definition,
     DefinitionError,
     TraitDef,
@@ -13,8 +13,8 @@ from clew.audiences.engine import AUDIENCES, ComputedChange, Engine, Evaluation
 
 __all__ = [
     "AUDIENCES",
+    "AudienceCatalog",
     "AudienceDef",
-    "Catalog",
     "ComputedChange",
     "Definition",
     "DefinitionError",

@@ -37,8 +37,8 @@ __all__ = [
     "TRAIT_KINDS",
     "All",
     "AnyOf",
+    "AudienceCatalog",
     "AudienceDef",
-    "Catalog",
     "Compare",
     "Condition",
     "Definition",
@@ -397,7 +397,7 @@ def parse_document(doc: Any) -> list[Definition]:
 
 
 @dataclass(slots=True, frozen=True)
-class Catalog:
+class AudienceCatalog:
     """A checked set of definitions: names unique, every referenced audience defined, every
     ``computed:`` name a defined trait or a :data:`RESERVED` value, no membership cycles.
     ``audiences`` is in evaluation order (an audience after those it refers to)."""
@@ -406,7 +406,7 @@ class Catalog:
     audiences: tuple[AudienceDef, ...] = ()
 
     @classmethod
-    def of(cls, definitions: Iterable[Definition]) -> Catalog:
+    def of(cls, definitions: Iterable[Definition]) -> AudienceCatalog:
         traits: dict[str, TraitDef] = {}
         audiences: dict[str, AudienceDef] = {}
         for d in definitions:

@@ -22,7 +22,7 @@ from typing import Any
 
 from clew.audiences._conditions import compile_condition
 from clew.audiences._state import MAX_DISTINCT, MAX_WINDOW_ENTRIES, FunnelState, TraitState
-from clew.audiences.definitions import Catalog
+from clew.audiences.definitions import AudienceCatalog
 from clew.events import Event
 from clew.store.base import Traits
 
@@ -56,10 +56,10 @@ class Evaluation:
 
 
 class Engine:
-    """Evaluates one :class:`Catalog`. Pure: every method returns new dicts and never mutates
-    its arguments (stores may retry an update)."""
+    """Evaluates one :class:`AudienceCatalog`. Pure: every method returns new dicts and never
+    mutates its arguments (stores may retry an update)."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: AudienceCatalog) -> None:
         self.catalog = catalog
         self._traits = [TraitState(t) for t in catalog.all_traits()]
         self._public = [t for t in self._traits if not t.defn.hidden]

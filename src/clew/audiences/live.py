@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from clew.audiences.changes import pack, records, unpack
-from clew.audiences.definitions import Catalog, DefinitionError
+from clew.audiences.definitions import AudienceCatalog, DefinitionError
 from clew.audiences.engine import STATE, Engine
 from clew.audiences.repository import DefinitionRepository
 from clew.audiences.status import BACKFILL_GROUP, backfill_key
@@ -65,7 +65,7 @@ class LiveAudiences:
         repository: DefinitionRepository | None,
         clock: Clock,
         history: History | None = None,
-        catalog: Catalog | None = None,
+        catalog: AudienceCatalog | None = None,
     ) -> None:
         self._repo = repository
         self._clock = clock
@@ -236,7 +236,7 @@ class LiveAudiences:
         store: ProfileStore,
         rules: IdentityRules,
         applied: Callable[[], Mapping[tuple[str, int], int]],
-        catalog: Catalog,
+        catalog: AudienceCatalog,
     ) -> Produced | None:
         done = store.load_offsets(BACKFILL_GROUP)
         marks = {backfill_key(d) for d in catalog.definitions()}
@@ -245,7 +245,7 @@ class LiveAudiences:
             return None
         started = time.perf_counter()
         sub = Engine(
-            Catalog(
+            AudienceCatalog(
                 traits=tuple(d for d in catalog.traits if d in new),
                 audiences=tuple(d for d in catalog.audiences if d in new),
             )

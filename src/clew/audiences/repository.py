@@ -22,8 +22,8 @@ import yaml
 from clew.audiences.definitions import (
     All,
     AnyOf,
+    AudienceCatalog,
     AudienceDef,
-    Catalog,
     Compare,
     Condition,
     Definition,
@@ -198,14 +198,14 @@ class DefinitionRepository:
                 continue
         return found, broken
 
-    def catalog(self) -> Catalog:
+    def catalog(self) -> AudienceCatalog:
         """The stored definitions, checked. Raises :class:`DefinitionError` naming the first
         unreadable or invalid one, or saying why the set is not a valid catalog."""
         found, broken = self._load()
         if broken:
             raise next(iter(broken.values()))
         try:
-            return Catalog.of(found.values())
+            return AudienceCatalog.of(found.values())
         except DefinitionError as exc:
             raise DefinitionError(f"{self.storage.where()}: {exc}") from None
 
@@ -222,7 +222,7 @@ class DefinitionRepository:
     def push(self, definitions: Sequence[Definition], *, dry_run: bool = False) -> list[str]:
         """Store ``definitions``, each replacing the stored one of its name (a trait cannot
         replace an audience, nor the other way round). Everything is checked first: if the
-        stored definitions with these ones would not form a valid :class:`Catalog`,
+        stored definitions with these ones would not form a valid :class:`AudienceCatalog`,
         :class:`DefinitionError` is raised and nothing is written. Files are written one by
         one, in an order in which every intermediate set is valid too. Returns the names
         whose stored content changed (unchanged files are not rewritten); with ``dry_run``,
@@ -247,7 +247,7 @@ class DefinitionRepository:
                         f"{name!r} is already defined as a {kind_of(old)}; a trait and an "
                         f"audience may not share a name (remove the {kind_of(old)} first)"
                     )
-            catalog = Catalog.of({**stored, **incoming}.values())
+            catalog = AudienceCatalog.of({**stored, **incoming}.values())
             order = [d.name for d in catalog.definitions() if d.name in incoming]
             written = [n for n in order if self._write(n, _encode(incoming[n]), dry_run)]
             if written and not dry_run:

@@ -151,11 +151,11 @@ def _audience_engine(settings: Settings) -> Engine | None:
     return Engine(catalog) if catalog.definitions() else None
 
 
-def parse_identifier(text: str, rules: IdentityRules) -> Identifier:
+def parse_split_identifier(text: str, rules: IdentityRules) -> Identifier:
     """``id_type:value`` as an identifier, normalised like the events' (emails lower-cased,
     phones in E.164). Raises :class:`InvalidIdentifierError`.
 
-    >>> parse_identifier("email: Ada@Shop.test", IdentityRules())
+    >>> parse_split_identifier("email: Ada@Shop.test", IdentityRules())
     Identifier(id_type='email', value='ada@shop.test')
     """
     id_type, sep, value = text.partition(":")
@@ -185,7 +185,7 @@ def find_profile(store: ProfileReader, ref: str, rules: IdentityRules) -> str:
     if live is not None:
         return live
     if ":" in ref:
-        ident = parse_identifier(ref, rules)
+        ident = parse_split_identifier(ref, rules)
         owner = store.lookup(ident.id_type, ident.value)
         if owner is not None:
             return owner
@@ -245,7 +245,7 @@ def split_profile(
     log: Log | None = None,
     clock: Callable[[], datetime] = _now,
 ) -> SplitResult:
-    """Split ``identifier`` (normalised, see :func:`parse_identifier`) off the profile
+    """Split ``identifier`` (normalised, see :func:`parse_split_identifier`) off the profile
     ``profile_ref`` names, as described in the module docstring, on behalf of ``operator``.
 
     ``store`` and ``log`` default to the data directory's, opened and closed here (this

@@ -262,11 +262,11 @@ def split(
 
     The identifier is kept apart from the profile's most trusted other identifier from now
     on, and the profile is re-derived from its events into the profiles they now give."""
-    from clew.batch.split import SplitError, parse_identifier, split_profile
+    from clew.batch.split import SplitError, parse_split_identifier, split_profile
 
     settings = _settings(data_dir, config)
     try:
-        ident = parse_identifier(identifier, settings.identity.rules)
+        ident = parse_split_identifier(identifier, settings.identity.rules)
         result = split_profile(settings, ref, ident, operator or _default_operator(), force=force)
     except SplitError as e:
         raise fail(escape(str(e))) from None

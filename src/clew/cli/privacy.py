@@ -253,12 +253,12 @@ def verify(
     traces, or where something remains (exit 1)."""
     from clew.backends import open_log, open_store
     from clew.privacy.erase import Subject, resolve_person
-    from clew.privacy.requests import InvalidRequestError, parse_identifier
+    from clew.privacy.requests import InvalidRequestError, parse_subject_identifier
     from clew.privacy.verify import verify as run_verify
 
     settings = settings_from(config, data_dir=data_dir)
     try:
-        parsed = [parse_identifier(i) for i in identifiers]
+        parsed = [parse_subject_identifier(i) for i in identifiers]
     except InvalidRequestError as e:
         raise fail(escape(str(e)), 2) from None
     log = open_log(settings)

@@ -91,13 +91,13 @@ class RequestNotRunningError(LookupError):
         )
 
 
-def parse_identifier(text: str) -> tuple[str, str]:
+def parse_subject_identifier(text: str) -> tuple[str, str]:
     """``id_type:value``, split at the first colon and normalised like identity resolution
     does (emails lower-cased); ``userId``/``anonymousId`` are accepted for the id types.
 
-    >>> parse_identifier("email: Ada@X.test")
+    >>> parse_subject_identifier("email: Ada@X.test")
     ('email', 'ada@x.test')
-    >>> parse_identifier("userId:urn:crm:42")
+    >>> parse_subject_identifier("userId:urn:crm:42")
     ('user_id', 'urn:crm:42')
     """
     id_type, sep, value = text.partition(":")
@@ -232,7 +232,7 @@ class RequestStore:
             raise InvalidRequestError(
                 "invalid_type", f"type must be one of {', '.join(REQUEST_TYPES)}; got {type_!r}"
             )
-        id_type, value = parse_identifier(identifier)
+        id_type, value = parse_subject_identifier(identifier)
         since_ms, until_ms = parse_instant(since, "since"), parse_instant(until, "until")
         if (since_ms is not None or until_ms is not None) and type_ not in DELETING:
             raise InvalidRequestError(
