@@ -8,7 +8,7 @@ import functools
 import re
 from pathlib import Path
 
-from conftest import WRITE_KEY
+from _support import WRITE_KEY
 
 TRACKING_API_DOC = Path(__file__).parents[1] / "docs" / "tracking-api.md"
 

@@ -30,6 +30,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
+from _support import WRITE_KEY, ServeProcess, serve_worker, wait_for
 from clew.audiences.changes import ENTERED, EXITED, AudienceChange, decode
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.backends import open_log
@@ -47,7 +48,6 @@ from clew.events import format_time
 from clew.sources import Catalog
 from clew.store import SQLiteProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
-from conftest import WRITE_KEY, ServeProcess, serve_worker, wait_for
 from destinations._receiver import Receiver
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 from clew._datadir import claim_data_dir
 from clew.cli import app
 from clew.sources import Catalog
-from conftest import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 
 runner = CliRunner()
 

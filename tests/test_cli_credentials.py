@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY
 from clew.background import BackgroundServer
 from clew.cli import app
-from conftest import WRITE_KEY
 
 runner = CliRunner()
 EVENT = {"type": "track", "event": "Signed Up", "userId": "u1"}

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from _support import WRITE_KEY, lake_count, make_settings, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.log.base import Message
 from clew.stages.workers import build_stage
-from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 runner = CliRunner()
 

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from _support import make_settings
 from clew.backends import open_log
 from clew.cli import app
 from clew.cli._errors import ExitCode
 from clew.log.base import Message
 from clew.stages.workers import build_stage
-from conftest import make_settings
 
 runner = CliRunner()
 

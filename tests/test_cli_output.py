@@ -17,9 +17,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from _support import clew_bin
 from clew.background import free_port
 from clew.cli import app
-from conftest import clew_bin
 
 runner = CliRunner()
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from _support import WRITE_KEY, drained, lake_count, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.privacy.runner import Operations
-from conftest import WRITE_KEY, drained, lake_count, make_settings, wait_for
 from privacy._fakes import FakeOperations
 
 runner = CliRunner()

@@ -18,8 +18,8 @@ import orjson
 import pytest
 from deltalake import DeltaTable
 
+from _support import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from _support import wait_for
 from clew.background import BackgroundServer, free_port
 from clew.config import Settings
 from clew.demo import (
@@ -23,7 +24,6 @@ from clew.demo import (
     simulate,
 )
 from clew.lake.query import Lake
-from conftest import wait_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "questions.md"
 

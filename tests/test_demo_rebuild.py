@@ -14,13 +14,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from _support import make_settings, wait_for
 from clew.audiences.status import audience_size
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.demo import run_demo
 from clew.lake.query import Lake
 from clew.store import SQLiteProfileStore
-from conftest import make_settings, wait_for
 
 pytestmark = pytest.mark.slow
 

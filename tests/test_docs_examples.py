@@ -34,6 +34,7 @@ import yaml
 
 from _docblocks import ROOT, Block, blocks, documents, problem
 from _services import unavailable
+from _support import ServeProcess, clew_bin, drained, wait_for
 from clew.audiences.definitions import AudienceCatalog as Definitions
 from clew.audiences.definitions import parse_audience, parse_document, parse_trait
 from clew.background import free_port
@@ -42,7 +43,6 @@ from clew.destinations.config import parse_destination
 from clew.lake.query import Lake
 from clew.monitor.alerts import decode_alert, encode_alert
 from clew.sources import Catalog
-from conftest import ServeProcess, clew_bin, drained, wait_for
 
 ALL = [b for doc in documents() for b in blocks(doc)]
 VENV_BIN = Path(clew_bin()).parent

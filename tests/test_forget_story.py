@@ -16,13 +16,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, drained, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.lake.query import Lake
 from clew.lake.tiers import run_lifecycle
-from conftest import WRITE_KEY, drained, make_settings, wait_for
 from destinations._receiver import Receiver
 
 pytestmark = pytest.mark.slow

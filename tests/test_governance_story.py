@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
+from _support import lake_count, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.events import format_time
 from clew.lake.query import Lake
 from clew.monitor import ALERT_KIND, decode_alert
-from conftest import lake_count, wait_for
 
 PLAN = Path(__file__).parents[1] / "examples" / "tracking-plan"
 runner = CliRunner()

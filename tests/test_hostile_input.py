@@ -28,12 +28,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, ServeProcess, clew_bin, drained, lake_count, wait_for
 from _tracking_api import BASIC, documented_refusals
 from clew.background import free_port
 from clew.cli import app
 from clew.events import PATH_TYPES
 from clew.nesting import MAX_DEPTH
-from conftest import WRITE_KEY, ServeProcess, clew_bin, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 

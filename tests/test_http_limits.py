@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _support import clew_bin, make_settings, wait_for
 from clew.background import BackgroundServer, free_port
 from clew.config import HttpSettings
 from clew.http_limits import HEAD_TIMEOUT, HEADERS_TOO_LARGE
-from conftest import clew_bin, make_settings, wait_for
 
 LIMITS = HttpSettings(header_timeout_s=1.5, keep_alive_timeout_s=1, max_connections=400)
 # What a normal client must keep getting while the server is under attack.

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from _support import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 from clew.background import free_port
-from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIENCE = REPO / "examples" / "audiences" / "high_value_customer.yaml"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from _support import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 from _tracking_api import BASIC
-from conftest import WRITE_KEY, ServeProcess, clew_bin, free_port, lake_count, wait_for
+from clew.background import free_port
 
 
 def _clew(*args: str) -> str:

@@ -11,10 +11,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, lake_count, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, lake_count, wait_for
 
 PLAN = Path(__file__).parents[1] / "examples" / "tracking-plan"
 runner = CliRunner()

@@ -28,9 +28,9 @@ import httpx
 import orjson
 import pytest
 
+from _support import WRITE_KEY, ServeProcess, drained, serve_worker, wait_for
 from clew.lake.query import Lake
 from clew.store import SQLiteProfileStore
-from conftest import WRITE_KEY, ServeProcess, drained, serve_worker, wait_for
 
 pytestmark = pytest.mark.slow
 

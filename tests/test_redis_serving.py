@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from _services import require_module
+from _support import WRITE_KEY, ServeProcess, drained, wait_for
 from clew.audiences.repository import load_file, open_repository
 from clew.background import free_port
 from clew.cli import app
@@ -26,7 +27,6 @@ from clew.clock import ScaledClock, to_datetime
 from clew.config import Settings
 from clew.events import format_time
 from clew.sources import Catalog
-from conftest import WRITE_KEY, ServeProcess, drained, wait_for
 
 redis = require_module("redis", "pip install -e '.[redis]'")
 

@@ -19,8 +19,8 @@ import pytest
 from rudderstack.analytics import Client as RudderClient
 from segment.analytics import Client as SegmentClient
 
+from _support import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, ServeProcess, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,11 @@ import pytest
 import redis
 
 from _services import ServiceUnavailable, redis_server, unavailable
+from _support import WRITE_KEY, ServeProcess, clew_bin, drained, wait_for
 from _tracking_api import BASIC
+from clew.background import free_port
 from clew.config import Settings, load_settings, settings_json_with_secrets
 from clew.stages.workers import SERVE_WORKERS
-from conftest import WRITE_KEY, ServeProcess, clew_bin, drained, free_port, wait_for
 
 REDIS_PASSWORD = "redis-pw-" + secrets.token_hex(8)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from _support import WRITE_KEY
 from clew.background import BackgroundServer
-from conftest import WRITE_KEY
 
 ORDER_V1 = {
     "type": "object",

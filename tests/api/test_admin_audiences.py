@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from _support import WRITE_KEY
 from clew.api.audiences import audience_routes
 from clew.audiences.definitions import parse_document
 from clew.audiences.repository import DefinitionRepository
@@ -18,7 +19,6 @@ from clew.audiences.status import BACKFILL_GROUP, backfill_key
 from clew.background import BackgroundServer
 from clew.sources import Catalog
 from clew.store import MemoryProfileStore
-from conftest import WRITE_KEY
 
 BASE = "/v1/admin/audiences"
 LTV = {"type": "trait", "kind": "sum", "event": "Order Completed", "property": "revenue"}

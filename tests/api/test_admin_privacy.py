@@ -12,10 +12,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from _support import WRITE_KEY
 from clew.api.privacy import privacy_routes
 from clew.privacy.requests import RequestStore
 from clew.sources import Catalog
-from conftest import WRITE_KEY
 
 BASE = "/v1/privacy/requests"
 

@@ -22,11 +22,11 @@ import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Route
 
+from _support import WRITE_KEY, make_settings
 from clew.background import BackgroundServer
 from clew.collector.process import CollectorProcess
 from clew.events import PATH_TYPES
 from clew.sources import ADMIN, METRICS, PRIVACY, PROFILES, SCOPES, SQL
-from conftest import WRITE_KEY, make_settings
 
 with warnings.catch_warnings():
     # Starlette asks for httpx2 instead of httpx; the test client drives the app alike.

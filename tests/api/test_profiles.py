@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from _support import WRITE_KEY
 from clew.api.profiles import iso_time, profile_routes
 from clew.background import free_port
 from clew.sources import Catalog
@@ -28,7 +29,6 @@ from clew.store import (
     SQLiteProfileStore,
     StoredEvent,
 )
-from conftest import WRITE_KEY
 
 T0 = 1_700_000_000_000
 SEGMENT = "/v1/spaces/any-space/collections/users/profiles"

@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 
+from _support import WRITE_KEY, lake_count, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.config import SqlSettings
-from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 # Never finish in a test's lifetime; GREEDY grows DuckDB's memory while it runs.
 GREEDY = "SELECT i % 1000003 AS k, list(i) FROM range(4000000000) t(i) GROUP BY k"

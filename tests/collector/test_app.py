@@ -20,11 +20,11 @@ import orjson
 import psutil
 import pytest
 
+from _support import WRITE_KEY, lake_count, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.config import Limits
 from clew.lake.query import Lake
 from clew.nesting import MAX_DEPTH
-from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
 GZIP = {"Content-Encoding": "gzip"}

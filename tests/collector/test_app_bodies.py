@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
+from _support import WRITE_KEY, make_settings
 from clew.collector.process import CollectorProcess
 from clew.dedup import DedupIndex
 from clew.events import PATH_TYPES
 from clew.nesting import MAX_DEPTH
 from clew.stages.validate import ValidateStage
 from clew.topics import RAW_TOPIC
-from conftest import WRITE_KEY, make_settings
 
 with warnings.catch_warnings():
     # Starlette asks for httpx2 instead of httpx; the test client drives the app alike.

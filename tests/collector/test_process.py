@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _support import clew_bin, wait_for
 from clew.background import free_port
-from conftest import clew_bin, wait_for
 
 
 def _answers(url: str) -> bool:

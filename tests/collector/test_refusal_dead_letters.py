@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 
+from _support import WRITE_KEY, lake_count, wait_for
 from clew.background import BackgroundServer
 from clew.lake.query import Lake
-from conftest import WRITE_KEY, lake_count, wait_for
 
 
 def test_refused_requests_of_a_known_source_are_dead_lettered(server: BackgroundServer) -> None:

@@ -14,13 +14,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import DestinationSettings, Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.destinations.addresses import DestinationAddressError, pin, refusal
 from clew.destinations.notices import send_deletion_notice
-from conftest import WRITE_KEY, make_settings, wait_for
 from destinations._receiver import Receiver
 
 cli = CliRunner()

@@ -12,7 +12,7 @@ import subprocess
 import httpx
 import pytest
 
-from conftest import WRITE_KEY, ServeProcess, clew_bin, wait_for
+from _support import WRITE_KEY, ServeProcess, clew_bin, wait_for
 from destinations._receiver import Receiver
 
 pytestmark = pytest.mark.slow

@@ -17,13 +17,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, lake_count, make_settings, wait_for
 from clew.background import BackgroundServer, free_port
 from clew.cli import app
 from clew.config import Settings
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.log.base import Message
 from clew.topics import CHANGES_TOPIC
-from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 from destinations._receiver import Receiver
 
 SECRET = "shh-test-secret"

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from _support import make_settings
 from clew.backends import open_log
 from clew.config import Settings
 from clew.dlq.replay import ReplayInProgressError, ReplayReport, replay_dlq
@@ -22,7 +23,6 @@ from clew.log.embedded import EmbeddedLog
 from clew.schema import Compatibility, Enforcement, SchemaRegistry, SubjectUpdate
 from clew.sources import Catalog
 from clew.stages.workers import build_stage
-from conftest import make_settings
 
 RECEIVED_US = 1_700_000_000_123_456  # 2023-11-14T22:13:20.123456Z
 ORDER = "track:Order Completed"

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from _support import WRITE_KEY, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
@@ -32,7 +33,6 @@ from clew.imports.importer import (
 from clew.lake.query import Lake
 from clew.store import Profile, SQLiteProfileStore
 from clew.topics import EVENTS_TOPIC
-from conftest import WRITE_KEY, make_settings, wait_for
 
 runner = CliRunner()
 

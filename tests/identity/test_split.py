@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from typer.testing import CliRunner, Result
 
+from _support import WRITE_KEY, lake_count, make_settings, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.batch.split import split_profile
@@ -28,7 +29,6 @@ from clew.stages.runner import StageRunner
 from clew.stages.workers import build_stage
 from clew.store import Profile, SQLiteProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC, RAW_TOPIC
-from conftest import WRITE_KEY, lake_count, make_settings, wait_for
 
 runner = CliRunner()
 

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from _s3 import S3
+from _support import WRITE_KEY, ServeProcess, clew_bin, wait_for
 from clew._locations import ObjectStorageUnsupported
 from clew.backends import open_log
 from clew.background import free_port
@@ -25,7 +26,6 @@ from clew.config import LakeSettings, LifecycleSettings, Settings, load_settings
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
 from clew.stages.lake_sink import LakeSinkStage
-from conftest import WRITE_KEY, ServeProcess, clew_bin, wait_for
 
 ADA_USER = "user-ada-1815"
 ADA_EMAIL = "ada@analytical.test"

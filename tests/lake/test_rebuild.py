@@ -19,6 +19,7 @@ import pytest
 from deltalake import write_deltalake
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.batch.rebuild import rebuild
 from clew.cli import app
@@ -30,7 +31,6 @@ from clew.identity.unifier import Unifier
 from clew.lake.query import Lake
 from clew.lake.tables import EVENTS, to_arrow
 from clew.store import MemoryProfileStore, Provenance, Separation, SQLiteProfileStore
-from conftest import WRITE_KEY, make_settings, wait_for
 
 _ids = itertools.count()
 START = datetime(2026, 3, 1, tzinfo=UTC)

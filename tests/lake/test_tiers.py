@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from _support import make_settings, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.clock import ManualClock
@@ -28,7 +29,6 @@ from clew.lake.tiers import (
     tier_status,
 )
 from clew.log.base import Message
-from conftest import make_settings, wait_for
 
 # Partitions dated before 2024-03-03 are older than the default 90 warm days.
 NOW = dt.datetime(2024, 6, 1, 12, tzinfo=dt.UTC)

@@ -8,11 +8,11 @@ import time
 
 import httpx
 
+from _support import WRITE_KEY, drained, lake_count, wait_for
 from clew.background import BackgroundServer
 from clew.privacy._salt import identifier_hash, load_salt
 from clew.privacy.suppression import RELOAD_S, SuppressedHash, SuppressionList
 from clew.topics import RAW_TOPIC
-from conftest import WRITE_KEY, drained, lake_count, wait_for
 
 
 def metric(url: str, line: str) -> float:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from _support import WRITE_KEY, drained, make_settings, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.config import Settings
@@ -30,7 +31,6 @@ from clew.privacy._erase_match import Matcher
 from clew.privacy.erase import Subject, erase, resolve_person, resolve_subject
 from clew.privacy.verify import verify
 from clew.store import SQLiteProfileStore
-from conftest import WRITE_KEY, drained, make_settings, wait_for
 from destinations._receiver import Receiver
 
 SECRET = "notice-secret"

@@ -17,12 +17,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from _support import WRITE_KEY, drained, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.lake.query import Lake
 from clew.log.base import Log, Message
-from conftest import WRITE_KEY, drained, make_settings, wait_for
 
 ADA_EMAIL = "ada.lovelace@analytical.test"
 ADA_USER = "user-ada-1815"

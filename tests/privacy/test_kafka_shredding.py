@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from _kafka import KafkaBroker
 from _services import require_module
+from _support import WRITE_KEY, make_settings, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.cli import app
@@ -26,7 +27,6 @@ from clew.identity.identifiers import USER_ID
 from clew.log.base import Record
 from clew.log.shredding import ShreddingLog
 from clew.topics import EVENTS_TOPIC, TOPICS
-from conftest import WRITE_KEY, make_settings, wait_for
 
 require_module("redis", "pip install -e '.[redis]'")
 

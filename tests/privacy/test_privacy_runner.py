@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from _support import wait_for
 from clew.config import Settings
 from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.privacy.runner import PrivacyRunner
 from clew.store.memory import MemoryProfileStore
-from conftest import wait_for
 
 from ._fakes import FakeOperations, Trace
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import WRITE_KEY, ServeProcess, clew_bin, drained, lake_count, wait_for
+from _support import WRITE_KEY, ServeProcess, clew_bin, drained, lake_count, wait_for
 
 pytestmark = pytest.mark.slow
 

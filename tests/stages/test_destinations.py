@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from _support import wait_for
 from clew.destinations import DestinationConfig, DestinationDirectory, destinations_dir
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.log.base import Log, Message, TopicSpec
@@ -19,7 +20,6 @@ from clew.stages.destinations import DestinationsStage
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
 from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
-from conftest import wait_for
 from destinations._receiver import Receiver
 
 

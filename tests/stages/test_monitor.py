@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from _support import wait_for
 from clew.background import free_port
 from clew.events import format_time
 from clew.log.base import Consumer, Message, Record, TopicPartition, TopicSpec
@@ -22,7 +23,6 @@ from clew.log.embedded import EmbeddedLog
 from clew.monitor import ALL_VERSIONS, VolumeAlert, decode_alert
 from clew.stages.monitor import MonitorStage
 from clew.stages.setaside import dead_letter
-from conftest import wait_for
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
 HOUR = timedelta(hours=1)

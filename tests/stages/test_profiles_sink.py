@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _support import WRITE_KEY, make_settings, wait_for
 from clew.background import BackgroundServer
 from clew.config import LakeSettings
 from clew.identity.changes import (
@@ -24,7 +25,6 @@ from clew.log.base import Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.stages.profiles_sink import ProfilesSinkStage
 from clew.topics import CHANGES_TOPIC
-from conftest import WRITE_KEY, make_settings, wait_for
 
 DOCS = Path(__file__).parents[2] / "docs" / "identity.md"
 PROFILE_COLUMNS = (

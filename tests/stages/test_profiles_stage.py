@@ -12,6 +12,7 @@ import httpx
 import msgspec
 import pytest
 
+from _support import WRITE_KEY, wait_for
 from clew.backends import open_log
 from clew.background import BackgroundServer
 from clew.config import Settings
@@ -22,7 +23,6 @@ from clew.stages.profiles import ProfilesStage
 from clew.stages.runner import StageRunner
 from clew.store import SQLiteProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
-from conftest import WRITE_KEY, wait_for
 
 _ids = itertools.count()
 

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pytest
 
+from _support import wait_for
 from clew.background import BackgroundServer
 from clew.dlq.ledger import ReplayLedger
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
@@ -26,7 +27,6 @@ from clew.stages.base import Stage
 from clew.stages.runner import BATCH_ATTEMPTS, StageRunner
 from clew.stages.setaside import StageLedger
 from clew.topics import CHANGES_TOPIC, DLQ_TOPIC, EVENTS_TOPIC
-from conftest import wait_for
 
 
 class _Picky(Stage):
