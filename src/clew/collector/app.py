@@ -253,7 +253,13 @@ class Collector:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         queued, self._queued = self._queued, []
-        written = self._log.append(RAW_TOPIC, [m for m, _ in queued])
+        try:
+            written = self._log.append(RAW_TOPIC, [m for m, _ in queued])
+        except Exception as exc:
+            # An append that raises instead of failing its future: without this, the error
+            # would end this loop callback and the requests waiting here would never answer.
+            written = Future()
+            written.set_exception(exc)
 
         def settle(result: Future[Any]) -> None:
             error = result.exception()

@@ -61,7 +61,9 @@ class ValidateStage(Stage):
         # nothing downstream (lake, profiles, destinations) sees the original values.
         self._pii = pii
         self._window_ms = int(dedup_window_hours * 3600_000)
-        self._last_prune = 0.0
+        # The first tick prunes, however recently the machine booted (monotonic time starts
+        # near 0 at boot, so a start of 0.0 would skip pruning for the first 600 s of uptime).
+        self._last_prune = float("-inf")
         self._counter_store = counter_store
         self._unflushed: Counter[str] = Counter()
         self._last_flush = 0.0
