@@ -324,12 +324,10 @@ def test_a_gzip_bomb_is_refused_without_being_inflated(server: BackgroundServer)
         warm = new_id()
         assert_success(c.post("/v1/batch", content=batch(event(warm)), headers=BASIC))
         wait_landed(server, warm)
+        # Not inflating it is shown by the memory it did not take, not by how long it took.
         with PeakRss() as rss:
-            started = time.monotonic()
             r = c.post("/v1/batch", content=bomb, headers={**BASIC, **GZIP})
-            elapsed = time.monotonic() - started
         assert_error(r, 400, "request_too_large")
-        assert elapsed < 1.0
         assert rss.peak - rss.baseline < 20 * 1024 * KB, (
             f"RSS grew by {(rss.peak - rss.baseline) >> 20} MB while refusing a 50 MB gzip bomb"
         )

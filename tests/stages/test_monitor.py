@@ -317,7 +317,9 @@ def test_alerts_a_dead_webhook_did_not_take_are_sent_after_a_restart(
     monitor = Monitor(log, tmp_path / "monitor.db", clock, webhook_url=closed)
     started = time.monotonic()
     monitor.hour(START, released=True, failing=True)
-    assert time.monotonic() - started < 1.0, "a dead webhook must not hold up the stage"
+    # Generous for a loaded machine: the webhook sends in the background, so only a stage
+    # that waited on it (connect, retries) would come near this.
+    assert time.monotonic() - started < 10.0, "a dead webhook must not hold up the stage"
     assert len(alerts(log)) == 2
     monitor.stop()
     assert monitor.stage.status().webhook == {"pending": 2}
