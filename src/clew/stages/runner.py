@@ -219,7 +219,7 @@ class StageRunner:
                 if self._skip:
                     records = self._without_skipped(records)
                 if self._tail_skips:
-                    self._commit_past_tail_skips(consumer)
+                    self._commit_past_tail_skips(consumer, owned)
                 if self._probe is not None:
                     if records:
                         self._isolate(records, consumer)
@@ -252,7 +252,7 @@ class StageRunner:
                     del self._tail_skips[tp]
         return kept
 
-    def _commit_past_tail_skips(self, consumer: Consumer) -> None:
+    def _commit_past_tail_skips(self, consumer: Consumer, owned: set[TopicPartition]) -> None:
         """Commit past set-aside records at the end of their partitions, once the stage has
         committed everything before them; otherwise the group would show them as lag until
         the next record of the partition arrives. Checked at most every half second."""
@@ -260,7 +260,6 @@ class StageRunner:
         if now - self._tail_checked < _TAIL_CHECK_S:
             return
         self._tail_checked = now
-        owned = set(consumer.assignment())
         for topic in {tp[0] for tp in self._tail_skips}:
             committed = self._log.committed(self.stage.group, topic)
             for tp, last in list(self._tail_skips.items()):
