@@ -37,11 +37,13 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-# The servers the suite starts (Redis, Kafka, Spark's jars): installed, or a hint (CI fails).
+# The servers the suite starts (Redis, Kafka, Spark's jars, a headless Chromium): installed, or
+# a hint (CI fails).
 services: $(VENV)/.installed-dev
 	sh scripts/redis.sh
 	sh scripts/kafka.sh
 	sh scripts/spark.sh
+	sh scripts/chromium.sh
 
 pytest: services
 	$(BIN)/pytest
