@@ -20,6 +20,8 @@ from clew.audiences.repository import open_repository
 from clew.backends import open_log, open_store
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
+from clew.console import ConsoleContext, console_routes
+from clew.edge import edge_routes
 from clew.http_limits import exit_on_signal, serve_until_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
 from clew.lake.lifecycle import LifecycleScheduler
@@ -96,6 +98,18 @@ class Clew:
         # handle (erasure writes; the Profile API's handle stays free for reads).
         self._privacy_store = open_store(settings)
         self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
+        audiences = open_repository(settings)
+        console = ConsoleContext(
+            settings=settings,
+            catalog=self.catalog,
+            lake=self.lake,
+            log=self.log,
+            profiles=self.profiles,
+            audiences=audiences,
+            privacy=self.privacy.requests,
+            privacy_wake=self.privacy.wake,
+            health=self.health,
+        )
         self._api = build_api(
             self.catalog,
             self.lake,
@@ -103,12 +117,13 @@ class Clew:
             self.health,
             settings.registry_path,
             self.profiles,
-            open_repository(settings),
+            audiences,
             self.privacy.requests,
             self.privacy.wake,
             offload_profiles=self.profiles.reads_over_network,
             sql=settings.sql,
             metrics_token=settings.metrics.require_token,
+            extra_routes=[*edge_routes(self.catalog, settings), *console_routes(console)],
         )
         self._stop = threading.Event()
         self._stopping = False

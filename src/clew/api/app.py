@@ -4,7 +4,7 @@ the Profile API."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -14,7 +14,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from clew.api._auth import check_token, error, holds_scope
 from clew.api.admin import admin_routes
@@ -62,12 +62,14 @@ def build_api(
     offload_profiles: bool = False,
     sql: SqlSettings | None = None,
     metrics_token: bool = False,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The HTTP API. ``offload_profiles``: run Profile API reads in the thread pool (a store
     whose reads are network round trips, such as Redis; see ``profile_routes``).
 
     ``metrics_token`` (``metrics.require_token``): ``/metrics`` needs a ``metrics``-scoped
-    token, and ``/health`` answers only ``ok`` and ``status`` without one."""
+    token, and ``/health`` answers only ``ok`` and ``status`` without one. ``extra_routes``:
+    the layers above the API (the browser edge, the console) mounted beside it."""
     sql_runner = SqlRunner(lake, sql or SqlSettings())
     ctx = ApiContext(catalog, metrics, health, sql_runner, metrics_token)
     api = Starlette(
@@ -87,6 +89,7 @@ def build_api(
                 else []
             ),
             *(privacy_routes(catalog, privacy, privacy_wake) if privacy is not None else []),
+            *extra_routes,
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=_lifespan,
