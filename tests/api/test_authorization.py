@@ -58,6 +58,13 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/v1/privacy/requests"): PRIVACY,
     ("GET", "/v1/privacy/requests"): PRIVACY,
     ("GET", "/v1/privacy/requests/{id}"): PRIVACY,
+    # The browser edge (src/clew/edge): what a web page's SDK loads, public as on a CDN.
+    ("GET", "/v1/projects/{writeKey}/settings"): PUBLIC,
+    ("GET", "/sourceConfig/"): PUBLIC,
+    ("OPTIONS", "/sourceConfig/"): PUBLIC,
+    ("GET", "/analytics.js/v1/{writeKey}/analytics.min.js"): PUBLIC,
+    ("GET", "/analytics-next/bundles/{name}"): PUBLIC,
+    ("GET", "/v3/modern/rsa.umd.js"): PUBLIC,
 }
 # The collector role (`clew collector`) is a plain ASGI app: these are all its paths.
 COLLECTOR_ROUTES: dict[tuple[str, str], str] = {
@@ -73,6 +80,7 @@ _PARAMS = {
     "identifier": "user_id:42",
     "space": "s",
     "id": "pr_missing",
+    "writeKey": WRITE_KEY,
 }
 
 
