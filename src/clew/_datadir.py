@@ -30,6 +30,7 @@ SALT_FILE = "privacy.salt"
 LAKE_INDEX_FILE = "lake_index.db"  # which lake files hold which person
 OUTBOX_FILE = "destinations.db"  # destination outboxes, delivery history, dead letters
 CLOCK_FILE = "clock.json"  # the anchor of a scaled clock
+CONSOLE_KEY_FILE = "console.key"  # signs the web console's session cookies
 LAKE_DIR = "lake"
 COLD_DIR = "cold"
 SQL_SPILL_DIR = "sql-spill"

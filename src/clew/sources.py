@@ -349,6 +349,15 @@ class Catalog:
             ).fetchall()
         return [_token(r) for r in rows]
 
+    def token_named(self, name: str) -> Token | None:
+        """The record of the token called ``name`` (expired or not), ``None`` when there is
+        none (never created, or revoked)."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else _token(row)
+
     def token_names(self) -> list[str]:
         return [t.name for t in self.tokens()]
 

@@ -4,7 +4,8 @@ kind of credential. A route added without a guard (or without a line in EXPECTED
 Credentials: none, a write key, a token of each scope, a revoked token and an expired token.
 API routes take a token with their scope (401 without a valid token, 403
 ``insufficient_scope`` with another scope); Tracking API routes take write keys only; public
-routes answer everyone.
+routes answer everyone. Console routes (``/console/…``) take a signed-in session only: no API
+credential opens one (tests/browser/test_console_*.py check each page's scope).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 PUBLIC = "public"
+CONSOLE = "console session"
+CONSOLE_SIGN_IN = "console sign-in"
+# The console's door: its sign-in form, sign-out and its static files answer everyone.
+CONSOLE_PUBLIC = {
+    ("GET", "/console/login"),
+    ("POST", "/console/logout"),
+    ("GET", "/console/static/{name}"),
+}
 # (method, path as in the route table) -> the scope it needs, or PUBLIC.
 EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/health"): PUBLIC,
@@ -130,9 +139,24 @@ def _credentials(server: BackgroundServer) -> list[Credential]:
     return [*creds, Credential("revoked token", revoked), Credential("expired token", expired)]
 
 
+def _needs(method: str, path: str) -> str:
+    if (method, path) == ("POST", "/console/login"):
+        return CONSOLE_SIGN_IN
+    if path == "/console" or path.startswith("/console/"):
+        return PUBLIC if (method, path) in CONSOLE_PUBLIC else CONSOLE
+    return EXPECTED[(method, path)]
+
+
 def _check(response: httpx.Response, needs: str, credential: Credential, where: str) -> None:
     status = response.status_code
-    if needs == PUBLIC:
+    if needs == CONSOLE_SIGN_IN:
+        # The token is typed into the form; a credential in a header signs no one in.
+        assert status == 401 and "set-cookie" not in response.headers, where
+    elif needs == CONSOLE:
+        # Without a session every console page sends the visitor to the sign-in form.
+        assert status == 303, where
+        assert response.headers["location"].startswith("/console/login?next="), where
+    elif needs == PUBLIC:
         assert status not in (401, 403), where
     elif needs == WRITE_KEY_ONLY:
         if credential.write_key is not None:
@@ -165,7 +189,7 @@ def test_every_route_is_listed_with_the_credential_it_takes(
     listed = {
         (method, route.path)
         for route in guarded_server.clew.api.routes
-        if isinstance(route, Route)
+        if isinstance(route, Route) and not route.path.startswith("/console")
         for method in route.methods or ()
         if method != "HEAD"
     }
@@ -176,7 +200,7 @@ def test_every_route_is_listed_with_the_credential_it_takes(
 def test_every_route_against_every_credential(guarded_server: BackgroundServer) -> None:
     credentials = _credentials(guarded_server)
     routes = [
-        (method, route.path, EXPECTED[(method, route.path)])
+        (method, route.path, _needs(method, route.path))
         for route in guarded_server.clew.api.routes
         if isinstance(route, Route)
         for method in sorted(route.methods or ())

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clew._datadir import (
     COLD_DIR,
+    CONSOLE_KEY_FILE,
     DESTINATIONS_DIR,
     IMPORTS_FILE,
     KEYS_FILE,
@@ -100,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def meta_path(self) -> Path:
         return self.data_dir / META_FILE
+
+    @property
+    def console_key_path(self) -> Path:
+        return self.data_dir / CONSOLE_KEY_FILE
 
     @property
     def state_path(self) -> Path:

@@ -3,6 +3,7 @@ token, for the people who run Clew and the people who use its data."""
 
 from __future__ import annotations
 
-from clew.console.app import ConsoleContext, console_routes
+from clew.console._context import ConsoleContext
+from clew.console.app import console_routes
 
 __all__ = ["ConsoleContext", "console_routes"]

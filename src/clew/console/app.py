@@ -1,37 +1,28 @@
-"""Assembles the console's routes from what ``clew serve`` holds."""
+"""Assembles the console's routes: sign-in, the static files, and every section's pages."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 from starlette.routing import BaseRoute
 
-from clew.audiences.repository import DefinitionRepository
-from clew.config import Settings
-from clew.lake.query import Lake
-from clew.log.base import Log
-from clew.privacy.requests import RequestStore
-from clew.sources import Catalog
-from clew.store.base import ProfileStore
+from clew.console import (
+    audiences,
+    auth,
+    destinations,
+    live,
+    overview,
+    people,
+    privacy,
+    quality,
+    static,
+)
+from clew.console._context import ConsoleContext
+from clew.console._kit import ConsoleKit
+from clew.console._session import Sessions
 
-
-@dataclass(frozen=True, slots=True)
-class ConsoleContext:
-    """What the console's pages read and act on: the stores ``clew serve`` already opened."""
-
-    settings: Settings
-    catalog: Catalog
-    lake: Lake
-    log: Log
-    profiles: ProfileStore
-    audiences: DefinitionRepository
-    privacy: RequestStore
-    privacy_wake: Callable[[], None]
-    health: Callable[[], dict[str, Any]]
+_SECTIONS = (auth, static, overview, live, people, audiences, quality, destinations, privacy)
 
 
 def console_routes(ctx: ConsoleContext) -> list[BaseRoute]:
-    """The console's routes, mounted beside the HTTP APIs."""
-    return []
+    """The console's routes, mounted beside the HTTP APIs by ``clew serve``."""
+    kit = ConsoleKit(ctx, Sessions(ctx.settings.console_key_path, ctx.catalog))
+    return [route for section in _SECTIONS for route in section.routes(kit)]

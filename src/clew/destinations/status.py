@@ -4,6 +4,7 @@ the destinations stage runs)."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
@@ -32,21 +33,53 @@ def _read(path: Path) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
         db.close()
 
 
-def metric_families(data_dir: Path) -> list[MetricFamily]:
-    """(name, type, help, [(labels, value)]) per destination metric: every configured
-    destination appears (with zeros until it has traffic), and removed ones while they still
-    have counts."""
+@dataclass(frozen=True, slots=True)
+class DestinationFigures:
+    """One destination's counts since its outbox was created: batches by outcome, records by
+    outcome, records filtered out by reason, and records waiting in its outbox."""
+
+    name: str
+    deliveries: dict[str, int]
+    events: dict[str, int]
+    filtered: dict[str, int]
+    waiting: int
+
+
+def destination_figures(data_dir: Path) -> list[DestinationFigures]:
+    """Every configured destination's figures (zeros until it has traffic), and removed ones'
+    while they still have counts, by name."""
     counters, waiting = _read(outbox_path(data_dir))
     configured = {
         c.name for c in DestinationDirectory(destinations_dir(data_dir)).load()[0].values()
     }
     names = sorted(configured | {d for d, _ in counters} | set(waiting))
 
-    def samples(prefix: str, label: str, values: tuple[str, ...]) -> list[tuple[str, float]]:
+    def counts(dest: str, prefix: str, values: tuple[str, ...]) -> dict[str, int]:
+        return {v: counters.get((dest, f"{prefix}:{v}"), 0) for v in values}
+
+    return [
+        DestinationFigures(
+            name=d,
+            deliveries=counts(d, "deliveries", _DELIVERY_OUTCOMES),
+            events=counts(d, "events", _EVENT_OUTCOMES),
+            filtered=counts(d, "filtered", _FILTER_REASONS),
+            waiting=waiting.get(d, 0),
+        )
+        for d in names
+    ]
+
+
+def metric_families(data_dir: Path) -> list[MetricFamily]:
+    """(name, type, help, [(labels, value)]) per destination metric: every configured
+    destination appears (with zeros until it has traffic), and removed ones while they still
+    have counts."""
+    figures = destination_figures(data_dir)
+
+    def samples(kind: str, label: str) -> list[tuple[str, float]]:
         return [
-            (f'{{destination="{d}",{label}="{v}"}}', counters.get((d, f"{prefix}:{v}"), 0))
-            for d in names
-            for v in values
+            (f'{{destination="{f.name}",{label}="{v}"}}', n)
+            for f in figures
+            for v, n in getattr(f, kind).items()
         ]
 
     return [
@@ -55,25 +88,25 @@ def metric_families(data_dir: Path) -> list[MetricFamily]:
             "counter",
             "Webhook batches by outcome (retried counts failed attempts that will be retried; "
             "outbox_full counts overflow batches sent straight to the dead-letter store)",
-            samples("deliveries", "outcome", _DELIVERY_OUTCOMES),
+            samples("deliveries", "outcome"),
         ),
         (
             "clew_destination_events_total",
             "counter",
             "Records in webhook batches that were delivered or dead-lettered",
-            samples("events", "outcome", _EVENT_OUTCOMES),
+            samples("events", "outcome"),
         ),
         (
             "clew_destination_filtered_total",
             "counter",
             "Records not sent to a destination, by reason (event or change: not selected by its "
             "filters; integrations: turned off in the event; consent: a category not granted)",
-            samples("filtered", "reason", _FILTER_REASONS),
+            samples("filtered", "reason"),
         ),
         (
             "clew_destination_outbox",
             "gauge",
             "Records waiting in a destination's outbox (including the batch being sent)",
-            [(f'{{destination="{d}"}}', waiting.get(d, 0)) for d in names],
+            [(f'{{destination="{f.name}"}}', f.waiting) for f in figures],
         ),
     ]

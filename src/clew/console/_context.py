@@ -1,0 +1,30 @@
+"""What the console's pages read and act on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from clew.audiences.repository import DefinitionRepository
+from clew.config import Settings
+from clew.lake.query import Lake
+from clew.log.base import Log
+from clew.privacy.requests import RequestStore
+from clew.sources import Catalog
+from clew.store.base import ProfileStore
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleContext:
+    """The stores ``clew serve`` already opened, shared with the console (never closed by it)."""
+
+    settings: Settings
+    catalog: Catalog
+    lake: Lake
+    log: Log
+    profiles: ProfileStore
+    audiences: DefinitionRepository
+    privacy: RequestStore
+    privacy_wake: Callable[[], None]
+    health: Callable[[], dict[str, Any]]
