@@ -102,7 +102,8 @@ class Credential:
 
 
 def _path(template: str) -> str:
-    return re.sub(r"{(\w+)(:\w+)?}", lambda m: _PARAMS[m.group(1)], template)
+    # A parameter not named above (a console page's, say) gets a value that names nothing.
+    return re.sub(r"{(\w+)(:\w+)?}", lambda m: _PARAMS.get(m.group(1), "nobody"), template)
 
 
 def _headers(credential: Credential, collector_route: bool) -> dict[str, str]:
