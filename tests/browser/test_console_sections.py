@@ -1,0 +1,79 @@
+"""The console's audiences, data quality, destinations and privacy sections in a real Chromium,
+against an in-process Clew with data in it: each page renders what the stores hold, and its
+forms (DLQ and delivery replays, a privacy request) take effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from _browser import screenshot
+from _support import WRITE_KEY, drained, wait_for
+from browser._console import sign_in
+from clew.audiences.repository import DefinitionRepository, load_file
+from clew.background import BackgroundServer
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def _send(server: BackgroundServer, batch: list[dict[str, Any]]) -> None:
+    r = httpx.post(f"{server.url}/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, ""))
+    r.raise_for_status()
+
+
+def _until_shown(page: Any, selector: str, text: str, timeout_s: float = 20.0) -> None:
+    """Reload ``page`` until ``selector`` shows ``text`` (the stages work in the background)."""
+
+    def shown() -> bool:
+        page.reload()
+        found = page.locator(selector)
+        return found.count() > 0 and text in found.first.inner_text()
+
+    wait_for(shown, timeout_s=timeout_s, interval_s=0.3)
+
+
+def test_audiences_show_definitions_sizes_history_and_members(
+    browser: Any, server: BackgroundServer
+) -> None:
+    repository = DefinitionRepository(server.settings.data_dir)
+    repository.push(load_file(EXAMPLES / "audiences" / "high_value_customer.yaml"))
+    orders = [
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "userId": user,
+            "messageId": f"o-{user}-{i}",
+            "properties": {"revenue": revenue},
+        }
+        for user, revenue in (("ada", 300.0), ("bob", 120.0))
+        for i in range(2)
+    ]
+    _send(server, orders)
+    wait_for(lambda: drained(server.url))
+    page, log = sign_in(browser, server, ("profiles",))
+
+    page.goto(f"{server.url}/console/audiences")
+    assert page.inner_text("h1") == "Audiences and traits"
+    _until_shown(page, "#definitions", "high_value_customer")
+    rows = page.inner_text("#definitions")
+    assert "ltv_365d" in rows and "sum(revenue) of Order Completed over 365d" in rows
+    _until_shown(page, "#definitions tbody tr:has-text('high_value_customer') td.num", "1")
+    screenshot(page, "console-audiences")
+
+    page.click("text=high_value_customer")
+    assert page.inner_text("h1") == "high_value_customer"
+    assert "1 profile in the audience now" in page.inner_text("#size")
+    member = page.inner_text("#members li")
+    assert page.get_attribute("#members a", "href") == f"/console/people?q={member}"
+    assert "svg" in page.inner_html("main section")
+    assert "computed: ltv_365d" in page.inner_text("#definition")
+    screenshot(page, "console-audience")
+
+    page.goto(f"{server.url}/console/audiences/ltv_365d")
+    _until_shown(page, "#holders", "2 profiles")
+    assert "600" in page.inner_text("#values")
+    missing = page.goto(f"{server.url}/console/audiences/nothing_here")
+    assert missing is not None and missing.status == 404
+    assert [e for e in log.errors if "status of 404" not in e] == []
