@@ -1,0 +1,201 @@
+"""Both browser SDKs against a real Clew in a real headless Chromium: the example site
+(examples/web) served from another origin than Clew loads analytics.js, or RudderStack's
+JavaScript SDK v3, from Clew, and a visitor browses, reloads, reads an article to its end,
+clicks the call to action, views a product, adds it to the cart, chooses consent and signs up.
+
+Then the lake holds every event with the browser's context, one anonymous id across the
+reload, and the Profile API finds one person by email holding the device's anonymous id,
+the user id and the consent chosen. The pages log no console error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from _browser import PageLog, screenshot
+from _support import WRITE_KEY, lake_count, wait_for
+from clew.background import BackgroundServer, free_port
+from clew.demo.web_site import ExampleSite, SiteConfig
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Sdk:
+    name: str  # the site's ?sdk=
+    library: str  # context.library.name
+    version: str  # context.library.version
+
+
+SDKS = [
+    Sdk("segment", "analytics.js", "next-1.84.3"),
+    Sdk("rudderstack", "RudderLabs JavaScript SDK", "3.34.1"),
+]
+# What the visit below sends, by (type, event or page name): at least this many each.
+EXPECTED = {
+    ("page", "Home"): 1,
+    ("page", "Product"): 2,  # before and after the reload
+    ("page", "Article"): 1,
+    ("page", "Sign up"): 1,
+    ("track", "Consent Updated"): 1,
+    ("track", "button_clicked"): 1,
+    ("track", "Product Viewed"): 2,
+    ("track", "Product Added"): 1,
+    ("track", "article_read"): 1,
+    ("track", "Signed Up"): 1,
+    ("identify", None): 1,
+}
+
+
+@pytest.fixture
+def site(server: BackgroundServer) -> Iterator[ExampleSite]:
+    """The example site on a port of its own: another origin than Clew's."""
+    with ExampleSite(SiteConfig(server.url, WRITE_KEY), "127.0.0.1", free_port()) as running:
+        yield running
+
+
+def _sql(server: BackgroundServer, token: str, query: str) -> list[dict[str, Any]]:
+    r = httpx.post(
+        server.url + "/v1/sql",
+        json={"query": query},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+
+def _visit(page: Any, site: ExampleSite, sdk: Sdk, email: str) -> tuple[str, str, str]:
+    """Browse the site as one visitor; the anonymous id before and after the reload, and the
+    user id the sign-up gave."""
+    visitor = page.locator("#visitor")
+    page.goto(f"{site.url}/index.html?sdk={sdk.name}")
+    page.wait_for_function("document.getElementById('visitor').textContent.length > 8")
+    first_id = visitor.inner_text()
+    page.click("#consent-analytics")
+    page.click("#cta")
+    page.click("a[href='product.html?id=p-2']")
+    page.wait_for_selector("#product-name:text('Summit 30L Pack')")
+    page.click("#add-to-cart")
+    page.wait_for_selector("#cart-status:text('1 in your cart')")
+    page.reload()
+    page.wait_for_function("document.getElementById('visitor').textContent.length > 8")
+    reloaded_id = visitor.inner_text()
+    page.click("nav a[href='article.html']")
+    page.wait_for_selector("article")
+    page.locator("#article-end").scroll_into_view_if_needed()
+    page.wait_for_selector("#read-status:text('Thanks for reading')")
+    page.click("nav a[href='signup.html']")
+    page.fill("#name", "Ada Lovelace")
+    page.fill("#email", email)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#welcome", state="visible")
+    return first_id, reloaded_id, page.locator("#welcome-id").inner_text()
+
+
+@pytest.mark.parametrize("sdk", SDKS, ids=[s.name for s in SDKS])
+def test_a_visit_lands_in_the_lake_and_the_profile(
+    browser: Any, server: BackgroundServer, site: ExampleSite, sdk: Sdk
+) -> None:
+    token = server.clew.catalog.create_token("browser-test", ["sql", "profiles"])
+    email = f"ada+{sdk.name}@shop.test"
+    context = browser.new_context(locale="en-GB")
+    log = PageLog()
+    page = log.watch(context.new_page())
+    requested: list[str] = []
+    failed: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    try:
+        first_id, reloaded_id, user_id = _visit(page, site, sdk, email)
+        screenshot(page, f"web-sdks-{sdk.name}-signed-up")
+    finally:
+        page.close()
+        context.close()
+    assert log.errors == [], failed
+    # Everything came from the site or from Clew: no SDK CDN, no vendor's API.
+    assert all(u.startswith((site.url + "/", server.url + "/", "data:")) for u in requested), {
+        u for u in requested if not u.startswith((site.url, server.url))
+    }
+    assert first_id == reloaded_id, "the anonymous id must survive a reload"
+
+    def landed() -> list[dict[str, Any]]:
+        return _sql(
+            server,
+            token,
+            "SELECT type, coalesce(event, name) AS what, anonymous_id, user_id, context "
+            "FROM events ORDER BY timestamp",
+        )
+
+    def complete() -> bool:
+        rows = landed()
+        counts: dict[tuple[str, str | None], int] = {}
+        for row in rows:
+            key = (row["type"], None if row["type"] == "identify" else row["what"])
+            counts[key] = counts.get(key, 0) + 1
+        return all(counts.get(k, 0) >= n for k, n in EXPECTED.items())
+
+    wait_for(complete, timeout_s=30)
+    rows = landed()
+    assert {r["anonymous_id"] for r in rows} == {first_id}
+    assert {r["user_id"] for r in rows if r["what"] == "Signed Up"} == {user_id}
+    for row in rows:
+        ctx = json.loads(row["context"])
+        library = ctx["library"]
+        assert (library["name"], library["version"]) == (sdk.library, sdk.version), library
+        assert ctx["userAgent"].startswith("Mozilla/5.0") and "Chrome" in ctx["userAgent"]
+        assert ctx["locale"] == "en-GB"
+        assert ctx["page"]["url"].startswith(site.url + "/")
+    product_views = [json.loads(r["context"]) for r in rows if r["what"] == "Product"]
+    assert product_views[0]["page"]["url"] == f"{site.url}/product.html?id=p-2"
+    assert product_views[0]["page"]["referrer"] == f"{site.url}/index.html?sdk={sdk.name}"
+    # Every event after the banner's choice (all but the first page view) carries it.
+    chosen = {"categoryPreferences": {"Analytics": True, "Advertising": False}}
+    consents = [json.loads(r["context"]).get("consent") for r in rows if r["what"] != "Home"]
+    assert consents and all(c == chosen for c in consents)
+
+    def profile() -> dict[str, Any] | None:
+        r = httpx.get(
+            f"{server.url}/v1/profiles/email:{email}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        return r.json() if r.status_code == 200 else None
+
+    wait_for(lambda: profile() is not None, timeout_s=20)
+    found = profile()
+    assert found is not None
+    identities = {(i["type"], i["value"]) for i in found["identities"]}
+    assert {("anonymous_id", first_id), ("user_id", user_id), ("email", email)} <= identities
+    assert found["traits"]["email"] == email
+    assert found["computed_traits"]["consent"] == chosen
+
+
+def test_analytics_js_loads_its_chunks_from_clew(
+    browser: Any, server: BackgroundServer, site: ExampleSite
+) -> None:
+    """A campaign link's ``?ajs_event=`` makes analytics.js load its queryString chunk: from
+    Clew's ``/analytics-next/bundles/``, the base it derives from ``analytics._cdn``."""
+    context = browser.new_context()
+    log = PageLog()
+    page = log.watch(context.new_page())
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    try:
+        with page.expect_response(lambda r: "/analytics-next/bundles/queryString." in r.url) as r:
+            page.goto(f"{site.url}/index.html?sdk=segment&ajs_event=Newsletter%20Opened")
+        assert r.value.status == 200
+        assert r.value.url.startswith(server.url + "/analytics-next/bundles/")
+        page.wait_for_function("document.getElementById('visitor').textContent.length > 8")
+    finally:
+        page.close()
+        context.close()
+    assert log.errors == []
+    wait_for(lambda: lake_count(server.settings.data_dir, where="event = 'Newsletter Opened'"))
