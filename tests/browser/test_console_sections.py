@@ -77,3 +77,40 @@ def test_audiences_show_definitions_sizes_history_and_members(
     missing = page.goto(f"{server.url}/console/audiences/nothing_here")
     assert missing is not None and missing.status == 404
     assert [e for e in log.errors if "status of 404" not in e] == []
+
+
+def test_privacy_files_a_request_from_the_form_and_shows_its_audit(
+    browser: Any, server: BackgroundServer
+) -> None:
+    _send(
+        server,
+        [{"type": "identify", "userId": "gone", "traits": {"email": "gone@shop.test"}}],
+    )
+    wait_for(lambda: drained(server.url))
+    page, log = sign_in(browser, server, ("privacy",))
+    page.goto(f"{server.url}/console/privacy")
+    assert page.inner_text("h1") == "Privacy"
+    assert "No requests" in page.inner_text("main")
+
+    # A bad identifier is refused with the reason, nothing filed.
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.fill("input[name=identifier]", "no-type-here")
+    page.click("#new-request button")
+    assert "id_type:value" in page.inner_text("[role=alert]")
+    assert "No requests" in page.inner_text("main")
+
+    page.select_option("select[name=type]", "delete")
+    page.fill("input[name=identifier]", "user_id:gone")
+    page.click("#new-request button")
+    page.wait_for_url("**/console/privacy/pr_*")
+    _until_shown(page, "#status", "finished", timeout_s=30)
+    assert "zero traces" in page.inner_text("#verify")
+    assert "serving store" in page.inner_text("#stores")
+    screenshot(page, "console-privacy-request")
+
+    page.goto(f"{server.url}/console/privacy")
+    row = page.inner_text("#requests tbody tr")
+    assert "delete" in row and "finished" in row and "console:console-privacy" in row
+    assert "gone" not in row.replace("console:", "")
+    screenshot(page, "console-privacy")
+    assert [e for e in log.errors if "status of 400" not in e] == []
