@@ -11,15 +11,17 @@ the user id and the consent chosen. The pages log no console error.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from _browser import PageLog, screenshot
-from _support import WRITE_KEY, lake_count, wait_for
+from _support import WRITE_KEY, ServeProcess, lake_count, wait_for
 from clew.background import BackgroundServer, free_port
 from clew.demo.web_site import ExampleSite, SiteConfig
 
@@ -199,3 +201,34 @@ def test_analytics_js_loads_its_chunks_from_clew(
         context.close()
     assert log.errors == []
     wait_for(lambda: lake_count(server.settings.data_dir, where="event = 'Newsletter Opened'"))
+
+
+def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_path: Path) -> None:
+    """``clew serve --examples``: the site on a second port, set up with the ``default``
+    source's key; a page view from it lands through the real server's worker processes."""
+    site_port = free_port()
+    serve = ServeProcess(
+        tmp_path / "data", free_port(), args=["--examples", "--examples-port", str(site_port)]
+    )
+    serve.start()
+    try:
+        site_url = f"http://127.0.0.1:{site_port}"
+        wait_for(lambda: f"Example site:  {site_url}/" in serve.log_path.read_text())
+        key = re.search(r"write key of source 'default': (\S+)", serve.log_path.read_text())
+        assert key is not None
+        config = httpx.get(site_url + "/config.js", timeout=5).text
+        assert json.dumps(serve.url) in config and json.dumps(key.group(1)) in config
+        log = PageLog()
+        page = log.watch(browser.new_page())
+        try:
+            page.goto(site_url + "/")
+            page.wait_for_function("document.getElementById('visitor').textContent.length > 8")
+        finally:
+            page.close()
+        assert log.errors == []
+        wait_for(lambda: lake_count(serve.data_dir, where="type = 'page' AND name = 'Home'"))
+    finally:
+        serve.stop()
+    assert serve.proc is not None and serve.proc.returncode == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(site_url + "/", timeout=2)

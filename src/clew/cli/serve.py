@@ -6,14 +6,18 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from clew._ports import ensure_port_free
 from clew.cli._common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
+
+if TYPE_CHECKING:
+    from clew.demo.web_site import ExampleSite
 
 
 def _log_to_stderr(role: str = "") -> None:
@@ -47,6 +51,16 @@ def serve(
         bool,
         typer.Option("--access-log", help="Log every HTTP request (method, path, status)."),
     ] = False,
+    examples: Annotated[
+        bool,
+        typer.Option(
+            "--examples",
+            help="Also serve the instrumented example web site (examples/web) on its own port.",
+        ),
+    ] = False,
+    examples_port: Annotated[
+        int, typer.Option("--examples-port", help="The example site's port.")
+    ] = 8089,
 ) -> None:
     """Run the collector, every stage and the APIs in one process.
 
@@ -57,6 +71,9 @@ def serve(
 
     settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
     ensure_port_free(settings.host, settings.port)
+    if examples:
+        _check_examples_port(settings.host, examples_port)
+    sites = ExitStack()
     _log_to_stderr()
 
     from clew._datadir import DataDirInUseError, open_to_others
@@ -82,12 +99,41 @@ def serve(
             highlight=False,
         )
         console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
+        if examples:
+            site = _example_site(base, src.write_key, settings.host, examples_port)
+            sites.enter_context(site)
+            console.print(
+                f"  Example site:  {site.url}/  (analytics.js; RudderStack: "
+                f"{site.url}/?sdk=rudderstack)",
+                highlight=False,
+            )
         console.print("Press Ctrl+C to stop.")
 
     try:
-        run_server(settings, on_ready=ready, access_log=access_log)
+        with sites:
+            run_server(settings, on_ready=ready, access_log=access_log)
     except DataDirInUseError as e:
         raise fail(str(e)) from None
+
+
+def _check_examples_port(host: str, port: int) -> None:
+    from clew._ports import PortInUseError
+
+    try:
+        ensure_port_free(host, port)
+    except PortInUseError:
+        raise fail(
+            f"port {port} on {host} is in use by another process: pick another port for the "
+            "example site with --examples-port",
+            3,
+        ) from None
+
+
+def _example_site(api: str, write_key: str, host: str, port: int) -> ExampleSite:
+    """The example site (examples/web), sending to ``api`` with ``write_key``."""
+    from clew.demo.web_site import ExampleSite, SiteConfig
+
+    return ExampleSite(SiteConfig(api, write_key), host, port)
 
 
 def collector(

@@ -56,7 +56,7 @@ class SiteConfig:
 def example_site_dir() -> Path | None:
     """The site's files: inside the installed package, or in the repository checkout for an
     editable install."""
-    packaged = Path(__file__).parent / "examples" / "web"
+    packaged = Path(__file__).parents[1] / "examples" / "web"  # clew/examples/web
     checkout = Path(__file__).parents[3] / "examples" / "web"
     return next((p for p in (packaged, checkout) if (p / "site.js").is_file()), None)
 
