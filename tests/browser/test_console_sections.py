@@ -14,6 +14,8 @@ from _support import WRITE_KEY, drained, wait_for
 from browser._console import sign_in
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.background import BackgroundServer
+from clew.destinations import DestinationDirectory, parse_destination
+from destinations._receiver import Receiver
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -114,3 +116,51 @@ def test_privacy_files_a_request_from_the_form_and_shows_its_audit(
     assert "gone" not in row.replace("console:", "")
     screenshot(page, "console-privacy")
     assert [e for e in log.errors if "status of 400" not in e] == []
+
+
+def test_destinations_show_settings_deliveries_and_replay_dead_letters(
+    browser: Any, server: BackgroundServer
+) -> None:
+    # The receiver refuses the first batch (a 400 dead-letters it at once), then accepts.
+    hook = Receiver(script=[(400, {})]).start()
+    try:
+        config = {
+            "name": "crm",
+            "url": hook.url + "?token=hunter2&team=7",
+            "secret": "signing-key-xyz",
+            "max_batch_wait_ms": 0,
+        }
+        directory = DestinationDirectory(server.settings.destinations_path)
+        directory.save(parse_destination(config, "test"))
+        page, log = sign_in(browser, server, ("admin",))
+        page.goto(f"{server.url}/console/destinations")
+        assert page.inner_text("h1") == "Destinations"
+        _until_shown(page, "#destinations", "active")
+        row = page.inner_text("#destinations")
+        assert "token=**********&team=7" in row
+        assert "hunter2" not in page.content() and "signing-key-xyz" not in page.content()
+
+        _send(server, [{"type": "track", "event": "Signed Up", "userId": "u1"}])
+        _until_shown(page, "#destinations tbody td:nth-child(10)", "1")
+        screenshot(page, "console-destinations")
+
+        page.click("text=crm")
+        assert page.inner_text("h1") == "crm"
+        assert "set" in page.inner_text("#settings")
+        letters = page.inner_text("#dead-letters")
+        assert "400" in letters
+        page.click("#dead-letters a")
+        assert '"Signed Up"' in page.inner_text("#records")
+        screenshot(page, "console-destination")
+
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.click("#replay-all button")
+        assert "1 dead letter (1 records) back in the outbox" in page.inner_text("#replayed")
+        wait_for(lambda: len(hook.events()) == 1 and hook.requests[-1].status == 200)
+        _until_shown(page, "#deliveries", "delivered")
+        assert "No dead letters" in page.inner_text("main")
+        missing = page.goto(f"{server.url}/console/destinations/nope")
+        assert missing is not None and missing.status == 404
+        assert [e for e in log.errors if "status of 404" not in e] == []
+    finally:
+        hook.stop()
