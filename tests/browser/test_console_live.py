@@ -1,0 +1,104 @@
+"""The console's live debugger in a real Chromium: events sent after the page opened appear
+within a second, dead letters with their reason, and the filter hides what it does not
+match."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from _browser import screenshot
+from _support import WRITE_KEY, drained, wait_for
+from browser._console import sign_in
+from clew.background import BackgroundServer
+
+
+def _track(server: BackgroundServer, message_id: str, event: str, user_id: str = "u-1") -> None:
+    httpx.post(
+        f"{server.url}/v1/track",
+        json={"writeKey": WRITE_KEY, "userId": user_id, "event": event, "messageId": message_id},
+    ).raise_for_status()
+
+
+def _row(message_id: str) -> str:
+    return f'li.live-row[data-message-id="{message_id}"]'
+
+
+def _open_live(browser: Any, server: BackgroundServer, query: str = "") -> tuple[Any, Any]:
+    page, log = sign_in(browser, server, ("admin",))
+    if query:
+        page.goto(f"{server.url}/console/live?{query}")
+    assert page.url.startswith(f"{server.url}/console/live")
+    page.wait_for_selector('#live[data-state="open"]')
+    return page, log
+
+
+def test_events_and_dead_letters_appear_as_they_happen(
+    browser: Any, server: BackgroundServer
+) -> None:
+    page, log = _open_live(browser, server)
+    sent = time.monotonic()
+    _track(server, "live-1", "Checkout Started")
+    page.wait_for_selector(_row("live-1"), timeout=5_000)
+    took = time.monotonic() - sent
+    assert took < 1.0, f"the event took {took:.2f}s to appear"
+    row = page.locator(_row("live-1"))
+    assert "Checkout Started" in row.inner_text() and "user_id:u-1" in row.inner_text()
+    # A track without an event name is dead-lettered by validation, with its reason.
+    httpx.post(
+        f"{server.url}/v1/track",
+        json={"writeKey": WRITE_KEY, "userId": "u-2", "messageId": "live-bad"},
+    ).raise_for_status()
+    page.wait_for_selector(f"{_row('live-bad')}.dead", timeout=5_000)
+    dead = page.locator(_row("live-bad"))
+    dead.locator("summary").click()
+    result = dead.locator("pre.result").inner_text()
+    assert '"reason"' in result and '"message"' in result
+    assert "u-2" in dead.locator("pre.json").inner_text()
+    # The accepted event expands to its JSON and what validation said.
+    row.locator("summary").click()
+    assert "accepted" in row.locator("pre.result").inner_text()
+    assert '"messageId": "live-1"' in row.locator("pre.json").inner_text()
+    screenshot(page, "console-live")
+    page.context.close()
+    assert log.errors == []
+
+
+def test_the_filter_hides_what_it_does_not_match(browser: Any, server: BackgroundServer) -> None:
+    page, log = _open_live(browser, server)
+    page.fill("input[name=name]", "Keep")
+    page.click("#live-filter button[type=submit]")
+    page.wait_for_selector('#live[data-state="open"]')
+    assert "name=Keep" in page.url
+    _track(server, "drop-1", "Drop Me")
+    _track(server, "keep-1", "Keep Me")
+    page.wait_for_selector(_row("keep-1"), timeout=5_000)
+    wait_for(lambda: drained(server.url))
+    time.sleep(0.5)  # two more polls of the stream
+    assert page.locator(_row("drop-1")).count() == 0
+    # By identifier: only u-9's events.
+    page.fill("input[name=name]", "")
+    page.fill("input[name=identifier]", "u-9")
+    page.click("#live-filter button[type=submit]")
+    page.wait_for_selector('#live[data-state="open"]')
+    _track(server, "other-1", "Viewed", user_id="u-8")
+    _track(server, "mine-1", "Viewed", user_id="u-9")
+    page.wait_for_selector(_row("mine-1"), timeout=5_000)
+    wait_for(lambda: drained(server.url))
+    time.sleep(0.5)
+    assert page.locator(_row("other-1")).count() == 0
+    assert page.locator("li.live-row").count() == 1
+    screenshot(page, "console-live-filtered")
+    page.context.close()
+    assert log.errors == []
+
+
+def test_the_stream_needs_the_admin_scope(browser: Any, server: BackgroundServer) -> None:
+    page, _ = sign_in(browser, server, ("profiles",))
+    cookie = next(c for c in page.context.cookies() if c["name"] == "clew_console")
+    with httpx.Client(base_url=server.url, cookies={"clew_console": cookie["value"]}) as client:
+        assert client.get("/console/live/stream").status_code == 403
+    assert httpx.get(f"{server.url}/console/live/stream").status_code == 303
+    page.context.close()
