@@ -8,16 +8,35 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
 from _browser import screenshot
 from _support import WRITE_KEY, drained, wait_for
 from browser._console import sign_in
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.background import BackgroundServer
+from clew.cli import app
 from clew.destinations import DestinationDirectory, parse_destination
 from destinations._receiver import Receiver
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
+SIGNED_UP = """event: Signed Up
+schema:
+  type: object
+  properties:
+    method: {type: string, enum: [email, google]}
+  required: [%s]
+"""
+
+
+def _push_plan(server: BackgroundServer, directory: Path, required: str) -> None:
+    """Publish a plan for the source "tests" whose Signed Up requires ``required``."""
+    (directory / "events").mkdir(parents=True, exist_ok=True)
+    (directory / "plan.yaml").write_text("source: tests\nmode: block_violations\n")
+    (directory / "events" / "signed_up.yaml").write_text(SIGNED_UP % required)
+    data_dir = str(server.settings.data_dir)
+    out = CliRunner().invoke(app, ["plan", "push", str(directory), "--data-dir", data_dir])
+    assert out.exit_code == 0, out.output
 
 
 def _send(server: BackgroundServer, batch: list[dict[str, Any]]) -> None:
@@ -164,3 +183,73 @@ def test_destinations_show_settings_deliveries_and_replay_dead_letters(
         assert [e for e in log.errors if "status of 404" not in e] == []
     finally:
         hook.stop()
+
+
+def test_quality_shows_plans_dead_letters_and_monitors_and_replays_after_a_fix(
+    browser: Any, server: BackgroundServer, tmp_path: Path
+) -> None:
+    _push_plan(server, tmp_path / "plan", "method")
+    _send(
+        server,
+        [
+            {"type": "track", "event": "Signed Up", "userId": f"u{i}", "messageId": f"s{i}"}
+            for i in range(2)
+        ]
+        + [
+            {
+                "type": "track",
+                "event": "Signed Up",
+                "userId": "u9",
+                "properties": {"method": "email"},
+            }
+        ],
+    )
+    wait_for(lambda: drained(server.url))
+    page, log = sign_in(browser, server, ("admin",))
+
+    page.goto(f"{server.url}/console/quality")
+    assert page.inner_text("h1") == "Data quality"
+    assert "track:Signed Up" in page.inner_text("#plan-tests")
+    _until_shown(page, "#dlq-reasons", "schema_violation")
+    assert "2" in page.inner_text("#dlq-reasons")
+    _until_shown(page, "#monitors", "Signed Up")
+    assert "learning" in page.inner_text("#monitors")
+    page.click("#monitors a >> nth=0")
+    assert "svg" in page.inner_html("main")
+    screenshot(page, "console-quality")
+
+    page.goto(f"{server.url}/console/quality/dlq?reason=schema_violation")
+    assert "2 dead letters not yet replayed" in page.inner_text("#dlq-count")
+    row = page.locator("details.dlq-row").first
+    row.locator("summary").click()
+    assert "required property 'method' is missing" in row.inner_text()
+    assert '"Signed Up"' in row.inner_text()
+    screenshot(page, "console-quality-dlq")
+
+    # The plan is fixed (method becomes optional): version 2, and the diff says so.
+    _push_plan(server, tmp_path / "plan", "")
+    page.goto(f"{server.url}/console/quality")
+    page.click("text=track:Signed Up")
+    assert page.inner_text("h1") == "track:Signed Up"
+    assert "1-0-1" in page.inner_text("#versions")
+    assert '-    "method"' in page.inner_text("#diff")
+    screenshot(page, "console-quality-schema")
+
+    # The replay from the page lands both events.
+    page.goto(f"{server.url}/console/quality/dlq?reason=schema_violation")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("#replay button")
+    report = page.inner_text("#replay-report")
+    assert "Landed\t2" in report or "Landed 2" in " ".join(report.split())
+    wait_for(lambda: drained(server.url))
+    _until_shown(page, "#dlq-count", "0 dead letters not yet replayed")
+    page.goto(f"{server.url}/console/quality/dlq?replayed=1")
+    assert "replayed: landed" in page.inner_text("#dlq-rows")
+    assert log.errors == []
+
+    # A token without the admin scope may see neither page.
+    other, _ = sign_in(browser, server, ("profiles",))
+    for section in ("quality", "destinations"):
+        refused = other.goto(f"{server.url}/console/{section}")
+        assert refused is not None and refused.status == 403
+        assert "lacks the" in other.inner_text("[role=alert]")
