@@ -57,6 +57,16 @@ def test_events_and_dead_letters_appear_as_they_happen(
     result = dead.locator("pre.result").inner_text()
     assert '"reason"' in result and '"message"' in result
     assert "u-2" in dead.locator("pre.json").inner_text()
+    assert WRITE_KEY not in dead.inner_text()  # the request's write key is masked
+    # A body that is not JSON is refused at the door and dead-lettered too.
+    refused = httpx.post(
+        f"{server.url}/v1/track",
+        content=b'{"userId": "u-3", "event": ',
+        auth=(WRITE_KEY, ""),
+        headers={"content-type": "application/json"},
+    )
+    assert refused.status_code == 400
+    page.wait_for_selector("li.live-row.dead >> text=invalid_json", timeout=5_000)
     # The accepted event expands to its JSON and what validation said.
     row.locator("summary").click()
     assert "accepted" in row.locator("pre.result").inner_text()

@@ -9,13 +9,16 @@ person, so a row is the record as the lake stage sees it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from clew._redact import MASK
 from clew.dlq.records import DeadLetter
+from clew.events import format_time, parse_time
 from clew.log.base import Record
 from clew.topics import DLQ_TOPIC, EVENTS_TOPIC
 
@@ -24,6 +27,8 @@ KINDS = ("all", "events", "dead")
 _MAX_FIELD = 200
 _MAX_JSON = 20_000
 
+# A dead letter's payload is the request as sent, write key included: never shown.
+_WRITE_KEY = re.compile(r'("writeKey"\s*:\s*)"(?:[^"\\]|\\.)*"')
 _dead_decoder = msgspec.json.Decoder(DeadLetter)
 _object_decoder = msgspec.json.Decoder(dict[str, Any])
 
@@ -106,7 +111,7 @@ def _event_row(rec: Record) -> dict[str, Any]:
         result["plan_violations"] = violations
         result["note"] = "accepted with violations the source's plan lets through"
     else:
-        result["note"] = "accepted: no plan, or the plan found nothing to report"
+        result["note"] = "accepted; no plan violation recorded"
     return {
         "kind": "event",
         "at": str(doc.get("receivedAt", "")),
@@ -132,6 +137,8 @@ def _dead_row(rec: Record) -> dict[str, Any]:
     except ValueError:
         payload = None
     body = payload if isinstance(payload, dict) else {}
+    if "writeKey" in body:
+        body["writeKey"] = MASK
     pairs = [
         (k, body[f])
         for k, f in (("user_id", "userId"), ("anonymous_id", "anonymousId"))
@@ -150,7 +157,7 @@ def _dead_row(rec: Record) -> dict[str, Any]:
     }
     return {
         "kind": "dead",
-        "at": dead.received_at,
+        "at": _iso(dead.received_at),
         "source_id": dead.source_id,
         "type": dead.event_type or "",
         "name": dead.event_name or "",
@@ -159,8 +166,20 @@ def _dead_row(rec: Record) -> dict[str, Any]:
         "who_pairs": pairs,
         "ids": {v for _, v in pairs},
         "result": _pretty(result),
-        "json": _pretty(payload) if payload is not None else dead.payload[:_MAX_JSON],
+        "json": (
+            _pretty(payload)
+            if payload is not None
+            else _WRITE_KEY.sub(rf'\1"{MASK}"', dead.payload[:_MAX_JSON])
+        ),
     }
+
+
+def _iso(text: str) -> str:
+    """A time as events carry it (``…Z``, milliseconds), or as given when unreadable."""
+    try:
+        return format_time(parse_time(text))
+    except (ValueError, OverflowError):
+        return text
 
 
 def _pretty(value: Any) -> str:
