@@ -87,10 +87,12 @@ def test_audiences_show_definitions_sizes_history_and_members(
     assert page.inner_text("h1") == "high_value_customer"
     assert "1 profile in the audience now" in page.inner_text("#size")
     member = page.inner_text("#members li")
-    assert page.get_attribute("#members a", "href") == f"/console/people?q={member}"
+    assert page.get_attribute("#members a", "href") == f"/console/people/{member}"
     assert "svg" in page.inner_html("main section")
     assert "computed: ltv_365d" in page.inner_text("#definition")
     screenshot(page, "console-audience")
+    page.click("#members a")
+    assert member in page.inner_text("main")
 
     page.goto(f"{server.url}/console/audiences/ltv_365d")
     _until_shown(page, "#holders", "2 profiles")
