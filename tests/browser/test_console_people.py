@@ -91,9 +91,22 @@ def _search(page: Any, server: BackgroundServer, text: str) -> None:
     page.wait_for_load_state()
 
 
+def _entered(server: BackgroundServer, audience: str) -> bool:
+    rows = server.clew.lake.sql(
+        f"SELECT count(*) FROM audience_changes WHERE audience = '{audience}'"
+    )
+    return bool(rows.rows[0][0])
+
+
 def test_search_by_email_shows_the_profile(browser: Any, server: BackgroundServer) -> None:
+    admin = server.clew.catalog.create_token("audiences-admin", ("admin",))
+    httpx.put(
+        f"{server.url}/v1/admin/audiences/pro_plan",
+        headers={"authorization": f"Bearer {admin}"},
+        json={"type": "audience", "condition": {"trait": "plan", "value": "pro"}},
+    ).raise_for_status()
     _send(server, ADA)
-    wait_for(lambda: _in_lake(server, "ada-4"))
+    wait_for(lambda: _in_lake(server, "ada-4") and _entered(server, "pro_plan"))
     page, log = sign_in(browser, server, ("profiles",))
     _search(page, server, "ADA@shop.test")
     assert "/console/people/" in page.url
@@ -105,6 +118,9 @@ def test_search_by_email_shows_the_profile(browser: Any, server: BackgroundServe
     assert "ada-1" in tree and "ada-3" in tree
     assert "plan" in page.inner_text("#traits") and "pro" in page.inner_text("#traits")
     assert "Analytics" in page.inner_text("#consent")
+    # In the audience since the event that put the person in it.
+    audiences = page.inner_text("#audiences")
+    assert "pro_plan" in audiences and " UTC" in audiences and '"trait": "plan"' in audiences
     timeline = page.locator("#timeline tr.event-row").all_inner_texts()
     assert len(timeline) == 4
     assert "Order Completed" in timeline[0]

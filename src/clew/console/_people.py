@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clew.api.profiles import PROFILE_ID_TYPES, iso_time
+from clew.audiences.definitions import AudienceDef, DefinitionError
 from clew.batch.split import InvalidIdentifierError, ProfileNotFoundError, find_profile
 from clew.console._context import ConsoleContext
 from clew.identity.consent import CONSENT, CONSENT_HISTORY
@@ -154,7 +155,7 @@ def view(ctx: ConsoleContext, profile_id: str) -> ProfileView | None:
         computed=_pairs(
             {k: v for k, v in computed.items() if k not in (AUDIENCES, CONSENT) and k[:1] != "_"}
         ),
-        audiences=[_membership(str(name), changes) for name in members],
+        audiences=[_membership(ctx, str(name), changes) for name in members],
         audience_changes=changes,
         consent=computed.get(CONSENT) if isinstance(computed.get(CONSENT), dict) else None,
         consent_history=[
@@ -235,12 +236,26 @@ def _audience_changes(ctx: ConsoleContext, profile: Profile) -> list[dict[str, A
     ]
 
 
-def _membership(name: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+_CAUSES = {
+    "event": "an event of the person",
+    "timer": "time passed (a window or a funnel moved on)",
+    "backfill": "the backfill of a new or changed definition",
+}
+
+
+def _membership(ctx: ConsoleContext, name: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+    """When the person last entered the audience, by what, and the audience's condition."""
     entry = next((c for c in changes if c["audience"] == name and c["entered"]), None)
+    try:
+        definition = ctx.audiences.get(name)
+    except DefinitionError:
+        definition = None
+    condition = definition.source.get("condition") if isinstance(definition, AudienceDef) else None
     return {
         "name": name,
         "since": entry["at"] if entry else None,
-        "cause": entry["cause"] if entry else None,
+        "cause": _CAUSES.get(entry["cause"], entry["cause"]) if entry else None,
+        "condition": _show(condition) if condition is not None else "",
     }
 
 
