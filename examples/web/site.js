@@ -198,6 +198,11 @@
       showConsentBanner();
     });
     $("#sdk-name").textContent = client.name;
+    var other = sdk === "rudderstack" ? "segment" : "rudderstack";
+    var switched = new URL(location.href);
+    switched.searchParams.set("sdk", other);
+    $("#switch-sdk").href = switched.search;
+    $("#switch-sdk").textContent = "Use " + (other === "segment" ? "analytics.js" : "RudderStack");
     client.anonymousId().then(function (id) {
       $("#visitor").textContent = id;
     });

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from _browser import PageLog, screenshot
+from _docblocks import ROOT, blocks
 from _support import WRITE_KEY, ServeProcess, lake_count, wait_for
 from clew.background import BackgroundServer, free_port
 from clew.demo.web_site import ExampleSite, SiteConfig
@@ -232,3 +233,38 @@ def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_p
     assert serve.proc is not None and serve.proc.returncode == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(site_url + "/", timeout=2)
+
+
+def _readme_snippets() -> list[str]:
+    """The README's page code for each SDK (section "From a web site")."""
+    found = [b.text for b in blocks(ROOT / "README.md") if b.lang == "html"]
+    assert len(found) == 2, "README's 'From a web site' shows one page per SDK"
+    return found
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["analytics.js", "rudderstack"])
+def test_the_readme_page_code_sends_from_another_origin(
+    browser: Any, server: BackgroundServer, tmp_path: Path, which: int
+) -> None:
+    """Each of the README's snippets, its host and key replaced by the test server's, alone on
+    a page of another origin."""
+    html = _readme_snippets()[which].replace("http://127.0.0.1:8088", server.url)
+    html = html.replace("WRITE_KEY", WRITE_KEY)
+    (tmp_path / "landing.html").write_text(
+        f"<!doctype html><title>Shop</title><link rel=icon href=data:,>{html}"
+    )
+    config = SiteConfig(server.url, WRITE_KEY)
+    log = PageLog()
+    with ExampleSite(config, "127.0.0.1", free_port(), directory=tmp_path) as shop:
+        page = log.watch(browser.new_page())
+        try:
+            page.goto(f"{shop.url}/landing.html")
+            url = f"{shop.url}/landing.html"
+            wait_for(
+                lambda: lake_count(
+                    server.settings.data_dir, where=f"type = 'page' AND context LIKE '%{url}%'"
+                )
+            )
+        finally:
+            page.close()
+    assert log.errors == []

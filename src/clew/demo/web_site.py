@@ -86,12 +86,16 @@ def example_site_app(config: SiteConfig, directory: Path | None = None) -> Starl
 
 
 class ExampleSite:
-    """The example site served from a background thread on ``host:port`` (tests)."""
+    """The example site (or the pages in ``directory``) served from a background thread on
+    ``host:port``: by ``clew serve --examples``, and by the tests."""
 
-    def __init__(self, config: SiteConfig, host: str, port: int) -> None:
+    def __init__(
+        self, config: SiteConfig, host: str, port: int, directory: Path | None = None
+    ) -> None:
         self.url = f"http://{host}:{port}"
+        app = example_site_app(config, directory)
         self._server = uvicorn.Server(
-            uvicorn.Config(example_site_app(config), host=host, port=port, log_level="warning")
+            uvicorn.Config(app, host=host, port=port, log_level="warning")
         )
         self._thread = threading.Thread(target=self._server.run, name="example-site", daemon=True)
 
