@@ -9,11 +9,13 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
 
 from _support import WRITE_KEY, make_settings
+from clew.background import BackgroundServer
 from clew.edge import edge_routes
 from clew.sources import Catalog
 
@@ -130,3 +132,17 @@ def test_rudderstack_preflight_allows_the_basic_auth_header(client: TestClient) 
     assert r.headers["access-control-allow-origin"] == "*"
     assert "GET" in r.headers["access-control-allow-methods"]
     assert r.headers["access-control-allow-headers"].lower() == "authorization"
+
+
+def test_behind_a_local_tls_proxy_the_settings_name_its_https_host(
+    server: BackgroundServer,
+) -> None:
+    """A proxy on the same machine (nginx terminating TLS) forwards the public host and
+    ``X-Forwarded-Proto: https``; the page must then send to https://that-host/v1."""
+    r = httpx.get(
+        f"{server.url}/v1/projects/{WRITE_KEY}/settings",
+        headers={"Host": "cdp.shop.test", "X-Forwarded-Proto": "https"},
+        timeout=5,
+    )
+    segment = r.json()["integrations"]["Segment.io"]
+    assert (segment["apiHost"], segment["protocol"]) == ("cdp.shop.test/v1", "https")
