@@ -4,10 +4,12 @@ forms (DLQ and delivery replays, a privacy request) take effect."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from _browser import screenshot
@@ -16,6 +18,7 @@ from browser._console import sign_in
 from clew.audiences.repository import DefinitionRepository, load_file
 from clew.background import BackgroundServer
 from clew.cli import app
+from clew.console import audiences
 from clew.destinations import DestinationDirectory, parse_destination
 from destinations._receiver import Receiver
 
@@ -255,3 +258,56 @@ def test_quality_shows_plans_dead_letters_and_monitors_and_replays_after_a_fix(
         refused = other.goto(f"{server.url}/console/{section}")
         assert refused is not None and refused.status == 403
         assert "lacks the" in other.inner_text("[role=alert]")
+
+
+def test_pages_stay_fast_and_paged_with_many_rows(
+    browser: Any, server: BackgroundServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    people = 2000
+    # Past this many profiles an audience's page counts in the lake, not the serving store.
+    monkeypatch.setattr(audiences, "SCAN_LIMIT", 1000)
+    _push_plan(server, tmp_path / "plan", "method")
+    DefinitionRepository(server.settings.data_dir).push(
+        load_file(EXAMPLES / "audiences" / "active_last_7_days.yaml")
+    )
+    for start in range(0, people, 500):
+        batch = [
+            {"type": "track", "event": "Signed Up", "userId": f"p{i}", "properties": props}
+            for i in range(start, start + 500)
+            for props in ({"method": "email"}, {})
+        ]
+        _send(server, batch)
+    wait_for(lambda: drained(server.url), timeout_s=60)
+    page, log = sign_in(browser, server, ("all",))
+
+    def timed(path: str) -> float:
+        started = time.monotonic()
+        answer = page.goto(f"{server.url}{path}")
+        assert answer is not None and answer.status == 200, path
+        return time.monotonic() - started
+
+    _until_shown(page, "#dlq-reasons", str(people))
+    page.goto(f"{server.url}/console/audiences/active_last_7_days")
+    _until_shown(page, "#size", f"{people} profiles")
+    assert "counted in the lake" in page.inner_text("#size")
+    assert page.locator("#members li").count() == audiences.SAMPLE
+
+    took = {
+        path: timed(path)
+        for path in (
+            "/console/audiences",
+            "/console/audiences/active_last_7_days",
+            "/console/quality",
+            "/console/quality/dlq",
+            "/console/quality/dlq?offset=1950",
+            "/console/destinations",
+            "/console/privacy",
+        )
+    }
+    assert max(took.values()) < 3.0, took
+    page.goto(f"{server.url}/console/quality/dlq?offset=50")
+    assert page.locator("details.dlq-row").count() == 50
+    assert "51 to 100 shown" in page.inner_text("#dlq-count")
+    page.click("text=Older")
+    assert "101 to 150 shown" in page.inner_text("#dlq-count")
+    assert log.errors == []

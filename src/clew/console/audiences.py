@@ -26,6 +26,8 @@ from clew.sources import PROFILES
 
 PATH = f"{BASE}/audiences"
 SAMPLE = 20
+# Profiles an audience's page counts in the serving store at most; past that, the lake counts.
+SCAN_LIMIT = 10_000
 _QUERY_TIMEOUT_S = 10.0
 _SCAN_PAGE = 1000
 # The buckets a history is drawn in: the finest that keeps the chart under _MAX_POINTS.
@@ -88,13 +90,15 @@ def _listing(kit: ConsoleKit) -> dict[str, Any]:
     }
 
 
-def _members(kit: ConsoleKit, name: str) -> tuple[int, list[str]]:
-    """The audience's size in the serving store now and the first few members by profile id:
-    one pass over every profile, as ``clew audiences size`` makes."""
+def _members(kit: ConsoleKit, name: str) -> tuple[int, list[str], str]:
+    """The audience's size now, a few members and where they were counted: the serving store
+    (one pass over every profile, as ``clew audiences size`` makes) while it holds at most
+    :data:`SCAN_LIMIT` profiles, else the lake, whose ``audience_members`` view answers at any
+    size a moment behind."""
     size = 0
     sample: list[str] = []
     after: str | None = None
-    while True:
+    for _ in range(SCAN_LIMIT // _SCAN_PAGE):
         page = kit.ctx.profiles.scan(after, _SCAN_PAGE)
         for profile in page:
             members = profile.computed.get(AUDIENCES)
@@ -103,8 +107,12 @@ def _members(kit: ConsoleKit, name: str) -> tuple[int, list[str]]:
                 if len(sample) < SAMPLE:
                     sample.append(profile.profile_id)
         if len(page) < _SCAN_PAGE:
-            return size, sample
+            return size, sample, "serving store"
         after = page[-1].profile_id
+    where = f"FROM audience_members WHERE audience = {_sql_text(name)}"
+    count = _rows(kit, f"SELECT count(*) {where}")
+    rows = _rows(kit, f"SELECT profile_id {where} ORDER BY entered_at DESC", SAMPLE)
+    return (int(count[0][0]) if count else 0), [str(r[0]) for r in rows], "lake"
 
 
 def _unit(first: datetime, last: datetime) -> str:
@@ -167,7 +175,7 @@ def _detail(kit: ConsoleKit, name: str) -> dict[str, Any] | None:
         "backfill": backfill_state(kit.ctx.profiles, definition),
     }
     if isinstance(definition, AudienceDef):
-        values["size"], values["members"] = _members(kit, name)
+        values["size"], values["members"], values["counted_in"] = _members(kit, name)
         values["history"] = _history(kit, name)
     else:
         values["holders"], values["values"] = _trait_values(kit, name)
