@@ -13,6 +13,7 @@ from _browser import screenshot
 from _support import WRITE_KEY, drained, wait_for
 from browser._console import sign_in
 from clew.background import BackgroundServer
+from clew.console.live import MAX_STREAMS
 
 
 def _track(server: BackgroundServer, message_id: str, event: str, user_id: str = "u-1") -> None:
@@ -112,3 +113,33 @@ def test_the_stream_needs_the_admin_scope(browser: Any, server: BackgroundServer
         assert client.get("/console/live/stream").status_code == 403
     assert httpx.get(f"{server.url}/console/live/stream").status_code == 303
     page.context.close()
+
+
+def test_streams_are_capped_and_end_when_the_browser_goes(
+    browser: Any, server: BackgroundServer
+) -> None:
+    page, _ = sign_in(browser, server, ("admin",))
+    cookie = next(c for c in page.context.cookies() if c["name"] == "clew_console")
+    page.context.close()
+    jar = {"clew_console": cookie["value"]}
+    with httpx.Client(base_url=server.url, cookies=jar, timeout=5) as client:
+        streams = [client.stream("GET", "/console/live/stream") for _ in range(MAX_STREAMS)]
+        # Each reader is kept: dropping one closes its response.
+        readers = []
+        for s in streams:
+            answer = s.__enter__()
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            readers.append(answer.iter_text())
+            assert "event: ready" in next(readers[-1])
+        # One too many is turned away, saying why.
+        refused = client.get("/console/live/stream")
+        assert refused.status_code == 503 and "too many live streams" in refused.text
+        for s in streams:
+            s.__exit__(None, None, None)
+
+        # Closed streams end on the server and free their places.
+        def accepted() -> bool:
+            with client.stream("GET", "/console/live/stream") as again:
+                return again.status_code == 200
+
+        wait_for(accepted, timeout_s=5)

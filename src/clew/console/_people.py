@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clew.api.profiles import PROFILE_ID_TYPES, iso_time
@@ -28,6 +28,7 @@ TIMELINE_LIMIT = 50
 AUDIENCE_CHANGES_LIMIT = 100
 _QUERY_TIMEOUT_S = 10.0
 AUDIENCES = "audiences"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALIASES = {"userId": USER_ID, "anonymousId": ANONYMOUS_ID, "profileId": "profile_id"}
 # A bare value (no ``type:``) is tried as each of these, in this order.
 _BARE_TYPES = (USER_ID, EMAIL, ANONYMOUS_ID)
@@ -261,14 +262,19 @@ def _membership(ctx: ConsoleContext, name: str, changes: list[dict[str, Any]]) -
 
 def _timeline(ctx: ConsoleContext, profile: Profile, names: dict[str, str]) -> list[dict[str, Any]]:
     """The person's newest events in the lake: rows whose user or anonymous id is one of the
-    profile's, or that its recent history names (events that carried only an email, say)."""
+    profile's, or that its recent history names (events that carried only an email, say).
+    Only the ``event_date`` partitions between the profile's first and last seen (event
+    times, a day's margin each side) are read."""
     ids = sorted({e.value for e in profile.identities if e.id_type in (USER_ID, ANONYMOUS_ID)})
     recent = sorted({e.message_id for e in ctx.profiles.events(profile.profile_id, 100)})
+    first = (_EPOCH + timedelta(milliseconds=profile.first_seen_ms, days=-1)).date()
+    last = (_EPOCH + timedelta(milliseconds=profile.last_seen_ms, days=1)).date()
     rows = ctx.lake.sql(
         "SELECT message_id, type, coalesce(event, name), source_id, timestamp, received_at, "
         "user_id, anonymous_id, properties, traits, context FROM events "
-        f"WHERE user_id IN {_in(ids)} OR anonymous_id IN {_in(ids)} "
-        f"OR previous_id IN {_in(ids)} OR message_id IN {_in(recent)} "
+        f"WHERE event_date BETWEEN DATE '{first.isoformat()}' AND DATE '{last.isoformat()}' "
+        f"AND (user_id IN {_in(ids)} OR anonymous_id IN {_in(ids)} "
+        f"OR previous_id IN {_in(ids)} OR message_id IN {_in(recent)}) "
         f"ORDER BY timestamp DESC, received_at DESC LIMIT {TIMELINE_LIMIT}",
         max_rows=TIMELINE_LIMIT,
         timeout_s=_QUERY_TIMEOUT_S,

@@ -125,8 +125,8 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         async def body() -> AsyncIterator[bytes]:
             open_streams[0] += 1
             try:
-                yield f"retry: {_RETRY_MS}\n\n".encode()
-                yield _message("ready", {"filter": wanted.kind}, position)
+                ready = _message("ready", {"filter": wanted.kind}, position)
+                yield f"retry: {_RETRY_MS}\n".encode() + ready
                 born = last_sent = time.monotonic()
                 while time.monotonic() - born < MAX_LIFETIME_S:
                     if await request.is_disconnected():
