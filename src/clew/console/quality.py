@@ -24,7 +24,6 @@ from clew.console._session import Session
 from clew.dlq.ledger import ReplayLedger
 from clew.dlq.replay import ReplayError, ReplayReport, replay_dlq
 from clew.dlq.snapshot import DlqFilter, DlqRow, DlqSnapshot
-from clew.lake.query import QueryError
 from clew.monitor import MonitorPolicy, read_status
 from clew.schema import SchemaError, SchemaRegistry
 from clew.schema.report import render_diff
@@ -87,14 +86,7 @@ def _overview(kit: ConsoleKit, series_id: int | None) -> dict[str, Any]:
         if hours is not None:
             labels = hours.pop("labels")
             chart = stacked_bars(labels, hours, "events per hour")
-    try:
-        dlq = kit.ctx.lake.sql(
-            "SELECT reason, count(*) FROM dlq GROUP BY 1 ORDER BY 2 DESC, 1",
-            max_rows=100,
-            timeout_s=10.0,
-        ).rows
-    except QueryError:
-        dlq = []
+    dlq = _dlq_reasons(kit)
     return {
         "plans": _plans(kit),
         "names": _source_names(kit),
@@ -106,6 +98,20 @@ def _overview(kit: ConsoleKit, series_id: int | None) -> dict[str, Any]:
         "dlq": dlq,
         "utc": _utc,
     }
+
+
+def _dlq_reasons(kit: ConsoleKit) -> list[tuple[str, int]]:
+    """Dead letters not yet replayed by reason, most first."""
+    ledger = ReplayLedger(kit.ctx.settings.state_path)
+    try:
+        with DlqSnapshot(kit.ctx.settings.lake_location, ledger) as snapshot:
+            stats = snapshot.stats(DlqFilter())
+    finally:
+        ledger.close()
+    by_reason: dict[str, int] = {}
+    for reason, _, _, n in stats.by_kind:
+        by_reason[reason] = by_reason.get(reason, 0) + n
+    return sorted(by_reason.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _schema(kit: ConsoleKit, source: str, subject: str, old: str, new: str) -> dict[str, Any]:
