@@ -46,6 +46,7 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.clew.stopping.set()
         self._server.should_exit = True
         self._thread.join(15)
         self.clew.stop()

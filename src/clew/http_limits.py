@@ -22,6 +22,7 @@ import signal
 import threading
 from asyncio import TimerHandle
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, ClassVar
 
 import httptools
@@ -218,7 +219,15 @@ class StoppedBySignal(uvicorn.Server):
     gracefully and returns, instead of raising the signal again once it has stopped (which
     ends the process with KeyboardInterrupt or 128 + the signal's number). Every role that
     runs in the foreground (`clew serve`, `clew collector`) uses it, so each exits 0 once
-    it has stopped cleanly."""
+    it has stopped cleanly. ``on_stop`` is called as the signal arrives, before the server
+    waits for the responses still open."""
+
+    on_stop: Callable[[], None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_stop is not None:
+            self.on_stop()
+        super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -241,11 +250,17 @@ def exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def serve_until_signal(config: uvicorn.Config, on_ready: Callable[[], None] | None = None) -> None:
+def serve_until_signal(
+    config: uvicorn.Config,
+    on_ready: Callable[[], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
     """Serve ``config`` on a uvloop event loop (:class:`StoppedBySignal`) until SIGINT or
     SIGTERM, then return once the server has stopped. ``on_ready`` is called once, on the
-    event loop, as soon as the server listens (never if it fails to start)."""
+    event loop, as soon as the server listens (never if it fails to start); ``on_stop`` as
+    a signal arrives, before open responses are waited for."""
     server = StoppedBySignal(config)
+    server.on_stop = on_stop
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())

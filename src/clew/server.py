@@ -99,6 +99,8 @@ class Clew:
         self._privacy_store = open_store(settings)
         self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
         audiences = open_repository(settings)
+        # Set as the HTTP server begins to stop, before it waits for open responses.
+        self.stopping = threading.Event()
         console = ConsoleContext(
             settings=settings,
             catalog=self.catalog,
@@ -109,6 +111,7 @@ class Clew:
             privacy=self.privacy.requests,
             privacy_wake=self.privacy.wake,
             health=self.health,
+            stopping=self.stopping,
         )
         self._api = build_api(
             self.catalog,
@@ -303,6 +306,8 @@ def serve(
     if access_log:
         _log_access(config)
     try:
-        serve_until_signal(config, None if on_ready is None else lambda: on_ready(clew))
+        serve_until_signal(
+            config, None if on_ready is None else lambda: on_ready(clew), clew.stopping.set
+        )
     finally:
         clew.stop()

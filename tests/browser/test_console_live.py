@@ -13,6 +13,7 @@ from _browser import screenshot
 from _support import WRITE_KEY, drained, wait_for
 from browser._console import sign_in
 from clew.background import BackgroundServer
+from clew.config import Settings
 from clew.console.live import MAX_STREAMS
 
 
@@ -143,3 +144,20 @@ def test_streams_are_capped_and_end_when_the_browser_goes(
                 return again.status_code == 200
 
         wait_for(accepted, timeout_s=5)
+
+
+def test_a_stream_ends_when_the_server_stops(settings: Settings) -> None:
+    server = BackgroundServer(settings).__enter__()
+    token = server.clew.catalog.create_token("live", ("admin",))
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.post("/console/login", data={"token": token}).status_code == 303
+        with client.stream("GET", "/console/live/stream") as answer:
+            chunks = answer.iter_text()
+            assert "event: ready" in next(chunks)
+            started = time.monotonic()
+            # uvicorn waits for open responses before it stops: the stream ends at once.
+            server.__exit__(None, None, None)
+            took = time.monotonic() - started
+            rest = "".join(chunks)  # the stream ended: nothing more comes
+    assert took < 5, f"stopping took {took:.1f}s with a live stream open"
+    assert "event: row" not in rest

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clew.audiences.repository import DefinitionRepository
@@ -28,3 +29,5 @@ class ConsoleContext:
     privacy: RequestStore
     privacy_wake: Callable[[], None]
     health: Callable[[], dict[str, Any]]
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the server begins to stop: long-lived responses (live streams) end then."""

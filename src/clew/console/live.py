@@ -8,7 +8,7 @@ Each connection's work is bounded: records read per poll, rows sent per poll (a 
 further behind than :data:`MAX_BEHIND` jumps to its end, and the page is told how many it
 skipped), a lifetime of :data:`MAX_LIFETIME_S` after which the browser reconnects where it
 stopped, and at most :data:`MAX_STREAMS` streams at once. A stream ends when the browser goes
-away, when the log is closed (the server stopping), or at its lifetime.
+away, when the server begins to stop (``ConsoleContext.stopping``), or at its lifetime.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
                 yield f"retry: {_RETRY_MS}\n".encode() + ready
                 born = last_sent = time.monotonic()
                 while time.monotonic() - born < MAX_LIFETIME_S:
-                    if await request.is_disconnected():
+                    if kit.ctx.stopping.is_set() or await request.is_disconnected():
                         return
                     try:
                         got = await run_in_threadpool(_poll, log, position, wanted, names)
