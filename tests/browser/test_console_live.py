@@ -4,15 +4,19 @@ match."""
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+from typer.testing import CliRunner
 
 from _browser import screenshot
 from _support import WRITE_KEY, drained, wait_for
 from browser._console import sign_in
 from clew.background import BackgroundServer
+from clew.cli import app
 from clew.config import Settings
 from clew.console.live import MAX_STREAMS
 
@@ -74,6 +78,52 @@ def test_events_and_dead_letters_appear_as_they_happen(
     assert "accepted" in row.locator("pre.result").inner_text()
     assert '"messageId": "live-1"' in row.locator("pre.json").inner_text()
     screenshot(page, "console-live")
+    page.context.close()
+    assert log.errors == []
+
+
+def test_rows_say_what_the_tracking_plan_said(
+    browser: Any, server: BackgroundServer, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plan"
+    shutil.copytree(Path(__file__).parents[2] / "examples" / "tracking-plan", plan)
+    yaml = plan / "plan.yaml"
+    yaml.write_text(yaml.read_text().replace("source: default", "source: tests"))
+    data_dir = str(server.settings.data_dir)
+    pushed = CliRunner().invoke(app, ["plan", "push", str(plan), "--data-dir", data_dir])
+    assert pushed.exit_code == 0, pushed.output
+    time.sleep(1.2)  # the validate stage picks a pushed plan up within a second
+    page, log = _open_live(browser, server)
+    order = {
+        "order_id": "o-1",
+        "revenue": 42.0,
+        "currency": "EUR",
+        "products": [{"product_id": "p1", "sku": "SKU-1", "price": 42.0, "quantity": 1}],
+    }
+    for message_id, properties in (
+        ("plan-ok", order),
+        ("plan-bad", {k: v for k, v in order.items() if k != "revenue"}),
+    ):
+        httpx.post(
+            f"{server.url}/v1/track",
+            json={
+                "writeKey": WRITE_KEY,
+                "userId": "u-1",
+                "event": "Order Completed",
+                "messageId": message_id,
+                "properties": properties,
+            },
+        ).raise_for_status()
+    page.wait_for_selector(f"{_row('plan-bad')}.dead", timeout=5_000)
+    page.wait_for_selector(f"{_row('plan-ok')}.event", timeout=5_000)
+    bad = page.locator(_row("plan-bad"))
+    bad.locator("summary").click()
+    verdict = bad.locator("pre.result").inner_text()
+    assert "schema_violation" in verdict and "revenue" in verdict and "1-0-0" in verdict
+    good = page.locator(_row("plan-ok"))
+    good.locator("summary").click()
+    assert '"track:Order Completed": "1-0-0"' in good.locator("pre.result").inner_text()
+    screenshot(page, "console-live-plan")
     page.context.close()
     assert log.errors == []
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -21,6 +21,12 @@ from clew.dlq.records import DeadLetter
 from clew.events import format_time, parse_time
 from clew.log.base import Record
 from clew.topics import DLQ_TOPIC, EVENTS_TOPIC
+
+if TYPE_CHECKING:
+    from clew.schema import CompiledPlan
+
+PlanFor = Callable[[str], "CompiledPlan | None"]
+"""A source id's tracking plan in force, or None (``PlanCache.plan_for``)."""
 
 TOPICS = (EVENTS_TOPIC, DLQ_TOPIC)
 KINDS = ("all", "events", "dead")
@@ -78,16 +84,18 @@ class Filter:
         return not self.identifier or self.identifier in row["ids"]
 
 
-def row(rec: Record, sources: Mapping[str, str]) -> dict[str, Any]:
-    """What the page shows of one record of ``events`` or ``dlq``."""
-    out = _dead_row(rec) if rec.topic == DLQ_TOPIC else _event_row(rec)
+def row(rec: Record, sources: Mapping[str, str], plan_for: PlanFor) -> dict[str, Any]:
+    """What the page shows of one record of ``events`` or ``dlq``. The validate stage keeps
+    no verdict for an accepted event, so its row says what the source's plan in force says
+    of it now (the schema versions it matches)."""
+    out = _dead_row(rec) if rec.topic == DLQ_TOPIC else _event_row(rec, plan_for)
     out["id"] = f"{rec.topic}/{rec.partition}/{rec.offset}"
     out["source"] = sources.get(out["source_id"], out["source_id"])
     out["who"] = " ".join(f"{k}:{v}" for k, v in out.pop("who_pairs"))
     return out
 
 
-def _event_row(rec: Record) -> dict[str, Any]:
+def _event_row(rec: Record, plan_for: PlanFor) -> dict[str, Any]:
     try:
         doc = _object_decoder.decode(rec.value)
     except msgspec.DecodeError:
@@ -112,6 +120,24 @@ def _event_row(rec: Record) -> dict[str, Any]:
         result["note"] = "accepted with violations the source's plan lets through"
     else:
         result["note"] = "accepted; no plan violation recorded"
+    plan = plan_for(str(doc.get("sourceId", "")))
+    if plan is None:
+        result["plan"] = "none: this source has no tracking plan, its events are not checked"
+    else:
+        verdict = plan.enforce(
+            {
+                "type": doc.get("type"),
+                "event": doc.get("event"),
+                "properties": doc.get("properties") or {},
+                "traits": traits,
+                "context": context,
+            }
+        )
+        result["plan"] = {
+            "revision": plan.revision,
+            "enforcement": str(plan.enforcement),
+            "schema_versions": verdict.schema_versions,
+        }
     return {
         "kind": "event",
         "at": str(doc.get("receivedAt", "")),

@@ -31,6 +31,7 @@ from clew.console._live_rows import TOPICS, Filter, Position
 from clew.console._session import Session
 from clew.log.base import Log, LogError
 from clew.sources import ADMIN
+from clew.stages._plans import PlanCache
 
 LIVE = f"{BASE}/live"
 POLL_S = 0.2
@@ -58,7 +59,9 @@ def _positions(log: Log) -> tuple[Position, Position]:
     return start, end
 
 
-def _poll(log: Log, position: Position, wanted: Filter, sources: dict[str, str]) -> _Poll:
+def _poll(
+    log: Log, position: Position, wanted: Filter, sources: dict[str, str], plans: PlanCache
+) -> _Poll:
     """What arrived since ``position`` (advanced in place) that ``wanted`` matches."""
     out = _Poll()
     for topic in TOPICS:
@@ -78,7 +81,7 @@ def _poll(log: Log, position: Position, wanted: Filter, sources: dict[str, str])
             if records:
                 parts[partition] = records[-1].offset + 1
             for rec in records:
-                shown = _live_rows.row(rec, sources)
+                shown = _live_rows.row(rec, sources, plans.plan_for)
                 if not wanted.matches(shown):
                     continue
                 if len(out.rows) >= MAX_ROWS_PER_POLL:
@@ -121,10 +124,15 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         resume = request.headers.get("last-event-id", "")
         position = _live_rows.parse_position(resume, start, end) if resume else end
         names = await run_in_threadpool(sources)
+        settings = kit.ctx.settings
 
         async def body() -> AsyncIterator[bytes]:
             open_streams[0] += 1
+            plans: PlanCache | None = None
             try:
+                plans = await run_in_threadpool(
+                    PlanCache, settings.registry_path, settings.meta_path
+                )
                 ready = _message("ready", {"filter": wanted.kind}, position)
                 yield f"retry: {_RETRY_MS}\n".encode() + ready
                 born = last_sent = time.monotonic()
@@ -132,7 +140,7 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
                     if kit.ctx.stopping.is_set() or await request.is_disconnected():
                         return
                     try:
-                        got = await run_in_threadpool(_poll, log, position, wanted, names)
+                        got = await run_in_threadpool(_poll, log, position, wanted, names, plans)
                     except LogError:
                         return  # the log closed under us: the server is stopping
                     for shown in got.rows:
@@ -147,6 +155,8 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
                     await asyncio.sleep(POLL_S)
             finally:
                 open_streams[0] -= 1
+                if plans is not None:
+                    plans.close()
 
         return StreamingResponse(
             body(),
