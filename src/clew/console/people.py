@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from clew.batch.split import SplitError, parse_split_identifier, split_profile
+from clew.batch.split import SplitError, SplitResult, parse_split_identifier, split_profile
 from clew.console import _people
 from clew.console._kit import BASE, ConsoleKit
 from clew.console._session import Session
@@ -91,11 +91,11 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         text = str(form.get("identifier") or "")
         operator = f"console:{session.token.name}"
 
-        def run() -> object:
+        def run() -> SplitResult:
             ident = parse_split_identifier(text, ctx.settings.identity.rules)
-            return split_profile(
-                ctx.settings, wanted, ident, operator, store=ctx.profiles, log=ctx.log
-            )
+            # On a store handle of its own: the split holds its write transaction while it
+            # re-derives, and the shared handle serves the Profile API's reads meanwhile.
+            return split_profile(ctx.settings, wanted, ident, operator, log=ctx.log)
 
         try:
             result = await run_in_threadpool(run)
