@@ -251,7 +251,16 @@ def test_quality_shows_plans_dead_letters_and_monitors_and_replays_after_a_fix(
     assert "replayed: landed" in page.inner_text("#dlq-rows")
     page.goto(f"{server.url}/console/quality")
     assert "No dead letters waiting" in page.inner_text("main")
-    assert log.errors == []
+    # Odd addresses answer plainly: an unknown subject is a 404, a bad page number the first.
+    for path, status in (
+        ("/console/quality/schema?source=tests&subject=track:Nothing", 404),
+        ("/console/quality/schema", 404),
+        ("/console/quality/dlq?offset=abc&source=nope", 200),
+        ("/console/quality?series=999", 200),
+    ):
+        answer = page.goto(f"{server.url}{path}")
+        assert answer is not None and answer.status == status, path
+    assert [e for e in log.errors if "status of 404" not in e] == []
 
     # A token without the admin scope may see neither page.
     other, _ = sign_in(browser, server, ("profiles",))

@@ -32,6 +32,8 @@ from clew.sources import ADMIN
 PATH = f"{BASE}/destinations"
 DELIVERIES = 20
 DEAD_LETTERS = 50
+# Query parameters that, besides the names _redact knows, often carry a credential.
+_SECRET_PARAMS = ("key", "sig", "auth", "code")
 # A dead letter's records shown on its page at most (the batch may hold thousands).
 RECORDS = 20
 
@@ -39,15 +41,15 @@ RECORDS = 20
 def masked_url(url: str) -> str:
     """``url`` with its password and the values of secret-looking query parameters masked.
 
-    >>> masked_url("https://u:pw@hooks.example/in?token=abc&team=7")
-    'https://u:**********@hooks.example/in?token=**********&team=7'
+    >>> masked_url("https://u:pw@hooks.example/in?token=abc&api_key=k&sig=s&team=7")
+    'https://u:**********@hooks.example/in?token=**********&api_key=**********&sig=**********&team=7'
     """
     shown = redact_url(url)
     parts = urlsplit(shown)
     if not parts.query:
         return shown
     query = [
-        (k, MASK if is_secret_option(k) or k.lower() in ("key", "sig", "code") else v)
+        (k, MASK if is_secret_option(k) or any(w in k.lower() for w in _SECRET_PARAMS) else v)
         for k, v in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
