@@ -220,6 +220,7 @@ def test_quality_shows_plans_dead_letters_and_monitors_and_replays_after_a_fix(
     _until_shown(page, "#monitors", "Signed Up")
     assert "learning" in page.inner_text("#monitors")
     page.click("#monitors a >> nth=0")
+    assert "Signed Up from tests" in page.inner_text("#series-chart")
     assert "svg" in page.inner_html("main")
     screenshot(page, "console-quality")
 
