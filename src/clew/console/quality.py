@@ -246,10 +246,13 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         query = {k: str(v) for k, v in form.items() if k != "csrf"}
         names = await run_in_threadpool(_source_names, kit)
         f, _ = _filters(query, names)
+        at_most = query.pop("limit", "").strip()
+        limit = int(at_most) if at_most.isdigit() and int(at_most) > 0 else None
         report: ReplayReport | None = None
         problem: str | None = None
         try:
-            report = await run_in_threadpool(_replay, kit, replace(f, include_replayed=False))
+            chosen = replace(f, include_replayed=False, limit=limit)
+            report = await run_in_threadpool(_replay, kit, chosen)
         except ReplayError as exc:
             problem = str(exc)
         values = await run_in_threadpool(_dlq, kit, query)
