@@ -20,9 +20,11 @@ from clew.demo import (
     QUESTIONS,
     TOP_PRODUCTS,
     DemoResult,
+    example_plan_dir,
     run_demo,
     simulate,
 )
+from clew.demo.web_site import example_site_dir
 from clew.lake.query import Lake
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "questions.md"
@@ -104,3 +106,12 @@ def test_docs_show_the_demo_sql_verbatim() -> None:
     text = DOCS.read_text()
     for q in QUESTIONS:
         assert f'clew sql "{q.sql}"' in text
+
+
+def test_the_shipped_examples_are_found() -> None:
+    """The demo's tracking plan and the example web site, found from the code (in the wheel
+    they sit at clew/examples/, in a checkout at examples/)."""
+    plan = example_plan_dir()
+    assert plan is not None and (plan / "plan.yaml").is_file()
+    site = example_site_dir()
+    assert site is not None and (site / "index.html").is_file()

@@ -24,7 +24,9 @@ from _browser import PageLog, screenshot
 from _docblocks import ROOT, blocks
 from _support import WRITE_KEY, ServeProcess, lake_count, wait_for
 from clew.background import BackgroundServer, free_port
+from clew.demo import example_plan_dir
 from clew.demo.web_site import ExampleSite, SiteConfig
+from clew.schema import SchemaRegistry, load_plan, push
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +60,15 @@ EXPECTED = {
 
 @pytest.fixture
 def site(server: BackgroundServer) -> Iterator[ExampleSite]:
-    """The example site on a port of its own: another origin than Clew's."""
-    with ExampleSite(SiteConfig(server.url, WRITE_KEY), "127.0.0.1", free_port()) as running:
+    """The example site on a port of its own (another origin than Clew's), sending to the
+    ``default`` source, which enforces the example tracking plan as after `clew demo`: an
+    event of the site that broke the plan would land in the DLQ, not in ``events``."""
+    plan = example_plan_dir()
+    assert plan is not None
+    with SchemaRegistry(server.settings.registry_path) as registry:
+        push(registry, load_plan(plan))
+    config = SiteConfig(server.url, server.clew.default_source.write_key)
+    with ExampleSite(config, "127.0.0.1", free_port()) as running:
         yield running
 
 
@@ -145,7 +154,11 @@ def test_a_visit_lands_in_the_lake_and_the_profile(
             counts[key] = counts.get(key, 0) + 1
         return all(counts.get(k, 0) >= n for k, n in EXPECTED.items())
 
-    wait_for(complete, timeout_s=30)
+    try:
+        wait_for(complete, timeout_s=30)
+    except AssertionError:
+        print(_sql(server, token, "SELECT reason, event_name, message FROM dlq"))
+        raise
     rows = landed()
     assert {r["anonymous_id"] for r in rows} == {first_id}
     assert {r["user_id"] for r in rows if r["what"] == "Signed Up"} == {user_id}
@@ -184,8 +197,9 @@ def test_a_visit_lands_in_the_lake_and_the_profile(
 def test_analytics_js_loads_its_chunks_from_clew(
     browser: Any, server: BackgroundServer, site: ExampleSite
 ) -> None:
-    """A campaign link's ``?ajs_event=`` makes analytics.js load its queryString chunk: from
-    Clew's ``/analytics-next/bundles/``, the base it derives from ``analytics._cdn``."""
+    """A campaign link's ``?ajs_event=`` makes analytics.js load its queryString chunk (from
+    Clew's ``/analytics-next/bundles/``, the base it derives from ``analytics._cdn``) and track
+    the event the link names."""
     context = browser.new_context()
     log = PageLog()
     page = log.watch(context.new_page())
@@ -193,7 +207,10 @@ def test_analytics_js_loads_its_chunks_from_clew(
     page.on("request", lambda r: requested.append(r.url))
     try:
         with page.expect_response(lambda r: "/analytics-next/bundles/queryString." in r.url) as r:
-            page.goto(f"{site.url}/index.html?sdk=segment&ajs_event=Newsletter%20Opened")
+            page.goto(
+                f"{site.url}/index.html?sdk=segment"
+                "&ajs_event=CTA%20Clicked&ajs_prop_cta_id=newsletter_link"
+            )
         assert r.value.status == 200
         assert r.value.url.startswith(server.url + "/analytics-next/bundles/")
         page.wait_for_function("document.getElementById('visitor').textContent.length > 8")
@@ -201,7 +218,8 @@ def test_analytics_js_loads_its_chunks_from_clew(
         page.close()
         context.close()
     assert log.errors == []
-    wait_for(lambda: lake_count(server.settings.data_dir, where="event = 'Newsletter Opened'"))
+    where = "event = 'CTA Clicked' AND properties LIKE '%newsletter_link%'"
+    wait_for(lambda: lake_count(server.settings.data_dir, where=where))
 
 
 def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_path: Path) -> None:

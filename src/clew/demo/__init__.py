@@ -150,8 +150,8 @@ def _healthy(url: str) -> bool:
 def example_plan_dir() -> Path | None:
     """The shipped e-commerce tracking plan: inside the installed package, or in the
     repository checkout for an editable install."""
-    packaged = Path(__file__).parent / "examples" / "tracking-plan"
-    checkout = Path(__file__).parents[2] / "examples" / "tracking-plan"
+    packaged = Path(__file__).parents[1] / "examples" / "tracking-plan"  # clew/examples/…
+    checkout = Path(__file__).parents[3] / "examples" / "tracking-plan"
     return next((p for p in (packaged, checkout) if (p / "plan.yaml").is_file()), None)
 
 
