@@ -42,6 +42,10 @@ SDKS = [
     Sdk("segment", "analytics.js", "next-1.84.3"),
     Sdk("rudderstack", "RudderLabs JavaScript SDK", "3.34.1"),
 ]
+# How long an event may take to reach the lake: a bound for a failing test, not a figure
+# of speed (the stages of a real `clew serve` start in worker processes, slow on a busy
+# machine).
+LANDED_S = 90
 # What the visit below sends, by (type, event or page name): at least this many each.
 EXPECTED = {
     ("page", "Home"): 1,
@@ -82,6 +86,14 @@ def _sql(server: BackgroundServer, token: str, query: str) -> list[dict[str, Any
     assert r.status_code == 200, r.text
     body = r.json()
     return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+
+def _dead_letters(server: BackgroundServer, token: str) -> object:
+    """What the DLQ holds (an event the example plan refused, with the reason)."""
+    try:
+        return _sql(server, token, "SELECT reason, event_name, message FROM dlq")
+    except AssertionError as exc:  # no dlq table: nothing was dead-lettered
+        return f"none ({exc})"
 
 
 def _visit(page: Any, site: ExampleSite, sdk: Sdk, email: str) -> tuple[str, str, str]:
@@ -155,10 +167,10 @@ def test_a_visit_lands_in_the_lake_and_the_profile(
         return all(counts.get(k, 0) >= n for k, n in EXPECTED.items())
 
     try:
-        wait_for(complete, timeout_s=30)
-    except AssertionError:
-        print(_sql(server, token, "SELECT reason, event_name, message FROM dlq"))
-        raise
+        wait_for(complete, timeout_s=LANDED_S)
+    except AssertionError as exc:
+        letters = _dead_letters(server, token)
+        raise AssertionError(f"not every event landed; dead letters: {letters}") from exc
     rows = landed()
     assert {r["anonymous_id"] for r in rows} == {first_id}
     assert {r["user_id"] for r in rows if r["what"] == "Signed Up"} == {user_id}
@@ -185,7 +197,7 @@ def test_a_visit_lands_in_the_lake_and_the_profile(
         )
         return r.json() if r.status_code == 200 else None
 
-    wait_for(lambda: profile() is not None, timeout_s=20)
+    wait_for(lambda: profile() is not None, timeout_s=LANDED_S)
     found = profile()
     assert found is not None
     identities = {(i["type"], i["value"]) for i in found["identities"]}
@@ -219,7 +231,7 @@ def test_analytics_js_loads_its_chunks_from_clew(
         context.close()
     assert log.errors == []
     where = "event = 'CTA Clicked' AND properties LIKE '%newsletter_link%'"
-    wait_for(lambda: lake_count(server.settings.data_dir, where=where))
+    wait_for(lambda: lake_count(server.settings.data_dir, where=where), timeout_s=LANDED_S)
 
 
 def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_path: Path) -> None:
@@ -245,7 +257,8 @@ def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_p
         finally:
             page.close()
         assert log.errors == []
-        wait_for(lambda: lake_count(serve.data_dir, where="type = 'page' AND name = 'Home'"))
+        home = "type = 'page' AND name = 'Home'"
+        wait_for(lambda: lake_count(serve.data_dir, where=home), timeout_s=LANDED_S)
     finally:
         serve.stop()
     assert serve.proc is not None and serve.proc.returncode == 0
@@ -278,11 +291,8 @@ def test_the_readme_page_code_sends_from_another_origin(
         try:
             page.goto(f"{shop.url}/landing.html")
             url = f"{shop.url}/landing.html"
-            wait_for(
-                lambda: lake_count(
-                    server.settings.data_dir, where=f"type = 'page' AND context LIKE '%{url}%'"
-                )
-            )
+            where = f"type = 'page' AND context LIKE '%{url}%'"
+            wait_for(lambda: lake_count(server.settings.data_dir, where=where), timeout_s=LANDED_S)
         finally:
             page.close()
     assert log.errors == []
