@@ -211,3 +211,26 @@ def test_a_stream_ends_when_the_server_stops(settings: Settings) -> None:
             rest = "".join(chunks)  # the stream ended: nothing more comes
     assert took < 5, f"stopping took {took:.1f}s with a live stream open"
     assert "event: row" not in rest
+
+
+def test_a_stream_resumes_where_it_stopped(browser: Any, server: BackgroundServer) -> None:
+    page, _ = sign_in(browser, server, ("admin",))
+    cookie = next(c for c in page.context.cookies() if c["name"] == "clew_console")
+    page.context.close()
+    jar = {"clew_console": cookie["value"]}
+    with httpx.Client(base_url=server.url, cookies=jar, timeout=10) as client:
+        with client.stream("GET", "/console/live/stream") as first:
+            ready = next(first.iter_text())
+        last_id = next(line[4:] for line in ready.splitlines() if line.startswith("id: "))
+        # Sent while no stream was open; the browser reconnects with the last id it saw.
+        _track(server, "while-away", "Missed Nothing")
+        wait_for(lambda: drained(server.url))
+        seen = ""
+        with client.stream(
+            "GET", "/console/live/stream", headers={"last-event-id": last_id}
+        ) as again:
+            for chunk in again.iter_text():
+                seen += chunk
+                if "while-away" in seen:
+                    break
+    assert '"message_id": "while-away"' in seen

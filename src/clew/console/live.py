@@ -143,11 +143,11 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
                         got = await run_in_threadpool(_poll, log, position, wanted, names, plans)
                     except LogError:
                         return  # the log closed under us: the server is stopping
-                    for shown in got.rows:
-                        yield _message("row", shown, position)
+                    out = [_message("row", shown, position) for shown in got.rows]
                     if got.skipped:
-                        yield _message("skipped", {"count": got.skipped}, position)
-                    if got.rows or got.skipped:
+                        out.append(_message("skipped", {"count": got.skipped}, position))
+                    if out:
+                        yield b"".join(out)
                         last_sent = time.monotonic()
                     elif time.monotonic() - last_sent > HEARTBEAT_S:
                         yield _message("ping", {}, position)
@@ -161,7 +161,11 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         return StreamingResponse(
             body(),
             media_type="text/event-stream",
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+            headers={
+                "cache-control": "no-store",
+                "x-content-type-options": "nosniff",
+                "x-accel-buffering": "no",
+            },
         )
 
     return [
