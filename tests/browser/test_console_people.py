@@ -129,9 +129,15 @@ def test_search_by_email_shows_the_profile(browser: Any, server: BackgroundServe
     screenshot(page, "console-people-profile")
     # Every identifier leads to the same page; an unknown one says so.
     here = page.url
-    for ref in ("u-ada", "anonymous_id:anon-ada", "userId:u-ada"):
+    profile_id = page.inner_text("#profile-id")
+    for ref in ("u-ada", "anonymous_id:anon-ada", "userId:u-ada", f"profile_id:{profile_id}"):
         _search(page, server, ref)
         assert page.url == here
+    # The id of the profile the alias merged in leads to the survivor.
+    found = server.clew.profiles.get(profile_id)
+    assert found is not None and found.merged
+    page.goto(f"{server.url}/console/people/{found.merged[0].from_id}")
+    assert page.url == here
     _search(page, server, "nobody@shop.test")
     assert "no profile holds" in page.inner_text("[role=alert]")
     screenshot(page, "console-people-search")
