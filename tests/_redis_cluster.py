@@ -70,7 +70,7 @@ def _node(binary: str, node_dir: Path, name: str) -> Iterator[int]:
     for _ in range(3):
         port, bus = free_port(), free_port()
         argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(node_dir)]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+        argv += ["--save", "", "--appendonly", "yes", "--daemonize", "no", "--logfile", ""]
         argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         argv += ["--cluster-port", str(bus), "--cluster-node-timeout", "2000"]
         ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")

@@ -125,10 +125,13 @@ def _answers(host: str, port: int, request: bytes, expect: bytes) -> bool:
 
 
 @contextmanager
-def redis_server(workdir: Path, password: str | None = None) -> Iterator[Service]:
-    """A ``redis-server`` with no persistence: its data live as long as the process, so
-    "reopening" a store is a new client on the same server. With ``password`` it requires
-    that password (set in a 0600 config file, not on its command line)."""
+def redis_server(
+    workdir: Path, password: str | None = None, *, appendonly: bool = True
+) -> Iterator[Service]:
+    """A ``redis-server`` keeping an append-only file in ``workdir`` (as Clew requires of the
+    Redis holding its data keys) and no RDB snapshots; "reopening" a store is a new client on
+    the same server. ``appendonly=False``: no persistence at all. With ``password`` it
+    requires that password (set in a 0600 config file, not on its command line)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable(
@@ -140,7 +143,8 @@ def redis_server(workdir: Path, password: str | None = None) -> Iterator[Service
     for _ in range(3):
         port = free_port()
         argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(workdir)]
-        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+        argv += ["--save", "", "--appendonly", "yes" if appendonly else "no"]
+        argv += ["--daemonize", "no", "--logfile", ""]
         ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
         if password is not None:
             conf = workdir / "redis.conf"

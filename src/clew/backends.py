@@ -213,16 +213,25 @@ def open_suppression_source(settings: Settings) -> ListSource:
 
 
 def open_keystore(settings: Settings) -> KeyStore:
-    """The shredding log's key store: Redis (``<prefix>:dk:…``), else ``keys.db``."""
+    """The shredding log's key store: Redis (``<prefix>:dk:…``), else ``keys.db``. A Redis
+    without an append-only file is refused (:class:`~clew.keys.KeyStoreError`) unless
+    ``privacy.key_store_persistence = "assumed"``."""
     if _in_redis(settings):
         from clew._redis_shared import redis_client
         from clew.keys._redis import RedisKeyStore
 
-        return RedisKeyStore(
+        store = RedisKeyStore(
             prefix=settings.store.redis_prefix,
             client=redis_client(settings),
             cluster=settings.store.redis_cluster,
         )
+        if settings.privacy.key_store_persistence == "check":
+            try:
+                store.require_persistence()
+            except BaseException:
+                store.close()
+                raise
+        return store
     from clew.keys._sqlite import SqliteKeyStore
 
     return SqliteKeyStore(settings.keys_path)

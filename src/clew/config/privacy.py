@@ -75,6 +75,15 @@ class PrivacySettings(Section):
         ),
     )
 
+    key_store_persistence: Literal["check", "assumed"] = Field(
+        default="check",
+        description=(
+            "Data keys in Redis only: `check` refuses to start unless that Redis writes an "
+            "append-only file (`appendonly yes`), since records whose keys are lost can never be "
+            "read; `assumed`: skip the check, for a managed Redis that persists but forbids CONFIG."
+        ),
+    )
+
     @field_serializer("salt", "master_key", when_used="json")
     def _secret_json(self, value: SecretStr, info: SerializationInfo) -> str:
         return value.get_secret_value() if reveal(info) else str(value)

@@ -8,6 +8,11 @@ Cluster (``store.redis_cluster``) every name carries the hash tag ``{<prefix>}``
 serving store's keys, so that one primary holds them all and ``MGET`` works; scripts then run
 one by one with ``EVAL`` rather than pipelined.
 
+A data key lost with Redis makes every record sealed with it unreadable, as if shredded, so
+:meth:`RedisKeyStore.require_persistence` (called when a deployment opens its key ring, unless
+``privacy.key_store_persistence = "assumed"``) refuses a Redis that keeps no append-only
+file; docs/privacy.md says why an append-only file, not a backup topic in Kafka.
+
 What Redis keeps of a destroyed key outside its memory (RDB snapshots, the append-only file,
 replicas behind) is said in docs/privacy.md.
 """
@@ -34,6 +39,10 @@ def _script(name: str) -> str:
     return resources.files("clew.keys").joinpath(name).read_text()
 
 
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _parse(value: bytes) -> StoredKey:
     generation, _, wrapped = value.partition(b":")
     return StoredKey(int(generation), wrapped or None)
@@ -55,6 +64,41 @@ class RedisKeyStore(KeyStore):
         }
         self._get_or_create = self._client.register_script(self._sources["get_or_create"])
         self._destroy = self._client.register_script(self._sources["destroy"])
+
+    def require_persistence(self) -> None:
+        """Raise :class:`KeyStoreError` unless the Redis holding the keys (on a cluster, the
+        primary of their slot) writes every change to its append-only file
+        (``appendonly yes``, ``appendfsync`` ``always`` or ``everysec``). RDB snapshots alone
+        do not do: a key made after the last one is lost with a restart, and the records
+        sealed with it are acknowledged already."""
+        check = self._prefix + "check"
+        try:
+            if self._cluster:
+                node = self._client.get_node_from_key(check)
+                config = self._client.config_get("append*", target_nodes=node)
+            else:
+                config = self._client.config_get("append*")
+        except redis_py.ResponseError as exc:
+            raise KeyStoreError(
+                f"cannot ask Redis whether it keeps the data keys on disk (CONFIG GET: {exc}); "
+                "if it persists them (appendonly yes, or a managed Redis with persistence), set "
+                'privacy.key_store_persistence = "assumed"'
+            ) from exc
+        except _UNREACHABLE as exc:
+            raise KeyStoreError(
+                f"cannot reach Redis for the data keys ({exc}); check that it is running and "
+                "reachable (store.redis_url)"
+            ) from exc
+        found = {_text(k): _text(v) for k, v in config.items()}
+        appendonly, fsync = found.get("appendonly", "no"), found.get("appendfsync", "everysec")
+        if appendonly != "yes" or fsync not in ("always", "everysec"):
+            raise KeyStoreError(
+                f"Redis keeps the data keys that decrypt Kafka records without an append-only "
+                f"file (appendonly {appendonly}, appendfsync {fsync}), so a Redis restart would "
+                "make records unreadable: set `appendonly yes` (appendfsync always or everysec) "
+                'in redis.conf, or privacy.key_store_persistence = "assumed" if it persists '
+                "otherwise"
+            )
 
     def _name(self, key_id: bytes) -> str:
         return self._prefix + key_id.hex()

@@ -1,0 +1,158 @@
+"""The data keys that decrypt Kafka records are never lost with Redis (docs/privacy.md,
+"Where the data keys live"): a deployment refuses a Redis that keeps no append-only file,
+with one line naming the setting; with one, a Redis killed and restarted gives every key
+back, so no acknowledged record becomes unreadable, and a destroyed key stays destroyed, so a
+restart never resurrects a shredded person. Real Kafka, real redis-server processes."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from _kafka import KafkaBroker
+from _services import LOOPBACK, _answers, free_port, redis_server, require_module, start, stop
+from _support import make_settings
+from clew.backends import open_keyring
+from clew.config import LogSettings, PrivacySettings, Settings, StoreSettings
+from clew.keys import KeyStoreError
+from clew.log.base import Log, Message, Record, TopicSpec
+from clew.log.kafka import KafkaLog
+from clew.log.shredding import ShreddingLog
+
+require_module("redis", "pip install -e '.[redis]'")
+
+ADA, BOB = b"ada@example.test", b"bob@example.test"
+
+
+def settings_for(
+    tmp_path: Path, redis_url: str, bootstrap: str = "", **privacy: object
+) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        log=LogSettings(backend="kafka", bootstrap_servers=bootstrap, replication_factor=1),
+        store=StoreSettings(
+            backend="redis", redis_url=redis_url, redis_prefix=f"dur-{uuid.uuid4().hex[:8]}"
+        ),
+        privacy=PrivacySettings(master_key="k" * 64, **privacy),  # type: ignore[arg-type]
+    )
+
+
+def refusal(settings: Settings) -> str:
+    with pytest.raises(KeyStoreError) as caught:
+        open_keyring(settings)
+    return str(caught.value)
+
+
+def test_a_redis_without_an_append_only_file_is_refused(tmp_path: Path) -> None:
+    with redis_server(tmp_path, appendonly=False) as redis:
+        message = refusal(settings_for(tmp_path, redis.url))
+    assert "\n" not in message
+    assert "appendonly yes" in message and "privacy.key_store_persistence" in message
+
+
+def test_a_redis_that_forbids_config_is_refused_unless_persistence_is_assumed(
+    tmp_path: Path,
+) -> None:
+    """A managed Redis often renames CONFIG away: Clew cannot check, so the operator says."""
+    binary = shutil.which("redis-server") or "redis-server"
+    conf = tmp_path / "redis.conf"
+    conf.write_text('rename-command CONFIG ""\nappendonly yes\nsave ""\n')
+    port = free_port()
+    argv = [binary, str(conf), "--bind", LOOPBACK, "--port", str(port), "--dir", str(tmp_path)]
+    ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
+    proc = start("redis-noconfig", argv, tmp_path, ping)
+    try:
+        url = f"redis://{LOOPBACK}:{port}"
+        message = refusal(settings_for(tmp_path, url))
+        assert "\n" not in message and 'privacy.key_store_persistence = "assumed"' in message
+        open_keyring(settings_for(tmp_path, url, key_store_persistence="assumed")).close()
+    finally:
+        stop(proc)
+
+
+def redis_argv(workdir: Path, port: int) -> list[str]:
+    """A redis-server with an append-only file (``appendfsync everysec``, Redis's default)."""
+    binary = shutil.which("redis-server") or "redis-server"
+    argv = [binary, "--bind", LOOPBACK, "--port", str(port), "--dir", str(workdir)]
+    return [*argv, "--save", "", "--appendonly", "yes", "--logfile", ""]
+
+
+@contextmanager
+def restartable_redis(workdir: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """Its port, and its processes so far (:func:`kill_and_restart` adds one); all stopped
+    at the end."""
+    port = free_port()
+    ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
+    procs = [start("redis", redis_argv(workdir, port), workdir, ping)]
+    try:
+        yield port, procs
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def kill_and_restart(workdir: Path, port: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL (no save on shutdown) and a new process on the same append-only file."""
+    os.kill(procs[-1].pid, signal.SIGKILL)
+    procs[-1].wait()
+    ping = functools.partial(_answers, LOOPBACK, port, b"PING\r\n", b"+PONG")
+    procs.append(start("redis", redis_argv(workdir, port), workdir, ping))
+
+
+def read_all(log: Log, topic: str, partitions: int) -> list[Record]:
+    out: list[Record] = []
+    for p in range(partitions):
+        offset = 0
+        while batch := log.read(topic, p, offset):
+            out.extend(batch)
+            offset = batch[-1].offset + 1
+    return out
+
+
+def test_acknowledged_records_stay_readable_and_shredded_ones_shredded_across_redis_restarts(
+    tmp_path: Path, kafka_broker: KafkaBroker
+) -> None:
+    keyed, single = f"dur-events-{uuid.uuid4().hex[:8]}", f"dur-raw-{uuid.uuid4().hex[:8]}"
+    with restartable_redis(tmp_path) as (port, procs):
+        url = f"redis://{LOOPBACK}:{port}"
+        settings = settings_for(tmp_path, url, kafka_broker.bootstrap, key_cache_s=0)
+
+        def open_sealed() -> ShreddingLog:
+            """The log as a Clew process opens it (a new key ring: nothing cached)."""
+            inner = KafkaLog(kafka_broker.bootstrap, replication_factor=1)
+            return ShreddingLog(inner, open_keyring(settings), record_keyed=[single])
+
+        writer = open_sealed()
+        writer.create_topic(TopicSpec(keyed, 2))
+        writer.create_topic(TopicSpec(single, 2))
+        for i in range(50):
+            who = ADA if i % 2 else BOB
+            writer.append_sync(keyed, [Message(b'{"n": %d, "who": "%s"}' % (i, who), key=who)])
+            writer.append_sync(single, [Message(b'{"request": %d}' % i)])
+        writer.close()
+
+        # Every record above was acknowledged, so its data key had been written to Redis.
+        kill_and_restart(tmp_path, port, procs)
+        reader = open_sealed()
+        assert len(read_all(reader, keyed, 2)) == 50
+        assert len(read_all(reader, single, 2)) == 50
+        assert sum(reader.shredded.values()) == 0
+
+        # Ada is shredded; a restart replays the destruction too, never her old key.
+        assert reader.shred_keys([ADA]) == 1
+        reader.close()
+        kill_and_restart(tmp_path, port, procs)
+        after = open_sealed()
+        remaining = read_all(after, keyed, 2)
+        assert len(remaining) == 25 and all(b"bob" in r.value for r in remaining)
+        assert len(read_all(after, single, 2)) == 50
+        after.close()
