@@ -113,7 +113,7 @@ def main() -> None:
         data_dir = args.data_dir or Path(tmp) / "data"
         settings = Settings(data_dir=data_dir)
         settings.lake.flush_rows = 50_000
-        catalog = Catalog(settings.meta_path)
+        catalog = Catalog.open(settings)
         source_id = catalog.ensure_source(DEFAULT_SOURCE).id
         catalog.close()
 

@@ -176,7 +176,7 @@ def story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, speed: float) -> Iter
     """`clew serve` with its clock at ``speed``, the cart_abandoner example pushed, and a
     webhook destination for its entries and exits; ready to take events."""
     settings = Settings(data_dir=tmp_path / "data")
-    catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open(settings)
     try:
         catalog.create_source("shop", WRITE_KEY)
         token = catalog.create_token("support", ["profiles", "admin"])

@@ -143,7 +143,7 @@ class Session:
         except BaseException:
             self.close()
             raise
-        catalog = Catalog(Settings(data_dir=self.data_dir).meta_path)
+        catalog = Catalog.open(Settings(data_dir=self.data_dir))
         try:
             self.write_key = catalog.source("default").write_key
             self.token = catalog.create_token("docs", ["all"])

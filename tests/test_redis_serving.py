@@ -103,7 +103,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Ite
     monkeypatch.setenv("CLEW_CLOCK__SPEED", str(SPEED))
     settings = Settings(data_dir=tmp_path / "data")
     assert settings.store.backend == "redis"
-    catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open(settings)
     try:
         catalog.create_source("shop", WRITE_KEY)
         token = catalog.create_token("support", ["profiles", "admin", "privacy"])

@@ -1,22 +1,28 @@
 """The catalog: scoped, expiring, revocable tokens; write keys rotated with a grace period or
-removed; source names unique ignoring case; a catalog from before scopes migrated in place.
+removed; source names unique ignoring case; a catalog from before scopes migrated in place;
+one catalog shared by every machine on Redis, and a ``meta.db`` copied into it.
 
-Two :class:`Catalog` objects on one ``meta.db`` stand for two processes (each has its own
-connection and its own key cache)."""
+Two :class:`Catalog` objects on one store stand for two processes (each has its own
+connection and its own key cache): on one ``meta.db``, or on one Redis as two machines
+would share it."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from clew.catalog_store import SqliteCatalogStore, copy_catalog
 from clew.sources import (
     ADMIN,
     DEFAULT_SCOPES,
+    DEFAULT_SOURCE,
     KEY_RECHECK_S,
     PROFILES,
     SCOPES,
@@ -26,14 +32,40 @@ from clew.sources import (
     parse_scopes,
 )
 
+BACKENDS = ["sqlite", "redis"]
+
+OpenCatalog = Callable[[], Catalog]
+
+
+@pytest.fixture(params=BACKENDS)
+def open_catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenCatalog]:
+    """Opens another handle on this test's catalog: ``meta.db`` in the test's directory, or a
+    key prefix of its own on the session's Redis."""
+    handles: list[Catalog] = []
+    prefix = f"test-{uuid.uuid4().hex}"
+
+    def open_() -> Catalog:
+        if request.param == "sqlite":
+            handle = Catalog(SqliteCatalogStore(tmp_path / "meta.db"))
+        else:
+            import redis
+
+            from clew.catalog_store.redis import RedisCatalogStore
+
+            url = request.getfixturevalue("redis_url")
+            handle = Catalog(RedisCatalogStore(redis.Redis.from_url(url), prefix))
+        handles.append(handle)
+        return handle
+
+    yield open_
+    for handle in handles:
+        handle.close()
+
 
 @pytest.fixture
-def two(tmp_path: Path) -> Iterator[tuple[Catalog, Catalog]]:
+def two(open_catalog: OpenCatalog) -> tuple[Catalog, Catalog]:
     """Two handles on one catalog, as two processes (or machines sharing it) would hold."""
-    a, b = Catalog(tmp_path / "meta.db"), Catalog(tmp_path / "meta.db")
-    yield a, b
-    a.close()
-    b.close()
+    return open_catalog(), open_catalog()
 
 
 def _seconds_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> float:
@@ -75,14 +107,21 @@ def test_a_revoked_token_fails_at_once_in_every_process(two: tuple[Catalog, Cata
         a.revoke_token("ci")
 
 
-def test_last_use_is_recorded_and_the_secret_never_is(tmp_path: Path) -> None:
+def test_last_use_is_recorded_and_the_secret_never_is(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    token = a.create_token("ci")
+    assert a.tokens()[0].last_used_at is None
+    before = time.time()
+    assert a.verify_token(token)
+    used = b.tokens()[0].last_used_at
+    assert used is not None and used >= before
+    assert b.token_named("ci") == b.tokens()[0]
+    assert token not in repr(a.store.token_hashes())
+
+
+def test_meta_db_keeps_no_secret(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "meta.db")
     token = catalog.create_token("ci")
-    assert catalog.tokens()[0].last_used_at is None
-    before = time.time()
-    assert catalog.verify_token(token)
-    used = catalog.tokens()[0].last_used_at
-    assert used is not None and used >= before
     catalog.close()
     assert token.encode() not in (tmp_path / "meta.db").read_bytes()
 
@@ -154,13 +193,65 @@ def test_a_removed_source_keeps_its_events_name_but_not_its_key(
         a.remove_source("web")
 
 
-def test_source_names_are_unique_ignoring_case(tmp_path: Path) -> None:
-    catalog = Catalog(tmp_path / "meta.db")
+def test_source_names_are_unique_ignoring_case(open_catalog: OpenCatalog) -> None:
+    catalog = open_catalog()
+    catalog.create_source("Web")
+    with pytest.raises(CatalogError, match=r"'Web' already exists .*ignoring case"):
+        catalog.create_source("web")
+    with pytest.raises(CatalogError, match="no source named 'ios'"):
+        catalog.rotate_write_key("ios")
+    catalog.create_source("ios", "ios-key-1")
+    with pytest.raises(CatalogError, match="already used by another source"):
+        catalog.create_source("android", "ios-key-1")
+    with pytest.raises(CatalogError, match="already used by another source"):
+        catalog.rotate_write_key("Web", write_key="ios-key-1")
+
+
+def test_creating_a_source_again_with_its_own_key_is_a_no_op(two: tuple[Catalog, Catalog]) -> None:
+    """What a deploy pipeline runs on every machine: the second run changes nothing."""
+    a, b = two
+    first = a.create_source("web", "web-key-123")
+    assert b.create_source("web", "web-key-123") == first
+    with pytest.raises(CatalogError, match="already exists"):
+        b.create_source("web", "another-key-1")
+
+
+def test_every_process_gets_one_default_source(two: tuple[Catalog, Catalog]) -> None:
+    a, b = two
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda i: (a, b)[i % 2].ensure_source(DEFAULT_SOURCE), range(16)))
+    assert len({(s.id, s.write_key) for s in found}) == 1
+    assert [s.name for s in a.sources()] == [DEFAULT_SOURCE]
+
+
+def test_a_meta_db_copied_into_redis_keeps_ids_keys_and_tokens(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    from clew.catalog_store.redis import RedisCatalogStore
+
+    old = Catalog(tmp_path / "meta.db")
+    web = old.create_source("web", "web-key-123")
+    old.rotate_write_key("web", grace_s=3600, write_key="web-key-456")
+    gone = old.create_source("gone", "gone-key-1")
+    old.remove_source("gone")
+    token = old.create_token("ops", ["all"], expires_in_s=3600)
+    assert old.verify_token(token)
+    shared = Catalog(RedisCatalogStore(redis.Redis.from_url(redis_url), f"t-{uuid.uuid4().hex}"))
     try:
-        catalog.create_source("Web")
-        with pytest.raises(CatalogError, match=r"'Web' already exists .*ignoring case"):
-            catalog.create_source("web")
-        with pytest.raises(CatalogError, match="no source named 'ios'"):
-            catalog.rotate_write_key("ios")
+        assert copy_catalog(old.store, shared.store) == (2, 1, [])
+        assert copy_catalog(old.store, shared.store) == (2, 1, [])  # a second run: no change
+        assert [(s.id, s.name, s.write_key) for s in shared.sources()] == [
+            (web.id, "web", "web-key-456"),
+            (gone.id, "gone", "gone-key-1"),
+        ]
+        assert shared.source_for_key("web-key-123") == shared.source_for_key("web-key-456")
+        assert shared.source_for_key("gone-key-1") is None
+        copied = shared.token_for(token)
+        assert copied is not None and copied.scopes == set(SCOPES)
+        assert copied.expires_at == old.token_named("ops").expires_at  # type: ignore[union-attr]
+        assert copied.last_used_at is not None
     finally:
-        catalog.close()
+        old.close()
+        shared.close()

@@ -1,8 +1,8 @@
 """The one place that picks each backend from the settings (docs/architecture.md, "Contracts
 and their backends"): the log (embedded or Kafka, Kafka sealed by the crypto-shredding
 wrapper), the serving store (SQLite or Redis), and the small stores that follow the serving
-store (dedup claims, the suppression list, data keys, audience definitions: SQLite files or
-the serving store's Redis).
+store (the catalog of sources and tokens, dedup claims, the suppression list, data keys,
+audience definitions: files of the data directory or the serving store's Redis).
 
 Nothing outside this module compares ``settings.log.backend`` or ``settings.store.backend``
 to decide what to do; what the rest needs to know of a backend is a capability on its
@@ -14,7 +14,7 @@ Every implementation is imported inside the function that opens it: the optional
 (confluent-kafka, redis-py, cryptography) load only when chosen, and importing this module
 loads no backend at all. Every one of them is in the backends layer (``clew.log``,
 ``clew.store``, ``clew.dedup``, ``clew.suppression_list``, ``clew.keys``,
-``clew.definition_store``), so this module imports nothing of the domain.
+``clew.definition_store``, ``clew.catalog_store``), so this module imports nothing of the domain.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from clew.topics import RECORD_KEYED, TOPICS
 
 if TYPE_CHECKING:
+    from clew.catalog_store import CatalogStore
     from clew.config import Settings
     from clew.dedup import Dedup
     from clew.definition_store import Storage
@@ -35,9 +36,12 @@ if TYPE_CHECKING:
     from clew.suppression_list import ListSource, ListWriter
 
 __all__ = [
+    "catalog_file",
     "describe_log",
+    "open_catalog_store",
     "open_dedup",
     "open_definitions_storage",
+    "open_existing_catalog_store",
     "open_existing_store",
     "open_keyring",
     "open_keystore",
@@ -261,3 +265,30 @@ def open_definitions_storage(settings: Settings) -> Storage:
     from clew.definition_store import DirectoryStorage
 
     return DirectoryStorage(settings.data_dir)
+
+
+def open_catalog_store(settings: Settings) -> CatalogStore:
+    """The catalog of sources, write keys and tokens: Redis (``<prefix>:{ctl}:…``; every
+    machine then shares one set of source ids, keys and tokens), else ``meta.db``."""
+    if _in_redis(settings):
+        from clew.catalog_store.redis import RedisCatalogStore
+
+        return RedisCatalogStore.open(settings)
+    from clew.catalog_store import SqliteCatalogStore
+
+    return SqliteCatalogStore(settings.meta_path)
+
+
+def open_existing_catalog_store(settings: Settings) -> CatalogStore | None:
+    """Like :func:`open_catalog_store`, but ``None`` when the catalog is a file not made
+    yet; a Redis catalog is always opened (an empty one has no sources)."""
+    path = catalog_file(settings)
+    if path is not None and not path.exists():
+        return None
+    return open_catalog_store(settings)
+
+
+def catalog_file(settings: Settings) -> Path | None:
+    """The file the configured catalog keeps on this machine, ``None`` when it lives in the
+    shared store."""
+    return None if _in_redis(settings) else settings.meta_path

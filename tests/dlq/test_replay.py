@@ -41,7 +41,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def source_id(settings: Settings) -> str:
-    catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open(settings)
     try:
         return catalog.create_source("web", "web-write-key").id
     finally:
@@ -211,7 +211,7 @@ def test_a_replayed_event_is_the_event_a_first_acceptance_makes(
 
     # The same request, sent once the plan was right, to another Clew.
     other = make_settings(tmp_path / "other")
-    catalog = Catalog(other.meta_path)
+    catalog = Catalog.open(other)
     other_source = catalog.create_source("web").id
     catalog.close()
     push(other, {ORDER: FIXED, "identify": {}})

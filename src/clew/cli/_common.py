@@ -229,7 +229,7 @@ def source_names(settings: Settings) -> dict[str, str]:
     """Every source's name by its id, removed sources too (their events still name them)."""
     from clew.sources import Catalog
 
-    catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open(settings)
     try:
         return {s.id: s.name for s in catalog.sources()}
     finally:
@@ -245,7 +245,7 @@ def open_catalog(
     from clew.sources import Catalog, CatalogError
 
     settings = settings_from(config, data=data, data_dir=data_dir)
-    catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open(settings)
     try:
         yield catalog
     except CatalogError as e:

@@ -58,8 +58,11 @@ Ref = Annotated[
 
 
 def _settings(data_dir: Path | None, config: Path | None) -> Settings:
+    from clew.backends import serving_store_file
+
     settings = settings_from(config, data_dir=data_dir)
-    if not settings.profiles_path.exists():
+    store_file = serving_store_file(settings)
+    if store_file is not None and not store_file.exists():
         raise fail(
             escape(
                 f"no profiles in {settings.data_dir} yet (is --data-dir right? profiles appear "

@@ -43,8 +43,8 @@ def _require_source(registry: SchemaRegistry, settings: Settings, source: str) -
     known = set(registry.sources()) | {DEFAULT_SOURCE}
     if source in known:
         return
-    if settings.meta_path.exists():
-        catalog = Catalog(settings.meta_path)
+    catalog = Catalog.open_existing(settings)
+    if catalog is not None:
         try:
             known |= {s.name for s in catalog.sources(include_removed=False)}
         finally:

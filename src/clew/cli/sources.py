@@ -3,9 +3,11 @@ docs/security.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from clew.cli._common import (
     AsJson,
@@ -15,12 +17,14 @@ from clew.cli._common import (
     console,
     duration_option,
     err,
+    fail,
     iso_of_s,
     listing,
     minute_of_s,
     open_catalog,
     output_format,
     print_listing,
+    settings_from,
 )
 
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
@@ -104,3 +108,59 @@ def sources_remove(name: str, data_dir: DataDir = None, config: ConfigFile = Non
     with open_catalog(config, data_dir) as catalog:
         src = catalog.remove_source(name)
     console.print(f"removed source '{src.name}' ({src.id}); its events stay")
+
+
+@sources_app.command("migrate")
+def sources_migrate(
+    meta: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The meta.db to copy; this data directory's when left out.", show_default=False
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Copy a meta.db's sources and tokens into the configured catalog (once, on moving to
+    store.backend = "redis"; see docs/scale-out.md, "One control plane").
+
+    Sources keep their ids, write keys, keys in a grace period and removal; tokens their
+    hashes, scopes, expiry and last use. What the catalog has already is left as it is, so
+    running it again changes nothing; a source whose name is taken there by another source
+    is not copied, and is named."""
+    from clew.backends import catalog_file, open_catalog_store
+    from clew.catalog_store import SqliteCatalogStore, copy_catalog
+
+    settings = settings_from(config, data_dir=data_dir)
+    path = (meta or settings.meta_path).resolve()
+    if not path.is_file():
+        raise fail(escape(f"there is no catalog at {path} to copy"))
+    own = catalog_file(settings)
+    if own is not None and own.resolve() == path:
+        raise fail(
+            escape(
+                f'{path} is this deployment\'s catalog already; set store.backend = "redis" '
+                "to copy it into the shared store"
+            )
+        )
+    old = SqliteCatalogStore(path)
+    target = open_catalog_store(settings)
+    try:
+        sources, tokens, skipped = copy_catalog(old, target)
+        where = target.where()
+    finally:
+        old.close()
+        target.close()
+    for src in skipped:
+        err.print(
+            escape(
+                f"warning: source '{src.name}' ({src.id}) not copied: {where} has another "
+                "source of that name; this copy's write key works only if it is that source's, "
+                f"and its past events keep the id {src.id}"
+            ),
+            highlight=False,
+        )
+    console.print(
+        escape(f"{where} holds {sources} source(s) and {tokens} token(s) of {path}"),
+        highlight=False,
+    )

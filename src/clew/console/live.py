@@ -130,9 +130,7 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
             open_streams[0] += 1
             plans: PlanCache | None = None
             try:
-                plans = await run_in_threadpool(
-                    PlanCache, settings.registry_path, settings.meta_path
-                )
+                plans = await run_in_threadpool(PlanCache, settings)
                 ready = _message("ready", {"filter": wanted.kind}, position)
                 yield f"retry: {_RETRY_MS}\n".encode() + ready
                 born = last_sent = time.monotonic()

@@ -122,7 +122,7 @@ def run_demo(settings: Settings, console: Console, users: int = 300, seed: int =
         raise DemoError("the demo needs at least one visitor: pass --users 1 or more")
     url = serving_url(settings.data_dir) or f"http://{settings.host}:{settings.port}"
     if _healthy(url):
-        catalog = Catalog(settings.meta_path)
+        catalog = Catalog.open(settings)
         try:
             write_key = catalog.ensure_source(DEFAULT_SOURCE).write_key
         finally:

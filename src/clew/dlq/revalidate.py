@@ -35,7 +35,7 @@ class Plans:
         from clew.schema import SchemaRegistry
         from clew.sources import Catalog
 
-        catalog = Catalog(settings.meta_path)
+        catalog = Catalog.open(settings)
         try:
             self._names = {s.id: s.name for s in catalog.sources()}
         finally:

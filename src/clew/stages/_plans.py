@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clew.sources import Catalog
 
 if TYPE_CHECKING:
+    from clew.config import Settings
     from clew.schema import CompiledPlan, SchemaRegistry
 
 _RECHECK_S = 1.0
@@ -18,11 +18,11 @@ class PlanCache:
     """``plan_for(source_id)``: the source's plan, or None when no plan was pushed for it (its
     events are then not checked). A pushed plan takes effect within about a second."""
 
-    def __init__(self, registry_path: Path, catalog_path: Path) -> None:
+    def __init__(self, settings: Settings) -> None:
         from clew.schema import SchemaRegistry
 
-        self._registry: SchemaRegistry = SchemaRegistry(registry_path)
-        self._catalog = Catalog(catalog_path)
+        self._registry: SchemaRegistry = SchemaRegistry(settings.registry_path)
+        self._catalog = Catalog.open(settings)
         self._names: dict[str, str | None] = {}
         self._plans: dict[str, tuple[float, int, CompiledPlan | None]] = {}
 

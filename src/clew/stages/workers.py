@@ -74,7 +74,7 @@ def _build_validate(settings: Settings) -> _Built:
 
     dedup = open_dedup(settings)
     counters = CounterStore(settings.state_path)
-    plans = PlanCache(settings.registry_path, settings.meta_path)
+    plans = PlanCache(settings)
     suppression = Suppression.open(settings)
     pii = PiiPolicy(settings.privacy.pii, load_salt(settings)) if settings.privacy.pii else None
     stage = ValidateStage(
