@@ -16,7 +16,7 @@ from clew.monitor import read_status
 from clew.privacy.requests import STATUSES
 from clew.privacy.runner import PrivacyRunner
 from clew.stages._counters import CounterStore
-from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_FAILURES
+from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_CONFLICTS, STAGE_FAILURES
 from clew.topics import DLQ_TOPIC, STAGE_NAMES, STAGE_TOPICS
 
 
@@ -187,7 +187,7 @@ def audience_families(pr: Counter[str]) -> list[Family]:
 
 def stage_families(counters: CounterStore, log: Log) -> list[Family]:
     """The dead-letter topic's size, and per stage: shredded records skipped, failures (also
-    under their earlier name) and records set aside."""
+    under their earlier name), records set aside and conflicts."""
     dlq_end = log.end_offsets(DLQ_TOPIC)
     dlq_start = log.start_offsets(DLQ_TOPIC)
     per_stage = {g: counters.read(g) for g in STAGE_NAMES}
@@ -226,6 +226,13 @@ def stage_families(counters: CounterStore, log: Log) -> list[Family]:
             "counter",
             "Records a stage could not process and set aside to the dlq",
             samples(RECORDS_SET_ASIDE),
+        ),
+        (
+            "clew_stage_conflicts_total",
+            "counter",
+            "Attempts of a stage that met another writer's concurrent commit and ran again "
+            "(expected with several workers on one store; not failures)",
+            samples(STAGE_CONFLICTS),
         ),
     ]
 

@@ -96,6 +96,23 @@ class StageSettings(Section):
             "machine acknowledging requests wins over processing them."
         ),
     )
+    stalled_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Seconds a stage may have records waiting without committing any before `/health` "
+            "calls it stalled."
+        ),
+    )
+    worker_http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Port on which `clew worker` serves `/health` and `/metrics` of its stages (on "
+            "`host`); none by default. `clew worker --http-port` sets it too."
+        ),
+    )
 
 
 class MetricsSettings(Section):

@@ -12,6 +12,7 @@ from clew.log.base import Consumer, Log, Record, TopicPartition
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter
+from clew.store.base import StoreConflictError
 from clew.topics import DLQ_TOPIC
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ _TAIL_SPAN = 10_000
 STAGE_FAILURES = "stage_errors"
 RECORDS_SET_ASIDE = "set_aside"
 SHREDDED_RECORDS = "shredded_records"
+# Attempts that met another writer's conflicting commit (expected with several writers on
+# one store): counted apart from failures, logged at DEBUG, retried as any failure.
+STAGE_CONFLICTS = "conflicts"
 
 
 class StageRunner:
@@ -91,8 +95,18 @@ class StageRunner:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Ask the stage to stop after its current batch and wait up to ``timeout_s`` for
+        it; a runner still busy then (a call to an unreachable service) is left to end with
+        the process (its thread is a daemon): what it did not commit is processed again."""
         self._stop.set()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning(
+                "stage %s did not stop within %g s; leaving what it did not commit to the next "
+                "start",
+                self.stage.group,
+                timeout_s,
+            )
 
     @property
     def alive(self) -> bool:
@@ -135,9 +149,14 @@ class StageRunner:
                 consumer.close()
 
     def _failed(self, exc: Exception) -> None:
+        group = self.stage.group
+        if isinstance(exc, StoreConflictError):
+            if self._counters is not None:
+                self._counters.add(group, Counter({STAGE_CONFLICTS: 1}))
+            logger.debug("stage %s met a concurrent write (%s); running it again", group, exc)
+            return
         self.errors += 1
         self.last_error = repr(exc)
-        group = self.stage.group
         if self._counters is not None:
             # Counted where `clew serve` can see it (/health, /metrics), even when this stage
             # runs in a worker process.

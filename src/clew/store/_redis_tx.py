@@ -38,7 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from clew.store.base import StoreError
+from clew.store.base import StoreConflictError, StoreError
 
 Kind = Literal["str", "hash", "zset"]
 _Op = tuple[str, Any]
@@ -62,7 +62,7 @@ class RedisUnavailableError(StoreError):
     under way may or may not have been applied (each is all-or-nothing)."""
 
 
-class RedisConflictError(StoreError):
+class RedisConflictError(StoreConflictError):
     """Another writer kept changing what this transaction read, so it was not applied."""
 
 

@@ -50,6 +50,12 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked; the message says why."""
 
 
+class StoreConflictError(StoreError):
+    """Another writer changed what a transaction read before it committed, so none of it
+    was written. Expected where several writers share one store (two profiles workers on one
+    Redis): the caller runs the work again, and nothing is wrong with it or its data."""
+
+
 class UnknownProfileError(StoreError):
     def __init__(self, profile_id: str) -> None:
         super().__init__(
