@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +39,17 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
                 pytrace=False,
             )
         raise
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def cli_store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The serving store every ``clew`` command of the test uses, through the environment:
+    the embedded files, or the session's Redis under a key prefix of the test's own."""
+    if request.param == "redis":
+        monkeypatch.setenv("CLEW_STORE__BACKEND", "redis")
+        monkeypatch.setenv("CLEW_STORE__REDIS_URL", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("CLEW_STORE__REDIS_PREFIX", f"cli-{uuid.uuid4().hex}")
+    return str(request.param)
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from typer.testing import CliRunner
 from _support import WRITE_KEY, ServeProcess, clew_bin, lake_count, wait_for
 from clew._datadir import claim_data_dir
 from clew.cli import app
+from clew.config import Settings
 from clew.sources import Catalog
 
 runner = CliRunner()
 
 
-def test_sources_create_prints_the_key_and_list_shows_it(tmp_path: Path) -> None:
+def test_sources_create_prints_the_key_and_list_shows_it(tmp_path: Path, cli_store: str) -> None:
     d = str(tmp_path)
     out = runner.invoke(app, ["sources", "create", "web", "--data-dir", d])
     assert out.exit_code == 0
@@ -37,17 +38,20 @@ def test_sources_create_prints_the_key_and_list_shows_it(tmp_path: Path) -> None
     assert again.exit_code == 1 and "already exists" in again.stderr
 
 
-def test_tokens_are_shown_once_and_stored_hashed(tmp_path: Path) -> None:
+def test_tokens_are_shown_once_and_stored_hashed(tmp_path: Path, cli_store: str) -> None:
     out = runner.invoke(app, ["tokens", "create", "ci", "--data-dir", str(tmp_path)])
     token = out.stdout.strip()
     assert out.exit_code == 0 and token.startswith("clew_")
-    catalog = Catalog(tmp_path / "meta.db")
+    catalog = Catalog.open(Settings(data_dir=tmp_path))
     try:
         assert catalog.verify_token(token)
         assert not catalog.verify_token(token + "x")
+        assert token not in repr(catalog.store.token_hashes())
     finally:
         catalog.close()
-    assert token.encode() not in (tmp_path / "meta.db").read_bytes()
+    meta = tmp_path / "meta.db"
+    assert meta.exists() == (cli_store == "sqlite")
+    assert not meta.exists() or token.encode() not in meta.read_bytes()
 
 
 def test_sql_formats_and_errors(tmp_path: Path) -> None:

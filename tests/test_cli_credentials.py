@@ -24,7 +24,9 @@ def _clew(data_dir: Path, *args: str) -> tuple[int, str, str]:
     return out.exit_code, out.stdout, " ".join(out.stderr.split())
 
 
-def test_tokens_get_scopes_an_expiry_and_a_listing_without_secrets(tmp_path: Path) -> None:
+def test_tokens_get_scopes_an_expiry_and_a_listing_without_secrets(
+    tmp_path: Path, cli_store: str
+) -> None:
     code, token, said = _clew(tmp_path, "tokens", "create", "bi")
     assert code == 0 and token.strip().startswith("clew_")
     assert "scopes sql, profiles" in said
@@ -106,7 +108,7 @@ def test_a_removed_source_stops_sending_and_its_name_stays_taken(
     assert code == 1 and "its name stays taken" in said
 
 
-def test_source_names_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+def test_source_names_differing_only_in_case_are_refused(tmp_path: Path, cli_store: str) -> None:
     assert _clew(tmp_path, "sources", "create", "Web")[0] == 0
     code, _, said = _clew(tmp_path, "sources", "create", "web")
     assert code == 1 and "unique ignoring case" in said

@@ -1,0 +1,149 @@
+"""One control plane: machines with data directories of their own on one Redis share the
+catalog of sources, write keys and tokens (the same ids everywhere, a change on one live on
+all within a second); a ``meta.db`` moves into it with `clew sources migrate`; and `clew
+identity explain` reads either serving store."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from _support import WRITE_KEY, make_settings, wait_for
+from clew.background import BackgroundServer
+from clew.cli import app
+from clew.config import Settings
+from clew.sources import DEFAULT_SOURCE, Catalog
+
+runner = CliRunner()
+
+
+def _clew(data_dir: Path, *args: str) -> Result:
+    return runner.invoke(app, [*args, "--data-dir", str(data_dir)], env={"COLUMNS": "200"})
+
+
+def _said(result: Result) -> str:
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def _listing(data_dir: Path) -> list[dict[str, Any]]:
+    out = _clew(data_dir, "sources", "list", "--removed", "--json")
+    assert out.exit_code == 0, out.output
+    return list(json.loads(out.stdout))
+
+
+def _on_redis(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    monkeypatch.setenv("CLEW_STORE__BACKEND", "redis")
+    monkeypatch.setenv("CLEW_STORE__REDIS_URL", redis_url)
+    monkeypatch.setenv("CLEW_STORE__REDIS_PREFIX", f"cp-{uuid.uuid4().hex}")
+
+
+def test_two_machines_on_one_redis_share_sources_keys_and_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    _on_redis(monkeypatch, redis_url)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for machine in (one, two):  # the deploy pipeline runs the same command on every machine
+        created = _clew(machine, "sources", "create", "web", "--write-key", "web-key-123")
+        assert created.exit_code == 0 and created.stdout.strip() == "web-key-123"
+    assert _listing(one) == _listing(two) and [s["name"] for s in _listing(one)] == ["web"]
+    web_id = _listing(one)[0]["id"]
+
+    # What a collector or `clew serve` holds on each machine.
+    a, b = Catalog.open(Settings(data_dir=one)), Catalog.open(Settings(data_dir=two))
+    try:
+        assert a.ensure_source(DEFAULT_SOURCE) == b.ensure_source(DEFAULT_SOURCE)
+        src = a.source_for_key("web-key-123")
+        assert src is not None and src.id == web_id
+
+        rotated = _clew(two, "sources", "rotate", "web")
+        assert rotated.exit_code == 0, rotated.output
+        start = time.monotonic()
+        wait_for(lambda: a.source_for_key("web-key-123") is None, timeout_s=5)
+        assert time.monotonic() - start < 1.0
+        new = a.source_for_key(rotated.stdout.strip())
+        assert new is not None and new.id == web_id
+
+        token = _clew(one, "tokens", "create", "ops", "--scope", "all").stdout.strip()
+        assert b.verify_token(token)
+        assert _clew(two, "tokens", "revoke", "ops").exit_code == 0
+        assert not a.verify_token(token)
+
+        assert _clew(one, "sources", "remove", "web").exit_code == 0
+        wait_for(lambda: b.source_for_key(rotated.stdout.strip()) is None, timeout_s=1)
+    finally:
+        a.close()
+        b.close()
+    assert not (one / "meta.db").exists() and not (two / "meta.db").exists()
+
+
+def test_sources_migrate_moves_a_meta_db_into_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    data, other = tmp_path / "data", tmp_path / "other"
+    assert _clew(data, "sources", "create", "web", "--write-key", "web-key-123").exit_code == 0
+    assert _clew(data, "sources", "rotate", "web", "--grace", "1h").exit_code == 0
+    token = _clew(data, "tokens", "create", "ops", "--scope", "admin").stdout.strip()
+    assert _clew(other, "sources", "create", "web", "--write-key", "web-key-456").exit_code == 0
+    before = _listing(data)
+
+    _on_redis(monkeypatch, redis_url)
+    assert _listing(data) == []
+    moved = _clew(data, "sources", "migrate")
+    assert moved.exit_code == 0 and "1 source(s) and 1 token(s)" in _said(moved)
+    assert _listing(data) == before
+    again = _clew(data, "sources", "migrate")
+    assert again.exit_code == 0 and _listing(data) == before
+    catalog = Catalog.open(Settings(data_dir=data))
+    try:
+        assert catalog.source_for_key("web-key-123") is not None  # in its grace period
+        found = catalog.token_for(token)
+        assert found is not None and found.scopes == {"admin"}
+    finally:
+        catalog.close()
+
+    clash = _clew(data, "sources", "migrate", str(other / "meta.db"))
+    assert clash.exit_code == 0
+    assert "warning: source 'web'" in _said(clash) and "not copied" in _said(clash)
+    assert _listing(data) == before
+
+    refused = _clew(data, "sources", "migrate", str(tmp_path / "nothing.db"))
+    assert refused.exit_code == 1 and "no catalog at" in _said(refused)
+
+
+def test_sources_migrate_refuses_to_copy_the_embedded_catalog_onto_itself(
+    tmp_path: Path,
+) -> None:
+    assert _clew(tmp_path, "sources", "create", "web").exit_code == 0
+    out = _clew(tmp_path, "sources", "migrate")
+    assert out.exit_code == 1 and "catalog already" in _said(out)
+
+
+def test_identity_explain_reads_either_serving_store(tmp_path: Path, cli_store: str) -> None:
+    settings = make_settings(tmp_path / "data")
+    assert settings.store.backend == cli_store
+    event = {
+        "type": "identify",
+        "userId": "ada-1",
+        "messageId": "m-1",
+        "traits": {"email": "ada@shop.test"},
+    }
+    with BackgroundServer(settings) as srv:
+        srv.clew.catalog.create_source("tests", WRITE_KEY)
+        answer = httpx.post(f"{srv.url}/v1/identify", json=event, auth=(WRITE_KEY, ""))
+        assert answer.status_code == 200
+        wait_for(srv.clew.drained)
+        out = _clew(settings.data_dir, "identity", "explain", "email:ada@shop.test", "--json")
+    assert out.exit_code == 0, out.output
+    reasons = json.loads(out.stdout)["reasons"]
+    assert {r["identifier"] for r in reasons if r["kind"] == "identity"} >= {
+        "email:ada@shop.test",
+        "user_id:ada-1",
+    }
+    assert {r["source"] for r in reasons if r["kind"] == "identity"} == {"tests"}
