@@ -59,7 +59,7 @@ class Clew:
             settings.data_dir, f"http://{settings.host}:{settings.port}"
         )
         self.log = open_log(settings)
-        self.catalog = Catalog(settings.meta_path)
+        self.catalog = Catalog.open(settings)
         self.default_source: Source = self.catalog.ensure_source(DEFAULT_SOURCE)
         self.lake = Lake(
             settings.lake_location,
@@ -87,7 +87,7 @@ class Clew:
                 self._closers.extend(closers)
         else:
             self.workers = [WorkerProcess(group, settings) for group in SERVE_WORKERS]
-        self.suppression = Suppression.open(settings)
+        self.suppression = Suppression.open(settings, keep_on_outage=True)
         self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
         # The Profile API reads through its own handle: SQLite WAL readers never wait for the
         # profiles stage's write transactions, so reads on the event loop stay fast. A Redis
