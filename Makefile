@@ -6,7 +6,7 @@ DATA_DIR ?= ./.clew
 HOST ?= 127.0.0.1
 PORT ?= 8088
 
-.PHONY: run test test-fast lint typecheck services pytest pytest-fast bench clean
+.PHONY: run test test-fast lint typecheck services pytest pytest-fast bench clean cluster cluster-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,14 @@ pytest-fast: services
 bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/latency.py
+
+# A local Kafka (KRaft) and Redis (append-only file) on loopback, and .cluster/clew.toml for
+# scale-out (docs/operations.md); `make cluster-stop` stops them, keeping their data.
+cluster:
+	sh scripts/cluster.sh start
+
+cluster-stop:
+	sh scripts/cluster.sh stop
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache
