@@ -13,3 +13,9 @@ def describe(exc: BaseException) -> str:
     """
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= _ERROR_CHARS else text[: _ERROR_CHARS - 1] + "…"
+
+
+class ServiceUnavailableError(RuntimeError):
+    """A service Clew depends on (Redis, Kafka, object storage) cannot be reached now. Nothing
+    is wrong with the data in hand: a stage retries it with backoff (never sets a record
+    aside for it), and an HTTP handler answers 503 with ``Retry-After``."""

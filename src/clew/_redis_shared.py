@@ -9,10 +9,42 @@ machine's data directory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from clew._errors import ServiceUnavailableError
 
 if TYPE_CHECKING:
     from clew.config import Settings
+
+_T = TypeVar("_T")
+
+
+class RedisUnreachableError(ServiceUnavailableError):
+    """Redis could not be reached, or stopped answering, during a call on shared state
+    (deduplication claims, the suppression list, audience definitions). redis-py reconnects
+    on the next call, so retrying later is all there is to do."""
+
+
+def reaching(doing: str, call: Callable[[], _T]) -> _T:
+    """``call()``, with redis-py's connection errors and timeouts (and a cluster's
+    redirections that last too long) raised as :class:`RedisUnreachableError` naming what
+    was being done."""
+    import redis
+
+    try:
+        return call()
+    except (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        redis.ReadOnlyError,
+        redis.exceptions.ClusterError,
+        redis.exceptions.TryAgainError,
+        OSError,
+    ) as exc:
+        raise RedisUnreachableError(
+            f"cannot reach Redis while {doing} ({exc}); check that it is running and reachable"
+        ) from exc
 
 
 def redis_client(settings: Settings) -> Any:

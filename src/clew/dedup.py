@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from clew._redis_shared import reaching
 from clew._sqlite import open_sqlite, transaction
 
 _SCHEMA = """
@@ -105,7 +106,7 @@ class RedisDedupIndex:
         pipe = self._client.pipeline(transaction=False)
         for mid, origin in first.items():
             pipe.set(f"{self._prefix}:{mid}", origin, nx=True, get=True, px=self._window_ms)
-        held = dict(zip(first, pipe.execute(), strict=True))
+        held = dict(zip(first, reaching("claiming message ids", pipe.execute), strict=True))
         for idx, (mid, origin) in enumerate(items):
             before = held[mid]
             if before is not None and before.decode() != origin:

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from clew._errors import ServiceUnavailableError
 from clew.api._auth import check_token_or_basic, error
 from clew.events import parse_time
 from clew.identity.identifiers import normalise_identifier
@@ -41,6 +42,8 @@ PROFILE_ID_TYPES = frozenset({"profile_id", "segment_id"})
 _SEGMENT_PATH = "/v1/spaces/{space}/collections/users/profiles/{identifier:path}"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SCAN_BATCH = 100
+# Seconds a client is told to wait when the serving store cannot be reached.
+STORE_RETRY_AFTER_S = 5
 _SHAPE = "`id_type:value`, e.g. `user_id:42`, `email:ada@shop.test` or `profile_id:<id>`"
 
 
@@ -93,6 +96,10 @@ def profile_routes(
                     body = handler(store, ask)
             except _Refused as refusal:
                 return error(refusal.status, refusal.code, refusal.message)
+            except ServiceUnavailableError as exc:
+                refused = error(503, "store_unavailable", f"{exc}; retry later")
+                refused.headers["Retry-After"] = str(STORE_RETRY_AFTER_S)
+                return refused
             return Response(body, media_type="application/json")
 
         return Route(path, endpoint, methods=["GET"])

@@ -19,10 +19,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from clew._errors import ServiceUnavailableError
 from clew.config import Limits
 from clew.events import PATH_TYPES
 from clew.log.base import Log, LogError, Message
@@ -211,8 +212,9 @@ class Collector:
         n_events = _count_events(parsed, body, self._limits)
         if n_events == 0:
             return 0
-        if self._suppression is not None and self._suppression.active:
-            kept, suppressed = _without_suppressed(self._suppression, body, parsed, path_type)
+        suppression = self._suppression
+        if suppression is not None and _reachable(lambda: suppression.active):
+            kept, suppressed = _without_suppressed(suppression, body, parsed, path_type)
             if suppressed:
                 self.counters["events_suppressed"] += suppressed
                 n_events -= suppressed
@@ -224,7 +226,7 @@ class Collector:
 
     def _source_for(self, write_key: str, seen: _Seen) -> Source:
         """The source of ``write_key``; 401 when it is no source's key."""
-        source = self._catalog.source_for_key(write_key)
+        source = _reachable(lambda: self._catalog.source_for_key(write_key))
         if source is None:
             raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
         seen.source_id = source.id
@@ -274,6 +276,18 @@ class Collector:
                     )
 
         written.add_done_callback(lambda f: loop.call_soon_threadsafe(settle, f))
+
+
+_T = TypeVar("_T")
+
+
+def _reachable(call: Callable[[], _T]) -> _T:
+    """``call()``; a service it needs being unreachable (the suppression list's or the source
+    catalog's Redis) is a 503 with ``Retry-After``, as a log that cannot be written is."""
+    try:
+        return call()
+    except ServiceUnavailableError as e:
+        raise _Refusal(503, "unavailable", str(e), retry_after=5) from None
 
 
 def _content_encoding(headers: dict[bytes, bytes]) -> bytes:

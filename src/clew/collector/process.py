@@ -45,10 +45,10 @@ class CollectorProcess:
         self.log: Log = open_log(settings)
         self._closers: list[Callable[[], None]] = [self.log.close]
         try:
-            self.catalog = Catalog(settings.meta_path)
+            self.catalog = Catalog.open(settings)
             self._closers.append(self.catalog.close)
             self.default_source = _ensure_default_source(self.catalog)
-            self.suppression = Suppression.open(settings)
+            self.suppression = Suppression.open(settings, keep_on_outage=True)
             self._closers.append(self.suppression.close)
         except BaseException:
             self.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from clew._redis_shared import key, redis_client
+from clew._redis_shared import key, reaching, redis_client
 from clew.definition_store import StorageBusyError, Version
 
 if TYPE_CHECKING:
@@ -47,10 +47,13 @@ class RedisStorage:
         return cls(redis_client(settings), key(settings))
 
     def names(self) -> list[str]:
-        return sorted(n.decode() for n in self._client.hkeys(self._defs))
+        names = reaching("reading audience definitions", lambda: self._client.hkeys(self._defs))
+        return sorted(n.decode() for n in names)
 
     def read(self, name: str) -> bytes:
-        content = self._client.hget(self._defs, name)
+        content = reaching(
+            "reading audience definitions", lambda: self._client.hget(self._defs, name)
+        )
         if content is None:
             raise FileNotFoundError(name)
         return bytes(content)
@@ -62,7 +65,7 @@ class RedisStorage:
         self._client.hdel(self._defs, name)
 
     def version(self) -> Version:
-        value = self._client.get(self._gen)
+        value = reaching("reading audience definitions", lambda: self._client.get(self._gen))
         return (("redis", int(value) if value is not None else 0, 0),)
 
     def bump(self) -> None:

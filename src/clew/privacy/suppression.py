@@ -15,12 +15,14 @@ together was deleted. A deletion's own entries are marked temporary (see the run
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from clew._errors import ServiceUnavailableError
 from clew.config import Settings
 from clew.events import Event
 from clew.identity.identifiers import ANONYMOUS_ID, extract
@@ -48,6 +50,8 @@ __all__ = [
     "SuppressionList",
     "open_suppression_list",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Longest a checker goes without looking for changes to the list.
 RELOAD_S = 0.5
@@ -123,8 +127,17 @@ class Suppression:
     the fields identity extraction reads, and the answer for those fields is remembered until
     the list changes: a person's next events cost a lookup, a new person a few HMACs."""
 
-    def __init__(self, source: Path | ListSource, salt: bytes, rules: IdentityRules) -> None:
+    def __init__(
+        self,
+        source: Path | ListSource,
+        salt: bytes,
+        rules: IdentityRules,
+        *,
+        keep_on_outage: bool = False,
+    ) -> None:
         self._source = SqliteListSource(source) if isinstance(source, Path) else source
+        self._keep_on_outage = keep_on_outage
+        self._outage_logged = False
         self._salt = salt
         self._rules = rules
         self._table = rules.table()
@@ -136,23 +149,44 @@ class Suppression:
         self.refresh(force=True)
 
     @classmethod
-    def open(cls, settings: Settings) -> Suppression:
-        """The checker of the configured list (:func:`clew.backends.open_suppression_source`)."""
+    def open(cls, settings: Settings, *, keep_on_outage: bool = False) -> Suppression:
+        """The checker of the configured list (:func:`clew.backends.open_suppression_source`).
+        ``keep_on_outage``: see :meth:`refresh`."""
         from clew.backends import open_suppression_source
 
-        return cls(open_suppression_source(settings), load_salt(settings), settings.identity.rules)
+        return cls(
+            open_suppression_source(settings),
+            load_salt(settings),
+            settings.identity.rules,
+            keep_on_outage=keep_on_outage,
+        )
 
     def refresh(self, force: bool = False) -> None:
         """Reload the list if it changed; looks at most every :data:`RELOAD_S` seconds unless
-        ``force``."""
+        ``force``. When the list's store cannot be reached this raises
+        :class:`~clew._errors.ServiceUnavailableError`, unless the checker was made with
+        ``keep_on_outage`` and has loaded the list before: it then goes on with that list
+        (the collector does, since the validate stage checks every event again against the
+        list as it is when it gets there, and the privacy runner waits for that stage)."""
         now = time.monotonic()
         if not force and now - self._checked < RELOAD_S:
             return
         self._checked = now
-        generation = self._source.generation()
-        if generation == self._generation:
+        try:
+            generation = self._source.generation()
+            if generation == self._generation:
+                self._outage_logged = False
+                return
+            hashes = frozenset(bytes.fromhex(h) for h in self._source.hashes())
+        except ServiceUnavailableError as exc:
+            if not self._keep_on_outage or self._generation < 0:
+                raise
+            if not self._outage_logged:
+                self._outage_logged = True
+                logger.warning("suppression list unreachable; going on with the last one: %s", exc)
             return
-        self._hashes = frozenset(bytes.fromhex(h) for h in self._source.hashes())
+        self._outage_logged = False
+        self._hashes = hashes
         self._seen.clear()
         self._generation = generation
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+from clew._errors import ServiceUnavailableError
 from clew._sqlite import open_sqlite
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.log.base import Log, LogError, Message, Record
@@ -31,9 +32,14 @@ from clew.store.base import StoreError
 
 # How long a stage that set records aside stays ``degraded`` in /health.
 RECENT_S = 900.0
-# Errors of what a stage talks to (disk, network, the log, the serving store): retried until
-# they pass, never blamed on a record, so an outage never empties the log into the dlq.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (OSError, LogError, StoreError)
+# Errors of what a stage talks to (disk, network, the log, the serving store, Redis): retried
+# until they pass, never blamed on a record, so an outage never empties the log into the dlq.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    LogError,
+    StoreError,
+    ServiceUnavailableError,
+)
 
 _encoder = msgspec.json.Encoder()
 

@@ -38,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from clew._errors import ServiceUnavailableError
 from clew.store.base import StoreConflictError, StoreError
 
 Kind = Literal["str", "hash", "zset"]
@@ -57,7 +58,7 @@ class Connection(Protocol):
     def disconnect(self) -> None: ...
 
 
-class RedisUnavailableError(StoreError):
+class RedisUnavailableError(StoreError, ServiceUnavailableError):
     """Redis could not be reached, or the connection broke during a call. A write that was
     under way may or may not have been applied (each is all-or-nothing)."""
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from clew._redis_shared import key, redis_client
+from clew._redis_shared import key, reaching, redis_client
 
 if TYPE_CHECKING:
     from clew.config import Settings
@@ -75,7 +75,12 @@ class RedisSuppressionList:
         if not fields:
             return 0
         args = [part for pair in fields.items() for part in pair]
-        return int(self._add(keys=[self._entries, self._gen], args=args))
+        return int(
+            reaching(
+                "adding to the suppression list",
+                lambda: self._add(keys=[self._entries, self._gen], args=args),
+            )
+        )
 
     def lift_request(self, request_id: str) -> int:
         return self._remove(lambda entries: [k for k in entries if k[1] == request_id])
@@ -92,11 +97,19 @@ class RedisSuppressionList:
         return self._remove(chosen) if wanted else 0
 
     def _remove(self, chosen: Callable[[_Entries], list[tuple[str, str]]]) -> int:
-        doomed = chosen(_decode(self._client.hgetall(self._entries)))
+        entries = reaching(
+            "reading the suppression list", lambda: self._client.hgetall(self._entries)
+        )
+        doomed = chosen(_decode(entries))
         if not doomed:
             return 0
         args = [_encode(k) for k in doomed]
-        return int(self._remove_fields(keys=[self._entries, self._gen], args=args))
+        return int(
+            reaching(
+                "lifting suppressions",
+                lambda: self._remove_fields(keys=[self._entries, self._gen], args=args),
+            )
+        )
 
     def contains(self, hash_: str) -> bool:
         return any(h == hash_ for h, _ in self._fields())
@@ -110,14 +123,17 @@ class RedisSuppressionList:
     # -- checker source -------------------------------------------------------------------
 
     def generation(self) -> int:
-        value = self._client.get(self._gen)
+        """Raises :class:`~clew._redis_shared.RedisUnreachableError` while Redis is away (so
+        do :meth:`hashes` and the writer's methods)."""
+        value = reaching("reading the suppression list", lambda: self._client.get(self._gen))
         return int(value) if value is not None else 0
 
     def hashes(self) -> set[str]:
         return {h for h, _ in self._fields()}
 
     def _fields(self) -> list[tuple[str, str]]:
-        return [_field.decode(f) for f in self._client.hkeys(self._entries)]
+        keys = reaching("reading the suppression list", lambda: self._client.hkeys(self._entries))
+        return [_field.decode(f) for f in keys]
 
     def close(self) -> None:
         self._client.close()
