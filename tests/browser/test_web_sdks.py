@@ -296,3 +296,35 @@ def test_the_readme_page_code_sends_from_another_origin(
         finally:
             page.close()
     assert log.errors == []
+
+
+def test_rudderstack_beacon_transport_lands(
+    browser: Any, server: BackgroundServer, tmp_path: Path
+) -> None:
+    """RudderStack's ``useBeacon: true`` queues events and sends them with
+    ``navigator.sendBeacon`` to ``/beacon/v1/batch?writeKey=…`` (text/plain, no header) when
+    the visitor leaves the page."""
+    (tmp_path / "beacon.html").write_text(
+        "<!doctype html><title>Beacon</title><link rel=icon href=data:,>"
+        f'<script src="{server.url}/v3/modern/rsa.umd.js"></script><script>'
+        "var rudderanalytics = new window.rudderanalytics.RudderAnalytics();"
+        f'rudderanalytics.load("{WRITE_KEY}", "{server.url}", '
+        f'{{configUrl: "{server.url}", useBeacon: true}});'
+        'rudderanalytics.track("Beacon Sent", {via: "sendBeacon"});'
+        'rudderanalytics.ready(function () { document.title = "ready"; });'
+        "</script>"
+    )
+    log = PageLog()
+    config = SiteConfig(server.url, WRITE_KEY)
+    with ExampleSite(config, "127.0.0.1", free_port(), tmp_path) as shop:
+        page = log.watch(browser.new_page())
+        try:
+            page.goto(f"{shop.url}/beacon.html")
+            page.wait_for_function("document.title === 'ready'")
+            assert server.clew.collector.counters["requests_accepted"] == 0  # queued
+            page.goto("about:blank")  # leaving the page sends the beacon
+            where = "event = 'Beacon Sent'"
+            wait_for(lambda: lake_count(server.settings.data_dir, where=where), timeout_s=LANDED_S)
+        finally:
+            page.close()
+    assert log.errors == []

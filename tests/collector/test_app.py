@@ -460,6 +460,30 @@ def test_send_beacon_text_plain_bodies_are_accepted_on_the_short_paths(
     assert types == {ids["t"]: "track", ids["p"]: "page", ids["i"]: "identify", ids["b"]: "screen"}
 
 
+def test_rudderstack_beacon_batches_carry_the_write_key_in_the_query(
+    server: BackgroundServer,
+) -> None:
+    """RudderStack's JS SDK with ``useBeacon`` posts ``{"batch": […], "sentAt": …}`` as
+    text/plain to ``/beacon/v1/batch?writeKey=KEY``: a beacon sends no header. The query's key
+    is read on that path only."""
+    mid = new_id()
+    body = orjson.dumps({"batch": [event(mid)], "sentAt": "2026-01-01T00:00:00.000Z"})
+    beacon = {"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://shop.test"}
+    with client(server) as c:
+        r = c.post(f"/beacon/v1/batch?writeKey={WRITE_KEY}", content=body, headers=beacon)
+        assert_success(r)
+        assert r.headers["access-control-allow-origin"] == "http://shop.test"
+        refused = {
+            "/beacon/v1/batch": "missing_write_key",
+            "/beacon/v1/batch?writeKey=nobody-at-all": "invalid_write_key",
+            f"/v1/batch?writeKey={WRITE_KEY}": "missing_write_key",
+        }
+        for path, code in refused.items():
+            r = c.post(path, content=body, headers=beacon)
+            assert (r.status_code, r.json()["code"]) == (401, code), path
+    wait_landed(server, mid)
+
+
 def test_a_gzip_body_is_accepted(server: BackgroundServer) -> None:
     ids = [new_id(), new_id()]
     body = gzip.compress(batch(*[event(m) for m in ids]))

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs
 
 import msgspec
 
@@ -41,6 +42,9 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 _SUCCESS = b'{"success":true}'
+#: Where RudderStack's JavaScript SDK posts batches with ``navigator.sendBeacon`` (its
+#: ``useBeacon`` option). A beacon carries no header, so the write key is in the query string.
+BEACON_PATH = "/beacon/v1/batch"
 # curl sends form-urlencoded unless told otherwise; its body is still read as JSON.
 _JSON_TYPES = (b"application/json", b"text/plain", b"", b"application/x-www-form-urlencoded")
 _ALLOWED_HEADERS = b"Content-Type, Authorization, Content-Encoding, Anonymousid"
@@ -97,8 +101,9 @@ class _Refusal(Exception):
 
 
 class Collector:
-    """ASGI app for ``/v1/{track,identify,page,screen,group,alias,batch,import}`` and the
-    analytics.js short paths. ``counters`` counts requests, events and refusals by code.
+    """ASGI app for ``/v1/{track,identify,page,screen,group,alias,batch,import}``, the
+    analytics.js short paths and RudderStack's beacon path (:data:`BEACON_PATH`).
+    ``counters`` counts requests, events and refusals by code.
 
     With ``suppression``, events of a suppressed person are answered like any other but not
     stored (``events_suppressed`` counts them; ``events_accepted`` counts stored events)."""
@@ -123,7 +128,9 @@ class Collector:
 
     @staticmethod
     def handles(path: str) -> bool:
-        return path.startswith("/v1/") and path[4:].rstrip("/") in PATH_TYPES
+        if path.startswith("/v1/"):
+            return path[4:].rstrip("/") in PATH_TYPES
+        return path.rstrip("/") == BEACON_PATH
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope["headers"])
@@ -134,9 +141,12 @@ class Collector:
                 return
             if scope["method"] != "POST":
                 raise _Refusal(405, "method_not_allowed", "send events with POST", allow=True)
-            path_type = PATH_TYPES[scope["path"][4:].rstrip("/")]
+            if scope["path"].startswith("/v1/"):
+                path_type, query_key = PATH_TYPES[scope["path"][4:].rstrip("/")], None
+            else:
+                path_type, query_key = "batch", _beacon_key(scope["query_string"])
             seen = _Seen()
-            n_events = await self._handle(path_type, headers, receive, seen)
+            n_events = await self._handle(path_type, headers, receive, seen, query_key)
             self.counters["requests_accepted"] += 1
             self.counters["events_accepted"] += n_events
             await _respond(send, 200, _SUCCESS, origin)
@@ -186,15 +196,20 @@ class Collector:
         )
 
     async def _handle(
-        self, path_type: str, headers: dict[bytes, bytes], receive: Receive, seen: _Seen
+        self,
+        path_type: str,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        seen: _Seen,
+        query_key: str | None = None,
     ) -> int:
         """Check and append one request; the number of events stored (0 for an empty batch
         or one whose events are all of suppressed people). Refusals are raised, in the
-        order: media type, encoding, header write key, size, text, JSON, body write key,
-        batch shape and sizes."""
+        order: media type, encoding, header write key (for a beacon, the query's), size,
+        text, JSON, body write key, batch shape and sizes."""
         cap = self._limits.max_request_bytes
         encoding = _content_encoding(headers)
-        header_key = _basic_auth_user(headers.get(b"authorization"))
+        header_key = _basic_auth_user(headers.get(b"authorization")) or query_key
         source = None if header_key is None else self._source_for(header_key, seen)
         body = await _read_body(receive, cap, seen)
         if encoding == b"gzip":
@@ -420,6 +435,12 @@ def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:
     if "$.writeKey" in text:
         return _Refusal(401, "invalid_write_key", "writeKey must be a string")
     return _Refusal(400, "invalid_json", f"the body must be a JSON object: {text}")
+
+
+def _beacon_key(query_string: bytes) -> str | None:
+    """The ``writeKey`` of a beacon's query string."""
+    keys = parse_qs(query_string.decode("latin-1")).get("writeKey")
+    return keys[0] if keys and keys[0] else None
 
 
 def _basic_auth_user(value: bytes | None) -> str | None:
