@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clew._datadir import NoDataDirError, lock_data_dir
+from clew.background import free_port
 from clew.cli import app
 from clew.cli._errors import EXIT_CODES, ExitCode
 
@@ -139,6 +140,23 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert out.exit_code == ExitCode.UNAVAILABLE
     line = _one_error_line(out.stderr)
     assert f"port {port} on 127.0.0.1 is in use" in line and "--port" in line
+
+
+def test_serve_with_the_example_site_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = runner.invoke(
+            app,
+            [
+                *("serve", "--port", str(free_port()), "--data-dir", str(tmp_path)),
+                *("--examples", "--examples-port", str(port)),
+            ],
+        )
+    assert out.exit_code == ExitCode.UNAVAILABLE
+    line = _one_error_line(out.stderr)
+    assert f"port {port} on 127.0.0.1 is in use" in line and "--examples-port" in line
 
 
 def test_a_sql_error_is_duckdbs_message_without_a_traceback(tmp_path: Path) -> None:

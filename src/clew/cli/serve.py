@@ -118,6 +118,7 @@ def serve(
 
 def _check_examples_port(host: str, port: int) -> None:
     from clew._ports import PortInUseError
+    from clew.cli._errors import ExitCode
 
     try:
         ensure_port_free(host, port)
@@ -125,7 +126,7 @@ def _check_examples_port(host: str, port: int) -> None:
         raise fail(
             f"port {port} on {host} is in use by another process: pick another port for the "
             "example site with --examples-port",
-            3,
+            ExitCode.UNAVAILABLE,
         ) from None
 
 
