@@ -207,6 +207,22 @@ class LakeLocation:
         themselves (``bucket/prefix`` on object storage)."""
         return _filesystem(self.uri, self.options)
 
+    def probe(self, timeout_s: float) -> None:
+        """Whether the object store answers: one request for the root's entry, bounded by
+        ``timeout_s`` and not retried; raises ``OSError`` saying why not. A local root has
+        no service to ask and always passes."""
+        if self.is_local:
+            return
+        from pyarrow import fs
+
+        s3 = _s3_filesystem(
+            self.options,
+            connect_timeout=timeout_s,
+            request_timeout=timeout_s,
+            retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1),
+        )
+        s3.get_file_info(self.uri.split("://", 1)[1])
+
 
 def _filesystem(uri: str, options: Mapping[str, str]) -> tuple[Any, str]:
     from pyarrow import fs
@@ -257,12 +273,13 @@ def s3_settings(options: Mapping[str, str]) -> S3Settings:
     )
 
 
-def _s3_filesystem(options: Mapping[str, str]) -> Any:
-    """pyarrow's S3 file system for the lake's bucket (:func:`s3_settings`)."""
+def _s3_filesystem(options: Mapping[str, str], **extra: Any) -> Any:
+    """pyarrow's S3 file system for the lake's bucket (:func:`s3_settings`); ``extra``:
+    more of its arguments (timeouts)."""
     from pyarrow import fs
 
     s3 = s3_settings(options)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(extra)
     if s3.endpoint:
         parts = urlsplit(s3.endpoint)
         kwargs["endpoint_override"] = parts.netloc or s3.endpoint

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from clew.config import Settings
     from clew.dedup import Dedup
     from clew.definition_store import Storage
+    from clew.dependencies import Dependency
     from clew.keys import KeyRing, KeyStore
     from clew.log.base import Log
     from clew.log.shredding import ShreddingLog
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "catalog_file",
+    "dependencies",
     "describe_log",
     "open_catalog_store",
     "open_dedup",
@@ -292,3 +294,66 @@ def catalog_file(settings: Settings) -> Path | None:
     """The file the configured catalog keeps on this machine, ``None`` when it lives in the
     shared store."""
     return None if _in_redis(settings) else settings.meta_path
+
+
+# -- the services behind them ----------------------------------------------------------------
+
+
+def dependencies(settings: Settings, *, lake: bool = True) -> list[Dependency]:
+    """The services the configured backends reach over the network, each with its probe
+    (:mod:`clew.dependencies`): Kafka when it holds the log; Redis when it holds the serving
+    store (then also the dedup claims, the suppression list and the data keys, so every role
+    needs it); object storage when it holds the lake or its cold tier and the process uses
+    the lake (``lake``). Empty for the embedded default. Nothing is opened here: each probe
+    connects when called."""
+    from clew.dependencies import Dependency
+
+    found: list[Dependency] = []
+    log = settings.log
+    if log.backend == "kafka":
+        from clew.log.kafka import KafkaUnavailableError
+
+        try:
+            from clew.log._kafka_probe import KafkaProbe
+        except ImportError as exc:
+            raise KafkaUnavailableError(
+                "the Kafka log backend needs confluent-kafka: pip install 'clew[kafka]'"
+            ) from exc
+        servers = log.bootstrap_servers
+        probe = KafkaProbe(servers, log.kafka_client)
+        found.append(Dependency("kafka", "Kafka", servers, "log.bootstrap_servers", probe))
+    if _in_redis(settings):
+        from functools import partial
+
+        from clew.store import _redis_probe
+
+        url = settings.store.redis_url
+        found.append(
+            Dependency(
+                "redis",
+                "Redis",
+                _redis_probe.address(url),
+                "store.redis_url",
+                partial(_redis_probe.probe, url),
+            )
+        )
+    if lake:
+        lake_at, cold_at = settings.lake_location, settings.cold_location
+        if not lake_at.is_local:
+            found.append(
+                Dependency(
+                    "object_storage", "object storage", lake_at.uri, lake_at.setting, lake_at.probe
+                )
+            )
+        # The cold tier is asked apart only when it is in another bucket.
+        if not cold_at.is_local and _bucket(cold_at.uri) != _bucket(lake_at.uri):
+            found.append(
+                Dependency(
+                    "cold_storage", "object storage", cold_at.uri, cold_at.setting, cold_at.probe
+                )
+            )
+    return found
+
+
+def _bucket(uri: str) -> str:
+    return uri.split("://", 1)[-1].split("/", 1)[0] if "://" in uri else ""

@@ -208,7 +208,9 @@ def uvicorn_config(app: Any, host: str, port: int, limits: HttpSettings) -> uvic
         interface="asgi3",
         access_log=False,
         log_level="warning",
-        timeout_graceful_shutdown=10,
+        # Responses still open when a signal arrives get this long: with the stages' own
+        # stop, a role's SIGTERM then ends within 10 s.
+        timeout_graceful_shutdown=3,
         timeout_keep_alive=limits.keep_alive_timeout_s,
         limit_concurrency=limits.max_connections + 1 if limits.enforce else None,
     )

@@ -17,10 +17,11 @@ from clew import server_metrics
 from clew._datadir import DATA_DIR_MODE, lock_data_dir
 from clew.api.app import build_api
 from clew.audiences.repository import open_repository
-from clew.backends import open_log, open_store
+from clew.backends import dependencies, open_log, open_store
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.console import ConsoleContext, console_routes
+from clew.dependencies import DependencyWatch, check_reachable
 from clew.edge import edge_routes
 from clew.http_limits import exit_on_signal, serve_until_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
@@ -31,15 +32,24 @@ from clew.privacy.suppression import Suppression
 from clew.server_metrics import MetricSources
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
-from clew.stages.runner import RECORDS_SET_ASIDE, STAGE_FAILURES, StageRunner
-from clew.stages.setaside import RECENT_S, StageLedger
-from clew.stages.workers import SERVE_WORKERS, WorkerProcess, build_stage
+from clew.stages.health import StageWatch, overall
+from clew.stages.runner import StageRunner
+from clew.stages.setaside import StageLedger
+from clew.stages.workers import (
+    SERVE_WORKERS,
+    STOP_TIMEOUT_S,
+    WorkerProcess,
+    build_stage,
+    stop_runners,
+)
 from clew.topics import STAGE_NAMES, STAGE_TOPICS
 
 logger = logging.getLogger(__name__)
 
 _RETENTION_EVERY_S = 600
 _SUPERVISE_EVERY_S = 0.5
+# How long `clew serve` lets the stages catch up on SIGTERM before stopping them.
+_SERVE_DRAIN_S = 2.0
 
 
 class Clew:
@@ -69,6 +79,15 @@ class Clew:
         self.lifecycle = LifecycleScheduler(settings, self.log)
         self._counters = CounterStore(settings.state_path)
         self._ledger = StageLedger(settings.state_path)
+        # What /health reports, sampled in the background so that it answers at once.
+        self.dependencies = DependencyWatch(dependencies(settings))
+        self._stage_watch = StageWatch(
+            self.log,
+            self._counters,
+            self._ledger,
+            STAGE_NAMES,
+            settings.stages.stalled_after_s,
+        )
         self.runners: list[StageRunner] = []
         self.workers: list[WorkerProcess] = []
         self._closers: list[Callable[[], None]] = []
@@ -118,7 +137,7 @@ class Clew:
             self.lake,
             self.metrics_text,
             self.health,
-            settings.registry_path,
+            settings,
             self.profiles,
             audiences,
             self.privacy.requests,
@@ -159,6 +178,8 @@ class Clew:
         self._scheduler.start()
         self.lifecycle.start()
         self.privacy.start()
+        self.dependencies.start()
+        self._stage_watch.start()
 
     def drained(self) -> bool:
         """True when every stage has committed everything in its topics."""
@@ -170,22 +191,32 @@ class Clew:
 
     def stop(self, drain_timeout_s: float = 20.0) -> None:
         """Refuse new events, let the stages catch up (up to ``drain_timeout_s``, so the lake
-        holds everything acknowledged), then stop them and close the stores. Whatever is not
+        holds everything acknowledged), then stop them (each finishes its batch, within
+        :data:`~clew.stages.workers.STOP_TIMEOUT_S`) and close the stores. Whatever is not
         drained in time stays in the log and is processed on the next start."""
         self.collector.accepting = False
         self._stopping = True
+        self.dependencies.stop()
+        self._stage_watch.stop()
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline and all(self.stage_alive().values()):
-            # A failing stage will not catch up; what it holds is processed after the restart.
-            if self.drained() or any(t.failing for t in self._ledger.trouble().values()):
+            # A failing stage will not catch up, nor any stage while a service it needs is
+            # out of reach; what they hold is processed after the restart.
+            if (
+                self.drained()
+                or self.dependencies.unreachable
+                or any(t.failing for t in self._ledger.trouble().values())
+            ):
                 break
             time.sleep(0.05)
         self._stop.set()
         self.privacy.stop()
-        for r in self.runners:
-            r.stop()
         for w in self.workers:
-            w.stop()
+            w.request_stop()
+        stop_runners(self.runners, STOP_TIMEOUT_S)
+        stop_by = time.monotonic() + STOP_TIMEOUT_S + 1
+        for w in self.workers:
+            w.stop(max(0.5, stop_by - time.monotonic()))
         for close in self._closers:
             close()
         self.lifecycle.stop()
@@ -219,35 +250,14 @@ class Clew:
 
     def health(self) -> dict[str, Any]:
         """``ok`` when every stage is running (HTTP 503 otherwise). ``status`` is ``ok``,
-        ``degraded`` (running, but a stage is failing now or set records aside within the
-        last ``RECENT_S`` seconds; each such stage has a ``reason``) or ``down``. Per stage,
-        ``errors`` counts its failures and ``set_aside`` the records it set aside, since the
-        data dir was created. ``lifecycle`` is ``failing`` (which makes ``status``
-        ``degraded``) from a lifecycle run that failed until one succeeds."""
-        trouble = self._ledger.trouble()
-        stages: dict[str, dict[str, Any]] = {}
-        for name, alive in self.stage_alive().items():
-            counts = self._counters.read(name)
-            t = trouble.get(name)
-            state, reason = "ok", None
-            if not alive:
-                state, reason = "down", "its process or thread is not running"
-            elif t is not None and t.failing is not None:
-                state, reason = "failing", t.failing
-            elif t is not None and t.set_aside_recent:
-                state = "set_aside"
-                reason = (
-                    f"set aside {t.set_aside_recent} record(s) in the last "
-                    f"{RECENT_S / 60:g} minutes (`clew dlq list --reason stage_failure`); "
-                    f"last: {t.last_set_aside}"
-                )
-            stages[name] = {
-                "alive": alive,
-                "status": state,
-                "reason": reason,
-                "errors": counts[STAGE_FAILURES],
-                "set_aside": counts[RECORDS_SET_ASIDE],
-            }
+        ``degraded`` (running, but a stage is failing, stalled or set records aside lately,
+        a service in ``dependencies`` does not answer, or the lifecycle run fails) or
+        ``down``. ``stages`` is :meth:`~clew.stages.health.StageWatch.stages`;
+        ``dependencies`` the last probe of each service (:mod:`clew.dependencies`);
+        ``lifecycle`` is ``failing`` from a lifecycle run that failed until one succeeds.
+        Answers from what background threads sampled: it never waits for a service."""
+        stages = self._stage_watch.stages(self.stage_alive())
+        deps = self.dependencies.state()
         lc = self.lifecycle
         lifecycle = {
             "enabled": lc.enabled,
@@ -255,10 +265,15 @@ class Clew:
             "reason": lc.failing,
             "failed_runs": lc.runs["failed"],
         }
-        ok = all(s["alive"] for s in stages.values())
-        degraded = lc.failing is not None or any(s["status"] != "ok" for s in stages.values())
-        status = "down" if not ok else "degraded" if degraded else "ok"
-        return {"ok": ok, "status": status, "stages": stages, "lifecycle": lifecycle}
+        ok, status = overall(stages, deps, degraded=lc.failing is not None)
+        return {
+            "ok": ok,
+            "status": status,
+            "role": "serve",
+            "stages": stages,
+            "dependencies": deps,
+            "lifecycle": lifecycle,
+        }
 
     def metrics_text(self) -> str:
         """``/metrics``: every family of this process in the Prometheus text format."""
@@ -294,9 +309,12 @@ def serve(
     access_log: bool = False,
 ) -> None:
     """Run Clew in the foreground until SIGINT or SIGTERM, then stop taking requests, let the
-    stages drain and return (the caller exits 0). A second signal during the drain ends the
+    stages drain and return (the caller exits 0); raises
+    :class:`~clew.dependencies.UnreachableError` within seconds when a service it needs does
+    not answer at startup. A second signal during the drain ends the
     process at once: SIGTERM with exit 143, SIGINT with KeyboardInterrupt; what was not
     drained stays in the log for the next start. ``access_log`` logs every HTTP request."""
+    check_reachable(dependencies(settings))
     clew = Clew(settings, stage_mode="process")
     # Before the server runs and after it stopped, SIGTERM is a SystemExit, so the stages
     # are stopped below instead of the process dying on the spot.
@@ -310,4 +328,6 @@ def serve(
             config, None if on_ready is None else lambda: on_ready(clew), clew.stopping.set
         )
     finally:
-        clew.stop()
+        # Bounded so that the whole of a SIGTERM takes under 10 s: the stages finish their
+        # batches and commit, whatever waits behind them is processed after the restart.
+        clew.stop(drain_timeout_s=_SERVE_DRAIN_S)

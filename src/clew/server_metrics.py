@@ -5,6 +5,7 @@ the one renderer `clew collector` uses too)."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,21 +189,31 @@ def audience_families(pr: Counter[str]) -> list[Family]:
 def stage_families(counters: CounterStore, log: Log) -> list[Family]:
     """The dead-letter topic's size, and per stage: shredded records skipped, failures (also
     under their earlier name), records set aside and conflicts."""
+    return [dlq_family(log), *stage_counter_families(counters, STAGE_NAMES)]
+
+
+def dlq_family(log: Log) -> Family:
+    """Records in the dead-letter topic."""
     dlq_end = log.end_offsets(DLQ_TOPIC)
     dlq_start = log.start_offsets(DLQ_TOPIC)
-    per_stage = {g: counters.read(g) for g in STAGE_NAMES}
+    return (
+        "clew_dlq_records",
+        "gauge",
+        "Records in the dead-letter topic (within log retention)",
+        [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
+    )
+
+
+def stage_counter_families(counters: CounterStore, groups: Sequence[str]) -> list[Family]:
+    """Per stage of ``groups``: shredded records skipped, failures (also under their earlier
+    name), records set aside and conflicts."""
+    per_stage = {g: counters.read(g) for g in groups}
 
     def samples(key: str) -> list[tuple[str, float]]:
-        return [(f'{{stage="{g}"}}', per_stage[g][key]) for g in STAGE_NAMES]
+        return [(f'{{stage="{g}"}}', per_stage[g][key]) for g in groups]
 
     failures = samples(STAGE_FAILURES)
     return [
-        (
-            "clew_dlq_records",
-            "gauge",
-            "Records in the dead-letter topic (within log retention)",
-            [("", sum(dlq_end[p] - dlq_start[p] for p in dlq_end))],
-        ),
         (
             "clew_shredded_records_total",
             "counter",
@@ -239,11 +250,16 @@ def stage_families(counters: CounterStore, log: Log) -> list[Family]:
 
 def consumer_lag(log: Log) -> Family:
     """Records each stage has not committed yet, per group, topic and partition."""
-    lag: list[tuple[str, float]] = []
+    behind: list[tuple[str, str, int, int]] = []
     for group, topics in STAGE_TOPICS.items():
         for topic in topics:
             info = log.lag(group, topic)
             for p, end in sorted(info.end.items()):
-                behind = max(0, end - info.committed.get(p, 0))
-                lag.append((f'{{group="{group}",topic="{topic}",partition="{p}"}}', behind))
+                behind.append((group, topic, p, max(0, end - info.committed.get(p, 0))))
+    return lag_family(behind)
+
+
+def lag_family(behind: Sequence[tuple[str, str, int, int]]) -> Family:
+    """``clew_consumer_lag`` of (group, topic, partition, records not committed) rows."""
+    lag = [(f'{{group="{g}",topic="{t}",partition="{p}"}}', float(n)) for g, t, p, n in behind]
     return ("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)

@@ -22,6 +22,7 @@ from clew._datadir import (
 )
 from clew._ports import PortInUseError
 from clew.config import ConfigError, LoadedSettings, load_settings_with_origins
+from clew.dependencies import UnreachableError
 from clew.lake.query import QueryError
 
 _err = Console(stderr=True, soft_wrap=True)
@@ -53,6 +54,7 @@ _KNOWN_ERRORS: tuple[tuple[type[Exception], ExitCode], ...] = (
     (PortInUseError, ExitCode.UNAVAILABLE),
     (DataDirInUseError, ExitCode.UNAVAILABLE),
     (QueryError, ExitCode.FAILED),
+    (UnreachableError, ExitCode.FAILED),
 )
 
 DEBUG_ENV = "CLEW_DEBUG"

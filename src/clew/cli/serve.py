@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -22,13 +24,41 @@ if TYPE_CHECKING:
 
 def _log_to_stderr(role: str = "") -> None:
     """Log INFO and up to stderr, each line tagged with ``role`` when given. HTTP clients log
-    WARNING and up only (a webhook destination would log a line per delivery)."""
+    WARNING and up only (a webhook destination would log a line per delivery); librdkafka's
+    lines (through ``clew.log.kafka``) at most once a minute each, since it logs every
+    reconnection attempt while a broker is down."""
     tag = f"[{role}] " if role else ""
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
     )
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("clew.log.kafka").addFilter(_OncePerInterval(60.0))
+
+
+class _OncePerInterval(logging.Filter):
+    """Lets each distinct message through at most once per ``interval_s``; the next one let
+    through says how many were held back."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # librdkafka's lines differ only by their thread and client names between retries.
+        key = re.sub(r"rdkafka#\w+-\d+|thrd:[^\]]*", "", record.getMessage())
+        now = time.monotonic()
+        last, held = self._seen.get(key, (-self._interval_s, 0))
+        if now - last < self._interval_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last minute)"
+        return True
 
 
 def _invoked_as() -> str:
@@ -175,17 +205,37 @@ def worker(
     ],
     data_dir: DataDir = None,
     config: ConfigFile = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            "--http-port",
+            help="Serve /health and /metrics of these stages on this port (on the host "
+            "setting) [default: stages.worker_http_port, else none]",
+            show_default=False,
+        ),
+    ] = None,
     settings_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Run one stage in the foreground (`clew serve` starts one worker per stage itself)."""
+    """Run one stage in the foreground (`clew serve` starts one worker per stage itself).
+
+    Stops on Ctrl+C (SIGINT) or SIGTERM within seconds: each stage finishes its batch."""
     from clew.stages.workers import UnknownStageError, receive_settings, run_worker
 
+    port: int | None = None
     if settings_fd is not None:
+        # A worker of `clew serve`, whose own port serves the health of every stage.
         settings = receive_settings(settings_fd)
     else:
         settings = settings_from(config, data="create", data_dir=data_dir)
+        port = http_port if http_port is not None else settings.stages.worker_http_port
+    on_running = None
+    if port is not None:
+        from clew.worker_server import serve_worker_http
+
+        ensure_port_free(settings.host, port)
+        on_running = serve_worker_http(port)
     _log_to_stderr("+".join(stage))
     try:
-        run_worker(settings, stage)
+        run_worker(settings, stage, on_running)
     except UnknownStageError as e:
         raise fail(str(e), 2) from None

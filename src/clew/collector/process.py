@@ -18,11 +18,13 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 
-from clew.api._auth import check_token
-from clew.backends import open_log
+from clew.api._auth import check_token, holds_scope
+from clew.api.app import public_health
+from clew.backends import dependencies, open_log
 from clew.collector.app import Collector, Receive, Scope, Send
 from clew.collector.metrics import SUPPRESSED, collector_families, render, suppressed_family
 from clew.config import Settings
+from clew.dependencies import DependencyWatch, check_reachable
 from clew.http_limits import exit_on_signal, serve_until_signal, uvicorn_config
 from clew.log.base import Log
 from clew.privacy.suppression import Suppression
@@ -54,6 +56,9 @@ class CollectorProcess:
             self.close()
             raise
         self.collector = Collector(self.log, self.catalog, settings.limits, self.suppression)
+        # Probed in the background, so that /health answers at once.
+        self.dependencies = DependencyWatch(dependencies(settings, lake=False))
+        self.dependencies.start()
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +67,12 @@ class CollectorProcess:
         if Collector.handles(path):
             await self.collector(scope, receive, send)
         elif path == "/health":
-            body = msgspec.json.encode(self.health())
+            health = self.health()
+            if self.settings.metrics.require_token and not holds_scope(
+                Request(scope), self.catalog, METRICS
+            ):
+                health = public_health(health)
+            body = msgspec.json.encode(health)
             await _respond(send, 200 if self.collector.accepting else 503, body, "application/json")
         elif path == "/metrics":
             if self.settings.metrics.require_token:
@@ -76,12 +86,19 @@ class CollectorProcess:
             await _respond(send, 404, _NOT_FOUND, "application/json")
 
     def health(self) -> dict[str, Any]:
-        """``ok`` while the collector accepts events (false once it is shutting down). It names
-        no source or event, so it needs no token even with ``metrics.require_token``."""
+        """``ok`` while the collector accepts events (false once it is shutting down);
+        ``status`` ``degraded`` while a service in ``dependencies`` (the log's Kafka, the
+        suppression list's Redis) does not answer. With ``metrics.require_token``, only ``ok``
+        and ``status`` are shown without a ``metrics`` token (the rest names hosts)."""
+        deps = self.dependencies.state()
+        ok = self.collector.accepting
+        degraded = any(not d["ok"] for d in deps.values())
         return {
-            "ok": self.collector.accepting,
+            "ok": ok,
+            "status": "down" if not ok else "degraded" if degraded else "ok",
             "role": "collector",
             "log": self.settings.log.backend,
+            "dependencies": deps,
         }
 
     def metrics_text(self) -> str:
@@ -106,6 +123,8 @@ class CollectorProcess:
         appends in flight). Safe to call twice."""
         if hasattr(self, "collector"):
             self.collector.accepting = False
+        if hasattr(self, "dependencies"):
+            self.dependencies.stop()
         closers, self._closers = self._closers, []
         for close in reversed(closers):
             close()
@@ -134,7 +153,10 @@ def run_collector(
     """Serve the Tracking API on ``settings.host:port`` until SIGINT or SIGTERM, then return
     (the caller exits 0); requests in flight are answered (their appends made durable)
     before the log closes. A signal before the server runs or during the close is a
-    SystemExit with 128 + the signal's number."""
+    SystemExit with 128 + the signal's number. Raises
+    :class:`~clew.dependencies.UnreachableError` within seconds when the log's Kafka or the
+    suppression list's Redis does not answer at startup."""
+    check_reachable(dependencies(settings, lake=False))
     process = CollectorProcess(settings)
     signal.signal(signal.SIGTERM, exit_on_signal)
     config = uvicorn_config(process.app, settings.host, settings.port, settings.http)

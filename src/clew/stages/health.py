@@ -135,6 +135,15 @@ class StageWatch:
                     return True
         return False
 
+    def lag_by_partition(self) -> list[tuple[str, str, int, int]]:
+        """(group, topic, partition, records not committed) of the last sample of each
+        stage, for ``clew_consumer_lag`` without asking the log again."""
+        return [
+            (group, topic, part, max(0, end - p.committed.get((topic, part), 0)))
+            for group, p in self._progress.items()
+            for (topic, part), end in sorted(p.end.items())
+        ]
+
     def stages(self, alive: Mapping[str, bool]) -> dict[str, dict[str, Any]]:
         """The ``/health`` entry of each stage in ``alive`` (name → whether its thread or
         process runs): ``alive``, ``status`` (``ok``, ``down``, ``failing``, ``stalled`` or

@@ -94,6 +94,10 @@ class StageRunner:
     def start(self) -> None:
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the stage to stop after its current batch, without waiting (see :meth:`stop`)."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """Ask the stage to stop after its current batch and wait up to ``timeout_s`` for
         it; a runner still busy then (a call to an unreachable service) is left to end with

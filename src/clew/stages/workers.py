@@ -30,15 +30,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from clew._datadir import lock_path, stage_lock
-from clew.backends import open_log
+from clew.backends import dependencies, open_log
 from clew.config import Settings, settings_json_with_secrets
+from clew.dependencies import check_reachable
 from clew.log.base import Log
+from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
+from clew.stages.setaside import StageLedger
 from clew.topics import STAGE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -203,9 +207,41 @@ def stage_locks(
     return locks
 
 
-def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
+# The stages that read or write the lake (the profiles stage reads history back from it).
+_LAKE_STAGES = frozenset({"lake", "profiles-lake", "profiles"})
+# How long a stopping worker waits for its stages to finish their batches, in all.
+STOP_TIMEOUT_S = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunningStages:
+    """What a running worker holds, for what serves its ``/health`` and ``/metrics``
+    (`clew worker --http-port`)."""
+
+    settings: Settings
+    log: Log
+    runners: Sequence[StageRunner]
+    counters: CounterStore
+    ledger: StageLedger
+
+    @property
+    def uses_lake(self) -> bool:
+        return any(r.stage.group in _LAKE_STAGES for r in self.runners)
+
+
+def run_worker(
+    settings: Settings,
+    stage_names: Sequence[str],
+    on_running: Callable[[RunningStages], Callable[[], None]] | None = None,
+) -> None:
     """Run the named stages (one thread each) in the foreground until SIGTERM or SIGINT,
-    then finish their current batches (the lake flushes what it holds) and exit."""
+    then let them finish their current batches (the lake flushes what it holds) for up to
+    :data:`STOP_TIMEOUT_S` and return; what a stage did not commit by then is processed
+    again on the next start.
+
+    First checks that every service the stages need answers (raises
+    :class:`~clew.dependencies.UnreachableError` within seconds otherwise). ``on_running`` is
+    called once the stages run; the function it returns is called first when stopping."""
     for name in stage_names:
         if name not in STAGE_NAMES:
             raise UnknownStageError(name)
@@ -219,37 +255,50 @@ def run_worker(settings: Settings, stage_names: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     if os.environ.get("CLEW_WORKER_OF_SERVE") and settings.stages.worker_nice:
         os.nice(settings.stages.worker_nice)
+    check_reachable(dependencies(settings, lake=bool(_LAKE_STAGES.intersection(stage_names))))
     log = open_log(settings)
     locks = stage_locks(settings, log, stage_names, stop)
     if locks is None:
         log.close()
         return
-    from clew.stages._counters import CounterStore
-    from clew.stages.setaside import StageLedger
-
     counters = CounterStore(settings.state_path)
     ledger = StageLedger(settings.state_path)
     runners: list[StageRunner] = []
     closers: list[Callable[[], None]] = [counters.close, ledger.close]
-    for name in stage_names:
-        stage, stage_closers = build_stage(name, settings)
-        runners.append(StageRunner(log, stage, settings.stages.poll_max_records, counters, ledger))
-        closers.extend(stage_closers)
-    for runner in runners:
-        runner.start()
+    stop_extra: Callable[[], None] | None = None
     try:
+        for name in stage_names:
+            stage, stage_closers = build_stage(name, settings)
+            runners.append(
+                StageRunner(log, stage, settings.stages.poll_max_records, counters, ledger)
+            )
+            closers.extend(stage_closers)
+        for runner in runners:
+            runner.start()
+        if on_running is not None:
+            stop_extra = on_running(RunningStages(settings, log, runners, counters, ledger))
         while not stop.wait(0.5):
             if os.environ.get("CLEW_WORKER_OF_SERVE") and os.getppid() != parent:
                 logger.warning("clew serve is gone; stopping %s", ", ".join(stage_names))
                 break
     finally:
-        for runner in runners:
-            runner.stop()
+        if stop_extra is not None:
+            stop_extra()
+        stop_runners(runners, STOP_TIMEOUT_S)
         for close in closers:
             close()
         log.close()
         for held in locks:
             held.close()
+
+
+def stop_runners(runners: Sequence[StageRunner], timeout_s: float) -> None:
+    """Ask every runner to stop at once, then wait for them, ``timeout_s`` in all."""
+    for runner in runners:
+        runner.request_stop()
+    deadline = time.monotonic() + timeout_s
+    for runner in runners:
+        runner.stop(max(0.0, deadline - time.monotonic()))
 
 
 def _die_with_parent() -> None:
@@ -347,12 +396,22 @@ class WorkerProcess:
         self.restarts += 1
         self.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def request_stop(self) -> None:
+        """Send the worker SIGTERM without waiting (see :meth:`stop`)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S + 2) -> None:
+        """SIGTERM the worker and wait up to ``timeout_s`` for it to exit; kill it then
+        (what its stages did not commit is processed after the next start)."""
         if self._proc is None or self._proc.poll() is not None:
             return
         self._proc.send_signal(signal.SIGTERM)
         try:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
+            logger.warning(
+                "stage worker %s did not exit in %g s; killing it", self.stage, timeout_s
+            )
             self._proc.kill()
             self._proc.wait(10)
