@@ -125,6 +125,50 @@ def test_sources_migrate_refuses_to_copy_the_embedded_catalog_onto_itself(
     assert out.exit_code == 1 and "catalog already" in _said(out)
 
 
+PLAN = Path(__file__).parents[1] / "examples" / "tracking-plan"
+
+
+def _plan(data_dir: Path, source: str) -> dict[str, Any]:
+    out = _clew(data_dir, "schema", "list", "--source", source, "--json")
+    assert out.exit_code == 0, out.output
+    return dict(json.loads(out.stdout))
+
+
+def test_a_plan_pushed_on_one_machine_is_every_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    _on_redis(monkeypatch, redis_url)
+    one, two = tmp_path / "one", tmp_path / "two"
+    for machine in (one, two):
+        assert (
+            _clew(machine, "sources", "create", "web", "--write-key", "web-key-123").exit_code == 0
+        )
+    pushed = _clew(one, "plan", "push", str(PLAN), "--source", "web")
+    assert pushed.exit_code == 0, pushed.output
+    seen = _plan(two, "web")
+    assert seen == _plan(one, "web") and seen["enforcement"] == "block_violations"
+    assert "track:Order Completed" in {s["subject"] for s in seen["subjects"]}
+    again = _clew(two, "plan", "push", str(PLAN), "--source", "web")  # the pipeline, again
+    assert again.exit_code == 0 and _plan(one, "web") == seen
+    assert not (one / "registry.db").exists() and not (two / "registry.db").exists()
+
+
+def test_plan_migrate_moves_a_registry_db_into_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    data = tmp_path / "data"
+    assert _clew(data, "plan", "push", str(PLAN)).exit_code == 0
+    before = _plan(data, DEFAULT_SOURCE)
+    _on_redis(monkeypatch, redis_url)
+    assert _plan(data, DEFAULT_SOURCE)["subjects"] == []
+    moved = _clew(data, "plan", "migrate")
+    assert moved.exit_code == 0 and "plans of 1 source(s)" in _said(moved)
+    assert _plan(data, DEFAULT_SOURCE) == before
+    again = _clew(data, "plan", "migrate")
+    assert again.exit_code == 0 and "not copied" in _said(again)
+    assert _plan(data, DEFAULT_SOURCE) == before
+
+
 def test_identity_explain_reads_either_serving_store(tmp_path: Path, cli_store: str) -> None:
     settings = make_settings(tmp_path / "data")
     assert settings.store.backend == cli_store

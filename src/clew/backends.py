@@ -48,6 +48,7 @@ __all__ = [
     "open_keyring",
     "open_keystore",
     "open_log",
+    "open_registry_storage",
     "open_store",
     "open_suppression_list",
     "open_suppression_source",
@@ -254,6 +255,16 @@ def open_keyring(settings: Settings) -> KeyRing:
     except BaseException:
         store.close()
         raise
+
+
+def open_registry_storage(settings: Settings) -> Storage | None:
+    """Where the schema registry is kept when every machine shares it: a Redis document
+    (``<prefix>:{reg}:…``); ``None`` for ``registry.db`` in the data directory."""
+    if _in_redis(settings):
+        from clew.definition_store._redis import RedisStorage
+
+        return RedisStorage.open(settings, "reg")
+    return None
 
 
 def open_definitions_storage(settings: Settings) -> Storage:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from clew.schema import (
     SubjectNotFoundError,
     SubjectUpdate,
 )
+from clew.schema._registry_db import SharedDatabase
 
 ORDER = "track:Order Completed"
 
@@ -36,8 +38,41 @@ V1 = closed(order_id={"type": "string"})
 V2 = closed(order_id={"type": "string"}, coupon={"type": "string"})
 
 
+OpenRegistry = Callable[[], SchemaRegistry]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenRegistry]:
+    """Opens another handle on this test's registry: ``registry.db``, or one shared through
+    the session's Redis under a key prefix of the test's own (as every machine would)."""
+    handles: list[SchemaRegistry] = []
+    prefix = f"reg-{uuid.uuid4().hex}"
+
+    def open_() -> SchemaRegistry:
+        if request.param == "sqlite":
+            handle = SchemaRegistry(tmp_path / "registry.db")
+        else:
+            import redis
+
+            from clew.definition_store._redis import RedisStorage
+
+            client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+            handle = SchemaRegistry(SharedDatabase(RedisStorage(client, prefix, "reg")))
+        handles.append(handle)
+        return handle
+
+    yield open_
+    for handle in handles:
+        handle.close()
+
+
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[SchemaRegistry]:
+def registry(open_registry: OpenRegistry) -> SchemaRegistry:
+    return open_registry()
+
+
+@pytest.fixture
+def file_registry(tmp_path: Path) -> Iterator[SchemaRegistry]:
     reg = SchemaRegistry(tmp_path / "registry.db")
     yield reg
     reg.close()
@@ -57,8 +92,9 @@ def test_versions_survive_reopening(tmp_path: Path) -> None:
         assert reg.sources() == ["web"]
 
 
-def test_database_is_in_wal_mode(registry: SchemaRegistry) -> None:
-    conn = sqlite3.connect(registry.path)
+def test_database_is_in_wal_mode(file_registry: SchemaRegistry) -> None:
+    assert file_registry.path is not None
+    conn = sqlite3.connect(file_registry.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
@@ -73,8 +109,10 @@ def test_republishing_the_latest_schema_is_a_no_op(registry: SchemaRegistry) -> 
     assert registry.revision("web") == revision
 
 
-def test_published_versions_cannot_be_changed(registry: SchemaRegistry) -> None:
+def test_published_versions_cannot_be_changed(file_registry: SchemaRegistry) -> None:
+    registry = file_registry
     registry.publish("web", ORDER, V1)
+    assert registry.path is not None
     conn = sqlite3.connect(registry.path)
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
         conn.execute("UPDATE versions SET schema = '{}'")
@@ -199,34 +237,43 @@ def test_bad_subjects_and_schemas_are_refused(registry: SchemaRegistry) -> None:
         registry.publish("web", ORDER, {"$schema": "http://json-schema.org/draft-07/schema#"})
 
 
-def test_concurrent_publishers_never_both_pass_the_check(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
-    with SchemaRegistry(path) as reg:
-        reg.publish("web", ORDER, V1)
+def test_concurrent_publishers_never_both_pass_the_check(open_registry: OpenRegistry) -> None:
+    open_registry().publish("web", ORDER, V1)
     outcomes: list[str] = []
     lock = threading.Lock()
+    handles = [open_registry(), open_registry()]
 
-    def publish(schema: dict[str, Any]) -> None:
-        with SchemaRegistry(path) as own:
-            try:
-                own.publish("web", ORDER, schema)
-                result = "published"
-            except IncompatibleSchemaError:
-                result = "refused"
+    def publish(own: SchemaRegistry, schema: dict[str, Any]) -> None:
+        try:
+            own.publish("web", ORDER, schema)
+            result = "published"
+        except IncompatibleSchemaError:
+            result = "refused"
         with lock:
             outcomes.append(result)
 
     # Each is compatible with V1 but the second to land removes what the first added.
     a = closed(order_id={"type": "string"}, a={"type": "string"})
     b = closed(order_id={"type": "string"}, b={"type": "string"})
-    threads = [threading.Thread(target=publish, args=(s,)) for s in (a, b)]
+    threads = [
+        threading.Thread(target=publish, args=(h, s)) for h, s in zip(handles, (a, b), strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["published", "refused"]
-    with SchemaRegistry(path) as reg:
-        assert len(reg.versions("web", ORDER)) == 2
+    assert len(open_registry().versions("web", ORDER)) == 2
+
+
+def test_a_publish_reaches_every_handle_at_once(open_registry: OpenRegistry) -> None:
+    """Two processes (or machines sharing a Redis): the reader's next call sees the push."""
+    writer, reader = open_registry(), open_registry()
+    assert reader.sources() == [] and reader.revision("web") == 0
+    writer.publish_all("web", [SubjectUpdate(ORDER, V1)], enforcement=Enforcement.BLOCK_VIOLATIONS)
+    assert reader.sources() == ["web"] and reader.revision("web") == writer.revision("web") > 0
+    assert reader.get("web", ORDER).schema == V1
+    assert reader.settings("web").enforcement == Enforcement.BLOCK_VIOLATIONS
 
 
 def test_one_registry_object_is_shared_by_threads(registry: SchemaRegistry) -> None:

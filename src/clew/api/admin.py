@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -25,6 +24,10 @@ from starlette.routing import Route
 
 from clew.api._auth import error, token_guard
 from clew.sources import ADMIN, Catalog
+
+if TYPE_CHECKING:
+    from clew.config import Settings
+    from clew.schema import SchemaRegistry
 
 
 def _change(subject: str, c: Any) -> dict[str, Any]:
@@ -46,37 +49,37 @@ def _version(v: Any) -> dict[str, Any]:
     }
 
 
-def admin_routes(catalog: Catalog, registry_path: Path) -> list[Route]:
-    """The routes over the schema registry at ``registry_path``, for ``Starlette(routes=…)``;
+def admin_routes(catalog: Catalog, settings: Settings) -> list[Route]:
+    """The routes over the deployment's schema registry, for ``Starlette(routes=…)``;
     each needs an access token with the ``admin`` scope."""
     guarded = token_guard(catalog, ADMIN)
     base = "/v1/admin/sources/{source}"
     return [
-        Route(f"{base}/schemas", guarded(partial(list_subjects, registry_path)), methods=["GET"]),
+        Route(f"{base}/schemas", guarded(partial(list_subjects, settings)), methods=["GET"]),
         Route(
             f"{base}/schemas/{{subject}}/versions/{{version}}",
-            guarded(partial(get_version, registry_path)),
+            guarded(partial(get_version, settings)),
             methods=["GET"],
         ),
-        Route(f"{base}/plan", guarded(partial(publish, registry_path)), methods=["POST"]),
-        Route(f"{base}/plan/check", guarded(partial(check, registry_path)), methods=["POST"]),
+        Route(f"{base}/plan", guarded(partial(publish, settings)), methods=["POST"]),
+        Route(f"{base}/plan/check", guarded(partial(check, settings)), methods=["POST"]),
     ]
 
 
-def _registry(registry_path: Path) -> Any:
+def _registry(settings: Settings) -> SchemaRegistry:
     from clew.schema import SchemaRegistry
 
-    return SchemaRegistry(registry_path)
+    return SchemaRegistry.open(settings)
 
 
-async def list_subjects(registry_path: Path, request: Request) -> Response:
+async def list_subjects(settings: Settings, request: Request) -> Response:
     """``GET …/schemas``: the source's plan settings and every subject, retired ones too."""
     source = request.path_params["source"]
-    return JSONResponse(await run_in_threadpool(_subjects, registry_path, source))
+    return JSONResponse(await run_in_threadpool(_subjects, settings, source))
 
 
-def _subjects(registry_path: Path, source: str) -> dict[str, Any]:
-    with _registry(registry_path) as reg:
+def _subjects(config: Settings, source: str) -> dict[str, Any]:
+    with _registry(config) as reg:
         settings = reg.settings(source)
         return {
             "source": source,
@@ -95,7 +98,7 @@ def _subjects(registry_path: Path, source: str) -> dict[str, Any]:
         }
 
 
-async def get_version(registry_path: Path, request: Request) -> Response:
+async def get_version(settings: Settings, request: Request) -> Response:
     """``GET …/schemas/{subject}/versions/{version}``: one schema, 404 when there is none."""
     from clew.schema import SchemaError
 
@@ -104,7 +107,7 @@ async def get_version(registry_path: Path, request: Request) -> Response:
     version: int | str = int(raw) if raw.isdigit() else raw
 
     def run() -> Any:
-        with _registry(registry_path) as reg:
+        with _registry(settings) as reg:
             return reg.get(p["source"], p["subject"], version)
 
     try:
@@ -137,7 +140,7 @@ async def _parse_plan(request: Request) -> tuple[str, Any, dict[str, Any]] | Res
     return request.path_params["source"], updates, options
 
 
-async def publish(registry_path: Path, request: Request) -> Response:
+async def publish(settings: Settings, request: Request) -> Response:
     """``POST …/plan``: publish a plan; 409 with every breaking change when it is refused."""
     from clew.schema import IncompatibleSchemaError, SchemaError
 
@@ -147,7 +150,7 @@ async def publish(registry_path: Path, request: Request) -> Response:
     source, updates, options = parsed
 
     def run() -> Any:
-        with _registry(registry_path) as reg:
+        with _registry(settings) as reg:
             return reg.publish_all(source, updates, retire_missing=True, **options)
 
     try:
@@ -172,7 +175,7 @@ async def publish(registry_path: Path, request: Request) -> Response:
     )
 
 
-async def check(registry_path: Path, request: Request) -> Response:
+async def check(settings: Settings, request: Request) -> Response:
     """``POST …/plan/check``: what publishing the plan would refuse (a dry run)."""
     from clew.schema import SchemaError
 
@@ -182,7 +185,7 @@ async def check(registry_path: Path, request: Request) -> Response:
     source, updates, options = parsed
 
     def run() -> Any:
-        with _registry(registry_path) as reg:
+        with _registry(settings) as reg:
             return reg.check_all(source, updates, compatibility=options.get("compatibility"))
 
     try:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,7 +22,7 @@ from clew.api.privacy import privacy_routes
 from clew.api.profiles import profile_routes
 from clew.api.sql import SqlRunner
 from clew.audiences.repository import DefinitionRepository
-from clew.config import SqlSettings
+from clew.config import Settings, SqlSettings
 from clew.lake.query import Lake
 from clew.privacy.requests import RequestStore
 from clew.sources import METRICS, SQL, Catalog
@@ -53,7 +52,7 @@ def build_api(
     lake: Lake,
     metrics: Callable[[], str],
     health: Callable[[], dict[str, Any]],
-    registry_path: Path,
+    settings: Settings,
     profiles: ProfileStore | None = None,
     audiences: DefinitionRepository | None = None,
     privacy: RequestStore | None = None,
@@ -81,7 +80,7 @@ def build_api(
                 "/metrics", partial(metrics_endpoint, ctx), methods=["GET"], name="metrics_endpoint"
             ),
             Route("/v1/sql", partial(sql_endpoint, ctx), methods=["POST"], name="sql_endpoint"),
-            *admin_routes(catalog, registry_path),
+            *admin_routes(catalog, settings),
             *(audience_routes(catalog, audiences, profiles) if audiences is not None else []),
             *(
                 profile_routes(profiles, catalog, offload=offload_profiles)

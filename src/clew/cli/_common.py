@@ -261,4 +261,4 @@ def open_registry(
     from clew.schema import SchemaRegistry
 
     settings = settings_from(config, data=data, data_dir=data_dir)
-    return SchemaRegistry(settings.registry_path)
+    return SchemaRegistry.open(settings)

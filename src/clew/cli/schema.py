@@ -103,7 +103,7 @@ def schema_list(
 
     fmt = output_format(format, as_json)
     settings = settings_from(config, data_dir=data_dir)
-    with SchemaRegistry(settings.registry_path) as registry:
+    with SchemaRegistry.open(settings) as registry:
         _require_source(registry, settings, source)
         plan = registry.settings(source)
         subjects = registry.subjects(source, include_retired=all_subjects)
@@ -149,7 +149,7 @@ def schema_show(
     from clew.schema import SchemaError, SchemaRegistry
 
     settings = settings_from(config, data_dir=data_dir)
-    with SchemaRegistry(settings.registry_path) as registry:
+    with SchemaRegistry.open(settings) as registry:
         _require_source(registry, settings, source)
         try:
             v = registry.get(source, subject, int(version) if version.isdigit() else version)
@@ -172,7 +172,7 @@ def schema_diff(
     from clew.schema.report import render_diff
 
     settings = settings_from(config, data_dir=data_dir)
-    with SchemaRegistry(settings.registry_path) as registry:
+    with SchemaRegistry.open(settings) as registry:
         _require_source(registry, settings, source)
         try:
             a = registry.get(source, subject, int(old) if old.isdigit() else old)

@@ -50,8 +50,7 @@ def _utc(seconds: float) -> str:
 
 
 def _registry(kit: ConsoleKit) -> SchemaRegistry | None:
-    path = kit.ctx.settings.registry_path
-    return SchemaRegistry(path) if path.exists() else None
+    return SchemaRegistry.open_existing(kit.ctx.settings)
 
 
 def _source_names(kit: ConsoleKit) -> dict[str, str]:

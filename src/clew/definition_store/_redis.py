@@ -7,6 +7,9 @@ Three keys under the store's prefix, sharing one Redis Cluster hash tag::
     <prefix>:{aud}:defs   hash    definition name -> its JSON document
     <prefix>:{aud}:gen    string  bumped after every change; readers reload when it moves
     <prefix>:{aud}:lock   string  held by a writer while it checks and writes (expires)
+
+The schema registry's document is kept the same way under ``{reg}``
+(:mod:`clew.schema._registry_db`).
 """
 
 from __future__ import annotations
@@ -35,16 +38,18 @@ return 0
 
 
 class RedisStorage:
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, tag: str = "aud") -> None:
         self._client = client
-        self._defs = f"{prefix}:{{aud}}:defs"
-        self._gen = f"{prefix}:{{aud}}:gen"
-        self._lock = f"{prefix}:{{aud}}:lock"
+        self._defs = f"{prefix}:{{{tag}}}:defs"
+        self._gen = f"{prefix}:{{{tag}}}:gen"
+        self._lock = f"{prefix}:{{{tag}}}:lock"
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def open(cls, settings: Settings) -> RedisStorage:
-        return cls(redis_client(settings), key(settings))
+    def open(cls, settings: Settings, tag: str = "aud") -> RedisStorage:
+        """Documents under ``<prefix>:{<tag>}:``: ``aud`` for audience definitions, ``reg``
+        for the schema registry."""
+        return cls(redis_client(settings), key(settings), tag)
 
     def names(self) -> list[str]:
         names = reaching("reading audience definitions", lambda: self._client.hkeys(self._defs))

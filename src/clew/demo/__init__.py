@@ -164,7 +164,7 @@ def _push_example_plan(settings: Settings, console: Console) -> None:
         console.print("[yellow]The example tracking plan is not installed; not enforcing one.")
         return
     plan = load_plan(directory)
-    with SchemaRegistry(settings.registry_path) as registry:
+    with SchemaRegistry.open(settings) as registry:
         try:
             result = push(registry, plan)
         except IncompatibleSchemaError:

@@ -40,7 +40,7 @@ class Plans:
             self._names = {s.id: s.name for s in catalog.sources()}
         finally:
             catalog.close()
-        self._registry: SchemaRegistry = SchemaRegistry(settings.registry_path)
+        self._registry: SchemaRegistry = SchemaRegistry.open(settings)
         self._known = set(self._registry.sources())
         self._plans: dict[str, CompiledPlan | None] = {}
 

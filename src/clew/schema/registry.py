@@ -1,12 +1,13 @@
 """The schema registry: every published version of every subject of every source, kept in
-one SQLite database (WAL mode). A published version never changes (triggers refuse updates and
+SQLite tables (``registry.db``, or a copy in memory of a registry every machine shares:
+``_registry_db``). A published version never changes (triggers refuse updates and
 deletes); publishing the same schema as the latest version is a no-op; publishing a different
 one checks it against the subject's compatibility mode first, then stores it as the next
 version with a SchemaVer computed from the change.
 
-Thread-safe; several processes may open the same file: a publish holds SQLite's write lock
-from its compatibility check to its commit, so concurrent publishers cannot both pass the check
-against the same latest version.
+Thread-safe; several processes (and machines, sharing one) may open the same registry: a
+publish holds the registry's write lock from its compatibility check to its commit, so
+concurrent publishers cannot both pass the check against the same latest version.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from clew._sqlite import transaction
+from clew.backends import open_registry_storage
 from clew.schema._jsonschema import Schema, canonical_json, check_schema, fingerprint
+from clew.schema._registry_db import (
+    FileDatabase,
+    RegistryDatabase,
+    SharedDatabase,
+    dump,
+    load,
+)
 from clew.schema._registry_model import (
-    DDL,
     DEFAULT_COMPATIBILITY,
     DEFAULT_ENFORCEMENT,
-    SCHEMA_VERSION,
     Evaluation,
     PlanSettings,
     Published,
@@ -48,6 +55,9 @@ from clew.schema.errors import (
 from clew.schema.schemaver import SchemaVer, bump_for
 from clew.schema.subjects import subject_order, validate_subject
 
+if TYPE_CHECKING:
+    from clew.config import Settings
+
 __all__ = [
     "DEFAULT_COMPATIBILITY",
     "DEFAULT_ENFORCEMENT",
@@ -62,23 +72,37 @@ __all__ = [
 
 
 class SchemaRegistry:
-    """Open (creating if needed) the registry database at ``path``."""
+    """The registry in ``database``: a path opens (creating if needed) a ``registry.db``
+    there; :meth:`open` gives the deployment's."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(DDL)
-        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    def __init__(self, database: Path | RegistryDatabase) -> None:
+        self._db = FileDatabase(database) if isinstance(database, Path) else database
+        self.path: Path | None = database if isinstance(database, Path) else None
+        """The ``registry.db`` file, ``None`` for a shared registry."""
         self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> SchemaRegistry:
+        """The deployment's registry: shared by every machine when the serving store is
+        Redis (:func:`clew.backends.open_registry_storage`), else ``registry.db``."""
+        storage = open_registry_storage(settings)
+        return cls(settings.registry_path if storage is None else SharedDatabase(storage))
+
+    @classmethod
+    def open_existing(cls, settings: Settings) -> SchemaRegistry | None:
+        """Like :meth:`open`, but ``None`` when the registry is a file not made yet."""
+        storage = open_registry_storage(settings)
+        if storage is not None:
+            return cls(SharedDatabase(storage))
+        return cls(settings.registry_path) if settings.registry_path.exists() else None
+
+    def where(self) -> str:
+        """Where the registry is kept, for messages."""
+        return self._db.where()
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._db.close()
 
     def __enter__(self) -> SchemaRegistry:
         return self
@@ -290,17 +314,33 @@ class SchemaRegistry:
             ).fetchall()
         return {r[0]: version_from_row(source, *r) for r in rows}
 
+    # -- migration -----------------------------------------------------------------------
+
+    def copy_from(self, other: SchemaRegistry) -> tuple[list[str], list[str]]:
+        """Copy the plans (settings, revision, subjects and every version) of the sources
+        ``other`` has and this registry has not, as they are. Returns the sources copied and
+        those left alone because this registry has a plan for them already. For moving a
+        ``registry.db`` into a shared registry; running it again copies nothing."""
+        with other._read() as conn:
+            document = dump(conn)
+            theirs = [r[0] for r in conn.execute("SELECT source FROM plans ORDER BY source")]
+        with self._write() as conn:
+            ours = {r[0] for r in conn.execute("SELECT source FROM plans")}
+            copied = [s for s in theirs if s not in ours]
+            load(conn, document, only_sources=set(copied))
+        return copied, [s for s in theirs if s in ours]
+
     # -- internals -----------------------------------------------------------------------
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, transaction(self._conn, immediate=False):
-            yield self._conn
+        with self._lock, self._db.reading() as conn:
+            yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, transaction(self._conn):
-            yield self._conn
+        with self._lock, self._db.writing() as conn:
+            yield conn
 
     def _publish(
         self,

@@ -21,7 +21,7 @@ class PlanCache:
     def __init__(self, settings: Settings) -> None:
         from clew.schema import SchemaRegistry
 
-        self._registry: SchemaRegistry = SchemaRegistry(settings.registry_path)
+        self._registry: SchemaRegistry = SchemaRegistry.open(settings)
         self._catalog = Catalog.open(settings)
         self._names: dict[str, str | None] = {}
         self._plans: dict[str, tuple[float, int, CompiledPlan | None]] = {}
