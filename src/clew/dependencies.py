@@ -114,11 +114,11 @@ class DependencyWatch:
     def __init__(
         self,
         dependencies: Sequence[Dependency],
-        every_s: float = PROBE_EVERY_S,
-        timeout_s: float = PROBE_TIMEOUT_S,
+        every_s: float | None = None,
+        timeout_s: float | None = None,
     ) -> None:
-        self._every_s = every_s
-        self._timeout_s = timeout_s
+        self._every_s = PROBE_EVERY_S if every_s is None else every_s
+        self._timeout_s = PROBE_TIMEOUT_S if timeout_s is None else timeout_s
         self._probed = [_Probed(d) for d in dependencies]
         self._stop = threading.Event()
         self._threads = [
@@ -153,8 +153,9 @@ class DependencyWatch:
             self._stop.wait(self._every_s)
 
     def state(self) -> dict[str, dict[str, Any]]:
-        """Per dependency: ``ok``, ``reason`` (why not, else None), ``address``, ``setting``
-        and ``since`` (epoch seconds of the last change)."""
+        """Per dependency: ``ok``, ``reason`` (why not, else None), ``address``, ``setting``,
+        ``since`` (epoch seconds of the last change) and ``checked_at`` (of the last answer,
+        None before the first)."""
         out: dict[str, dict[str, Any]] = {}
         now = time.monotonic()
         for p in self._probed:
@@ -169,6 +170,7 @@ class DependencyWatch:
                 "address": d.address,
                 "setting": d.setting,
                 "since": round(p.since, 3),
+                "checked_at": None if p.checked_at is None else round(p.checked_at, 3),
             }
         return out
 

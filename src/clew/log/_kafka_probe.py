@@ -71,4 +71,7 @@ class KafkaProbe:
     def _reason(self, error: str) -> str:
         line = self._lines.last
         found = _FAILED.search(line) if line else None
-        return found.group(1) if found else error
+        if found is None:
+            return error
+        # "Connect to ipv4#127.0.0.1:9092 failed: Connection refused": the address is known.
+        return found.group(1).rsplit(" failed: ", 1)[-1]

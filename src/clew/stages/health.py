@@ -63,14 +63,14 @@ class StageWatch:
         ledger: StageLedger,
         groups: Sequence[str],
         stalled_after_s: float,
-        every_s: float = SAMPLE_EVERY_S,
+        every_s: float | None = None,
     ) -> None:
         self._log = log
         self._counters = counters
         self._ledger = ledger
         self._groups = list(groups)
         self._stalled_after_s = stalled_after_s
-        self._every_s = every_s
+        self._every_s = SAMPLE_EVERY_S if every_s is None else every_s
         self._progress = {g: _Progress() for g in self._groups}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clew-stage-watch", daemon=True)
