@@ -25,6 +25,9 @@ from clew.log._kafka_driver import (
 )
 from clew.log.base import LogError, TopicSpec
 
+# Least time between two rebuilds of the admin client.
+_RENEW_EVERY_S = 1.0
+
 
 def _limit(value: str | None) -> int | None:
     """A retention setting as the contract has it: ``None`` for Kafka's -1 (no limit)."""
@@ -36,8 +39,18 @@ class Admin:
     librdkafka's admin client is. It has no close: dropping it ends its reconnect attempts."""
 
     def __init__(self, config: Mapping[str, Any], timeout_s: float) -> None:
-        self._client = admin.AdminClient(dict(config))
+        self._config = dict(config)
+        self._client = admin.AdminClient(self._config)
+        self._renewed = time.monotonic()
         self.timeout_s = timeout_s
+
+    def renew(self) -> None:
+        """Replace the client after an error that leaves its metadata suspect (see
+        :func:`~clew.log._kafka_driver.stale`); at most once a second, since a new client
+        first has to connect."""
+        if time.monotonic() - self._renewed >= _RENEW_EVERY_S:
+            self._renewed = time.monotonic()
+            self._client = admin.AdminClient(self._config)
 
     def create_topic(self, spec: TopicSpec, replication: int) -> None:
         """Create ``spec`` (``replication`` -1 for the broker's default), or, if it exists
@@ -105,7 +118,12 @@ class Admin:
 
     def partition_counts(self) -> dict[str, int]:
         """The partition count of every topic of the cluster (Kafka's internal ones too)."""
-        md = self._client.list_topics(timeout=self.timeout_s)
+        md = retrying(
+            lambda: self._client.list_topics(timeout=self.timeout_s),
+            self.timeout_s,
+            "listing topics",
+            on_stale=self.renew,
+        )
         return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
     def specs(self, counts: Mapping[str, int]) -> dict[str, TopicSpec]:
@@ -141,7 +159,8 @@ class Admin:
             )
             return {tp.partition: fut.result().offset for tp, fut in futures.items()}
 
-        return retrying(call, self.timeout_s, f"listing offsets of {topic!r}", topic)
+        doing = f"listing offsets of {topic!r}"
+        return retrying(call, self.timeout_s, doing, topic, on_stale=self.renew)
 
     def delete_records(self, cuts: Sequence[RawTopicPartition]) -> None:
         """Removes, in each partition of ``cuts``, the records before its offset."""

@@ -5,6 +5,7 @@ transaction with the records they produce. Imported only when confluent-kafka is
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -186,7 +187,7 @@ class KafkaConsumer(Consumer):
                 producer.abort_transaction(timeout)
             except KafkaException:
                 self._transactional = None  # unusable now: the next commit starts afresh
-                producer.close()
+                _discard(producer)
                 raise_for(err, f"transaction of group {group!r} (outcome unknown)")
             raise_for(err, f"transaction of group {group!r} (aborted, nothing committed)")
         self._await_visible(written)
@@ -236,4 +237,14 @@ class KafkaConsumer(Consumer):
             self._consumer.close()
         finally:
             if self._transactional is not None:
-                self._transactional.close()
+                _discard(self._transactional)
+
+
+def _discard(producer: Producer) -> None:
+    """Close a transactional producer without waiting for it. ``close`` aborts the open
+    transaction and flushes, with no bound: with the broker away (or just back, its
+    coordinator not yet loaded) that blocked a stage for minutes. What it held is purged
+    first; the abort then finishes in the background (or the broker aborts the transaction
+    at ``transaction.timeout.ms``), and nothing of it was committed."""
+    producer.purge()
+    threading.Thread(target=producer.close, name="clew-kafka-discard", daemon=True).start()

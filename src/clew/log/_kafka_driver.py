@@ -51,6 +51,7 @@ __all__ = [
     "missing",
     "raise_for",
     "retrying",
+    "stale",
     "to_record",
 ]
 
@@ -98,32 +99,66 @@ def raise_for(err: KafkaError, doing: str, topic: str | None = None) -> NoReturn
     raise LogError(f"{doing} failed: {err.str()}")
 
 
-def _transient(err: KafkaError) -> bool:
-    """Errors that pass once the cluster settles (a new topic's leaders known, a group
-    coordinator moved or loaded, a transaction finished), which librdkafka's admin calls and
-    ``committed`` do not all retry."""
-    return err.retriable() or err.code() in (
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.UNSTABLE_OFFSET_COMMIT,
+def stale(err: KafkaError) -> bool:
+    """Errors after which a client's view of the cluster may stay wrong: a broker restarted
+    or a partition's leader moved (its leader epoch changed), or no broker answered. A
+    client that met one is rebuilt before it is used again; librdkafka does not always
+    refresh the metadata itself (an admin client kept failing ListOffsets with "Leader epoch
+    is older than broker epoch" for minutes after a broker restart)."""
+    return err.code() in (
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TRANSPORT,
     )
 
 
-def retrying(call: Callable[[], _T], timeout_s: float, doing: str, topic: str | None = None) -> _T:
+def _transient(err: KafkaError) -> bool:
+    """Errors that pass once the cluster settles (a new topic's leaders known, a group
+    coordinator moved or loaded, a transaction finished, a broker back), which librdkafka's
+    admin calls and ``committed`` do not all retry."""
+    return (
+        err.retriable()
+        or stale(err)
+        or err.code()
+        in (
+            KafkaError.NOT_COORDINATOR,
+            KafkaError.COORDINATOR_NOT_AVAILABLE,
+            KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+            KafkaError.UNSTABLE_OFFSET_COMMIT,
+            KafkaError.OFFSET_NOT_AVAILABLE,
+            KafkaError.REQUEST_TIMED_OUT,
+            KafkaError._TIMED_OUT,
+        )
+    )
+
+
+def retrying(
+    call: Callable[[], _T],
+    timeout_s: float,
+    doing: str,
+    topic: str | None = None,
+    on_stale: Callable[[], None] | None = None,
+) -> _T:
     """``call()``, again while it fails with a transient error, for up to ``timeout_s``;
-    then, or on any other Kafka error, the contract's error (see :func:`raise_for`)."""
+    then, or on any other Kafka error, the contract's error (see :func:`raise_for`).
+    ``on_stale`` is called after an error that leaves the client's metadata suspect
+    (:func:`stale`), before the next attempt or the raise: it rebuilds the client."""
     deadline = time.monotonic() + timeout_s
+    pause = 0.05
     while True:
         try:
             return call()
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
+            if on_stale is not None and stale(err):
+                on_stale()
             if not _transient(err) or time.monotonic() > deadline:
                 raise_for(err, doing, topic)
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
 
 
 def to_record(msg: RawMessage) -> Record:

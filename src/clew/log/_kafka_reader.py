@@ -34,6 +34,15 @@ class Reader:
         self._next: tuple[str, int, int] | None = None
 
     def read(self, topic: str, partition: int, offset: int, max_records: int) -> list[Record]:
+        """Raises :class:`LogError` on a failure, after which the next read starts with a
+        new client (one that met a broker restart may keep a stale view of the cluster)."""
+        try:
+            return self._read(topic, partition, offset, max_records)
+        except LogError:
+            self.close()
+            raise
+
+    def _read(self, topic: str, partition: int, offset: int, max_records: int) -> list[Record]:
         with self._lock:
             if self._consumer is None:
                 self._consumer = RawConsumer(
@@ -104,6 +113,7 @@ class Reader:
     def close(self) -> None:
         with self._lock:
             consumer, self._consumer = self._consumer, None
+            self._next = None
         if consumer is not None:
             consumer.close()
 
@@ -122,6 +132,23 @@ class CommittedOffsets:
         """Stable committed offsets of ``group`` in ``topic`` (which has ``partitions``), 0
         where it never committed; waits for a transaction that commits some to finish."""
         wanted = [RawTopicPartition(topic, p) for p in range(partitions)]
+        timeout_s = self._log.timeout_s
+
+        def call() -> dict[int, int]:
+            result = self._reader(group).committed(wanted, timeout=timeout_s)
+            for tp in result:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            return {tp.partition: max(tp.offset, 0) for tp in result}
+
+        doing = f"reading the offsets of group {group!r}"
+        try:
+            return retrying(call, timeout_s, doing, topic, on_stale=lambda: self._drop(group))
+        except LogError:
+            self._drop(group)  # the next read starts with a client of its own
+            raise
+
+    def _reader(self, group: str) -> RawConsumer:
         with self._lock:
             reader = self._readers.get(group)
             if reader is None:
@@ -134,17 +161,13 @@ class CommittedOffsets:
                     }
                 )
                 self._readers[group] = reader
-        timeout_s = self._log.timeout_s
+            return reader
 
-        def call() -> dict[int, int]:
-            result = reader.committed(wanted, timeout=timeout_s)
-            for tp in result:
-                if tp.error is not None:
-                    raise KafkaException(tp.error)
-            return {tp.partition: max(tp.offset, 0) for tp in result}
-
-        doing = f"reading the offsets of group {group!r}"
-        return retrying(call, timeout_s, doing, topic)
+    def _drop(self, group: str) -> None:
+        with self._lock:
+            reader = self._readers.pop(group, None)
+        if reader is not None:
+            reader.close()
 
     def close(self) -> None:
         with self._lock:

@@ -94,15 +94,24 @@ class UnsupportedOperationError(LogError):
 class _PendingAppend:
     """Collects the delivery reports of one ``append``; only the delivery thread calls it."""
 
-    __slots__ = ("future", "positions", "remaining", "topic")
+    __slots__ = ("future", "on_fatal", "positions", "remaining", "topic")
 
-    def __init__(self, future: Future[list[Position]], topic: str, count: int) -> None:
+    def __init__(
+        self,
+        future: Future[list[Position]],
+        topic: str,
+        count: int,
+        on_fatal: Callable[[], None],
+    ) -> None:
         self.future = future
         self.topic = topic
         self.positions = [Position(-1, -1)] * count
         self.remaining = count
+        self.on_fatal = on_fatal
 
     def delivered(self, index: int, err: KafkaError | None, msg: RawMessage) -> None:
+        if err is not None and err.fatal():
+            self.on_fatal()
         if self.future.done():
             return
         if err is not None:
@@ -160,6 +169,8 @@ class KafkaLog(Log):
             **(consumer or {}),
         }
         self._producer = Producer(self.producer_config)
+        self._producer_failed = False
+        self._retired: list[Producer] = []
         self._partitions: dict[str, int] = {}
         self._declared: dict[str, TopicSpec] = {}
         self._round_robin: dict[str, itertools.count[int]] = {}
@@ -222,17 +233,35 @@ class KafkaLog(Log):
             self._check_open()
             n = self.partition_count(topic)
             check_messages(messages)
-            pending = _PendingAppend(fut, topic, len(messages))
+            pending = _PendingAppend(fut, topic, len(messages), self._producer_fatal)
             if not messages:
                 fut.set_result([])
             with self._lock:
                 self._check_open()
+                if self._producer_failed:
+                    self._renew_producer()
                 for i, m in enumerate(messages):
                     delivered = functools.partial(pending.delivered, i)
                     self.produce(self._producer, topic, n, m, delivered)
         except LogError as exc:
             fut.set_exception(exc)
         return fut
+
+    def _producer_fatal(self) -> None:
+        """A delivery report said the idempotent producer hit a fatal error (librdkafka's
+        producer is then unusable for good); the next append replaces it."""
+        self._producer_failed = True
+
+    def _renew_producer(self) -> None:
+        """Replace the failed producer (under ``_lock``); what it still held fails (those
+        appends were not acknowledged, so their senders retry them)."""
+        old, self._producer = self._producer, Producer(self.producer_config)
+        self._producer_failed = False
+        logger.warning("the Kafka producer failed for good; appending through a new one")
+        old.purge()
+        old.poll(0)
+        # Closed with the log: the delivery thread may be polling it right now.
+        self._retired.append(old)
 
     def produce(
         self,
@@ -382,6 +411,8 @@ class KafkaLog(Log):
             self._producer.purge()
             self._producer.poll(0)
         self._producer.close()
+        for retired in self._retired:
+            retired.close()
         self._reader.close()
         self._committed.close()
         # librdkafka's admin client has no close; dropping it ends its reconnect attempts.

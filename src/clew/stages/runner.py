@@ -120,8 +120,11 @@ class StageRunner:
         failures = blamable = 0
         last_failure = 0.0
         while not self._stop.is_set():
-            consumer = self._log.consumer(self.stage.group, list(self.stage.topics))
+            consumer: Consumer | None = None
             try:
+                # Inside the try: joining the group fails too while the log is away, and the
+                # stage must outlive that.
+                consumer = self._log.consumer(self.stage.group, list(self.stage.topics))
                 self._loop(consumer)
             except Exception as exc:
                 transient = isinstance(exc, TRANSIENT_ERRORS)
@@ -150,7 +153,17 @@ class StageRunner:
                 self._stop.wait(delay)
             finally:
                 self._part = []
-                consumer.close()
+                if consumer is not None:
+                    self._close(consumer)
+
+    def _close(self, consumer: Consumer) -> None:
+        """Close a consumer being replaced; one that cannot leave its group cleanly (the log
+        is away) is dropped all the same: the group replaces the member after its session
+        timeout."""
+        try:
+            consumer.close()
+        except Exception as exc:
+            logger.warning("stage %s: closing its consumer failed: %s", self.stage.group, exc)
 
     def _failed(self, exc: Exception) -> None:
         group = self.stage.group
