@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from _support import wait_for
+from clew.collector.metrics import render
 from clew.log.base import Consumer, Log, Message, Record, TopicSpec
 from clew.log.embedded import EmbeddedLog
+from clew.server_metrics import stage_counter_families
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
 from clew.stages.health import RATE_WINDOW_S, StageWatch, overall
@@ -80,6 +82,9 @@ def test_a_conflict_is_counted_apart_logged_at_debug_and_is_no_failure(
     assert [r.levelno for r in conflict_logs] == [logging.DEBUG, logging.DEBUG]
     assert all(r.exc_info is None for r in conflict_logs)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    metrics = render(stage_counter_families(counters, ["profiles"]))
+    assert 'clew_stage_conflicts_total{stage="profiles"} 2' in metrics
+    assert 'clew_stage_failures_total{stage="profiles"} 0' in metrics
     watch = StageWatch(log, counters, ledger, ["profiles"], stalled_after_s=60)
     watch.sample("profiles")
     health = watch.stages({"profiles": True})["profiles"]
