@@ -152,7 +152,9 @@ class KafkaLog(Log):
         self.timeout_s = timeout_s
         self._replication = -1 if replication_factor is None else replication_factor
         base: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **(client or {})}
-        self._admin = Admin(base, timeout_s)
+        # The admin client's failures come back as errors of its requests; its own lines
+        # (one per reconnection attempt while a broker is down) would go straight to stderr.
+        self._admin = Admin({**base, "log_level": 2}, timeout_s)
         self.producer_config: dict[str, Any] = {
             **base,
             "logger": logger,
