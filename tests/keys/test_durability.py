@@ -20,7 +20,7 @@ import pytest
 
 from _kafka import KafkaBroker
 from _services import LOOPBACK, _answers, free_port, redis_server, require_module, start, stop
-from _support import make_settings
+from _support import clew_bin, make_settings
 from clew.backends import open_keyring
 from clew.config import LogSettings, PrivacySettings, Settings, StoreSettings
 from clew.keys import KeyStoreError
@@ -57,6 +57,31 @@ def test_a_redis_without_an_append_only_file_is_refused(tmp_path: Path) -> None:
         message = refusal(settings_for(tmp_path, redis.url))
     assert "\n" not in message
     assert "appendonly yes" in message and "privacy.key_store_persistence" in message
+
+
+def test_clew_refuses_to_start_on_it_in_one_line_naming_the_setting(
+    tmp_path: Path, kafka_broker: KafkaBroker
+) -> None:
+    with redis_server(tmp_path, appendonly=False) as redis:
+        env = {
+            **os.environ,
+            "CLEW_LOG__BACKEND": "kafka",
+            "CLEW_LOG__BOOTSTRAP_SERVERS": kafka_broker.bootstrap,
+            "CLEW_STORE__BACKEND": "redis",
+            "CLEW_STORE__REDIS_URL": redis.url,
+            "CLEW_PRIVACY__MASTER_KEY": "k" * 64,
+        }
+        argv = [clew_bin(), "collector", "--port", str(free_port())]
+        done = subprocess.run(
+            [*argv, "--data-dir", str(tmp_path / "data")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "appendonly yes" in done.stderr and "privacy.key_store_persistence" in done.stderr
 
 
 def test_a_redis_that_forbids_config_is_refused_unless_persistence_is_assumed(

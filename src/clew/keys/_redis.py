@@ -23,6 +23,7 @@ from collections.abc import Collection, Mapping
 from importlib import resources
 from typing import Any
 
+from clew.config import ConfigError
 from clew.keys.ring import KeyStore, KeyStoreError, StoredKey
 
 try:
@@ -33,6 +34,12 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 _UNREACHABLE = (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
+
+
+class KeyStoreNotDurableError(KeyStoreError, ConfigError):
+    """The Redis that would hold the data keys may lose them (no append-only file), or cannot
+    be asked: a configuration to change, so the CLI tells it in one line, as a settings
+    error."""
 
 
 def _script(name: str) -> str:
@@ -66,8 +73,8 @@ class RedisKeyStore(KeyStore):
         self._destroy = self._client.register_script(self._sources["destroy"])
 
     def require_persistence(self) -> None:
-        """Raise :class:`KeyStoreError` unless the Redis holding the keys (on a cluster, the
-        primary of their slot) writes every change to its append-only file
+        """Raise :class:`KeyStoreNotDurableError` unless the Redis holding the keys (on a
+        cluster, the primary of their slot) writes every change to its append-only file
         (``appendonly yes``, ``appendfsync`` ``always`` or ``everysec``). RDB snapshots alone
         do not do: a key made after the last one is lost with a restart, and the records
         sealed with it are acknowledged already."""
@@ -79,7 +86,7 @@ class RedisKeyStore(KeyStore):
             else:
                 config = self._client.config_get("append*")
         except redis_py.ResponseError as exc:
-            raise KeyStoreError(
+            raise KeyStoreNotDurableError(
                 f"cannot ask Redis whether it keeps the data keys on disk (CONFIG GET: {exc}); "
                 "if it persists them (appendonly yes, or a managed Redis with persistence), set "
                 'privacy.key_store_persistence = "assumed"'
@@ -92,7 +99,7 @@ class RedisKeyStore(KeyStore):
         found = {_text(k): _text(v) for k, v in config.items()}
         appendonly, fsync = found.get("appendonly", "no"), found.get("appendfsync", "everysec")
         if appendonly != "yes" or fsync not in ("always", "everysec"):
-            raise KeyStoreError(
+            raise KeyStoreNotDurableError(
                 f"Redis keeps the data keys that decrypt Kafka records without an append-only "
                 f"file (appendonly {appendonly}, appendfsync {fsync}), so a Redis restart would "
                 "make records unreadable: set `appendonly yes` (appendfsync always or everysec) "
