@@ -150,7 +150,11 @@ class KafkaBroker:
         )
         if formatted.returncode != 0:
             raise KafkaStartError(f"formatting Kafka's storage failed:\n{formatted.stderr}")
-        with self.log_file.open("wb") as log:
+        self._launch(config, timeout_s)
+
+    def _launch(self, config: Path, timeout_s: float) -> None:
+        """Start the JVM on the formatted storage; return once it is ready."""
+        with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)),
                 stdout=log,
@@ -241,6 +245,15 @@ class KafkaBroker:
         while remaining := topics():
             assert time.monotonic() < deadline, f"Kafka did not delete {sorted(remaining)}"
             time.sleep(0.1)
+
+    def restart(self, down_s: float, timeout_s: float = 90.0) -> float:
+        """Stop the broker, leave it down for ``down_s`` seconds, and start it again on the
+        same ports and data (what an operator's broker restart is; partition leaders come
+        back with a new epoch). Returns the monotonic time it answered again."""
+        self.stop()
+        time.sleep(down_s)
+        self._launch(self.workdir / "server.properties", timeout_s)
+        return time.monotonic()
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after 30 s). Safe to call twice."""

@@ -20,6 +20,7 @@ import functools
 import importlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -164,3 +165,43 @@ def redis_server(
             stop(proc)
         return
     raise failure
+
+
+class PersistentRedis:
+    """A ``redis-server`` with the append-only file on (``appendfsync always``), which can be
+    stopped and started again on the same port and data, or frozen (SIGSTOP) and thawed: a
+    Redis restart or hang as an operator meets them. ``start`` raises
+    :class:`ServiceUnavailable` like :func:`redis_server`."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable(
+                "redis-server is not installed: run `sh scripts/redis.sh` "
+                "(on Debian or Ubuntu: apt-get install -y redis-server)"
+            )
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self._argv = [binary, "--bind", LOOPBACK, "--port", str(self.port), "--dir", str(workdir)]
+        self._argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+        self._argv += ["--daemonize", "no", "--logfile", ""]
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        ping = functools.partial(_answers, LOOPBACK, self.port, b"PING\r\n", b"+PONG")
+        self._proc = start(f"redis-{self.port}", self._argv, self.workdir, ping)
+
+    def stop(self) -> None:
+        """SIGTERM (Redis then flushes its append-only file) and wait. Safe to call twice."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop(proc)
+
+    def freeze(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)

@@ -27,6 +27,8 @@ from clew.log._kafka_driver import (
 from clew.log.base import Consumer, LogError, Message, Record, TopicPartition
 
 _MAX_STASH = 5000
+# How long a seek waits for a just-assigned partition to become seekable.
+_SEEK_WAIT_S = 5.0
 
 
 class KafkaConsumer(Consumer):
@@ -209,10 +211,18 @@ class KafkaConsumer(Consumer):
         tp = (topic, partition)
         if tp not in self._assigned:
             raise LogError(f"{topic}[{partition}] is not assigned to this consumer")
-        try:
-            self._consumer.seek(RawTopicPartition(topic, partition, offset))
-        except KafkaException as exc:
-            raise_for(exc.args[0], f"seeking {topic}[{partition}]", topic)
+        # A partition assigned a moment ago may not be fetchable yet ("Erroneous state"),
+        # more often while a broker that just came back loads its partitions: ask again.
+        deadline = time.monotonic() + _SEEK_WAIT_S
+        while True:
+            try:
+                self._consumer.seek(RawTopicPartition(topic, partition, offset))
+                break
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.code() != KafkaError._STATE or time.monotonic() > deadline:
+                    raise_for(err, f"seeking {topic}[{partition}]", topic)
+            time.sleep(0.05)
         self._stash = [m for m in self._stash if (m.topic(), m.partition()) != tp]
         self._positions[tp] = offset
         self._seeked.add(tp)
