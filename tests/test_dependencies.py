@@ -18,7 +18,7 @@ from _support import make_settings, wait_for
 from clew import dependencies as dependencies_module
 from clew.backends import dependencies
 from clew.collector.process import CollectorProcess
-from clew.dependencies import DependencyWatch, UnreachableError, check_reachable
+from clew.dependencies import Dependency, DependencyWatch, UnreachableError, check_reachable
 from clew.server import Clew
 from clew.stages import health as health_module
 
@@ -130,3 +130,39 @@ def test_clew_serve_health_has_stages_with_lag_and_rates_and_its_dependencies(
     assert set(validate) >= {"alive", "status", "reason", "errors", "set_aside"}
     assert (validate["lag"], validate["failures_5m"], validate["conflicts_5m"]) == (0, 0, 0)
     assert body["lifecycle"]["status"] == "ok"
+
+
+def test_a_service_that_answers_again_is_ok_again_at_the_next_probe() -> None:
+    down = True
+
+    def probe(timeout_s: float) -> None:
+        if down:
+            raise OSError("Connection refused")
+
+    service = Dependency("redis", "Redis", "redis-1:6379", "store.redis_url", probe)
+    watch = DependencyWatch([service], every_s=0.05, timeout_s=1.0)
+    watch.start()
+    try:
+        wait_for(lambda: watch.state()["redis"]["checked_at"] is not None)
+        assert watch.unreachable == ["redis"]
+        went_down = watch.state()["redis"]["since"]
+        down = False
+        wait_for(lambda: watch.state()["redis"]["ok"])
+    finally:
+        watch.stop()
+    state = watch.state()["redis"]
+    assert state["reason"] is None and state["since"] >= went_down
+    assert watch.unreachable == []
+
+
+def test_a_collector_requiring_tokens_shows_only_ok_and_status_without_one(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "data")
+    settings.metrics.require_token = True
+    process = CollectorProcess(settings)
+    try:
+        body = TestClient(process.app).get("/health").json()
+    finally:
+        process.close()
+    assert body == {"ok": True, "status": "ok"}
