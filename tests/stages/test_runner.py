@@ -14,13 +14,22 @@ import msgspec
 import pytest
 
 from _support import wait_for
+from clew._redis_shared import RedisUnreachableError
 from clew.background import BackgroundServer
 from clew.dlq.ledger import ReplayLedger
 from clew.dlq.records import STAGE_FAILURE, DeadLetter
 from clew.dlq.snapshot import DlqFilter, DlqSnapshot
 from clew.identity.changes import IdentityRow, ProfileChange, encode_change
 from clew.lake.query import Lake
-from clew.log.base import Consumer, Log, Message, Record, TopicPartition, TopicSpec
+from clew.log.base import (
+    Consumer,
+    Log,
+    LogError,
+    Message,
+    Record,
+    TopicPartition,
+    TopicSpec,
+)
 from clew.log.embedded import EmbeddedLog
 from clew.stages import runner as runner_module
 from clew.stages.base import Stage
@@ -129,17 +138,24 @@ def test_poison_records_at_the_end_of_a_partition_leave_no_lag(log: Log, tmp_pat
     ledger.close()
 
 
-def test_an_outage_is_retried_and_never_blamed_on_a_record(log: Log, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [OSError("disk full"), RedisUnreachableError("cannot reach Redis while claiming ids")],
+    ids=["disk", "redis"],
+)
+def test_an_outage_is_retried_and_never_blamed_on_a_record(
+    log: Log, tmp_path: Path, error: Exception
+) -> None:
     log.append_sync(EVENTS_TOPIC, [Message(f"ok-{i}".encode()) for i in range(5)])
     stage = _Picky()
-    stage.error = OSError("disk full")
+    stage.error = error
     ledger = StageLedger(tmp_path / "state.db")
     runner = StageRunner(log, stage, 50, ledger=ledger)
     runner.start()
     try:
         # As many failures as make the runner isolate a record, were they not an outage.
         wait_for(lambda: runner.errors >= BATCH_ATTEMPTS, timeout_s=30)
-        assert ledger.trouble()["picky"].failing == "OSError: disk full"
+        assert ledger.trouble()["picky"].failing == f"{type(error).__name__}: {error}"
         stage.error = None
         wait_for(lambda: len(stage.done) == 5)
         wait_for(lambda: "picky" not in ledger.trouble())
@@ -150,6 +166,30 @@ def test_an_outage_is_retried_and_never_blamed_on_a_record(log: Log, tmp_path: P
     assert not runner.alive
     assert runner.set_aside == [] and _letters(log) == []
     ledger.close()
+
+
+def test_a_stage_outlives_a_log_it_cannot_join(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the log is away even making a consumer fails; the stage retries, and runs once
+    the log is back."""
+    log.append_sync(EVENTS_TOPIC, [Message(f"ok-{i}".encode()) for i in range(3)])
+    consumer = log.consumer
+    refusals = iter(range(2))
+
+    def joining(*args: object, **kwargs: object) -> Consumer:
+        if next(refusals, None) is not None:
+            raise LogError("cannot reach Kafka")
+        return consumer(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log, "consumer", joining)
+    monkeypatch.setattr(runner_module, "_RETRY_BACKOFF_S", (0.05,))
+    stage = _Picky()
+    runner = StageRunner(log, stage, 50)
+    runner.start()
+    try:
+        wait_for(lambda: len(stage.done) == 3)
+        assert runner.errors == 2 and runner.alive
+    finally:
+        runner.stop()
 
 
 def test_a_failing_stage_does_not_hold_up_shutdown(
