@@ -71,11 +71,13 @@ class Figures:
     lost: int = 0
     duplicated: int = 0
     health_named: bool = False
+    outage_s: float = 0.0
     health_ok_s: float = 0.0
 
     def report(self) -> str:
         return (
-            f"chaos[{self.fault}]: recovered {self.recovery_s:.1f}s after the service returned "
+            f"chaos[{self.fault}]: service away {self.outage_s:.1f}s; "
+            f"recovered {self.recovery_s:.1f}s after the service returned "
             f"(lag 0 after {self.lag_zero_s:.1f}s); {self.refused_503} requests refused with "
             f"503, {self.retried_errors} connection errors or timeouts retried; "
             f"{self.acknowledged} events acknowledged, {self.lost} lost, "
@@ -323,7 +325,9 @@ def run_fault(
     health = HealthWatch(dep.url).__enter__()  # sampling until the figures are taken
     with Sender(dep.url, phase, figures) as sender:
         time.sleep(3.0)  # traffic flowing before the fault
+        struck = time.monotonic()
         back = fault()
+        figures.outage_s = back - struck
         # A new event goes the whole way (collector, validate, lake and profiles) once the
         # pipeline has healed.
         dep.through(phase, SETTLE_TIMEOUT_S)
@@ -383,7 +387,7 @@ def run_fault(
     return figures
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PersistentRedis]:
     try:
         server = PersistentRedis(tmp_path_factory.mktemp("redis-aof"))
@@ -396,7 +400,7 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PersistentRedis]
         server.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def single(
     kafka_broker: KafkaBroker, redis: PersistentRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
@@ -407,28 +411,30 @@ def single(
         yield dep
 
 
-def test_broker_restart(single: Deployment, kafka_broker: KafkaBroker) -> None:
-    run_fault(single, "broker-restart", lambda: kafka_broker.restart(down_s=8.0), "kafka")
+class TestOneRedis:
+    """Faults of the broker and of a single Redis, on one deployment (stopped before the
+    Redis Cluster's test starts its own on the same topics and groups)."""
 
+    def test_broker_restart(self, single: Deployment, kafka_broker: KafkaBroker) -> None:
+        run_fault(single, "broker-restart", lambda: kafka_broker.restart(down_s=8.0), "kafka")
 
-def test_redis_stopped_for_10s(single: Deployment, redis: PersistentRedis) -> None:
-    def fault() -> float:
-        redis.stop()
-        time.sleep(10.0)
-        redis.start()
-        return time.monotonic()
+    def test_redis_stopped_for_10s(self, single: Deployment, redis: PersistentRedis) -> None:
+        def fault() -> float:
+            redis.stop()
+            time.sleep(10.0)
+            redis.start()
+            return time.monotonic()
 
-    run_fault(single, "redis-stop", fault, "redis")
+        run_fault(single, "redis-stop", fault, "redis")
 
+    def test_redis_hung_for_10s(self, single: Deployment, redis: PersistentRedis) -> None:
+        def fault() -> float:
+            redis.freeze()
+            time.sleep(10.0)
+            redis.thaw()
+            return time.monotonic()
 
-def test_redis_hung_for_10s(single: Deployment, redis: PersistentRedis) -> None:
-    def fault() -> float:
-        redis.freeze()
-        time.sleep(10.0)
-        redis.thaw()
-        return time.monotonic()
-
-    run_fault(single, "redis-hang", fault, "redis")
+        run_fault(single, "redis-hang", fault, "redis")
 
 
 def _primary_of(cluster: ClusterService, tag: str) -> int:
