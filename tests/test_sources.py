@@ -255,3 +255,34 @@ def test_a_meta_db_copied_into_redis_keeps_ids_keys_and_tokens(
     finally:
         old.close()
         shared.close()
+
+
+def test_an_unreachable_shared_catalog_is_a_503_but_known_keys_keep_working(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from clew._errors import ServiceUnavailableError
+    from clew.background import free_port
+    from clew.catalog_store import CatalogUnavailableError
+    from clew.catalog_store.redis import RedisCatalogStore
+
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    with pytest.raises(ServiceUnavailableError, match="cannot reach Redis"):
+        Catalog(RedisCatalogStore(nowhere, "t")).sources()
+
+    catalog = Catalog(RedisCatalogStore(redis.Redis.from_url(redis_url), f"t-{uuid.uuid4().hex}"))
+    try:
+        web = catalog.create_source("web", "web-key-123")
+        assert catalog.source_for_key("web-key-123") == web
+
+        def down(write_key: str, now: float) -> None:
+            raise CatalogUnavailableError("cannot reach Redis")
+
+        monkeypatch.setattr(catalog.store, "source_for_key", down)
+        time.sleep(KEY_RECHECK_S)
+        assert catalog.source_for_key("web-key-123") == web  # known before the outage
+        with pytest.raises(CatalogUnavailableError):
+            catalog.source_for_key("another-key-1")
+    finally:
+        catalog.close()

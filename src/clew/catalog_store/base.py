@@ -9,6 +9,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
+from clew._errors import ServiceUnavailableError
+
 SQL, PROFILES, ADMIN, PRIVACY, METRICS = "sql", "profiles", "admin", "privacy", "metrics"
 SCOPES: tuple[str, ...] = (SQL, PROFILES, ADMIN, PRIVACY, METRICS)
 """Every scope a token can hold: ``sql`` (``POST /v1/sql``), ``profiles`` (Profile API reads),
@@ -57,8 +59,9 @@ class TokenNameTakenError(Exception):
     """A token of that name exists."""
 
 
-class CatalogUnavailableError(ConnectionError):
-    """The catalog's storage cannot be reached (a shared store down); retrying may work."""
+class CatalogUnavailableError(ServiceUnavailableError):
+    """The catalog's storage cannot be reached (a shared store down); retrying may work (an
+    HTTP handler answers 503 with ``Retry-After``)."""
 
 
 class CatalogStore(abc.ABC):

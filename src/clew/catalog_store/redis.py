@@ -23,6 +23,7 @@ from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from clew._redis_shared import RedisUnreachableError, key, reaching, redis_client
 from clew.catalog_store.base import (
     CatalogStore,
     CatalogUnavailableError,
@@ -34,18 +35,10 @@ from clew.catalog_store.base import (
 )
 from clew.catalog_store.sqlite import scopes_text, token_of
 
-try:
-    import redis as redis_py
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "the Redis catalog needs the Redis driver: pip install 'clew[redis]'"
-    ) from exc
-
 if TYPE_CHECKING:
     from clew.config import Settings
 
 _SCRIPTS = ("add_source", "replace_key", "mark_removed", "add_token", "delete_token", "note_use")
-_UNREACHABLE = (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
 _T = TypeVar("_T")
 
 
@@ -89,18 +82,13 @@ class RedisCatalogStore(CatalogStore):
 
     @classmethod
     def open(cls, settings: Settings) -> RedisCatalogStore:
-        from clew._redis_shared import key, redis_client
-
         return cls(redis_client(settings), key(settings))
 
     def _call(self, fn: Callable[[], _T]) -> _T:
         try:
-            return fn()
-        except _UNREACHABLE as exc:
-            raise CatalogUnavailableError(
-                f"cannot reach Redis for the catalog of sources and tokens ({exc}); check "
-                "that it is running and that store.redis_url is right"
-            ) from exc
+            return reaching("reading or changing the catalog of sources and tokens", fn)
+        except RedisUnreachableError as exc:
+            raise CatalogUnavailableError(str(exc)) from exc
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         return self._call(lambda: self._scripts[script](keys=keys, args=args))
@@ -195,10 +183,10 @@ class RedisCatalogStore(CatalogStore):
     def _retired(self) -> list[tuple[str, str, float]]:
         entries = self._call(lambda: self._client.hgetall(self._keys))
         out = []
-        for key, raw in entries.items():
+        for write_key, raw in entries.items():
             found = json.loads(raw)
             if found["until"] is not None:
-                out.append((key.decode(), str(found["source"]), float(found["until"])))
+                out.append((write_key.decode(), str(found["source"]), float(found["until"])))
         return sorted(out)
 
     def retired_keys(self) -> list[tuple[str, str, float]]:
