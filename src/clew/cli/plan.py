@@ -79,10 +79,10 @@ def plan_migrate(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Copy a registry.db's tracking plans into the configured registry (once, on moving to
-    store.backend = "redis"; see docs/scale-out.md, "One control plane").
+    """Copy a registry.db's tracking plans into the configured registry.
 
-    Each source's plan comes with its settings, subjects and every version; a source the
+    Run it once, on moving to store.backend = "redis" (docs/scale-out.md, "One control
+    plane"). Each source's plan comes with its settings, subjects and every version; a source the
     registry has a plan for already is left as it is, and named, so running it again
     changes nothing."""
     from clew.schema import SchemaRegistry

@@ -121,10 +121,10 @@ def sources_migrate(
     data_dir: DataDir = None,
     config: ConfigFile = None,
 ) -> None:
-    """Copy a meta.db's sources and tokens into the configured catalog (once, on moving to
-    store.backend = "redis"; see docs/scale-out.md, "One control plane").
+    """Copy a meta.db's sources and tokens into the configured catalog.
 
-    Sources keep their ids, write keys, keys in a grace period and removal; tokens their
+    Run it once, on moving to store.backend = "redis" (docs/scale-out.md, "One control
+    plane"). Sources keep their ids, write keys, keys in a grace period and removal; tokens their
     hashes, scopes, expiry and last use. What the catalog has already is left as it is, so
     running it again changes nothing; a source whose name is taken there by another source
     is not copied, and is named."""
