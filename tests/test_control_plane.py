@@ -20,6 +20,7 @@ from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
 from clew.sources import DEFAULT_SOURCE, Catalog
+from clew.stages._plans import PlanCache
 
 runner = CliRunner()
 
@@ -143,8 +144,17 @@ def test_a_plan_pushed_on_one_machine_is_every_machines(
         assert (
             _clew(machine, "sources", "create", "web", "--write-key", "web-key-123").exit_code == 0
         )
-    pushed = _clew(one, "plan", "push", str(PLAN), "--source", "web")
-    assert pushed.exit_code == 0, pushed.output
+    web_id = _listing(two)[0]["id"]
+    plans = PlanCache(Settings(data_dir=two))  # what the second machine's validate stage reads
+    try:
+        assert plans.plan_for(web_id) is None
+        pushed = _clew(one, "plan", "push", str(PLAN), "--source", "web")
+        assert pushed.exit_code == 0, pushed.output
+        time.sleep(1.0)  # the stage re-checks a source's plan once a second
+        enforced = plans.plan_for(web_id)
+        assert enforced is not None and enforced.enforcement.value == "block_violations"
+    finally:
+        plans.close()
     seen = _plan(two, "web")
     assert seen == _plan(one, "web") and seen["enforcement"] == "block_violations"
     assert "track:Order Completed" in {s["subject"] for s in seen["subjects"]}
