@@ -27,7 +27,7 @@ from redis.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.exceptions import MovedError, RedisClusterException, RedisError
 
-from clew.store._redis_tx import Connection, RedisUnavailableError
+from clew.store._redis_tx import SOCKET_TIMEOUT_S, Connection, RedisUnavailableError
 from clew.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -170,7 +170,9 @@ def cluster_client(url: str, startup_nodes: Sequence[str]) -> Callable[[], redis
         nodes.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
 
     def make() -> redis_py.RedisCluster:
-        client = redis_py.RedisCluster.from_url(url, startup_nodes=nodes)  # type: ignore[no-untyped-call]
+        client = redis_py.RedisCluster.from_url(  # type: ignore[no-untyped-call]
+            url, startup_nodes=nodes, socket_timeout=SOCKET_TIMEOUT_S
+        )
         return cast("redis_py.RedisCluster", client)
 
     return make

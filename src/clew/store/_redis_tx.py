@@ -42,6 +42,11 @@ from clew._errors import ServiceUnavailableError
 from clew.store.base import StoreConflictError, StoreError
 
 Kind = Literal["str", "hash", "zset"]
+# Longest wait for one reply of Redis (a whole transaction block is one reply): a Redis that
+# hangs (stopped, swapping, a network path gone silent) makes a call fail with
+# RedisUnavailableError after this, which a stage retries and the Profile API answers 503,
+# instead of waiting for ever.
+SOCKET_TIMEOUT_S = 10.0
 _Op = tuple[str, Any]
 _Cmd = tuple[str | bytes | int | float, ...]
 

@@ -54,6 +54,7 @@ from clew.store import _redis_timers as timers
 from clew.store._redis_keys import Keys, decode_offset_field, encode_traits, offset_field
 from clew.store._redis_route import ClusterRoute, NodeRoute, Route, cluster_client
 from clew.store._redis_tx import (
+    SOCKET_TIMEOUT_S,
     Conflict,
     Redirected,
     RedisConflictError,
@@ -120,7 +121,8 @@ class RedisProfileStore(ProfileStore):
         elif isinstance(redis, str) and cluster:
             self._route = ClusterRoute(cluster_client(redis, startup_nodes), self._keys.anchor)
         elif isinstance(redis, str):
-            self._route = NodeRoute(redis_py.Redis.from_url(redis), owned=True)
+            client = redis_py.Redis.from_url(redis, socket_timeout=SOCKET_TIMEOUT_S)
+            self._route = NodeRoute(client, owned=True)
         elif isinstance(redis, redis_py.Redis):
             # With cluster=True, the cluster's key names on one server.
             self._route = NodeRoute(redis, owned=False)
