@@ -38,7 +38,10 @@ WriteKey = Annotated[
 def sources_create(
     name: str, write_key: WriteKey = None, data_dir: DataDir = None, config: ConfigFile = None
 ) -> None:
-    """Create a source and print its write key (names are unique ignoring case)."""
+    """Create a source and print its write key (names are unique ignoring case).
+
+    Run again with the same name and --write-key, it prints the key and changes nothing, so a
+    deploy pipeline may run it on every machine."""
     with open_catalog(config, data_dir, "provision") as catalog:
         src = catalog.create_source(name, write_key)
     print(src.write_key)
