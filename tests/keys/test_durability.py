@@ -2,7 +2,8 @@
 "Where the data keys live"): a deployment refuses a Redis that keeps no append-only file,
 with one line naming the setting; with one, a Redis killed and restarted gives every key
 back, so no acknowledged record becomes unreadable, and a destroyed key stays destroyed, so a
-restart never resurrects a shredded person. Real Kafka, real redis-server processes."""
+restart never resurrects a shredded person. On a Redis Cluster, the primary holding the keys'
+slot is the one asked. Real Kafka, real redis-server processes."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from _kafka import KafkaBroker
+from _redis_cluster import ClusterService
 from _services import LOOPBACK, _answers, free_port, redis_server, require_module, start, stop
 from _support import clew_bin, make_settings
 from clew.backends import open_keyring
 from clew.config import LogSettings, PrivacySettings, Settings, StoreSettings
 from clew.keys import KeyStoreError
+from clew.keys._redis import KeyStoreNotDurableError, RedisKeyStore
 from clew.log.base import Log, Message, Record, TopicSpec
 from clew.log.kafka import KafkaLog
 from clew.log.shredding import ShreddingLog
@@ -181,3 +184,24 @@ def test_acknowledged_records_stay_readable_and_shredded_ones_shredded_across_re
         assert len(remaining) == 25 and all(b"bob" in r.value for r in remaining)
         assert len(read_all(after, single, 2)) == 50
         after.close()
+
+
+def test_on_a_redis_cluster_the_primary_holding_the_keys_is_checked(
+    redis_cluster_service: ClusterService,
+) -> None:
+    from clew.store._redis_route import cluster_client
+
+    prefix = f"dur-{uuid.uuid4().hex[:8]}"
+    store = RedisKeyStore(
+        prefix=prefix, client=cluster_client(redis_cluster_service.url, [])(), cluster=True
+    )
+    client = store._client
+    primary = client.get_node_from_key(f"{{{prefix}}}:dk:check")
+    try:
+        store.require_persistence()
+        client.config_set("appendonly", "no", target_nodes=primary)
+        with pytest.raises(KeyStoreNotDurableError, match="appendonly no"):
+            store.require_persistence()
+    finally:
+        client.config_set("appendonly", "yes", target_nodes=primary)
+        store.close()
