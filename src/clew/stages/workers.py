@@ -210,7 +210,7 @@ def stage_locks(
 # The stages that read or write the lake (the profiles stage reads history back from it).
 _LAKE_STAGES = frozenset({"lake", "profiles-lake", "profiles"})
 # How long a stopping worker waits for its stages to finish their batches, in all.
-STOP_TIMEOUT_S = 6.0
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
