@@ -244,7 +244,7 @@ def test_clew_serve_examples_serves_the_site_on_its_own_port(browser: Any, tmp_p
     serve.start()
     try:
         site_url = f"http://127.0.0.1:{site_port}"
-        wait_for(lambda: f"Example site:  {site_url}/" in serve.log_path.read_text())
+        wait_for(lambda: f"Example site:  {site_url}/" in serve.log_path.read_text(), timeout_s=60)
         key = re.search(r"write key of source 'default': (\S+)", serve.log_path.read_text())
         assert key is not None
         config = httpx.get(site_url + "/config.js", timeout=5).text
