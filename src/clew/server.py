@@ -286,6 +286,12 @@ class Clew:
                 lifecycle=self.lifecycle,
                 monitor_path=self.settings.monitor_path,
                 data_dir=self.settings.data_dir,
+                # Live, unless a service is known to be away: then as last sampled, so that
+                # the series stay and /metrics does not wait on Kafka (they vanished while a
+                # broker was down).
+                lag=(
+                    self._stage_watch.lag_by_partition() if self.dependencies.unreachable else None
+                ),
             )
         )
 

@@ -32,6 +32,8 @@ class MetricSources:
     lifecycle: LifecycleScheduler
     monitor_path: Path
     data_dir: Path
+    # (group, topic, partition, lag) as the stage watch last sampled it; None: ask the log.
+    lag: Sequence[tuple[str, str, int, int]] | None = None
 
 
 def metrics_text(sources: MetricSources) -> str:
@@ -48,7 +50,7 @@ def metrics_text(sources: MetricSources) -> str:
             *profiles_families(profiles),
             *audience_families(profiles),
             *stage_families(sources.counters, sources.log),
-            consumer_lag(sources.log),
+            consumer_lag(sources.log) if sources.lag is None else lag_family(sources.lag),
             *read_status(sources.monitor_path).metric_families(),
             *destination_metric_families(sources.data_dir),
             *sources.lifecycle.metric_families(),
