@@ -15,6 +15,7 @@ fault, events lost), which the closing note of issue 19 quotes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -34,6 +35,7 @@ from _kafka import KafkaBroker
 from _redis_cluster import ClusterService, redis_cluster
 from _scaleout import WRITE_KEY, Processes, answering, clew, lake_counts, wait_for
 from _services import PersistentRedis, ServiceUnavailable, require_module, unavailable
+from clew._errors import ServiceUnavailableError
 from clew.backends import open_existing_store
 from clew.background import free_port
 from clew.config import Settings, StoreSettings, load_settings
@@ -250,13 +252,17 @@ class Deployment:
         user = marker["userId"]
         wait_for(
             f"an event of {phase} through the lake and the profiles",
-            lambda: (
-                self.landed({marker["messageId"]})
-                and order_counts(self.settings, {user})[user] == 1
-            ),
+            lambda: self.landed({marker["messageId"]}) and self.orders(user) == 1,
             timeout_s,
             self.procs.tails,
         )
+
+    def orders(self, user: str) -> int | None:
+        """``user``'s order count in the serving store; None while it cannot be read."""
+        try:
+            return order_counts(self.settings, {user})[user]
+        except ServiceUnavailableError:
+            return None
 
     def worker_restarts(self) -> list[str]:
         text = "".join(p.read_text(errors="replace") for p in self.logs.glob("*.log"))
@@ -277,6 +283,7 @@ def _environment(bootstrap: str, store: StoreSettings, data_dir: Path) -> dict[s
         "CLEW_STORE__REDIS_URL": store.redis_url,
         "CLEW_STORE__REDIS_PREFIX": store.redis_prefix,
         "CLEW_STORE__REDIS_CLUSTER": "true" if store.redis_cluster else "false",
+        "CLEW_STORE__REDIS_CLUSTER_NODES": json.dumps(store.redis_cluster_nodes),
     }
     return env
 
@@ -479,7 +486,12 @@ def test_redis_cluster_primary_killed(
             unavailable(str(exc))
         prefix = f"chaos{uuid.uuid4().hex[:8]}"
         store = StoreSettings(
-            backend="redis", redis_url=cluster.url, redis_prefix=prefix, redis_cluster=True
+            backend="redis",
+            redis_url=cluster.url,
+            redis_prefix=prefix,
+            redis_cluster=True,
+            # As an operator sets it: the node of the URL may be the primary that dies.
+            redis_cluster_nodes=cluster.nodes,
         )
         dep = stack.enter_context(deployment(kafka_broker, store, workdir))
 
