@@ -57,7 +57,7 @@ class _OncePerInterval(logging.Filter):
             self._seen.clear()
         self._seen[key] = (now, 0)
         if held:
-            record.msg = f"{record.msg} ({held} more like it in the last minute)"
+            record.msg = f"{record.msg} ({held} more like it held back)"
         return True
 
 
@@ -126,6 +126,11 @@ def serve(
         console.print(
             f"                 POST {base}/v1/sql with a token from "
             f"`{escape(clew_cmd)} tokens create NAME --data-dir {settings.data_dir}`",
+            highlight=False,
+        )
+        console.print(
+            f"  Console:       {base}/console  (sign in with a token from "
+            f"`{escape(clew_cmd)} tokens create NAME --scope all`)",
             highlight=False,
         )
         console.print(
