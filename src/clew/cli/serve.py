@@ -133,11 +133,6 @@ def serve(
             f"`{escape(clew_cmd)} tokens create NAME --scope all`)",
             highlight=False,
         )
-        console.print(
-            f"  Console:       {base}/console  (sign in with a token from "
-            f"`{escape(clew_cmd)} tokens create NAME --scope all`)",
-            highlight=False,
-        )
         console.print(f"  Health:        {base}/health   Metrics: {base}/metrics")
         if examples:
             site = _example_site(base, src.write_key, settings.host, examples_port)
