@@ -152,16 +152,17 @@ class Catalog:
     def ensure_source(self, name: str) -> Source:
         """The source called ``name`` (even a removed one), created if missing. Atomic in the
         store: processes on several machines calling it at once all get the same source."""
-        for _ in range(_RETRIES):
+        existing = self.store.source_named(name)
+        if existing is not None:
+            return existing
+        try:
+            return self.create_source(name)
+        except CatalogError:
+            # Another process created it between the read and the write: theirs is the one.
             existing = self.store.source_named(name)
-            if existing is not None:
-                return existing
-            try:
-                return self.create_source(name)
-            except CatalogError:
-                # Another process created it (or took the random key) first: read it again.
-                continue
-        raise CatalogError(f"could not create source {name!r}; try again")
+            if existing is None:
+                raise
+            return existing
 
     def sources(self, include_removed: bool = True) -> list[Source]:
         """Sources in creation order; removed ones too unless asked not to (their events

@@ -53,6 +53,10 @@ class Storage(Protocol):
 
     def locked(self) -> AbstractContextManager[None]: ...
 
+    def close(self) -> None:
+        """Release what the storage holds open (a connection); it is not used again."""
+        ...
+
 
 class DirectoryStorage:
     """The ``audiences/`` folder of a data directory. Safe to use from several processes:
@@ -115,6 +119,9 @@ class DirectoryStorage:
 
     def bump(self) -> None:
         self._replace(self.path / _GENERATION, str(self._generation() + 1).encode())
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
 
     @contextmanager
     def locked(self) -> Iterator[None]:

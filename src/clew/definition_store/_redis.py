@@ -76,6 +76,9 @@ class RedisStorage:
     def bump(self) -> None:
         self._client.incr(self._gen)
 
+    def close(self) -> None:
+        self._client.close()
+
     def where(self, name: str | None = None) -> str:
         return f"redis {self._defs}" + ("" if name is None else f" [{name}]")
 

@@ -153,3 +153,4 @@ class SharedDatabase(RegistryDatabase):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._storage.close()
