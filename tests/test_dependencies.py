@@ -104,6 +104,7 @@ def test_a_collector_says_degraded_naming_redis_while_it_is_down(
             assert body["dependencies"]["redis"]["ok"] is False
             assert body["dependencies"]["redis"]["setting"] == "store.redis_url"
             assert "Connection refused" in body["dependencies"]["redis"]["reason"]
+            assert 'clew_dependency_up{dependency="redis"} 0' in client.get("/metrics").text
         finally:
             process.close()
 

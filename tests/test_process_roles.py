@@ -256,6 +256,8 @@ def test_a_worker_says_degraded_naming_redis_while_it_is_down_and_stops_within_1
         redis_state = body["dependencies"]["redis"]
         assert (redis_state["ok"], redis_state["setting"]) == (False, "store.redis_url")
         assert "Connection refused" in redis_state["reason"]
+        metrics = httpx.get(f"http://127.0.0.1:{http}/metrics").text
+        assert 'clew_dependency_up{dependency="redis"} 0' in metrics
     took = role.sigterm()
     assert role.proc.returncode == 0, role.log.read_text()[-3000:]
     assert took < SHUTDOWN_BOUND_S, role.log.read_text()[-3000:]

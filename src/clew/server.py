@@ -286,6 +286,7 @@ class Clew:
                 lifecycle=self.lifecycle,
                 monitor_path=self.settings.monitor_path,
                 data_dir=self.settings.data_dir,
+                dependencies=self.dependencies.state(),
                 # Live, unless a service is known to be away: then as last sampled, so that
                 # the series stay and /metrics does not wait on Kafka (they vanished while a
                 # broker was down).

@@ -5,11 +5,18 @@ the one renderer `clew collector` uses too)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from clew.collector.metrics import Family, collector_families, render, suppressed_family
+from clew.collector.metrics import (
+    Family,
+    collector_families,
+    dependency_family,
+    render,
+    suppressed_family,
+)
 from clew.destinations import metric_families as destination_metric_families
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.log.base import Log
@@ -32,6 +39,7 @@ class MetricSources:
     lifecycle: LifecycleScheduler
     monitor_path: Path
     data_dir: Path
+    dependencies: Mapping[str, Mapping[str, Any]] | None = None
     # (group, topic, partition, lag) as the stage watch last sampled it; None: ask the log.
     lag: Sequence[tuple[str, str, int, int]] | None = None
 
@@ -54,6 +62,7 @@ def metrics_text(sources: MetricSources) -> str:
             *read_status(sources.monitor_path).metric_families(),
             *destination_metric_families(sources.data_dir),
             *sources.lifecycle.metric_families(),
+            *([] if sources.dependencies is None else [dependency_family(sources.dependencies)]),
         ]
     )
 

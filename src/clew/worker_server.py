@@ -24,7 +24,7 @@ from clew.api._auth import check_token, holds_scope
 from clew.api.app import public_health
 from clew.backends import dependencies
 from clew.collector.app import Receive, Scope, Send
-from clew.collector.metrics import render
+from clew.collector.metrics import dependency_family, render
 from clew.dependencies import DependencyWatch
 from clew.http_limits import uvicorn_config
 from clew.server_metrics import (
@@ -101,6 +101,7 @@ class WorkerEndpoint:
             profiles = counters.read("profiles")
             families += [*profiles_families(profiles), *audience_families(profiles)]
         families.append(lag_family(self.watch.lag_by_partition()))
+        families.append(dependency_family(self.dependencies.state()))
         return render(families)
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:

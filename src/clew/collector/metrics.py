@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 # (name, kind, help text, samples); a sample is (labels, value).
 Family = tuple[str, str, str, list[tuple[str, float]]]
@@ -48,6 +50,17 @@ def suppressed_family(samples: list[tuple[str, float]]) -> Family:
         "counter",
         "Events of suppressed people answered but not stored, by where they were dropped",
         samples,
+    )
+
+
+def dependency_family(state: Mapping[str, Mapping[str, Any]]) -> Family:
+    """Whether each service the process needs answered its last probe, from
+    :meth:`clew.dependencies.DependencyWatch.state` (every role publishes it)."""
+    return (
+        "clew_dependency_up",
+        "gauge",
+        "Whether a service this process needs answered its last probe (1) or not (0)",
+        [(f'{{dependency="{name}"}}', 1 if s["ok"] else 0) for name, s in sorted(state.items())],
     )
 
 

@@ -22,7 +22,13 @@ from clew.api._auth import check_token, holds_scope
 from clew.api.app import public_health
 from clew.backends import dependencies, open_log
 from clew.collector.app import Collector, Receive, Scope, Send
-from clew.collector.metrics import SUPPRESSED, collector_families, render, suppressed_family
+from clew.collector.metrics import (
+    SUPPRESSED,
+    collector_families,
+    dependency_family,
+    render,
+    suppressed_family,
+)
 from clew.config import Settings
 from clew.dependencies import DependencyWatch, check_reachable
 from clew.http_limits import exit_on_signal, serve_until_signal, uvicorn_config
@@ -115,6 +121,7 @@ class CollectorProcess:
                     f"The collector's sample of {SUPPRESSED}, under its earlier name",
                     [("", c["events_suppressed"])],
                 ),
+                dependency_family(self.dependencies.state()),
             ]
         )
 
