@@ -87,8 +87,10 @@ def test_no_secret_in_any_command_line_environment_health_or_log(
     prefix = "secrets-" + secrets.token_hex(4)
     config = _config(tmp_path / "clew.toml", private_redis, prefix, hidden)
     data_dir = tmp_path / "data"
+    # The source goes where the server reads it: the shared Redis of the settings.
     create_source = [clew_bin(), "sources", "create", "tests", "--write-key", WRITE_KEY]
-    subprocess.run([*create_source, "--data-dir", str(data_dir)], check=True, capture_output=True)
+    create_source += ["--config", str(config), "--data-dir", str(data_dir)]
+    subprocess.run(create_source, check=True, capture_output=True)
     serve = ServeProcess(data_dir, free_port(), args=["--config", str(config)])
     serve.start()
     try:
