@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
 from clew.log._kafka_driver import (
@@ -29,6 +29,8 @@ from clew.log.base import Consumer, LogError, Message, Record, TopicPartition
 _MAX_STASH = 5000
 # How long a seek waits for a just-assigned partition to become seekable.
 _SEEK_WAIT_S = 5.0
+# Beyond a transactional call's own timeout, how long before it counts as stuck.
+_GRACE_S = 5.0
 
 
 class KafkaConsumer(Consumer):
@@ -179,15 +181,22 @@ class KafkaConsumer(Consumer):
                     self._log.produce(producer, topic, n, m, delivered)
             if tps:
                 metadata = self._consumer.consumer_group_metadata()
-                producer.send_offsets_to_transaction(tps, metadata, timeout)
-            producer.commit_transaction(timeout)
+                _within(
+                    timeout, lambda: producer.send_offsets_to_transaction(tps, metadata, timeout)
+                )
+            _within(timeout, lambda: producer.commit_transaction(timeout))
+        except _Stuck as stuck:
+            # Left to its thread, never used again: the broker aborts its transaction after
+            # transaction.timeout.ms, so nothing of it is committed.
+            self._transactional = None
+            raise LogError(f"transaction of group {group!r} (outcome unknown): {stuck}") from None
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
             try:
                 if not err.txn_requires_abort():
                     raise
-                producer.abort_transaction(timeout)
-            except KafkaException:
+                _within(timeout, lambda: producer.abort_transaction(timeout))
+            except (KafkaException, _Stuck):
                 self._transactional = None  # unusable now: the next commit starts afresh
                 _discard(producer)
                 raise_for(err, f"transaction of group {group!r} (outcome unknown)")
@@ -248,6 +257,33 @@ class KafkaConsumer(Consumer):
         finally:
             if self._transactional is not None:
                 _discard(self._transactional)
+
+
+class _Stuck(Exception):
+    """A call into librdkafka did not return within its own timeout and a grace period."""
+
+
+def _within(timeout_s: float, call: Callable[[], object]) -> None:
+    """``call()`` in a helper thread, waited for up to ``timeout_s`` plus a grace period;
+    raises what it raised, or :class:`_Stuck` when it has not returned. librdkafka's
+    ``send_offsets_to_transaction`` was seen blocking for minutes past its timeout after a
+    broker restart, holding up the stage that called it."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="clew-kafka-transaction", daemon=True).start()
+    if not done.wait(timeout_s + _GRACE_S):
+        raise _Stuck(f"Kafka did not answer within {timeout_s + _GRACE_S:g} s")
+    if failed:
+        raise failed[0]
 
 
 def _discard(producer: Producer) -> None:
