@@ -2,7 +2,8 @@
 and their backends"): the log (embedded or Kafka, Kafka sealed by the crypto-shredding
 wrapper), the serving store (SQLite or Redis), and the small stores that follow the serving
 store (the catalog of sources and tokens, dedup claims, the suppression list, data keys,
-audience definitions: files of the data directory or the serving store's Redis).
+audience definitions, destinations: files of the data directory or the serving store's
+Redis).
 
 Nothing outside this module compares ``settings.log.backend`` or ``settings.store.backend``
 to decide what to do; what the rest needs to know of a backend is a capability on its
@@ -14,7 +15,8 @@ Every implementation is imported inside the function that opens it: the optional
 (confluent-kafka, redis-py, cryptography) load only when chosen, and importing this module
 loads no backend at all. Every one of them is in the backends layer (``clew.log``,
 ``clew.store``, ``clew.dedup``, ``clew.suppression_list``, ``clew.keys``,
-``clew.definition_store``, ``clew.catalog_store``), so this module imports nothing of the domain.
+``clew.definition_store``, ``clew.catalog_store``, ``clew.destination_store``), so this
+module imports nothing of the domain.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from clew.dedup import Dedup
     from clew.definition_store import Storage
     from clew.dependencies import Dependency
+    from clew.destination_store import DestinationStore
     from clew.keys import KeyRing, KeyStore
     from clew.log.base import Log
     from clew.log.shredding import ShreddingLog
@@ -40,9 +43,11 @@ __all__ = [
     "catalog_file",
     "dependencies",
     "describe_log",
+    "destinations_folder",
     "open_catalog_store",
     "open_dedup",
     "open_definitions_storage",
+    "open_destination_store",
     "open_existing_catalog_store",
     "open_existing_store",
     "open_keyring",
@@ -278,6 +283,26 @@ def open_definitions_storage(settings: Settings) -> Storage:
     from clew.definition_store import DirectoryStorage
 
     return DirectoryStorage(settings.data_dir)
+
+
+def open_destination_store(settings: Settings) -> DestinationStore:
+    """Where destinations are kept: Redis (``<prefix>:{dst}:…``; every machine's CLI,
+    console and destinations worker then see one set), else one file per destination in
+    ``destinations/`` of the data directory. Their outboxes and delivery history stay in
+    ``destinations.db`` of the machine that runs the destinations worker either way."""
+    if _in_redis(settings):
+        from clew.destination_store.redis import RedisDestinationStore
+
+        return RedisDestinationStore.open(settings)
+    from clew.destination_store import FileDestinationStore
+
+    return FileDestinationStore(settings.destinations_path)
+
+
+def destinations_folder(settings: Settings) -> Path | None:
+    """The folder the configured destinations are kept in on this machine, ``None`` when
+    they live in the shared store."""
+    return None if _in_redis(settings) else settings.destinations_path
 
 
 def open_catalog_store(settings: Settings) -> CatalogStore:

@@ -22,6 +22,7 @@ from clew.collector.app import Collector, Receive, Scope, Send
 from clew.config import Settings
 from clew.console import ConsoleContext, console_routes
 from clew.dependencies import DependencyWatch, check_reachable
+from clew.destinations import Destinations
 from clew.edge import edge_routes
 from clew.http_limits import exit_on_signal, serve_until_signal
 from clew.http_limits import uvicorn_config as limited_uvicorn_config
@@ -118,6 +119,7 @@ class Clew:
         self._privacy_store = open_store(settings)
         self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
         audiences = open_repository(settings)
+        self.destinations = Destinations.open(settings)
         # Set as the HTTP server begins to stop, before it waits for open responses.
         self.stopping = threading.Event()
         console = ConsoleContext(
@@ -127,6 +129,7 @@ class Clew:
             log=self.log,
             profiles=self.profiles,
             audiences=audiences,
+            destinations=self.destinations,
             privacy=self.privacy.requests,
             privacy_wake=self.privacy.wake,
             health=self.health,
@@ -227,6 +230,7 @@ class Clew:
         self._privacy_store.close()
         self.suppression.close()
         self.catalog.close()
+        self.destinations.close()
         self._data_dir_lock.close()
 
     def _schedule(self) -> None:
@@ -285,7 +289,8 @@ class Clew:
                 log=self.log,
                 lifecycle=self.lifecycle,
                 monitor_path=self.settings.monitor_path,
-                data_dir=self.settings.data_dir,
+                outbox_path=self.settings.outbox_path,
+                destinations=self.destinations,
                 dependencies=self.dependencies.state(),
                 # Live, unless a service is known to be away: then as last sampled, so that
                 # the series stay and /metrics does not wait on Kafka (they vanished while a

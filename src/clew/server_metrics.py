@@ -17,6 +17,7 @@ from clew.collector.metrics import (
     render,
     suppressed_family,
 )
+from clew.destinations import Destinations
 from clew.destinations import metric_families as destination_metric_families
 from clew.lake.lifecycle import LifecycleScheduler
 from clew.log.base import Log
@@ -38,7 +39,8 @@ class MetricSources:
     log: Log
     lifecycle: LifecycleScheduler
     monitor_path: Path
-    data_dir: Path
+    outbox_path: Path
+    destinations: Destinations
     dependencies: Mapping[str, Mapping[str, Any]] | None = None
     # (group, topic, partition, lag) as the stage watch last sampled it; None: ask the log.
     lag: Sequence[tuple[str, str, int, int]] | None = None
@@ -60,7 +62,7 @@ def metrics_text(sources: MetricSources) -> str:
             *stage_families(sources.counters, sources.log),
             consumer_lag(sources.log) if sources.lag is None else lag_family(sources.lag),
             *read_status(sources.monitor_path).metric_families(),
-            *destination_metric_families(sources.data_dir),
+            *destination_metric_families(sources.outbox_path, sources.destinations),
             *sources.lifecycle.metric_families(),
             *([] if sources.dependencies is None else [dependency_family(sources.dependencies)]),
         ]

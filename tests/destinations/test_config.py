@@ -49,7 +49,8 @@ def test_files_round_trip_and_bad_files_are_reported(tmp_path: Path) -> None:
     config = DestinationConfig(
         name="crm", url="https://h/x", secret="s", categories=["Advertising"]
     )
-    path = directory.save(config)
+    path = Path(directory.save(config))
+    assert path == tmp_path / "crm.yaml"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it may hold a secret
     (tmp_path / "other.json").write_text(json.dumps({"url": "http://h/o", "batch_size": 5}))
     (tmp_path / "broken.yaml").write_text("url: [")

@@ -1,9 +1,11 @@
 """``clew destinations``: add, list and remove webhook destinations; inspect deliveries and the
 delivery dead-letter store; replay dead letters. See docs/destinations.md.
 
-Every command works on the data directory's files directly, so it works whether or not
-``clew serve`` runs; a running server picks up added, changed and removed destinations within
-about a second, and replayed dead letters within its next outbox poll.
+Every command works on the stores directly, so it works whether or not ``clew serve`` runs:
+the destinations where the settings keep them (the data directory's ``destinations/``, or the
+Redis every machine shares), the outbox, deliveries and dead letters in this machine's
+``destinations.db``. A running destinations worker picks up added, changed and removed
+destinations within about a second, and replayed dead letters within its next outbox poll.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from clew.cli._common import (
 from clew.destinations.config import CHANGE_KINDS
 
 if TYPE_CHECKING:
-    from clew.destinations import DestinationConfig, DestinationDirectory, Outbox
+    from clew.destinations import DestinationConfig, Destinations, Outbox
 
 destinations_app = typer.Typer(
     help="Webhook destinations: events and profile changes, filtered by consent, batched, "
@@ -72,11 +74,12 @@ def _when(ms: int | None) -> str:
     return "" if ms is None else time_of_ms(ms)
 
 
-def _open(data_dir: Path | None, config: Path | None) -> tuple[DestinationDirectory, Path]:
-    from clew.destinations import DestinationDirectory
+def _open(data_dir: Path | None, config: Path | None) -> tuple[Destinations, Path]:
+    """The configured destinations (close them) and this machine's outbox file."""
+    from clew.destinations import Destinations
 
     settings = settings_from(config, data_dir=data_dir)
-    return DestinationDirectory(settings.destinations_path), settings.outbox_path
+    return Destinations.open(settings), settings.outbox_path
 
 
 def _outbox(path: Path) -> Outbox:
@@ -85,11 +88,11 @@ def _outbox(path: Path) -> Outbox:
     return Outbox(path)
 
 
-def _require_destination(directory: DestinationDirectory, outbox: Outbox, name: str) -> None:
-    """Exit 1 naming the closest destination unless ``name`` is configured (its file may not
-    parse) or has left something in the outbox: removed destinations keep their deliveries
-    and dead letters."""
-    known = set(directory.names()) | {p.stem for p in directory.files()} | set(outbox.known())
+def _require_destination(directory: Destinations, outbox: Outbox, name: str) -> None:
+    """Exit 1 naming the closest destination unless ``name`` is configured (its settings may
+    not parse) or has left something in the outbox: removed destinations keep their
+    deliveries and dead letters."""
+    known = directory.stored_names() | set(outbox.known())
     if name in known:
         return
     known |= {x.dest for x in outbox.dead_letters()}
@@ -135,12 +138,11 @@ def add(
 
     Repeat --category, --event, --change, --audience and --trait for several values; the
     filters combine with AND (docs/destinations.md)."""
-    from clew.destinations import DestinationDirectory, DestinationError, parse_destination
+    from clew.destinations import DestinationError, Destinations, parse_destination
     from clew.destinations.addresses import check_url
     from clew.destinations.config import read_mapping
 
     settings = settings_from(config, data="provision", data_dir=data_dir)
-    directory = DestinationDirectory(settings.destinations_path)
     options: dict[str, Any] = {
         "url": url,
         "secret": secret,
@@ -165,7 +167,8 @@ def add(
                 raise fail("--url is required (or --file with the settings)", 2)
             destination = parse_destination({"name": name, **given}, "destination")
         check_url(destination.url, settings.destinations.block_private_networks)
-        path = directory.save(destination, replace=replace)
+        with Destinations.open(settings) as directory:
+            path = directory.save(destination, replace=replace)
     except DestinationError as exc:
         raise fail(escape(str(exc)), 2) from None
     console.print(f"destination [bold]{escape(name)}[/bold] saved to {escape(str(path))}")
@@ -199,7 +202,8 @@ def list_(
     reported after it (on stderr for CSV)."""
     fmt = output_format(format, as_json)
     directory, db = _open(data_dir, config)
-    found, problems = directory.load()
+    with directory:
+        found, problems = directory.load()
     outbox = _outbox(db)
     try:
         waiting = outbox.waiting()
@@ -263,6 +267,8 @@ def remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> No
         path = directory.remove(name)
     except DestinationError as exc:
         raise fail(escape(str(exc))) from None
+    finally:
+        directory.close()
     outbox = _outbox(db)
     try:
         dropped = outbox.purge(name)
@@ -296,6 +302,7 @@ def deliveries(
         done = outbox.deliveries(name, limit)
     finally:
         outbox.close()
+        directory.close()
     pending = None
     if head is not None:
         pending = {
@@ -390,6 +397,7 @@ def dlq(
         letters = outbox.dead_letters(name)
     finally:
         outbox.close()
+        directory.close()
     rows = [
         {
             "destination": x.dest,
@@ -437,6 +445,8 @@ def replay(
         directory.get(name)
     except DestinationError as exc:
         raise fail(escape(str(exc)) + " (add it again to replay its dead letters)") from None
+    finally:
+        directory.close()
     outbox = _outbox(db)
     try:
         batches, records = outbox.replay(name, int(time.time() * 1000), delivery_id)
@@ -446,4 +456,52 @@ def replay(
         raise fail(f"no dead letter of {escape(name)} with delivery id {escape(delivery_id)}")
     console.print(
         f"{batches} dead letters ({records} records) of {escape(name)} are back in its outbox"
+    )
+
+
+@destinations_app.command("migrate")
+def migrate(
+    folder: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The destinations/ folder to copy; this data directory's when left out.",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+) -> None:
+    """Copy a destinations/ folder's destinations into the configured store.
+
+    Run it once, on moving to store.backend = "redis" (docs/scale-out.md, "One control
+    plane"). A destination the store has already is left as it is (named when its settings
+    differ), so running it again changes nothing; files that do not load are named and not
+    copied. Outboxes, deliveries and dead letters stay in this machine's destinations.db."""
+    from clew.backends import destinations_folder
+    from clew.destinations import DestinationDirectory, Destinations, copy_destinations
+
+    settings = settings_from(config, data_dir=data_dir)
+    path = (folder or settings.destinations_path).resolve()
+    if not path.is_dir():
+        raise fail(escape(f"there is no destinations folder at {path} to copy"))
+    own = destinations_folder(settings)
+    if own is not None and own.resolve() == path:
+        raise fail(
+            escape(
+                f"{path} is this deployment's destinations already; set store.backend = "
+                '"redis" to copy them into the shared store'
+            )
+        )
+    with DestinationDirectory(path) as old, Destinations.open(settings) as target:
+        done = copy_destinations(old, target)
+        where = target.where()
+    for name in done.kept:
+        err.print(
+            escape(f"warning: destination '{name}' not copied: {where} has other settings for it"),
+            highlight=False,
+        )
+    for problem in done.invalid:
+        err.print(escape(f"warning: not copied: {problem}"), highlight=False)
+    console.print(
+        escape(f"{where} holds {len(done.copied)} destination(s) of {path}"), highlight=False
     )

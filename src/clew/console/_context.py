@@ -9,6 +9,7 @@ from typing import Any
 
 from clew.audiences.repository import DefinitionRepository
 from clew.config import Settings
+from clew.destinations import Destinations
 from clew.lake.query import Lake
 from clew.log.base import Log
 from clew.privacy.requests import RequestStore
@@ -26,6 +27,7 @@ class ConsoleContext:
     log: Log
     profiles: ProfileStore
     audiences: DefinitionRepository
+    destinations: Destinations
     privacy: RequestStore
     privacy_wake: Callable[[], None]
     health: Callable[[], dict[str, Any]]

@@ -21,7 +21,6 @@ from clew.destinations import (
     Batch,
     Delivery,
     DestinationConfig,
-    DestinationDirectory,
     DestinationError,
     Outbox,
     UndeliverableBatch,
@@ -63,13 +62,11 @@ def settings_shown(config: DestinationConfig) -> dict[str, Any]:
     return shown
 
 
-def _directory(kit: ConsoleKit) -> DestinationDirectory:
-    return DestinationDirectory(kit.ctx.settings.destinations_path)
-
-
 def _listing(kit: ConsoleKit) -> dict[str, Any]:
-    found, problems = _directory(kit).load()
-    figures = {f.name: f for f in destination_figures(kit.ctx.settings.data_dir)}
+    found, problems = kit.ctx.destinations.load()
+    figures = {
+        f.name: f for f in destination_figures(kit.ctx.settings.outbox_path, kit.ctx.destinations)
+    }
     dead: dict[str, int] = {}
     known: dict[str, int] = {}
     if kit.ctx.settings.outbox_path.exists():
@@ -115,11 +112,16 @@ def _records(body: bytes | None) -> tuple[list[str], int]:
 
 def _detail(kit: ConsoleKit, name: str, show: str | None) -> dict[str, Any] | None:
     try:
-        config: DestinationConfig | None = _directory(kit).get(name)
+        config: DestinationConfig | None = kit.ctx.destinations.get(name)
     except DestinationError:
         config = None
     figures = next(
-        (f for f in destination_figures(kit.ctx.settings.data_dir) if f.name == name), None
+        (
+            f
+            for f in destination_figures(kit.ctx.settings.outbox_path, kit.ctx.destinations)
+            if f.name == name
+        ),
+        None,
     )
     letters: list[UndeliverableBatch] = []
     head: Batch | None = None
@@ -193,7 +195,7 @@ def routes(kit: ConsoleKit) -> list[BaseRoute]:
         form = await request.form()
         delivery_id = str(form.get("delivery_id") or "") or None
         try:
-            await run_in_threadpool(_directory(kit).get, name)
+            await run_in_threadpool(kit.ctx.destinations.get, name)
         except DestinationError as exc:
             values = await run_in_threadpool(_detail, kit, name, None)
             if values is None:

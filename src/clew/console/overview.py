@@ -85,7 +85,7 @@ def _overview(kit: ConsoleKit) -> dict[str, Any]:
         "stages": stages,
         "dlq": dlq,
         "monitor": monitor,
-        "destinations": destination_figures(kit.ctx.settings.data_dir),
+        "destinations": destination_figures(kit.ctx.settings.outbox_path, kit.ctx.destinations),
     }
 
 

@@ -1,6 +1,8 @@
-"""Destination configuration: one YAML or JSON file per destination in the data directory's
-``destinations/`` folder, read by the destinations stage (changes take effect within about a
-second) and written by ``clew destinations add|remove``.
+"""Destination configuration, kept where :func:`clew.backends.open_destination_store` says:
+one YAML or JSON file per destination in the data directory's ``destinations/`` folder, or,
+when the serving store is Redis, a Redis hash every machine shares. Read by the destinations
+stage (changes take effect within about a second), the CLI and the console; written by
+``clew destinations add|remove|migrate``.
 
 A destination says where to send (a webhook URL and the secret that signs each request), what
 to send (event names or types, kinds of profile changes, audiences, traits), whose data it may
@@ -10,18 +12,27 @@ window). See docs/destinations.md.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clew._datadir import DESTINATIONS_DIR, OUTBOX_FILE
 from clew._names import did_you_mean
+from clew.backends import open_destination_store
+from clew.destination_store import (
+    DestinationStore,
+    DestinationTakenError,
+    FileDestinationStore,
+    read_settings,
+)
+
+if TYPE_CHECKING:
+    from clew.config import Settings
 
 # Kinds of records on the ``changes`` topic a destination can ask for.
 CHANGE_KINDS = (
@@ -37,7 +48,6 @@ ChangeKind = Literal[
 ALL_EVENTS = "*"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class DestinationError(ValueError):
@@ -179,14 +189,9 @@ def read_mapping(path: Path) -> dict[str, Any]:
     """The settings in ``path`` (YAML or JSON) as a mapping; ``name`` defaults to the file
     name."""
     try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise DestinationConfigError(f"{path}: cannot read it ({exc})") from None
-    if not isinstance(data, dict):
-        raise DestinationConfigError(f"{path}: expected a mapping of destination settings")
-    data.setdefault("name", path.stem)
-    return data
+        return read_settings(path)
+    except ValueError as exc:
+        raise DestinationConfigError(str(exc)) from None
 
 
 def read_file(path: Path) -> DestinationConfig:
@@ -194,53 +199,66 @@ def read_file(path: Path) -> DestinationConfig:
     return parse_destination(read_mapping(path), str(path))
 
 
-class DestinationDirectory:
-    """The ``destinations/`` folder. Files other than ``*.yaml``, ``*.yml`` and ``*.json``
-    (and hidden files) are ignored."""
+class Destinations:
+    """The configured destinations over a :class:`~clew.destination_store.DestinationStore`:
+    the data directory's files, or the Redis every machine shares (:meth:`open` picks from
+    the settings). Closing it (or leaving its ``with`` block) closes the store."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, store: DestinationStore) -> None:
+        self.store = store
 
-    def files(self) -> Iterator[Path]:
-        if not self.path.is_dir():
-            return
-        for p in sorted(self.path.iterdir()):
-            if p.suffix in _SUFFIXES and not p.name.startswith(".") and p.is_file():
-                yield p
+    @classmethod
+    def open(cls, settings: Settings) -> Destinations:
+        return cls(open_destination_store(settings))
 
-    def signature(self) -> tuple[tuple[str, int, int], ...]:
-        """Changes whenever a file is added, removed or rewritten (cheap to compare)."""
-        out = []
-        for p in self.files():
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue
-            out.append((p.name, st.st_mtime_ns, st.st_size))
-        return tuple(out)
+    def __enter__(self) -> Destinations:
+        return self
 
-    def load(self) -> tuple[dict[Path, DestinationConfig], dict[Path, str]]:
-        """Every valid destination by file, and the problem of every invalid file (a second
-        file naming an existing destination is invalid)."""
-        found: dict[Path, DestinationConfig] = {}
-        errors: dict[Path, str] = {}
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def version(self) -> Hashable:
+        """Changes whenever a destination is added, changed or removed (cheap to compare)."""
+        return self.store.version()
+
+    def where(self, name: str | None = None) -> str:
+        return self.store.where(name)
+
+    def load(self) -> tuple[dict[str, DestinationConfig], dict[str, str]]:
+        """Every valid destination and the problem of every invalid one, each by where it is
+        kept (a second file naming an existing destination is invalid)."""
+        found: dict[str, DestinationConfig] = {}
+        errors: dict[str, str] = {}
         names: set[str] = set()
-        for p in self.files():
+        for stored in self.store.read_all():
+            if stored.settings is None:
+                errors[stored.origin] = stored.problem or f"{stored.origin}: cannot read it"
+                continue
             try:
-                config = read_file(p)
+                config = parse_destination(stored.settings, stored.origin)
             except DestinationConfigError as exc:
-                errors[p] = str(exc)
+                errors[stored.origin] = str(exc)
                 continue
             if config.name in names:
-                errors[p] = f"{p}: destination {config.name!r} is already defined in another file"
+                errors[stored.origin] = (
+                    f"{stored.origin}: destination {config.name!r} is already defined in "
+                    "another file"
+                )
                 continue
             names.add(config.name)
-            found[p] = config
+            found[stored.origin] = config
         return found, errors
 
     def names(self) -> list[str]:
-        """The names of the destinations whose files load."""
+        """The names of the destinations that load."""
         return [config.name for config in self.load()[0].values()]
+
+    def stored_names(self) -> set[str]:
+        """The names of every stored destination, those that do not load too."""
+        return {stored.name for stored in self.store.read_all()}
 
     def get(self, name: str) -> DestinationConfig:
         for config in self.load()[0].values():
@@ -248,37 +266,61 @@ class DestinationDirectory:
                 return config
         raise UnknownDestinationError(name, self.names())
 
-    def file_of(self, name: str) -> Path | None:
-        for p, config in self.load()[0].items():
-            if config.name == name:
-                return p
-        for suffix in _SUFFIXES:
-            if (self.path / f"{name}{suffix}").exists():
-                return self.path / f"{name}{suffix}"
-        return None
-
-    def save(self, config: DestinationConfig, *, replace: bool = False) -> Path:
-        """Write ``config`` to ``<name>.yaml`` atomically, readable only by its owner (it may
-        hold a secret)."""
-        existing = self.file_of(config.name)
-        if existing is not None and not replace:
-            raise DestinationExistsError(config.name)
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / f"{config.name}.yaml"
-        tmp = self.path / f".{config.name}.yaml.tmp"
+    def save(self, config: DestinationConfig, *, replace: bool = False) -> str:
+        """Store ``config`` (its settings that differ from the defaults) and say where; a
+        file is readable only by its owner (it may hold a secret)."""
         data = config.model_dump(mode="json", exclude_defaults=True)
-        data = {"name": config.name, "type": config.type, **data}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
-        tmp.replace(target)
-        if existing is not None and existing != target:
-            existing.unlink(missing_ok=True)
-        return target
+        try:
+            return self.store.put(
+                {"name": config.name, "type": config.type, **data}, replace=replace
+            )
+        except DestinationTakenError:
+            raise DestinationExistsError(config.name) from None
 
-    def remove(self, name: str) -> Path:
-        path = self.file_of(name)
-        if path is None:
+    def remove(self, name: str) -> str:
+        where = self.store.delete(name)
+        if where is None:
             raise UnknownDestinationError(name, self.names())
-        path.unlink()
-        return path
+        return where
+
+
+class DestinationDirectory(Destinations):
+    """The destinations of one folder (a data directory's ``destinations/``), whatever the
+    settings say: for tests, and for copying a folder into the shared store."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(FileDestinationStore(path))
+        self.path = path
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What :func:`copy_destinations` did: the names now in the target with the settings of
+    the source, those the target holds with other settings (left as they are), and the
+    problems of those that do not load."""
+
+    copied: list[str]
+    kept: list[str]
+    invalid: list[str]
+
+
+def copy_destinations(source: Destinations, target: Destinations) -> Copied:
+    """Copy every destination of ``source`` that ``target`` does not have; one it has with
+    the same settings counts as copied, so running it again changes nothing."""
+    found, problems = source.load()
+    there = {c.name: c for c in target.load()[0].values()}
+    copied, kept = [], []
+    for config in sorted(found.values(), key=lambda c: c.name):
+        have = there.get(config.name)
+        if have is None:
+            try:
+                target.save(config)
+            except DestinationExistsError:
+                kept.append(config.name)  # stored there, but it does not load
+                continue
+            copied.append(config.name)
+        elif have == config:
+            copied.append(config.name)
+        else:
+            kept.append(config.name)
+    return Copied(copied, kept, sorted(problems.values()))

@@ -1,15 +1,20 @@
-"""Destination figures for ``/metrics``, read from the outbox file (safe from any process while
-the destinations stage runs)."""
+"""Destination figures for ``/metrics`` and the console, read from this machine's outbox file
+(safe from any process while the destinations stage runs) and the configured destinations
+(:class:`~clew.destinations.config.Destinations`, which may be shared by every machine)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from clew.destinations.config import DestinationDirectory, destinations_dir, outbox_path
+from clew._errors import ServiceUnavailableError
+from clew.destinations.config import Destinations
 from clew.destinations.outbox import DEAD_LETTERED, DELIVERED, OUTBOX_FULL, RETRIED
 from clew.destinations.routing import CONSENT, INTEGRATIONS, NOT_SELECTED_CHANGE, NOT_SELECTED_EVENT
+
+logger = logging.getLogger(__name__)
 
 MetricFamily = tuple[str, str, str, list[tuple[str, float]]]
 
@@ -45,13 +50,17 @@ class DestinationFigures:
     waiting: int
 
 
-def destination_figures(data_dir: Path) -> list[DestinationFigures]:
+def destination_figures(outbox: Path, destinations: Destinations) -> list[DestinationFigures]:
     """Every configured destination's figures (zeros until it has traffic), and removed ones'
-    while they still have counts, by name."""
-    counters, waiting = _read(outbox_path(data_dir))
-    configured = {
-        c.name for c in DestinationDirectory(destinations_dir(data_dir)).load()[0].values()
-    }
+    while they still have counts, by name; ``outbox`` is this machine's ``destinations.db``.
+    While the shared store cannot be reached, only destinations with counts here are
+    listed."""
+    counters, waiting = _read(outbox)
+    try:
+        configured = set(destinations.names())
+    except ServiceUnavailableError as exc:
+        logger.warning("destination figures without the configured destinations: %s", exc)
+        configured = set()
     names = sorted(configured | {d for d, _ in counters} | set(waiting))
 
     def counts(dest: str, prefix: str, values: tuple[str, ...]) -> dict[str, int]:
@@ -69,11 +78,11 @@ def destination_figures(data_dir: Path) -> list[DestinationFigures]:
     ]
 
 
-def metric_families(data_dir: Path) -> list[MetricFamily]:
+def metric_families(outbox: Path, destinations: Destinations) -> list[MetricFamily]:
     """(name, type, help, [(labels, value)]) per destination metric: every configured
     destination appears (with zeros until it has traffic), and removed ones while they still
     have counts."""
-    figures = destination_figures(data_dir)
+    figures = destination_figures(outbox, destinations)
 
     def samples(kind: str, label: str) -> list[tuple[str, float]]:
         return [

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from clew._locations import LakeLocation
 from clew.config import Settings
-from clew.destinations.config import DestinationDirectory
+from clew.destinations.config import Destinations
 from clew.identity.rules import IdentityRules
 from clew.lake.person_index import NULL_DAY, PersonIndex
 from clew.log.base import Log, Record
@@ -408,7 +408,8 @@ class _Eraser:
     def notices(self) -> StoreReport:
         from clew.destinations.notices import send_deletion_notice
 
-        configs, _ = DestinationDirectory(self.settings.destinations_path).load()
+        with Destinations.open(self.settings) as destinations:
+            configs, _ = destinations.load()
         wanted = [c for c in configs.values() if c.deletion_notices]
         outcomes = [
             send_deletion_notice(

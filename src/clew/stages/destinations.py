@@ -14,9 +14,12 @@ enqueues it twice. The log commit that follows (after every record is durably in
 each destination it is for) keeps the consumer lag figures right. A receiver may still see a
 batch twice (an answer lost in a crash); the ``X-Clew-Delivery`` id tells it so.
 
-Destinations are read from ``data_dir/destinations/``; added, changed or removed files take
-effect within about a second. A file that stops parsing keeps its last good configuration
-(the problem is logged), so a typo never silently stops a destination. A destination gets the
+Destinations are read from where the settings keep them (:class:`Destinations`: the data
+directory's ``destinations/``, or the Redis every machine shares); added, changed or removed
+destinations take effect within about a second. One that stops parsing keeps its last good
+configuration (the problem is logged), so a typo never silently stops a destination; while
+the shared store cannot be reached, the stage keeps routing to the destinations it last
+read (it refuses to start without having read them once). A destination gets the
 records appended to the log (by their append time) after the stage first saw it, even when the
 stage is behind or its group is new: adding a destination never replays the log's history.
 """
@@ -26,15 +29,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import httpx
 import msgspec
 
+from clew._errors import ServiceUnavailableError
 from clew.destinations.config import (
     DestinationConfig,
     DestinationDirectory,
+    Destinations,
     destinations_dir,
     outbox_path,
 )
@@ -59,23 +64,27 @@ class DestinationsStage(Stage):
         self,
         data_dir: Path,
         *,
+        destinations: Destinations | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
         poll_s: float = POLL_S,
         block_private_networks: bool = False,
     ) -> None:
         self._block_private_networks = block_private_networks
-        self._dir = DestinationDirectory(destinations_dir(data_dir))
+        """``data_dir`` holds the outbox; ``destinations`` (closed with the stage) says where
+        the destinations are read, ``data_dir``'s ``destinations/`` when left out."""
+        self._dir = destinations or DestinationDirectory(destinations_dir(data_dir))
         self._outbox_path = outbox_path(data_dir)
         self._outbox = Outbox(self._outbox_path)
         self._clock = clock
         self._transport = transport
         self._poll_s = poll_s
         self._routes: list[Route] = []
-        self._configs: dict[Path, DestinationConfig] = {}
-        self._problems: dict[Path, str] = {}
+        self._configs: dict[str, DestinationConfig] = {}
+        self._problems: dict[str, str] = {}
         self._senders: dict[str, Sender] = {}
-        self._signature: object = None
+        self._signature: Hashable = None
+        self._unreachable: str | None = None
         self._checked = 0.0
         self._closed = False
         self.counts: Counter[str] = Counter()
@@ -144,6 +153,7 @@ class DestinationsStage(Stage):
         for sender in self._senders.values():
             sender.join(max(0.0, deadline - time.monotonic()))
         self._outbox.close()
+        self._dir.close()
 
     def _read(self, rec: Record) -> Item | None:
         try:
@@ -162,16 +172,31 @@ class DestinationsStage(Stage):
             return None
 
     def _maybe_reload(self) -> None:
-        if time.monotonic() - self._checked >= _RELOAD_S:
+        if time.monotonic() - self._checked < _RELOAD_S:
+            return
+        try:
             self._reload()
+        except ServiceUnavailableError as exc:
+            self._checked = time.monotonic()
+            if self._unreachable is None:
+                logger.warning(
+                    "destinations: %s; routing to the %d destinations read last",
+                    exc,
+                    len(self._routes),
+                )
+            self._unreachable = str(exc)
+            return
+        if self._unreachable is not None:
+            logger.info("destinations: reading them again")
+            self._unreachable = None
 
     def _reload(self) -> None:
         self._checked = time.monotonic()
-        signature = self._dir.signature()
+        signature = self._dir.version()
         if signature == self._signature:
             return
-        self._signature = signature
         found, problems = self._dir.load()
+        self._signature = signature
         names = {c.name for c in found.values()}
         for path, problem in problems.items():
             if self._problems.get(path) != problem:

@@ -146,12 +146,19 @@ def _build_profiles_lake(settings: Settings) -> _Built:
 
 
 def _build_destinations(settings: Settings) -> _Built:
+    from clew.destinations.config import Destinations
     from clew.stages.destinations import DestinationsStage
 
-    destinations = DestinationsStage(
-        settings.data_dir,
-        block_private_networks=settings.destinations.block_private_networks,
-    )
+    configured = Destinations.open(settings)
+    try:
+        destinations = DestinationsStage(
+            settings.data_dir,
+            destinations=configured,
+            block_private_networks=settings.destinations.block_private_networks,
+        )
+    except BaseException:
+        configured.close()
+        raise
     return destinations, [destinations.shutdown]
 
 
