@@ -15,6 +15,7 @@ from clew import backends
 from clew.config import Settings
 from clew.dedup import DedupIndex, RedisDedupIndex
 from clew.definition_store import DirectoryStorage
+from clew.destination_store import FileDestinationStore
 from clew.keys._sqlite import SqliteKeyStore
 from clew.log.embedded import EmbeddedLog
 from clew.stages.workers import stage_locks
@@ -42,6 +43,10 @@ def test_the_small_stores_are_files_of_the_data_dir_beside_a_sqlite_store(tmp_pa
     storage = backends.open_definitions_storage(settings)
     assert isinstance(storage, DirectoryStorage)
     assert storage.where() == str(tmp_path / "audiences")
+    destinations = backends.open_destination_store(settings)
+    assert isinstance(destinations, FileDestinationStore)
+    assert destinations.where() == str(tmp_path / "destinations")
+    assert backends.destinations_folder(settings) == tmp_path / "destinations"
     assert {p.name for p in tmp_path.iterdir()} >= {"state.db", "privacy.db", "keys.db"}
     assert backends.serving_store_file(settings) == tmp_path / "profiles.db"
     assert backends.describe_log(settings) == f"the embedded log in {tmp_path} (this machine only)"
@@ -49,6 +54,7 @@ def test_the_small_stores_are_files_of_the_data_dir_beside_a_sqlite_store(tmp_pa
 
 def test_the_small_stores_follow_a_redis_store_into_redis(tmp_path: Path, redis_url: str) -> None:
     from clew.definition_store._redis import RedisStorage
+    from clew.destination_store.redis import RedisDestinationStore
     from clew.keys._redis import RedisKeyStore
     from clew.suppression_list._redis import RedisSuppressionList
 
@@ -76,6 +82,13 @@ def test_the_small_stores_follow_a_redis_store_into_redis(tmp_path: Path, redis_
         for o in opened:
             o.close()
     assert isinstance(backends.open_definitions_storage(settings), RedisStorage)
+    destinations = backends.open_destination_store(settings)
+    try:
+        assert isinstance(destinations, RedisDestinationStore)
+        assert destinations.where() == f"redis {prefix}:{{dst}}:defs"
+    finally:
+        destinations.close()
+    assert backends.destinations_folder(settings) is None
     assert backends.serving_store_file(settings) is None
     assert not any(tmp_path.iterdir()), "nothing of them is kept in the data directory"
 

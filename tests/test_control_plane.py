@@ -1,7 +1,8 @@
 """One control plane: machines with data directories of their own on one Redis share the
 catalog of sources, write keys and tokens (the same ids everywhere, a change on one live on
-all within a second); a ``meta.db`` moves into it with `clew sources migrate`; and `clew
-identity explain` reads either serving store."""
+all within a second), tracking plans and destinations; a ``meta.db``, a ``registry.db`` and
+a ``destinations/`` folder move into it with `clew sources|plan|destinations migrate`; and
+`clew identity explain` reads either serving store."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from _support import WRITE_KEY, make_settings, wait_for
+from clew._datadir import claim_data_dir
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
+from clew.destinations import Destinations
+from clew.log.base import Consumer
 from clew.sources import DEFAULT_SOURCE, Catalog
 from clew.stages._plans import PlanCache
+from clew.stages.destinations import DestinationsStage
 
 runner = CliRunner()
 
@@ -177,6 +182,90 @@ def test_plan_migrate_moves_a_registry_db_into_redis(
     again = _clew(data, "plan", "migrate")
     assert again.exit_code == 0 and "not copied" in _said(again)
     assert _plan(data, DEFAULT_SOURCE) == before
+
+
+def _destinations(data_dir: Path) -> list[dict[str, Any]]:
+    out = _clew(data_dir, "destinations", "list", "--json")
+    assert out.exit_code == 0, out.output
+    return list(json.loads(out.stdout)["destinations"])
+
+
+def test_a_destination_added_on_one_machine_is_every_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    _on_redis(monkeypatch, redis_url)
+    one, two = tmp_path / "one", tmp_path / "two"
+    # The second machine runs the destinations worker (as `clew worker` would, it claims
+    # its data directory).
+    claim_data_dir(two)
+    stage = DestinationsStage(two, destinations=Destinations.open(Settings(data_dir=two)))
+    consumer = cast(Consumer, None)  # ticking reads no record
+
+    def routes() -> list[str]:
+        stage.tick(consumer)
+        return stage.destinations
+
+    try:
+        assert routes() == []
+        added = _clew(
+            one, "destinations", "add", "crm", "--url", "https://crm.test/in", "--event", "identify"
+        )
+        assert added.exit_code == 0, added.output
+        start = time.monotonic()
+        wait_for(lambda: routes() == ["crm"], timeout_s=5)
+        assert time.monotonic() - start < 1.0
+        (seen,) = _destinations(two)
+        assert seen["url"] == "https://crm.test/in" and seen["events"] == ["identify"]
+
+        again = _clew(two, "destinations", "add", "crm", "--url", "https://crm.test/in")
+        assert again.exit_code == 2 and "--replace" in _said(again)
+        changed = _clew(
+            two, "destinations", "add", "crm", "--url", "https://crm.test/v2", "--replace"
+        )
+        assert changed.exit_code == 0, changed.output
+        assert [d["url"] for d in _destinations(one)] == ["https://crm.test/v2"]
+
+        assert _clew(one, "destinations", "remove", "crm").exit_code == 0
+        start = time.monotonic()
+        wait_for(lambda: routes() == [], timeout_s=5)
+        assert time.monotonic() - start < 1.0
+        assert _destinations(two) == []
+    finally:
+        stage.shutdown()
+    assert not (one / "destinations").exists() and not (two / "destinations").exists()
+
+
+def test_destinations_migrate_moves_a_folder_into_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    data, other = tmp_path / "data", tmp_path / "other"
+    for name in ("crm", "ads"):
+        added = _clew(data, "destinations", "add", name, "--url", f"https://{name}.test/in")
+        assert added.exit_code == 0, added.output
+    (data / "destinations" / "broken.yaml").write_text("url: [")
+    assert _clew(other, "destinations", "add", "crm", "--url", "https://x.test/").exit_code == 0
+    before = _destinations(data)
+
+    refused = _clew(data, "destinations", "migrate")
+    assert refused.exit_code == 1 and "destinations already" in _said(refused)
+
+    _on_redis(monkeypatch, redis_url)
+    assert _destinations(data) == []
+    moved = _clew(data, "destinations", "migrate")
+    assert moved.exit_code == 0 and "holds 2 destination(s)" in _said(moved)
+    assert "not copied" in _said(moved) and "broken.yaml" in _said(moved)
+    assert _destinations(data) == before
+    again = _clew(data, "destinations", "migrate")
+    assert again.exit_code == 0 and "holds 2 destination(s)" in _said(again)
+    assert _destinations(data) == before
+
+    clash = _clew(data, "destinations", "migrate", str(other / "destinations"))
+    assert clash.exit_code == 0
+    assert "warning: destination 'crm' not copied" in _said(clash)
+    assert _destinations(data) == before
+
+    missing = _clew(data, "destinations", "migrate", str(tmp_path / "nothing"))
+    assert missing.exit_code == 1 and "no destinations folder" in _said(missing)
 
 
 def test_identity_explain_reads_either_serving_store(tmp_path: Path, cli_store: str) -> None:

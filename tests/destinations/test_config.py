@@ -62,7 +62,7 @@ def test_files_round_trip_and_bad_files_are_reported(tmp_path: Path) -> None:
     assert "broken.yaml" in problem and "cannot read" in problem
 
 
-def test_cli_add_list_remove(tmp_path: Path) -> None:
+def test_cli_add_list_remove(tmp_path: Path, cli_store: str) -> None:
     d = str(tmp_path)
     out = cli.invoke(
         app,
@@ -100,13 +100,15 @@ def test_cli_add_list_remove(tmp_path: Path) -> None:
     assert ads["active_since"] is None  # no server has picked it up
     table = cli.invoke(app, ["destinations", "list", "--data-dir", d]).stdout
     assert "ads" in table
+    # The embedded store keeps today's file; the shared one keeps nothing on this machine.
+    assert (tmp_path / "destinations" / "ads.yaml").exists() == (cli_store == "sqlite")
     removed = cli.invoke(app, ["destinations", "remove", "ads", "--data-dir", d])
     assert removed.exit_code == 0 and "dropped" in removed.stdout
     gone = cli.invoke(app, ["destinations", "remove", "ads", "--data-dir", d])
     assert gone.exit_code == 1 and "clew destinations list" in gone.stderr
 
 
-def test_the_documented_example_is_a_valid_destination(tmp_path: Path) -> None:
+def test_the_documented_example_is_a_valid_destination(tmp_path: Path, cli_store: str) -> None:
     doc = (Path(__file__).parents[2] / "docs" / "destinations.md").read_text()
     example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "crm.yaml").write_text(example)

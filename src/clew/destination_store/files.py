@@ -18,6 +18,10 @@ import yaml
 from clew.destination_store.base import DestinationStore, DestinationTakenError, StoredDestination
 
 SUFFIXES = (".yaml", ".yml", ".json")
+# Counts the changes made through this module: file times are too coarse on some file
+# systems to tell apart two quick rewrites of the same size. Hidden, so never read as a
+# destination.
+_GENERATION = ".generation"
 
 
 def read_settings(path: Path) -> dict[str, Any]:
@@ -61,8 +65,9 @@ class FileDestinationStore(DestinationStore):
         return found
 
     def version(self) -> tuple[tuple[str, int, int], ...]:
-        """File names, modification times and sizes."""
-        out = []
+        """File names, modification times and sizes (so files written by hand count), and
+        the number of changes made here."""
+        out = [(_GENERATION, self._generation(), 0)]
         for p in self.files():
             try:
                 st = p.stat()
@@ -95,6 +100,7 @@ class FileDestinationStore(DestinationStore):
         tmp.replace(target)
         if existing is not None and existing != target:
             existing.unlink(missing_ok=True)
+        self._bump()
         return str(target)
 
     def delete(self, name: str) -> str | None:
@@ -102,7 +108,19 @@ class FileDestinationStore(DestinationStore):
         if path is None:
             return None
         path.unlink(missing_ok=True)
+        self._bump()
         return str(path)
+
+    def _generation(self) -> int:
+        try:
+            return int((self.path / _GENERATION).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _bump(self) -> None:
+        tmp = self.path / f".{_GENERATION}.tmp"
+        tmp.write_text(str(self._generation() + 1))
+        tmp.replace(self.path / _GENERATION)
 
     def where(self, name: str | None = None) -> str:
         if name is None:
