@@ -86,12 +86,13 @@ def test_a_name_is_taken_until_it_is_removed(store: DestinationStore) -> None:
 def test_the_version_moves_with_every_change_and_only_then(store: DestinationStore) -> None:
     seen = [store.version()]
     assert store.version() == seen[0]
-    for change in (
+    changes: list[Callable[[], object]] = [
         lambda: store.put(CRM),
         lambda: store.put({**CRM, "batch_size": 6}, replace=True),
         lambda: store.put({**CRM, "name": "ads"}),
         lambda: store.delete("crm"),
-    ):
+    ]
+    for change in changes:
         change()
         now = store.version()
         assert now not in seen and store.version() == now
