@@ -1,6 +1,6 @@
 """Shared fixtures: Clew in-process on a free port, `clew serve` as a real subprocess, and one
-server of each kind (Redis, Redis Cluster, S3, Kafka, a headless Chromium) for the whole
-session."""
+server of each kind (Redis, Redis Cluster, S3, Kafka) for the whole session (a headless
+Chromium per module: tests/browser/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from _browser import chromium
 from _kafka import KafkaBroker, kafka_session
 from _redis_cluster import ClusterService, redis_cluster
 from _s3 import S3, s3_server
@@ -139,15 +137,3 @@ def empty_kafka(kafka_broker: KafkaBroker) -> KafkaBroker:
     that create topics."""
     kafka_broker.clear()
     return kafka_broker
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """A headless Chromium (Playwright ``Browser``) for the session (skips, or fails under CI,
-    without Debian's chromium: ``sh scripts/chromium.sh``)."""
-    with ExitStack() as stack:
-        try:
-            launched = stack.enter_context(chromium())
-        except ServiceUnavailable as exc:
-            unavailable(str(exc))
-        yield launched
