@@ -70,10 +70,12 @@ class DestinationsStage(Stage):
         poll_s: float = POLL_S,
         block_private_networks: bool = False,
     ) -> None:
-        self._block_private_networks = block_private_networks
         """``data_dir`` holds the outbox; ``destinations`` (closed with the stage) says where
         the destinations are read, ``data_dir``'s ``destinations/`` when left out."""
-        self._dir = destinations or DestinationDirectory(destinations_dir(data_dir))
+        self._block_private_networks = block_private_networks
+        if destinations is None:
+            destinations = DestinationDirectory(destinations_dir(data_dir))
+        self._dir = destinations
         self._outbox_path = outbox_path(data_dir)
         self._outbox = Outbox(self._outbox_path)
         self._clock = clock
