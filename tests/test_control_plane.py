@@ -21,7 +21,7 @@ from clew._datadir import claim_data_dir
 from clew.background import BackgroundServer
 from clew.cli import app
 from clew.config import Settings
-from clew.destinations import Destinations
+from clew.destinations import DestinationConfig, Destinations
 from clew.log.base import Consumer
 from clew.sources import DEFAULT_SOURCE, Catalog
 from clew.stages._plans import PlanCache
@@ -326,3 +326,10 @@ def test_the_control_plane_runs_on_a_redis_cluster(
     with SchemaRegistry.open(one) as writer, SchemaRegistry.open(two) as reader:
         writer.publish_all("web", [SubjectUpdate("track:Order Completed", order)])
         assert reader.get("web", "track:Order Completed").schema == order
+    crm = DestinationConfig(name="crm", url="https://crm.test/in")
+    with Destinations.open(one) as writer, Destinations.open(two) as reader:
+        before = reader.version()
+        writer.save(crm)
+        assert reader.version() != before and reader.get("crm") == crm
+        reader.remove("crm")
+        assert writer.names() == []
