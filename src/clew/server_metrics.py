@@ -42,7 +42,9 @@ class MetricSources:
     outbox_path: Path
     destinations: Destinations
     dependencies: Mapping[str, Mapping[str, Any]] | None = None
-    # (group, topic, partition, lag) as the stage watch last sampled it; None: ask the log.
+    # (group, topic, partition, lag) as the stage watch last sampled it, given while a service
+    # is away: /metrics then never waits on Kafka (the dlq topic's size is left out); None:
+    # ask the log.
     lag: Sequence[tuple[str, str, int, int]] | None = None
 
 
@@ -59,7 +61,11 @@ def metrics_text(sources: MetricSources) -> str:
             *validate_families(validate),
             *profiles_families(profiles),
             *audience_families(profiles),
-            *stage_families(sources.counters, sources.log),
+            *(
+                stage_families(sources.counters, sources.log)
+                if sources.lag is None
+                else stage_counter_families(sources.counters, STAGE_NAMES)
+            ),
             consumer_lag(sources.log) if sources.lag is None else lag_family(sources.lag),
             *read_status(sources.monitor_path).metric_families(),
             *destination_metric_families(sources.outbox_path, sources.destinations),
