@@ -233,6 +233,8 @@ def test_a_destination_added_on_one_machine_is_every_machines(
     finally:
         stage.shutdown()
     assert not (one / "destinations").exists() and not (two / "destinations").exists()
+    # The outbox is the worker's machine's alone; the first machine's commands make none.
+    assert (two / "destinations.db").exists() and not (one / "destinations.db").exists()
 
 
 def test_destinations_migrate_moves_a_folder_into_redis(

@@ -204,16 +204,22 @@ def list_(
     directory, db = _open(data_dir, config)
     with directory:
         found, problems = directory.load()
-    outbox = _outbox(db)
-    try:
-        waiting = outbox.waiting()
-        counters = outbox.counters()
-        known = outbox.known()
-        dead: dict[str, int] = {}
-        for letter in outbox.dead_letters():
-            dead[letter.dest] = dead.get(letter.dest, 0) + 1
-    finally:
-        outbox.close()
+    waiting: dict[str, int] = {}
+    counters: dict[tuple[str, str], int] = {}
+    known: dict[str, int] = {}
+    dead: dict[str, int] = {}
+    # No outbox here: this machine runs no destinations worker (its figures are on the one
+    # that does); none is made for nothing.
+    if db.exists():
+        outbox = _outbox(db)
+        try:
+            waiting = outbox.waiting()
+            counters = outbox.counters()
+            known = outbox.known()
+            for letter in outbox.dead_letters():
+                dead[letter.dest] = dead.get(letter.dest, 0) + 1
+        finally:
+            outbox.close()
     rows = []
     for d in sorted(found.values(), key=lambda c: c.name):
         rows.append(
@@ -269,6 +275,12 @@ def remove(name: str, data_dir: DataDir = None, config: ConfigFile = None) -> No
         raise fail(escape(str(exc))) from None
     finally:
         directory.close()
+    if not db.exists():
+        console.print(
+            f"removed {escape(str(path))}; its outbox, on the machine running the destinations "
+            "worker, is dropped there within a second"
+        )
+        return
     outbox = _outbox(db)
     try:
         dropped = outbox.purge(name)
