@@ -370,7 +370,13 @@ def dependencies(settings: Settings, *, lake: bool = True) -> list[Dependency]:
                 "Redis",
                 _redis_probe.address(url),
                 "store.redis_url",
-                partial(_redis_probe.probe, url),
+                partial(
+                    _redis_probe.probe,
+                    url,
+                    nodes=settings.store.redis_cluster_nodes
+                    if settings.store.redis_cluster
+                    else (),
+                ),
             )
         )
     if lake:

@@ -4,6 +4,7 @@ dependency watch (:mod:`clew.dependencies`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from clew.store.base import StoreError
@@ -17,20 +18,39 @@ def address(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
 
 
-def probe(url: str, timeout_s: float) -> None:
-    """``PING`` the server of ``url`` (any node of a cluster answers alike); raises
-    :class:`~clew.store.base.StoreError` with redis-py's reason within about ``timeout_s``."""
+def probe(url: str, timeout_s: float, nodes: Sequence[str] = ()) -> None:
+    """``PING`` the server of ``url`` (any node of a cluster answers alike), or else one of a
+    cluster's other ``nodes`` (``host:port``, as ``store.redis_cluster_nodes``: the node of
+    the URL may be a primary that died and was replaced); raises
+    :class:`~clew.store.base.StoreError` with redis-py's reason for ``url`` within about
+    ``timeout_s`` per node."""
     import redis
 
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
-    )
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise StoreError(_reason(exc)) from exc
-    finally:
-        client.close()
+    first: StoreError | None = None
+    for host, port in [(None, None), *(_host_port(n) for n in nodes)]:
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry_on_timeout=False,
+            **({} if host is None else {"host": host, "port": port}),
+        )
+        try:
+            client.ping()
+            return
+        except (redis.RedisError, OSError) as exc:
+            if first is None:
+                first = StoreError(_reason(exc))
+                first.__cause__ = exc
+        finally:
+            client.close()
+    assert first is not None
+    raise first
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, _, port = node.rpartition(":")
+    return host, int(port)
 
 
 def _reason(exc: BaseException) -> str:
