@@ -27,13 +27,9 @@ def probe(url: str, timeout_s: float, nodes: Sequence[str] = ()) -> None:
     import redis
 
     first: StoreError | None = None
-    for host, port in [(None, None), *(_host_port(n) for n in nodes)]:
+    for at in [url, *(_at_node(url, n) for n in nodes)]:
         client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            socket_timeout=timeout_s,
-            retry_on_timeout=False,
-            **({} if host is None else {"host": host, "port": port}),
+            at, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
         )
         try:
             client.ping()
@@ -48,9 +44,12 @@ def probe(url: str, timeout_s: float, nodes: Sequence[str] = ()) -> None:
     raise first
 
 
-def _host_port(node: str) -> tuple[str, int]:
-    host, _, port = node.rpartition(":")
-    return host, int(port)
+def _at_node(url: str, node: str) -> str:
+    """``url`` with its host and port replaced by ``node`` (``host:port``), keeping the
+    scheme, credentials, database and options."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=f"{credentials}@{node}" if credentials else node).geturl()
 
 
 def _reason(exc: BaseException) -> str:
