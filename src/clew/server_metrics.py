@@ -279,6 +279,9 @@ def consumer_lag(log: Log) -> Family:
 
 
 def lag_family(behind: Sequence[tuple[str, str, int, int]]) -> Family:
-    """``clew_consumer_lag`` of (group, topic, partition, records not committed) rows."""
-    lag = [(f'{{group="{g}",topic="{t}",partition="{p}"}}', float(n)) for g, t, p, n in behind]
+    """``clew_consumer_lag`` of (group, topic, partition, records not committed) rows, each a
+    whole number (as it always was; scripts read it as one)."""
+    lag: list[tuple[str, float]] = [
+        (f'{{group="{g}",topic="{t}",partition="{p}"}}', n) for g, t, p, n in behind
+    ]
     return ("clew_consumer_lag", "gauge", "Records not yet committed by a stage", lag)
