@@ -101,17 +101,25 @@ class ConsoleKit:
     def refuse(self, request: Request, session: Session, scope: str) -> HTMLResponse:
         return self.render(request, "forbidden.html", session, status_code=403, scope=scope)
 
+    def admit(self, request: Request, scope: str) -> Session | Response:
+        """The request's session when its token holds ``scope``; else what to answer: the
+        login form for a visitor without a session, a 403 page naming ``scope`` otherwise."""
+        session = self.sessions.read(request)
+        if session is None:
+            return to_login(request)
+        if not session.allows(scope):
+            return self.refuse(request, session, scope)
+        return session
+
     def page(self, scope: str, handler: PageHandler) -> Endpoint:
         """A GET endpoint: a visitor without a session is sent to the login form (and back
         here after it); one whose token lacks ``scope`` gets a 403 page naming it."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.sessions.read(request)
-            if session is None:
-                return to_login(request)
-            if not session.allows(scope):
-                return self.refuse(request, session, scope)
-            return await handler(request, session)
+            admitted = self.admit(request, scope)
+            if isinstance(admitted, Response):
+                return admitted
+            return await handler(request, admitted)
 
         return endpoint
 
@@ -120,15 +128,13 @@ class ConsoleKit:
         (field ``csrf``) and come from the console's own origin (403 otherwise)."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.sessions.read(request)
-            if session is None:
-                return to_login(request)
-            if not session.allows(scope):
-                return self.refuse(request, session, scope)
+            admitted = self.admit(request, scope)
+            if isinstance(admitted, Response):
+                return admitted
             form = await request.form()
-            if not same_origin(request) or not csrf_valid(session, form.get("csrf")):
-                return self.render(request, "forbidden.html", session, status_code=403, scope=None)
-            return await handler(request, session)
+            if not same_origin(request) or not csrf_valid(admitted, form.get("csrf")):
+                return self.render(request, "forbidden.html", admitted, status_code=403, scope=None)
+            return await handler(request, admitted)
 
         return endpoint
 
