@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -11,9 +12,13 @@ import httpx
 import psutil
 import pytest
 
+from _s3 import S3
 from _support import WRITE_KEY, lake_count, make_settings, wait_for
-from clew.background import BackgroundServer
-from clew.config import SqlSettings
+from clew.api.app import build_api
+from clew.background import BackgroundServer, free_port
+from clew.config import LakeSettings, SqlSettings
+from clew.lake.query import Lake
+from clew.sources import Catalog
 
 # Never finish in a test's lifetime; GREEDY grows DuckDB's memory while it runs.
 GREEDY = "SELECT i % 1000003 AS k, list(i) FROM range(4000000000) t(i) GROUP BY k"
@@ -219,3 +224,36 @@ def test_answers_stop_at_max_rows_and_say_truncated(tmp_path: Path) -> None:
         assert r.json()["rows"] == [[i] for i in range(100)] and r.json()["truncated"] is True
         r = _sql(srv, token, "SELECT i FROM range(100) t(i)")
         assert len(r.json()["rows"]) == 100 and r.json()["truncated"] is False
+
+
+def test_sql_answers_503_with_retry_after_while_the_lakes_storage_is_away(
+    tmp_path: Path,
+) -> None:
+    """A bucket that does not answer is an outage, not a bad query (400) nor a 500."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    lake = LakeSettings(
+        uri="s3://gone/lake",
+        storage_options={**S3(dead).storage_options, "max_retries": "0"},
+    )
+    settings = make_settings(tmp_path / "data", lake=lake)
+    catalog = Catalog.open(settings)
+    token = catalog.create_token("analyst")
+    api = build_api(catalog, Lake(settings.lake_location), str, dict, settings)
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://clew") as client:
+            return await client.post(
+                "/v1/sql",
+                json={"query": "SELECT count(*) FROM events"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+
+    try:
+        r = asyncio.run(post())
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "lake_unavailable"
+        assert int(r.headers["retry-after"]) >= 1
+    finally:
+        api.state.sql_runner.close()
+        catalog.close()

@@ -18,12 +18,21 @@ from starlette.responses import JSONResponse
 
 from clew.api._auth import error
 from clew.config import SqlSettings
-from clew.lake.query import Interrupt, Lake, QueryError, QueryInterrupted, QueryResult
+from clew.lake.query import (
+    Interrupt,
+    Lake,
+    LakeUnavailableError,
+    QueryError,
+    QueryInterrupted,
+    QueryResult,
+)
 
 # How often a running query's client is checked for having gone away.
 _DISCONNECT_POLL_S = 0.1
 # How often a query waiting for a slot looks again.
 _SLOT_POLL_S = 0.02
+# What a client is told to wait before asking again while the lake's storage is away.
+_LAKE_RETRY_AFTER_S = 5
 
 
 class SqlRunner:
@@ -53,8 +62,9 @@ class SqlRunner:
 
     async def answer(self, request: Request, query: str, include_cold: bool) -> JSONResponse:
         """The response to ``query``: its rows (at most ``max_rows``, with ``truncated``),
-        400 ``invalid_query``, 504 ``query_timeout`` when it was interrupted, or 503
-        ``sql_busy`` when no slot frees up in time."""
+        400 ``invalid_query``, 504 ``query_timeout`` when it was interrupted, 503
+        ``sql_busy`` when no slot frees up in time, or 503 ``lake_unavailable`` (with
+        ``Retry-After``) when the lake's storage does not answer."""
         if not await self._take_slot():
             retry = max(1, math.ceil(self.settings.queue_timeout_s))
             refused = error(
@@ -87,6 +97,10 @@ class SqlRunner:
             result = waiting.result()
         except QueryInterrupted as e:
             return error(504, "query_timeout", str(e))
+        except LakeUnavailableError as e:
+            unavailable = error(503, "lake_unavailable", f"{e}; retry later")
+            unavailable.headers["Retry-After"] = str(_LAKE_RETRY_AFTER_S)
+            return unavailable
         except QueryError as e:
             return error(400, "invalid_query", str(e))
         return JSONResponse(

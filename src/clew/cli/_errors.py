@@ -23,7 +23,7 @@ from clew._datadir import (
 from clew._ports import PortInUseError
 from clew.config import ConfigError, LoadedSettings, load_settings_with_origins
 from clew.dependencies import UnreachableError
-from clew.lake.query import QueryError
+from clew.lake.query import LakeUnavailableError, QueryError
 
 _err = Console(stderr=True, soft_wrap=True)
 
@@ -44,7 +44,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     "query failed.",
     ExitCode.USAGE: "A wrong option, argument or name; an invalid configuration or definition.",
     ExitCode.UNAVAILABLE: "What the command needs is not there: no Clew data directory at the "
-    "path given, the port or the data directory in use by another process.",
+    "path given, the port or the data directory in use by another process, the lake's "
+    "storage not answering.",
 }
 
 # Errors any command may meet, and the code each exits with.
@@ -54,6 +55,7 @@ _KNOWN_ERRORS: tuple[tuple[type[Exception], ExitCode], ...] = (
     (PortInUseError, ExitCode.UNAVAILABLE),
     (DataDirInUseError, ExitCode.UNAVAILABLE),
     (QueryError, ExitCode.FAILED),
+    (LakeUnavailableError, ExitCode.UNAVAILABLE),
     (UnreachableError, ExitCode.FAILED),
 )
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clew._errors import ServiceUnavailableError
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 
 class QueryError(ValueError):
     """The query cannot run; the message is DuckDB's or says what is not allowed."""
+
+
+class LakeUnavailableError(ServiceUnavailableError):
+    """The lake's storage (a bucket, a disk) did not answer a read: nothing is wrong with the
+    query, so ask again once the storage is back (the SQL API answers 503)."""
 
 
 class QueryInterrupted(QueryError):
@@ -100,6 +107,15 @@ class Interrupt:
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _storage_failed(e: Exception) -> bool:
+    """Whether DuckDB failed reading the lake's files rather than running the query: an I/O
+    error of its own, or an Arrow dataset's (which DuckDB reports as invalid input naming
+    Arrow's ``IOError``)."""
+    import duckdb
+
+    return isinstance(e, duckdb.IOException) or "IOError:" in str(e)
 
 
 def _queryable() -> list[tuple[str, Any, str | None]]:
@@ -312,7 +328,10 @@ class Lake:
         spill_dir = self._make_spill_dir()
         timer = None
         try:
-            conn = self.connect(include_cold, spill_dir)
+            try:
+                conn = self.connect(include_cold, spill_dir)
+            except OSError as e:
+                raise LakeUnavailableError(f"the lake's storage did not answer: {e}") from None
             try:
                 interrupt._attach(conn)
                 if timeout_s is not None:
@@ -327,6 +346,8 @@ class Lake:
                     "narrow it (a filter on the partition date, fewer columns, a LIMIT)"
                 ) from None
             except duckdb.Error as e:
+                if _storage_failed(e):
+                    raise LakeUnavailableError(f"the lake's storage did not answer: {e}") from None
                 raise QueryError(str(e)) from None
             finally:
                 if timer is not None:
