@@ -19,11 +19,12 @@ import pytest
 
 from _s3 import S3
 from _support import WRITE_KEY, ServeProcess, clew_bin, wait_for
+from _tcp_proxy import TcpProxy
 from clew._locations import ObjectStorageUnsupported
 from clew.backends import open_log
 from clew.background import free_port
 from clew.config import LakeSettings, LifecycleSettings, Settings, load_settings
-from clew.lake.query import Lake
+from clew.lake.query import Lake, LakeUnavailableError
 from clew.log.base import Log, Message
 from clew.stages.lake_sink import LakeSinkStage
 
@@ -280,6 +281,37 @@ def test_sql_over_object_storage_is_read_only_and_filters_push_down(
     assert "Projections: message_id" in plan, plan
     with pytest.raises(Exception, match="read-only"):
         lake.sql("CREATE TABLE x AS SELECT 1")
+
+
+def test_a_bucket_gone_during_a_query_is_an_outage_not_a_bad_query(
+    tmp_path: Path, s3: S3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket goes away between opening the tables and reading their files: the query
+    fails as the storage's outage (the SQL API's 503), not as the query's fault (400)."""
+    proxy = TcpProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    try:
+        lake_settings = LakeSettings(
+            uri=f"s3://{bucket}/lake",
+            storage_options={**S3(proxy.url).storage_options, "max_retries": "0"},
+        )
+        settings = Settings(data_dir=tmp_path / "data", lake=lake_settings)
+        log = open_log(settings)
+        log.append_sync("events", _story())
+        _sink(settings, log)
+        log.close()
+        lake = Lake(settings.lake_location)
+        connect = Lake.connect
+
+        def connect_then_cut(self: Lake, *args: Any, **kwargs: Any) -> Any:
+            conn = connect(self, *args, **kwargs)
+            proxy.cut()
+            return conn
+
+        monkeypatch.setattr(Lake, "connect", connect_then_cut)
+        with pytest.raises(LakeUnavailableError):
+            lake.sql("SELECT count(*) FROM events")
+    finally:
+        proxy.close()
 
 
 def test_rebuild_writes_customer_profiles_to_the_bucket(

@@ -6,10 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError
 
 from clew.config import LakeSettings
 from clew.lake.query import Lake
+from clew.lake.tables import sink_app_id
 from clew.log.base import Consumer, Message, TopicSpec
 from clew.log.embedded import EmbeddedLog
 from clew.stages.lake_sink import LakeSinkStage
@@ -123,3 +127,24 @@ def test_maintenance_compacts_and_readers_see_the_same_rows(
     live_files = len(DeltaTable(str(tmp_path / "lake" / "events")).file_uris())
     assert files_before >= 6
     assert live_files < files_before
+
+
+def test_a_commit_repeated_after_its_answer_was_lost_is_refused_not_written_twice(
+    tmp_path: Path,
+) -> None:
+    """When an outage cuts off the answer to a commit that landed, deltalake retries it from
+    the snapshot before: that attempt meets the landed commit's application transaction and
+    fails instead of adding the rows again (the runner then resumes past it, on_assign)."""
+    uri = str(tmp_path / "events")
+    rows = pa.table({"message_id": ["m-1"]})
+
+    def commit(offset: int) -> CommitProperties:
+        return CommitProperties(app_transactions=[Transaction(sink_app_id("events", 0), offset)])
+
+    write_deltalake(uri, rows, commit_properties=commit(0))
+    before = DeltaTable(uri)
+    write_deltalake(uri, rows, mode="append", commit_properties=commit(1))
+    with pytest.raises(CommitFailedError):
+        write_deltalake(before, rows, mode="append", commit_properties=commit(1))
+    assert DeltaTable(uri).to_pyarrow_table().num_rows == 2
+    assert DeltaTable(uri).transaction_version(sink_app_id("events", 0)) == 1

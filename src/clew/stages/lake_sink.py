@@ -5,6 +5,9 @@ Exactly once: each Delta commit carries, per log partition it covers, an applica
 transaction ``clew:{topic}:{partition}`` whose version is the last offset written. On (re)start
 the sink seeks every partition to that version + 1, so a crash between the Delta commit and
 the log commit neither loses nor duplicates rows. The log commit is still made, for lag.
+An object-storage outage is one more error to retry (``OSError``, transient for the runner):
+a commit is atomic, and one that landed although its answer was lost, and that deltalake
+then tries again, fails on its own application transaction instead of adding rows twice.
 
 Small files from frequent micro-batches are compacted (Delta optimize) and unreferenced files
 vacuumed on a schedule; readers always see a consistent Delta snapshot meanwhile.
