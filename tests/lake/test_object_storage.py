@@ -426,6 +426,42 @@ def test_old_partitions_move_to_a_cold_tier_in_the_bucket(
     assert both.sql("SELECT count(*) FROM events", include_cold=True).rows == [(4,)]
 
 
+def test_a_lifecycle_run_while_the_bucket_is_away_fails_and_the_next_one_finishes(
+    tmp_path: Path, s3: S3, bucket: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from clew.clock import ManualClock
+    from clew.lake.lifecycle import LifecycleScheduler
+
+    proxy = TcpProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    try:
+        options = {**S3(proxy.url).storage_options, "max_retries": "0"}
+        lake = LakeSettings(uri=f"s3://{bucket}/lake", storage_options=options)
+        cold = LifecycleSettings(cold_uri=f"s3://{bucket}/cold", warm_days=30)
+        settings = Settings(data_dir=tmp_path / "data", lake=lake, lifecycle=cold)
+        log = open_log(settings)
+        try:
+            log.append_sync("events", _story())
+            _sink(settings, log)
+            # 2026-03-01 and 03-02 are more than 30 days old on 04-02.
+            now = int(datetime(2026, 4, 2, 12, tzinfo=UTC).timestamp() * 1000)
+            scheduler = LifecycleScheduler(settings, log, ManualClock(now))
+            proxy.cut()
+            scheduler.run_once()
+            assert scheduler.failing is not None and scheduler.runs["failed"] == 1
+            proxy.restore()
+            scheduler.run_once()
+            assert scheduler.failing is None and scheduler.runs["ok"] == 1
+        finally:
+            log.close()
+        both = Lake(settings.lake_location, settings.cold_location)
+        assert both.sql("SELECT count(*) FROM events").rows == [(1,)]
+        assert both.sql("SELECT count(*) FROM events", include_cold=True).rows == [(4,)]
+    finally:
+        proxy.close()
+
+
 # -- clew serve, end to end ---------------------------------------------------------------
 
 
