@@ -118,10 +118,20 @@ class Clew:
         # handle (erasure writes; the Profile API's handle stays free for reads).
         self._privacy_store = open_store(settings)
         self.privacy = PrivacyRunner(settings, log=self.log, store=self._privacy_store)
-        audiences = open_repository(settings)
         self.destinations = Destinations.open(settings)
         # Set as the HTTP server begins to stop, before it waits for open responses.
         self.stopping = threading.Event()
+        self._api = self._build_api(settings)
+        self._stop = threading.Event()
+        self._stopping = False
+        self._scheduler = threading.Thread(
+            target=self._schedule, name="clew-scheduler", daemon=True
+        )
+        self.started_at = time.time()
+
+    def _build_api(self, settings: Settings) -> Starlette:
+        """The HTTP APIs, with the browser edge and the console mounted beside them."""
+        audiences = open_repository(settings)
         console = ConsoleContext(
             settings=settings,
             catalog=self.catalog,
@@ -135,7 +145,7 @@ class Clew:
             health=self.health,
             stopping=self.stopping,
         )
-        self._api = build_api(
+        return build_api(
             self.catalog,
             self.lake,
             self.metrics_text,
@@ -150,12 +160,6 @@ class Clew:
             metrics_token=settings.metrics.require_token,
             extra_routes=[*edge_routes(self.catalog, settings), *console_routes(console)],
         )
-        self._stop = threading.Event()
-        self._stopping = False
-        self._scheduler = threading.Thread(
-            target=self._schedule, name="clew-scheduler", daemon=True
-        )
-        self.started_at = time.time()
 
     @property
     def api(self) -> Starlette:
