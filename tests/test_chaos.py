@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _health_watch import HealthWatch
 from _kafka import KafkaBroker
 from _redis_cluster import ClusterService, redis_cluster
 from _scaleout import WRITE_KEY, Processes, answering, clew, lake_counts, wait_for
@@ -162,40 +163,6 @@ class Sender:
                 self.post(client, batch)
                 n += 1
                 time.sleep(0.05)
-
-
-class HealthWatch:
-    """Samples ``/health`` twice a second: (monotonic time, status, the dependencies it
-    reports as not answering)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[tuple[float, str, frozenset[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> HealthWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.wait(0.5):
-                try:
-                    body = client.get(f"{self.url}/health").json()
-                except (httpx.HTTPError, ValueError):
-                    continue
-                deps = body.get("dependencies", {})
-                down = frozenset(name for name, d in deps.items() if not d.get("ok"))
-                self.samples.append((time.monotonic(), str(body.get("status")), down))
-
-    def named(self, dependency: str) -> bool:
-        """Whether a sample reported ``degraded`` (or ``down``) naming ``dependency``."""
-        return any(st != "ok" and dependency in down for _, st, down in self.samples)
 
 
 def order(phase: str, person: int, tag: str, n: int) -> dict[str, Any]:

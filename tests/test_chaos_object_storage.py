@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from _health_watch import HealthWatch
 from _s3 import S3
 from _scaleout import lake_counts
 from _support import WRITE_KEY, ServeProcess, wait_for
@@ -97,35 +98,6 @@ def event(message_id: str, n: int) -> dict[str, Any]:
         "properties": {"revenue": n % 7 + 0.5},
         "messageId": message_id,
     }
-
-
-class HealthWatch:
-    """Samples ``/health`` twice a second: (monotonic time, status, dependencies down)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[tuple[float, str, frozenset[str]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> HealthWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.wait(0.5):
-                try:
-                    body = client.get(f"{self.url}/health").json()
-                except (httpx.HTTPError, ValueError):
-                    continue
-                deps = body.get("dependencies", {})
-                down = frozenset(name for name, d in deps.items() if not d.get("ok"))
-                self.samples.append((time.monotonic(), str(body.get("status")), down))
 
 
 def lag(url: str, groups: tuple[str, ...] | None = None) -> int:
