@@ -107,3 +107,56 @@ def split_request(path_type: str, body: bytes) -> Request:
         envelope.integrations if isinstance(envelope.integrations, dict) else None,
         envelope.sentAt if isinstance(envelope.sentAt, str) else None,
     )
+
+
+POSITION_HEADER = "Clew-Position"
+"""The HTTP header of a Tracking API answer that names where its request was stored."""
+POSITION_PREFIX = "raw"
+_MAX_POSITION_CHARS = 40
+
+
+class InvalidPositionError(ValueError):
+    """A position that is not of the form :meth:`RawPosition.__str__` writes."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RawPosition:
+    """Where the collector stored a request: a ``raw`` partition and the record's offset.
+
+    Its text, ``raw:<partition>:<offset>``, is what the Tracking API hands out and the Profile
+    API's ``after`` takes back (docs/profile-api.md, "Read your writes"). Clients treat it as
+    opaque; it stays the same across versions and backends, as the offsets do.
+
+    >>> str(RawPosition(3, 12345))
+    'raw:3:12345'
+    >>> RawPosition.parse("raw:3:12345")
+    RawPosition(partition=3, offset=12345)
+    >>> RawPosition.parse("raw:3:-1")
+    Traceback (most recent call last):
+    ...
+    clew.raw_records.InvalidPositionError: a position is the `Clew-Position` header of a \
+Tracking API answer, e.g. raw:3:12345; got 'raw:3:-1'
+    """
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{POSITION_PREFIX}:{self.partition}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> RawPosition:
+        """The position ``text`` names; :class:`InvalidPositionError` when it names none."""
+        prefix, _, rest = text.partition(":")
+        partition, _, offset = rest.partition(":")
+        if (
+            len(text) > _MAX_POSITION_CHARS
+            or prefix != POSITION_PREFIX
+            or not (partition.isascii() and partition.isdigit())
+            or not (offset.isascii() and offset.isdigit())
+        ):
+            raise InvalidPositionError(
+                "a position is the `Clew-Position` header of a Tracking API answer, e.g. "
+                f"raw:3:12345; got {text[:_MAX_POSITION_CHARS]!r}"
+            )
+        return cls(int(partition), int(offset))

@@ -159,6 +159,7 @@ class Clew:
             sql=settings.sql,
             metrics_token=settings.metrics.require_token,
             extra_routes=[*edge_routes(self.catalog, settings), *console_routes(console)],
+            log=self.log,
         )
 
     @property

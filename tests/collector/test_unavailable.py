@@ -42,7 +42,7 @@ class _FakeLog:
             raise self.error
         fut: Future[list[Position]] = Future()
         if self.error is None:
-            fut.set_result([])
+            fut.set_result([Position(0, i) for i in range(len(messages))])
         else:
             fut.set_exception(self.error)
         return fut

@@ -24,6 +24,7 @@ from clew.api.sql import SqlRunner
 from clew.audiences.repository import DefinitionRepository
 from clew.config import Settings, SqlSettings
 from clew.lake.query import Lake
+from clew.log.base import Log
 from clew.privacy.requests import RequestStore
 from clew.sources import METRICS, SQL, Catalog
 from clew.store.base import ProfileStore
@@ -62,13 +63,15 @@ def build_api(
     sql: SqlSettings | None = None,
     metrics_token: bool = False,
     extra_routes: Sequence[BaseRoute] = (),
+    log: Log | None = None,
 ) -> Starlette:
     """The HTTP API. ``offload_profiles``: run Profile API reads in the thread pool (a store
     whose reads are network round trips, such as Redis; see ``profile_routes``).
 
     ``metrics_token`` (``metrics.require_token``): ``/metrics`` needs a ``metrics``-scoped
     token, and ``/health`` answers only ``ok`` and ``status`` without one. ``extra_routes``:
-    the layers above the API (the browser edge, the console) mounted beside it."""
+    the layers above the API (the browser edge, the console) mounted beside it. ``log``: the
+    log the stages read, for the Profile API's ``after`` (read your writes)."""
     sql_runner = SqlRunner(lake, sql or SqlSettings())
     ctx = ApiContext(catalog, metrics, health, sql_runner, metrics_token)
     api = Starlette(
@@ -83,7 +86,7 @@ def build_api(
             *admin_routes(catalog, settings),
             *(audience_routes(catalog, audiences, profiles) if audiences is not None else []),
             *(
-                profile_routes(profiles, catalog, offload=offload_profiles)
+                profile_routes(profiles, catalog, offload=offload_profiles, log=log)
                 if profiles is not None
                 else []
             ),

@@ -9,6 +9,9 @@ that personalise with it (docs/profile-api.md). Access token required.
 
 ``profile_id:<id>`` (or Segment's ``segment_id:<id>``) addresses a profile by its id, including
 an id merged away since; every identifier of a merged profile leads to the survivor.
+
+Every path takes ``after=POSITION[&wait_ms=N]``: answer once the profiles stage has applied
+what a Tracking API answer said it stored at ``POSITION`` (``api/_after.py``).
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from clew._errors import ServiceUnavailableError
+from clew.api._after import wait_until_applied
 from clew.api._auth import check_token_or_basic, error
 from clew.events import parse_time
 from clew.identity.identifiers import normalise_identifier
+from clew.log.base import Log
 from clew.sources import PROFILES, Catalog
+from clew.stages.applied import ProgressReader
 from clew.store.base import Profile, ProfileStore, Provenance, StoredEvent, Traits
 
 DEFAULT_LIMIT = 10
@@ -72,6 +78,7 @@ def profile_routes(
     catalog: Catalog,
     *,
     offload: bool = False,
+    log: Log | None = None,
 ) -> list[BaseRoute]:
     """The Profile API's routes over ``store``, for ``Starlette(routes=…)``.
 
@@ -80,7 +87,10 @@ def profile_routes(
     used by nothing else (a WAL reader never waits for writers) or a memory store. Pass
     ``offload=True`` when the handle is shared with a writing stage (its lock can be held for
     a whole batch) or each read is a network round trip (Redis): reads then run in the
-    thread pool."""
+    thread pool.
+
+    ``log``: the log the stages read, for ``after`` (without it, ``after`` is refused)."""
+    progress = None if log is None else ProgressReader(log, store)
 
     def route(path: str, handler: _Handler, paged: bool = True) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -89,6 +99,9 @@ def profile_routes(
                 return refused
             try:
                 id_type, value = parse_lookup_identifier(request.path_params["identifier"])
+                not_yet = await wait_until_applied(progress, request.query_params)
+                if not_yet is not None:
+                    return not_yet
                 ask = _Ask(id_type, value, request.query_params, request.url.path if paged else "")
                 if offload:
                     body = await run_in_threadpool(handler, store, ask)

@@ -9,25 +9,33 @@ Error responses are listed in docs/tracking-api.md.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import re
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs
 
 import msgspec
 
 from clew._errors import ServiceUnavailableError
+from clew.collector._request import (
+    DEAD_LETTER_PAYLOAD,
+    Refusal,
+    Seen,
+    basic_auth_user,
+    beacon_key,
+    content_encoding,
+    gunzip,
+    read_body,
+)
+from clew.collector._request import Receive as RequestReceive
+from clew.collector.positions import EXPOSE_HEADERS, Positions
 from clew.config import Limits
 from clew.events import PATH_TYPES
-from clew.log.base import Log, LogError, Message
+from clew.log.base import Log, LogError, Message, Position
 from clew.nesting import MAX_DEPTH, too_deep
 from clew.raw_records import raw_message
 from clew.sources import Catalog, Source
@@ -37,7 +45,7 @@ if TYPE_CHECKING:
     from clew.privacy.suppression import Suppression
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Receive = RequestReceive
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
@@ -45,8 +53,6 @@ _SUCCESS = b'{"success":true}'
 #: Where RudderStack's JavaScript SDK posts batches with ``navigator.sendBeacon`` (its
 #: ``useBeacon`` option). A beacon carries no header, so the write key is in the query string.
 BEACON_PATH = "/beacon/v1/batch"
-# curl sends form-urlencoded unless told otherwise; its body is still read as JSON.
-_JSON_TYPES = (b"application/json", b"text/plain", b"", b"application/x-www-form-urlencoded")
 _ALLOWED_HEADERS = b"Content-Type, Authorization, Content-Encoding, Anonymousid"
 
 
@@ -70,34 +76,6 @@ _DEAD_LETTERED = {
     "request_too_large": "size_violation",
     "batch_too_large": "size_violation",
 }
-_DEAD_LETTER_PAYLOAD = 8 * 1024
-
-
-class _Seen:
-    """What the collector learned about a request before refusing it."""
-
-    __slots__ = ("body", "source_id")
-
-    def __init__(self) -> None:
-        self.source_id: str | None = None
-        self.body = b""
-
-
-class _Refusal(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        retry_after: int | None = None,
-        allow: bool = False,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.allow = allow
 
 
 class Collector:
@@ -122,9 +100,10 @@ class Collector:
         self._pending = 0
         self.counters: Counter[str] = Counter()
         self.accepting = True
+        self.positions = Positions()
         # Requests of one event-loop turn are appended together: one log write and one
         # wake-up of the loop for all of them, instead of one each.
-        self._queued: list[tuple[Message, asyncio.Future[None]]] = []
+        self._queued: list[tuple[Message, asyncio.Future[Position]]] = []
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -140,17 +119,17 @@ class Collector:
                 await self._preflight(headers, send)
                 return
             if scope["method"] != "POST":
-                raise _Refusal(405, "method_not_allowed", "send events with POST", allow=True)
+                raise Refusal(405, "method_not_allowed", "send events with POST", allow=True)
             if scope["path"].startswith("/v1/"):
                 path_type, query_key = PATH_TYPES[scope["path"][4:].rstrip("/")], None
             else:
-                path_type, query_key = "batch", _beacon_key(scope["query_string"])
-            seen = _Seen()
+                path_type, query_key = "batch", beacon_key(scope["query_string"])
+            seen = Seen()
             n_events = await self._handle(path_type, headers, receive, seen, query_key)
             self.counters["requests_accepted"] += 1
             self.counters["events_accepted"] += n_events
-            await _respond(send, 200, _SUCCESS, origin)
-        except _Refusal as r:
+            await _respond(send, 200, _SUCCESS, origin, extra=self.positions.headers(seen.position))
+        except Refusal as r:
             self.counters[f"refused_{r.code}"] += 1
             if r.code in _DEAD_LETTERED and seen.source_id is not None:
                 self._dead_letter(r, seen)
@@ -175,7 +154,7 @@ class Collector:
         )
         await send({"type": "http.response.body", "body": b""})
 
-    def _dead_letter(self, refusal: _Refusal, seen: _Seen) -> None:
+    def _dead_letter(self, refusal: Refusal, seen: Seen) -> None:
         """Keep a refused request of a known source in the dead-letter queue (typed
         ``invalid_json`` or ``size_violation``, payload cut to 8 KB) so the team can see what
         their SDK sent. Best effort: the client was already told with a 400."""
@@ -183,7 +162,7 @@ class Collector:
         record = {
             "reason": _DEAD_LETTERED[refusal.code],
             "message": f"refused with {refusal.status} {refusal.code}: {refusal.message}",
-            "payload": seen.body[:_DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"),
+            "payload": seen.body[:DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace"),
             "source_id": seen.source_id,
             "received_at": datetime.now(UTC).isoformat(),
             "raw_partition": -1,
@@ -200,7 +179,7 @@ class Collector:
         path_type: str,
         headers: dict[bytes, bytes],
         receive: Receive,
-        seen: _Seen,
+        seen: Seen,
         query_key: str | None = None,
     ) -> int:
         """Check and append one request; the number of events stored (0 for an empty batch
@@ -208,17 +187,17 @@ class Collector:
         order: media type, encoding, header write key (for a beacon, the query's), size,
         text, JSON, body write key, batch shape and sizes."""
         cap = self._limits.max_request_bytes
-        encoding = _content_encoding(headers)
-        header_key = _basic_auth_user(headers.get(b"authorization")) or query_key
+        encoding = content_encoding(headers)
+        header_key = basic_auth_user(headers.get(b"authorization")) or query_key
         source = None if header_key is None else self._source_for(header_key, seen)
-        body = await _read_body(receive, cap, seen)
+        body = await read_body(receive, cap, seen)
         if encoding == b"gzip":
-            body = _gunzip(body, cap)
+            body = gunzip(body, cap)
         seen.body = body
         parsed = _parse(body, path_type)
         if source is None:
             if not parsed.writeKey:
-                raise _Refusal(
+                raise Refusal(
                     401,
                     "missing_write_key",
                     "send the write key as HTTP Basic user name or as writeKey in the body",
@@ -236,35 +215,35 @@ class Collector:
                 if kept is None:
                     return 0
                 body = kept
-        await self._append(body, source.id, path_type)
+        seen.position = self.positions.stored(await self._append(body, source.id, path_type))
         return n_events
 
-    def _source_for(self, write_key: str, seen: _Seen) -> Source:
+    def _source_for(self, write_key: str, seen: Seen) -> Source:
         """The source of ``write_key``; 401 when it is no source's key."""
         source = _reachable(lambda: self._catalog.source_for_key(write_key))
         if source is None:
-            raise _Refusal(401, "invalid_write_key", "the write key is not a source's key")
+            raise Refusal(401, "invalid_write_key", "the write key is not a source's key")
         seen.source_id = source.id
         return source
 
-    async def _append(self, body: bytes, source_id: str, path_type: str) -> None:
+    async def _append(self, body: bytes, source_id: str, path_type: str) -> Position:
         if not self.accepting:
-            raise _Refusal(503, "unavailable", "the server is shutting down", retry_after=5)
+            raise Refusal(503, "unavailable", "the server is shutting down", retry_after=5)
         if self._pending >= self._limits.max_pending_appends:
-            raise _Refusal(
+            raise Refusal(
                 503, "overloaded", "too many requests are waiting to be stored", retry_after=1
             )
         message = raw_message(body, source_id, path_type, time.time_ns() // 1000, uuid.uuid4().hex)
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[Position] = loop.create_future()
         if not self._queued:
             loop.call_soon(self._flush, loop)
         self._queued.append((message, done))
         self._pending += 1
         try:
-            await done
+            return await done
         except LogError as e:
-            raise _Refusal(503, "unavailable", f"the log cannot be written: {e}", 5) from None
+            raise Refusal(503, "unavailable", f"the log cannot be written: {e}", 5) from None
         finally:
             self._pending -= 1
 
@@ -280,11 +259,14 @@ class Collector:
 
         def settle(result: Future[Any]) -> None:
             error = result.exception()
-            for _, done in queued:
+            stored = result.result() if error is None else []
+            if error is None and len(stored) != len(queued):
+                error = LogError(f"the log stored {len(queued)} records at {len(stored)} places")
+            for i, (_, done) in enumerate(queued):
                 if done.done():
                     continue
                 if error is None:
-                    done.set_result(None)
+                    done.set_result(stored[i])
                 else:
                     done.set_exception(
                         error if isinstance(error, LogError) else LogError(str(error))
@@ -302,27 +284,7 @@ def _reachable(call: Callable[[], _T]) -> _T:
     try:
         return call()
     except ServiceUnavailableError as e:
-        raise _Refusal(503, "unavailable", str(e), retry_after=5) from None
-
-
-def _content_encoding(headers: dict[bytes, bytes]) -> bytes:
-    """The request's Content-Encoding, after refusing a media type or an encoding the
-    collector does not read (415)."""
-    ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if ctype not in _JSON_TYPES:
-        raise _Refusal(
-            415,
-            "unsupported_media_type",
-            f"send application/json or text/plain, not {ctype.decode(errors='replace')}",
-        )
-    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-    if encoding not in (b"gzip", b"identity", b""):
-        raise _Refusal(
-            415,
-            "unsupported_encoding",
-            f"Content-Encoding {encoding.decode(errors='replace')} is not supported; use gzip",
-        )
-    return encoding
+        raise Refusal(503, "unavailable", str(e), retry_after=5) from None
 
 
 def _parse(body: bytes, path_type: str) -> _Batch | _Single:
@@ -344,24 +306,24 @@ def _count_events(parsed: _Batch | _Single, body: bytes, limits: Limits) -> int:
     too many events, or an event over ``max_event_bytes``."""
     if not isinstance(parsed, _Batch):
         if len(body) > limits.max_event_bytes:
-            raise _Refusal(
+            raise Refusal(
                 400,
                 "event_too_large",
                 f"the event is {len(body)} bytes; the limit is {limits.max_event_bytes}",
             )
         return 1
     if parsed.batch is None:
-        raise _Refusal(400, "invalid_batch", "a batch request needs a list in `batch`")
+        raise Refusal(400, "invalid_batch", "a batch request needs a list in `batch`")
     n_events = len(parsed.batch)
     if n_events > limits.max_batch_events:
-        raise _Refusal(
+        raise Refusal(
             400,
             "batch_too_large",
             f"a batch may hold at most {limits.max_batch_events} events, not {n_events}",
         )
     for i, raw in enumerate(parsed.batch):
         if len(raw) > limits.max_event_bytes:
-            raise _Refusal(
+            raise Refusal(
                 400,
                 "event_too_large",
                 f"event {i} of the batch is {len(raw)} bytes; the limit is "
@@ -398,13 +360,13 @@ def _check_text(body: bytes) -> None:
         try:
             body.decode()
         except UnicodeDecodeError as e:
-            raise _Refusal(
+            raise Refusal(
                 400,
                 "invalid_json",
                 f"the body is not valid UTF-8: byte 0x{body[e.start]:02x} at offset {e.start}",
             ) from None
     if too_deep(body):
-        raise _Refusal(
+        raise Refusal(
             400, "invalid_json", f"the body nests objects and arrays deeper than {MAX_DEPTH} levels"
         )
 
@@ -417,87 +379,24 @@ _LONE_SURROGATE = re.compile(
 )
 
 
-def _unreadable(body: bytes, e: msgspec.DecodeError) -> _Refusal:
+def _unreadable(body: bytes, e: msgspec.DecodeError) -> Refusal:
     lone = _LONE_SURROGATE.search(body.replace(b"\\\\", b"")) if b"\\u" in body else None
     if lone is not None:
-        return _Refusal(
+        return Refusal(
             400,
             "invalid_json",
             f"the body escapes a lone surrogate ({lone.group().decode()}), which is not text",
         )
-    return _Refusal(400, "invalid_json", f"the body is not valid JSON: {e}")
+    return Refusal(400, "invalid_json", f"the body is not valid JSON: {e}")
 
 
-def _decode_refusal(e: msgspec.ValidationError) -> _Refusal:
+def _decode_refusal(e: msgspec.ValidationError) -> Refusal:
     text = str(e)
     if "$.batch" in text:
-        return _Refusal(400, "invalid_batch", f"`batch` must be a list of events: {text}")
+        return Refusal(400, "invalid_batch", f"`batch` must be a list of events: {text}")
     if "$.writeKey" in text:
-        return _Refusal(401, "invalid_write_key", "writeKey must be a string")
-    return _Refusal(400, "invalid_json", f"the body must be a JSON object: {text}")
-
-
-def _beacon_key(query_string: bytes) -> str | None:
-    """The ``writeKey`` of a beacon's query string."""
-    keys = parse_qs(query_string.decode("latin-1")).get("writeKey")
-    return keys[0] if keys and keys[0] else None
-
-
-def _basic_auth_user(value: bytes | None) -> str | None:
-    if not value or value[:6].lower() != b"basic ":
-        return None
-    try:
-        decoded = base64.b64decode(value[6:].strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        raise _Refusal(401, "invalid_write_key", "the Basic auth header is not valid") from None
-    user = decoded.split(":", 1)[0]
-    return user or None
-
-
-async def _read_body(receive: Receive, cap: int, seen: _Seen) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Refusal(400, "invalid_json", "the client disconnected before sending the body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            seen.body = b"".join(chunks)[:_DEAD_LETTER_PAYLOAD]
-            raise _Refusal(400, "request_too_large", f"the request body is larger than {cap} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
-
-
-def _gunzip(data: bytes, cap: int) -> bytes:
-    """Inflate every gzip member of ``data`` (RFC 1952 lets a file hold several, one after
-    the other; zero bytes padding the end are ignored, as gzip does). ``cap`` bounds the
-    inflated size of all members together: inflating stops as soon as it is passed, so a
-    bomb spread over many members is refused just as one in a single member."""
-    out: list[bytes] = []
-    size = 0
-    rest = data
-    while True:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            chunk = inflater.decompress(rest, cap - size + 1)
-        except zlib.error as e:
-            raise _Refusal(400, "invalid_gzip", f"the body is not valid gzip: {e}") from None
-        size += len(chunk)
-        if size > cap or inflater.unconsumed_tail:
-            raise _Refusal(
-                400,
-                "request_too_large",
-                f"the request body inflates to more than {cap} bytes",
-            )
-        if not inflater.eof:
-            raise _Refusal(400, "invalid_gzip", "the gzip body is truncated")
-        out.append(chunk)
-        rest = inflater.unused_data
-        if not rest.strip(b"\0"):
-            return out[0] if len(out) == 1 else b"".join(out)
+        return Refusal(401, "invalid_write_key", "writeKey must be a string")
+    return Refusal(400, "invalid_json", f"the body must be a JSON object: {text}")
 
 
 async def _respond(
@@ -507,6 +406,7 @@ async def _respond(
     origin: bytes | None,
     retry_after: int | None = None,
     allow: bool = False,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     headers = [
         (b"content-type", b"application/json"),
@@ -516,9 +416,11 @@ async def _respond(
         headers.append((b"access-control-allow-origin", origin))
         headers.append((b"access-control-allow-credentials", b"true"))
         headers.append((b"vary", b"Origin"))
+        headers.append(EXPOSE_HEADERS)
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     if allow:
         headers.append((b"allow", b"POST, OPTIONS"))
+    headers.extend(extra or ())
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,125 @@
+"""Whether the profiles stage has applied what the collector stored at a position: the rule
+behind the Profile API's ``after`` (docs/profile-api.md, "Read your writes").
+
+A request stored at ``raw:P:O`` (:class:`clew.raw_records.RawPosition`) is applied when
+
+1. the validate group's committed offset on ``raw`` partition P is past O. Validate appends
+   its output (to ``events``, or ``dlq`` for what it rejects) in the same atomic step as that
+   offset, so from then on everything the request became is in the log; and
+2. the profiles stage has applied every ``events`` partition up to the end offsets read
+   *after* (1) was seen to hold. Wherever the request's events went, they lie below those.
+
+It is conservative: (2) waits for everything in ``events`` at that moment, not only the
+request's own events (which partition they went to is only known by reading them again).
+Events validate rejected or dropped as duplicates need nothing beyond (1).
+
+The profiles stage's progress on a partition is the further of the offset its serving store
+records as applied (saved in the transaction of its effects, so the profile a reader then
+gets includes it) and its group's committed offset (committed after that transaction; it
+also moves past records the stage set aside or could not read and, on Kafka, past the
+transaction markers that take offsets no record holds).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from clew.log.base import Log
+from clew.raw_records import RawPosition
+from clew.stages.profiles import ProfilesStage
+from clew.stages.validate import ValidateStage
+from clew.store.base import OffsetStore
+from clew.topics import EVENTS_TOPIC, RAW_TOPIC
+
+Targets = Mapping[int, int]
+"""Per ``events`` partition, the offset the profiles stage must reach."""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One look at the stages, read in the order of its fields, each a map of partition to
+    the next offset: what validate committed in ``raw``, the ends of ``events``, and how far
+    the profiles stage has applied ``events``. ``read_at``: ``time.monotonic()`` as the look
+    began."""
+
+    validated: dict[int, int]
+    events_end: dict[int, int]
+    profiles: dict[int, int]
+    read_at: float
+
+    def validated_past(self, position: RawPosition) -> bool:
+        """Condition (1): validate's output for ``position`` is in the log.
+
+        >>> look = Progress({0: 8, 1: 3}, {0: 5}, {0: 5}, 0.0)
+        >>> look.validated_past(RawPosition(0, 7)), look.validated_past(RawPosition(1, 3))
+        (True, False)
+        """
+        return self.validated.get(position.partition, 0) > position.offset
+
+    def reached(self, targets: Targets) -> bool:
+        """Condition (2): the profiles stage has applied ``events`` up to ``targets``.
+
+        >>> look = Progress({}, {}, {0: 5, 1: 2}, 0.0)
+        >>> look.reached({0: 5, 1: 0}), look.reached({0: 5, 1: 3})
+        (True, False)
+        """
+        return all(self.profiles.get(p, 0) >= end for p, end in targets.items() if end > 0)
+
+
+def read_progress(log: Log, store: OffsetStore) -> Progress:
+    """A :class:`Progress`: four reads (two of the log's group offsets, its ``events`` ends,
+    the serving store's applied offsets). Raises what the log or the store raise when they
+    cannot be reached."""
+    read_at = time.monotonic()
+    validated = log.committed(ValidateStage.group, RAW_TOPIC)
+    events_end = log.end_offsets(EVENTS_TOPIC)
+    stored = store.load_offsets(ProfilesStage.group)
+    committed = log.committed(ProfilesStage.group, EVENTS_TOPIC)
+    profiles = {
+        p: max(committed.get(p, 0), stored.get((EVENTS_TOPIC, p), -1) + 1) for p in events_end
+    }
+    return Progress(validated, events_end, profiles, read_at)
+
+
+class ProgressReader:
+    """:func:`read_progress`, shared by every reader waiting at once: a caller that asks for a
+    look begun after a given time gets the last one if it qualifies, or waits for the look
+    another thread is taking, so a hundred waiting requests cost one look per round, not a
+    hundred. Thread-safe; each call blocks only for one look."""
+
+    def __init__(self, log: Log, store: OffsetStore) -> None:
+        self._log = log
+        self._store = store
+        self._lock = threading.Lock()
+        self._last: Progress | None = None
+
+    def look(self, begun_after: float) -> Progress:
+        """A look at the stages begun at or after ``begun_after`` (``time.monotonic()``)."""
+        with self._lock:
+            last = self._last
+            if last is None or last.read_at < begun_after:
+                last = self._last = read_progress(self._log, self._store)
+            return last
+
+    def check(self, position: RawPosition) -> None:
+        """Raise :class:`UnknownPositionError` when ``position`` names a ``raw`` partition
+        that does not exist or an offset not yet written there: no such request was stored,
+        and waiting would never end."""
+        end = self._log.end_offsets(RAW_TOPIC)
+        if position.partition not in end:
+            raise UnknownPositionError(
+                f"{position} names raw partition {position.partition}, but the log has "
+                f"{len(end)}: send the Clew-Position header of a Tracking API answer"
+            )
+        if position.offset >= end[position.partition]:
+            raise UnknownPositionError(
+                f"{position} is past the end of the log: send the Clew-Position header of an "
+                "answer from this Clew"
+            )
+
+
+class UnknownPositionError(ValueError):
+    """A well-formed position that no request of this log was stored at."""
