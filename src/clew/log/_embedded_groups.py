@@ -33,7 +33,9 @@ class ConsumerLog(Protocol):
         produce: Mapping[str, Sequence[Message]] | None,
     ) -> None: ...
 
-    def wait_for_append(self, timeout_s: float) -> None: ...
+    def wake_count(self) -> int: ...
+
+    def wait_for_append(self, timeout_s: float, since: int) -> None: ...
 
 
 class Group:
@@ -101,6 +103,7 @@ class EmbeddedConsumer(Consumer):
         deadline = time.monotonic() + timeout_s
         while True:
             self._refresh()
+            wakes = self._log.wake_count()
             out: list[Record] = []
             n = len(self._assigned)
             for i in range(n):
@@ -120,7 +123,7 @@ class EmbeddedConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return out
-            self._log.wait_for_append(remaining)
+            self._log.wait_for_append(remaining, wakes)
 
     def commit(
         self,

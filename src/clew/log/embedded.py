@@ -9,6 +9,11 @@ Consumer groups are coordinated inside the process that opened the log: members 
 share its partitions (range assignment) and rebalance when one joins or leaves
 (``_embedded_groups``). Several processes may append to the same database; only one process
 should consume a given group. The tables are in ``_embedded_tables``.
+
+A waiting consumer wakes as soon as a transaction that appended records commits: through a
+condition variable when the writer is its own handle's, through the doorbell
+(``_doorbell``, a UNIX datagram socket per handle with consumers) when it is another
+process's or another handle's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clew._sqlite import transaction
+from clew.log._doorbell import POLL_WITHOUT_DOORBELL_S, SAFETY_NET_POLL_S, Doorbell
 from clew.log._embedded_groups import EmbeddedConsumer, Group
 from clew.log._embedded_tables import SCHEMA, encode_headers, read_records, trim_to_bytes
 from clew.log._queue import batches
@@ -43,9 +49,6 @@ from clew.log.base import (
 )
 
 _MAX_OPS_PER_TRANSACTION = 512
-# How often a consumer looks for records another process appended: each hop between
-# processes waits half of it on average (an event crosses two before its profile changes).
-_CROSS_PROCESS_POLL_S = 0.02
 
 
 def _now_ms() -> int:
@@ -90,7 +93,12 @@ class EmbeddedLog(Log):
         # Changes when another connection (another process or handle) commits; offsets cached
         # in memory are then stale and must be reloaded before appending.
         self._data_version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        # Wake-ups of waiting consumers: counted, so that a consumer that read nothing does
+        # not sleep through one that came while it was reading.
         self._appended = threading.Condition()
+        self._wakes = 0
+        self._doorbell = Doorbell(path, self._wake)
+        self._rings = False  # the writer thread's: whether this transaction appended
         self._groups: dict[str, Group] = {}
         self._ops: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
         self._closing = threading.Lock()
@@ -177,6 +185,7 @@ class EmbeddedLog(Log):
     ) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
+            self._rings = False
             with transaction(conn):
                 (version,) = conn.execute("PRAGMA data_version").fetchone()
                 if version != self._data_version:
@@ -201,12 +210,18 @@ class EmbeddedLog(Log):
                 if fut.running() or fut.set_running_or_notify_cancel():
                     fut.set_exception(LogError(f"log write failed: {exc}"))
             return
+        self._wake()
+        if self._rings:
+            self._doorbell.ring()
         for fut, ok, value in results:
             if ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
+
+    def _wake(self) -> None:
         with self._appended:
+            self._wakes += 1
             self._appended.notify_all()
 
     def _reload_offsets(self, conn: sqlite3.Connection) -> None:
@@ -241,6 +256,7 @@ class EmbeddedLog(Log):
                 )
                 positions.append(Position(p, off))
             conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._rings = True
             conn.executemany(
                 "UPDATE partitions SET next_offset = ? WHERE tp = ?",
                 [(part.next_offset, tp) for tp, part in touched.items()],
@@ -343,6 +359,8 @@ class EmbeddedLog(Log):
             self._spec(t)
         with self._lock:
             grp = self._groups.setdefault(group, Group(group))
+        # Before the consumer's first read, so that no append after it goes unnoticed.
+        self._doorbell.listen()
         member = EmbeddedConsumer(self, grp, list(topics))
         grp.join(member)
         return member
@@ -420,6 +438,7 @@ class EmbeddedLog(Log):
             self._closed = True
             self._ops.put(None)
         self._writer.join()
+        self._doorbell.close()
         self._conn.close()
         with self._inspect_lock:
             if self._inspect is not None:
@@ -442,6 +461,14 @@ class EmbeddedLog(Log):
             self._spec(topic)
         self._submit(self._commit_op(group, offsets, produce)).result()
 
-    def wait_for_append(self, timeout_s: float) -> None:
+    def wake_count(self) -> int:
+        """Changes whenever records may have been appended; read it before looking for them
+        and hand it to :meth:`wait_for_append`."""
+        return self._wakes
+
+    def wait_for_append(self, timeout_s: float, since: int) -> None:
+        """Return once :meth:`wake_count` is no longer ``since``, or after ``timeout_s``, or
+        after a short poll interval when appends of other processes cannot wake this one."""
+        poll_s = SAFETY_NET_POLL_S if self._doorbell.listening else POLL_WITHOUT_DOORBELL_S
         with self._appended:
-            self._appended.wait(min(timeout_s, _CROSS_PROCESS_POLL_S))
+            self._appended.wait_for(lambda: self._wakes != since, min(timeout_s, poll_s))
