@@ -4,6 +4,7 @@ committed, instead of finding them on their next poll."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import statistics
 import subprocess
@@ -162,7 +163,7 @@ def test_a_socket_left_by_a_killed_process_does_not_stop_appends(
 def test_a_lost_ring_costs_latency_only(
     log: EmbeddedLog, path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Doorbell, "ring", lambda self: None)
+    monkeypatch.setattr(Doorbell, "ring", lambda self, topics: None)
     other = EmbeddedLog(path)
     consumer = other.consumer("g", ["t"])
     try:
@@ -211,8 +212,8 @@ def test_closing_the_log_removes_its_socket(path: Path) -> None:
 
 
 def test_a_forked_child_closing_its_copy_leaves_the_parent_listening(path: Path) -> None:
-    rings = threading.Event()
-    bell = Doorbell(path, rings.set)
+    heard: queue.SimpleQueue[frozenset[str] | None] = queue.SimpleQueue()
+    bell = Doorbell(path, heard.put)
     bell.listen()
     try:
         [mine] = sockets(path)
@@ -224,10 +225,10 @@ def test_a_forked_child_closing_its_copy_leaves_the_parent_listening(path: Path)
             os._exit(0)
         os.waitpid(pid, 0)
         assert sockets(path) == [mine]
-        ringer = Doorbell(path, lambda: None)
-        ringer.ring()
+        ringer = Doorbell(path, heard.put)
+        ringer.ring(["events", "raw"])
         ringer.close()
-        assert rings.wait(5)
+        assert heard.get(timeout=5) == frozenset({"events", "raw"})
     finally:
         bell.close()
     assert sockets(path) == []

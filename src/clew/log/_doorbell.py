@@ -3,7 +3,8 @@
 Each log handle that has consumers binds a UNIX datagram socket in the doorbell directory of
 its database (:func:`bell_dir`) and runs a thread that turns every datagram into an
 in-process wake-up. The handle's writer, after each committed transaction that
-appended records, sends one byte to every other socket there. Ringing never blocks and
+appended records, sends the names of the topics it appended to to every other socket there,
+so that consumers of other topics sleep on. Ringing never blocks and
 never fails an append: a full buffer means that consumer has wake-ups pending anyway, and a
 socket nobody listens on any more (its process died) is removed. A lost ring, or a platform
 without UNIX sockets, costs latency only, because waiting consumers still look for records
@@ -22,7 +23,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,10 @@ POLL_WITHOUT_DOORBELL_S = 0.02
 # socket's name is at most 7 digits of pid, "-", 8 hex digits and the suffix.
 _MAX_SOCKET_PATH = 103
 _MAX_NAME = 7 + 1 + 8 + len(BELL_SUFFIX)
-_RING = b"\x01"
+# A ring is the topics' names, each followed by a newline, and never longer than this; when
+# they do not fit, it is empty, meaning "any topic".
+_MAX_RING = 1024
+_SEP = b"\n"
 
 
 def bell_dir(database: Path) -> Path | None:
@@ -63,6 +67,22 @@ def bell_dir(database: Path) -> Path | None:
     return None
 
 
+def _topics(rings: list[bytes]) -> frozenset[str] | None:
+    """The topics named by ``rings``; None when one of them may be about any topic.
+
+    >>> sorted(_topics([b"raw\\n", b"events\\nraw\\n"]))
+    ['events', 'raw']
+    >>> _topics([b"raw\\n", b""]) is None
+    True
+    """
+    topics: set[str] = set()
+    for ring in rings:
+        if not ring.endswith(_SEP):
+            return None
+        topics.update(name.decode(errors="replace") for name in ring.split(_SEP)[:-1])
+    return frozenset(topics)
+
+
 def _private(user_dir: Path) -> bool:
     """Whether ``user_dir`` (``clew-<uid>`` under the temp directory) is this user's alone:
     another user who made it first could ring, or remove, this user's sockets."""
@@ -78,9 +98,10 @@ class Doorbell:
     :meth:`listen` once the handle has consumers, :meth:`close` with the handle.
 
     ``on_ring`` is called on the listening thread for each burst of rings from other
-    handles; it must be quick (it wakes the handle's waiting consumers)."""
+    handles, with the topics appended to (None: any topic may have been); it must be quick
+    (it wakes the handle's waiting consumers)."""
 
-    def __init__(self, database: Path, on_ring: Callable[[], None]) -> None:
+    def __init__(self, database: Path, on_ring: Callable[[frozenset[str] | None], None]) -> None:
         self._dir = bell_dir(database)
         self._on_ring = on_ring
         self._lock = threading.Lock()
@@ -98,10 +119,14 @@ class Doorbell:
 
     # -- ringing (the writer thread) -------------------------------------------------------
 
-    def ring(self) -> None:
-        """Wake the consumers of every other handle on this database; never raises."""
+    def ring(self, topics: Collection[str]) -> None:
+        """Wake the consumers of ``topics`` of every other handle on this database; never
+        raises."""
         if self._dir is None:
             return
+        message = b"".join(t.encode() + _SEP for t in sorted(topics))
+        if len(message) > _MAX_RING:
+            message = b""
         try:
             names = os.listdir(self._dir)
         except OSError:
@@ -121,7 +146,7 @@ class Doorbell:
             if path == self._own or not name.endswith(BELL_SUFFIX):
                 continue
             try:
-                sender.sendto(_RING, path)
+                sender.sendto(message, path)
             except (ConnectionRefusedError, FileNotFoundError):
                 # Its owner died without closing: nobody will ever read it.
                 with contextlib.suppress(OSError):
@@ -186,18 +211,19 @@ class Doorbell:
 
     def _listen_loop(self, sock: socket.socket) -> None:
         while True:
+            rings: list[bytes] = []
             try:
-                sock.recv(16)
+                rings.append(sock.recv(_MAX_RING))
                 # One wake-up for everything queued: rings coalesce.
                 while True:
-                    sock.recv(16, socket.MSG_DONTWAIT)
+                    rings.append(sock.recv(_MAX_RING, socket.MSG_DONTWAIT))
             except BlockingIOError:
                 pass
             except OSError:
                 return  # closed
             if self._closed:
                 return
-            self._on_ring()
+            self._on_ring(_topics(rings))
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -217,7 +243,7 @@ class Doorbell:
                     socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker,
                 ):
                     waker.setblocking(False)
-                    waker.sendto(_RING, own)
+                    waker.sendto(b"", own)
                 thread.join(timeout=2.0)
             with contextlib.suppress(OSError):
                 os.unlink(own)

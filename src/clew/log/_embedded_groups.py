@@ -33,9 +33,9 @@ class ConsumerLog(Protocol):
         produce: Mapping[str, Sequence[Message]] | None,
     ) -> None: ...
 
-    def wake_count(self) -> int: ...
+    def wake_count(self, topics: Sequence[str]) -> int: ...
 
-    def wait_for_append(self, timeout_s: float, since: int) -> None: ...
+    def wait_for_append(self, timeout_s: float, topics: Sequence[str], since: int) -> None: ...
 
 
 class Group:
@@ -103,7 +103,7 @@ class EmbeddedConsumer(Consumer):
         deadline = time.monotonic() + timeout_s
         while True:
             self._refresh()
-            wakes = self._log.wake_count()
+            wakes = self._log.wake_count(self.topics)
             out: list[Record] = []
             n = len(self._assigned)
             for i in range(n):
@@ -123,7 +123,7 @@ class EmbeddedConsumer(Consumer):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return out
-            self._log.wait_for_append(remaining, wakes)
+            self._log.wait_for_append(remaining, self.topics, wakes)
 
     def commit(
         self,

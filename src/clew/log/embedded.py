@@ -24,7 +24,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -93,12 +94,13 @@ class EmbeddedLog(Log):
         # Changes when another connection (another process or handle) commits; offsets cached
         # in memory are then stale and must be reloaded before appending.
         self._data_version: int = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        # Wake-ups of waiting consumers: counted, so that a consumer that read nothing does
-        # not sleep through one that came while it was reading.
+        # Wake-ups of waiting consumers, counted by topic, so that a consumer that read
+        # nothing does not sleep through one that came while it was reading; "" counts those
+        # of every topic.
         self._appended = threading.Condition()
-        self._wakes = 0
+        self._wakes: Counter[str] = Counter()
         self._doorbell = Doorbell(path, self._wake)
-        self._rings = False  # the writer thread's: whether this transaction appended
+        self._touched: set[str] = set()  # the writer thread's: topics this transaction appended
         self._groups: dict[str, Group] = {}
         self._ops: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
         self._closing = threading.Lock()
@@ -185,7 +187,7 @@ class EmbeddedLog(Log):
     ) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
-            self._rings = False
+            self._touched = set()
             with transaction(conn):
                 (version,) = conn.execute("PRAGMA data_version").fetchone()
                 if version != self._data_version:
@@ -210,18 +212,19 @@ class EmbeddedLog(Log):
                 if fut.running() or fut.set_running_or_notify_cancel():
                     fut.set_exception(LogError(f"log write failed: {exc}"))
             return
-        self._wake()
-        if self._rings:
-            self._doorbell.ring()
+        if self._touched:
+            self._wake(self._touched)
+            self._doorbell.ring(self._touched)
         for fut, ok, value in results:
             if ok:
                 fut.set_result(value)
             else:
                 fut.set_exception(value)
 
-    def _wake(self) -> None:
+    def _wake(self, topics: Collection[str] | None) -> None:
+        """Wake the consumers of ``topics`` (None: of every topic)."""
         with self._appended:
-            self._wakes += 1
+            self._wakes.update(topics if topics is not None else ("",))
             self._appended.notify_all()
 
     def _reload_offsets(self, conn: sqlite3.Connection) -> None:
@@ -256,7 +259,7 @@ class EmbeddedLog(Log):
                 )
                 positions.append(Position(p, off))
             conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._rings = True
+            self._touched.add(topic)
             conn.executemany(
                 "UPDATE partitions SET next_offset = ? WHERE tp = ?",
                 [(part.next_offset, tp) for tp, part in touched.items()],
@@ -461,14 +464,17 @@ class EmbeddedLog(Log):
             self._spec(topic)
         self._submit(self._commit_op(group, offsets, produce)).result()
 
-    def wake_count(self) -> int:
-        """Changes whenever records may have been appended; read it before looking for them
-        and hand it to :meth:`wait_for_append`."""
-        return self._wakes
+    def wake_count(self, topics: Sequence[str]) -> int:
+        """Grows whenever records of ``topics`` may have been appended; read it before
+        looking for them and hand it to :meth:`wait_for_append`."""
+        wakes = self._wakes
+        return wakes[""] + sum(wakes[t] for t in topics)
 
-    def wait_for_append(self, timeout_s: float, since: int) -> None:
-        """Return once :meth:`wake_count` is no longer ``since``, or after ``timeout_s``, or
-        after a short poll interval when appends of other processes cannot wake this one."""
+    def wait_for_append(self, timeout_s: float, topics: Sequence[str], since: int) -> None:
+        """Return once ``wake_count(topics)`` is no longer ``since``, or after ``timeout_s``,
+        or after a short poll interval when appends of other processes cannot wake this one."""
         poll_s = SAFETY_NET_POLL_S if self._doorbell.listening else POLL_WITHOUT_DOORBELL_S
         with self._appended:
-            self._appended.wait_for(lambda: self._wakes != since, min(timeout_s, poll_s))
+            self._appended.wait_for(
+                lambda: self.wake_count(topics) != since, min(timeout_s, poll_s)
+            )
