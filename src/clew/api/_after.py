@@ -22,7 +22,7 @@ from clew._errors import ServiceUnavailableError
 from clew.api._auth import error
 from clew.log.base import LogError
 from clew.raw_records import InvalidPositionError, RawPosition
-from clew.stages.applied import ProgressReader, UnknownPositionError
+from clew.stages.applied import ProgressReader, Targets, UnknownPositionError
 
 AFTER = "after"
 WAIT_MS = "wait_ms"
@@ -88,15 +88,13 @@ def _wait_ms(raw: str | None) -> int | None:
 async def _applied(reader: ProgressReader, position: RawPosition, wait_ms: int) -> bool:
     """Whether the profiles stage applies ``position`` within ``wait_ms``."""
     deadline = time.monotonic() + wait_ms / 1000
-    targets = None
+    targets: Targets | None = None
     checked = False
     pause = _FIRST_PAUSE_S
     begun = time.monotonic()
     while True:
-        look = await run_in_threadpool(reader.look, begun)
-        if targets is None and look.validated_past(position):
-            targets = look.events_end
-        if targets is not None and look.reached(targets):
+        targets, done = await run_in_threadpool(reader.advance, position, targets, begun)
+        if done:
             return True
         if targets is None and not checked:
             await run_in_threadpool(reader.check, position)

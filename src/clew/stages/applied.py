@@ -16,8 +16,10 @@ Events validate rejected or dropped as duplicates need nothing beyond (1).
 The profiles stage's progress on a partition is the further of the offset its serving store
 records as applied (saved in the transaction of its effects, so the profile a reader then
 gets includes it) and its group's committed offset (committed after that transaction; it
-also moves past records the stage set aside or could not read and, on Kafka, past the
-transaction markers that take offsets no record holds).
+also moves past records the stage set aside or could not read). Below an end offset there
+may be only what no consumer is given (on Kafka, the commit marker that follows every
+transaction validate commits; a record erased by privacy), so a gap between the progress and
+the target is checked by reading, as the privacy runner and ``/health`` do.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from clew.stages.profiles import ProfilesStage
 from clew.stages.validate import ValidateStage
 from clew.store.base import OffsetStore
 from clew.topics import EVENTS_TOPIC, RAW_TOPIC
+
+_MAX_GAPS = 4096
 
 Targets = Mapping[int, int]
 """Per ``events`` partition, the offset the profiles stage must reach."""
@@ -59,14 +63,18 @@ class Progress:
         """
         return self.validated.get(position.partition, 0) > position.offset
 
-    def reached(self, targets: Targets) -> bool:
-        """Condition (2): the profiles stage has applied ``events`` up to ``targets``.
+    def behind(self, targets: Targets) -> dict[int, tuple[int, int]]:
+        """Per ``events`` partition where the profiles stage is short of ``targets``, its
+        progress and the target: condition (2) holds when none of these gaps holds a record.
 
-        >>> look = Progress({}, {}, {0: 5, 1: 2}, 0.0)
-        >>> look.reached({0: 5, 1: 0}), look.reached({0: 5, 1: 3})
-        (True, False)
+        >>> Progress({}, {}, {0: 5, 1: 2}, 0.0).behind({0: 5, 1: 3, 2: 0})
+        {1: (2, 3)}
         """
-        return all(self.profiles.get(p, 0) >= end for p, end in targets.items() if end > 0)
+        return {
+            p: (self.profiles.get(p, 0), end)
+            for p, end in targets.items()
+            if self.profiles.get(p, 0) < end
+        }
 
 
 def read_progress(log: Log, store: OffsetStore) -> Progress:
@@ -95,6 +103,9 @@ class ProgressReader:
         self._store = store
         self._lock = threading.Lock()
         self._last: Progress | None = None
+        # (partition, progress, target) -> whether a record lies in between: what is below
+        # an end offset never changes, so each gap is read once.
+        self._gaps: dict[tuple[int, int, int], bool] = {}
 
     def look(self, begun_after: float) -> Progress:
         """A look at the stages begun at or after ``begun_after`` (``time.monotonic()``)."""
@@ -103,6 +114,31 @@ class ProgressReader:
             if last is None or last.read_at < begun_after:
                 last = self._last = read_progress(self._log, self._store)
             return last
+
+    def advance(
+        self, position: RawPosition, targets: Targets | None, begun_after: float
+    ) -> tuple[Targets | None, bool]:
+        """One round of waiting for ``position``: the targets of condition (2) (``None``
+        until (1) holds; pass back what the last round returned) and whether both hold, by a
+        look begun at or after ``begun_after``."""
+        look = self.look(begun_after)
+        if targets is None:
+            if not look.validated_past(position):
+                return None, False
+            targets = look.events_end
+        gaps = look.behind(targets)
+        return targets, not any(self._holds_record(p, at, end) for p, (at, end) in gaps.items())
+
+    def _holds_record(self, partition: int, at: int, end: int) -> bool:
+        key = (partition, at, end)
+        known = self._gaps.get(key)
+        if known is None:
+            batch = self._log.read(EVENTS_TOPIC, partition, at, 1)
+            known = bool(batch) and batch[0].offset < end
+            if len(self._gaps) >= _MAX_GAPS:
+                self._gaps.clear()
+            self._gaps[key] = known
+        return known
 
     def check(self, position: RawPosition) -> None:
         """Raise :class:`UnknownPositionError` when ``position`` names a ``raw`` partition
