@@ -2,13 +2,13 @@
 
 Each log handle that has consumers binds a UNIX datagram socket in the doorbell directory of
 its database (:func:`bell_dir`) and runs a thread that turns every datagram into an
-in-process wake-up. The handle's writer, after each committed transaction that
-appended records, sends the names of the topics it appended to to every other socket there,
-so that consumers of other topics sleep on. Ringing never blocks and
-never fails an append: a full buffer means that consumer has wake-ups pending anyway, and a
-socket nobody listens on any more (its process died) is removed. A lost ring, or a platform
-without UNIX sockets, costs latency only, because waiting consumers still look for records
-on a slow poll (:data:`SAFETY_NET_POLL_S`).
+in-process wake-up. After each committed transaction that appended records, the handle's
+writer sends every other socket there one datagram naming the topics appended to, so that
+consumers of other topics sleep on. Ringing never blocks and never fails an append: a full
+queue means that consumer has wake-ups pending anyway, and a socket nobody listens on any
+more (its process died) is removed. A lost ring, or a platform without UNIX sockets, costs
+latency only, because waiting consumers still look for records on a slow poll
+(:data:`SAFETY_NET_POLL_S`).
 """
 
 from __future__ import annotations
