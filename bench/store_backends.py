@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from clew.stages.profiles import _WorkingSet
+from clew.identity.working_set import WorkingSet
 from clew.store import (
     IdentityEdge,
     Profile,
@@ -116,7 +116,9 @@ def bench_write_back(
         keys = [key for p in chosen for key in identities(p)]
         t0 = time.perf_counter()
         with store.transaction():
-            work = _WorkingSet(store.load(keys), store.history, [])
+            # A fresh working set each time: every batch loads its profiles from the store.
+            work = WorkingSet(store.history)
+            work.begin(store, keys)
             ws = work.store
             live = [p.profile_id for p in ws.scan(None, 1 << 62)]
             prov = Provenance(f"batch-{n}", "bench", 10_000_000 + n)
@@ -128,7 +130,7 @@ def bench_write_back(
                     continue
                 ws.update_traits(survivor, lambda t: {**t, "visits": t.get("visits", 0) + 1})
                 ws.add_event(survivor, StoredEvent(0, f"b{n}-{pid}", 5_000, b'{"type":"page"}'))
-            profiles, gone, history = work.result()
+            profiles, gone, history = work.result(())
             store.write_back(profiles, gone, history)
             store.save_offsets("bench", {("events", 0): n})
         latencies.append((time.perf_counter() - t0) * 1000)

@@ -347,3 +347,35 @@ def test_events_over_http_reach_the_profile_api_and_metrics(server: BackgroundSe
             in httpx.get(server.url + "/metrics").text
         )
     )
+
+
+def test_profiles_kept_in_memory_follow_writes_of_other_handles(h: Harness) -> None:
+    """The stage keeps its working set between batches; another writer (an operator's split,
+    an erasure, a second handle in the same process) must not be overwritten by it."""
+    consumer = h.log.consumer(h.stage.group, h.stage.topics)
+    h.stage.on_assign(consumer, consumer.assignment())
+
+    def apply(*events: Event) -> None:
+        h.send(*events)
+        h.stage.handle(consumer.poll(500, timeout_s=1.0), consumer)
+
+    apply(event("identify", "2026-03-01T10:00:00Z", user_id="u-1", traits={"plan": "a"}))
+    pid = h.profile("user_id", "u-1")
+    assert pid is not None
+    other = SQLiteProfileStore(h.settings.profiles_path)
+    try:
+        other.update_traits(pid, lambda t: {**t, "seat": 7})
+        apply(event("identify", "2026-03-01T11:00:00Z", user_id="u-1", traits={"plan": "b"}))
+        assert other.get(pid).traits == {"plan": "b", "seat": 7}  # type: ignore[union-attr]
+        assert other.delete_profile(pid)
+    finally:
+        other.close()
+    apply(event("identify", "2026-03-01T12:00:00Z", user_id="u-1", traits={"plan": "c"}))
+    again = h.store.get(h.profile("user_id", "u-1") or "")
+    assert again is not None and again.traits == {"plan": "c"}
+    assert again.first_seen_ms == again.last_seen_ms  # a new profile, not the deleted one
+    # Through the stage's own handle too.
+    h.store.update_traits(again.profile_id, lambda t: {**t, "seat": 1})
+    apply(event("track", "2026-03-01T13:00:00Z", user_id="u-1", event="Viewed"))
+    assert h.store.get(again.profile_id).traits == {"plan": "c", "seat": 1}  # type: ignore[union-attr]
+    consumer.close()

@@ -303,6 +303,32 @@ def test_capabilities_are_the_backends(request: pytest.FixtureRequest, store: Pr
         assert path.is_file()  # the file the store writes, which erasure scrubs
 
 
+def test_version_tells_a_cache_whether_profiles_were_written(
+    request: pytest.FixtureRequest, open_store: OpenStore
+) -> None:
+    """A stage keeps profiles in memory between its transactions only while ``version``
+    says nobody wrote profiles: through its handle or another. Redis cannot tell cheaply."""
+    store, other = open_store(), open_store()
+    if request.node.callspec.params["open_store"] in ("redis", "redis-cluster"):
+        assert store.version() is None
+        return
+    pid = unique("p")
+    store.attach(pid, "email", unique("e"), prov())
+    before = store.version()
+    assert before is not None
+    assert store.version() == before  # reading changes nothing
+    store.get(pid), store.lookup("email", "x"), store.load_offsets("g")
+    store.set_timers({pid: 5})
+    store.outbox_put("g", b"x")
+    store.save_offsets("g", {("events", 0): 1})
+    assert store.version() == before  # nor do timers, the outbox and offsets
+    other.update_traits(pid, lambda t: {**t, "plan": "pro"})
+    after_other = store.version()
+    assert after_other != before
+    store.touch(pid, 2_000)
+    assert store.version() != after_other
+
+
 # -- concurrency, durability, lifecycle ------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ share the topic (volume alerts); :func:`decode_change` returns ``None`` for them
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,7 +69,9 @@ class _Kind(msgspec.Struct):
 _kind_decoder = msgspec.json.Decoder(_Kind)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _iso(ms: int) -> str:
+    # Cached: a profile is announced again and again with the same identifiers and times.
     return format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
 
 

@@ -36,10 +36,11 @@ from clew.identity.resolver import Resolution
 from clew.identity.rules import IdentityRules
 from clew.identity.traits import CONTESTED, TraitPolicy
 from clew.identity.unifier import Unifier
+from clew.identity.working_set import WorkingSet
 from clew.log.base import Consumer, Message, Record, TopicPartition
 from clew.stages._counters import CounterStore
 from clew.stages.base import Stage
-from clew.store.base import Profile, ProfileStore, StoredEvent
+from clew.store.base import Profile, ProfileStore
 from clew.store.memory import MemoryProfileStore
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
 
@@ -76,8 +77,11 @@ class ProfilesStage(Stage):
         self._clock = clock if clock is not None else SystemClock()
         self.audiences = audiences if audiences is not None else LiveAudiences(None, self._clock)
         self.counts: Counter[str] = Counter()
+        self._table = self._rules.table()
+        self._work = WorkingSet(store.history)
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
+        self._work.clear()
         # Change records an earlier run committed to the store but may not have produced.
         self._produce(consumer, LiveAudiences.unsent(self._store))
         # The definitions must be live before the first batch, or its events would miss them.
@@ -148,42 +152,57 @@ class ProfilesStage(Stage):
         applied = self._store.load_offsets(self.group)
         fresh = {tp: off for tp, off in progress.items() if off > applied.get(tp, -1)}
         live = self.audiences
-        with self._store.transaction():
-            now_ms = live.now_ms()
-            now = to_datetime(now_ms)
-            work = self._working_set(batch)
-            unifier = Unifier(work.store, self._rules, self._traits, engine=live.engine)
-            # Separations change only when an operator splits a profile.
-            unifier.resolver.set_separations(self._store.separations())
-            for (rec, event), extraction in zip(batch, work.extractions, strict=True):
-                if rec.offset <= applied.get((rec.topic, rec.partition), -1):
-                    pid = unifier.profile_of(event)
-                    counts["already_applied"] += 1
+        work = self._work
+        extractions, keys = self._extract(batch)
+        try:
+            with self._store.transaction():
+                now_ms = live.now_ms()
+                now = to_datetime(now_ms)
+                work.begin(self._store, keys)
+                unifier = Unifier(work.store, self._rules, self._traits, engine=live.engine)
+                # Separations change only when an operator splits a profile.
+                unifier.resolver.set_separations(self._store.separations())
+                for (rec, event), extraction in zip(batch, extractions, strict=True):
+                    if rec.offset <= applied.get((rec.topic, rec.partition), -1):
+                        pid = unifier.profile_of(event)
+                        counts["already_applied"] += 1
+                    else:
+                        pid = _apply_event(
+                            work, unifier, rec, event, extraction, counts, touched, seeds
+                        )
+                    if pid is not None:
+                        touched[pid] = None
+                profiles, gone, history = work.result(touched)
+                heirs = set(gone.values())
+                profiles, produced = live.evaluate(
+                    self._store, profiles, touched, gone, now_ms, heirs=heirs
+                )
+                work.adopt(profiles)
+                self._store.write_back(profiles, gone, history)
+                if seeds:
+                    replaced, written, more = self._repair(seeds, counts, now_ms)
+                    profiles = [p for p in profiles if p.profile_id not in replaced] + written
+                    touched.update(dict.fromkeys(replaced))
+                    touched.update(dict.fromkeys(p.profile_id for p in written))
+                    produced = _combined(produced, more)
+                if fresh:
+                    self._store.save_offsets(self.group, fresh)
+                if seeds:
+                    # A repair rewrote profiles in the store directly.
+                    work.clear()
                 else:
-                    pid = _apply_event(
-                        work, unifier, rec, event, extraction, counts, touched, seeds
-                    )
-                if pid is not None:
-                    touched[pid] = None
-            profiles, gone, history = work.result()
-            heirs = set(gone.values())
-            profiles, produced = live.evaluate(
-                self._store, profiles, touched, gone, now_ms, heirs=heirs
-            )
-            self._store.write_back(profiles, gone, history)
-            if seeds:
-                replaced, written, more = self._repair(seeds, counts, now_ms)
-                profiles = [p for p in profiles if p.profile_id not in replaced] + written
-                touched.update(dict.fromkeys(replaced))
-                touched.update(dict.fromkeys(p.profile_id for p in written))
-                produced = _combined(produced, more)
-            if fresh:
-                self._store.save_offsets(self.group, fresh)
+                    work.finish(self._store)
+        except BaseException:
+            # The transaction rolled back: the working set is ahead of the store.
+            work.clear()
+            raise
         counts["batches"] += 1
         counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
         self.counts.update(counts)
         self._unflushed.update(counts)
-        messages = self._announce(touched, self._store, profiles, now) + produced.messages
+        # After a repair, the store knows best where a merged-away id leads.
+        known = {} if seeds else gone
+        messages = self._announce(touched, self._store, profiles, known, now) + produced.messages
         consumer.commit(
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
@@ -223,10 +242,13 @@ class ProfilesStage(Stage):
             produced = _combined(produced, more)
         return replaced, written, produced
 
-    def _working_set(self, batch: list[tuple[Record, Event]]) -> _WorkingSet:
+    def _extract(
+        self, batch: list[tuple[Record, Event]]
+    ) -> tuple[list[Extraction], set[tuple[str, str]]]:
+        """Each event's identifiers, and every identifier the batch may look up."""
         keys: set[tuple[str, str]] = set()
         extractions: list[Extraction] = []
-        table = self._rules.table()
+        table = self._table
         for _, event in batch:
             found = extract(event, self._rules, table=table)
             extractions.append(found)
@@ -236,13 +258,14 @@ class ProfilesStage(Stage):
             if event.type == "alias" and event.previous_id:
                 keys.add((USER_ID, event.previous_id.strip()))
                 keys.add((ANONYMOUS_ID, event.previous_id.strip()))
-        return _WorkingSet(self._store.load(keys), self._store.history, extractions)
+        return extractions, keys
 
     def _announce(
         self,
         touched: dict[str, None],
         store: ProfileStore,
         profiles: list[Profile],
+        gone: dict[str, str],
         now: datetime,
     ) -> list[Message]:
         """Snapshots of the touched profiles, stamped with the time taken inside the batch's
@@ -252,7 +275,8 @@ class ProfilesStage(Stage):
         for pid in touched:
             profile = by_id.get(pid)
             if profile is None:
-                change = encode_change(deleted(pid, store.resolve(pid), now))
+                into = gone[pid] if pid in gone else store.resolve(pid)
+                change = encode_change(deleted(pid, into, now))
                 messages.append(Message(value=change, key=pid.encode()))
             else:
                 change = encode_change(snapshot(profile, now))
@@ -282,7 +306,7 @@ def _decode_batch(
 
 
 def _apply_event(
-    work: _WorkingSet,
+    work: WorkingSet,
     unifier: Unifier,
     rec: Record,
     event: Event,
@@ -310,7 +334,7 @@ def _apply_event(
     counts["dropped_identifiers"] += len(outcome.resolution.dropped)
     # A profile created and merged away within this batch was never seen outside it:
     # nothing to announce.
-    touched.update(dict.fromkeys(m for m in outcome.resolution.merged_from if m in work.loaded))
+    touched.update(dict.fromkeys(m for m in outcome.resolution.merged_from if work.known(m)))
     if pid is None:
         counts["unresolved"] += 1
     return pid
@@ -349,33 +373,3 @@ def _combined(a: Produced, b: Produced) -> Produced:
         for seq in (p.outbox_seqs or ((p.outbox_seq,) if p.outbox_seq is not None else ()))
     )
     return Produced(a.messages + b.messages, seqs[-1] if seqs else None, seqs)
-
-
-class _WorkingSet:
-    """The profiles one batch can reach, in memory; :meth:`result` is what to write back."""
-
-    def __init__(self, loaded: list[Profile], history: int, extractions: list[Extraction]) -> None:
-        self.store = MemoryProfileStore(history=history)
-        self.extractions = extractions
-        self._loaded = [p.profile_id for p in loaded]
-        # Every id the store knew before the batch: live profiles and their merged-away ids.
-        self.loaded = {
-            pid for p in loaded for pid in (p.profile_id, *(r.from_id for r in p.merged))
-        }
-        for profile in loaded:
-            self.store.put_profile(profile)
-
-    def result(self) -> tuple[list[Profile], dict[str, str], list[tuple[str, StoredEvent]]]:
-        store = self.store
-        profiles = store.scan(None, 1 << 62)
-        gone: dict[str, str] = {}
-        for pid in self._loaded:
-            live = store.resolve(pid)
-            if live is not None and live != pid:
-                gone[pid] = live
-        history = [
-            (p.profile_id, event)
-            for p in profiles
-            for event in reversed(store.events(p.profile_id, store.history))
-        ]
-        return profiles, gone, history

@@ -16,6 +16,16 @@ from clew.store._sqlite_graph import CHUNK, encode_traits, prov_values
 from clew.store.base import Profile, Provenance, StoredEvent, StoreError, TraitsMerge
 
 _REDIRECT = "INSERT OR REPLACE INTO redirects VALUES (?, ?, ?, ?, ?, ?)"
+# A working set writes back every redirect of its profiles, nearly all as they were: the WHERE
+# leaves those rows alone.
+_UPSERT_REDIRECT = (
+    "INSERT INTO redirects VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (from_id) DO UPDATE SET "
+    "into_id = excluded.into_id, message_id = excluded.message_id, "
+    "source_id = excluded.source_id, time_ms = excluded.time_ms, "
+    "match_weight = excluded.match_weight WHERE into_id != excluded.into_id "
+    "OR message_id != excluded.message_id OR source_id != excluded.source_id "
+    "OR time_ms != excluded.time_ms OR match_weight IS NOT excluded.match_weight"
+)
 
 
 def scan(conn: sqlite3.Connection, after: str | None, limit: int) -> list[Profile]:
@@ -162,7 +172,7 @@ def write_back(
         ],
     )
     conn.executemany(
-        _REDIRECT,
+        _UPSERT_REDIRECT,
         [(r.from_id, r.into_id, *prov_values(r.provenance)) for p in profiles for r in p.merged],
     )
     history.append(conn, events)

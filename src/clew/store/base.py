@@ -35,7 +35,7 @@ Lua script per slot applied in an order whose intermediate states still resolve 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,6 +408,16 @@ class ProfileStore(
         """The file on this machine that holds the store (with its ``-wal`` beside it), for
         what is done to files: measuring the hot tier, scrubbing an erased person's bytes out
         of free pages. ``None`` when the store is kept elsewhere (memory, a server)."""
+        return None
+
+    def version(self) -> Hashable | None:
+        """A token of the profiles the store holds, for a caller that keeps profiles in memory
+        between its transactions: it changes whenever profiles, identities, redirects or
+        histories are written, through this handle or any other (timers, the outbox, offsets
+        and separations do not count). Read it inside a transaction, after its writes; if the
+        next transaction finds the same token, nobody wrote profiles in between. ``None`` when
+        the backend cannot tell cheaply (the default, and the Redis store's, shared by
+        workers on other machines): then nothing may be kept between transactions."""
         return None
 
     @abstractmethod

@@ -45,6 +45,8 @@ class _Profile:
     computed: Traits = field(default_factory=dict)
     ids: set[_Key] = field(default_factory=set)
     history: deque[StoredEvent] = field(default_factory=deque)
+    # ``ids`` as identity edges sorted by (id_type, value); None when ``ids`` changed since.
+    edges: tuple[IdentityEdge, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class _State:
     timers: dict[str, int] = field(default_factory=dict)
     outbox: dict[str, dict[int, bytes]] = field(default_factory=dict)
     outbox_seq: dict[str, int] = field(default_factory=dict)
+    version: int = 0  # bumped by every write to profiles
 
 
 class MemoryProfileStore(ProfileStore):
@@ -88,6 +91,10 @@ class MemoryProfileStore(ProfileStore):
             except BaseException:
                 self._restore(saved)
                 raise
+
+    def version(self) -> int:
+        with self._lock:
+            return self._state.version
 
     def _restore(self, saved: _State) -> None:
         # In place, so that other handles sharing the state see the rollback too.
@@ -139,12 +146,14 @@ class MemoryProfileStore(ProfileStore):
 
     def touch(self, profile_id: str, time_ms: int) -> str:
         with self._lock:
+            self._state.version += 1
             live = self._resolve(profile_id) or profile_id
             self._widen(live, time_ms, time_ms)
             return live
 
     def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
         with self._lock:
+            self._state.version += 1
             s = self._state
             live = self._resolve(profile_id) or profile_id
             owner = s.identities.get((id_type, value))
@@ -154,14 +163,18 @@ class MemoryProfileStore(ProfileStore):
             if owner is None:
                 s.identities[(id_type, value)] = (live, provenance)
                 rec.ids.add((id_type, value))
+                rec.edges = None
             return live
 
     def detach(self, id_type: str, value: str) -> str | None:
         with self._lock:
+            self._state.version += 1
             owner = self._state.identities.pop((id_type, value), None)
             if owner is None:
                 return None
-            self._state.profiles[owner[0]].ids.discard((id_type, value))
+            rec = self._state.profiles[owner[0]]
+            rec.ids.discard((id_type, value))
+            rec.edges = None
             return owner[0]
 
     def lookup(self, id_type: str, value: str) -> str | None:
@@ -182,7 +195,11 @@ class MemoryProfileStore(ProfileStore):
         s = self._state
         rec = s.profiles[live]
         owners = s.identities
-        identities = tuple([IdentityEdge(t, v, owners[t, v][1]) for t, v in sorted(rec.ids)])
+        identities = rec.edges
+        if identities is None:
+            rec.edges = identities = tuple(
+                [IdentityEdge(t, v, owners[t, v][1]) for t, v in sorted(rec.ids)]
+            )
         merged: list[Redirect] = []
         if live in s.redirects_into:
             merged = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
@@ -210,18 +227,21 @@ class MemoryProfileStore(ProfileStore):
 
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._lock:
+            self._state.version += 1
             rec = self._state.profiles[self._live(profile_id)]
             rec.traits = _checked(update(dict(rec.traits)))
             return dict(rec.traits)
 
     def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
         with self._lock:
+            self._state.version += 1
             rec = self._state.profiles[self._live(profile_id)]
             rec.computed = _checked(update(dict(rec.computed)))
             return dict(rec.computed)
 
     def add_event(self, profile_id: str, event: StoredEvent) -> None:
         with self._lock:
+            self._state.version += 1
             rec = self._state.profiles[self._live(profile_id)]
             self._append(rec, [event])
 
@@ -251,6 +271,7 @@ class MemoryProfileStore(ProfileStore):
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         pid = profile.profile_id
         with self._lock:
+            self._state.version += 1
             s = self._state
             for edge in profile.identities:
                 owner = s.identities.get((edge.id_type, edge.value))
@@ -296,6 +317,7 @@ class MemoryProfileStore(ProfileStore):
             _checked(profile.traits)
             _checked(profile.computed)
         with self._lock:
+            self._state.version += 1
             s = self._state
             for from_id, into in gone.items():
                 lost = s.profiles.pop(from_id, None)
@@ -313,8 +335,10 @@ class MemoryProfileStore(ProfileStore):
                     old = s.identities.get(key)
                     if old is not None and old[0] != p.profile_id and old[0] in s.profiles:
                         s.profiles[old[0]].ids.discard(key)
+                        s.profiles[old[0]].edges = None
                     s.identities[key] = (p.profile_id, old[1] if old else edge.provenance)
                     rec.ids.add(key)
+                rec.edges = None
                 for r in p.merged:
                     self._redirect(r.from_id, r.into_id, r.provenance)
             by_profile: dict[str, list[StoredEvent]] = {}
@@ -359,6 +383,7 @@ class MemoryProfileStore(ProfileStore):
         computed: TraitsMerge = keep_existing,
     ) -> str:
         with self._lock:
+            self._state.version += 1
             s = self._state
             survivor, gone = self._live(into), self._live(from_)
             if survivor == gone:
@@ -372,6 +397,7 @@ class MemoryProfileStore(ProfileStore):
             for key in lose.ids:
                 s.identities[key] = (survivor, s.identities[key][1])
             keep.ids |= lose.ids
+            keep.edges = None
             moved = sorted([*keep.history, *lose.history], key=lambda e: e.seq)
             keep.history = deque(moved[-self.history :] if self.history else [])
             del s.profiles[gone]
@@ -392,6 +418,7 @@ class MemoryProfileStore(ProfileStore):
 
     def delete_profile(self, profile_id: str) -> bool:
         with self._lock:
+            self._state.version += 1
             live = self._resolve(profile_id)
             if live is None:
                 return False
@@ -404,6 +431,7 @@ class MemoryProfileStore(ProfileStore):
         self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> int:
         with self._lock:
+            self._state.version += 1
             live = self._resolve(profile_id)
             if live is None:
                 return 0

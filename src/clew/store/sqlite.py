@@ -70,6 +70,8 @@ class SQLiteProfileStore(ProfileStore):
         self._conn.execute("PRAGMA secure_delete = ON")
         self._lock = threading.RLock()
         self._depth = 0
+        # Writes to profiles through this handle (other connections' show in data_version).
+        self._writes = 0
         self.history = history
         self._path = path
 
@@ -109,6 +111,17 @@ class SQLiteProfileStore(ProfileStore):
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def _profile_write(self) -> Iterator[sqlite3.Connection]:
+        with self._tx(write=True) as conn:
+            self._writes += 1
+            yield conn
+
+    def version(self) -> tuple[int, int]:
+        with self._tx() as conn:
+            (data_version,) = conn.execute("PRAGMA data_version").fetchone()
+        return data_version, self._writes
+
     def _savepoint(self, conn: sqlite3.Connection) -> Iterator[None]:
         self._depth += 1
         name = f"s{self._depth}"
@@ -125,15 +138,15 @@ class SQLiteProfileStore(ProfileStore):
     # -- the identity graph ---------------------------------------------------------------
 
     def touch(self, profile_id: str, time_ms: int) -> str:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.touch(conn, profile_id, time_ms)
 
     def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.attach(conn, profile_id, id_type, value, provenance)
 
     def detach(self, id_type: str, value: str) -> str | None:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.detach(conn, id_type, value)
 
     def lookup(self, id_type: str, value: str) -> str | None:
@@ -156,27 +169,27 @@ class SQLiteProfileStore(ProfileStore):
         traits: TraitsMerge = keep_existing,
         computed: TraitsMerge = keep_existing,
     ) -> str:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return batch.merge(conn, into, from_, provenance, traits, computed, self.history)
 
     def delete_profile(self, profile_id: str) -> bool:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.delete_profile(conn, profile_id)
 
     # -- traits ---------------------------------------------------------------------------
 
     def update_traits(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.update_column(conn, "traits", profile_id, update)
 
     def update_computed(self, profile_id: str, update: TraitsUpdate) -> Traits:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return graph.update_column(conn, "computed", profile_id, update)
 
     # -- history --------------------------------------------------------------------------
 
     def add_event(self, profile_id: str, event: StoredEvent) -> None:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             hist.add_event(conn, profile_id, event, self.history)
 
     def events(self, profile_id: str, limit: int, before: int | None = None) -> list[StoredEvent]:
@@ -186,7 +199,7 @@ class SQLiteProfileStore(ProfileStore):
     def delete_history(
         self, profile_id: str, since_ms: int | None = None, until_ms: int | None = None
     ) -> int:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             return hist.delete_history(conn, profile_id, since_ms, until_ms)
 
     # -- whole profiles -------------------------------------------------------------------
@@ -200,7 +213,7 @@ class SQLiteProfileStore(ProfileStore):
             return batch.load(conn, identities)
 
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             batch.put_profile(conn, profile, history, self.history)
 
     def write_back(
@@ -210,7 +223,7 @@ class SQLiteProfileStore(ProfileStore):
         events: Sequence[tuple[str, StoredEvent]],
     ) -> None:
         batch.check(profiles)
-        with self._tx(write=True) as conn:
+        with self._profile_write() as conn:
             batch.write_back(conn, profiles, gone, events, self.history)
 
     # -- separations ----------------------------------------------------------------------
