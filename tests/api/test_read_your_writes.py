@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
@@ -105,6 +105,19 @@ def test_an_identify_is_seen_by_the_next_read_after_it(
         r = profile(client, token, user, after=position, wait_ms=WAIT_LONG_MS)
         assert r.status_code == 200, r.text
         assert r.json()["traits"]["plan"] == plan
+
+
+def test_segment_paths_take_after_too(served: tuple[httpx.Client, str]) -> None:
+    client, token = served
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    position = identify(client, user, plan="pro")
+    r = client.get(
+        f"/v1/spaces/main/collections/users/profiles/user_id:{user}/traits",
+        params={"after": position, "wait_ms": WAIT_LONG_MS},
+        headers=bearer(token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["traits"]["plan"] == "pro"
 
 
 def test_before_the_stages_ran_the_read_is_not_yet_then_it_is_answered(
@@ -261,7 +274,9 @@ _DIGITS = st.integers(min_value=-3, max_value=10**12).map(str)
 def test_no_after_or_wait_ms_is_a_server_error(
     paused: Paused, after: str, wait_ms: str | None
 ) -> None:
+    identify(paused.client, "u-fuzz")  # so that some positions exist, and are not yet applied
     params = {"after": after} if wait_ms is None else {"after": after, "wait_ms": wait_ms}
     r = profile(paused.client, paused.token, "u-fuzz", **params)
     assert r.status_code in (200, 400, 404, 409), r.text
+    event(f"answered {r.status_code}")
     assert isinstance(r.json().get("code", ""), str)
