@@ -169,3 +169,29 @@ def test_readers_waiting_at_once_share_one_look(log: EmbeddedLog) -> None:
     assert store.loads == 1
     reader.look(time.monotonic())
     assert store.loads == 2, "a look begun before the asked time is not reused"
+
+
+class StuckStore(MemoryProfileStore):
+    """A store whose reads hang until released: a look that does not end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def load_offsets(self, group: str) -> dict[tuple[str, int], int]:
+        self.release.wait(10)
+        return super().load_offsets(group)
+
+
+def test_a_look_that_hangs_holds_one_reader_not_all(log: EmbeddedLog) -> None:
+    store = StuckStore()
+    reader = ProgressReader(log, store)
+    position = stored(log)
+    stuck = threading.Thread(target=reader.look, args=(time.monotonic(),))
+    stuck.start()
+    time.sleep(0.05)
+    began = time.monotonic()
+    assert reader.advance(position, None, time.monotonic(), patience_s=0.05) == (None, False)
+    assert time.monotonic() - began < 1.0
+    store.release.set()
+    stuck.join()

@@ -31,6 +31,9 @@ DEFAULT_WAIT_MS = 0
 """Without ``wait_ms`` the position is checked once: 409 at once when not yet applied."""
 _FIRST_PAUSE_S = 0.001
 _MAX_PAUSE_S = 0.02
+# How long a read waits for a look another read is taking, even with no wait_ms: a look takes
+# milliseconds unless the log does not answer.
+_MIN_PATIENCE_S = 1.0
 # Seconds a client is told to wait when the log or the store cannot be read.
 _RETRY_AFTER_S = 5
 
@@ -93,7 +96,8 @@ async def _applied(reader: ProgressReader, position: RawPosition, wait_ms: int) 
     pause = _FIRST_PAUSE_S
     begun = time.monotonic()
     while True:
-        targets, done = await run_in_threadpool(reader.advance, position, targets, begun)
+        patience = max(deadline - time.monotonic(), _MIN_PATIENCE_S)
+        targets, done = await run_in_threadpool(reader.advance, position, targets, begun, patience)
         if done:
             return True
         if targets is None and not checked:

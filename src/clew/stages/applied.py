@@ -96,7 +96,8 @@ class ProgressReader:
     """:func:`read_progress`, shared by every reader waiting at once: a caller that asks for a
     look begun after a given time gets the last one if it qualifies, or waits for the look
     another thread is taking, so a hundred waiting requests cost one look per round, not a
-    hundred. Thread-safe; each call blocks only for one look."""
+    hundred. Thread-safe. A caller waits for another's look only ``patience_s``: while the
+    log does not answer (a broker away), one thread waits for it, not every reader's."""
 
     def __init__(self, log: Log, store: OffsetStore) -> None:
         self._log = log
@@ -106,22 +107,35 @@ class ProgressReader:
         # (partition, progress, target) -> whether a record lies in between: what is below
         # an end offset never changes, so each gap is read once.
         self._gaps: dict[tuple[int, int, int], bool] = {}
+        # The ends of ``raw`` last read: offsets below them were handed out.
+        self._raw_end: dict[int, int] = {}
 
-    def look(self, begun_after: float) -> Progress:
-        """A look at the stages begun at or after ``begun_after`` (``time.monotonic()``)."""
-        with self._lock:
+    def look(self, begun_after: float, patience_s: float | None = None) -> Progress | None:
+        """A look at the stages begun at or after ``begun_after`` (``time.monotonic()``);
+        ``None`` when another caller's look has not ended within ``patience_s``."""
+        if not self._lock.acquire(timeout=-1 if patience_s is None else patience_s):
+            return None
+        try:
             last = self._last
             if last is None or last.read_at < begun_after:
                 last = self._last = read_progress(self._log, self._store)
             return last
+        finally:
+            self._lock.release()
 
     def advance(
-        self, position: RawPosition, targets: Targets | None, begun_after: float
+        self,
+        position: RawPosition,
+        targets: Targets | None,
+        begun_after: float,
+        patience_s: float | None = None,
     ) -> tuple[Targets | None, bool]:
         """One round of waiting for ``position``: the targets of condition (2) (``None``
         until (1) holds; pass back what the last round returned) and whether both hold, by a
-        look begun at or after ``begun_after``."""
-        look = self.look(begun_after)
+        look begun at or after ``begun_after`` (none within ``patience_s``: not yet)."""
+        look = self.look(begun_after, patience_s)
+        if look is None:
+            return targets, False
         if targets is None:
             if not look.validated_past(position):
                 return None, False
@@ -144,7 +158,9 @@ class ProgressReader:
         """Raise :class:`UnknownPositionError` when ``position`` names a ``raw`` partition
         that does not exist or an offset not yet written there: no such request was stored,
         and waiting would never end."""
-        end = self._log.end_offsets(RAW_TOPIC)
+        if position.offset < self._raw_end.get(position.partition, 0):
+            return
+        end = self._raw_end = self._log.end_offsets(RAW_TOPIC)
         if position.partition not in end:
             raise UnknownPositionError(
                 f"{position} names raw partition {position.partition}, but the log has "
