@@ -144,7 +144,11 @@ def hop(log: Log, backend: str, where: str, appends: int) -> Result:
             log.append_sync(topic, [Message(b"%d" % i)])
             committed[str(i)] = time.monotonic()
         log.append_sync(topic, [Message(b"stop")])
-        out, _ = child.communicate(timeout=120)
+        try:
+            out, _ = child.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise SystemExit(f"the hop consumer of {backend} did not get every record") from None
         elapsed = time.perf_counter() - began
     seen = dict(line.split() for line in out.decode().splitlines())
     latencies = [(float(seen[k]) - t) * 1000 for k, t in committed.items() if k in seen]
