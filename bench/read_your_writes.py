@@ -10,7 +10,10 @@ read), the two together, and the same read without ``after`` as the baseline. Ev
 with ``after`` must hold the value just written, and none may be ``409 not_yet``.
 
     .venv/bin/python bench/read_your_writes.py [--samples 300] [--people 50]
-        [--background-rate 0] [--wait-ms 5000]
+        [--background-rate 0] [--wait-ms 5000] [--kafka HOST:PORT --redis redis://…]
+
+With ``--kafka`` (a running broker) and ``--redis`` (a running Redis), ``clew serve`` uses
+them for its log and serving store instead of its data directory.
 """
 
 from __future__ import annotations
@@ -125,7 +128,24 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=50)
     parser.add_argument("--background-rate", type=float, default=0.0)
     parser.add_argument("--wait-ms", type=int, default=5000)
+    parser.add_argument("--kafka", help="bootstrap servers of a running Kafka broker")
+    parser.add_argument("--redis", help="URL of a running Redis, for the serving store")
     args = parser.parse_args()
+    env: dict[str, str] = {}
+    if args.kafka:
+        env |= {
+            "CLEW_LOG__BACKEND": "kafka",
+            "CLEW_LOG__BOOTSTRAP_SERVERS": args.kafka,
+            "CLEW_LOG__REPLICATION_FACTOR": "1",
+        }
+    if args.redis:
+        env |= {
+            "CLEW_STORE__BACKEND": "redis",
+            "CLEW_STORE__REDIS_URL": args.redis,
+            "CLEW_STORE__REDIS_PREFIX": f"ryw-{os.getpid()}",
+        }
+    # For `clew serve` and the `clew sources` and `clew tokens` commands before it alike.
+    os.environ.update(env)
     with tempfile.TemporaryDirectory(prefix="clew-ryw-") as tmp:
         data_dir, log_dir = Path(tmp) / "data", Path(tmp)
         try:
@@ -147,6 +167,8 @@ def main() -> None:
             fail(exc)
             return
     report(results, args, sent[0])
+    log = "kafka" if args.kafka else "embedded"
+    console().print(f"log: {log}; serving store: {'redis' if args.redis else 'sqlite'}")
 
 
 if __name__ == "__main__":
