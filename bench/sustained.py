@@ -424,8 +424,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"{c['definitions']} definitions pushed; GET /metrics p50 {c['metrics_p50_ms']:.1f} ms, "
         f"max {c['metrics_max_ms']:.0f} ms"
     )
-    cores = ", ".join(f"{k} {v:.2f}" for k, v in c["cores_while_sending"].items())
-    out.print(f"cores while sending: {cores} (of {os.cpu_count()})")
+    used = dict(c["cores_while_sending"])
+    others = 2 * used["machine"] - sum(used.values())
+    cores = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+    out.print(f"cores while sending: {cores} (of {os.cpu_count()}; other processes {others:.2f})")
     out.print(
         f"baseline: bare ASGI endpoint at the same rate for {args.baseline_seconds:g} s: "
         f"{b['acked_per_s']:,.0f} events/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms"
