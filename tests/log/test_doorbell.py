@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -143,21 +144,37 @@ def test_a_consumer_of_another_handle_in_the_same_process_wakes_too(
 def test_a_socket_left_by_a_killed_process_does_not_stop_appends(
     log: EmbeddedLog, path: Path
 ) -> None:
+    consumer = log.consumer("g", ["t"])
     child = remote_consumer(path)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.stdout is not None
     child.stdout.close()
-    [stale] = sockets(path)
-    assert stale.startswith(f"{child.pid}-")
-
-    consumer = log.consumer("g", ["t"])
+    [stale] = [name for name in sockets(path) if name.startswith(f"{child.pid}-")]
     try:
         log.append_sync("t", [Message(b"after the kill")])
         assert [r.value for r in consumer.poll(timeout_s=5)] == [b"after the kill"]
         assert stale not in sockets(path)
     finally:
         consumer.close()
+
+
+def test_listening_removes_sockets_left_on_other_databases(tmp_path: Path) -> None:
+    abandoned = tmp_path / "abandoned" / "log.db"
+    where = bell_dir(abandoned)
+    assert where is not None
+    where.mkdir(parents=True)
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    left.bind(str(where / f"99-00000000{BELL_SUFFIX}"))
+    left.close()  # as a process killed before it could remove its socket
+    assert sockets(abandoned) != []
+
+    log = EmbeddedLog(tmp_path / "log.db")
+    log.create_topic(TopicSpec("t", 1))
+    consumer = log.consumer("g", ["t"])
+    consumer.close()
+    log.close()
+    assert not where.exists()
 
 
 def test_a_lost_ring_costs_latency_only(

@@ -83,6 +83,36 @@ def _topics(rings: list[bytes]) -> frozenset[str] | None:
     return frozenset(topics)
 
 
+def _sweep(root: Path) -> None:
+    """Remove the sockets under ``root`` (the doorbell directories of every database) whose
+    process died without closing, and the directories left empty: a ring removes those of
+    its own database only, and a database may never be written again."""
+    try:
+        dirs = [d.path for d in os.scandir(root) if d.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        for where in dirs:
+            try:
+                names = os.listdir(where)
+            except OSError:
+                continue
+            for name in names:
+                if not name.endswith(BELL_SUFFIX):
+                    continue
+                path = os.path.join(where, name)
+                try:
+                    # Sends nothing: only finds out whether anyone listens there.
+                    probe.connect(path)
+                except ConnectionRefusedError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                except OSError:
+                    pass
+            with contextlib.suppress(OSError):
+                os.rmdir(where)
+
+
 def _private(user_dir: Path) -> bool:
     """Whether ``user_dir`` (``clew-<uid>`` under the temp directory) is this user's alone:
     another user who made it first could ring, or remove, this user's sockets."""
@@ -166,6 +196,7 @@ class Doorbell:
                 return
             if not hasattr(socket, "AF_UNIX"):
                 return
+            _sweep(self._dir.parent)
             sock = self._bind(self._dir)
             if sock is None:
                 return
