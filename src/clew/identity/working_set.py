@@ -35,9 +35,12 @@ class _Tracked(MemoryProfileStore):
         self.created: set[str] = set()
         self.merged_away: list[str] = []
         self.pending: list[tuple[str, StoredEvent]] = []
+        # Identities claimed or moved to another profile.
+        self.moved: set[tuple[str, str]] = set()
 
     def reset(self) -> None:
         self.written, self.created, self.merged_away, self.pending = set(), set(), [], []
+        self.moved = set()
 
     def touch(self, profile_id: str, time_ms: int) -> str:
         if self.resolve(profile_id) is None:
@@ -49,15 +52,19 @@ class _Tracked(MemoryProfileStore):
     def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
         if self.resolve(profile_id) is None:
             self.created.add(profile_id)
+        new = self.lookup(id_type, value) is None
         owner = super().attach(profile_id, id_type, value, provenance)
+        if new:
+            self.moved.add((id_type, value))
         self.written.add(owner)
         return owner
 
     def merge(self, into: str, from_: str, *args: Any, **kwargs: Any) -> str:
-        gone = self.resolve(from_)
+        gone = self.get(from_)
         survivor = super().merge(into, from_, *args, **kwargs)
-        if gone is not None and gone != survivor:
-            self.merged_away.append(gone)
+        if gone is not None and gone.profile_id != survivor:
+            self.merged_away.append(gone.profile_id)
+            self.moved.update((e.id_type, e.value) for e in gone.identities)
         self.written.add(survivor)
         return survivor
 
@@ -141,6 +148,11 @@ class WorkingSet:
             if live is not None:
                 events.append((live, event))
         return profiles, gone, events
+
+    @property
+    def moved(self) -> set[tuple[str, str]]:
+        """The identities this batch claimed or moved between profiles (for ``write_back``)."""
+        return self.store.moved
 
     def adopt(self, profiles: Iterable[Profile]) -> None:
         """Take the computed values of ``profiles`` (evaluated after :meth:`result`)."""

@@ -141,10 +141,10 @@ def write_back(
     gone: Mapping[str, str],
     events: Sequence[tuple[str, StoredEvent]],
     keep: int,
+    moved: Collection[tuple[str, str]] | None = None,
 ) -> None:
-    for from_id, into in gone.items():
-        history.move(conn, from_id, into)
-        conn.execute("DELETE FROM profiles WHERE profile_id = ?", (from_id,))
+    history.move_many(conn, gone)
+    conn.executemany("DELETE FROM profiles WHERE profile_id = ?", [(g,) for g in gone])
     conn.executemany(
         "INSERT INTO profiles VALUES (?, ?, ?, ?, ?) ON CONFLICT (profile_id) DO UPDATE "
         "SET first_seen_ms = excluded.first_seen_ms, last_seen_ms = excluded.last_seen_ms, "
@@ -169,6 +169,7 @@ def write_back(
             (e.id_type, e.value, p.profile_id, *prov_values(e.provenance))
             for p in profiles
             for e in p.identities
+            if moved is None or (e.id_type, e.value) in moved
         ],
     )
     conn.executemany(

@@ -8,7 +8,7 @@ also across merges.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from clew.store import _sqlite_graph as graph
 from clew.store.base import StoredEvent
@@ -82,6 +82,14 @@ def trim(conn: sqlite3.Connection, profile_id: str, keep: int) -> None:
 
 def trim_many(conn: sqlite3.Connection, profile_ids: Iterable[str], keep: int) -> None:
     conn.executemany(_TRIM, [(pid, pid, keep) for pid in profile_ids])
+
+
+def move_many(conn: sqlite3.Connection, moves: Mapping[str, str]) -> None:
+    """Give each ``from_id``'s events to the profile it maps to (merges)."""
+    conn.executemany(
+        "UPDATE history SET profile_id = ? WHERE profile_id = ?",
+        [(into, from_id) for from_id, into in moves.items()],
+    )
 
 
 def move(conn: sqlite3.Connection, from_id: str, into: str) -> None:

@@ -286,6 +286,7 @@ class BulkStore(Protocol):
         profiles: Sequence[Profile],
         gone: Mapping[str, str],
         events: Sequence[tuple[str, StoredEvent]],
+        moved: Collection[tuple[str, str]] | None = None,
     ) -> None:
         """Write back a working set, atomically: each profile id in ``gone`` was merged into
         the profile it maps to (its history moves there, its row goes); every profile in
@@ -293,7 +294,9 @@ class BulkStore(Protocol):
         identities as given (identities move to it from wherever they were; redirects in
         ``merged`` are written); ``events`` (``(profile_id, event)``, oldest first) are
         appended to the histories, trimmed to :attr:`history`. Unlike :meth:`put_profile`,
-        the existing history is kept."""
+        the existing history is kept. ``moved``, when given, names every identity
+        (``(id_type, value)``) of ``profiles`` that is new or belonged to another profile: the
+        others are promised to be where the store has them (a backend may skip them)."""
 
 
 class SeparationStore(Protocol):

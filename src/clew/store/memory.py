@@ -312,6 +312,7 @@ class MemoryProfileStore(ProfileStore):
         profiles: Sequence[Profile],
         gone: Mapping[str, str],
         events: Sequence[tuple[str, StoredEvent]],
+        moved: Collection[tuple[str, str]] | None = None,
     ) -> None:
         for profile in profiles:
             _checked(profile.traits)

@@ -347,6 +347,7 @@ class RedisProfileStore(ProfileStore):
         profiles: Sequence[Profile],
         gone: Mapping[str, str],
         events: Sequence[tuple[str, StoredEvent]],
+        moved: Collection[tuple[str, str]] | None = None,
     ) -> None:
         rows = {
             p.profile_id: graph.row(

@@ -221,10 +221,11 @@ class SQLiteProfileStore(ProfileStore):
         profiles: Sequence[Profile],
         gone: Mapping[str, str],
         events: Sequence[tuple[str, StoredEvent]],
+        moved: Collection[tuple[str, str]] | None = None,
     ) -> None:
         batch.check(profiles)
         with self._profile_write() as conn:
-            batch.write_back(conn, profiles, gone, events, self.history)
+            batch.write_back(conn, profiles, gone, events, self.history, moved)
 
     # -- separations ----------------------------------------------------------------------
 
