@@ -362,7 +362,12 @@ def sustained(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 uvloop.run(fixed_rate(server.port, args, args.seconds, began, requests))
                 stop = max(r.done for r in requests)
                 cores = {k: v / (stop - then) for k, v in cpu_seconds(server, before).items()}
+                before = cpu_seconds(server)
                 drained = wait_drained(sampler, args.drain_timeout)
+                draining = {
+                    k: v / (time.perf_counter() - stop)
+                    for k, v in cpu_seconds(server, before).items()
+                }
         finally:
             log.close()
     samples = sampler.samples
@@ -373,6 +378,7 @@ def sustained(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "peak_rss_mb": max((s.rss for s in samples), default=idle_rss) / MB,
         "drained": drained,
         "cores_while_sending": cores,
+        "cores_while_draining": draining,
         "metrics_p50_ms": quantile([s.metrics_ms for s in samples], 0.5),
         "metrics_max_ms": max((s.metrics_ms for s in samples), default=0.0),
         **sent_figures(requests, began, args.seconds),
@@ -424,10 +430,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"{c['definitions']} definitions pushed; GET /metrics p50 {c['metrics_p50_ms']:.1f} ms, "
         f"max {c['metrics_max_ms']:.0f} ms"
     )
-    used = dict(c["cores_while_sending"])
-    others = 2 * used["machine"] - sum(used.values())
-    cores = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
-    out.print(f"cores while sending: {cores} (of {os.cpu_count()}; other processes {others:.2f})")
+    for phase in ("sending", "draining"):
+        used = dict(c[f"cores_while_{phase}"])
+        others = 2 * used["machine"] - sum(used.values())
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in used.items())
+        out.print(
+            f"cores while {phase}: {cores} (of {os.cpu_count()}; other processes {others:.2f})"
+        )
     out.print(
         f"baseline: bare ASGI endpoint at the same rate for {args.baseline_seconds:g} s: "
         f"{b['acked_per_s']:,.0f} events/s, p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms"
