@@ -46,6 +46,24 @@ class History(Protocol):
     ) -> Iterable[Event]: ...
 
 
+class HeldProfiles(Protocol):
+    """Profiles a caller keeps in memory between its store transactions (the profiles
+    stage's working set), which timers may read instead of the store and must keep up to
+    date. Each method is called inside the timers' transaction."""
+
+    def reader(self, store: ProfileStore) -> ProfileReader:
+        """Where to read profiles: the held ones if the store still agrees with them."""
+        ...
+
+    def settle(self, store: ProfileStore, profiles: Sequence[Profile]) -> None:
+        """``profiles`` were written back as given (after the caller's writes)."""
+        ...
+
+    def clear(self) -> None:
+        """The transaction failed: forget what is held."""
+        ...
+
+
 @dataclass(slots=True)
 class Produced:
     """Records to produce after the store transaction, and the outbox entry they came from."""
@@ -154,10 +172,13 @@ class LiveAudiences:
 
     # -- timers ---------------------------------------------------------------------------
 
-    def due(self, store: ProfileStore) -> tuple[list[Profile], list[Profile], Produced] | None:
+    def due(
+        self, store: ProfileStore, held: HeldProfiles | None = None
+    ) -> tuple[list[Profile], list[Profile], Produced] | None:
         """Evaluate the profiles whose timers are due, in one store transaction. Returns (old
         snapshots, evaluated profiles written back, records), or None when no timer was due;
-        looks at most every 100 ms."""
+        looks at most every 100 ms. ``held``: profiles the caller keeps in memory, read
+        instead of the store where they are current, and told what was written."""
         if self.engine is None or time.monotonic() - self._last_timers < _TIMER_EVERY_S:
             return None
         self._last_timers = time.monotonic()
@@ -165,11 +186,19 @@ class LiveAudiences:
         earliest = store.next_timer()
         if earliest is None or earliest > now:
             return None
-        with store.transaction():
-            return self._fire(store, now)
+        try:
+            with store.transaction():
+                fired = self._fire(store, now, held.reader(store) if held else store)
+                if held is not None and fired is not None:
+                    held.settle(store, fired[1])
+                return fired
+        except BaseException:
+            if held is not None:
+                held.clear()
+            raise
 
     def _fire(
-        self, store: ProfileStore, now: int
+        self, store: ProfileStore, now: int, reader: ProfileReader
     ) -> tuple[list[Profile], list[Profile], Produced] | None:
         due = store.due_timers(now, _TIMER_BATCH)
         if not due:
@@ -177,7 +206,7 @@ class LiveAudiences:
         profiles: dict[str, Profile] = {}
         stale: list[str] = []
         for pid, _ in due:
-            profile = store.get(pid)
+            profile = reader.get(pid)
             if profile is None:
                 stale.append(pid)
             else:

@@ -7,6 +7,7 @@ the same identifiers as the speed layer.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -229,8 +230,14 @@ def _match(clew: object) -> tuple[Identifier | None, float | None]:
     return Identifier(id_type, value), float(weight)
 
 
-def _at_path(event: Event, path: str) -> Any:
+@functools.lru_cache(maxsize=256)
+def _split(path: str) -> tuple[str, tuple[str, ...]]:
     root, *keys = path.split(".")
+    return root, tuple(keys)
+
+
+def _at_path(event: Event, path: str) -> Any:
+    root, keys = _split(path)
     if root == "traits":
         node: Any = event.traits
     elif root == "properties":

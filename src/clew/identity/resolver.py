@@ -30,6 +30,7 @@ writer claims an identifier between the check and the write, resolution starts o
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
@@ -68,7 +69,13 @@ def profile_id_for(identifier: Identifier) -> str:
     >>> profile_id_for(Identifier("user_id", "u-1"))
     '6a3f6842-7bb3-518e-a48d-951318d81347'
     """
-    return str(uuid.uuid5(_PROFILE_NAMESPACE, f"{identifier.id_type}:{identifier.value}"))
+    return _profile_id(identifier.id_type, identifier.value)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _profile_id(id_type: str, value: str) -> str:
+    # Cached: the same canonical identifiers come back with every event of their people.
+    return str(uuid.uuid5(_PROFILE_NAMESPACE, f"{id_type}:{value}"))
 
 
 def canonical_key(table: RuleTable, id_type: str, value: str) -> tuple[int, str, str]:

@@ -78,11 +78,18 @@ class Unifier:
         self.resolver.set_separations(self.store.separations())
 
     def apply(
-        self, event: Event, body: bytes = b"", extraction: Extraction | None = None
+        self,
+        event: Event,
+        body: bytes = b"",
+        extraction: Extraction | None = None,
+        *,
+        time_ms: int | None = None,
     ) -> Outcome:
         """Resolve the event and apply its traits, order and history to its profile.
-        ``extraction``: ``extract(event, self.rules)`` if the caller already has it."""
-        time_ms = _time_ms(event)
+        ``extraction``: ``extract(event, self.rules)`` if the caller already has it;
+        ``time_ms``: the event's time in epoch milliseconds, if the caller parsed it."""
+        if time_ms is None:
+            time_ms = _time_ms(event)
         resolution = self.resolver.resolve(event, extraction, time_ms=time_ms)
         pid = resolution.profile_id
         store = self.store

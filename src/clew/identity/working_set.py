@@ -19,7 +19,14 @@ from collections import OrderedDict
 from collections.abc import Collection, Hashable, Iterable
 from typing import Any
 
-from clew.store.base import Profile, ProfileStore, Provenance, StoredEvent, Traits
+from clew.store.base import (
+    Profile,
+    ProfileReader,
+    ProfileStore,
+    Provenance,
+    StoredEvent,
+    Traits,
+)
 from clew.store.memory import MemoryProfileStore
 
 DEFAULT_CAPACITY = 50_000
@@ -165,6 +172,26 @@ class WorkingSet:
             if held.resolve(profile.profile_id) == profile.profile_id:
                 held.update_computed(profile.profile_id, lambda _, c=computed: dict(c))
 
+    def reader(self, store: ProfileStore) -> ProfileReader:
+        """Inside a transaction on ``store`` (a timer's): the held profiles, with the store
+        behind them for the others, while the store's version says they are current; else
+        the store (and the set empties)."""
+        token = store.version()
+        if token is None or token != self._token:
+            self.clear()
+            return store
+        return _Layered(self.store, store)
+
+    def settle(self, store: ProfileStore, profiles: Iterable[Profile]) -> None:
+        """Inside that transaction, after ``profiles`` were written back as given (a timer's
+        evaluation): take their computed values and note the store's version."""
+        held = self.store
+        for profile in profiles:
+            computed = profile.computed
+            if held.resolve(profile.profile_id) == profile.profile_id:
+                held.update_computed(profile.profile_id, lambda _, c=computed: dict(c))
+        self._token = store.version()
+
     def finish(self, store: ProfileStore) -> None:
         """Inside the batch's transaction, after its writes: note the store's version and
         evict the least recently used profiles beyond the capacity."""
@@ -184,3 +211,24 @@ class WorkingSet:
         held.reset()
         self._results = {}
         self._token = store.version()
+
+
+class _Layered:
+    """Reads from the held profiles, and from the store for the ones not held."""
+
+    def __init__(self, held: MemoryProfileStore, store: ProfileReader) -> None:
+        self._held = held
+        self._store = store
+
+    def lookup(self, id_type: str, value: str) -> str | None:
+        owner = self._held.lookup(id_type, value)
+        return owner if owner is not None else self._store.lookup(id_type, value)
+
+    def resolve(self, profile_id: str) -> str | None:
+        live = self._held.resolve(profile_id)
+        return live if live is not None else self._store.resolve(profile_id)
+
+    def get(self, profile_id: str) -> Profile | None:
+        if self._held.resolve(profile_id) is not None:
+            return self._held.get(profile_id)
+        return self._store.get(profile_id)

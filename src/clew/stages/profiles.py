@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 
 import msgspec
 
@@ -100,7 +101,7 @@ class ProfilesStage(Stage):
         reloaded = live.reload(self._store, self._rules, self._offsets)
         if reloaded is not None:
             self._produce(consumer, reloaded)
-        fired = live.due(self._store)
+        fired = live.due(self._store, self._work)
         if fired is not None:
             _, after, produced = fired
             now = to_datetime(live.now_ms())
@@ -140,7 +141,7 @@ class ProfilesStage(Stage):
             return
         started = time.perf_counter_ns()
         counts: Counter[str] = Counter()
-        progress, batch = _decode_batch(records, counts)
+        progress, batch, times = _decode_batch(records, counts)
 
         # The batch is loaded, resolved in memory and written back with the offsets inside
         # one store transaction, so that no other writer (a split, a deletion) can commit in
@@ -164,13 +165,15 @@ class ProfilesStage(Stage):
                 unifier = Unifier(work.store, self._rules, self._traits, engine=live.engine)
                 # Separations change only when an operator splits a profile.
                 unifier.resolver.set_separations(self._store.separations())
-                for (rec, event), extraction in zip(batch, extractions, strict=True):
+                for (rec, event), extraction, time_ms in zip(
+                    batch, extractions, times, strict=True
+                ):
                     if rec.offset <= applied.get((rec.topic, rec.partition), -1):
                         pid = unifier.profile_of(event)
                         counts["already_applied"] += 1
                     else:
                         pid = _apply_event(
-                            work, unifier, rec, event, extraction, counts, touched, seeds
+                            work, unifier, (rec, event, time_ms), extraction, counts, touched, seeds
                         )
                     if pid is not None:
                         touched[pid] = None
@@ -288,30 +291,32 @@ class ProfilesStage(Stage):
 
 def _decode_batch(
     records: list[Record], counts: Counter[str]
-) -> tuple[dict[tuple[str, int], int], list[tuple[Record, Event]]]:
-    """The last offset of each partition in the poll, and its events decoded, in event-time
-    order (an undecodable one is logged, counted and skipped)."""
+) -> tuple[dict[tuple[str, int], int], list[tuple[Record, Event]], list[int]]:
+    """The last offset of each partition in the poll, its events decoded, in event-time
+    order (an undecodable one is logged, counted and skipped), and their times (epoch ms)."""
     progress: dict[tuple[str, int], int] = {}
-    batch: list[tuple[Record, Event]] = []
+    decoded: list[tuple[datetime, Record, Event]] = []
     for rec in records:
         tp = (rec.topic, rec.partition)
         progress[tp] = max(rec.offset, progress.get(tp, -1))
         try:
-            batch.append((rec, _decoder.decode(rec.value)))
+            event = _decoder.decode(rec.value)
         except msgspec.DecodeError as exc:
             logger.error("skipping undecodable event at %s/%d@%d: %s", *tp, rec.offset, exc)
             counts["undecodable"] += 1
+            continue
+        decoded.append((_time_key(event.timestamp), rec, event))
     # A poll interleaves partitions; applying its events in event-time order (ties in
     # arrival order) brings the speed layer closer to the batch layer's order.
-    batch.sort(key=lambda item: _time_key(item[1].timestamp))
-    return progress, batch
+    decoded.sort(key=itemgetter(0))
+    batch = [(rec, event) for _, rec, event in decoded]
+    return progress, batch, [int(at.timestamp() * 1000) for at, _, _ in decoded]
 
 
 def _apply_event(
     work: WorkingSet,
     unifier: Unifier,
-    rec: Record,
-    event: Event,
+    item: tuple[Record, Event, int],
     extraction: Extraction,
     counts: Counter[str],
     touched: dict[str, None],
@@ -320,10 +325,10 @@ def _apply_event(
     """Apply one event not applied before to the working set: its profile id (None when
     unresolved); the profiles it merged away go to ``touched``, and the profiles whose
     identity arrival order may have decided to ``seeds``."""
+    rec, event, time_ms = item
     owners = _owners(work.store, event, extraction)
-    time_ms = int(_time_key(event.timestamp).timestamp() * 1000)
     late = any((seen := work.store.peek(o)) is not None and seen[0] > time_ms for o in owners)
-    outcome = unifier.apply(event, rec.value, extraction)
+    outcome = unifier.apply(event, rec.value, extraction, time_ms=time_ms)
     pid = outcome.profile_id
     if late and _contested(work.store, owners, pid, outcome.resolution):
         # Its identity may have been decided by arrival order: re-derive the profiles

@@ -47,6 +47,8 @@ class _Profile:
     history: deque[StoredEvent] = field(default_factory=deque)
     # ``ids`` as identity edges sorted by (id_type, value); None when ``ids`` changed since.
     edges: tuple[IdentityEdge, ...] | None = None
+    # The redirects leading to the profile, oldest first; None when they changed since.
+    merged: tuple[Redirect, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -200,17 +202,18 @@ class MemoryProfileStore(ProfileStore):
             rec.edges = identities = tuple(
                 [IdentityEdge(t, v, owners[t, v][1]) for t, v in sorted(rec.ids)]
             )
-        merged: list[Redirect] = []
-        if live in s.redirects_into:
-            merged = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
-            merged.sort(key=lambda r: (r.provenance.time_ms, r.from_id))
+        merged = rec.merged
+        if merged is None:
+            chain = [Redirect(f, *s.redirects[f]) for f in self._chain(live)]
+            chain.sort(key=lambda r: (r.provenance.time_ms, r.from_id))
+            rec.merged = merged = tuple(chain)
         return Profile(
             live,
             rec.first_ms,
             rec.last_ms,
             identities,
             dict(rec.traits),
-            tuple(merged),
+            merged,
             dict(rec.computed),
         )
 
@@ -330,6 +333,7 @@ class MemoryProfileStore(ProfileStore):
                 if rec is None:
                     rec = s.profiles[p.profile_id] = _Profile(p.first_seen_ms, p.last_seen_ms)
                 rec.first_ms, rec.last_ms = p.first_seen_ms, p.last_seen_ms
+                rec.merged = None
                 rec.traits, rec.computed = dict(p.traits), dict(p.computed)
                 for edge in p.identities:
                     key = (edge.id_type, edge.value)
@@ -360,12 +364,21 @@ class MemoryProfileStore(ProfileStore):
         self._unredirect(from_id)
         s.redirects[from_id] = (into_id, provenance)
         s.redirects_into.setdefault(into_id, []).append(from_id)
+        self._chain_changed(into_id)
 
     def _unredirect(self, from_id: str) -> None:
         s = self._state
         old = s.redirects.pop(from_id, None)
         if old is not None:
             s.redirects_into[old[0]].remove(from_id)
+            self._chain_changed(old[0])
+
+    def _chain_changed(self, into_id: str) -> None:
+        """A redirect into ``into_id`` came or went: the redirects leading to the profile it
+        resolves to must be read again."""
+        root = self._resolve(into_id)
+        if root is not None:
+            self._state.profiles[root].merged = None
 
     def add_separation(self, separation: Separation) -> None:
         with self._lock:
@@ -399,6 +412,7 @@ class MemoryProfileStore(ProfileStore):
                 s.identities[key] = (survivor, s.identities[key][1])
             keep.ids |= lose.ids
             keep.edges = None
+            keep.merged = None
             moved = sorted([*keep.history, *lose.history], key=lambda e: e.seq)
             keep.history = deque(moved[-self.history :] if self.history else [])
             del s.profiles[gone]
