@@ -228,10 +228,13 @@ class FunnelState:
         self.key = state_key(defn.key, fingerprint)
 
     def fold(self, state: Any, event: Event, time_ms: int) -> Any:
+        is_b = self.defn.then_not.matches(event)
+        if not is_b and not self.defn.first.matches(event):
+            return state  # most events are neither step: nothing to copy
         starts = list((state or {}).get("a", []))
         last_b = (state or {}).get("b")
         changed = False
-        if self.defn.then_not.matches(event) and (last_b is None or time_ms > last_b):
+        if is_b and (last_b is None or time_ms > last_b):
             last_b = time_ms
             starts = [t for t in starts if t > last_b]
             changed = True

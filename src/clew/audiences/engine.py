@@ -128,7 +128,8 @@ class Engine:
         updates: dict[str, dict[str, Any]] = {}
         old = computed.get(STATE) or {}
         for trait in candidates:
-            if not all(f.matches(event) for f in trait.defn.match.where):
+            where = trait.defn.match.where
+            if where and not all(f.matches(event) for f in where):
                 continue
             counts, value = trait.read(event)
             if not counts:
@@ -196,7 +197,8 @@ class Engine:
             if when is not None:
                 due.append(when)
 
-        out = {k: v for k, v in computed.items() if k not in state.get(_NAMES, [])}
+        stale = set(state.get(_NAMES, ()))
+        out = {k: v for k, v in computed.items() if k not in stale}
         changes: list[ComputedChange] = []
         for name in self._public_names:
             previous = computed.get(name)

@@ -18,6 +18,8 @@ between its looks at the assignment) must not trust what it knew of the partitio
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import time
 from collections import Counter
@@ -49,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(Event)
 _COUNTER_FLUSH_S = 1.0
+# How long objects may stay out of the cyclic garbage collector's reach (see _settle_heap).
+_GC_UNFREEZE_S = 60.0
 
 
 def _time_key(timestamp: str) -> datetime:
@@ -75,6 +79,8 @@ class ProfilesStage(Stage):
         self._counter_store = counter_store
         self._unflushed: Counter[str] = Counter()
         self._last_flush = 0.0
+        self._last_unfreeze = time.monotonic()
+        self._unfreeze_at_exit = False
         self._rules = rules if rules is not None else IdentityRules()
         self._traits = traits if traits is not None else TraitPolicy()
         self._clock = clock if clock is not None else SystemClock()
@@ -121,6 +127,9 @@ class ProfilesStage(Stage):
         live.counts.clear()
         if time.monotonic() - self._last_flush > _COUNTER_FLUSH_S:
             self._flush_counters()
+        if time.monotonic() - self._last_unfreeze > _GC_UNFREEZE_S:
+            gc.unfreeze()
+            self._last_unfreeze = time.monotonic()
 
     def _produce(self, consumer: Consumer, produced: Produced) -> None:
         if produced.messages:
@@ -129,6 +138,7 @@ class ProfilesStage(Stage):
 
     def close(self, consumer: Consumer) -> None:
         self._flush_counters()
+        gc.unfreeze()
 
     def _flush_counters(self) -> None:
         if self._counter_store is not None and self._unflushed:
@@ -212,6 +222,11 @@ class ProfilesStage(Stage):
             {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
         self.audiences.acknowledge(self._store, produced)
+        if not self._unfreeze_at_exit:
+            # The interpreter's last collection must see every object again.
+            atexit.register(gc.unfreeze)
+            self._unfreeze_at_exit = True
+        _settle_heap()
 
     def _repair(
         self, seeds: set[str], counts: Counter[str], now_ms: int
@@ -287,6 +302,16 @@ class ProfilesStage(Stage):
                 change = encode_change(snapshot(profile, now))
                 messages.append(Message(value=change, key=pid.encode()))
         return messages
+
+
+def _settle_heap() -> None:
+    """After a batch: move every object alive now out of the cyclic garbage collector's
+    generations. The working set keeps up to tens of thousands of profiles alive (millions of
+    objects) from batch to batch, and the collector rescanned them all again and again (a
+    third of the stage's time, measured). They are still freed by reference counting; only
+    cyclic garbage made before this call waits until :meth:`ProfilesStage.tick` gives the
+    objects back to the collector (every minute)."""
+    gc.freeze()
 
 
 def _decode_batch(
