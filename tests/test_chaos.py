@@ -225,7 +225,10 @@ class Deployment:
             f"an event of {phase} through the lake and the profiles",
             lambda: self.landed({marker["messageId"]}) and self.orders(user) == 1,
             timeout_s,
-            self.procs.tails,
+            lambda: (
+                f"in the lake: {self.landed({marker['messageId']})}; {user}'s orders in the "
+                f"serving store: {self.orders(user)}\n{self.procs.tails()}"
+            ),
         )
 
     def orders(self, user: str) -> int | None:
