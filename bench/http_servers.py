@@ -26,7 +26,7 @@ median over rounds of events/s, p50 and p99, and clew/bare per server (median of
 ratio of adjacent runs).
 
     .venv/bin/python bench/http_servers.py [--rounds 3] [--seconds 5] [--concurrency 16,64]
-        [--variants window=1,ops=1] [--json out.json]
+        [--events 100,1] [--variants window=1,ops=1] [--json out.json]
 
 Granian is not a Clew dependency: ``.venv/bin/pip install granian==2.8.7`` first.
 """
@@ -350,7 +350,7 @@ def _summary(figures: Figures, loads: list[tuple[int, int]], order: list[Variant
                 lines.append(
                     f"  {variant.name} vs clew/uvicorn, {_load_name(events, conc)}: "
                     f"{statistics.median(gains):+.0%} (rounds {min(gains):+.0%} to "
-                    f"{max(gains):+.0%})"
+                    f"{max(gains):+.0%}; ahead in {sum(g > 0 for g in gains)} of {len(gains)})"
                 )
     if lines:
         console().print("100-event batches against Clew's default server:\n" + "\n".join(lines))
@@ -361,7 +361,8 @@ def _summary(figures: Figures, loads: list[tuple[int, int]], order: list[Variant
 
 def bench(args: argparse.Namespace) -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    loads = [(events, c) for events in (BATCH, 1) for c in concurrencies]
+    sizes = [int(e) for e in args.events.split(",")]
+    loads = [(events, c) for events in sizes for c in concurrencies]
     order = variants(args.variants)
     if any(v.server == "granian" for v in order):
         try:
@@ -407,6 +408,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per load")
     parser.add_argument("--concurrency", default="16,64", help="comma-separated connection counts")
+    parser.add_argument("--events", default=f"{BATCH},1", help="comma-separated events per request")
     parser.add_argument(
         "--variants",
         default="window=1,ops=1",
