@@ -496,28 +496,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             title=f"1. Profiles stage throughput: {t['events']:,} shop events of "
             f"{t['people']:,} people over {t['days']} days, {args.rounds} interleaved rounds"
         )
-        for name in (
-            "definitions",
-            "events/s",
-            "per CPU s",
-            "seconds",
-            "timers fired",
-            "change records",
-        ):
+        names = ("definitions", "events/s", "per CPU s", "seconds", "timers fired")
+        for name in (*names, "change records"):
             table.add_column(name, justify="left" if name == "definitions" else "right")
         table.add_column("store", justify="right")
         table.add_column("events/s by round", justify="right")
         for name, r in (("none (baseline)", base), ("20 traits + 20 audiences", aud)):
-            table.add_row(
-                name,
-                f"{r['events_per_s']:,.0f}",
-                f"{r['events_per_cpu_s']:,.0f}",
-                f"{r['seconds']:.1f}",
-                f"{r['timers_fired']:,}",
-                f"{r['change_records']:,}",
-                f"{r['store_mb']:.0f} MB",
-                " ".join(f"{x:,.0f}" for x in r["rounds_events_per_s"]),
-            )
+            table.add_row(name, *_throughput_cells(r))
         out.print(table)
         ratio = aud["events_per_s"] / base["events_per_s"]
         ok = aud["events_per_s"] >= TARGET_RATE
@@ -576,6 +561,18 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 COLUMNS = ("samples", "p50 ms", "p95 ms", "p99 ms", "max ms", "missing", "p50 1st/2nd half")
+
+
+def _throughput_cells(r: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['events_per_s']:,.0f}",
+        f"{r['events_per_cpu_s']:,.0f}",
+        f"{r['seconds']:.1f}",
+        f"{r['timers_fired']:,}",
+        f"{r['change_records']:,}",
+        f"{r['store_mb']:.0f} MB",
+        " ".join(f"{x:,.0f}" for x in r["rounds_events_per_s"]),
+    ]
 
 
 def _row(table: Table, label: str, s: dict[str, Any]) -> None:

@@ -211,10 +211,7 @@ class ProfilesStage(Stage):
             # The transaction rolled back: the working set is ahead of the store.
             work.clear()
             raise
-        counts["batches"] += 1
-        counts["batch_us"] += (time.perf_counter_ns() - started) // 1000
-        self.counts.update(counts)
-        self._unflushed.update(counts)
+        self._count(counts, started)
         # After a repair, the store knows best where a merged-away id leads.
         known = {} if seeds else gone
         messages = self._announce(touched, self._store, profiles, known, now) + produced.messages
@@ -227,6 +224,12 @@ class ProfilesStage(Stage):
             atexit.register(gc.unfreeze)
             self._unfreeze_at_exit = True
         _settle_heap()
+
+    def _count(self, counts: Counter[str], started_ns: int) -> None:
+        counts["batches"] += 1
+        counts["batch_us"] += (time.perf_counter_ns() - started_ns) // 1000
+        self.counts.update(counts)
+        self._unflushed.update(counts)
 
     def _repair(
         self, seeds: set[str], counts: Counter[str], now_ms: int

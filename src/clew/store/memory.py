@@ -9,14 +9,13 @@ not meant for a rebuild's millions of events (which does not need one).
 from __future__ import annotations
 
 import copy
-import heapq
-import itertools
 import threading
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
+from clew.store import _memory_timers as timers
+from clew.store._memory_state import ProfileRecord, StoreState
 from clew.store.base import (
     IdentityEdge,
     Profile,
@@ -34,51 +33,20 @@ from clew.store.base import (
     keep_existing,
 )
 
-_Key = tuple[str, str]
-
-
-@dataclass(slots=True)
-class _Profile:
-    first_ms: int
-    last_ms: int
-    traits: Traits = field(default_factory=dict)
-    computed: Traits = field(default_factory=dict)
-    ids: set[_Key] = field(default_factory=set)
-    history: deque[StoredEvent] = field(default_factory=deque)
-    # ``ids`` as identity edges sorted by (id_type, value); None when ``ids`` changed since.
-    edges: tuple[IdentityEdge, ...] | None = None
-    # The redirects leading to the profile, oldest first; None when they changed since.
-    merged: tuple[Redirect, ...] | None = None
-
-
-@dataclass(slots=True)
-class _State:
-    profiles: dict[str, _Profile] = field(default_factory=dict)
-    identities: dict[_Key, tuple[str, Provenance]] = field(default_factory=dict)
-    redirects: dict[str, tuple[str, Provenance]] = field(default_factory=dict)
-    redirects_into: dict[str, list[str]] = field(default_factory=dict)
-    offsets: dict[tuple[str, str, int], int] = field(default_factory=dict)
-    separations: dict[tuple[_Key, _Key], Separation] = field(default_factory=dict)
-    seq: int = 0
-    timers: dict[str, int] = field(default_factory=dict)
-    outbox: dict[str, dict[int, bytes]] = field(default_factory=dict)
-    outbox_seq: dict[str, int] = field(default_factory=dict)
-    version: int = 0  # bumped by every write to profiles
-
 
 class MemoryProfileStore(ProfileStore):
     def __init__(self, history: int = 100, *, share: MemoryProfileStore | None = None) -> None:
         """A new empty store, or (``share``) another handle on the state of an open one."""
         if share is not None:
-            self._s: _State | None = share._state
+            self._s: StoreState | None = share._state
             self._lock: threading.RLock = share._lock
         else:
-            self._s = _State()
+            self._s = StoreState()
             self._lock = threading.RLock()
         self.history = history
 
     @property
-    def _state(self) -> _State:
+    def _state(self) -> StoreState:
         if self._s is None:
             raise StoreClosedError("the profile store is closed")
         return self._s
@@ -98,10 +66,10 @@ class MemoryProfileStore(ProfileStore):
         with self._lock:
             return self._state.version
 
-    def _restore(self, saved: _State) -> None:
+    def _restore(self, saved: StoreState) -> None:
         # In place, so that other handles sharing the state see the rollback too.
         state = self._state
-        for name in _State.__dataclass_fields__:
+        for name in StoreState.__dataclass_fields__:
             setattr(state, name, getattr(saved, name))
 
     def _resolve(self, profile_id: str) -> str | None:
@@ -120,10 +88,10 @@ class MemoryProfileStore(ProfileStore):
             raise UnknownProfileError(profile_id)
         return live
 
-    def _widen(self, profile_id: str, first_ms: int, last_ms: int) -> _Profile:
+    def _widen(self, profile_id: str, first_ms: int, last_ms: int) -> ProfileRecord:
         rec = self._state.profiles.get(profile_id)
         if rec is None:
-            rec = self._state.profiles[profile_id] = _Profile(first_ms, last_ms)
+            rec = self._state.profiles[profile_id] = ProfileRecord(first_ms, last_ms)
         else:
             rec.first_ms = min(rec.first_ms, first_ms)
             rec.last_ms = max(rec.last_ms, last_ms)
@@ -248,7 +216,7 @@ class MemoryProfileStore(ProfileStore):
             rec = self._state.profiles[self._live(profile_id)]
             self._append(rec, [event])
 
-    def _append(self, rec: _Profile, events: Sequence[StoredEvent]) -> None:
+    def _append(self, rec: ProfileRecord, events: Sequence[StoredEvent]) -> None:
         for event in events:
             self._state.seq += 1
             rec.history.append(
@@ -287,7 +255,7 @@ class MemoryProfileStore(ProfileStore):
                 self._erase(pid)
             # A merged-away id written as a profile of its own no longer leads to its survivor.
             self._unredirect(pid)
-            rec = s.profiles[pid] = _Profile(
+            rec = s.profiles[pid] = ProfileRecord(
                 profile.first_seen_ms,
                 profile.last_seen_ms,
                 dict(profile.traits),
@@ -326,12 +294,12 @@ class MemoryProfileStore(ProfileStore):
             for from_id, into in gone.items():
                 lost = s.profiles.pop(from_id, None)
                 if lost is not None:
-                    target = s.profiles.setdefault(into, _Profile(lost.first_ms, lost.last_ms))
+                    target = s.profiles.setdefault(into, ProfileRecord(lost.first_ms, lost.last_ms))
                     target.history.extend(lost.history)
             for p in profiles:
                 rec = s.profiles.get(p.profile_id)
                 if rec is None:
-                    rec = s.profiles[p.profile_id] = _Profile(p.first_seen_ms, p.last_seen_ms)
+                    rec = s.profiles[p.profile_id] = ProfileRecord(p.first_seen_ms, p.last_seen_ms)
                 rec.first_ms, rec.last_ms = p.first_seen_ms, p.last_seen_ms
                 rec.merged = None
                 rec.traits, rec.computed = dict(p.traits), dict(p.computed)
@@ -467,17 +435,11 @@ class MemoryProfileStore(ProfileStore):
 
     def set_timers(self, due: Mapping[str, int | None]) -> None:
         with self._lock:
-            timers = self._state.timers
-            for pid, ms in due.items():
-                if ms is None:
-                    timers.pop(pid, None)
-                else:
-                    timers[pid] = ms
+            timers.set_timers(self._state.timers, due)
 
     def due_timers(self, now_ms: int, limit: int = 500) -> list[tuple[str, int]]:
         with self._lock:
-            due = ((ms, pid) for pid, ms in self._state.timers.items() if ms <= now_ms)
-            return [(pid, ms) for ms, pid in heapq.nsmallest(max(limit, 0), due)]
+            return timers.due(self._state.timers, now_ms, limit)
 
     def next_timer(self) -> int | None:
         with self._lock:
@@ -485,22 +447,15 @@ class MemoryProfileStore(ProfileStore):
 
     def outbox_put(self, group: str, payload: bytes) -> int:
         with self._lock:
-            s = self._state
-            seq = s.outbox_seq[group] = s.outbox_seq.get(group, 0) + 1
-            s.outbox.setdefault(group, {})[seq] = bytes(payload)
-            return seq
+            return timers.put(self._state.outbox, self._state.outbox_seq, group, payload)
 
     def outbox_pending(self, group: str, limit: int = 1000) -> list[tuple[int, bytes]]:
         with self._lock:
-            # Payloads are added in sequence order, and dicts keep that order.
-            payloads = self._state.outbox.get(group, {})
-            return list(itertools.islice(payloads.items(), max(limit, 0)))
+            return timers.pending(self._state.outbox, group, limit)
 
     def outbox_ack(self, group: str, seq: int) -> None:
         with self._lock:
-            payloads = self._state.outbox.get(group, {})
-            for done in [n for n in payloads if n <= seq]:
-                del payloads[done]
+            timers.ack(self._state.outbox, group, seq)
 
     def close(self) -> None:
         with self._lock:
