@@ -5,9 +5,9 @@ transaction with the records they produce. Imported only when confluent-kafka is
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
@@ -31,6 +31,10 @@ _MAX_STASH = 5000
 _SEEK_WAIT_S = 5.0
 # Beyond a transactional call's own timeout, how long before it counts as stuck.
 _GRACE_S = 5.0
+# How long closing a consumer may take before it is left to finish in the background.
+_CLOSE_WAIT_S = 5.0
+# How often a transactional call's waiter looks whether the producer lost every broker.
+_WATCH_S = 0.1
 
 
 class KafkaConsumer(Consumer):
@@ -62,6 +66,8 @@ class KafkaConsumer(Consumer):
         self._seeked: set[TopicPartition] = set()
         self._joined = False
         self._transactional: Producer | None = None
+        self._transactional_id = log.transactional_id(group)
+        self._broker_gone = threading.Event()
         self._closed = False
         self._consumer.subscribe(
             topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -157,15 +163,21 @@ class KafkaConsumer(Consumer):
         timeout = self._log.timeout_s
         group = self._group
         if self._transactional is None:
+            self._broker_gone = threading.Event()
             producer = Producer(
-                {**self._log.producer_config, "transactional.id": f"clew-{group}-{uuid.uuid4()}"}
+                {
+                    **self._log.producer_config,
+                    "transactional.id": self._transactional_id,
+                    "error_cb": _watch_brokers(self._broker_gone),
+                }
             )
             try:
                 producer.init_transactions(timeout)
             except KafkaException as exc:
                 raise_for(exc.args[0], f"starting transactions for group {group!r}")
             self._transactional = producer
-        producer = self._transactional
+        producer, gone = self._transactional, self._broker_gone
+        gone.clear()  # an outage between transactions is over if the calls below pass
         written: dict[tuple[str, int], int] = {}
 
         def delivered(err: KafkaError | None, msg: RawMessage) -> None:
@@ -182,12 +194,16 @@ class KafkaConsumer(Consumer):
             if tps:
                 metadata = self._consumer.consumer_group_metadata()
                 _within(
-                    timeout, lambda: producer.send_offsets_to_transaction(tps, metadata, timeout)
+                    producer,
+                    gone,
+                    timeout,
+                    lambda: producer.send_offsets_to_transaction(tps, metadata, timeout),
                 )
-            _within(timeout, lambda: producer.commit_transaction(timeout))
+            _within(producer, gone, timeout, lambda: producer.commit_transaction(timeout))
         except _Stuck as stuck:
-            # Left to its thread, never used again: the broker aborts its transaction after
-            # transaction.timeout.ms, so nothing of it is committed.
+            # Left to its thread, never used again: its call ends on its own (a committed
+            # transaction stays committed) and the producer is then discarded; a transaction
+            # left open is aborted by the broker after transaction.timeout.ms.
             self._transactional = None
             raise LogError(f"transaction of group {group!r} (outcome unknown): {stuck}") from None
         except KafkaException as exc:
@@ -195,10 +211,11 @@ class KafkaConsumer(Consumer):
             try:
                 if not err.txn_requires_abort():
                     raise
-                _within(timeout, lambda: producer.abort_transaction(timeout))
-            except (KafkaException, _Stuck):
+                _within(producer, gone, timeout, lambda: producer.abort_transaction(timeout))
+            except (KafkaException, _Stuck) as failure:
                 self._transactional = None  # unusable now: the next commit starts afresh
-                _discard(producer)
+                if isinstance(failure, KafkaException):  # a stuck call discards it itself
+                    _discard(producer)
                 raise_for(err, f"transaction of group {group!r} (outcome unknown)")
             raise_for(err, f"transaction of group {group!r} (aborted, nothing committed)")
         self._await_visible(written)
@@ -253,21 +270,74 @@ class KafkaConsumer(Consumer):
         self._closed = True
         self._stash.clear()
         try:
-            self._consumer.close()
+            _bounded(self._consumer.close, _CLOSE_WAIT_S)
         finally:
             if self._transactional is not None:
                 _discard(self._transactional)
+            self._log.release_transactional_id(self._group, self._transactional_id)
 
 
 class _Stuck(Exception):
     """A call into librdkafka did not return within its own timeout and a grace period."""
 
 
-def _within(timeout_s: float, call: Callable[[], object]) -> None:
-    """``call()`` in a helper thread, waited for up to ``timeout_s`` plus a grace period;
-    raises what it raised, or :class:`_Stuck` when it has not returned. librdkafka's
-    ``send_offsets_to_transaction`` was seen blocking for minutes past its timeout after a
-    broker restart, holding up the stage that called it."""
+def _watch_brokers(gone: threading.Event) -> Callable[[KafkaError], None]:
+    """An ``error_cb`` that sets ``gone`` when the producer has lost every broker."""
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            gone.set()
+
+    return on_error
+
+
+def _within(
+    producer: Producer, gone: threading.Event, timeout_s: float, call: Callable[[], object]
+) -> None:
+    """``call()`` in a helper thread, waited for up to ``timeout_s`` plus a grace period, or
+    until the producer reports every broker gone (``gone``); raises what it raised, or
+    :class:`_Stuck` when it has not returned. librdkafka's ``send_offsets_to_transaction``
+    was seen blocking for minutes past its timeout after a broker restart, and a call in
+    flight when the broker died waited out its whole timeout after the broker was back:
+    the stage gives such a transaction up at once and starts afresh with a new producer.
+    A call given up on discards its producer when it returns."""
+    done = threading.Event()
+    failed: list[BaseException] = []
+    given_up: list[bool] = []  # appended to under ``lock`` once the waiter gives up
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            failed.append(exc)
+        with lock:
+            done.set()
+            discard = bool(given_up)
+        if discard:
+            _discard(producer)
+
+    threading.Thread(target=run, name="clew-kafka-transaction", daemon=True).start()
+    deadline = time.monotonic() + timeout_s + _GRACE_S
+    while not done.wait(_WATCH_S):
+        producer.poll(0)  # serves error_cb: a call that does not flush would not
+        if gone.is_set() or time.monotonic() > deadline:
+            with lock:
+                if not done.is_set():
+                    given_up.append(True)
+                    if gone.is_set():
+                        raise _Stuck("Kafka lost every broker while the call waited")
+                    raise _Stuck(f"Kafka did not answer within {timeout_s + _GRACE_S:g} s")
+    if failed:
+        raise failed[0]
+
+
+def _bounded(call: Callable[[], object], wait_s: float) -> None:
+    """``call()`` in a helper thread, waited for up to ``wait_s``, then left to finish (or
+    not) on its own; raises what it raised within that time. A consumer's ``close`` keeps
+    looking for its group coordinator while no broker answers (the stage runner replaces a
+    consumer that failed during an outage), and the group replaces a member that never said
+    goodbye after its session timeout anyway."""
     done = threading.Event()
     failed: list[BaseException] = []
 
@@ -279,10 +349,8 @@ def _within(timeout_s: float, call: Callable[[], object]) -> None:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="clew-kafka-transaction", daemon=True).start()
-    if not done.wait(timeout_s + _GRACE_S):
-        raise _Stuck(f"Kafka did not answer within {timeout_s + _GRACE_S:g} s")
-    if failed:
+    threading.Thread(target=run, name="clew-kafka-close", daemon=True).start()
+    if done.wait(wait_s) and failed:
         raise failed[0]
 
 
@@ -293,4 +361,12 @@ def _discard(producer: Producer) -> None:
     first; the abort then finishes in the background (or the broker aborts the transaction
     at ``transaction.timeout.ms``), and nothing of it was committed."""
     producer.purge()
-    threading.Thread(target=producer.close, name="clew-kafka-discard", daemon=True).start()
+    threading.Thread(
+        target=_quietly_close, args=(producer,), name="clew-kafka-discard", daemon=True
+    ).start()
+
+
+def _quietly_close(producer: Producer) -> None:
+    """Close a discarded producer; its errors (a fatal one when it was fenced) end with it."""
+    with contextlib.suppress(KafkaException):
+        producer.close()

@@ -88,6 +88,10 @@ class KafkaHandle(Protocol):
         self, topic: str, spec: Any, committed_only: bool = False
     ) -> dict[int, int]: ...
 
+    def transactional_id(self, group: str) -> str: ...
+
+    def release_transactional_id(self, group: str, transactional_id: str) -> None: ...
+
 
 def raise_for(err: KafkaError, doing: str, topic: str | None = None) -> NoReturn:
     """Raise the contract's error for a Kafka error that happened while ``doing``."""

@@ -37,6 +37,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, cast
@@ -168,6 +169,10 @@ class KafkaLog(Log):
             **base,
             "logger": logger,
             "heartbeat.interval.ms": 1000,
+            # A member that could not leave its group (the broker was away when its stage
+            # replaced it) holds its partitions until this passes after the coordinator is
+            # back: librdkafka's 45 s default would hold a stage up that long.
+            "session.timeout.ms": 10000,
             **(consumer or {}),
         }
         self._producer = Producer(self.producer_config)
@@ -177,6 +182,7 @@ class KafkaLog(Log):
         self._declared: dict[str, TopicSpec] = {}
         self._round_robin: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
+        self._spare_transactional_ids: dict[str, list[str]] = {}
         self._closed = False
         self._drain_until = 0.0
         self._reader = Reader(self)
@@ -322,6 +328,22 @@ class KafkaLog(Log):
         for topic in topics:
             self.partition_count(topic)
         return KafkaConsumer(self, group, list(topics))
+
+    def transactional_id(self, group: str) -> str:
+        """A transactional id for a member of ``group``: one a closed member of this handle
+        gave back, else a new one. A member that replaces one whose transaction failed (the
+        stage runner closes a failed consumer and opens another) so fences the producer left
+        behind, and the broker aborts that producer's open transaction at once instead of
+        after ``transaction.timeout.ms``: until then no read-committed consumer reads past it."""
+        with self._lock:
+            if spare := self._spare_transactional_ids.get(group):
+                return spare.pop()
+        return f"clew-{group}-{uuid.uuid4()}"
+
+    def release_transactional_id(self, group: str, transactional_id: str) -> None:
+        """Give back an id from :meth:`transactional_id` that no open member uses any more."""
+        with self._lock:
+            self._spare_transactional_ids.setdefault(group, []).append(transactional_id)
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 500) -> list[Record]:
         """Committed records only (read-committed, like the consumers)."""
