@@ -7,6 +7,11 @@ waits on object storage, so a proxy thread in a process that calls deltalake wou
 forward the bytes it waits for. :meth:`TcpProxy.cut` (SIGUSR1 to the child) closes every
 connection and stops listening, so that a client's connect is refused as if the service
 were down; :meth:`TcpProxy.restore` (SIGUSR2) listens again on the same port.
+
+While cut, the port stays bound by a socket that does not listen: a connect is still refused,
+but nothing else can take the port meanwhile. Left unbound, a client retrying against a port in
+the ephemeral range can be handed that very port as its own source port (a TCP self-connect),
+and the proxy could then never listen again.
 """
 
 from __future__ import annotations
@@ -64,14 +69,14 @@ class _Forwarder:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        # Bound, not listening: holds the port while the proxy is cut.
+        self._holder: socket.socket | None = None
 
     def listen(self) -> None:
         with self._lock:
             if self._listener is not None:
                 return
-            listener = socket.socket()
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((LOOPBACK, self._port))
+            listener, self._holder = self._holder or _bind(self._port), None
             listener.listen(128)
             self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -80,8 +85,10 @@ class _Forwarder:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._conns = self._conns, set()
-        if listener is not None:
-            listener.close()
+            if listener is not None:
+                # shutdown() wakes the thread blocked in accept(), which lets the port go.
+                _close(listener)
+                self._holder = _bind(self._port)
         for s in conns:
             _close(s)
 
@@ -116,6 +123,22 @@ class _Forwarder:
             self._conns -= {src, dst}
         _close(src)
         _close(dst)
+
+
+def _bind(port: int) -> socket.socket:
+    """A socket bound to ``port``, retried briefly while a closing socket still holds it."""
+    deadline = time.monotonic() + 5
+    while True:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _close(s: socket.socket) -> None:
