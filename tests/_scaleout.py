@@ -5,6 +5,7 @@ id from the lake), plus the same events through the embedded mode for comparison
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from clew.audiences.definitions import Definition, parse_document
@@ -151,6 +153,17 @@ class Processes:
         log.close()
         self.procs.append((name, proc))
         return proc
+
+    def dump_stacks(self) -> None:
+        """Ask every process and its stage workers for their threads' stacks (``kill -USR1``
+        prints them to the log files): what a stalled deployment waits on."""
+        for _, proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                top = psutil.Process(proc.pid)
+                for p in [top, *top.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        p.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
 
     def tails(self) -> str:
         out = []

@@ -225,10 +225,14 @@ class Deployment:
             f"an event of {phase} through the lake and the profiles",
             lambda: self.landed({marker["messageId"]}) and self.orders(user) == 1,
             timeout_s,
-            lambda: (
-                f"in the lake: {self.landed({marker['messageId']})}; {user}'s orders in the "
-                f"serving store: {self.orders(user)}\n{self.procs.tails()}"
-            ),
+            lambda: self._stalled(marker["messageId"], user),
+        )
+
+    def _stalled(self, message_id: str, user: str) -> str:
+        self.procs.dump_stacks()  # into the log files, which outlive the test
+        return (
+            f"in the lake: {self.landed({message_id})}; {user}'s orders in the serving store: "
+            f"{self.orders(user)}; stacks in {self.logs}\n{self.procs.tails()}"
         )
 
     def orders(self, user: str) -> int | None:

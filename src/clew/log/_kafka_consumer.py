@@ -171,9 +171,19 @@ class KafkaConsumer(Consumer):
                     "error_cb": _watch_brokers(self._broker_gone),
                 }
             )
+            # With an id handed on, this waits for the broker to end the previous holder's
+            # transaction, and may block past its timeout like the calls below.
             try:
-                producer.init_transactions(timeout)
+                _within(
+                    producer,
+                    self._broker_gone,
+                    timeout,
+                    lambda: producer.init_transactions(timeout),
+                )
+            except _Stuck as stuck:
+                raise LogError(f"starting transactions for group {group!r}: {stuck}") from None
             except KafkaException as exc:
+                _discard(producer)
                 raise_for(exc.args[0], f"starting transactions for group {group!r}")
             self._transactional = producer
         producer, gone = self._transactional, self._broker_gone
