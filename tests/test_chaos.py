@@ -184,6 +184,26 @@ def order_counts(settings: Settings, users: set[str]) -> dict[str, int]:
         store.close()
 
 
+def describe_groups(bootstrap: str, groups: list[str]) -> str:
+    """Each consumer group's state, members and their partitions."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    out = []
+    try:
+        for group, done in admin.describe_consumer_groups(groups, request_timeout=10).items():
+            d = done.result()
+            members = [
+                f"{m.member_id[-6:]}@{m.host}: "
+                + ",".join(f"{tp.topic}[{tp.partition}]" for tp in m.assignment.topic_partitions)
+                for m in d.members
+            ]
+            out.append(f"group {group} {d.state}: {members}")
+    except Exception as exc:
+        out.append(f"groups unknown: {exc!r}")
+    return "\n".join(out)
+
+
 def lagging(log: KafkaLog) -> list[str]:
     """The stages (``group/topic``) with a record still to process: below a group's commit
     and the end there may be only transaction markers, which no consumer is given, so a gap
@@ -229,11 +249,29 @@ class Deployment:
         )
 
     def _stalled(self, message_id: str, user: str) -> str:
-        self.procs.dump_stacks()  # into the log files, which outlive the test
         return (
             f"in the lake: {self.landed({message_id})}; {user}'s orders in the serving store: "
-            f"{self.orders(user)}; stacks in {self.logs}\n{self.procs.tails()}"
+            f"{self.orders(user)}\n{self.diagnosis()}"
         )
+
+    def diagnosis(self) -> str:
+        """What a stalled deployment looks like: each stage's commits against the ends of its
+        topics, each group's members and their partitions, and every process's stacks (in
+        the log files, which outlive the test)."""
+        self.procs.dump_stacks()
+        lines = []
+        log = KafkaLog(self.bootstrap, timeout_s=10)
+        try:
+            for group, topics in STAGE_TOPICS.items():
+                for topic in topics:
+                    lag = log.lag(group, topic)
+                    lines.append(f"{group}/{topic}: committed {lag.committed} end {lag.end}")
+        except Exception as exc:
+            lines.append(f"lag unknown: {exc!r}")
+        finally:
+            log.close()
+        lines.append(describe_groups(self.bootstrap, list(STAGE_TOPICS)))
+        return "\n".join([*lines, f"stacks in {self.logs}", self.procs.tails()])
 
     def orders(self, user: str) -> int | None:
         """``user``'s order count in the serving store; None while it cannot be read."""
@@ -326,7 +364,7 @@ def run_fault(
         "every acknowledged event in the lake",
         lambda: dep.landed(ids),
         SETTLE_TIMEOUT_S,
-        lambda: f"{len(ids - set(lake_counts(dep.settings)))} missing\n{dep.procs.tails()}",
+        lambda: f"missing: {sorted(ids - set(lake_counts(dep.settings)))}\n{dep.diagnosis()}",
     )
     counts = lake_counts(dep.settings)
     figures.lost = len(ids - set(counts))
