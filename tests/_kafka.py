@@ -1,5 +1,14 @@
-r"""A real single-node Apache Kafka for tests and benchmarks: broker and KRaft controller in one
-JVM on free loopback ports, in a fresh storage directory, stopped afterwards.
+r"""A real Apache Kafka for tests and benchmarks: one broker and its KRaft controller, each in a
+JVM of its own, on free loopback ports, in fresh storage directories, stopped afterwards.
+
+Two processes, as in production, so that :meth:`KafkaBroker.restart` kills the broker alone:
+the controller fences it while it is away and gives it its partitions back when it returns.
+Killing a combined broker-and-controller JVM instead can lose a transaction's commit markers
+for good. The restarted node replays leadership from before the crash, loads its transaction
+coordinator, and only then fences its own old incarnation, leaving every partition without a
+leader for a moment. A marker to a partition without a leader is dropped as if the topic
+were deleted ("Couldn't find leader endpoint ... can be skipped"), and the group's offsets
+then stay pending for ever.
 
 ``scripts/kafka.sh`` fetches Kafka's jars with Maven into ``kafka_home()``; ``make test``
 runs it first. Without Java, the jars or confluent-kafka, :func:`missing` says which command
@@ -109,59 +118,78 @@ class KafkaBroker:
         self.controller_port = _free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_file = workdir / "broker.log"
+        self.controller_log_file = workdir / "controller.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._controller: subprocess.Popen[bytes] | None = None
 
     def _java(self, main: str, *args: str) -> list[str]:
         java = shutil.which("java") or "java"
         return [java, "-Xms256m", "-Xmx768m", "-cp", str(self.home / "libs" / "*"), main, *args]
 
-    def _write_config(self) -> Path:
-        settings = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+    def _write_configs(self) -> tuple[Path, Path]:
+        """``server.properties`` of the broker (node 1) and ``controller.properties`` of its
+        controller (node 2)."""
+        common = {
+            "controller.quorum.voters": f"2@127.0.0.1:{self.controller_port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        }
+        broker = {
+            "process.roles": "broker",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.workdir / "data"),
+            **common,
             **_BROKER_SETTINGS,
         }
-        path = self.workdir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        return path
+        controller = {
+            "process.roles": "controller",
+            "node.id": "2",
+            "listeners": f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.workdir / "controller"),
+            **common,
+        }
+        paths = self.workdir / "server.properties", self.workdir / "controller.properties"
+        for path, settings in zip(paths, (broker, controller), strict=True):
+            path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        return paths
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Format the storage, start the JVM, return once it answers and its group and
-        transaction coordinators are loaded. Raises :class:`KafkaStartError` otherwise."""
+        """Format the storages, start both JVMs, return once the broker answers and its group
+        and transaction coordinators are loaded. Raises :class:`KafkaStartError` otherwise."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self._write_config()
+        broker, controller = self._write_configs()
         # Kafka's storage tool reads an id starting with "-" as an option: keep the first
         # character a letter.
         cluster_id = "k" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
-        formatted = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        if formatted.returncode != 0:
-            raise KafkaStartError(f"formatting Kafka's storage failed:\n{formatted.stderr}")
-        self._launch(config, timeout_s)
+        for config in (controller, broker):
+            fmt = ("format", "-t", cluster_id, "-c", str(config))
+            formatted = subprocess.run(
+                self._java("kafka.tools.StorageTool", *fmt),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
+            if formatted.returncode != 0:
+                raise KafkaStartError(f"formatting Kafka's storage failed:\n{formatted.stderr}")
+        self._controller = self._spawn(controller, self.controller_log_file)
+        self._launch(broker, timeout_s)
 
-    def _launch(self, config: Path, timeout_s: float) -> None:
-        """Start the JVM on the formatted storage; return once it is ready."""
-        with self.log_file.open("ab") as log:
-            self._process = subprocess.Popen(
+    def _spawn(self, config: Path, log_file: Path) -> subprocess.Popen[bytes]:
+        with log_file.open("ab") as log:
+            return subprocess.Popen(
                 self._java("kafka.Kafka", str(config)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+
+    def _launch(self, config: Path, timeout_s: float) -> None:
+        """Start the broker's JVM on its formatted storage; return once it is ready."""
+        self._process = self._spawn(config, self.log_file)
         try:
             self._await_ready(time.monotonic() + timeout_s)
         except BaseException:
@@ -181,6 +209,11 @@ class KafkaBroker:
             assert self._process is not None
             if self._process.poll() is not None:
                 raise self._failed(f"Kafka exited with status {self._process.returncode}")
+            if self._controller is not None and self._controller.poll() is not None:
+                raise self._failed(
+                    f"Kafka's controller exited with status {self._controller.returncode} "
+                    f"(its log: {self.controller_log_file})"
+                )
             if time.monotonic() > deadline:
                 raise self._failed("Kafka did not answer in time")
             with contextlib.suppress(KafkaException):
@@ -247,9 +280,10 @@ class KafkaBroker:
             time.sleep(0.1)
 
     def restart(self, down_s: float, timeout_s: float = 90.0) -> float:
-        """Kill the broker (SIGKILL), leave it down for ``down_s`` seconds, and start it
-        again on the same ports and data: a broker that crashed and came back, its partition
-        leaders with a new epoch. Returns the monotonic time it answered again.
+        """Kill the broker (SIGKILL; its controller stays up), leave it down for ``down_s``
+        seconds, and start it again on the same ports and data: a broker that crashed and
+        came back, its partition leaders with a new epoch. Returns the monotonic time it
+        answered again.
 
         Killed rather than stopped: a controlled shutdown of a cluster's only broker can
         leave a transaction hanging for good (the coordinator drops the commit markers of
@@ -265,16 +299,19 @@ class KafkaBroker:
         return time.monotonic()
 
     def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after 30 s). Safe to call twice."""
+        """Stop the broker, then its controller (SIGTERM, then SIGKILL after 30 s). Safe to
+        call twice."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        controller, self._controller = self._controller, None
+        for proc in (process, controller):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def __enter__(self) -> KafkaBroker:
         self.start()

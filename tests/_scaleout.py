@@ -163,7 +163,8 @@ class Processes:
                 for p in [top, *top.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         p.send_signal(signal.SIGUSR1)
-        time.sleep(1.0)
+                        # One at a time: stage workers share their server's log file.
+                        time.sleep(0.5)
 
     def tails(self) -> str:
         out = []
