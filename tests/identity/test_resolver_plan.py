@@ -7,7 +7,7 @@ every event's resolution and the final profiles must be the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,15 +30,15 @@ class RecountingResolver(IdentityResolver):
 
     def _plan(
         self,
-        candidates: Iterable[Identifier],
+        candidates: Sequence[Identifier],
         time_ms: int,
         link: Identifier | None = None,
-        owners: dict[Identifier, str | None] | None = None,
+        owners: Sequence[str | None] | None = None,
     ) -> _Plan:
         plan = _Plan({}, [], [])
-        for ident in candidates:
-            if owners is not None and ident in owners:
-                owner = owners[ident]
+        for k, ident in enumerate(candidates):
+            if owners is not None:
+                owner = owners[k]
             else:
                 owner = self._store.lookup(ident.id_type, ident.value)
             if owner is not None and owner in plan.profiles:

@@ -190,23 +190,25 @@ class IdentityResolver:
             extraction = extract(
                 event, self._rules, previous_id_type=previous_id_type, table=self._table
             )
-        provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
         found = extraction.identifiers
         link = extraction.link
         if link is not None and link not in found:
             found = (*found, link)
         lookup = self._store.lookup
-        owners = {i: lookup(i.id_type, i.value) for i in found}
-        owner = owners[found[0]] if found else None
-        if owner is not None and all(o == owner for o in owners.values()):
+        owners = [lookup(i.id_type, i.value) for i in found]
+        owner = owners[0] if owners else None
+        if owner is not None and all(o == owner for o in owners):
             # Every identifier already belongs to one profile: nothing to attach or merge,
             # so no rule can be broken (a plan would only confirm this, at a higher cost).
             return Resolution(self._store.touch(owner, time_ms), dropped=extraction.dropped)
+        provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
         priority = self._table.priority
-        candidates = sorted(found, key=lambda i: priority(i.id_type))
+        order = sorted(range(len(found)), key=lambda k: priority(found[k].id_type))
+        candidates = [found[k] for k in order]
+        looked_up = [owners[k] for k in order]
         merged_from: list[str] = []
         for attempt in range(_ATTEMPTS):
-            plan = self._plan(candidates, time_ms, link, owners if attempt == 0 else None)
+            plan = self._plan(candidates, time_ms, link, looked_up if attempt == 0 else None)
             dropped = (*extraction.dropped, *plan.dropped)
             refused = tuple(plan.dropped)
             if not plan.profiles and not plan.new:
@@ -264,15 +266,17 @@ class IdentityResolver:
 
     def _plan(
         self,
-        candidates: Iterable[Identifier],
+        candidates: Sequence[Identifier],
         time_ms: int,
         link: Identifier | None = None,
-        owners: dict[Identifier, str | None] | None = None,
+        owners: Sequence[str | None] | None = None,
     ) -> _Plan:
+        """Accept or drop each of ``candidates``, most trusted first; ``owners``, if given,
+        are their owners as just looked up (in the same order)."""
         plan = _Plan({}, [], [])
-        for ident in candidates:
-            if owners is not None and ident in owners:
-                owner = owners[ident]
+        for k, ident in enumerate(candidates):
+            if owners is not None:
+                owner = owners[k]
             else:
                 owner = self._store.lookup(ident.id_type, ident.value)
             if owner is not None and owner in plan.profiles:
