@@ -399,7 +399,7 @@ class IdentityResolver:
         else:
             assert best_new is not None
             _, id_type, value = best_new
-        target = profile_id_for(Identifier(id_type, value))
+        target = _profile_id(id_type, value)
         into = ranked[0] if ranked else None
         if into is not None:
             survivor = into.profile_id

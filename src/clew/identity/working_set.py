@@ -52,6 +52,12 @@ class _Tracked(MemoryProfileStore):
         self.written, self.created, self.merged_away, self.pending = set(), set(), [], []
         self.moved = set()
 
+    def unknown(self, keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The identities of ``keys`` (``(id_type, value)``) that no held profile has."""
+        with self._lock:
+            held = self._state.identities
+            return [key for key in keys if key not in held]
+
     def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
         self.newest_ms = max(self.newest_ms, profile.last_seen_ms)
         super().put_profile(profile, history)
@@ -137,7 +143,7 @@ class WorkingSet:
         if token is None or token != self._token:
             self.clear()
         held = self.store
-        missing = [key for key in keys if held.lookup(*key) is None]
+        missing = held.unknown(keys)
         loaded = store.load(missing) if missing else []
         if any(held.resolve(p.profile_id) is not None for p in loaded):
             # A profile held but missing an identifier the store gives it: not a copy of the
