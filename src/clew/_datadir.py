@@ -132,10 +132,16 @@ def require_data_dir(data_dir: Path, port: int | None = None) -> None:
     raise NoDataDirError(data_dir, serving)
 
 
+def user_temp_dir(tmp: str | None = None) -> Path:
+    """This user's folder of Clew's per-machine files (which servers run, the log's
+    doorbells): ``clew-<uid>`` under ``tmp``, by default the system's temp directory. Outside
+    every data directory, so that processes started from any folder meet there."""
+    return Path(tmp or tempfile.gettempdir()) / f"clew-{os.getuid()}"
+
+
 def _registry() -> Path:
-    # Per user, outside every data directory, so that a command run from any folder finds the
-    # servers of this user; entries of servers that stopped are ignored and removed.
-    return Path(tempfile.gettempdir()) / f"clew-{os.getuid()}" / "serving"
+    # Entries of servers that stopped are ignored and removed.
+    return user_temp_dir() / "serving"
 
 
 def _register(data_dir: Path, url: str) -> None:

@@ -69,10 +69,29 @@ class _Kind(msgspec.Struct):
 _kind_decoder = msgspec.json.Decoder(_Kind)
 
 
+# Before 2100 a double holds ``ms / 1000`` to within a quarter of a microsecond, so the time
+# formatted from the float is the whole second's text and then the milliseconds.
+_EXACT_UNTIL_MS = 4_102_444_800_000
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _iso(ms: int) -> str:
+    """``format_time`` of the instant ``ms`` (epoch milliseconds).
+
+    >>> _iso(1_767_225_601_050)
+    '2026-01-01T00:00:01.050Z'
+    """
     # Cached: a profile is announced again and again with the same identifiers and times.
+    # A new time (every event brings one) reuses its second's text.
+    if 0 <= ms < _EXACT_UNTIL_MS:
+        seconds, millis = divmod(ms, 1000)
+        return f"{_iso_second(seconds)}.{millis:03d}Z"
     return format_time(datetime.fromtimestamp(ms / 1000, tz=UTC))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _iso_second(seconds: int) -> str:
+    return format_time(datetime.fromtimestamp(seconds, tz=UTC)).removesuffix(".000Z")
 
 
 def snapshot(profile: Profile, changed_at: datetime) -> ProfileChange:

@@ -131,37 +131,26 @@ def extract(
     seen: set[tuple[str, str]] = set()
     if table is None:
         table = rules.table()
-    is_blocked = table.is_blocked
 
     def add(id_type: str, raw: object) -> None:
         if type(raw) is str:
-            value = raw.strip()
+            got = _normalised(table, id_type, raw)
         elif raw is None:
             return
         elif isinstance(raw, bool | dict | list):
             dropped.append(Dropped(id_type, str(raw), "not a string or number"))
             return
         else:
-            value = str(raw).strip()
-        if not value:
+            got = _normalised(table, id_type, str(raw))
+        if got is None:
             return
-        if id_type == EMAIL:
-            value = normalise_email(value)
-            if "@" not in value:
-                dropped.append(Dropped(id_type, value, "not an email address (no @)"))
-                return
-        elif id_type == PHONE:
-            try:
-                value = normalise_phone(value, table.phone_region)
-            except ValueError as exc:
-                dropped.append(Dropped(id_type, value, str(exc)))
-                return
-        if is_blocked(id_type, value):
-            dropped.append(Dropped(id_type, value, "blocked value (placeholder, not an id)"))
+        if isinstance(got, Dropped):
+            dropped.append(got)
             return
-        if (id_type, value) not in seen:
-            seen.add((id_type, value))
-            found.append(Identifier(id_type, value))
+        key = (id_type, got.value)
+        if key not in seen:
+            seen.add(key)
+            found.append(got)
 
     add(USER_ID, event.user_id)
     if event.type == "alias" and event.previous_id is not None:
@@ -189,6 +178,28 @@ def extract(
         link, weight = _match(context["clew"])
         return Extraction(tuple(found), tuple(dropped), link, weight)
     return Extraction(tuple(found), tuple(dropped))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _normalised(table: RuleTable, id_type: str, raw: str) -> Identifier | Dropped | None:
+    """``raw`` as an identifier of ``id_type`` under ``table`` (normalised), dropped (with
+    the reason), or ``None`` if blank. Cached: a person's identifiers come back with each of
+    their events, and phone numbers are costly to parse."""
+    value = raw.strip()
+    if not value:
+        return None
+    if id_type == EMAIL:
+        value = normalise_email(value)
+        if "@" not in value:
+            return Dropped(id_type, value, "not an email address (no @)")
+    elif id_type == PHONE:
+        try:
+            value = normalise_phone(value, table.phone_region)
+        except ValueError as exc:
+            return Dropped(id_type, value, str(exc))
+    if table.is_blocked(id_type, value):
+        return Dropped(id_type, value, "blocked value (placeholder, not an id)")
+    return Identifier(id_type, value)
 
 
 def placeholder_rule(ident: Identifier, rules: IdentityRules) -> str | None:

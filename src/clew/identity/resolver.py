@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Literal
 
 from clew.events import Event, format_time, parse_time
@@ -61,6 +62,7 @@ from clew.store.base import (
 _PROFILE_NAMESPACE = uuid.UUID("0c6e4b1e-54f4-4bd6-9f0e-2b8f2d1f7a3d")
 _ATTEMPTS = 5
 _NO_PRIORITY = 1 << 30
+_first = itemgetter(0)
 
 
 def profile_id_for(identifier: Identifier) -> str:
@@ -130,9 +132,17 @@ MergePolicy = Callable[[Profile, Profile], MergeFunctions]
 
 @dataclass(slots=True)
 class _Plan:
+    """The profiles and new identifiers accepted so far, with running tallies of what the
+    rules count over them (kept as each is accepted, rather than recounted per candidate;
+    the window is the event's, the same for the whole plan)."""
+
     profiles: dict[str, Profile]
     new: list[Identifier]
     dropped: list[Dropped]
+    # Identifiers per limited type, within its window (as ``IdentityResolver._counts``).
+    counts: dict[str, int] = field(default_factory=dict)
+    identifiers: int = 0
+    merges: int = 0
 
 
 class IdentityResolver:
@@ -180,23 +190,25 @@ class IdentityResolver:
             extraction = extract(
                 event, self._rules, previous_id_type=previous_id_type, table=self._table
             )
-        provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
-        found = list(extraction.identifiers)
+        found = extraction.identifiers
         link = extraction.link
         if link is not None and link not in found:
-            found.append(link)
-        candidates = sorted(found, key=lambda i: self._table.priority(i.id_type))
-        owners = {i: self._store.lookup(i.id_type, i.value) for i in candidates}
-        known = set(owners.values())
-        if len(known) == 1 and None not in known:
+            found = (*found, link)
+        lookup = self._store.lookup
+        owners = [lookup(i.id_type, i.value) for i in found]
+        owner = owners[0] if owners else None
+        if owner is not None and all(o == owner for o in owners):
             # Every identifier already belongs to one profile: nothing to attach or merge,
             # so no rule can be broken (a plan would only confirm this, at a higher cost).
-            (owner,) = known
-            assert owner is not None
             return Resolution(self._store.touch(owner, time_ms), dropped=extraction.dropped)
+        provenance = Provenance(event.message_id, event.source_id, time_ms, extraction.match_weight)
+        priority = self._table.priority
+        order = sorted(range(len(found)), key=lambda k: priority(found[k].id_type))
+        candidates = [found[k] for k in order]
+        looked_up = [owners[k] for k in order]
         merged_from: list[str] = []
         for attempt in range(_ATTEMPTS):
-            plan = self._plan(candidates, time_ms, link, owners if attempt == 0 else None)
+            plan = self._plan(candidates, time_ms, link, looked_up if attempt == 0 else None)
             dropped = (*extraction.dropped, *plan.dropped)
             refused = tuple(plan.dropped)
             if not plan.profiles and not plan.new:
@@ -254,15 +266,17 @@ class IdentityResolver:
 
     def _plan(
         self,
-        candidates: Iterable[Identifier],
+        candidates: Sequence[Identifier],
         time_ms: int,
         link: Identifier | None = None,
-        owners: dict[Identifier, str | None] | None = None,
+        owners: Sequence[str | None] | None = None,
     ) -> _Plan:
+        """Accept or drop each of ``candidates``, most trusted first; ``owners``, if given,
+        are their owners as just looked up (in the same order)."""
         plan = _Plan({}, [], [])
-        for ident in candidates:
-            if owners is not None and ident in owners:
-                owner = owners[ident]
+        for k, ident in enumerate(candidates):
+            if owners is not None:
+                owner = owners[k]
             else:
                 owner = self._store.lookup(ident.id_type, ident.value)
             if owner is not None and owner in plan.profiles:
@@ -271,54 +285,57 @@ class IdentityResolver:
                 # The matched profile is gone (deleted or split): the record stands alone.
                 continue
             joining = self._store.get(owner) if owner is not None else None
-            reason = self._violation(plan, ident, joining, time_ms)
+            if joining is None:
+                added = self._counts((), [ident], time_ms)
+            else:
+                added = self._counts((joining,), [], time_ms)
+            reason = self._violation(plan, ident, joining, added)
             if reason is not None:
                 plan.dropped.append(Dropped(ident.id_type, ident.value, reason))
-            elif joining is not None:
+                continue
+            counts = plan.counts
+            for id_type, extra in added.items():
+                counts[id_type] = counts.get(id_type, 0) + extra
+            if joining is not None:
                 plan.profiles[joining.profile_id] = joining
+                plan.identifiers += len(joining.identities)
+                plan.merges += len(joining.merged)
             else:
                 plan.new.append(ident)
+                plan.identifiers += 1
         return plan
 
     def _violation(
-        self, plan: _Plan, ident: Identifier, joining: Profile | None, time_ms: int
+        self, plan: _Plan, ident: Identifier, joining: Profile | None, added: dict[str, int]
     ) -> str | None:
-        """Why accepting ``ident`` (and the profile ``joining`` that owns it) would break a
-        rule, or ``None``. Only what the addition increases is checked, so a profile that
-        already exceeds a lowered limit keeps working."""
+        """Why accepting ``ident`` (and the profile ``joining`` that owns it, whose counted
+        identifiers are ``added``) would break a rule, or ``None``. Only what the addition
+        increases is checked, so a profile that already exceeds a lowered limit keeps
+        working."""
         if self._apart:
             reason = self._separated(plan, ident, joining)
             if reason is not None:
                 return reason
-        if joining is None:
-            added = self._counts((), [ident], time_ms)
-            what = f"adding {ident}"
-        else:
-            added = self._counts((joining,), [], time_ms)
-            what = f"{ident} belongs to profile {joining.profile_id}; merging it"
-        before = self._counts(plan.profiles.values(), plan.new, time_ms, added) if added else {}
         for id_type, extra in sorted(added.items()):
             rule = self._table.rule(id_type)
-            after = before.get(id_type, 0) + extra
+            after = plan.counts.get(id_type, 0) + extra
             if rule.limit is not None and after > rule.limit:
                 window = f" per {_duration(rule.window_s)}" if rule.window_s else ""
                 return (
-                    f"{what} would give one profile {after} {id_type} identifiers "
-                    f"(limit {rule.limit}{window})"
+                    f"{_adding(ident, joining)} would give one profile {after} {id_type} "
+                    f"identifiers (limit {rule.limit}{window})"
                 )
-        total_before = sum(len(p.identities) for p in plan.profiles.values()) + len(plan.new)
-        total_after = total_before + (len(joining.identities) if joining else 1)
+        total_after = plan.identifiers + (len(joining.identities) if joining else 1)
         if total_after > self._rules.max_identifiers_per_profile:
             return (
-                f"{what} would give one profile {total_after} identifiers "
+                f"{_adding(ident, joining)} would give one profile {total_after} identifiers "
                 f"(max_identifiers_per_profile {self._rules.max_identifiers_per_profile})"
             )
         if joining is not None and plan.profiles:
-            merges = sum(len(p.merged) for p in (*plan.profiles.values(), joining))
-            merges += len(plan.profiles)
+            merges = plan.merges + len(joining.merged) + len(plan.profiles)
             if merges > self._rules.max_merges_per_profile:
                 return (
-                    f"{what} would make {merges} merges into one profile "
+                    f"{_adding(ident, joining)} would make {merges} merges into one profile "
                     f"(max_merges_per_profile {self._rules.max_merges_per_profile})"
                 )
         return None
@@ -338,25 +355,19 @@ class IdentityResolver:
         return None
 
     def _counts(
-        self,
-        profiles: Iterable[Profile],
-        new: list[Identifier],
-        time_ms: int,
-        only: Container[str] | None = None,
+        self, profiles: Iterable[Profile], new: list[Identifier], time_ms: int
     ) -> dict[str, int]:
         """Identifiers per type (within each type's window) of the profiles plus ``new``,
-        for the types that have a limit (and are in ``only``, if given)."""
+        for the types that have a limit."""
         rule = self._table.rule
         counts: dict[str, int] = {}
         for i in new:
             id_type = i.id_type
-            if (only is None or id_type in only) and rule(id_type).limit is not None:
+            if rule(id_type).limit is not None:
                 counts[id_type] = counts.get(id_type, 0) + 1
         for profile in profiles:
             for edge in profile.identities:
                 id_type = edge.id_type
-                if only is not None and id_type not in only:
-                    continue
                 type_rule = rule(id_type)
                 if type_rule.limit is None:
                     continue
@@ -378,16 +389,17 @@ class IdentityResolver:
     ) -> tuple[str, tuple[Identifier, ...]] | None:
         """Carry out the plan; ``None`` if another writer got in the way (plan again)."""
         store = self._store
-        ranked = sorted(plan.profiles.values(), key=self._canonical)
+        keyed = sorted(((self._canonical(p), p) for p in plan.profiles.values()), key=_first)
+        ranked = [p for _, p in keyed]
         best_new = min(
             (canonical_key(self._table, i.id_type, i.value) for i in plan.new), default=None
         )
-        if ranked and (best_new is None or self._canonical(ranked[0]) < best_new):
-            _, id_type, value = self._canonical(ranked[0])
+        if keyed and (best_new is None or keyed[0][0] < best_new):
+            _, id_type, value = keyed[0][0]
         else:
             assert best_new is not None
             _, id_type, value = best_new
-        target = profile_id_for(Identifier(id_type, value))
+        target = _profile_id(id_type, value)
         into = ranked[0] if ranked else None
         if into is not None:
             survivor = into.profile_id
@@ -421,6 +433,13 @@ class IdentityResolver:
         if not plan.new:
             survivor = store.touch(survivor, provenance.time_ms)
         return survivor, tuple(attached)
+
+
+def _adding(ident: Identifier, joining: Profile | None) -> str:
+    """What accepting ``ident`` does, for a rule's refusal."""
+    if joining is None:
+        return f"adding {ident}"
+    return f"{ident} belongs to profile {joining.profile_id}; merging it"
 
 
 def _take_from(_into: Traits, from_: Traits) -> Traits:

@@ -16,7 +16,7 @@ recent-event histories: events added during a batch are kept aside for the write
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from clew.store.base import (
@@ -30,6 +30,7 @@ from clew.store.base import (
 from clew.store.memory import MemoryProfileStore
 
 DEFAULT_CAPACITY = 50_000
+_NEVER = -(1 << 63)
 
 
 class _Tracked(MemoryProfileStore):
@@ -44,12 +45,36 @@ class _Tracked(MemoryProfileStore):
         self.pending: list[tuple[str, StoredEvent]] = []
         # Identities claimed or moved to another profile.
         self.moved: set[tuple[str, str]] = set()
+        # At least the last seen time of every profile held (kept across batches).
+        self.newest_ms = _NEVER
 
     def reset(self) -> None:
         self.written, self.created, self.merged_away, self.pending = set(), set(), [], []
         self.moved = set()
 
+    def unknown(self, keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The identities of ``keys`` (``(id_type, value)``) that no held profile has."""
+        with self._lock:
+            held = self._state.identities
+            return [key for key in keys if key not in held]
+
+    def put_profile(self, profile: Profile, history: Sequence[StoredEvent] = ()) -> None:
+        self.newest_ms = max(self.newest_ms, profile.last_seen_ms)
+        super().put_profile(profile, history)
+
+    def write_back(
+        self,
+        profiles: Sequence[Profile],
+        gone: Mapping[str, str],
+        events: Sequence[tuple[str, StoredEvent]],
+        moved: Collection[tuple[str, str]] | None = None,
+    ) -> None:
+        newest = max((p.last_seen_ms for p in profiles), default=_NEVER)
+        self.newest_ms = max(self.newest_ms, newest)
+        super().write_back(profiles, gone, events, moved)
+
     def touch(self, profile_id: str, time_ms: int) -> str:
+        self.newest_ms = max(self.newest_ms, time_ms)
         if self.resolve(profile_id) is None:
             self.created.add(profile_id)
         live = super().touch(profile_id, time_ms)
@@ -57,6 +82,7 @@ class _Tracked(MemoryProfileStore):
         return live
 
     def attach(self, profile_id: str, id_type: str, value: str, provenance: Provenance) -> str:
+        self.newest_ms = max(self.newest_ms, provenance.time_ms)
         if self.resolve(profile_id) is None:
             self.created.add(profile_id)
         new = self.lookup(id_type, value) is None
@@ -117,7 +143,7 @@ class WorkingSet:
         if token is None or token != self._token:
             self.clear()
         held = self.store
-        missing = [key for key in keys if held.lookup(*key) is None]
+        missing = held.unknown(keys)
         loaded = store.load(missing) if missing else []
         if any(held.resolve(p.profile_id) is not None for p in loaded):
             # A profile held but missing an identifier the store gives it: not a copy of the
@@ -129,6 +155,11 @@ class WorkingSet:
             held.put_profile(profile)
             self._recent[profile.profile_id] = None
         held.reset()
+
+    def may_be_late(self, time_ms: int) -> bool:
+        """Whether a held profile may have seen an event later than ``time_ms`` (if not, an
+        event at ``time_ms`` is late for none of them)."""
+        return time_ms < self.store.newest_ms
 
     def known(self, profile_id: str) -> bool:
         """Whether the store held the profile before this batch (not created by it)."""

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from clew._datadir import user_temp_dir
+
 log = logging.getLogger(__name__)
 
 # Each socket in a doorbell directory is ``<pid>-<random>.bell``.
@@ -61,7 +63,7 @@ def bell_dir(database: Path) -> Path | None:
     """
     digest = hashlib.sha256(os.fsencode(database.resolve())).hexdigest()[:16]
     for tmp in (tempfile.gettempdir(), "/tmp"):
-        where = Path(tmp) / f"clew-{os.getuid()}" / "bells" / digest
+        where = user_temp_dir(tmp) / "bells" / digest
         if len(os.fsencode(where)) + 1 + _MAX_NAME <= _MAX_SOCKET_PATH:
             return where
     return None

@@ -354,8 +354,11 @@ def _apply_event(
     unresolved); the profiles it merged away go to ``touched``, and the profiles whose
     identity arrival order may have decided to ``seeds``."""
     rec, event, time_ms = item
-    owners = _owners(work.store, event, extraction)
-    late = any((seen := work.store.peek(o)) is not None and seen[0] > time_ms for o in owners)
+    owners: set[str] = set()
+    late = False
+    if work.may_be_late(time_ms):
+        owners = _owners(work.store, event, extraction)
+        late = any((seen := work.store.peek(o)) is not None and seen[0] > time_ms for o in owners)
     outcome = unifier.apply(event, rec.value, extraction, time_ms=time_ms)
     pid = outcome.profile_id
     if late and _contested(work.store, owners, pid, outcome.resolution):
