@@ -301,6 +301,48 @@ def _watch_brokers(gone: threading.Event) -> Callable[[KafkaError], None]:
     return on_error
 
 
+class _Background:
+    """``call()`` on a daemon thread of its own. Its waiter may give up on it
+    (:meth:`abandon`); ``then`` runs once an abandoned call returns."""
+
+    def __init__(
+        self, call: Callable[[], object], name: str, then: Callable[[], None] | None = None
+    ) -> None:
+        self._done = threading.Event()
+        self._failed: list[BaseException] = []
+        self._abandoned = False
+        self._lock = threading.Lock()
+        self._then = then
+        threading.Thread(target=self._run, args=(call,), name=name, daemon=True).start()
+
+    def _run(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            self._failed.append(exc)
+        with self._lock:
+            self._done.set()
+            late = self._abandoned
+        if late and self._then is not None:
+            self._then()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Whether the call returned within ``timeout_s``; raises what it raised."""
+        if not self._done.wait(timeout_s):
+            return False
+        if self._failed:
+            raise self._failed[0]
+        return True
+
+    def abandon(self) -> bool:
+        """Give up on a call still running (True); False when it has returned meanwhile."""
+        with self._lock:
+            if self._done.is_set():
+                return False
+            self._abandoned = True
+            return True
+
+
 def _within(
     producer: Producer, gone: threading.Event, timeout_s: float, call: Callable[[], object]
 ) -> None:
@@ -311,35 +353,14 @@ def _within(
     flight when the broker died waited out its whole timeout after the broker was back:
     the stage gives such a transaction up at once and starts afresh with a new producer.
     A call given up on discards its producer when it returns."""
-    done = threading.Event()
-    failed: list[BaseException] = []
-    given_up: list[bool] = []  # appended to under ``lock`` once the waiter gives up
-    lock = threading.Lock()
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            failed.append(exc)
-        with lock:
-            done.set()
-            discard = bool(given_up)
-        if discard:
-            _discard(producer)
-
-    threading.Thread(target=run, name="clew-kafka-transaction", daemon=True).start()
+    job = _Background(call, "clew-kafka-transaction", then=lambda: _discard(producer))
     deadline = time.monotonic() + timeout_s + _GRACE_S
-    while not done.wait(_WATCH_S):
+    while not job.wait(_WATCH_S):
         producer.poll(0)  # serves error_cb: a call that does not flush would not
-        if gone.is_set() or time.monotonic() > deadline:
-            with lock:
-                if not done.is_set():
-                    given_up.append(True)
-                    if gone.is_set():
-                        raise _Stuck("Kafka lost every broker while the call waited")
-                    raise _Stuck(f"Kafka did not answer within {timeout_s + _GRACE_S:g} s")
-    if failed:
-        raise failed[0]
+        if (gone.is_set() or time.monotonic() > deadline) and job.abandon():
+            if gone.is_set():
+                raise _Stuck("Kafka lost every broker while the call waited")
+            raise _Stuck(f"Kafka did not answer within {timeout_s + _GRACE_S:g} s")
 
 
 def _bounded(call: Callable[[], object], wait_s: float) -> None:
@@ -348,20 +369,7 @@ def _bounded(call: Callable[[], object], wait_s: float) -> None:
     looking for its group coordinator while no broker answers (the stage runner replaces a
     consumer that failed during an outage), and the group replaces a member that never said
     goodbye after its session timeout anyway."""
-    done = threading.Event()
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except BaseException as exc:
-            failed.append(exc)
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="clew-kafka-close", daemon=True).start()
-    if done.wait(wait_s) and failed:
-        raise failed[0]
+    _Background(call, "clew-kafka-close").wait(wait_s)
 
 
 def _discard(producer: Producer) -> None:
