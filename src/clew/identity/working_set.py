@@ -194,14 +194,8 @@ class WorkingSet:
 
     def adopt(self, profiles: Iterable[Profile]) -> None:
         """Take the computed values of ``profiles`` (evaluated after :meth:`result`)."""
-        held = self.store
         results = self._results
-        for profile in profiles:
-            if results.get(profile.profile_id) is profile:
-                continue  # not evaluated
-            computed = profile.computed
-            if held.resolve(profile.profile_id) == profile.profile_id:
-                held.update_computed(profile.profile_id, lambda _, c=computed: dict(c))
+        self._take_computed(p for p in profiles if results.get(p.profile_id) is not p)
 
     def reader(self, store: ProfileStore) -> ProfileReader:
         """Inside a transaction on ``store`` (a timer's): the held profiles, with the store
@@ -216,12 +210,16 @@ class WorkingSet:
     def settle(self, store: ProfileStore, profiles: Iterable[Profile]) -> None:
         """Inside that transaction, after ``profiles`` were written back as given (a timer's
         evaluation): take their computed values and note the store's version."""
+        self._take_computed(profiles)
+        self._token = store.version()
+
+    def _take_computed(self, profiles: Iterable[Profile]) -> None:
+        """Copy the computed values of ``profiles`` onto the held ones (not merged away)."""
         held = self.store
         for profile in profiles:
             computed = profile.computed
             if held.resolve(profile.profile_id) == profile.profile_id:
                 held.update_computed(profile.profile_id, lambda _, c=computed: dict(c))
-        self._token = store.version()
 
     def finish(self, store: ProfileStore) -> None:
         """Inside the batch's transaction, after its writes: note the store's version and
