@@ -8,6 +8,8 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from clew.audiences.definitions import AudienceCatalog, parse_document
 from clew.audiences.engine import Engine
 from clew.events import Event, format_time
@@ -91,6 +93,18 @@ def test_every_kind_of_computed_trait() -> None:
     assert c["views"] == 1
     assert {ch.name for ch in result.changes} == {t["name"] for t in KINDS["traits"]}
     assert result.next_due_ms is None  # nothing here changes with time
+
+
+def test_an_event_without_a_name_counts_once() -> None:
+    # A page call need not name the page; "any event" traits used to see such an event twice.
+    e = engine({"traits": [
+        {"name": "views", "kind": "count", "event_type": "page"},
+        {"name": "active_7d", "kind": "count", "event": "*", "window": "7d"},
+        {"name": "home_views", "kind": "count", "event": "Home", "event_type": "page"},
+    ]})  # fmt: skip
+    unnamed = msgspec.structs.replace(ev("", T0, type_="page"), name=None)
+    c = e.evaluate({}, fold(e, [unnamed, ev("Home", T0 + MIN, type_="page")]), T0 + HOUR).computed
+    assert (c["views"], c["active_7d"], c["home_views"]) == (2, 2, 1)
 
 
 def test_a_window_decays_with_the_clock_and_says_when() -> None:

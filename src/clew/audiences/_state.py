@@ -5,6 +5,7 @@ pure and independent of the order events arrive in (see :mod:`clew.audiences.eng
 from __future__ import annotations
 
 import bisect
+from operator import itemgetter
 from typing import Any
 
 from clew.audiences.definitions import FunnelDef, TraitDef, is_missing, read_path
@@ -44,19 +45,21 @@ def _sort_key(value: Any) -> tuple[str, Any]:
     return (type(value).__name__, value)
 
 
-def _entry_time(entry: list[Any]) -> int:
-    return int(entry[0])
+# A window entry's time (entries are ``[time_ms, value]``).
+_entry_time = itemgetter(0)
 
 
 class TraitState:
     """One compiled trait: reads an event's value, folds it into state, merges states and
     derives the value."""
 
-    __slots__ = ("defn", "key", "numeric", "windowed")
+    __slots__ = ("defn", "key", "kind", "numeric", "window_ms", "windowed")
 
     def __init__(self, defn: TraitDef) -> None:
         self.defn = defn
         self.key = state_key(defn.name, defn.fingerprint)
+        self.kind = defn.kind
+        self.window_ms = defn.window_ms
         self.windowed = defn.window_ms is not None
         self.numeric = defn.kind in ("sum", "avg", "min", "max")
 
@@ -94,18 +97,20 @@ class TraitState:
 
     def value(self, state: Any, now_ms: int) -> tuple[Any, Any, int | None]:
         """(value, pruned state, when the value next changes by time alone)."""
-        if not self.windowed:
-            return _value(self.defn.kind, state), state, None
-        assert self.defn.window_ms is not None
+        window_ms = self.window_ms
+        if window_ms is None:
+            return _value(self.kind, state), state, None
         if not state:
-            return _value(self.defn.kind, None), None, None
-        horizon = now_ms - self.defn.window_ms
-        cut = bisect.bisect_right(state, horizon, key=_entry_time)
-        entries = state[cut:] if cut else state
-        if not entries:
-            return _value(self.defn.kind, None), None, None
-        due = entries[0][0] + self.defn.window_ms
-        return _window_value(self.defn.kind, entries), entries, due
+            return _value(self.kind, None), None, None
+        horizon = now_ms - window_ms
+        if state[0][0] > horizon:
+            # Nothing has left the window: most evaluations.
+            entries = state
+        else:
+            entries = state[bisect.bisect_right(state, horizon, key=_entry_time) :]
+            if not entries:
+                return _value(self.kind, None), None, None
+        return _window_value(self.kind, entries), entries, entries[0][0] + window_ms
 
 
 def _window_value(kind: str, entries: list[Any]) -> Any:

@@ -17,10 +17,12 @@ announced as a new change. State is order-independent, so replaying history in a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from clew.audiences._conditions import compile_condition
+from clew.audiences._match import EventMatch
 from clew.audiences._state import MAX_DISTINCT, MAX_WINDOW_ENTRIES, FunnelState, TraitState
 from clew.audiences.definitions import AudienceCatalog
 from clew.events import Event
@@ -35,6 +37,7 @@ _EMPTY: tuple[Any, ...] = (None, 0, [])
 _FUNNELS = "f"
 _TRAITS = "t"
 _NAMES = "n"
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True, frozen=True)
@@ -55,6 +58,42 @@ class Evaluation:
     next_due_ms: int | None
 
 
+class _Steps(Generic[_T]):
+    """Which of ``items`` an event of a type and name may match, looked up instead of tested
+    (each item matches through the :class:`EventMatch` es ``steps`` gives). Kept only for the
+    names the definitions list, so event names from clients never grow it; every list is in
+    the order of ``items``."""
+
+    def __init__(self, items: Sequence[_T], steps: Callable[[_T], Iterable[EventMatch]]) -> None:
+        any_name: dict[str, list[_T]] = {}
+        named: dict[str, dict[str, list[_T]]] = {}
+        for item in items:
+            for match in steps(item):
+                for etype in match.types:
+                    if match.names is None:
+                        any_name.setdefault(etype, []).append(item)
+                    else:
+                        for name in match.names:
+                            named.setdefault(etype, {}).setdefault(name, []).append(item)
+        order = {id(item): i for i, item in enumerate(items)}
+
+        def ordered(found: Iterable[_T]) -> tuple[_T, ...]:
+            return tuple(sorted({id(i): i for i in found}.values(), key=lambda i: order[id(i)]))
+
+        self._any = {etype: ordered(found) for etype, found in any_name.items()}
+        self._named = {
+            etype: {n: ordered([*any_name.get(etype, ()), *found]) for n, found in names.items()}
+            for etype, names in named.items()
+        }
+
+    def of(self, etype: str, name: str | None) -> tuple[_T, ...]:
+        if name is not None:
+            found = self._named.get(etype, {}).get(name)
+            if found is not None:
+                return found
+        return self._any.get(etype, ())
+
+
 class Engine:
     """Evaluates one :class:`AudienceCatalog`. Pure: every method returns new dicts and never
     mutates its arguments (stores may retry an update)."""
@@ -68,6 +107,7 @@ class Engine:
             FunnelState(f, a.fingerprint) for a in catalog.audiences for f in a.funnels
         ]
         self._trait_by_key = {t.key: t for t in self._traits}
+        self._trait_rows = [(t, t.key, t.defn.name) for t in self._traits]
         self._funnel_by_key = {f.key: f for f in self._funnels}
         self._keys = {t.key for t in self._traits} | {f.key for f in self._funnels}
         self._public_names = sorted(t.defn.name for t in self._public)
@@ -79,6 +119,8 @@ class Engine:
                 by_name = self._index.setdefault(etype, {})
                 for name in t.defn.match.names or (None,):
                     by_name.setdefault(name, []).append(t)
+        self._trait_steps = _Steps(self._traits, lambda t: (t.defn.match,))
+        self._funnel_steps = _Steps(self._funnels, lambda f: (f.defn.first, f.defn.then_not))
 
         self._funnel_any: set[str] = set()
         self._funnel_named: set[tuple[str, str]] = set()
@@ -121,31 +163,35 @@ class Engine:
     def observe(self, computed: Traits, event: Event, time_ms: int) -> Traits | None:
         """``computed`` with the event folded into every trait and funnel it matches, or
         None when it matches none."""
-        by_name = self._index.get(event.type)
-        candidates: list[TraitState] = []
-        if by_name:
-            candidates = by_name.get(None, []) + by_name.get(event.event or event.name, [])
-        updates: dict[str, dict[str, Any]] = {}
+        name = event.event or event.name
         old = computed.get(STATE) or {}
-        for trait in candidates:
+        traits: dict[str, Any] | None = None
+        for trait in self._trait_steps.of(event.type, name):
             where = trait.defn.match.where
             if where and not all(f.matches(event) for f in where):
                 continue
             counts, value = trait.read(event)
             if not counts:
                 continue
-            bucket = updates.setdefault(_TRAITS, dict(old.get(_TRAITS, {})))
-            bucket[trait.key] = trait.fold(bucket.get(trait.key), time_ms, value)
-        for funnel in self._funnels:
-            fstates = updates.get(_FUNNELS, old.get(_FUNNELS, {}))
-            before = fstates.get(funnel.key)
+            if traits is None:
+                traits = dict(old.get(_TRAITS, {}))
+            traits[trait.key] = trait.fold(traits.get(trait.key), time_ms, value)
+        funnels: dict[str, Any] | None = None
+        for funnel in self._funnel_steps.of(event.type, name):
+            before = (funnels if funnels is not None else old.get(_FUNNELS, {})).get(funnel.key)
             after = funnel.fold(before, event, time_ms)
             if after is not before:
-                bucket = updates.setdefault(_FUNNELS, dict(old.get(_FUNNELS, {})))
-                bucket[funnel.key] = after
-        if not updates:
+                if funnels is None:
+                    funnels = dict(old.get(_FUNNELS, {}))
+                funnels[funnel.key] = after
+        if traits is None and funnels is None:
             return None
-        return {**computed, STATE: {**old, **updates}}
+        state = dict(old)
+        if traits is not None:
+            state[_TRAITS] = traits
+        if funnels is not None:
+            state[_FUNNELS] = funnels
+        return {**computed, STATE: state}
 
     def merge(self, out: Traits, into: Traits, from_: Traits) -> Traits:
         """``out`` (the merged computed values) with the two profiles' engine states
@@ -179,11 +225,12 @@ class Engine:
         new_traits: dict[str, Any] = {}
         values: dict[str, Any] = {}
         due: list[int] = []
-        for trait in self._traits:
-            value, kept, when = trait.value(old_traits.get(trait.key), now_ms)
-            values[trait.defn.name] = value
+        held = old_traits.get
+        for trait, key, name in self._trait_rows:
+            value, kept, when = trait.value(held(key), now_ms)
+            values[name] = value
             if kept is not None:
-                new_traits[trait.key] = kept
+                new_traits[key] = kept
             if when is not None:
                 due.append(when)
         funnel_members: dict[str, bool] = {}
