@@ -10,7 +10,6 @@ far below the 254 levels the lake's JSON encoder can write.
 
 from __future__ import annotations
 
-import re
 from array import array
 from itertools import accumulate
 from typing import Any
@@ -39,7 +38,14 @@ INT_MAX = 2**64 - 1
 """The integers every stage can write (orjson's range: signed and unsigned 64 bits)."""
 
 # No integer of fewer digits can fall outside [INT_MIN, INT_MAX].
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS = 19
+# Every digit becomes "0" and every other byte " ", so that a run of digits is a run of
+# zeros found by a plain substring search: two passes in C, many times faster than a regex
+# scan of a large request body.
+_DIGITS_AS_ZEROS = bytes.maketrans(
+    bytes(range(256)), bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+)
+_LONG_RUN = b"0" * _LONG_DIGITS
 
 
 class UnencodableJsonError(ValueError):
@@ -137,8 +143,14 @@ def encode(value: Any, option: int = 0) -> bytes:
 def may_hold_huge_int(text: bytes) -> bool:
     """Whether the JSON ``text`` may hold an integer outside [:data:`INT_MIN`,
     :data:`INT_MAX`]: a cheap scan for a run of 19 digits (inside strings too, so a true
-    answer only says that :func:`huge_int_at` is worth calling)."""
-    return _LONG_DIGITS.search(text) is not None
+    answer only says that :func:`huge_int_at` is worth calling).
+
+    >>> may_hold_huge_int(b'{"a": 123456789012345678, "b": "x"}')
+    False
+    >>> may_hold_huge_int(b'{"a": 18446744073709551616}')
+    True
+    """
+    return _LONG_RUN in text.translate(_DIGITS_AS_ZEROS)
 
 
 def huge_int_at(value: Any, path: str = "") -> str | None:
