@@ -101,6 +101,13 @@ def generated_message_id(request_id: str, index: int) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{request_id}/{index}"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_ms(value: str) -> datetime:
+    """:func:`parse_time` of ``value`` in UTC, in whole milliseconds. Cached: the events of a
+    batch share its ``sentAt``, and a client often sends the same times again."""
+    return _to_ms(parse_time(value).astimezone(UTC))
+
+
 def _opt_time(obj: dict[str, Any], key: str) -> tuple[datetime | None, str | None]:
     value = obj.get(key)
     if value is None:
@@ -108,7 +115,7 @@ def _opt_time(obj: dict[str, Any], key: str) -> tuple[datetime | None, str | Non
     if not isinstance(value, str):
         return None, f"{key} must be an ISO-8601 string, got {type(value).__name__}"
     try:
-        return parse_time(value).astimezone(UTC), None
+        return _utc_ms(value), None
     except ValueError:
         return None, f"{key} is not an ISO-8601 timestamp: {value[:64]!r}"
     except OverflowError:
@@ -278,11 +285,7 @@ def _times(
     sent_at = _time_field(obj, "sentAt")
     if sent_at is None and batch_sent_at is not None:
         sent_at = _time_field({"sentAt": batch_sent_at}, "sentAt")
-    return (
-        _to_ms(received_at),
-        _to_ms(original) if original is not None else None,
-        _to_ms(sent_at) if sent_at is not None else None,
-    )
+    return _to_ms(received_at), original, sent_at
 
 
 def _time_field(obj: dict[str, Any], key: str) -> datetime | None:
