@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 TINY = {
     "backfill.py": ["--events", "300", "--people", "50"],
+    "lake_catchup.py": ["--events", "2000", "--rounds", "1"],
     "validation.py": ["--events", "200", "--rounds", "1"],
     "profiles.py": ["--events", "300", "--people", "50"],
     "privacy.py": ["--events", "500", "--days", "3", "--per-user", "10"],
