@@ -48,12 +48,25 @@ class DedupIndex:
     def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]:
         """Claim each ``(message_id, origin)``; returns the indexes of ``items`` that are
         duplicates (claimed before by another origin, or earlier in ``items``)."""
+        first: dict[str, str] = {}
         dupes: set[int] = set()
+        for idx, (mid, origin) in enumerate(items):
+            if first.setdefault(mid, origin) != origin:
+                dupes.add(idx)
+        # In key order, so that the B-tree pages are visited once each, in order, instead of
+        # at random (a third less time on a batch of 20k).
+        rows = sorted((mid, origin, now_ms) for mid, origin in first.items())
         with self._lock, transaction(self._conn) as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT (message_id) DO NOTHING", rows
+            )
+            if conn.total_changes - before == len(rows):
+                # Every id was new (the usual case): no lookup needed.
+                return dupes
+            # Some ids were claimed before; whoever claimed an id first owns it now.
             owners: dict[str, str] = {}
-            # Looked up and inserted in key order: the B-tree pages are then visited once
-            # each, in order, instead of at random (a third less time on a batch of 20k).
-            ids = sorted({mid for mid, _ in items})
+            ids = [mid for mid, _, _ in rows]
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -63,17 +76,7 @@ class DedupIndex:
                         chunk,
                     ).fetchall()
                 )
-            new_rows = []
-            for idx, (mid, origin) in enumerate(items):
-                owner = owners.get(mid)
-                if owner is None:
-                    owners[mid] = origin
-                    new_rows.append((mid, origin, now_ms))
-                elif owner != origin:
-                    dupes.add(idx)
-            new_rows.sort()
-            conn.executemany("INSERT INTO dedup VALUES (?, ?, ?)", new_rows)
-        return dupes
+        return {idx for idx, (mid, origin) in enumerate(items) if owners[mid] != origin}
 
     def prune(self, older_than_ms: int) -> int:
         """Forget claims made before ``older_than_ms``."""
