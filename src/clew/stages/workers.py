@@ -362,8 +362,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "clew.cli",
-                    "worker",
+                    "clew.stages",
                     *(arg for name in self.stages for arg in ("--stage", name)),
                     "--settings-fd",
                     str(read_fd),
