@@ -1,15 +1,17 @@
 """The worker processes `clew serve` starts: each runs only its stages' code (not the command
-line's), with the allocator settings that keep its memory near what its batches hold, and an
-operator's own allocator setting wins. A real `clew serve`, so marked slow."""
+line's, nor pandas once it wrote to the lake), with the allocator settings that keep its
+memory near what its batches hold, and an operator's own allocator setting wins. A real
+`clew serve`, so marked slow."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
-from _support import ServeProcess, wait_for
+from _support import WRITE_KEY, ServeProcess, lake_count, wait_for
 from clew.stages._memory import WORKER_ALLOCATOR_ENV
 from clew.stages.workers import SERVE_WORKERS
 
@@ -48,3 +50,13 @@ def test_workers_run_their_stages_alone_with_the_allocator_settings(
             libraries = _libraries(worker.pid)
             for library in ("deltalake", "pyarrow", "cryptography"):
                 assert f"/{library}/" not in libraries
+
+    batch = [{"type": "track", "event": "Viewed", "userId": f"u{i}"} for i in range(50)]
+    answer = httpx.post(
+        serve_process.url + "/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, "")
+    )
+    assert answer.status_code == 200
+    wait_for(lambda: lake_count(serve_process.data_dir) == len(batch))
+    lake = next(w for w in parent.children() if "lake" in w.cmdline())
+    # The lake's worker converted rows with pyarrow without loading pandas.
+    assert "/pandas/" not in _libraries(lake.pid)

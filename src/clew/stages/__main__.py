@@ -16,6 +16,7 @@ import sys
 from clew._datadir import restrict_new_files
 from clew._stderr_log import log_to_stderr
 from clew.dependencies import UnreachableError
+from clew.stages._memory import refuse_pandas
 from clew.stages.workers import receive_settings, run_worker
 
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     restrict_new_files()
     # `kill -USR1 PID` prints every thread's stack to stderr, as in every `clew` process.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    refuse_pandas()
     settings = receive_settings(args.settings_fd)
     log_to_stderr("+".join(args.stage))
     try:
