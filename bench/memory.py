@@ -20,26 +20,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from rich.table import Table
 
 from _http import Pool, post_batch
 from _serve import (
     ROOT,
     BenchError,
-    Server,
+    RssSampler,
     build_loadgen,
     clew_server,
     console,
@@ -106,55 +103,6 @@ async def _send_fixed(port: int, requests: int, connections: int) -> int:
     return acked
 
 
-def process_name(proc: psutil.Process) -> str:
-    """``serve`` for `clew serve`, else the stages a worker runs joined by ``+``."""
-    argv = proc.cmdline()
-    stages = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--stage"]
-    return "+".join(stages) if stages else "serve"
-
-
-def rss_by_process(server: Server) -> dict[str, int]:
-    """The resident memory of `clew serve` and of each of its workers, in bytes."""
-    root = psutil.Process(server.pid)
-    out: dict[str, int] = {}
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            name = process_name(proc)
-            out[name] = out.get(name, 0) + proc.memory_info().rss
-    return out
-
-
-class Peaks:
-    """Samples :func:`rss_by_process` in a thread: each process's peak, and the peak sum."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.peak: dict[str, int] = {}
-        self.peak_total = 0
-        self.total_at_peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> Peaks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                sample = rss_by_process(self.server)
-                for name, rss in sample.items():
-                    self.peak[name] = max(self.peak.get(name, 0), rss)
-                if sum(sample.values()) > self.peak_total:
-                    self.peak_total = sum(sample.values())
-                    self.total_at_peak = sample
-            self._stop.wait(SAMPLE_EVERY_S)
-
-
 def clew_file(src: Path) -> str:
     """Where ``import clew`` resolves with ``src`` first on the path (what the server runs)."""
     done = subprocess.run(
@@ -175,10 +123,10 @@ def measure(
     with server:
         server.settle()
         time.sleep(args.idle_s)
-        idle = rss_by_process(server)
+        idle = server.rss_by_process()
         acked = 0
         began = time.monotonic()
-        with Peaks(server) as peaks:
+        with RssSampler(server, SAMPLE_EVERY_S) as peaks:
             for concurrency in args.concurrency:
                 if args.events:
                     acked += asyncio.run(
@@ -191,15 +139,15 @@ def measure(
                 acked += r["acked_events"]
             loaded = time.monotonic() - began
             drained = server.settle(timeout=args.drain_timeout)
-        after = rss_by_process(server)
+        after = server.rss_by_process()
     load = os.getloadavg()
     row = {
         "variant": name,
         "src": str(src),
         "idle": idle,
-        "peak": peaks.peak,
-        "peak_total": peaks.peak_total,
-        "total_at_peak": peaks.total_at_peak,
+        "peak": peaks.peak_by_process,
+        "peak_total": peaks.peak,
+        "total_at_peak": peaks.at_peak,
         "after": after,
         "acked_events": acked,
         "load_s": loaded,
@@ -207,7 +155,7 @@ def measure(
         "loadavg": load,
     }
     console().print(
-        f"  {name}: idle {sum(idle.values()) / MB:.0f} MB, peak {peaks.peak_total / MB:.0f} MB, "
+        f"  {name}: idle {sum(idle.values()) / MB:.0f} MB, peak {peaks.peak / MB:.0f} MB, "
         f"{acked:,} events acknowledged, drained {drained:.0f} s after the load, "
         f"load average {load[0]:.2f}"
     )
