@@ -7,6 +7,7 @@ Shared by ``ingest.py`` and ``latency.py``. Each server is a subprocess on a fre
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -136,11 +137,20 @@ class Server:
 
     def rss(self) -> int:
         """Resident memory of the server and all its child processes, in bytes."""
-        total = 0
+        return sum(self.rss_by_process().values())
+
+    def rss_by_process(self) -> dict[str, int]:
+        """Resident memory of the server (``serve``) and of each child process, named by the
+        stages it runs (``lake+monitor+profiles-lake``) when it runs any, in bytes."""
+        out: dict[str, int] = {}
         for p in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total
+                argv = p.cmdline()
+                stages = [b for a, b in itertools.pairwise(argv) if a == "--stage"]
+                name = "+".join(stages) if p.pid != self.pid else "serve"
+                name = name or f"child {p.pid}"
+                out[name] = out.get(name, 0) + p.memory_info().rss
+        return out
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by the server and its live children."""
@@ -164,12 +174,16 @@ class Server:
 
 
 class RssSampler:
-    """Samples a server's RSS in a background thread; ``peak`` is the highest seen."""
+    """Samples a server's RSS per process in a background thread: ``peak`` is the highest sum
+    seen, ``at_peak`` each process's RSS in that sample, ``peak_by_process`` each process's
+    own highest."""
 
     def __init__(self, server: Server, every: float = 0.2) -> None:
         self.server = server
         self.every = every
         self.peak = 0
+        self.at_peak: dict[str, int] = {}
+        self.peak_by_process: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -183,7 +197,12 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.server.rss())
+            with contextlib.suppress(psutil.Error):
+                sample = self.server.rss_by_process()
+                if sum(sample.values()) > self.peak:
+                    self.peak, self.at_peak = sum(sample.values()), sample
+                for name, rss in sample.items():
+                    self.peak_by_process[name] = max(self.peak_by_process.get(name, 0), rss)
             self._stop.wait(self.every)
 
 

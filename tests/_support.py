@@ -134,7 +134,7 @@ def serve_worker(serve_pid: int, stage: str) -> int | None:
             continue
         # The command (field 2) may hold spaces; the parent pid is the 2nd field after it.
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid != serve_pid or b"worker" not in args:
+        if ppid != serve_pid or b"--stage" not in args:
             continue
         if any(a == b"--stage" and b == stage.encode() for a, b in pairwise(args)):
             return int(entry.name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from clew.cli.serve import _OncePerInterval
+from clew._stderr_log import OncePerInterval
 
 
 def _line(client: str, text: str) -> logging.LogRecord:
@@ -19,7 +19,7 @@ def _line(client: str, text: str) -> logging.LogRecord:
 
 def test_a_repeated_librdkafka_line_is_let_through_once_per_interval() -> None:
     refused = "Connect to ipv4#10.0.0.7:9092 failed: Connection refused"
-    once = _OncePerInterval(0.2)
+    once = OncePerInterval(0.2)
     shown = [once.filter(_line(f"producer-{i % 3}", refused)) for i in range(20)]
     assert shown == [True] + [False] * 19
     assert once.filter(_line("consumer-9", "Disconnected (after 12ms in state UP)"))

@@ -33,6 +33,7 @@ from clew.privacy.suppression import Suppression
 from clew.server_metrics import MetricSources
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
+from clew.stages._memory import lean_server_process
 from clew.stages.health import StageWatch, overall
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
@@ -332,6 +333,7 @@ def serve(
     process at once: SIGTERM with exit 143, SIGINT with KeyboardInterrupt; what was not
     drained stays in the log for the next start. ``access_log`` logs every HTTP request."""
     check_reachable(dependencies(settings))
+    lean_server_process()
     clew = Clew(settings, stage_mode="process")
     # Before the server runs and after it stopped, SIGTERM is a SystemExit, so the stages
     # are stopped below instead of the process dying on the spot.

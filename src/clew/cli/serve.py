@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,49 +14,11 @@ import typer
 from rich.markup import escape
 
 from clew._ports import ensure_port_free
+from clew._stderr_log import log_to_stderr
 from clew.cli._common import ConfigFile, DataDir, Host, Port, console, fail, settings_from
 
 if TYPE_CHECKING:
     from clew.demo.web_site import ExampleSite
-
-
-def _log_to_stderr(role: str = "") -> None:
-    """Log INFO and up to stderr, each line tagged with ``role`` when given. HTTP clients log
-    WARNING and up only (a webhook destination would log a line per delivery); librdkafka's
-    lines (through ``clew.log.kafka``) at most once a minute each, since it logs every
-    reconnection attempt while a broker is down."""
-    tag = f"[{role}] " if role else ""
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s"
-    )
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("clew.log.kafka").addFilter(_OncePerInterval(60.0))
-
-
-class _OncePerInterval(logging.Filter):
-    """Lets each distinct message through at most once per ``interval_s``; the next one let
-    through says how many were held back."""
-
-    def __init__(self, interval_s: float) -> None:
-        super().__init__()
-        self._interval_s = interval_s
-        self._seen: dict[str, tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # librdkafka's lines differ only by their thread and client names between retries.
-        key = re.sub(r"rdkafka#\w+-\d+|thrd:[^\]]*", "", record.getMessage())
-        now = time.monotonic()
-        last, held = self._seen.get(key, (-self._interval_s, 0))
-        if now - last < self._interval_s:
-            self._seen[key] = (last, held + 1)
-            return False
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = (now, 0)
-        if held:
-            record.msg = f"{record.msg} ({held} more like it held back)"
-        return True
 
 
 def _invoked_as() -> str:
@@ -104,7 +64,7 @@ def serve(
     if examples:
         _check_examples_port(settings.host, examples_port)
     sites = ExitStack()
-    _log_to_stderr()
+    log_to_stderr()
 
     from clew._datadir import DataDirInUseError, open_to_others
 
@@ -187,7 +147,7 @@ def collector(
 
     settings = settings_from(config, data="create", host=host, port=port, data_dir=data_dir)
     ensure_port_free(settings.host, settings.port)
-    _log_to_stderr("collector")
+    log_to_stderr("collector")
 
     def ready(process: CollectorProcess) -> None:
         base = f"http://{settings.host}:{settings.port}"
@@ -239,7 +199,7 @@ def worker(
 
         ensure_port_free(settings.host, port)
         on_running = serve_worker_http(port)
-    _log_to_stderr("+".join(stage))
+    log_to_stderr("+".join(stage))
     try:
         run_worker(settings, stage, on_running)
     except UnknownStageError as e:

@@ -9,6 +9,19 @@ backend is chosen in :mod:`clew.backends` (:func:`~clew.backends.open_keystore`,
 
 from __future__ import annotations
 
-from clew.keys.ring import KeyRing, KeyStore, KeyStoreError, StoredKey, master_secret
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clew.keys.ring import KeyRing, KeyStore, KeyStoreError, StoredKey, master_secret
 
 __all__ = ["KeyRing", "KeyStore", "KeyStoreError", "StoredKey", "master_secret"]
+
+
+def __getattr__(name: str) -> Any:
+    # The key ring's names load on first use: the ring imports cryptography (about 10 MB),
+    # which a process that only reads the salt (``clew.keys.salt``: the validate stage's
+    # suppression and PII checks, `clew serve`) does not need.
+    if name in __all__:
+        return getattr(import_module("clew.keys.ring"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,6 +10,7 @@ from collections import Counter
 from clew._errors import describe
 from clew.log.base import Consumer, Log, Record, TopicPartition
 from clew.stages._counters import CounterStore
+from clew.stages._memory import release_freed_memory
 from clew.stages.base import Stage
 from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter
 from clew.store.base import StoreConflictError
@@ -33,6 +34,8 @@ _FORGET_S = 10.0
 # offsets after the commit it inspects.
 _TAIL_CHECK_S = 0.5
 _TAIL_SPAN = 10_000
+# How often, at most, the runner gives what its batches freed back to the system.
+_RELEASE_EVERY_S = 1.0
 
 # Counter names in the counter store, read by /health and /metrics.
 STAGE_FAILURES = "stage_errors"
@@ -90,6 +93,7 @@ class StageRunner:
         # followed yet: nothing the stage handles will commit past it, so the runner does.
         self._tail_skips: dict[TopicPartition, int] = {}
         self._tail_checked = 0.0
+        self._released_at = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -264,6 +268,7 @@ class StageRunner:
                     self._probe = None
                 elif records:
                     stage.handle(records, consumer)
+                    self._release_memory()
                 stage.tick(consumer)
                 if records or time.monotonic() - idle_since >= _ISOLATION_IDLE_S:
                     self._recovered()
@@ -271,6 +276,15 @@ class StageRunner:
         finally:
             if self._stop.is_set():
                 stage.close(consumer)
+
+    def _release_memory(self) -> None:
+        """After a batch, at most every :data:`_RELEASE_EVERY_S`: a worker's resident memory
+        then follows what its batches hold, not the most they ever held
+        (:mod:`clew.stages._memory`)."""
+        now = time.monotonic()
+        if now - self._released_at >= _RELEASE_EVERY_S:
+            self._released_at = now
+            release_freed_memory()
 
     def _without_skipped(self, records: list[Record]) -> list[Record]:
         """``records`` without those set aside, noting a set-aside record that ends what was

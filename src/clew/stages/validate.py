@@ -72,20 +72,18 @@ class ValidateStage(Stage):
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
         started = time.perf_counter_ns()
-        events: list[tuple[Event, str]] = []
+        # Each event as its dedup claim, origin and encoded record: encoded as soon as it is
+        # checked, so that a poll holds its events' bytes, not all their decoded values (a
+        # poll of 200 requests of 100 events peaked at 103 MB of Python objects so, 63 MB
+        # encoded at once).
+        events: list[tuple[str, str, Message]] = []
         dead: list[DeadLetter] = []
         counts: Counter[str] = Counter()
         for rec in records:
             self._split(rec, events, dead, counts)
         now_ms = time.time_ns() // 1_000_000
-        dupes = self._dedup.claim(
-            [(f"{ev.source_id}/{ev.message_id}", origin) for ev, origin in events], now_ms
-        )
-        out_events = [
-            Message(value=_encoder.encode(ev), key=ev.identity_key)
-            for i, (ev, _) in enumerate(events)
-            if i not in dupes
-        ]
+        dupes = self._dedup.claim([(claim, origin) for claim, origin, _ in events], now_ms)
+        out_events = [msg for i, (_, _, msg) in enumerate(events) if i not in dupes]
         out_dead = [Message(value=_encoder.encode(d), key=d.source_id.encode()) for d in dead]
         consumer.commit(produce={EVENTS_TOPIC: out_events, DLQ_TOPIC: out_dead})
         counts.update(f"dlq_{d.reason}" for d in dead)
@@ -115,7 +113,7 @@ class ValidateStage(Stage):
     def _split(
         self,
         rec: Record,
-        events: list[tuple[Event, str]],
+        events: list[tuple[str, str, Message]],
         dead: list[DeadLetter],
         counts: Counter[str],
     ) -> None:
@@ -152,7 +150,13 @@ class ValidateStage(Stage):
             if result is None:
                 continue
             if isinstance(result, Event):
-                events.append((result, f"{rec.partition}:{rec.offset}:{i}"))
+                events.append(
+                    (
+                        f"{result.source_id}/{result.message_id}",
+                        f"{rec.partition}:{rec.offset}:{i}",
+                        Message(value=_encoder.encode(result), key=result.identity_key),
+                    )
+                )
             elif isinstance(result, Blocked):
                 to_dlq(
                     i,

@@ -40,6 +40,7 @@ from clew.config import Settings, settings_json_with_secrets
 from clew.dependencies import check_reachable
 from clew.log.base import Log
 from clew.stages._counters import CounterStore
+from clew.stages._memory import WORKER_ALLOCATOR_ENV
 from clew.stages.base import Stage
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
@@ -355,15 +356,14 @@ class WorkerProcess:
         self._started_at = 0.0
 
     def start(self) -> None:
-        env = {**os.environ, "CLEW_WORKER_OF_SERVE": "1"}
+        env = {**WORKER_ALLOCATOR_ENV, **os.environ, "CLEW_WORKER_OF_SERVE": "1"}
         read_fd, write_fd = os.pipe()
         try:
             self._proc = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
-                    "clew.cli",
-                    "worker",
+                    "clew.stages",
                     *(arg for name in self.stages for arg in ("--stage", name)),
                     "--settings-fd",
                     str(read_fd),
