@@ -101,11 +101,25 @@ def generated_message_id(request_id: str, index: int) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{request_id}/{index}"))
 
 
-@functools.lru_cache(maxsize=4096)
+# The longest time string remembered: an ISO-8601 time with microseconds and an offset is 32
+# characters, and a client may send a fraction of thousands of digits that still parses.
+_CACHED_TIME_CHARS = 40
+
+
 def _utc_ms(value: str) -> datetime:
-    """:func:`parse_time` of ``value`` in UTC, in whole milliseconds. Cached: the events of a
-    batch share its ``sentAt``, and a client often sends the same times again."""
+    """:func:`parse_time` of ``value`` in UTC, in whole milliseconds. Remembered for short
+    strings: the events of a batch share its ``sentAt``, and a client often sends the same
+    times again; a long one is not kept, so that clients cannot fill the cache with them."""
+    if len(value) > _CACHED_TIME_CHARS:
+        return _parse_utc_ms(value)
+    return _cached_utc_ms(value)
+
+
+def _parse_utc_ms(value: str) -> datetime:
     return _to_ms(parse_time(value).astimezone(UTC))
+
+
+_cached_utc_ms = functools.lru_cache(maxsize=4096)(_parse_utc_ms)
 
 
 def _opt_time(obj: dict[str, Any], key: str) -> tuple[datetime | None, str | None]:
