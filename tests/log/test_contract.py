@@ -340,43 +340,6 @@ def test_failed_commit_with_produce_changes_nothing(
     assert log.end_offsets(sink) == {0: 0}
 
 
-def test_commits_begun_one_after_another_become_durable_in_that_order(
-    log: Log, new_topic: NewTopic, new_consumer: NewConsumer, group: str
-) -> None:
-    source, sink = new_topic(), new_topic()
-    log.append_sync(source, values(6))
-    consumer = new_consumer(group, [source])
-    assert len(drain(consumer, 6)) == 6
-
-    first = consumer.commit_started({(source, 0): 3}, produce={sink: values(2, "a")})
-    second = consumer.commit_started(produce={sink: values(2, "b")})
-    second.result(timeout=30)
-
-    assert first.done() and first.result() is None
-    assert log.committed(group, source) == {0: 6}
-    assert [r.value for r in read_all(log, sink)] == [m.value for m in values(2, "a")] + [
-        m.value for m in values(2, "b")
-    ]
-
-
-def test_a_commit_begun_that_fails_changes_nothing(
-    log: Log, new_topic: NewTopic, new_consumer: NewConsumer, group: str
-) -> None:
-    source, sink = new_topic(), new_topic()
-    log.append_sync(source, values(3))
-    consumer = new_consumer(group, [source])
-    assert len(drain(consumer, 3)) == 3
-
-    # A backend that commits in the background tells through the future, another at once.
-    with pytest.raises(LogError):
-        consumer.commit_started(produce={sink: values(2), unique("missing"): values(1)}).result(
-            timeout=30
-        )
-
-    assert log.committed(group, source) == {0: 0}
-    assert log.end_offsets(sink) == {0: 0}
-
-
 def test_seek_moves_the_next_read(
     log: Log, new_topic: NewTopic, new_consumer: NewConsumer, group: str
 ) -> None:

@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
 from typing import Protocol
 
 from clew.log.base import Consumer, LogError, Message, Record, TopicPartition
@@ -33,13 +32,6 @@ class ConsumerLog(Protocol):
         offsets: Mapping[TopicPartition, int],
         produce: Mapping[str, Sequence[Message]] | None,
     ) -> None: ...
-
-    def commit_offsets_started(
-        self,
-        group: str,
-        offsets: Mapping[TopicPartition, int],
-        produce: Mapping[str, Sequence[Message]] | None,
-    ) -> Future[None]: ...
 
     def wake_count(self, topics: Sequence[str]) -> int: ...
 
@@ -141,15 +133,6 @@ class EmbeddedConsumer(Consumer):
         self._refresh()
         to_commit = dict(self._positions if offsets is None else offsets)
         self._log.commit_offsets(self._group.name, to_commit, produce)
-
-    def commit_started(
-        self,
-        offsets: Mapping[TopicPartition, int] | None = None,
-        produce: Mapping[str, Sequence[Message]] | None = None,
-    ) -> Future[None]:
-        self._refresh()
-        to_commit = dict(self._positions if offsets is None else offsets)
-        return self._log.commit_offsets_started(self._group.name, to_commit, produce)
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self._refresh()

@@ -122,24 +122,6 @@ class Consumer(ABC):
         positions) and, in the same atomic step, append ``produce`` records. Either all of it
         is durable when this returns, or none of it."""
 
-    def commit_started(
-        self,
-        offsets: Mapping[TopicPartition, int] | None = None,
-        produce: Mapping[str, Sequence[Message]] | None = None,
-    ) -> Future[None]:
-        """:meth:`commit`, begun now and finished in the background where the backend can:
-        the future's ``result()`` returns once all of it is durable, or raises why none of it
-        is. Commits begun one after another become durable in that order, and a failed one
-        does not stop those begun after it, so a caller that must not commit past a failure
-        waits for each before beginning the next. ``offsets`` default to the positions at
-        the call. A backend that cannot commit in the background (this default) commits
-        before returning, raising what :meth:`commit` raises, and the future is already
-        done."""
-        self.commit(offsets, produce)
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
     @abstractmethod
     def seek(self, topic: str, partition: int, offset: int) -> None:
         """Read ``partition`` from ``offset`` on the next poll."""

@@ -460,24 +460,9 @@ class EmbeddedLog(Log):
         produce: Mapping[str, Sequence[Message]] | None,
     ) -> None:
         """Store ``group``'s offsets, appending ``produce`` in the same transaction."""
-        self.commit_offsets_started(group, offsets, produce).result()
-
-    def commit_offsets_started(
-        self,
-        group: str,
-        offsets: Mapping[TopicPartition, int],
-        produce: Mapping[str, Sequence[Message]] | None,
-    ) -> Future[None]:
-        """:meth:`commit_offsets` queued to the writer: done once durable. The writer runs
-        operations in the order they were queued."""
-        try:
-            for topic in produce or {}:
-                self._spec(topic)
-        except LogError as exc:
-            refused: Future[None] = Future()
-            refused.set_exception(exc)
-            return refused
-        return self._submit(self._commit_op(group, offsets, produce))
+        for topic in produce or {}:
+            self._spec(topic)
+        self._submit(self._commit_op(group, offsets, produce)).result()
 
     def wake_count(self, topics: Sequence[str]) -> int:
         """Grows whenever records of ``topics`` may have been appended; read it before

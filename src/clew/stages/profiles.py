@@ -24,7 +24,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from operator import itemgetter
 
@@ -91,9 +90,6 @@ class ProfilesStage(Stage):
         self.counts: Counter[str] = Counter()
         self._table = self._rules.table()
         self._work = WorkingSet(store.history)
-        # The last batch's log commit while it runs (see _finish_commit), and the audience
-        # records it produces, acknowledged in the outbox once it is durable.
-        self._committing: tuple[Future[None], Produced] | None = None
 
     def on_assign(self, consumer: Consumer, assignment: Sequence[TopicPartition]) -> None:
         self._work.clear()
@@ -109,8 +105,6 @@ class ProfilesStage(Stage):
         return self._store.load_offsets(self.group)
 
     def tick(self, consumer: Consumer) -> None:
-        if self._committing is not None and self._committing[0].done():
-            self._finish_commit()
         live = self.audiences
         reloaded = live.reload(self._store, self._rules, self._offsets)
         if reloaded is not None:
@@ -140,39 +134,13 @@ class ProfilesStage(Stage):
             self._last_unfreeze = time.monotonic()
 
     def _produce(self, consumer: Consumer, produced: Produced) -> None:
-        self._finish_commit()
         if produced.messages:
             consumer.commit({}, produce={CHANGES_TOPIC: produced.messages})
         self.audiences.acknowledge(self._store, produced)
 
-    def settle(self, consumer: Consumer) -> None:
-        self._finish_commit()
-
     def close(self, consumer: Consumer) -> None:
-        try:
-            self._finish_commit()
-        except Exception as exc:
-            # Dropping it is safe: the store knows what it applied, and the records are
-            # delivered again to whoever reads the partitions next.
-            logger.warning("the profiles stage's last log commit failed: %s", exc)
         self._flush_counters()
         gc.unfreeze()
-
-    def _finish_commit(self) -> None:
-        """Wait for the last batch's log commit, then acknowledge its audience records.
-
-        A batch's log commit runs while the next batch is resolved and written to the store
-        (on a log that commits in the background), and is waited for before the next one
-        begins: a commit never moves past one that failed. Should it fail, or the process
-        die first, the store has applied more than the log committed, and the records in
-        between are delivered again and skipped as applied, their profiles announced again
-        (as after a crash between the two commits; see the module's docstring)."""
-        committing, self._committing = self._committing, None
-        if committing is None:
-            return
-        done, produced = committing
-        done.result()
-        self.audiences.acknowledge(self._store, produced)
 
     def _flush_counters(self) -> None:
         if self._counter_store is not None and self._unflushed:
@@ -249,13 +217,10 @@ class ProfilesStage(Stage):
         # After a repair, the store knows best where a merged-away id leads.
         known = {} if seeds else gone
         messages = self._announce(touched, self._store, profiles, known, now) + produced.messages
-        self._finish_commit()
-        self._committing = (
-            consumer.commit_started(
-                {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
-            ),
-            produced,
+        consumer.commit(
+            {tp: off + 1 for tp, off in progress.items()}, produce={CHANGES_TOPIC: messages}
         )
+        self.audiences.acknowledge(self._store, produced)
         if not self._unfreeze_at_exit:
             # The interpreter's last collection must see every object again.
             atexit.register(gc.unfreeze)
