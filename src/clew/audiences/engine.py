@@ -86,6 +86,11 @@ class _Steps(Generic[_T]):
             for etype, names in named.items()
         }
 
+    @property
+    def types(self) -> set[str]:
+        """Every event type some item may match."""
+        return set(self._any) | set(self._named)
+
     def of(self, etype: str, name: str | None) -> tuple[_T, ...]:
         if name is not None:
             found = self._named.get(etype, {}).get(name)
@@ -112,38 +117,20 @@ class Engine:
         self._keys = {t.key for t in self._traits} | {f.key for f in self._funnels}
         self._public_names = sorted(t.defn.name for t in self._public)
         self._tests = [(a.name, compile_condition(a.condition)) for a in catalog.audiences]
-        # Event type -> name -> traits that may match (None: any name).
-        self._index: dict[str, dict[str | None, list[TraitState]]] = {}
-        for t in self._traits:
-            for etype in t.defn.match.types:
-                by_name = self._index.setdefault(etype, {})
-                for name in t.defn.match.names or (None,):
-                    by_name.setdefault(name, []).append(t)
         self._trait_steps = _Steps(self._traits, lambda t: (t.defn.match,))
         self._funnel_steps = _Steps(self._funnels, lambda f: (f.defn.first, f.defn.then_not))
 
-        self._funnel_any: set[str] = set()
-        self._funnel_named: set[tuple[str, str]] = set()
-        for f in self._funnels:
-            for match in (f.defn.first, f.defn.then_not):
-                for etype in match.types:
-                    if match.names is None:
-                        self._funnel_any.add(etype)
-                    else:
-                        self._funnel_named.update((etype, n) for n in match.names)
-
     def relevant(self, event: Event) -> bool:
         """Whether any trait or funnel may match the event (a cheap test before observe)."""
-        by_name = self._index.get(event.type)
         name = event.event or event.name
-        if by_name and (None in by_name or name in by_name):
-            return True
-        return event.type in self._funnel_any or (event.type, name or "") in self._funnel_named
+        return bool(
+            self._trait_steps.of(event.type, name) or self._funnel_steps.of(event.type, name)
+        )
 
     @property
     def event_types(self) -> set[str]:
         """Every event type a trait or funnel may match."""
-        return set(self._index) | self._funnel_any | {t for t, _ in self._funnel_named}
+        return self._trait_steps.types | self._funnel_steps.types
 
     @property
     def state_keys(self) -> set[str]:

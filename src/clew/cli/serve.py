@@ -179,20 +179,14 @@ def worker(
             show_default=False,
         ),
     ] = None,
-    settings_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run one stage in the foreground (`clew serve` starts one worker per stage itself).
 
     Stops on Ctrl+C (SIGINT) or SIGTERM within seconds: each stage finishes its batch."""
-    from clew.stages.workers import UnknownStageError, receive_settings, run_worker
+    from clew.stages.workers import UnknownStageError, run_worker
 
-    port: int | None = None
-    if settings_fd is not None:
-        # A worker of `clew serve`, whose own port serves the health of every stage.
-        settings = receive_settings(settings_fd)
-    else:
-        settings = settings_from(config, data="create", data_dir=data_dir)
-        port = http_port if http_port is not None else settings.stages.worker_http_port
+    settings = settings_from(config, data="create", data_dir=data_dir)
+    port = http_port if http_port is not None else settings.stages.worker_http_port
     on_running = None
     if port is not None:
         from clew.worker_server import serve_worker_http

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from collections.abc import Callable
 from functools import cache
 from importlib.machinery import ModuleSpec
 from types import ModuleType
@@ -44,17 +43,12 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    libc = _glibc()
-    return None if libc is None else libc.malloc_trim
-
-
 def release_freed_memory() -> None:
     """Return to the system the pages glibc holds free in its arenas (``malloc_trim``); a
     no-op off glibc. Costs a walk of the arenas' free lists: call it once per batch at most."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class _Refuse:
