@@ -7,13 +7,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import orjson
 import pytest
+from msgspec.structs import replace
 
 from _support import wait_for
 from clew.background import free_port

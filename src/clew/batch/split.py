@@ -28,9 +28,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from clew.batch._lake_events import LakeSnapshot, events_to_replay, read_lake
 from clew.config import IdentitySettings, Settings

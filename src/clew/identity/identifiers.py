@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from clew.events import Event
 from clew.identity.rules import DEFAULT_BLOCKED_EMAILS, IdentityRules, IdTypeRule, RuleTable
@@ -22,8 +23,7 @@ EMAIL = "email"
 PHONE = "phone"
 
 
-@dataclass(slots=True, frozen=True)
-class Identifier:
+class Identifier(msgspec.Struct, frozen=True, gc=False):
     id_type: str
     value: str
 
@@ -31,8 +31,7 @@ class Identifier:
         return f"{self.id_type}:{self.value}"
 
 
-@dataclass(slots=True, frozen=True)
-class Dropped:
+class Dropped(msgspec.Struct, frozen=True, gc=False):
     """An identifier the event carried that was not used, and why."""
 
     id_type: str
@@ -40,8 +39,7 @@ class Dropped:
     reason: str
 
 
-@dataclass(slots=True, frozen=True)
-class Extraction:
+class Extraction(msgspec.Struct, frozen=True, gc=False):
     """The usable identifiers of an event (no duplicates, in the order found) and the
     dropped ones."""
 

@@ -24,9 +24,10 @@ arrival-order answer, and ``clew rebuild --check`` reports the difference.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import msgspec
+from msgspec.structs import replace
 
 from clew.events import Event, parse_time
 from clew.identity.identifiers import ANONYMOUS_ID, USER_ID, extract

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Literal
 
+import msgspec
+
 from clew.events import Event, format_time, parse_time
 from clew.identity.identifiers import (
     ANONYMOUS_ID,
@@ -91,8 +93,7 @@ class ResolutionConflictError(RuntimeError):
     (the log redelivers it if the stage does not commit its offset)."""
 
 
-@dataclass(slots=True, frozen=True)
-class Resolution:
+class Resolution(msgspec.Struct, frozen=True, gc=False):
     """What resolving one event did. ``profile_id`` is ``None`` only when the event had no
     usable identifier (all dropped)."""
 

@@ -9,8 +9,9 @@ two layers cannot drift apart by construction of their rules, only by their inpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from clew.events import Event, format_time, parse_time
 from clew.identity import consent
@@ -42,8 +43,7 @@ class ComputedEngine(Protocol):
     def merge(self, out: Traits, into: Traits, from_: Traits) -> Traits: ...
 
 
-@dataclass(slots=True, frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """What one event did: its profile (``None`` if it had no usable identifier) and the
     resolution (attached, merged, dropped)."""
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import msgspec
+
 
 class LogError(RuntimeError):
     """The log cannot do what was asked; the message says why."""
@@ -44,8 +46,7 @@ class TopicSpec:
     retention_bytes: int | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Message:
+class Message(msgspec.Struct, frozen=True, gc=False):
     """A record to append. ``timestamp_ms`` defaults to the append time."""
 
     value: bytes
@@ -54,8 +55,7 @@ class Message:
     timestamp_ms: int | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class Record:
+class Record(msgspec.Struct, frozen=True, gc=False):
     """A record read from the log."""
 
     topic: str

@@ -37,9 +37,11 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import msgspec
 
 Traits = dict[str, Any]
 TraitsUpdate = Callable[[Traits], Traits]
@@ -69,8 +71,7 @@ class StoreClosedError(StoreError):
     """The store was closed; open a new one to keep using its data."""
 
 
-@dataclass(slots=True, frozen=True)
-class Provenance:
+class Provenance(msgspec.Struct, frozen=True, gc=False):
     """The event that caused a change: its ``messageId``, source, and event time (ms).
 
     ``match_weight`` is set when the change came from a probabilistic match (an imported
@@ -82,8 +83,7 @@ class Provenance:
     match_weight: float | None = None
 
 
-@dataclass(slots=True, frozen=True)
-class IdentityEdge:
+class IdentityEdge(msgspec.Struct, frozen=True, gc=False):
     """An identifier of a profile and the event that attached it."""
 
     id_type: str
@@ -91,8 +91,7 @@ class IdentityEdge:
     provenance: Provenance
 
 
-@dataclass(slots=True, frozen=True)
-class Redirect:
+class Redirect(msgspec.Struct, frozen=True, gc=False):
     """``from_id`` was merged into ``into_id`` by the event in ``provenance``."""
 
     from_id: str
@@ -100,8 +99,7 @@ class Redirect:
     provenance: Provenance
 
 
-@dataclass(slots=True, frozen=True)
-class Profile:
+class Profile(msgspec.Struct, frozen=True):
     """A snapshot of one surviving profile.
 
     ``identities`` is sorted by (id_type, value); ``merged`` lists every redirect that leads
@@ -113,13 +111,12 @@ class Profile:
     first_seen_ms: int
     last_seen_ms: int
     identities: tuple[IdentityEdge, ...] = ()
-    traits: Traits = field(default_factory=dict)
+    traits: Traits = msgspec.field(default_factory=dict)
     merged: tuple[Redirect, ...] = ()
-    computed: Traits = field(default_factory=dict)
+    computed: Traits = msgspec.field(default_factory=dict)
 
 
-@dataclass(slots=True, frozen=True)
-class StoredEvent:
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """One event in a profile's recent history: ``seq`` orders a profile's history (higher is
     newer in arrival order) and is the pagination cursor; ``body`` is the event's JSON."""
 
