@@ -33,8 +33,8 @@ from clew.privacy.suppression import Suppression
 from clew.server_metrics import MetricSources
 from clew.sources import DEFAULT_SOURCE, Catalog, Source
 from clew.stages._counters import CounterStore
-from clew.stages._memory import lean_server_process
 from clew.stages.health import StageWatch, overall
+from clew.stages.memory import lean_server_process
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
 from clew.stages.workers import (

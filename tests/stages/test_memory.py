@@ -10,7 +10,7 @@ from pathlib import Path
 _CHECK = """
 import os
 import sys
-from clew.stages._memory import refuse_pandas
+from clew.stages.memory import refuse_pandas
 refuse_pandas()
 import pyarrow as pa
 import pyarrow.compute as pc

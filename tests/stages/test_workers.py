@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from _support import WRITE_KEY, ServeProcess, lake_count, wait_for
-from clew.stages._memory import WORKER_ALLOCATOR_ENV
+from clew.stages.memory import WORKER_ALLOCATOR_ENV
 from clew.stages.workers import SERVE_WORKERS
 
 pytestmark = pytest.mark.slow

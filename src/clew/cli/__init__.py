@@ -68,12 +68,7 @@ app.add_typer(privacy_app, name="privacy")
 
 def main() -> None:
     """The `clew` command: every file it writes into the data directory is owner-only."""
-    import faulthandler
-    import signal
+    from clew._startup import prepare_process
 
-    from clew._datadir import restrict_new_files
-
-    restrict_new_files()
-    # `kill -USR1 PID` prints every thread's stack to stderr: what a stuck process waits on.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    prepare_process()
     app()

@@ -9,14 +9,12 @@ workers of `clew serve` that none of their stages use.
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import signal
 import sys
 
-from clew._datadir import restrict_new_files
+from clew._startup import prepare_process
 from clew._stderr_log import log_to_stderr
 from clew.dependencies import UnreachableError
-from clew.stages._memory import refuse_pandas
+from clew.stages.memory import refuse_pandas
 from clew.stages.workers import receive_settings, run_worker
 
 
@@ -27,9 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", action="append", required=True)
     parser.add_argument("--settings-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    restrict_new_files()
-    # `kill -USR1 PID` prints every thread's stack to stderr, as in every `clew` process.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    prepare_process()
     refuse_pandas()
     settings = receive_settings(args.settings_fd)
     log_to_stderr("+".join(args.stage))

@@ -10,8 +10,8 @@ from collections import Counter
 from clew._errors import describe
 from clew.log.base import Consumer, Log, Record, TopicPartition
 from clew.stages._counters import CounterStore
-from clew.stages._memory import release_freed_memory
 from clew.stages.base import Stage
+from clew.stages.memory import release_freed_memory
 from clew.stages.setaside import TRANSIENT_ERRORS, StageLedger, dead_letter
 from clew.store.base import StoreConflictError
 from clew.topics import DLQ_TOPIC
@@ -280,7 +280,7 @@ class StageRunner:
     def _release_memory(self) -> None:
         """After a batch, at most every :data:`_RELEASE_EVERY_S`: a worker's resident memory
         then follows what its batches hold, not the most they ever held
-        (:mod:`clew.stages._memory`)."""
+        (:mod:`clew.stages.memory`)."""
         now = time.monotonic()
         if now - self._released_at >= _RELEASE_EVERY_S:
             self._released_at = now

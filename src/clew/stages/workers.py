@@ -40,8 +40,8 @@ from clew.config import Settings, settings_json_with_secrets
 from clew.dependencies import check_reachable
 from clew.log.base import Log
 from clew.stages._counters import CounterStore
-from clew.stages._memory import WORKER_ALLOCATOR_ENV
 from clew.stages.base import Stage
+from clew.stages.memory import WORKER_ALLOCATOR_ENV
 from clew.stages.runner import StageRunner
 from clew.stages.setaside import StageLedger
 from clew.topics import STAGE_NAMES

@@ -63,7 +63,7 @@ class _Refuse:
         if name == self.name:
             raise ModuleNotFoundError(
                 f"{name} is not loaded in clew serve or its stage workers "
-                "(clew.stages._memory.refuse_pandas)",
+                "(clew.stages.memory.refuse_pandas)",
                 name=name,
             )
         return None
