@@ -18,8 +18,9 @@ announced as a new change. State is order-independent, so replaying history in a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+import msgspec
 
 from clew.audiences._conditions import compile_condition
 from clew.audiences._match import EventMatch
@@ -40,8 +41,7 @@ _NAMES = "n"
 _T = TypeVar("_T")
 
 
-@dataclass(slots=True, frozen=True)
-class ComputedChange:
+class ComputedChange(msgspec.Struct, frozen=True):
     """One announced change: ``kind`` is ``audience_entered``, ``audience_exited`` or
     ``trait_changed`` (``name`` the audience or trait; ``value``/``previous`` for traits)."""
 
@@ -51,8 +51,7 @@ class ComputedChange:
     previous: Any = None
 
 
-@dataclass(slots=True, frozen=True)
-class Evaluation:
+class Evaluation(msgspec.Struct, frozen=True):
     computed: Traits
     changes: list[ComputedChange]
     next_due_ms: int | None

@@ -19,7 +19,6 @@ person sends. Events carry it in ``context.consent``; change records may carry i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -60,8 +59,7 @@ _event_decoder = msgspec.json.Decoder(_EventView)
 _change_decoder = msgspec.json.Decoder(_ChangeView)
 
 
-@dataclass(slots=True, frozen=True)
-class Item:
+class Item(msgspec.Struct, frozen=True):
     """What routing needs of one record. ``is_event``: from the ``events`` topic (``kind`` is
     then the event type and ``name`` the track event name), else a change record."""
 
