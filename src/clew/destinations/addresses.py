@@ -18,12 +18,14 @@ import ipaddress
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from clew.destinations.config import DestinationConfigError
+
+if TYPE_CHECKING:
+    # Imported where a request is made (see Sender._run in clew.destinations.sender).
+    import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
@@ -95,6 +97,8 @@ class Pinned:
     ) -> httpx.Response:
         """POST to the first address that accepts a connection, as a client connecting by
         name would; raises httpx's error of the last one when none does."""
+        import httpx
+
         for url in self.urls[:-1]:
             try:
                 return self._post(client, url, content, headers, timeout_s)

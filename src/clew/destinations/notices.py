@@ -21,14 +21,18 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 
 from clew.destinations.addresses import DestinationAddressError, pin
 from clew.destinations.config import DestinationConfig, DestinationError
 from clew.destinations.webhook import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from clew.events import format_time
+
+if TYPE_CHECKING:
+    # Imported where a request is made (see Sender._run in clew.destinations.sender).
+    import httpx
 
 NOTICE_HEADER = "X-Clew-Notice"
 ATTEMPTS = 3
@@ -73,6 +77,8 @@ def send_deletion_notice(
     """Tell one destination to forget a person; never raises for network trouble. The URL's
     address is checked as for deliveries (clew.destinations.addresses); a refused one is not
     contacted and the notice fails with the reason."""
+    import httpx
+
     ids, pids = list(identifiers), list(profile_ids)
     notice_id = str(uuid.uuid4())
     try:
@@ -113,6 +119,8 @@ def _attempt(
 ) -> tuple[int | None, str | None]:
     """One POST of a notice: its status and, unless it was a 2xx, what went wrong. Raises
     :class:`DestinationAddressError` when the URL's address may not be reached."""
+    import httpx
+
     try:
         target = pin(config.url, block_private_networks)
     except OSError as exc:

@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from clew.destinations.config import DestinationConfig, SecretUnavailableError
 from clew.destinations.outbox import DEAD_LETTERED, DELIVERED, Batch, Outbox
 from clew.destinations.webhook import backoff_s, build_body, post
+
+if TYPE_CHECKING:
+    # Imported where a request is made (see Sender._run in clew.destinations.sender).
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,10 @@ class Sender:
         return int(self._clock() * 1000)
 
     def _run(self) -> None:
+        # httpx loads only once a destination sends: a process without destinations never
+        # holds it (about 20 MB, with the command-line libraries it imports).
+        import httpx
+
         outbox = Outbox(self._path)
         # No proxy from the environment: the address checked must be the one connected to.
         client = httpx.Client(transport=self._transport, follow_redirects=False, trust_env=False)

@@ -22,12 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-
-import httpx
+from typing import TYPE_CHECKING
 
 from clew.destinations.addresses import DestinationAddressError, pin
 from clew.destinations.outbox import join_array
 from clew.events import format_time
+
+if TYPE_CHECKING:
+    # Imported where a request is made (see Sender._run in clew.destinations.sender).
+    import httpx
 
 SIGNATURE_HEADER = "X-Clew-Signature"
 DELIVERY_HEADER = "X-Clew-Delivery"
@@ -70,6 +73,8 @@ def post(
     """Send one attempt and classify the answer (never raises for network trouble). The URL's
     host is resolved and checked first (:func:`clew.destinations.addresses.pin`); a refused
     address is a final ``refused`` answer, a name that does not resolve a ``retry``."""
+    import httpx
+
     try:
         target = pin(url, block_private_networks)
     except DestinationAddressError as exc:

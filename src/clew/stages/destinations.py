@@ -31,8 +31,8 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 
 from clew._errors import ServiceUnavailableError
@@ -49,6 +49,10 @@ from clew.destinations.sender import POLL_S, Sender
 from clew.log.base import Consumer, Record, TopicPartition
 from clew.stages.base import Stage
 from clew.topics import CHANGES_TOPIC, EVENTS_TOPIC
+
+if TYPE_CHECKING:
+    # Imported where a request is made (see Sender._run in clew.destinations.sender).
+    import httpx
 
 logger = logging.getLogger(__name__)
 
