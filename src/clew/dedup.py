@@ -48,14 +48,17 @@ class DedupIndex:
     def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]:
         """Claim each ``(message_id, origin)``; returns the indexes of ``items`` that are
         duplicates (claimed before by another origin, or earlier in ``items``)."""
-        first: dict[str, str] = {}
+        first: dict[str, str] = dict(items)
         dupes: set[int] = set()
-        for idx, (mid, origin) in enumerate(items):
-            if first.setdefault(mid, origin) != origin:
-                dupes.add(idx)
+        if len(first) < len(items):
+            # An id comes more than once (rare): the first origin of each is the one claiming.
+            first = {}
+            for idx, (mid, origin) in enumerate(items):
+                if first.setdefault(mid, origin) != origin:
+                    dupes.add(idx)
         # In key order, so that the B-tree pages are visited once each, in order, instead of
         # at random (a third less time on a batch of 20k).
-        rows = sorted((mid, origin, now_ms) for mid, origin in first.items())
+        rows = [(mid, first[mid], now_ms) for mid in sorted(first)]
         with self._lock, transaction(self._conn) as conn:
             before = conn.total_changes
             conn.executemany(
