@@ -58,18 +58,20 @@ class DedupIndex:
                     dupes.add(idx)
         # In key order, so that the B-tree pages are visited once each, in order, instead of
         # at random (a third less time on a batch of 20k).
-        rows = [(mid, first[mid], now_ms) for mid in sorted(first)]
+        ids = sorted(first)
         with self._lock, transaction(self._conn) as conn:
             before = conn.total_changes
+            # Each row made as it is inserted: 20k rows held at once are 20k objects more for
+            # the garbage collector to scan while they live.
             conn.executemany(
-                "INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT (message_id) DO NOTHING", rows
+                "INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                ((mid, first[mid], now_ms) for mid in ids),
             )
-            if conn.total_changes - before == len(rows):
+            if conn.total_changes - before == len(ids):
                 # Every id was new (the usual case): no lookup needed.
                 return dupes
             # Some ids were claimed before; whoever claimed an id first owns it now.
             owners: dict[str, str] = {}
-            ids = [mid for mid, _, _ in rows]
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
