@@ -366,12 +366,12 @@ def test_format_time_writes_utc_with_milliseconds_and_z() -> None:
 def test_a_time_with_thousands_of_digits_is_read_but_not_remembered() -> None:
     # Times are remembered between events (a batch shares its sentAt); a write key ships in
     # every web page, so a client must not be able to fill that memory with huge strings.
-    from clew.events import _cached_utc_ms
+    from clew.events import _cached_time_of
 
-    _cached_utc_ms.cache_clear()
+    _cached_time_of.cache_clear()
     for n in range(50):
         stamp = "2026-03-04T05:06:07." + str(n) * 5_000 + "Z"
         event = accepted({"type": "track", "event": "x", "userId": "u", "timestamp": stamp})
         assert event.timestamp.startswith("2026-03-04T05:06:07.")
     accepted({"type": "track", "event": "x", "userId": "u", "timestamp": "2026-03-04T05:06:07Z"})
-    assert _cached_utc_ms.cache_info().currsize == 1
+    assert _cached_time_of.cache_info().currsize == 1

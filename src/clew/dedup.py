@@ -48,25 +48,30 @@ class DedupIndex:
     def claim(self, items: Sequence[tuple[str, str]], now_ms: int) -> set[int]:
         """Claim each ``(message_id, origin)``; returns the indexes of ``items`` that are
         duplicates (claimed before by another origin, or earlier in ``items``)."""
-        first: dict[str, str] = {}
+        first: dict[str, str] = dict(items)
         dupes: set[int] = set()
-        for idx, (mid, origin) in enumerate(items):
-            if first.setdefault(mid, origin) != origin:
-                dupes.add(idx)
+        if len(first) < len(items):
+            # An id comes more than once (rare): the first origin of each is the one claiming.
+            first = {}
+            for idx, (mid, origin) in enumerate(items):
+                if first.setdefault(mid, origin) != origin:
+                    dupes.add(idx)
         # In key order, so that the B-tree pages are visited once each, in order, instead of
         # at random (a third less time on a batch of 20k).
-        rows = sorted((mid, origin, now_ms) for mid, origin in first.items())
+        ids = sorted(first)
         with self._lock, transaction(self._conn) as conn:
             before = conn.total_changes
+            # Each row made as it is inserted: 20k rows held at once are 20k objects more for
+            # the garbage collector to scan while they live.
             conn.executemany(
-                "INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT (message_id) DO NOTHING", rows
+                "INSERT INTO dedup VALUES (?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
+                ((mid, first[mid], now_ms) for mid in ids),
             )
-            if conn.total_changes - before == len(rows):
+            if conn.total_changes - before == len(ids):
                 # Every id was new (the usual case): no lookup needed.
                 return dupes
             # Some ids were claimed before; whoever claimed an id first owns it now.
             owners: dict[str, str] = {}
-            ids = [mid for mid, _, _ in rows]
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import msgspec
@@ -143,26 +144,69 @@ def event_keys(rows: pa.Table, rules: IdentityRules) -> set[tuple[str, str, int]
     import, a custom id field) are read as documents."""
     day = pc.fill_null(pc.cast(_column(rows, "event_date"), pa.int32()), NULL_DAY)
     keyed: set[tuple[str, str, int]] = set()
-
-    def distinct(
-        values: Any, days: Any, kinds: Sequence[str], norm: Callable[[str], str] = str
-    ) -> None:
-        values = pc.utf8_trim_whitespace(values)
-        nonempty = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
-        if not pc.any(nonempty).as_py():
-            return
-        # A set of Python pairs beats Arrow's group_by on batches of this size.
-        kept, when = pc.filter(values, nonempty).to_pylist(), pc.filter(days, nonempty).to_pylist()
-        pairs = set(zip(kept, when, strict=True))
-        for v, d in pairs:
-            keyed.update((kind, norm(v), d) for kind in kinds)
-
-    distinct(_column(rows, "user_id"), day, ["user_id"])
-    distinct(_column(rows, "anonymous_id"), day, ["anonymous_id"])
+    _distinct(keyed, _column(rows, "user_id"), day, ["user_id"])
+    _distinct(keyed, _column(rows, "anonymous_id"), day, ["anonymous_id"])
     previous = ["user_id", "anonymous_id"]
     if rules.previous_id_type:
         previous.append(rules.previous_id_type)
-    distinct(_column(rows, "previous_id"), day, previous)
+    _distinct(keyed, _column(rows, "previous_id"), day, previous)
+    # What the JSON texts may yield is found by searching them for field names; most rows
+    # hold none of those names anywhere. One regex pass per column finds the rows that hold
+    # one, and only those are searched further (the keys of a row depend on it alone).
+    markers = {path.rsplit(".", 1)[-1] for c in rules.custom_ids for path in c.paths}
+    found: Any = None
+    for name in _TEXT_COLUMNS:
+        names = markers | _TEXT_FIELDS[name]
+        if names:
+            hit = pc.fill_null(pc.match_substring_regex(_column(rows, name), _any_of(names)), False)
+            found = hit if found is None else pc.or_(found, hit)
+    if found is not None and pc.any(found).as_py():
+        _text_keys(keyed, rows.filter(found), pc.filter(day, found), rules, markers)
+    return keyed
+
+
+# Per JSON column, the field names whose values :func:`_text_keys` looks for (besides the
+# last part of each custom id path).
+_TEXT_COLUMNS = ("traits", "context", "properties")
+_TEXT_FIELDS = {
+    "traits": {"email", "phone"},
+    "context": {"email", "phone", "externalIds", "clew"},
+    "properties": set(),
+}
+
+
+def _any_of(names: set[str]) -> str:
+    """A regex matching ``"<name>"`` for any of ``names``."""
+    return "|".join(f'"{re.escape(k)}"' for k in sorted(names))
+
+
+def _distinct(
+    keyed: set[tuple[str, str, int]],
+    values: Any,
+    days: Any,
+    kinds: Sequence[str],
+    norm: Callable[[str], str] = str,
+) -> None:
+    """Add ``(kind, norm(value), day)`` for each kind and each non-blank (trimmed) value."""
+    values = pc.utf8_trim_whitespace(values)
+    nonempty = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
+    if not pc.any(nonempty).as_py():
+        return
+    kept, when = pc.filter(values, nonempty).to_pylist(), pc.filter(days, nonempty).to_pylist()
+    # The set makes them distinct; its updates from zips run in C.
+    normed = kept if norm is str else list(map(norm, kept))
+    for kind in kinds:
+        keyed.update(zip(repeat(kind, len(normed)), normed, when, strict=True))
+
+
+def _text_keys(
+    keyed: set[tuple[str, str, int]],
+    rows: pa.Table,
+    day: Any,
+    rules: IdentityRules,
+    markers: set[str],
+) -> None:
+    """The keys of ``rows`` found in their JSON texts (``day``: the day of each row)."""
     slow = pa.repeat(False, rows.num_rows)
     for name in ("traits", "context"):
         text = _column(rows, name)
@@ -176,13 +220,13 @@ def event_keys(rows: pa.Table, rules: IdentityRules) -> set[tuple[str, str, int]
             got = pc.struct_field(pc.extract_regex(sub, rf'"{field}"\s*:\s*"(?P<v>[^"\\]*)"'), [0])
             plain = pc.and_(pc.equal(pc.filter(count, has), 1), pc.is_valid(got))
             slow = pc.or_(slow, pc.and_(has, pc.invert(_scatter(plain, has))))
-            distinct(pc.filter(got, plain), pc.filter(pc.filter(day, has), plain), [kind], norm)
-    markers = {path.rsplit(".", 1)[-1] for c in rules.custom_ids for path in c.paths}
-    for name in ("traits", "context", "properties"):
+            _distinct(
+                keyed, pc.filter(got, plain), pc.filter(pc.filter(day, has), plain), [kind], norm
+            )
+    for name in _TEXT_COLUMNS:
         keys = markers | ({"externalIds", "clew"} if name == "context" else set())
         if keys:
-            pattern = "|".join(f'"{re.escape(k)}"' for k in sorted(keys))
-            hit = pc.match_substring_regex(_column(rows, name), pattern)
+            hit = pc.match_substring_regex(_column(rows, name), _any_of(keys))
             slow = pc.or_(slow, pc.fill_null(hit, False))
     picked = rows.filter(slow)
     for row, d in zip(picked.to_pylist(), pc.filter(day, slow).to_pylist(), strict=True):
@@ -195,7 +239,6 @@ def event_keys(rows: pa.Table, rules: IdentityRules) -> set[tuple[str, str, int]
             "properties": _loads(row.get("properties")),
         }
         keyed.update((t, v, d) for t, v in candidates(doc, rules))
-    return keyed
 
 
 PARTITION_COLUMNS = {"events": "event_date", "dlq": "received_date"}

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from datetime import date, timedelta
 from hashlib import blake2b
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -143,7 +144,8 @@ class PersonIndex:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
         self._key = bytes.fromhex(meta["key"])
         self._custom: dict[str, list[str]] = json.loads(meta["custom"])
-        self._recent: set[tuple[int, str, str, int]] = set()
+        # Per table id, the entries (id_type, value, day) written lately.
+        self._recent: dict[int, set[tuple[str, str, int]]] = {}
         self._generation = -1
 
     def close(self) -> None:
@@ -191,27 +193,47 @@ class PersonIndex:
         topic: str | None = None,
         offsets: Mapping[int, int] | None = None,
     ) -> None:
+        entries = keyed if isinstance(keyed, set | frozenset) else set(keyed)
         with self._tx() as db:
             # Entries written lately are skipped (a person's events of one day come in many
             # batches), unless a forget ran since: then an entry may have to come back.
             row = db.execute("SELECT value FROM meta WHERE key = 'forgets'").fetchone()
             generation = int(row[0]) if row else 0
-            if generation != self._generation or len(self._recent) > _RECENT:
+            if generation != self._generation or sum(map(len, self._recent.values())) > _RECENT:
                 self._recent.clear()
                 self._generation = generation
-            new = [(tbl, t, v, d) for t, v, d in keyed if (tbl, t, v, d) not in self._recent]
+            recent = self._recent.get(tbl)
+            new = entries - recent if recent else entries
             # In key order: the B-tree pages are then visited once each, in order, instead
             # of at random (tokens are hashes).
             db.executemany(
-                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?)",
-                sorted([(self.token(t, v), tbl, d) for tbl, t, v, d in new]),
+                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?)", sorted(self._rows(tbl, new))
             )
             db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE "
                 "SET last_offset = max(last_offset, excluded.last_offset)",
                 [(topic, p, off) for p, off in (offsets or {}).items()],
             )
-        self._recent.update(new)
+        self._recent.setdefault(tbl, set()).update(new)
+
+    def _rows(
+        self, tbl: int, entries: Iterable[tuple[str, str, int]]
+    ) -> list[tuple[bytes, int, int]]:
+        """The ``entries`` rows of ``(id_type, value, day)``: :meth:`token` of each, from a
+        hash state that has taken the key and ``id_type\\x00`` once per id type (hashing is
+        incremental, so the digest is the same), instead of keying a new hash per entry."""
+        started: dict[str, Any] = {}
+        rows = []
+        for id_type, value, day in entries:
+            state = started.get(id_type)
+            if state is None:
+                state = started[id_type] = blake2b(
+                    f"{id_type}\x00".encode(), key=self._key, digest_size=8
+                )
+            h = state.copy()
+            h.update(value.encode())
+            rows.append((h.digest(), tbl, day))
+        return rows
 
     def mark_complete(self, table: str, offsets: Mapping[int, int], topic: str) -> None:
         """Declare the index complete for ``table`` up to ``offsets`` (after a rebuild)."""

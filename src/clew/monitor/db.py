@@ -93,6 +93,15 @@ class CountBatch:
     reasons: Counter[tuple[SeriesKey, int, str]] = field(default_factory=Counter)
     examples: dict[tuple[SeriesKey, int, str], str] = field(default_factory=dict)
 
+    def slots(self, key: SeriesKey, bucket: int) -> tuple[list[int], list[int]]:
+        """The ``[accepted, dlq]`` counts of ``key`` and of its rollup in ``bucket``, made
+        (zero) where missing, in the order :meth:`add` makes them; the caller adds to them."""
+        counts = self.counts
+        return (
+            counts.setdefault((key, bucket), [0, 0]),
+            counts.setdefault((key.rollup, bucket), [0, 0]),
+        )
+
     def add(self, obs: Observation) -> None:
         for key in (obs.key, obs.key.rollup):
             slot = self.counts.setdefault((key, obs.bucket), [0, 0])

@@ -34,7 +34,7 @@ from clew.monitor.alerts import (
     volume_alert,
 )
 from clew.monitor.db import ADD_COUNTER, CountBatch, open_monitor_db
-from clew.monitor.records import RecordReader
+from clew.monitor.records import RecordReader, series_key
 from clew.monitor.status import MonitorStatus, read_status
 from clew.monitor.volume import (
     ALL_VERSIONS,
@@ -60,6 +60,60 @@ TimeSource = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def count_records(
+    reader: RecordReader, records: list[Record]
+) -> tuple[CountBatch, dict[TopicPartition, int], Counter[str], str, list[str]]:
+    """The counts of a batch of ``events`` and ``dlq`` records, the log offsets after it, the
+    stage's tallies, the latest ``receivedAt`` of its events and those of its dead letters."""
+    batch = CountBatch()
+    offsets: dict[TopicPartition, int] = {}
+    tally: Counter[str] = Counter()
+    latest_event = ""
+    latest_dead: list[str] = []
+    # The count slots of each series and hour seen in this batch, by what names them in an
+    # event record: most records of a batch repeat a few series, which then cost a lookup.
+    seen: dict[tuple[str, str | None, str, str, int], tuple[list[int], list[int]]] = {}
+    events = 0
+    for rec in records:
+        offsets[(rec.topic, rec.partition)] = rec.offset + 1
+        dead = rec.topic == DLQ_TOPIC
+        if not dead:
+            found = reader.event_series(rec.value)
+            if found is not None:
+                series, received_at = found
+                slots = seen.get(series)
+                if slots is None:
+                    slots = seen[series] = batch.slots(series_key(*series[:4]), series[4])
+                slots[0][0] += 1
+                slots[1][0] += 1
+                events += 1
+                # The validate stage writes every receivedAt in one fixed UTC format, so
+                # the latest is the greatest string.
+                if received_at and received_at > latest_event:
+                    latest_event = received_at
+                continue
+        obs = reader.dead_letter(rec.value) if dead else reader.event(rec.value)
+        if obs is None:
+            tally["records_skipped"] += 1
+            continue
+        if obs.dlq_reason == STAGE_FAILURE:
+            # Set aside by a stage downstream of validation: not something a source sent
+            # that was refused (an event among them was counted accepted already), so it
+            # stays out of every series; /health and /metrics report it per stage.
+            tally["records_set_aside"] += 1
+            continue
+        tally["records_dlq" if dead else "records_events"] += 1
+        batch.add(obs)
+        if obs.received_at:
+            if dead:
+                latest_dead.append(obs.received_at)
+            elif obs.received_at > latest_event:
+                latest_event = obs.received_at
+    if events:
+        tally["records_events"] += events
+    return batch, offsets, tally, latest_event, latest_dead
 
 
 class MonitorStage(Stage):
@@ -121,33 +175,7 @@ class MonitorStage(Stage):
                 consumer.seek(tp[0], tp[1], stored[tp])
 
     def handle(self, records: list[Record], consumer: Consumer) -> None:
-        batch = CountBatch()
-        offsets: dict[TopicPartition, int] = {}
-        tally: Counter[str] = Counter()
-        latest_event = ""
-        latest_dead: list[str] = []
-        for rec in records:
-            offsets[(rec.topic, rec.partition)] = rec.offset + 1
-            dead = rec.topic == DLQ_TOPIC
-            obs = self._reader.dead_letter(rec.value) if dead else self._reader.event(rec.value)
-            if obs is None:
-                tally["records_skipped"] += 1
-                continue
-            if obs.dlq_reason == STAGE_FAILURE:
-                # Set aside by a stage downstream of validation: not something a source sent
-                # that was refused (an event among them was counted accepted already), so it
-                # stays out of every series; /health and /metrics report it per stage.
-                tally["records_set_aside"] += 1
-                continue
-            tally["records_dlq" if dead else "records_events"] += 1
-            batch.add(obs)
-            if obs.received_at:
-                if dead:
-                    latest_dead.append(obs.received_at)
-                # The validate stage writes every receivedAt in one fixed UTC format, so the
-                # latest is the greatest string.
-                elif obs.received_at > latest_event:
-                    latest_event = obs.received_at
+        batch, offsets, tally, latest_event, latest_dead = count_records(self._reader, records)
         self._store(batch, offsets, tally)
         consumer.commit(offsets=offsets)
         self._handled = True
