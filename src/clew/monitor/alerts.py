@@ -9,12 +9,16 @@ import queue
 import threading
 import uuid
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import httpx
 import msgspec
 
 from clew.events import format_time
 from clew.monitor.volume import HOUR_S, VOLUME, Assessment, SeriesKey, hour_start
+
+if TYPE_CHECKING:
+    # Imported by the webhook itself: a process without an alert webhook never loads httpx.
+    import httpx
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +176,10 @@ class WebhookSender:
         max_queued: int = 1000,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        # Here, not at the top: httpx and the command-line libraries it imports (click, rich,
+        # pygments) take about 20 MB in each process that loads them.
+        import httpx
+
         if httpx.URL(url).scheme not in ("http", "https"):
             raise WebhookUrlError(f"webhook URL {url!r} must start with http:// or https://")
         self.url = url
@@ -230,6 +238,8 @@ class WebhookSender:
             "user-agent": "clew-monitor",
             "x-clew-alert-id": alert_id,
         }
+        import httpx
+
         problem = ""
         for attempt in range(self._retries + 1):
             if attempt and self._stop.wait(self._backoff_s * 2 ** (attempt - 1)):
