@@ -145,36 +145,6 @@ class ValidateStage(Stage):
         checks = self._request_checks(rec, head, request)
         # An event's claim is "<source id>/<message id>", its origin "<partition>:<offset>:<i>".
         origin = f"{rec.partition}:{rec.offset}:"
-        if checks.plain:
-            claim = f"{head.source_id}/"
-            path_type, request_id, source_id = head.path_type, head.request_id, head.source_id
-            received_at, context = head.received_at, request.context
-            integrations, sent_at = request.integrations, request.sent_at
-            for i, raw in enumerate(request.events):
-                try:
-                    item = _decoder.decode(raw)
-                except UNREADABLE as e:
-                    rej = Rejection("invalid_json", f"the event cannot be read: {e}")
-                    to_dlq(i, rej, _text(bytes(raw)))
-                    continue
-                # Nothing but the envelope to check: what _check_event does then, inline.
-                event = normalise(
-                    item,
-                    path_type=path_type,
-                    index=i,
-                    request_id=request_id,
-                    source_id=source_id,
-                    received_at=received_at,
-                    batch_context=context,
-                    batch_integrations=integrations,
-                    batch_sent_at=sent_at,
-                )
-                if isinstance(event, Event):
-                    claims.append((claim + event.message_id, origin + str(i)))
-                    messages.append(Message(_encoder.encode(event), event.identity_key))
-                else:
-                    to_dlq(i, event, _text(bytes(raw)))
-            return
         for i, raw in enumerate(request.events):
             try:
                 item = _decoder.decode(raw)
@@ -205,22 +175,25 @@ class ValidateStage(Stage):
         suppression = self._suppression
         if suppression is not None and not suppression.active:
             suppression = None
+        plan = self._plans.plan_for(head.source_id) if self._plans is not None else None
+        room = MAX_DEPTH - (2 if head.path_type == "batch" else 0) if too_deep(rec.value) else None
+        huge = may_hold_huge_int(rec.value)
         return _RequestChecks(
             head=head,
             request=request,
-            plan=self._plans.plan_for(head.source_id) if self._plans is not None else None,
+            plan=plan,
             suppression=suppression,
             # A record stored before the collector bounded nesting may hold events deeper
             # than MAX_DEPTH (counted from the request's root, as the collector does), which
             # the stages after this one cannot all write: each is dead-lettered alone.
-            room=(
-                MAX_DEPTH - (2 if head.path_type == "batch" else 0) if too_deep(rec.value) else None
-            ),
+            room=room,
             # An integer no 64-bit type holds would stop the stages that write JSON after
             # this one (the profiles lake, the warehouse tables): such an event is
             # dead-lettered.
-            huge=may_hold_huge_int(rec.value),
-            pii=bool(self._pii),
+            huge=huge,
+            plain=(
+                plan is None and suppression is None and room is None and not huge and not self._pii
+            ),
         )
 
     def _check_event(
@@ -240,6 +213,9 @@ class ValidateStage(Stage):
             batch_integrations=request.integrations,
             batch_sent_at=request.sent_at,
         )
+        if checks.plain:
+            # Nothing but the envelope to check (the usual request): done.
+            return result
         if checks.room is not None and isinstance(result, Event):
             result = within_depth(result, checks.room)
         if checks.huge and isinstance(result, Event):
@@ -267,19 +243,9 @@ class _RequestChecks:
     suppression: Suppression | None
     room: int | None
     huge: bool
-    pii: bool
-
-    @property
-    def plain(self) -> bool:
-        """Whether nothing but the envelope is checked (no plan, suppression, personal
-        fields, depth or integer bounds to apply)."""
-        return (
-            self.plan is None
-            and self.suppression is None
-            and not self.pii
-            and self.room is None
-            and not self.huge
-        )
+    # Nothing but the envelope to check: no plan, suppression, personal fields, depth or
+    # integer bounds to apply.
+    plain: bool
 
 
 def _dead_letter(
